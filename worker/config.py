@@ -1,0 +1,215 @@
+"""Configuration: the only module that reads the environment.
+
+One typed, frozen :class:`Settings` object, built from the process environment and an optional
+``.env`` file, validated at start-up. Tests build ``Settings(...)`` directly. Secrets are
+``SecretStr`` so that they never print in a repr, a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Tags Meta removed: error 100 since 2026-04-27 (messenger-platform.md §0), and the pre-2020 set.
+DEPRECATED_TAGS: dict[str, str] = {
+    "CONFIRMED_EVENT_UPDATE": "2026-04-27",
+    "ACCOUNT_UPDATE": "2026-04-27",
+    "POST_PURCHASE_UPDATE": "2026-04-27",
+    **{
+        tag: "2020-03-04"
+        for tag in (
+            "BUSINESS_PRODUCTIVITY",
+            "COMMUNITY_ALERT",
+            "CONFIRMED_EVENT_REMINDER",
+            "PAIRING_UPDATE",
+            "APPLICATION_UPDATE",
+            "PAYMENT_UPDATE",
+            "PERSONAL_FINANCE_UPDATE",
+            "SHIPPING_UPDATE",
+            "RESERVATION_UPDATE",
+            "ISSUE_RESOLUTION",
+            "APPOINTMENT_UPDATE",
+            "GAME_EVENT",
+            "TRANSPORTATION_UPDATE",
+            "FEATURE_FUNCTIONALITY_UPDATE",
+            "TICKET_UPDATE",
+        )
+    },
+}
+#: Tags still accepted by the Send API (HUMAN_AGENT needs App Review and human replies only).
+CURRENT_TAGS = frozenset({"HUMAN_AGENT", "CUSTOMER_FEEDBACK", "NON_PROMOTIONAL_SUBSCRIPTION"})
+
+_PLACEHOLDER = re.compile(r"^(changeme|change-me|xxx+|todo|<.*>|your[_-].*)$", re.IGNORECASE)
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class DeprecatedTagPolicy(StrEnum):
+    STRIP = "strip"
+    REJECT = "reject"
+
+
+class WindowPolicy(StrEnum):
+    FAIL = "fail"
+    PARK = "park"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment names are the field names in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", frozen=True, extra="ignore", case_sensitive=False
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    graph_api_url: str = "https://graph.facebook.com"
+    graph_api_version: str = "v25.0"
+    intake_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    page_access_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    allow_token_passthrough: bool = True
+    #: Set by ``messenger-worker intake --insecure-no-auth`` (development only).
+    intake_insecure_no_auth: bool = False
+    app_secret: SecretStr | None = None
+
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    message_ttl: float = Field(default=86_400.0, gt=0)
+    retry_base_seconds: float = Field(default=2.0, gt=0)
+    retry_cap_seconds: float = Field(default=600.0, gt=0)
+    #: Longest wait honoured for a rate limit before the message is re-checked.
+    rate_limit_cap_seconds: float = Field(default=3_600.0, gt=0)
+    #: How long a page stays paused after a token (190) or restriction (368) error before a probe.
+    token_pause_seconds: float = Field(default=900.0, gt=0)
+    restricted_pause_seconds: float = Field(default=6 * 3_600.0, gt=0)
+
+    idempotency_ttl: int = Field(default=86_400, gt=0)
+    #: Delivery records are kept this long after their final state (status API).
+    record_retention: int = Field(default=7 * 86_400, gt=0)
+    #: A delivery claimed by a worker is owned for this long; after it, it may be claimed again.
+    delivery_lease_seconds: float = Field(default=60.0, gt=0)
+    #: A non-final delivery without progress for this long is re-enqueued by the sweeper.
+    sweep_after_seconds: float = Field(default=600.0, gt=0)
+    scheduler_interval_seconds: float = Field(default=0.5, gt=0)
+
+    graph_connect_timeout: float = Field(default=5.0, gt=0)
+    graph_read_timeout: float = Field(default=20.0, gt=0)
+    #: Concurrent Graph calls per worker process (one event loop per process).
+    worker_max_inflight: int = Field(default=100, ge=1, le=2_000)
+    #: Messages per Celery task, built by the intake's group commit and by the scheduler.
+    batch_max: int = Field(default=50, ge=1, le=500)
+    batch_window_ms: float = Field(default=2.0, ge=0)
+    queue_name: str = "messenger"
+    key_prefix: str = "bmw"
+
+    fallback_tags: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    deprecated_tag_policy: DeprecatedTagPolicy = DeprecatedTagPolicy.STRIP
+    window_policy: WindowPolicy = WindowPolicy.FAIL
+    suppression_ttl: int = Field(default=30 * 86_400, gt=0)
+    tag_abuse_suppression_ttl: int = Field(default=86_400, gt=0)
+
+    log_format: LogFormat = LogFormat.JSON
+    log_level: str = "INFO"
+    #: Recipients (PSIDs) are logged as a salted hash unless this is true.
+    log_raw_recipients: bool = False
+    recipient_hash_salt: SecretStr = SecretStr("braze-messenger-worker")
+
+    @field_validator("intake_tokens", "fallback_tags", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("fallback_tags")
+    @classmethod
+    def _tags_known(cls, value: list[str]) -> list[str]:
+        tags = [tag.upper() for tag in value]
+        for tag in tags:
+            if tag in DEPRECATED_TAGS:
+                raise ValueError(f"FALLBACK_TAGS: {tag} was removed by Meta on {DEPRECATED_TAGS[tag]}")
+            if tag not in CURRENT_TAGS:
+                raise ValueError(f"FALLBACK_TAGS: unknown tag {tag}")
+        return tags
+
+    @field_validator("page_access_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return {}
+            if not text.startswith("{"):
+                path = Path(text).expanduser()
+                if not path.is_file():
+                    raise ValueError("PAGE_ACCESS_TOKENS is neither a JSON object nor a readable file")
+                text = path.read_text(encoding="utf-8")
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("PAGE_ACCESS_TOKENS is not valid JSON") from None
+            if not isinstance(parsed, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+            ):
+                raise ValueError("PAGE_ACCESS_TOKENS must map page ids to token strings")
+            return parsed
+        return value
+
+    @field_validator("graph_api_version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not re.fullmatch(r"v\d+\.\d+", value):
+            raise ValueError("GRAPH_API_VERSION must look like v25.0")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholders(self) -> Settings:
+        secrets = [*self.intake_tokens, *self.page_access_tokens.values()]
+        if self.app_secret is not None:
+            secrets.append(self.app_secret)
+        for secret in secrets:
+            raw = secret.get_secret_value()
+            if not raw or _PLACEHOLDER.match(raw):
+                raise ValueError("a configured secret is empty or a placeholder (e.g. 'changeme')")
+        return self
+
+    @cached_property
+    def intake_token_values(self) -> tuple[bytes, ...]:
+        return tuple(t.get_secret_value().encode() for t in self.intake_tokens)
+
+    @cached_property
+    def page_by_token(self) -> dict[str, str]:
+        """Reverse map token -> page id, to recognise a passthrough token that we already hold."""
+        return {token.get_secret_value(): page for page, token in self.page_access_tokens.items()}
+
+    def page_token(self, page_id: str) -> str | None:
+        token = self.page_access_tokens.get(page_id)
+        return token.get_secret_value() if token is not None else None
+
+    @property
+    def graph_base(self) -> str:
+        return f"{self.graph_api_url.rstrip('/')}/{self.graph_api_version}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (and .env), with explicit overrides for tests and the CLI."""
+    return Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings accepts field kwargs

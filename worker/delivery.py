@@ -1,0 +1,572 @@
+"""The delivery engine: one asyncio event loop per worker process that sends batches concurrently.
+
+A Celery task hands the engine a batch of delivery ids (:meth:`Engine.run_batch`, called from the
+pool's threads); the engine claims them in one Lua call, sends every claimed delivery concurrently
+over one shared Graph client (at most WORKER_MAX_INFLIGHT calls in flight per process), carries
+out :func:`worker.policy.decide` for each answer and records every outcome in one pipeline. The
+same loop runs the scheduler: it releases due waits (retries, rate limits, paused pages) and
+sweeps deliveries that made no progress (lost Celery messages, killed workers) back to the queue.
+
+Each message keeps its own status, attempts, retries and final outcome; batching only shares the
+Redis round trips and the event loop.
+
+At-least-once: a delivery is sent at most once per claim, and a claim is only granted to one
+worker at a time (lease). A duplicate Send API call can happen only when (a) a worker dies or
+loses Redis after Graph accepted the message but before the outcome was written (the lease
+expires and the delivery is sent again), or (b) a call is ambiguous (read timeout after the
+request was sent, connection dropped mid-answer, Graph 1/1357046) and is retried; (b) is logged
+as ``possible_duplicate`` and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from worker import broker, store
+from worker.config import Settings
+from worker.graph import GraphClient, GraphError, SendResult
+from worker.logging import get_logger, recipient_ref
+from worker.policy import Action, Decision, decide
+
+log = get_logger("worker.delivery")
+T = TypeVar("T")
+
+
+@dataclass
+class Delivery:
+    """A claimed delivery, decoded from its record."""
+
+    id: str
+    page_id: str
+    psid: str
+    body: dict[str, Any]
+    token: str
+    created_at: float
+    attempts: int
+    failures: int
+    fallback_tags: list[str]
+    tags_tried: list[str]
+    status: str
+    request_id: str = ""
+    #: The fallback tag in use when a retry was scheduled ("" = the body as accepted).
+    active_tag: str = ""
+
+    @classmethod
+    def from_record(cls, delivery_id: str, rec: dict[str, str]) -> Delivery:
+        return cls(
+            id=delivery_id,
+            page_id=rec.get("page_id", ""),
+            psid=rec.get("psid", ""),
+            body=orjson.loads(rec.get("body", "{}")),
+            token=rec.get("token", ""),
+            created_at=float(rec.get("created_at", "0") or 0),
+            attempts=int(rec.get("attempts", "0") or 0),
+            failures=int(rec.get("failures", "0") or 0),
+            fallback_tags=orjson.loads(rec.get("fallback_tags") or "[]"),
+            tags_tried=orjson.loads(rec.get("tags_tried") or "[]"),
+            status=rec.get("status", ""),
+            request_id=rec.get("request_id", ""),
+            active_tag=rec.get("active_tag", ""),
+        )
+
+
+@dataclass
+class Outcome:
+    """What happened to one delivery in this round; turned into Redis writes and log lines."""
+
+    delivery: Delivery
+    status: str  # sent | failed | expired | dead | retrying
+    reason: str | None = None
+    delay: float = 0.0
+    result: SendResult | None = None
+    error: GraphError | None = None
+    delivered_tag: str | None = None
+    suppress: bool = False
+    suppress_tagged: bool = False
+    pause: tuple[float, str, int | None] | None = None  # (seconds, reason, code)
+    possible_duplicate: bool = False
+
+
+def token_fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+@dataclass
+class PagePause:
+    until: float
+    reason: str
+    token_fp: str = ""
+
+
+class Engine:
+    """Owns the process's event loop thread, its Redis client and its Graph client."""
+
+    def __init__(self, settings: Settings, graph: GraphClient | None = None) -> None:
+        self.settings = settings
+        self.keys = store.Keys(settings.key_prefix, settings.queue_name)
+        self._graph = graph
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._redis: aioredis.Redis | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self._scripts: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self, *, scheduler: bool = True) -> None:
+        with self._lock:
+            if self._loop is not None:
+                return
+            ready = threading.Event()
+            self._thread = threading.Thread(target=self._run_loop, args=(ready,), name="engine", daemon=True)
+            self._thread.start()
+            ready.wait()
+        self.submit(self._setup(scheduler)).result()
+
+    def _run_loop(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        ready.set()
+        loop.run_forever()
+        loop.close()
+
+    async def _setup(self, scheduler: bool) -> None:
+        s = self.settings
+        self._redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                s.redis_url, max_connections=32, timeout=10, socket_timeout=10, socket_connect_timeout=5
+            )
+        )
+        self._sem = asyncio.Semaphore(s.worker_max_inflight)
+        if self._graph is None:
+            self._graph = GraphClient(
+                base_url=s.graph_base,
+                app_secret=s.app_secret.get_secret_value() if s.app_secret else None,
+                connect_timeout=s.graph_connect_timeout,
+                read_timeout=s.graph_read_timeout,
+                max_connections=max(s.worker_max_inflight, 10),
+            )
+        for name, src in (
+            ("claim", store.CLAIM_LUA),
+            ("release", store.RELEASE_LUA),
+            ("sweep", store.SWEEP_LUA),
+        ):
+            self._scripts[name] = self._redis.register_script(src)
+        if scheduler:
+            self._scheduler = asyncio.create_task(self._schedule_forever())
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        if self._loop is None:
+            raise RuntimeError("engine not started")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            self.submit(self._teardown()).result(timeout=30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            self._loop = None
+
+    async def _teardown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
+        if self._graph is not None:
+            await self._graph.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError("engine not started")
+        return self._redis
+
+    # --- the batch -------------------------------------------------------------------------
+    def run_batch(self, ids: list[str]) -> dict[str, int]:
+        """Blocking entry point for Celery tasks: process one batch, return outcome counts."""
+        return self.submit(self.process_batch(ids)).result()
+
+    async def process_batch(self, ids: list[str]) -> dict[str, int]:
+        s = self.settings
+        now = time.time()
+        raw = await self._scripts["claim"](
+            keys=[self.keys.pending], args=[repr(now), s.delivery_lease_seconds, s.key_prefix, *ids]
+        )
+        claimed = [
+            Delivery.from_record(store._s(raw[i]), store.decode_record(raw[i + 1]))
+            for i in range(0, len(raw), 2)
+        ]
+        if not claimed:
+            return {}
+        context = await self._context(claimed)
+        outcomes = await asyncio.gather(*(self._deliver(d, context) for d in claimed))
+        await self._record(outcomes)
+        counts: dict[str, int] = {}
+        for outcome in outcomes:
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        return counts
+
+    async def _context(self, claimed: list[Delivery]) -> dict[str, Any]:
+        """Suppressions and page pauses for the batch, in one round trip."""
+        pages = sorted({d.page_id for d in claimed})
+        pipe = self.redis.pipeline(transaction=False)
+        for d in claimed:
+            pipe.exists(self.keys.suppressed(d.page_id, d.psid))
+            pipe.exists(self.keys.tag_suppressed(d.page_id, d.psid))
+        for page in pages:
+            pipe.hgetall(self.keys.pause(page))
+        res = await pipe.execute()
+        supp = {d.id: (bool(res[2 * i]), bool(res[2 * i + 1])) for i, d in enumerate(claimed)}
+        pauses: dict[str, PagePause] = {}
+        base = 2 * len(claimed)
+        for j, page in enumerate(pages):
+            rec = store.decode_record(res[base + j]) if res[base + j] else {}
+            if rec and float(rec.get("until", "0")) > time.time():
+                pauses[page] = PagePause(float(rec["until"]), rec.get("reason", ""), rec.get("token_fp", ""))
+        return {"supp": supp, "pauses": pauses}
+
+    def _token_for(self, d: Delivery) -> str | None:
+        return d.token or self.settings.page_token(d.page_id)
+
+    async def _deliver(self, d: Delivery, context: dict[str, Any]) -> Outcome:
+        s = self.settings
+        age = time.time() - d.created_at
+        if age > s.message_ttl:
+            return Outcome(d, "dead" if d.failures else "expired", reason="ttl")
+        suppressed, tag_suppressed = context["supp"][d.id]
+        if suppressed:
+            return Outcome(d, "failed", reason="suppressed")
+        if tag_suppressed and d.body.get("messaging_type") == "MESSAGE_TAG":
+            return Outcome(d, "failed", reason="tag_suppressed")
+        token = self._token_for(d)
+        if token is None:
+            return Outcome(d, "failed", reason="no_page_token")
+        pause: PagePause | None = context["pauses"].get(d.page_id)
+        if pause is not None:
+            if (
+                pause.reason == "token_invalid"
+                and pause.token_fp
+                and pause.token_fp != token_fingerprint(token)
+            ):
+                await self._resume_page(d.page_id, "token_replaced")
+            else:
+                return Outcome(
+                    d, "retrying", reason="page_paused", delay=max(0.05, pause.until - time.time())
+                )
+        tag = d.active_tag or None
+        for _ in range(len(d.fallback_tags) + 1):  # each (message, tag) at most once: never a loop
+            body = d.body if tag is None else {**d.body, "messaging_type": "MESSAGE_TAG", "tag": tag}
+            result, error = await self._call(d, token, body)
+            if error is None:
+                return Outcome(d, "sent", result=result, delivered_tag=body.get("tag"))
+            if tag is not None and error.reason in ("outside_window", "tag_rejected"):
+                d.tags_tried.append(tag)
+            failures = d.failures + (1 if error.reason in ("transient", "ambiguous") else 0)
+            decision = decide(
+                s,
+                error,
+                failures=failures,
+                age=time.time() - d.created_at,
+                fallback_tags=d.fallback_tags,
+                tags_tried=d.tags_tried,
+                tag_suppressed=tag_suppressed,
+            )
+            d.failures = failures
+            if decision.action is Action.RETAG and decision.next_tag is not None:
+                tag = decision.next_tag
+                continue
+            d.active_tag = tag or ""
+            return self._outcome(d, decision, error)
+        return Outcome(d, "failed", reason="outside_window")
+
+    def _outcome(self, d: Delivery, decision: Decision, error: GraphError) -> Outcome:
+        status = {
+            Action.RETRY: "retrying",
+            Action.WAIT: "retrying",
+            Action.FAIL: "failed",
+            Action.DEAD: "dead",
+            Action.PARK: "failed",  # parking arrives with the Braze-loop work; until then: failed
+        }.get(decision.action, "failed")
+        pause = None
+        if decision.pause_page is not None:
+            pause = (decision.pause_page, error.reason, error.info.code)
+        return Outcome(
+            d,
+            status,
+            reason=decision.reason,
+            delay=decision.delay,
+            error=error,
+            suppress=decision.suppress,
+            suppress_tagged=decision.suppress_tagged,
+            pause=pause,
+            possible_duplicate=decision.possible_duplicate,
+        )
+
+    async def _call(
+        self, d: Delivery, token: str, body: dict[str, Any]
+    ) -> tuple[SendResult | None, GraphError | None]:
+        if self._sem is None or self._graph is None:
+            raise RuntimeError("engine not started")
+        d.attempts += 1
+        started = time.perf_counter()
+        async with self._sem:
+            try:
+                result = await self._graph.send(d.page_id, token, body)
+            except GraphError as exc:
+                log.info(
+                    "delivery.attempt",
+                    delivery_id=d.id,
+                    page_id=d.page_id,
+                    attempt=d.attempts,
+                    outcome=exc.reason,
+                    http_status=exc.info.http_status,
+                    error_code=exc.info.code,
+                    error_subcode=exc.info.subcode,
+                    fbtrace_id=exc.info.fbtrace_id,
+                    tag=body.get("tag"),
+                    latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                    possible_duplicate=exc.reason == "ambiguous",
+                )
+                return None, exc
+        log.info(
+            "delivery.attempt",
+            delivery_id=d.id,
+            page_id=d.page_id,
+            attempt=d.attempts,
+            outcome="sent",
+            http_status=result.http_status,
+            tag=body.get("tag"),
+            latency_ms=round(result.latency_ms, 1),
+        )
+        return result, None
+
+    # --- recording -------------------------------------------------------------------------
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        s = self.settings
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=True)
+        for o in outcomes:
+            d = o.delivery
+            key = self.keys.delivery(d.id)
+            fields: dict[str, Any] = {
+                "status": o.status,
+                "updated_at": repr(now),
+                "attempts": d.attempts,
+                "failures": d.failures,
+                "lease_until": 0,
+                "tags_tried": orjson.dumps(d.tags_tried),
+                "active_tag": d.active_tag,
+            }
+            if o.result is not None and o.result.message_id:
+                fields["message_id"] = o.result.message_id
+            if o.delivered_tag:
+                fields["delivered_tag"] = o.delivered_tag
+            if o.error is not None or (o.reason and o.status != "sent"):
+                info = o.error.info if o.error is not None else None
+                fields["error"] = orjson.dumps(
+                    {
+                        "reason": o.reason,
+                        "code": info.code if info else None,
+                        "subcode": info.subcode if info else None,
+                        "message": info.message if info else o.reason,
+                        "fbtrace_id": info.fbtrace_id if info else None,
+                    }
+                )
+            if o.status == "retrying":
+                due = now + o.delay
+                fields["not_before"] = repr(due)
+                pipe.hset(key, mapping=fields)
+                pipe.zadd(self.keys.sched, {d.id: due})
+                pipe.zadd(self.keys.pending, {d.id: due + s.sweep_after_seconds})
+            else:
+                pipe.hset(key, mapping=fields)
+                pipe.zrem(self.keys.pending, d.id)
+                pipe.expire(key, s.record_retention)
+                if o.status == "dead":
+                    pipe.zadd(self.keys.dead, {d.id: now})
+            if o.suppress:
+                pipe.set(
+                    self.keys.suppressed(d.page_id, d.psid), o.reason or "unreachable", ex=s.suppression_ttl
+                )
+            if o.suppress_tagged:
+                pipe.set(
+                    self.keys.tag_suppressed(d.page_id, d.psid), "tag_abuse", ex=s.tag_abuse_suppression_ttl
+                )
+            if o.pause is not None:
+                seconds, reason, code = o.pause
+                until = now + seconds
+                token = self._token_for(d) or ""
+                pipe.hset(
+                    self.keys.pause(d.page_id),
+                    mapping={
+                        "until": repr(until),
+                        "reason": reason,
+                        "code": str(code or 0),
+                        "token_fp": token_fingerprint(token) if token else "",
+                    },
+                )
+                pipe.expire(self.keys.pause(d.page_id), int(seconds) + 60)
+                pipe.zadd(self.keys.paused, {d.page_id: until})
+        await pipe.execute()
+        for o in outcomes:
+            self._log_outcome(o)
+
+    def _log_outcome(self, o: Outcome) -> None:
+        d = o.delivery
+        info = o.error.info if o.error is not None else None
+        common: dict[str, Any] = {
+            "delivery_id": d.id,
+            "page_id": d.page_id,
+            "recipient": recipient_ref(self.settings, d.psid),
+            "attempt": d.attempts,
+            "request_id": d.request_id or None,
+        }
+        if info is not None:
+            common.update(
+                http_status=info.http_status,
+                error_code=info.code,
+                error_subcode=info.subcode,
+                fbtrace_id=info.fbtrace_id,
+            )
+        if o.status == "sent" and o.result is not None:
+            log.info(
+                "delivery.sent",
+                **common,
+                message_id=o.result.message_id,
+                http_status=o.result.http_status,
+                latency_ms=round(o.result.latency_ms, 1),
+                tag=o.delivered_tag,
+                accept_to_send_ms=round((time.time() - d.created_at) * 1000, 1),
+            )
+        elif o.status == "retrying":
+            log.info(
+                "delivery.retry_scheduled",
+                **common,
+                reason=o.reason,
+                delay_s=round(o.delay, 3),
+                possible_duplicate=o.possible_duplicate or None,
+            )
+        elif o.status == "dead":
+            log.warning("delivery.dead_lettered", **common, reason=o.reason)
+        elif o.status == "expired":
+            log.info("delivery.expired", **common, reason=o.reason)
+        else:
+            log.info("delivery.failed", **common, reason=o.reason)
+        if o.pause is not None:
+            log.warning(
+                "page.paused",
+                page_id=d.page_id,
+                reason=o.pause[1],
+                error_code=o.pause[2],
+                seconds=round(o.pause[0], 1),
+            )
+
+    async def _resume_page(self, page_id: str, why: str) -> None:
+        await resume_page(self.redis, self.keys, page_id)
+        log.info("page.resumed", page_id=page_id, reason=why)
+
+    # --- scheduler -------------------------------------------------------------------------
+    async def _schedule_forever(self) -> None:
+        while True:
+            try:
+                await self.schedule_once()
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.warning("scheduler.redis_error", error=type(exc).__name__)
+            await asyncio.sleep(self.settings.scheduler_interval_seconds)
+
+    async def schedule_once(self) -> int:
+        """Release due waits and sweep stalled deliveries to the queue. Returns ids enqueued."""
+        s = self.settings
+        now = repr(time.time())
+        released = await self._scripts["release"](keys=[self.keys.sched], args=[now, 1000])
+        swept = await self._scripts["sweep"](
+            keys=[self.keys.pending, self.keys.sched], args=[now, 1000, s.sweep_after_seconds, s.key_prefix]
+        )
+        ids = [store._s(i) for i in [*released, *swept]]
+        if swept:
+            log.info("scheduler.swept", count=len(swept))
+        await publish(self.redis, s, ids)
+        return len(ids)
+
+
+async def publish(client: aioredis.Redis, settings: Settings, ids: list[str]) -> None:
+    """Enqueue ``worker.deliver`` messages for ids, ``batch_max`` per message."""
+    if not ids:
+        return
+    pipe = client.pipeline(transaction=False)
+    for i in range(0, len(ids), settings.batch_max):
+        pipe.lpush(
+            settings.queue_name, broker.celery_message(ids[i : i + settings.batch_max], settings.queue_name)
+        )
+    await pipe.execute()
+
+
+async def resume_page(client: aioredis.Redis, keys: store.Keys, page_id: str) -> int:
+    """Lift a page pause and make its waiting deliveries due now. Returns how many were released."""
+    await client.delete(keys.pause(page_id))
+    await client.zrem(keys.paused, page_id)
+    ids = [store._s(i) for i in await client.zrange(keys.sched, 0, -1)]
+    released = 0
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        pipe = client.pipeline(transaction=False)
+        for i in chunk:
+            pipe.hget(keys.delivery(i), "page_id")
+        pages = await pipe.execute()
+        mine = [i for i, p in zip(chunk, pages, strict=True) if p is not None and store._s(p) == page_id]
+        if mine:
+            pipe = client.pipeline(transaction=True)
+            for i in mine:
+                pipe.hset(keys.delivery(i), "not_before", "0")
+                pipe.zadd(keys.sched, {i: 0})
+            await pipe.execute()
+            released += len(mine)
+    return released
+
+
+@dataclass
+class _EngineHolder:
+    engine: Engine | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_HOLDER = _EngineHolder()
+
+
+def process_engine(settings_factory: Any) -> Engine:
+    """The engine of this process, created and started on first use (after any fork)."""
+    with _HOLDER.lock:
+        if _HOLDER.engine is None:
+            engine = Engine(settings_factory())
+            engine.start()
+            _HOLDER.engine = engine
+        return _HOLDER.engine
+
+
+def stop_process_engine() -> None:
+    with _HOLDER.lock:
+        if _HOLDER.engine is not None:
+            _HOLDER.engine.stop()
+            _HOLDER.engine = None

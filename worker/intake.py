@@ -1,0 +1,455 @@
+"""The HTTP intake: a drop-in for the Send API URL in Braze's Facebook Messenger webhook template.
+
+``create_app(settings)`` builds a small Starlette app whose lifespan owns the Redis pool. A send
+request is authenticated, validated (:mod:`worker.validation`) and handed to the group committer,
+which writes every request that arrived while the previous commit was in flight with one Lua call:
+delivery records, pending index, idempotency keys and one Celery message naming the whole batch
+(:mod:`worker.broker`). The answer is 202 only after that call returned, so a 202 means the
+message is in Redis; anything else means nothing was enqueued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from worker import broker, store
+from worker.config import Settings
+from worker.logging import get_logger, recipient_ref
+from worker.validation import MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY, InputError, SendRequest, validate
+
+log = get_logger("worker.intake")
+RETRY_AFTER_SECONDS = "5"
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def unavailable() -> JSONResponse:
+    return error(
+        503,
+        "unavailable",
+        "the queue is unavailable; retry later",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+@dataclass
+class _Item:
+    delivery_id: str
+    request: SendRequest
+    idempotency_key: str
+    request_id: str
+    future: asyncio.Future[str]
+
+
+class GroupCommitter:
+    """Writes queued requests to Redis in batches: one ACCEPT script call per batch.
+
+    No timer: the first request commits at once; requests arriving during a commit ride on the
+    next one (at most ``max_inflight`` commits in flight). Under load, batches grow by themselves,
+    and the Celery message per batch lets a worker send them concurrently.
+    """
+
+    def __init__(self, client: aioredis.Redis, settings: Settings, max_inflight: int = 2) -> None:
+        self._client = client
+        self._settings = settings
+        self._keys = store.Keys(settings.key_prefix, settings.queue_name)
+        self._script = client.register_script(store.ACCEPT_LUA)
+        self._buffer: list[_Item] = []
+        self._inflight = 0
+        self._max_inflight = max_inflight
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, request: SendRequest, idempotency_key: str, request_id: str) -> tuple[str, bool]:
+        """Returns (delivery_id, accepted). accepted is False for a repeated Idempotency-Key."""
+        loop = asyncio.get_running_loop()
+        item = _Item(broker.new_delivery_id(), request, idempotency_key, request_id, loop.create_future())
+        self._buffer.append(item)
+        if self._inflight < self._max_inflight:
+            self._inflight += 1
+            task = asyncio.create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        existing = await item.future
+        return (existing, False) if existing else (item.delivery_id, True)
+
+    async def _drain(self) -> None:
+        try:
+            while self._buffer:
+                batch = self._buffer[: self._settings.batch_max]
+                del self._buffer[: self._settings.batch_max]
+                await self._commit(batch)
+        finally:
+            self._inflight -= 1
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        args: list[Any] = [
+            repr(time.time()),
+            self._settings.idempotency_ttl,
+            self._settings.sweep_after_seconds,
+            self._settings.key_prefix,
+            broker.celery_message([i.delivery_id for i in batch], self._settings.queue_name),
+            8,
+        ]
+        for item in batch:
+            req = item.request
+            args += [
+                item.delivery_id,
+                item.idempotency_key,
+                req.page_id,
+                req.psid,
+                orjson.dumps(req.body),
+                req.passthrough_token,
+                orjson.dumps(req.fallback_tags),
+                item.request_id,
+            ]
+        try:
+            results = await self._script(keys=[self._keys.pending, self._keys.queue], args=args)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result.decode() if isinstance(result, bytes) else str(result))
+
+
+def _bearer_ok(settings: Settings, request: Request) -> bool:
+    if settings.intake_insecure_no_auth:
+        return True
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    given = token.strip().encode()
+    ok = False
+    for expected in settings.intake_token_values:
+        ok |= hmac.compare_digest(given, expected)
+    return ok
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise InputError(413, "body_too_large", f"body is larger than {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise InputError(413, "body_too_large", f"body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Starlette:
+    """The intake ASGI app. ``client`` is injectable for tests; by default the lifespan owns one."""
+    state: dict[str, Any] = {}
+    keys = store.Keys(settings.key_prefix, settings.queue_name)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        own = client is None
+        redis_client = client or make_async_redis(settings)
+        state["redis"] = redis_client
+        state["committer"] = GroupCommitter(redis_client, settings)
+        log.info("intake.started", queue=settings.queue_name, auth=not settings.intake_insecure_no_auth)
+        try:
+            yield
+        finally:
+            if own:
+                await redis_client.aclose()
+            log.info("intake.stopped")
+
+    def authed(handler: Handler) -> Handler:
+        async def wrapper(request: Request) -> Response:
+            if not _bearer_ok(settings, request):
+                return error(
+                    401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}
+                )
+            return await handler(request)
+
+        return wrapper
+
+    async def send(request: Request) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        ctype = request.headers.get("content-type", "")
+        if "json" not in ctype.lower():
+            return error(415, "unsupported_media_type", "send the body as application/json")
+        idem = request.headers.get("idempotency-key", "")
+        if len(idem) > MAX_IDEMPOTENCY_KEY:
+            return error(
+                422, "invalid_idempotency_key", f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY}"
+            )
+        try:
+            raw = await _read_body(request)
+            send_request = validate(
+                raw,
+                settings,
+                path_page_id=request.path_params.get("page_id"),
+                query_token=request.query_params.get("access_token"),
+                query_page_id=request.query_params.get("page_id"),
+                fallback_header=request.headers.get("x-fallback-tags"),
+            )
+        except InputError as exc:
+            return error(exc.status, exc.code, exc.message)
+        try:
+            delivery_id, accepted = await state["committer"].submit(send_request, idem, request_id)
+        except (redis.exceptions.RedisError, OSError):
+            log.warning("intake.unavailable", request_id=request_id)
+            return unavailable()
+        if not accepted:
+            log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id)
+            return JSONResponse({"delivery_id": delivery_id, "status": "duplicate"}, status_code=200)
+        log.info(
+            "delivery.accepted",
+            delivery_id=delivery_id,
+            page_id=send_request.page_id,
+            recipient=recipient_ref(settings, send_request.psid),
+            request_id=request_id,
+            stripped_tag=send_request.stripped_tag,
+        )
+        return JSONResponse({"delivery_id": delivery_id, "status": "queued"}, status_code=202)
+
+    async def delivery(request: Request) -> Response:
+        delivery_id = request.path_params["delivery_id"]
+        if len(delivery_id) > 64:
+            return error(404, "not_found", "no such delivery")
+        try:
+            rec = await store.fetch_record(state["redis"], keys, delivery_id)
+        except (redis.exceptions.RedisError, OSError):
+            return unavailable()
+        if rec is None:
+            return error(404, "not_found", "no such delivery")
+        return JSONResponse(store.public_view(delivery_id, rec))
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def readyz(_request: Request) -> Response:
+        try:
+            await state["redis"].ping()
+        except (redis.exceptions.RedisError, OSError):
+            return unavailable()
+        return JSONResponse({"ok": True})
+
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    async def not_found(_request: Request, _exc: Exception) -> Response:
+        return error(404, "not_found", "no such route")
+
+    async def method_not_allowed(_request: Request, _exc: Exception) -> Response:
+        return error(405, "method_not_allowed", "method not allowed")
+
+    routes = [
+        Route("/me/messages", authed(send), methods=["POST"]),
+        Route("/{version}/me/messages", authed(send), methods=["POST"]),
+        Route("/{version}/{page_id}/messages", authed(send), methods=["POST"]),
+        Route("/v1/deliveries/{delivery_id}", authed(delivery), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: method_not_allowed},
+    )
+
+
+def make_async_redis(settings: Settings) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=2
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def app_factory() -> Starlette:
+    """uvicorn factory (``--workers N`` re-imports this in each process)."""
+    from worker.config import load_settings
+    from worker.logging import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings)
+    if not settings.intake_tokens and not settings.intake_insecure_no_auth:
+        raise SystemExit("INTAKE_TOKENS is empty: set it, or start with --insecure-no-auth")
+    return create_app(settings)
+
+
+def openapi_document() -> dict[str, Any]:
+    err = {"$ref": "#/components/schemas/Error"}
+    send_responses = {
+        "202": {
+            "description": "queued",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}},
+        },
+        "200": {"description": "repeated Idempotency-Key: the earlier delivery_id, nothing enqueued"},
+        **{
+            code: {"description": desc, "content": {"application/json": {"schema": err}}}
+            for code, desc in {
+                "400": "invalid JSON",
+                "401": "missing or wrong bearer token",
+                "413": "body over 64 KiB",
+                "415": "not application/json",
+                "422": "schema error",
+                "503": "Redis unavailable (Retry-After)",
+            }.items()
+        },
+    }
+    send_op = {
+        "summary": "Queue one Send API message (the body Braze's Messenger webhook template posts)",
+        "security": [{"bearer": []}],
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "maxLength": 255},
+            },
+            {"name": "X-Fallback-Tags", "in": "header", "required": False, "schema": {"type": "string"}},
+            {"name": "access_token", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "page_id", "in": "query", "required": False, "schema": {"type": "string"}},
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SendBody"}}},
+        },
+        "responses": send_responses,
+    }
+    version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    page_param = {"name": "page_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "braze-messenger-worker intake", "version": "0.1.0"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        }
+                    },
+                },
+                "Accepted": {
+                    "type": "object",
+                    "properties": {"delivery_id": {"type": "string"}, "status": {"type": "string"}},
+                },
+                "SendBody": {
+                    "type": "object",
+                    "required": ["recipient"],
+                    "properties": {
+                        "recipient": {
+                            "type": "object",
+                            "required": ["id"],
+                            "properties": {"id": {"type": "string", "minLength": 1}},
+                        },
+                        "messaging_type": {"type": "string", "enum": ["RESPONSE", "UPDATE", "MESSAGE_TAG"]},
+                        "tag": {"type": "string"},
+                        "message": {
+                            "type": "object",
+                            "properties": {
+                                "text": {"type": "string", "maxLength": 1999},
+                                "attachment": {"type": "object"},
+                                "quick_replies": {"type": "array", "maxItems": 13},
+                            },
+                        },
+                        "sender_action": {"type": "string", "enum": ["typing_on", "typing_off", "mark_seen"]},
+                    },
+                },
+                "Delivery": {
+                    "type": "object",
+                    "properties": {
+                        "delivery_id": {"type": "string"},
+                        "status": {
+                            "type": "string",
+                            "enum": ["queued", "retrying", "sent", "failed", "expired", "dead"],
+                        },
+                        "attempts": {"type": "integer"},
+                        "page_id": {"type": "string"},
+                        "created_at": {"type": "number"},
+                        "updated_at": {"type": "number"},
+                        "message_id": {"type": "string"},
+                        "error": {"type": "object"},
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/me/messages": {"post": {**send_op, "operationId": "send_me"}},
+            "/{version}/me/messages": {
+                "post": {
+                    **send_op,
+                    "operationId": "send_version_me",
+                    "parameters": [version_param, *send_op["parameters"]],
+                }
+            },
+            "/{version}/{page_id}/messages": {
+                "post": {
+                    **send_op,
+                    "operationId": "send_page",
+                    "parameters": [version_param, page_param, *send_op["parameters"]],
+                }
+            },
+            "/v1/deliveries/{delivery_id}": {
+                "get": {
+                    "operationId": "get_delivery",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the delivery",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Delivery"}}
+                            },
+                        },
+                        "401": {"description": "unauthorized"},
+                        "404": {"description": "unknown delivery"},
+                    },
+                }
+            },
+            "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "responses": {
+                        "200": {"description": "Redis reachable"},
+                        "503": {"description": "Redis down"},
+                    },
+                }
+            },
+        },
+    }

@@ -1,0 +1,166 @@
+"""Logging: the only module that configures structlog and the standard library's logging.
+
+Every process calls :func:`configure_logging` once. Every record, ours or Celery's, uvicorn's,
+httpx's or redis's, goes through one structlog ``ProcessorFormatter`` so each line on stdout has
+one shape (JSON by default). A redaction processor is the last line of defence for secrets: known
+token values and ``access_token=``/``Bearer`` fragments are masked in every string field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from worker.config import Settings
+
+_TOKEN_PATTERNS = (
+    re.compile(r"(access_token=)[^&\s\"']+", re.IGNORECASE),
+    re.compile(r"(appsecret_proof=)[^&\s\"']+", re.IGNORECASE),
+    re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE),
+)
+_MASK = "***"
+
+
+class Redactor:
+    """Masks secret values and token-bearing URL fragments in every string of an event."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        for secret in secrets:
+            if secret and len(secret) >= 6 and secret not in self._secrets:
+                self._secrets.append(secret)
+        self._secrets.sort(key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, _MASK)
+        for pattern in _TOKEN_PATTERNS:
+            text = pattern.sub(r"\1" + _MASK, text)
+        return text
+
+    def _walk(self, value: object) -> object:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._walk(v) for v in value]
+        return value
+
+    def __call__(self, _logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+        for key, value in event_dict.items():
+            if isinstance(value, str | dict | list | tuple):
+                event_dict[key] = self._walk(value)
+        return event_dict
+
+
+#: The process-wide redactor; configure_logging feeds it the configured secrets.
+REDACTOR = Redactor()
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    secrets = [t.get_secret_value() for t in settings.intake_tokens]
+    secrets += [t.get_secret_value() for t in settings.page_access_tokens.values()]
+    if settings.app_secret is not None:
+        secrets.append(settings.app_secret.get_secret_value())
+    return secrets
+
+
+def recipient_ref(settings: Settings, psid: str) -> str:
+    """What logs show for a recipient: a salted hash (stable, not reversible) unless configured raw."""
+    if settings.log_raw_recipients:
+        return psid
+    salt = settings.recipient_hash_salt.get_secret_value().encode()
+    return "h:" + hmac.new(salt, psid.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def _drop_color_message(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    event_dict.pop("color_message", None)  # uvicorn duplicates its message with ANSI colours
+    return event_dict
+
+
+def configure_logging(settings: Settings, *, stream: Any = None) -> None:
+    """Configure structlog and stdlib logging for this process (idempotent)."""
+    REDACTOR.add(settings_secrets(settings))
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_color_message,
+    ]
+    renderer: Processor
+    if settings.log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            REDACTOR,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            REDACTOR,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "httpx", "httpcore", "redis"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    # Per-request/per-task noise: our own delivery.* events are the canonical lines. httpx would
+    # also log every request URL (with its access_token query) at INFO.
+    for name in ("httpx", "httpcore", "uvicorn.access", "celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def get_logger(name: str = "worker") -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger
+
+
+def bind(**values: object) -> None:
+    structlog.contextvars.bind_contextvars(**values)
+
+
+def clear() -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+def event_fields(mapping: MutableMapping[str, object]) -> dict[str, object]:
+    """Drop None values so log lines stay compact."""
+    return {k: v for k, v in mapping.items() if v is not None}

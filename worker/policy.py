@@ -1,0 +1,137 @@
+"""What to do with each outcome of a Send API call: send, retry, wait, re-tag, pause the page, fail.
+
+:func:`decide` is pure: it takes the delivery's state and the error class from
+:func:`worker.graph.classify` and returns a :class:`Decision`. The engine carries it out.
+
+======================  ==========================================================================
+class                   action
+======================  ==========================================================================
+TransientError          retry after capped, jittered exponential backoff; burns an attempt;
+                        ``dead`` when MAX_ATTEMPTS is used up or the wait would pass MESSAGE_TTL
+AmbiguousError          the same, and the attempt is logged/counted as a possible duplicate
+RateLimitedError        wait (server estimate, else backoff) without burning an attempt; page paused
+WindowClosedError       next untried fallback tag, sent at once; none left -> window policy
+TagRejectedError        next untried fallback tag; none left -> window policy (never a loop)
+RecipientUnreachable    ``failed``; PSID suppressed for SUPPRESSION_TTL
+TagAbuseError           ``failed``; tagged sends to the PSID suppressed 24 h
+TokenInvalidError       page paused until its token changes or an operator resumes it; message waits
+PageRestrictedError     page paused RESTRICTED_PAUSE_SECONDS; message waits
+PermanentError          ``failed`` with the Graph error recorded
+======================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+
+from worker.config import Settings, WindowPolicy
+from worker.graph import (
+    AmbiguousError,
+    GraphError,
+    PageRestrictedError,
+    RateLimitedError,
+    RecipientUnreachableError,
+    TagAbuseError,
+    TagRejectedError,
+    TokenInvalidError,
+    TransientError,
+    WindowClosedError,
+)
+
+
+class Action(StrEnum):
+    RETRY = "retry"  # back to the schedule; status retrying
+    WAIT = "wait"  # like retry, but no attempt burnt (rate limit, paused page)
+    RETAG = "retag"  # send again now with the next fallback tag
+    FAIL = "failed"
+    DEAD = "dead"
+    PARK = "park"  # seam for WINDOW_POLICY=park (issue: Braze loop)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    delay: float = 0.0
+    next_tag: str | None = None
+    suppress: bool = False
+    suppress_tagged: bool = False
+    pause_page: float | None = None  # seconds; None = no page pause
+    possible_duplicate: bool = False
+
+
+def backoff(settings: Settings, failures: int, rng: random.Random | None = None) -> float:
+    """Capped exponential backoff with equal jitter: half fixed, half random."""
+    step = min(settings.retry_cap_seconds, settings.retry_base_seconds * (2 ** max(0, failures - 1)))
+    jitter = rng.uniform(0, step / 2) if rng is not None else random.uniform(0, step / 2)  # noqa: S311
+    return float(step / 2 + jitter)
+
+
+def next_fallback(fallback_tags: list[str], tried: list[str], tag_suppressed: bool) -> str | None:
+    if tag_suppressed:
+        return None
+    for tag in fallback_tags:
+        if tag not in tried:
+            return tag
+    return None
+
+
+def window_outcome(settings: Settings) -> Decision:
+    if settings.window_policy == WindowPolicy.PARK:
+        return Decision(Action.PARK, "outside_window")
+    return Decision(Action.FAIL, "outside_window")
+
+
+def decide(
+    settings: Settings,
+    error: GraphError,
+    *,
+    failures: int,
+    age: float,
+    fallback_tags: list[str],
+    tags_tried: list[str],
+    tag_suppressed: bool,
+    rng: random.Random | None = None,
+) -> Decision:
+    """``failures`` counts attempts burnt so far including this one; ``age`` is seconds since accept."""
+    remaining_ttl = settings.message_ttl - age
+    if isinstance(error, TransientError):
+        dup = isinstance(error, AmbiguousError)
+        if failures >= settings.max_attempts:
+            return Decision(Action.DEAD, "max_attempts", possible_duplicate=dup)
+        delay = backoff(settings, failures, rng)
+        if delay >= remaining_ttl:
+            return Decision(Action.DEAD, "ttl_while_retrying", possible_duplicate=dup)
+        return Decision(Action.RETRY, error.reason, delay=delay, possible_duplicate=dup)
+    if isinstance(error, RateLimitedError):
+        wait = error.retry_after if error.retry_after else backoff(settings, max(failures, 1), rng)
+        wait = max(1.0, min(wait, settings.rate_limit_cap_seconds))
+        if wait >= remaining_ttl:
+            return Decision(Action.DEAD, "ttl_while_rate_limited")
+        return Decision(Action.WAIT, error.reason, delay=wait, pause_page=wait)
+    if isinstance(error, WindowClosedError | TagRejectedError):
+        tag = next_fallback(fallback_tags, tags_tried, tag_suppressed)
+        if tag is not None:
+            return Decision(Action.RETAG, error.reason, next_tag=tag)
+        return window_outcome(settings)
+    if isinstance(error, RecipientUnreachableError):
+        return Decision(Action.FAIL, error.reason, suppress=True)
+    if isinstance(error, TagAbuseError):
+        return Decision(Action.FAIL, error.reason, suppress_tagged=True)
+    if isinstance(error, TokenInvalidError):
+        return Decision(
+            Action.WAIT,
+            error.reason,
+            delay=settings.token_pause_seconds,
+            pause_page=settings.token_pause_seconds,
+        )
+    if isinstance(error, PageRestrictedError):
+        return Decision(
+            Action.WAIT,
+            error.reason,
+            delay=settings.restricted_pause_seconds,
+            pause_page=settings.restricted_pause_seconds,
+        )
+    return Decision(Action.FAIL, error.reason)

@@ -1,0 +1,929 @@
+"""A local double of the Messenger Send API (the "sandbox").
+
+A real HTTP server (a Starlette app, served by uvicorn) that answers like Graph's Send API for what
+this project needs: token checks, request validation in Graph's order, Graph-shaped error bodies,
+``X-Business-Use-Case-Usage`` headers on throttling, and deterministic fault injection. It is used by
+``messenger-worker up --sandbox``, by the integration tests and by the benchmarks, so the send path
+is kept lean (raw ASGI, orjson, no regular expressions, no per-request logging).
+
+Send endpoints
+--------------
+``POST /{version}/me/messages`` and ``POST /{version}/{page_id}/messages`` (``version`` is any string,
+echoed in the ``facebook-api-version`` header of every answer).
+
+* Token: ``access_token`` query parameter (or form / JSON body field, as in Meta's curl samples), else
+  ``Authorization: Bearer <token>`` (``OAuth <token>`` is accepted too). ``appsecret_proof`` is
+  accepted, ignored, and recorded as present or not. A token is valid if it is a key of
+  ``SandboxConfig.tokens`` (-> that page id) or looks like ``sandbox-token-<page_id>``
+  (see :func:`sandbox_token`); ``sandbox-token-expired-<anything>`` is an expired token (190/463).
+  A missing token, an unknown token, or (with ``/{page_id}/messages``) a token of another page
+  gives error 190.
+* Body: ``application/json``, or ``application/x-www-form-urlencoded`` where ``recipient`` and
+  ``message`` are JSON-encoded strings (single-quoted pseudo-JSON as in Meta's curl samples is
+  accepted). Unparseable JSON gives 100 "Invalid JSON".
+* Validation, in this order, all code 100 (HTTP 400): recipient (one of ``id``, ``user_ref``,
+  ``notification_messages_token``, ``one_time_notif_token``, ``post_id``, ``comment_id``);
+  ``messaging_type`` present (not required for a ``sender_action``-only request, as on Graph) and in
+  RESPONSE/UPDATE/MESSAGE_TAG; ``tag`` only with MESSAGE_TAG; MESSAGE_TAG needs a tag; deprecated
+  tags (:data:`DEPRECATED_TAGS`, error 100 since 2026-04-27) give "(#100) Invalid parameter"; other
+  tags not in :data:`VALID_TAGS` give "(#100) Invalid tag."; not both ``message`` and
+  ``sender_action`` (100/2018014); one of them; ``message`` is an object with ``text``,
+  ``attachment`` or ``sticker_id`` (100/2018034); ``message.text`` shorter than 2000 characters; at
+  most 13 ``quick_replies``; ``sender_action`` in typing_on/typing_off/mark_seen/react/unreact.
+* Success: ``{"recipient_id": <psid>, "message_id": "m_..."}``; ``{"recipient_id": <psid>}`` for a
+  sender action.
+* Errors: ``{"error": {"message", "type": "OAuthException", "code", "error_subcode" (if any),
+  "fbtrace_id", "is_transient"}}``. HTTP 500 for codes 1, 2 and 1200 (transient), HTTP 400 otherwise;
+  rate-limit codes 4, 17, 32, 613, 80001, 80006 are transient (except 613/2018338) and carry
+  ``X-Business-Use-Case-Usage``.
+
+Order of checks: body parsing, token, page-wide faults (``/__sandbox/faults``), validation, reserved
+PSIDs. ``latency_ms`` (plus any ``slow`` delay) is added before every answer, errors included.
+
+Reserved PSIDs (fault injection by ``recipient.id``)
+----------------------------------------------------
+==================================  ================================================================
+PSID                                behaviour
+==================================  ================================================================
+``err-<code>-<rest>``               always fails with Graph error ``<code>``, e.g. ``err-551-u1``
+``err-<code>_<subcode>-<rest>``     always fails with ``<code>/<subcode>``, e.g. ``err-10_2018278-u2``,
+                                    ``err-613_2018338-x``, ``err-190_460-a`` (Meta's message where
+                                    known, else "(#<code>) Sandbox error")
+``flaky<N>-<code>[_<sub>]-<rest>``  the first N calls for this exact PSID fail with that error, later
+                                    calls succeed (``DELETE /__sandbox/calls`` resets the counters)
+``outside-<rest>``                  outside the 24 h window: RESPONSE/UPDATE sends (and sender
+                                    actions) get 10/2018278; MESSAGE_TAG with a valid tag succeeds
+``throttle<M>-<rest>``              80006 with ``X-Business-Use-Case-Usage`` whose
+                                    ``estimated_time_to_regain_access`` is M minutes (M may be 0)
+``slow<MS>-<rest>``                 succeeds after MS extra milliseconds (client read timeouts)
+``http5xx-<rest>``                  HTTP 502, ``text/html`` body ``<html><body>Bad Gateway</body></html>``
+``drop-<rest>``                     the connection is closed without any HTTP response (recorded with
+                                    status 0). Under uvicorn the transport is closed; under another
+                                    server, or when the app is wrapped in other ASGI middleware, it
+                                    raises :class:`ConnectionDropped` instead (Starlette's
+                                    TestClient re-raises it; uvicorn would then answer 500)
+==================================  ================================================================
+
+Anything that does not parse (``err-abc-x``, ``flaky-1-x``, ``slowly-x``) is an ordinary PSID. Rules
+apply only to requests that pass token and validation checks, so ``outside-`` still fails a
+deprecated tag with 100. Rate-limit errors from ``err-``/``flaky`` PSIDs report
+``estimated_time_to_regain_access`` 0; use ``throttle<M>-`` or a page fault's ``regain_minutes`` for
+other values.
+
+Control endpoints (JSON, no auth)
+---------------------------------
+* ``GET /__sandbox/calls?page_id=&psid=&since=`` -> ``{"calls": [...]}``: every send call (success or
+  error), oldest first, each ``{"seq", "at" (arrival, epoch seconds), "page_id", "psid",
+  "messaging_type", "tag", "status" (HTTP status answered, 0 for a drop), "code", "subcode",
+  "message_id", "appsecret_proof", "body" (parsed body or null)}``. ``since`` is a seq (exclusive);
+  seqs keep increasing across clears. At most ``record_limit`` calls are kept.
+* ``GET /__sandbox/stats`` -> ``{"calls", "sent" (200 with a message_id), "errors" (status != 200)}``.
+* ``DELETE /__sandbox/calls``: clears the record, the stats and the ``flaky`` counters.
+* ``GET /__sandbox/config``; ``POST /__sandbox/config {"latency_ms": float}`` changes the latency.
+* ``POST /__sandbox/faults {"page_id", "code", "subcode", "count", "regain_minutes"}``: the next
+  ``count`` sends for that page (all of them if ``count`` is null) fail with that error;
+  ``GET /__sandbox/faults`` lists them; ``DELETE /__sandbox/faults[?page_id=]`` clears them.
+* ``GET /healthz`` -> ``{"ok": true}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, NoReturn
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+__all__ = [
+    "DEPRECATED_TAGS",
+    "SANDBOX_TOKEN_PREFIX",
+    "VALID_TAGS",
+    "ConnectionDropped",
+    "SandboxConfig",
+    "create_app",
+    "sandbox_token",
+    "serve",
+]
+
+SANDBOX_TOKEN_PREFIX: Final = "sandbox-token-"  # noqa: S105 - a public naming convention, not a secret
+_EXPIRED_PREFIX: Final = SANDBOX_TOKEN_PREFIX + "expired-"
+
+VALID_TAGS: Final = frozenset({"HUMAN_AGENT", "CUSTOMER_FEEDBACK", "NON_PROMOTIONAL_SUBSCRIPTION"})
+DEPRECATED_TAGS: Final = frozenset({"CONFIRMED_EVENT_UPDATE", "ACCOUNT_UPDATE", "POST_PURCHASE_UPDATE"})
+_MESSAGING_TYPES: Final = frozenset({"RESPONSE", "UPDATE", "MESSAGE_TAG"})
+_SENDER_ACTIONS: Final = frozenset({"typing_on", "typing_off", "mark_seen", "react", "unreact"})
+_RECIPIENT_KEYS: Final = (
+    "id",
+    "user_ref",
+    "notification_messages_token",
+    "one_time_notif_token",
+    "post_id",
+    "comment_id",
+)
+_MAX_TEXT: Final = 2000
+_MAX_QUICK_REPLIES: Final = 13
+
+_SERVER_ERROR_CODES: Final = frozenset({1, 2, 1200})
+_RATE_LIMIT_CODES: Final = frozenset({4, 17, 32, 613, 80001, 80006})
+_TAG_ABUSE: Final = (613, 2018338)
+
+# Meta's messages (messenger-platform.md §2.3, §3.2, §3.3), looked up by (code, subcode) then (code, None).
+_MESSAGES: Final[Mapping[tuple[int, int | None], str]] = MappingProxyType(
+    {
+        (1, None): "An unknown error occurred.",
+        (1, 1357046): "Received Invalid JSON reply.",
+        (2, None): "An unexpected error has occurred. Please retry your request later.",
+        (2, 2018344): "(#2) Service temporarily unavailable",
+        (4, None): "(#4) Application request limit reached",
+        (4, 2018022): "(#4) Too many send requests to phone numbers",
+        (4, 2018354): "(#4) The minimum delay between Marketing Messages notifications has not passed",
+        (9, 2018352): "(#9) User is performing too many actions",
+        (10, None): "(#10) Application does not have permission for this action",
+        (10, 2018278): "(#10) This message is sent outside of allowed window.",
+        (10, 2534022): "(#10) This message is sent outside of allowed window.",
+        (10, 2018065): "(#10) This message is sent outside of allowed window. "
+        "You need News Messaging permission to be able to send messages outside the window.",
+        (10, 2018108): "(#10) They can't receive your messages right now.",
+        (10, 1893063): "(#10) You are temporarily restricted from sending messages.",
+        (10, 1893015): "(#10) The user has stopped notification messages for this topic.",
+        (17, None): "(#17) User request limit reached",
+        (32, None): "(#32) Page request limit reached",
+        (100, None): "(#100) Invalid parameter",
+        (100, 2018001): "(#100) No matching user found",
+        (100, 2018008): "(#100) Failed to fetch the file from the url",
+        (100, 2018014): "(#100) Cannot send both message and state",
+        (100, 2018034): "(#100) Message cannot be empty, must provide valid attachment or text",
+        (100, 2018047): "(#100) Upload attachment failure.",
+        (100, 2018074): "(#100) Possible invalid ID or you do not own the attachment.",
+        (100, 2018109): "(#100) Attachment size exceeds allowable limit",
+        (100, 2018294): "(#100) Video upload timed out or video is corrupted",
+        (190, None): "Invalid OAuth access token.",
+        (190, 460): "Error validating access token: The session has been invalidated because the user "
+        "changed their password or Facebook has changed the session for security reasons.",
+        (190, 463): "Error validating access token: Session has expired",
+        (200, None): "(#200) Cannot message users who are not admins, developers or testers of the app "
+        "until pages_messaging permission is reviewed and the app is live.",
+        (200, 1545041): "(#200) Message Not Sent: This person isn't available right now.",
+        (368, None): "(#368) Temporarily blocked for policies violations",
+        (551, None): "(#551) This person isn't receiving messages from you right now.",
+        (551, 1545041): "(#551) This person isn't available right now.",
+        (613, None): "(#613) Calls to this api have exceeded the rate limit.",
+        (613, 2018338): "(#613) Warning! You are engaging in behavior that may be considered bothersome or "
+        "abusive by users. You must significantly decrease the rate at which you are sending messages "
+        "using message tags to this person.",
+        (1200, None): "(#1200) Temporary send message failure. Please try again later.",
+        (80001, None): "(#80001) There have been too many calls to this Page account. Wait a bit and try "
+        "again. For more info, please refer to https://developers.facebook.com/docs/graph-api/overview/"
+        "rate-limiting.",
+        (80006, None): "(#80006) There have been too many messages sent to this user. "
+        "Please wait a while and try again",
+    }
+)
+_DEPRECATED_TAG_USER_MSG: Final = (
+    "The message tags CONFIRMED_EVENT_UPDATE, ACCOUNT_UPDATE and POST_PURCHASE_UPDATE are deprecated "
+    "and return an error since 2026-04-27. Use HUMAN_AGENT or utility messages instead."
+)
+
+_JSON: Final = b"application/json"
+_HTML_502: Final = b"<html><body>Bad Gateway</body></html>"
+_RAW_SEND_KEY: Final = "sandbox.raw_send"
+
+
+class ConnectionDropped(Exception):
+    """Raised for a ``drop-`` PSID when the ASGI server's connection cannot be closed directly."""
+
+
+def sandbox_token(page_id: str) -> str:
+    """A token the sandbox accepts for ``page_id`` (no configuration needed)."""
+    return SANDBOX_TOKEN_PREFIX + page_id
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    latency_ms: float = 0.0
+    """Added to every Send API answer (``asyncio.sleep``); changeable via ``POST /__sandbox/config``."""
+    tokens: Mapping[str, str] = field(default_factory=dict)
+    """Explicit token -> page id, checked before the ``sandbox-token-<page_id>`` convention."""
+    record_limit: int = 1_000_000
+    """Maximum number of recorded calls kept (oldest dropped first)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Reserved PSIDs
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    kind: str  # "err", "flaky", "outside", "throttle", "slow", "http5xx", "drop"
+    code: int = 0
+    subcode: int | None = None
+    number: int = 0  # flaky: N failing calls; throttle: minutes; slow: milliseconds
+
+
+def _digits(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _error_spec(spec: str) -> tuple[int, int | None] | None:
+    code_text, sep, sub_text = spec.partition("_")
+    code = _digits(code_text)
+    if code is None:
+        return None
+    if not sep:
+        return code, None
+    sub = _digits(sub_text)
+    return None if sub is None else (code, sub)
+
+
+_PLAIN_RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
+    {"outside": _Rule("outside"), "drop": _Rule("drop"), "http5xx": _Rule("http5xx")}
+)
+_NUMBERED_RULES: Final = ("flaky", "throttle", "slow")
+
+
+def _rule_head(head: str) -> tuple[str, int] | None:
+    """``err`` -> ("err", 0); ``flaky3`` -> ("flaky", 3); ``throttle0``; ``slow250``; else None."""
+    if head == "err":
+        return "err", 0
+    for prefix in _NUMBERED_RULES:
+        if head.startswith(prefix):
+            number = _digits(head[len(prefix) :])
+            return None if number is None else (prefix, number)
+    return None
+
+
+def _parse_rule(psid: str) -> _Rule | None:
+    """The fault rule encoded in ``psid``, or None for an ordinary PSID (a few string operations)."""
+    head, sep, rest = psid.partition("-")
+    rule = _PLAIN_RULES.get(head) if sep else None
+    parsed = _rule_head(head) if sep and rule is None else None
+    if parsed is None:
+        return rule
+    kind, number = parsed
+    if kind in ("err", "flaky"):
+        spec_text, sep, _ = rest.partition("-")
+        spec = _error_spec(spec_text) if sep else None
+        return None if spec is None else _Rule(kind, spec[0], spec[1], number)
+    return _Rule(kind, 80006 if kind == "throttle" else 0, None, number)
+
+
+# --------------------------------------------------------------------------------------------------
+# Answers
+
+
+@dataclass(slots=True)
+class _Answer:
+    status: int
+    body: bytes
+    content_type: bytes = _JSON
+    code: int | None = None
+    subcode: int | None = None
+    message_id: str | None = None
+    buc: bytes | None = None
+    drop: bool = False
+
+
+def _error(
+    code: int,
+    subcode: int | None = None,
+    message: str | None = None,
+    *,
+    page_id: str | None = None,
+    regain_minutes: int = 0,
+    user_msg: str | None = None,
+) -> _Answer:
+    if message is None:
+        message = _MESSAGES.get((code, subcode)) or _MESSAGES.get((code, None)) or f"(#{code}) Sandbox error"
+    rate_limited = code in _RATE_LIMIT_CODES
+    if code in _SERVER_ERROR_CODES:
+        status, transient = 500, True
+    else:
+        status, transient = 400, rate_limited and (code, subcode) != _TAG_ABUSE
+    error: dict[str, object] = {"message": message, "type": "OAuthException", "code": code}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    if user_msg is not None:
+        error["error_user_title"] = "Invalid message tag"
+        error["error_user_msg"] = user_msg
+    error["fbtrace_id"] = secrets.token_urlsafe(8)  # 8 random bytes -> 11 characters
+    error["is_transient"] = transient
+    buc = None
+    if rate_limited:
+        usage = {
+            "type": "messenger",
+            "call_count": 100,
+            "total_cputime": 10,
+            "total_time": 10,
+            "estimated_time_to_regain_access": regain_minutes,
+        }
+        buc = orjson.dumps({page_id or "0": [usage]})
+    return _Answer(status, orjson.dumps({"error": error}), code=code, subcode=subcode, buc=buc)
+
+
+def _invalid(message: str, subcode: int | None = None) -> _Answer:
+    return _error(100, subcode, message)
+
+
+# --------------------------------------------------------------------------------------------------
+# Request parsing
+
+
+class _BadJSON(ValueError):
+    pass
+
+
+def _loads(text: str | bytes) -> object:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    if isinstance(text, str) and "'" in text:  # Meta's curl samples: recipient={'id':'<PSID>'}
+        try:
+            return orjson.loads(text.replace("'", '"'))
+        except orjson.JSONDecodeError:
+            pass
+    raise _BadJSON
+
+
+def _is_form(raw: bytes, content_type: bytes) -> bool:
+    """Form-encoded if declared so, or if undeclared and not looking like JSON."""
+    return b"form-urlencoded" in content_type or (
+        b"json" not in content_type and raw[:1] not in (b"{", b"[", b" ", b"\n", b"\r", b"\t")
+    )
+
+
+def _parse_body(raw: bytes, is_form: bool) -> dict[str, object]:
+    """The request body as a dict; form fields ``recipient``/``message`` are JSON-decoded."""
+    if not is_form:
+        if not raw.strip():
+            return {}
+        parsed = _loads(raw)
+        if not isinstance(parsed, dict):
+            raise _BadJSON
+        return parsed
+    fields: dict[str, object] = {}
+    for key, value in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
+        fields[key] = _loads(value) if key in ("recipient", "message") and value else value
+    return fields
+
+
+def _token_and_proof(scope: Scope, body: Mapping[str, object], auth: bytes | None) -> tuple[str | None, bool]:
+    token: str | None = None
+    proof = False
+    query: bytes = scope.get("query_string", b"")
+    if query:
+        for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if key == "access_token" and value:
+                token = value
+            elif key == "appsecret_proof":
+                proof = True
+    if token is None:
+        in_body = body.get("access_token")
+        if isinstance(in_body, str) and in_body:
+            token = in_body
+    if token is None and auth:
+        scheme, _, credentials = auth.decode("latin-1").strip().partition(" ")
+        if scheme.lower() in ("bearer", "oauth") and credentials.strip():
+            token = credentials.strip()
+    return token, proof or "appsecret_proof" in body
+
+
+class _Refusal(Exception):
+    """Carries the answer for a refused call out of the checks (only on error paths)."""
+
+    def __init__(self, answer: _Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
+def _refuse(message: str, subcode: int | None = None) -> NoReturn:
+    raise _Refusal(_invalid(message, subcode))
+
+
+def _request_fields(body: Mapping[str, object]) -> tuple[str | None, str | None, str | None]:
+    """(psid, messaging_type, tag) as sent, for the record and the checks."""
+    recipient = body.get("recipient")
+    psid_value = recipient.get("id") if isinstance(recipient, dict) else None
+    psid = str(psid_value) if isinstance(psid_value, str | int) and psid_value != "" else None
+    mtype = body.get("messaging_type")
+    tag = body.get("tag")
+    return (
+        psid,
+        mtype if isinstance(mtype, str) and mtype else None,
+        tag if isinstance(tag, str) and tag else None,
+    )
+
+
+def _validate(body: Mapping[str, object], mtype: str | None, tag: str | None) -> None:
+    """Graph's validation order; raises :class:`_Refusal` with the first error."""
+    recipient = body.get("recipient")
+    if not isinstance(recipient, dict) or not any(recipient.get(key) for key in _RECIPIENT_KEYS):
+        _refuse("(#100) The parameter recipient is required")
+    message = body.get("message")
+    action = body.get("sender_action")
+    # Graph does not ask for messaging_type on a bare sender action (typing_on, mark_seen ...).
+    _validate_type_and_tag(mtype, tag, needs_type=message is not None or action is None or tag is not None)
+    if message is not None and action is not None:
+        _refuse("(#100) Cannot send both message and state", 2018014)
+    if message is None and action is None:
+        _refuse("(#100) Must send either message or state")
+    if message is not None:
+        _validate_message(message)
+    elif action not in _SENDER_ACTIONS:
+        _refuse(
+            "(#100) Param sender_action must be one of {typing_on, typing_off, mark_seen, react, unreact}"
+        )
+
+
+def _validate_type_and_tag(mtype: str | None, tag: str | None, *, needs_type: bool) -> None:
+    if mtype is None:
+        if needs_type:
+            _refuse("(#100) Param messaging_type is required")
+    elif mtype not in _MESSAGING_TYPES:
+        _refuse("(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}")
+    if tag is not None and mtype != "MESSAGE_TAG":
+        _refuse("(#100) Messaging type should be MESSAGE_TAG for tagged messages.")
+    if mtype == "MESSAGE_TAG":
+        if tag is None:
+            _refuse("(#100) Tag is required for MESSAGE_TAG messaging type")
+        if tag in DEPRECATED_TAGS:
+            raise _Refusal(_error(100, None, "(#100) Invalid parameter", user_msg=_DEPRECATED_TAG_USER_MSG))
+        if tag not in VALID_TAGS:
+            _refuse("(#100) Invalid tag.")
+
+
+def _validate_message(message: object) -> None:
+    if not isinstance(message, dict):
+        _refuse("(#100) Param message must be a JSON object")
+    text = message.get("text")
+    has_text = isinstance(text, str) and text != ""
+    if not has_text and not message.get("attachment") and not message.get("sticker_id"):
+        _refuse("(#100) Message cannot be empty, must provide valid attachment or text", 2018034)
+    if isinstance(text, str) and len(text) >= _MAX_TEXT:
+        _refuse("(#100) Length of param message[text] must be less than or equal to 2000")
+    replies = message.get("quick_replies")
+    if isinstance(replies, list) and len(replies) > _MAX_QUICK_REPLIES:
+        _refuse("(#100) param message[quick_replies] must have at most 13 items")
+
+
+# --------------------------------------------------------------------------------------------------
+# State
+
+
+@dataclass(slots=True)
+class _PageFault:
+    code: int
+    subcode: int | None
+    remaining: int | None
+    regain_minutes: int
+
+    def as_json(self, page_id: str) -> dict[str, object]:
+        return {
+            "page_id": page_id,
+            "code": self.code,
+            "subcode": self.subcode,
+            "remaining": self.remaining,
+            "regain_minutes": self.regain_minutes,
+        }
+
+
+@dataclass(slots=True)
+class _Call:
+    """One recorded send call. The body is kept raw (a quarter of the memory of the parsed form)."""
+
+    at: float
+    page_id: str | None
+    seq: int = 0
+    psid: str | None = None
+    messaging_type: str | None = None
+    tag: str | None = None
+    status: int = 0
+    code: int | None = None
+    subcode: int | None = None
+    message_id: str | None = None
+    appsecret_proof: bool = False
+    raw: bytes | None = None  # None: the body did not parse
+    is_form: bool = False
+
+    def as_json(self) -> dict[str, object]:
+        body: dict[str, object] | None = None
+        if self.raw is not None:
+            try:
+                body = _parse_body(self.raw, self.is_form)
+            except _BadJSON:  # pragma: no cover - it parsed when it was received
+                body = None
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "page_id": self.page_id,
+            "psid": self.psid,
+            "messaging_type": self.messaging_type,
+            "tag": self.tag,
+            "status": self.status,
+            "code": self.code,
+            "subcode": self.subcode,
+            "message_id": self.message_id,
+            "appsecret_proof": self.appsecret_proof,
+            "body": body,
+        }
+
+
+class _State:
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.latency_ms = float(config.latency_ms)
+        self.tokens: dict[str, str] = dict(config.tokens)
+        self.records: deque[_Call] = deque(maxlen=max(1, config.record_limit))
+        self.seq = itertools.count(1)
+        self.message_seq = itertools.count(1)
+        self.instance = secrets.token_hex(4)
+        self.calls = 0
+        self.sent = 0
+        self.errors = 0
+        self.flaky: dict[str, int] = {}
+        self.faults: dict[str, _PageFault] = {}
+
+    def clear(self) -> None:
+        self.records.clear()
+        self.flaky.clear()
+        self.calls = self.sent = self.errors = 0
+
+    def next_message_id(self) -> str:
+        return f"m_sandbox.{self.instance}.{next(self.message_seq)}"
+
+    def record(self, call: _Call, answer: _Answer) -> None:
+        """Complete and keep ``call`` (just before answering), and count it."""
+        call.seq = next(self.seq)
+        call.status = 0 if answer.drop else answer.status
+        call.code = answer.code
+        call.subcode = answer.subcode
+        call.message_id = answer.message_id
+        self.records.append(call)
+        self.calls += 1
+        if answer.status != 200 or answer.drop:
+            self.errors += 1
+        elif answer.message_id is not None:
+            self.sent += 1
+
+    def raise_page_fault(self, page_id: str) -> None:
+        """Raise :class:`_Refusal` if a page-wide fault is armed for ``page_id`` (and count it)."""
+        fault = self.faults.get(page_id)
+        if fault is None:
+            return
+        if fault.remaining is not None:
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                del self.faults[page_id]
+        raise _Refusal(
+            _error(fault.code, fault.subcode, page_id=page_id, regain_minutes=fault.regain_minutes)
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The Send API endpoint (raw ASGI: the hot path)
+
+
+class _SendEndpoint:
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived = time.time()
+        raw = await _read_body(receive)
+        if raw is None:
+            return  # the client went away before sending its body
+        content_type = b""
+        auth: bytes | None = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"authorization":
+                auth = value
+        params: dict[str, str] = scope["path_params"]
+        path_page = params.get("page_id", "me")
+        state = self.state
+
+        call = _Call(arrived, None if path_page == "me" else path_page)
+        try:
+            answer, extra_ms = self._answer(
+                scope, raw, content_type=content_type, auth=auth, path_page=path_page, call=call
+            )
+        except _Refusal as refusal:
+            answer, extra_ms = refusal.answer, 0.0
+
+        delay = state.latency_ms + extra_ms
+        if delay > 0:
+            await asyncio.sleep(delay / 1000.0)
+        state.record(call, answer)
+
+        if answer.drop:
+            await _drop_connection(scope)
+            return
+        headers = [
+            (b"content-type", answer.content_type),
+            (b"content-length", str(len(answer.body)).encode()),
+            (b"facebook-api-version", params.get("version", "").encode("latin-1", "replace")),
+        ]
+        if answer.buc is not None:
+            headers.append((b"x-business-use-case-usage", answer.buc))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    def _answer(
+        self,
+        scope: Scope,
+        raw: bytes,
+        *,
+        content_type: bytes,
+        auth: bytes | None,
+        path_page: str,
+        call: _Call,
+    ) -> tuple[_Answer, float]:
+        """The answer to a send call and its extra delay in ms (or :class:`_Refusal`); fills ``call``."""
+        is_form = _is_form(raw, content_type)
+        try:
+            body = _parse_body(raw, is_form)
+        except _BadJSON:
+            call.appsecret_proof = _token_and_proof(scope, {}, auth)[1]
+            raise _Refusal(_invalid("Invalid JSON")) from None
+        call.raw = raw
+        call.is_form = is_form
+        call.psid, call.messaging_type, call.tag = psid, mtype, tag = _request_fields(body)
+        token, call.appsecret_proof = _token_and_proof(scope, body, auth)
+        page_id = self._page_for(token, path_page)
+        call.page_id = page_id
+
+        state = self.state
+        if state.faults:
+            state.raise_page_fault(page_id)
+        _validate(body, mtype, tag)
+        extra_ms = self._apply_rule(psid, mtype, page_id) if psid is not None and "-" in psid else 0.0
+
+        recipient_id = psid if psid is not None else ""
+        if body.get("message") is None:  # a sender action
+            return _Answer(200, orjson.dumps({"recipient_id": recipient_id})), extra_ms
+        message_id = state.next_message_id()
+        payload = orjson.dumps({"recipient_id": recipient_id, "message_id": message_id})
+        return _Answer(200, payload, message_id=message_id), extra_ms
+
+    def _page_for(self, token: str | None, path_page: str) -> str:
+        """The page the token belongs to (explicit map, then ``sandbox-token-<page_id>``)."""
+        if token is None:
+            message = "An active access token must be used to query information about the current user."
+            raise _Refusal(_error(190, None, message))
+        page_id = self.state.tokens.get(token)
+        if page_id is None and token.startswith(SANDBOX_TOKEN_PREFIX):
+            if token.startswith(_EXPIRED_PREFIX):
+                raise _Refusal(_error(190, 463))
+            page_id = token[len(SANDBOX_TOKEN_PREFIX) :] or None
+        if page_id is None:
+            raise _Refusal(_error(190, None, "Invalid OAuth access token - Cannot parse access token"))
+        if path_page not in ("me", page_id):
+            raise _Refusal(_error(190, None, "(#190) The access token does not belong to this page"))
+        return page_id
+
+    def _apply_rule(self, psid: str, mtype: str | None, page_id: str) -> float:
+        """Apply the reserved-PSID rule (raises :class:`_Refusal`); returns the extra delay in ms."""
+        rule = _parse_rule(psid)
+        if rule is None:
+            return 0.0
+        kind = rule.kind
+        if kind == "err":
+            raise _Refusal(_error(rule.code, rule.subcode, page_id=page_id))
+        if kind == "flaky":
+            seen = self.state.flaky.get(psid, 0) + 1
+            self.state.flaky[psid] = seen
+            if seen <= rule.number:
+                raise _Refusal(_error(rule.code, rule.subcode, page_id=page_id))
+        elif kind == "outside":
+            if mtype != "MESSAGE_TAG":
+                raise _Refusal(_error(10, 2018278))
+        elif kind == "throttle":
+            raise _Refusal(_error(80006, None, page_id=page_id, regain_minutes=rule.number))
+        elif kind == "slow":
+            return float(rule.number)
+        elif kind == "http5xx":
+            raise _Refusal(_Answer(502, _HTML_502, b"text/html; charset=utf-8"))
+        elif kind == "drop":
+            raise _Refusal(_Answer(0, b"", drop=True))
+        return 0.0
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _drop_connection(scope: Scope) -> None:
+    """Close the client connection without writing any HTTP response.
+
+    uvicorn hands the application its ``RequestResponseCycle.send`` bound method, whose owner holds
+    the connection's transport. Closing it makes uvicorn see a disconnect (``connection_lost``), after
+    which it neither writes a 500 nor logs anything. Other servers get :class:`ConnectionDropped`.
+    """
+    raw_send = scope.get(_RAW_SEND_KEY)
+    cycle = getattr(raw_send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    abort = getattr(transport, "abort", None)
+    if not callable(abort):
+        raise ConnectionDropped("sandbox: drop- PSID (connection closed without a response)")
+    abort()
+    for _ in range(20):  # connection_lost runs on a following loop iteration
+        if getattr(cycle, "disconnected", True):
+            return
+        await asyncio.sleep(0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Control endpoints
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _bad(message: str) -> Response:
+    return _json({"error": message}, 400)
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _optional_int(payload: Mapping[str, object], key: str) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _BadRequest(f"{key} must be an integer or null")
+    return value
+
+
+async def _json_payload(request: Request) -> dict[str, object]:
+    try:
+        payload = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise _BadRequest("body must be a JSON object")
+    return payload
+
+
+def _parse_fault(payload: Mapping[str, object]) -> tuple[str, _PageFault]:
+    page_id = payload.get("page_id")
+    if isinstance(page_id, bool) or not isinstance(page_id, str | int) or page_id == "":
+        raise _BadRequest("page_id is required")
+    code = _optional_int(payload, "code")
+    if code is None:
+        raise _BadRequest("code is required")
+    count = _optional_int(payload, "count")
+    if count is not None and count < 1:
+        raise _BadRequest("count must be >= 1 or null")
+    regain = _optional_int(payload, "regain_minutes") or 0
+    return str(page_id), _PageFault(code, _optional_int(payload, "subcode"), count, regain)
+
+
+class _Control:
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    async def calls(self, request: Request) -> Response:
+        params = request.query_params
+        page_id = params.get("page_id") or None
+        psid = params.get("psid") or None
+        since_text = params.get("since")
+        since = 0
+        if since_text:
+            parsed = _digits(since_text)
+            if parsed is None:
+                return _bad("since must be a non-negative integer")
+            since = parsed
+        selected = [
+            call.as_json()
+            for call in self.state.records
+            if call.seq > since
+            and (page_id is None or call.page_id == page_id)
+            and (psid is None or call.psid == psid)
+        ]
+        return _json({"calls": selected})
+
+    async def clear_calls(self, request: Request) -> Response:
+        self.state.clear()
+        return _json({"ok": True})
+
+    async def stats(self, request: Request) -> Response:
+        state = self.state
+        return _json({"calls": state.calls, "sent": state.sent, "errors": state.errors})
+
+    async def get_config(self, request: Request) -> Response:
+        return _json({"latency_ms": self.state.latency_ms})
+
+    async def set_config(self, request: Request) -> Response:
+        try:
+            payload = await _json_payload(request)
+        except _BadRequest as exc:
+            return _bad(str(exc))
+        if "latency_ms" in payload:
+            latency = payload["latency_ms"]
+            if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
+                return _bad("latency_ms must be a non-negative number")
+            self.state.latency_ms = float(latency)
+        return _json({"latency_ms": self.state.latency_ms})
+
+    async def get_faults(self, request: Request) -> Response:
+        faults = [fault.as_json(page_id) for page_id, fault in self.state.faults.items()]
+        return _json({"faults": faults})
+
+    async def add_fault(self, request: Request) -> Response:
+        try:
+            page_id, fault = _parse_fault(await _json_payload(request))
+        except _BadRequest as exc:
+            return _bad(str(exc))
+        self.state.faults[page_id] = fault
+        return _json(fault.as_json(page_id))
+
+    async def clear_faults(self, request: Request) -> Response:
+        page_id = request.query_params.get("page_id")
+        if page_id:
+            self.state.faults.pop(page_id, None)
+        else:
+            self.state.faults.clear()
+        return _json({"ok": True})
+
+
+async def _healthz(request: Request) -> Response:
+    return _json({"ok": True})
+
+
+# --------------------------------------------------------------------------------------------------
+# App and server
+
+
+class _SandboxApp(Starlette):
+    """Starlette, remembering the server's own ``send`` so that ``drop-`` can close the connection."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[_RAW_SEND_KEY] = send
+        await super().__call__(scope, receive, send)
+
+
+def create_app(config: SandboxConfig | None = None) -> Starlette:
+    """The sandbox as an ASGI app (each app has its own record, counters and faults)."""
+    state = _State(config or SandboxConfig())
+    control = _Control(state)
+    routes = [
+        Route("/{version}/{page_id}/messages", _SendEndpoint(state), methods=["POST"]),
+        Route("/healthz", _healthz, methods=["GET"]),
+        Route("/__sandbox/calls", control.calls, methods=["GET"]),
+        Route("/__sandbox/calls", control.clear_calls, methods=["DELETE"]),
+        Route("/__sandbox/stats", control.stats, methods=["GET"]),
+        Route("/__sandbox/config", control.get_config, methods=["GET"]),
+        Route("/__sandbox/config", control.set_config, methods=["POST"]),
+        Route("/__sandbox/faults", control.get_faults, methods=["GET"]),
+        Route("/__sandbox/faults", control.add_fault, methods=["POST"]),
+        Route("/__sandbox/faults", control.clear_faults, methods=["DELETE"]),
+    ]
+    app = _SandboxApp(routes=routes)
+    app.state.sandbox = state
+    return app
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8081,
+    latency_ms: float = 0.0,
+    tokens: Mapping[str, str] | None = None,
+) -> None:
+    """Run the sandbox with uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    config = SandboxConfig(latency_ms=latency_ms, tokens=dict(tokens or {}))
+    uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=host,
+            port=port,
+            loop="auto",
+            http="auto",
+            access_log=False,
+            log_level="warning",
+        )
+    ).run()

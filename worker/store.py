@@ -1,0 +1,242 @@
+"""The delivery store: every Redis key this service owns, and the Lua scripts that change them.
+
+A delivery's record is the source of truth for its fate; Celery messages only say "look at these
+ids now". That is what makes "nothing lost" hold even where Celery-on-Redis is not airtight
+(pitfalls.md: a kill -9 or a Redis restart can leave a message in no queue):
+
+Keys (``P`` is ``KEY_PREFIX``, default ``bmw``)::
+
+    P:d:{id}            hash   the delivery: status, page_id, psid, body, attempts, timestamps,
+                               lease_until, not_before, message_id, error, tags …
+    P:pending           zset   every non-final delivery -> the time by which it must have progressed;
+                               the sweeper re-enqueues members past that time (lost Celery messages,
+                               workers killed mid-send)
+    P:sched             zset   deliveries waiting (retry backoff, rate-limit, paused page) -> due time;
+                               released to the queue by the scheduler, never by a Celery countdown
+    P:dead              zset   dead letters -> time of death
+    P:idem:{key}        string Idempotency-Key -> delivery id (TTL IDEMPOTENCY_TTL)
+    P:supp:{page}:{psid}    string  recipient unreachable (TTL SUPPRESSION_TTL)
+    P:supptag:{page}:{psid} string  tagged sends suppressed after a tag-abuse warning
+    P:pause:{page}      hash   page pause: until, reason, code, token fingerprint
+    P:paused            zset   paused pages -> until (for status)
+    {QUEUE_NAME}        list   the Celery queue (kombu's Redis layout)
+
+Statuses: ``queued`` and ``retrying`` are open; ``sent``, ``failed``, ``expired`` and ``dead``
+are final. A worker *claims* a delivery (atomically: open, due, not leased) before sending; the
+lease (DELIVERY_LEASE_SECONDS) is what stops two workers sending the same delivery when the
+sweeper and Celery both hand it out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+OPEN_STATUSES = frozenset({"queued", "retrying"})
+FINAL_STATUSES = frozenset({"sent", "failed", "expired", "dead"})
+
+# ACCEPT: the intake's group commit, one call per batch of requests.
+# KEYS[1] pending zset, KEYS[2] Celery queue list.
+# ARGV[1] now, ARGV[2] idempotency ttl, ARGV[3] sweep_after, ARGV[4] key prefix,
+# ARGV[5] the Celery message (already serialised; it names every id of the batch),
+# ARGV[6] fields per item (F), then F values per item:
+#   id, idempotency key ("" for none), page_id, psid, body, token ("" = configured page token),
+#   fallback tags (JSON list), request id.
+# Returns, per item, "" when accepted or the existing delivery id for a repeated idempotency key.
+# The queue message is pushed only if at least one item was accepted. Ids refused as duplicates
+# have no record, so the worker skips them.
+ACCEPT_LUA = """
+local now = ARGV[1]
+local idem_ttl = tonumber(ARGV[2])
+local deadline = tonumber(now) + tonumber(ARGV[3])
+local prefix = ARGV[4]
+local per = tonumber(ARGV[6])
+local out = {}
+local accepted = 0
+local i = 7
+while i <= #ARGV do
+  local id = ARGV[i]
+  local idem = ARGV[i + 1]
+  local existing = false
+  if idem ~= '' then
+    local key = prefix .. ':idem:' .. idem
+    if redis.call('SET', key, id, 'NX', 'EX', idem_ttl) == false then
+      existing = redis.call('GET', key)
+    end
+  end
+  if existing then
+    table.insert(out, existing)
+  else
+    redis.call('HSET', prefix .. ':d:' .. id,
+      'status', 'queued', 'page_id', ARGV[i + 2], 'psid', ARGV[i + 3], 'body', ARGV[i + 4],
+      'token', ARGV[i + 5], 'fallback_tags', ARGV[i + 6], 'request_id', ARGV[i + 7],
+      'idempotency_key', idem, 'created_at', now, 'updated_at', now, 'attempts', 0)
+    redis.call('ZADD', KEYS[1], deadline, id)
+    accepted = accepted + 1
+    table.insert(out, '')
+  end
+  i = i + per
+end
+if accepted > 0 then
+  redis.call('LPUSH', KEYS[2], ARGV[5])
+end
+return out
+"""
+
+# CLAIM: a worker takes ownership of the deliveries of one Celery message.
+# KEYS[1] pending zset. ARGV[1] now, ARGV[2] lease seconds, ARGV[3] key prefix, ARGV[4..] ids.
+# A delivery is claimed when it exists, is open, is due (not_before <= now) and is not leased.
+# Returns a flat list: id, then its HGETALL array, for each claimed id.
+CLAIM_LUA = """
+local now = tonumber(ARGV[1])
+local lease = now + tonumber(ARGV[2])
+local prefix = ARGV[3]
+local out = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local key = prefix .. ':d:' .. id
+  local st = redis.call('HMGET', key, 'status', 'not_before', 'lease_until')
+  if (st[1] == 'queued' or st[1] == 'retrying')
+     and tonumber(st[2] or '0') <= now and tonumber(st[3] or '0') <= now then
+    redis.call('HSET', key, 'lease_until', lease)
+    redis.call('ZADD', KEYS[1], lease + 1, id)
+    table.insert(out, id)
+    table.insert(out, redis.call('HGETALL', key))
+  end
+end
+return out
+"""
+
+# RELEASE: the scheduler moves due waits back to the queue. KEYS[1] sched zset.
+# ARGV[1] now, ARGV[2] limit. Returns the released ids (removed from sched atomically; a worker
+# that dies before publishing them leaves them in ``pending``, where the sweeper finds them).
+RELEASE_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
+return ids
+"""
+
+# SWEEP: re-enqueue open deliveries that made no progress in time. KEYS[1] pending, KEYS[2] sched.
+# ARGV[1] now, ARGV[2] limit, ARGV[3] sweep_after, ARGV[4] prefix. Final or vanished records are
+# dropped from pending; deliveries still waiting in sched get their deadline pushed back.
+SWEEP_LUA = """
+local now = tonumber(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  local st = redis.call('HGET', ARGV[4] .. ':d:' .. id, 'status')
+  if st == 'queued' or st == 'retrying' then
+    local due = redis.call('ZSCORE', KEYS[2], id)
+    if due then
+      redis.call('ZADD', KEYS[1], tonumber(due) + tonumber(ARGV[3]), id)
+    else
+      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), id)
+      table.insert(out, id)
+    end
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+    queue: str
+
+    def delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}:d:{delivery_id}"
+
+    @property
+    def pending(self) -> str:
+        return f"{self.prefix}:pending"
+
+    @property
+    def sched(self) -> str:
+        return f"{self.prefix}:sched"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def paused(self) -> str:
+        return f"{self.prefix}:paused"
+
+    def idem(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    def suppressed(self, page_id: str, psid: str) -> str:
+        return f"{self.prefix}:supp:{page_id}:{psid}"
+
+    def tag_suppressed(self, page_id: str, psid: str) -> str:
+        return f"{self.prefix}:supptag:{page_id}:{psid}"
+
+    def pause(self, page_id: str) -> str:
+        return f"{self.prefix}:pause:{page_id}"
+
+
+def decode_record(raw: Sequence[Any] | dict[Any, Any]) -> dict[str, str]:
+    """HGETALL as a flat list (from Lua) or a dict (from redis-py) -> str dict."""
+    if isinstance(raw, dict):
+        items: Iterable[tuple[Any, Any]] = raw.items()
+    else:
+        items = zip(raw[0::2], raw[1::2], strict=True)
+    return {_s(k): _s(v) for k, v in items}
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def public_view(delivery_id: str, rec: dict[str, str]) -> dict[str, Any]:
+    """The status API's view of a record: never the token, the body or the raw PSID."""
+    view: dict[str, Any] = {
+        "delivery_id": delivery_id,
+        "status": rec.get("status", "unknown"),
+        "attempts": int(rec.get("attempts", "0") or 0),
+        "page_id": rec.get("page_id"),
+        "created_at": float(rec.get("created_at", "0") or 0),
+        "updated_at": float(rec.get("updated_at", "0") or 0),
+    }
+    if rec.get("message_id"):
+        view["message_id"] = rec["message_id"]
+    if rec.get("error"):
+        view["error"] = orjson.loads(rec["error"])
+    if rec.get("delivered_tag"):
+        view["delivered_tag"] = rec["delivered_tag"]
+    if rec.get("status") == "retrying" and rec.get("not_before"):
+        view["next_attempt_at"] = float(rec["not_before"])
+    return view
+
+
+def open_counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Queue depth, scheduled waits, open deliveries and dead letters (status command, readyz)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(keys.queue)
+    pipe.zcard(keys.sched)
+    pipe.zcard(keys.pending)
+    pipe.zcard(keys.dead)
+    pipe.zcount(keys.paused, time.time(), "+inf")
+    depth, sched, pending, dead, paused = pipe.execute()
+    return {
+        "queue_depth": int(depth),
+        "scheduled": int(sched),
+        "open": int(pending),
+        "dead_letters": int(dead),
+        "paused_pages": int(paused),
+    }
+
+
+async def fetch_record(client: aioredis.Redis, keys: Keys, delivery_id: str) -> dict[str, str] | None:
+    # redis-py types its commands as "Awaitable[T] | T" for both clients; this one is async.
+    raw = await client.hgetall(keys.delivery(delivery_id))  # type: ignore[misc]
+    return decode_record(raw) if raw else None
