@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from worker import broker, store
-from worker.config import Settings
+from worker.config import PageTokens, Settings
 from worker.graph import GraphClient, GraphError, SendResult
 from worker.logging import get_logger, recipient_ref
 from worker.policy import Action, Decision, decide
@@ -116,6 +116,7 @@ class Engine:
     def __init__(self, settings: Settings, graph: GraphClient | None = None) -> None:
         self.settings = settings
         self.keys = store.Keys(settings.key_prefix, settings.queue_name)
+        self.tokens = PageTokens(settings)
         self._graph = graph
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -124,6 +125,7 @@ class Engine:
         self._scheduler: asyncio.Task[None] | None = None
         self._scripts: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._pauses_checked = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self, *, scheduler: bool = True) -> None:
@@ -246,7 +248,7 @@ class Engine:
         return {"supp": supp, "pauses": pauses}
 
     def _token_for(self, d: Delivery) -> str | None:
-        return d.token or self.settings.page_token(d.page_id)
+        return d.token or self.tokens.get(d.page_id)
 
     async def _deliver(self, d: Delivery, context: dict[str, Any]) -> Outcome:
         s = self.settings
@@ -481,6 +483,19 @@ class Engine:
                 seconds=round(o.pause[0], 1),
             )
 
+    async def lift_replaced_token_pauses(self) -> None:
+        """A page paused for a bad token resumes as soon as its configured token changes."""
+        for member in await self.redis.zrangebyscore(self.keys.paused, time.time(), "+inf"):
+            page = store._s(member)
+            rec = store.decode_record(await self.redis.hgetall(self.keys.pause(page)))  # type: ignore[misc]
+            token = self.tokens.get(page)
+            if (
+                rec.get("reason") == "token_invalid"
+                and token
+                and rec.get("token_fp") != token_fingerprint(token)
+            ):
+                await self._resume_page(page, "token_replaced")
+
     async def _resume_page(self, page_id: str, why: str) -> None:
         await resume_page(self.redis, self.keys, page_id)
         log.info("page.resumed", page_id=page_id, reason=why)
@@ -505,6 +520,9 @@ class Engine:
             keys=[self.keys.pending, self.keys.sched], args=[now, 1000, s.sweep_after_seconds, s.key_prefix]
         )
         ids = [store._s(i) for i in [*released, *swept]]
+        if time.monotonic() - self._pauses_checked >= 5.0:
+            self._pauses_checked = time.monotonic()
+            await self.lift_replaced_token_pauses()
         if swept:
             log.info("scheduler.swept", count=len(swept))
         await publish(self.redis, s, ids)

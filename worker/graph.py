@@ -254,11 +254,30 @@ def from_response(response: httpx.Response, *, tag: str | None = None) -> GraphE
     return cls(info, retry_after=retry_after)
 
 
-def from_transport(exc: httpx.TransportError) -> GraphError:
-    """Transport failures: ambiguous if the request may have reached Graph, else transient."""
-    sent_maybe = isinstance(
+def _maybe_sent(exc: httpx.TransportError) -> bool:
+    """Could the request have reached Graph? Decided on the aiohttp cause when there is one.
+
+    httpx-aiohttp maps every ``aiohttp.ClientConnectionError`` (a server disconnect mid-answer
+    included) to ``httpx.ConnectTimeout``, which would hide possible duplicates; its original
+    exception is kept as ``__cause__``.
+    """
+    import aiohttp
+
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return False
+    if isinstance(
+        cause, aiohttp.ClientConnectionError | aiohttp.ServerTimeoutError | aiohttp.ClientPayloadError
+    ):
+        return True
+    return isinstance(
         exc, httpx.ReadTimeout | httpx.WriteTimeout | httpx.RemoteProtocolError | httpx.ReadError
     )
+
+
+def from_transport(exc: httpx.TransportError) -> GraphError:
+    """Transport failures: ambiguous if the request may have reached Graph, else transient."""
+    sent_maybe = _maybe_sent(exc)
     info = ErrorInfo(code=None, subcode=None, message=f"transport error: {type(exc).__name__}")
     return AmbiguousError(info) if sent_maybe else TransientError(info)
 

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from worker import broker, store
+from worker import broker, deadletters, store
 from worker.config import Settings
 from worker.logging import get_logger, recipient_ref
 from worker.validation import MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY, InputError, SendRequest, validate
@@ -250,6 +250,66 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
             return error(404, "not_found", "no such delivery")
         return JSONResponse(store.public_view(delivery_id, rec))
 
+    def _dead_filter(params: dict[str, Any]) -> deadletters.Filter:
+        def num(name: str, kind: type[int] | type[float]) -> Any:
+            value = params.get(name)
+            if value in (None, ""):
+                return None
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                raise InputError(422, "invalid_filter", f"{name} must be a number") from None
+
+        page = params.get("page_id")
+        return deadletters.Filter(
+            page_id=str(page) if page else None,
+            error_code=num("code", int),
+            older_than=num("older_than", float),
+            limit=min(num("limit", int) or 1000, 10_000),
+        )
+
+    async def dead_list(request: Request) -> Response:
+        try:
+            flt = _dead_filter(dict(request.query_params))
+            items = await deadletters.list_dead(state["redis"], settings, flt)
+        except InputError as exc:
+            return error(exc.status, exc.code, exc.message)
+        except (redis.exceptions.RedisError, OSError):
+            return unavailable()
+        return JSONResponse({"dead_letters": items, "count": len(items)})
+
+    async def dead_action(request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ("replay", "purge"):
+            return error(404, "not_found", "no such route")
+        try:
+            ids, flt = _parse_dead_body(await _read_body(request))
+            listed = await deadletters.list_dead(state["redis"], settings, flt)
+            chosen = [i["delivery_id"] for i in listed]
+            if ids is not None:
+                wanted = set(ids)
+                chosen = [i for i in chosen if i in wanted]
+            if action == "replay":
+                done = await deadletters.replay(state["redis"], settings, chosen)
+                return JSONResponse({"replayed": done, "count": len(done)})
+            return JSONResponse({"purged": await deadletters.purge(state["redis"], settings, chosen)})
+        except InputError as exc:
+            return error(exc.status, exc.code, exc.message)
+        except (redis.exceptions.RedisError, OSError):
+            return unavailable()
+
+    def _parse_dead_body(raw: bytes) -> tuple[list[str] | None, deadletters.Filter]:
+        try:
+            params: Any = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            raise InputError(400, "invalid_json", "body is not valid JSON") from None
+        if not isinstance(params, dict):
+            raise InputError(422, "invalid_body", "body must be a JSON object")
+        ids = params.get("delivery_ids")
+        if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
+            raise InputError(422, "invalid_body", "delivery_ids must be a list of strings")
+        return ids, _dead_filter(params)
+
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -274,6 +334,8 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
         Route("/{version}/me/messages", authed(send), methods=["POST"]),
         Route("/{version}/{page_id}/messages", authed(send), methods=["POST"]),
         Route("/v1/deliveries/{delivery_id}", authed(delivery), methods=["GET"]),
+        Route("/v1/dead-letters", authed(dead_list), methods=["GET"]),
+        Route("/v1/dead-letters/{action}", authed(dead_action), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
