@@ -188,7 +188,9 @@ class Sandbox:
         ).raise_for_status()
 
     def clear_faults(self, page_id: str) -> None:
-        httpx.delete(f"{self.url}/__sandbox/faults", params={"page_id": page_id}, timeout=10).raise_for_status()
+        httpx.delete(
+            f"{self.url}/__sandbox/faults", params={"page_id": page_id}, timeout=10
+        ).raise_for_status()
 
     def set_latency(self, ms: float) -> None:
         httpx.post(f"{self.url}/__sandbox/config", json={"latency_ms": ms}, timeout=10).raise_for_status()

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     env = base_env(redis_server.url, sandbox.url, TOKEN_PAUSE_SECONDS="600", RESTRICTED_PAUSE_SECONDS="600")
     s = Stack(env, sandbox, redis_server.url, tmp_path_factory.mktemp("errors"))
     s.start_intake()
@@ -30,8 +32,9 @@ def stack(redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.
     sandbox.clear()
 
 
-def send(stack: Stack, psid: str, *, page: str | None = None, tag: str | None = None,
-         fallback: str | None = None) -> str:
+def send(
+    stack: Stack, psid: str, *, page: str | None = None, tag: str | None = None, fallback: str | None = None
+) -> str:
     body: dict[str, Any] = {"recipient": {"id": psid}, "message": {"text": "hi"}}
     body["messaging_type"] = "MESSAGE_TAG" if tag else "UPDATE"
     if tag:
@@ -71,7 +74,11 @@ def test_unreachable_fails_once_and_suppresses(stack: Stack) -> None:
     assert len(calls(stack, "err-551-u1")) == 1  # no Graph call for a suppressed PSID
     for psid, code in (("err-200_1545041-u2", 200), ("err-10_2018108-u3", 10), ("err-100_2018001-u4", 100)):
         view = final(stack, send(stack, psid))
-        assert (view["status"], view["error"]["code"], view["error"]["reason"]) == ("failed", code, "unreachable")
+        assert (view["status"], view["error"]["code"], view["error"]["reason"]) == (
+            "failed",
+            code,
+            "unreachable",
+        )
         assert len(calls(stack, psid)) == 1
 
 
@@ -98,7 +105,10 @@ def test_deprecated_tag_is_stripped_then_fallback(stack: Stack) -> None:
     view = final(stack, send(stack, "outside-w3", tag="ACCOUNT_UPDATE", fallback="HUMAN_AGENT"))
     assert view["status"] == "sent"
     made = calls(stack, "outside-w3")
-    assert [(c["messaging_type"], c["tag"]) for c in made] == [("UPDATE", None), ("MESSAGE_TAG", "HUMAN_AGENT")]
+    assert [(c["messaging_type"], c["tag"]) for c in made] == [
+        ("UPDATE", None),
+        ("MESSAGE_TAG", "HUMAN_AGENT"),
+    ]
     assert all(c["tag"] != "ACCOUNT_UPDATE" for c in made)
 
 
@@ -135,17 +145,29 @@ def test_transient_exhausts_attempts_to_dead_letter_and_replay(stack: Stack) -> 
         assert view["status"] == "dead", psid
         assert view["attempts"] == 3  # MAX_ATTEMPTS=3 in the test env
         assert len(calls(stack, psid)) == 3
-    ambiguous = [e for e in stack.logs() if e.get("event") == "delivery.attempt" and e.get("possible_duplicate")]
+    ambiguous = [
+        e for e in stack.logs() if e.get("event") == "delivery.attempt" and e.get("possible_duplicate")
+    ]
     assert ambiguous, "dropped connections are logged as possible duplicates"
     headers = {"Authorization": f"Bearer {INTAKE_TOKEN}"}
-    listed = httpx.get(f"{stack.intake_url}/v1/dead-letters", headers=headers, params={"code": "2"}, timeout=10).json()
+    listed = httpx.get(
+        f"{stack.intake_url}/v1/dead-letters", headers=headers, params={"code": "2"}, timeout=10
+    ).json()
     assert [d["error"]["code"] for d in listed["dead_letters"]] == [2]
     dead_id = listed["dead_letters"][0]["delivery_id"]
-    replay = httpx.post(f"{stack.intake_url}/v1/dead-letters/replay", headers=headers,
-                        json={"delivery_ids": [dead_id]}, timeout=10).json()
+    replay = httpx.post(
+        f"{stack.intake_url}/v1/dead-letters/replay",
+        headers=headers,
+        json={"delivery_ids": [dead_id]},
+        timeout=10,
+    ).json()
     assert replay["replayed"] == [dead_id]
-    again = httpx.post(f"{stack.intake_url}/v1/dead-letters/replay", headers=headers,
-                       json={"delivery_ids": [dead_id]}, timeout=10).json()
+    again = httpx.post(
+        f"{stack.intake_url}/v1/dead-letters/replay",
+        headers=headers,
+        json={"delivery_ids": [dead_id]},
+        timeout=10,
+    ).json()
     assert again["replayed"] == []  # safe to run twice
     view = final(stack, dead_id)
     assert view["status"] == "dead"
@@ -160,7 +182,9 @@ def test_rate_limited_waits_without_burning_attempts(stack: Stack) -> None:
     assert view["attempts"] == 4  # 3 throttled calls + 1 success, though MAX_ATTEMPTS is 3
     rec = stack.record(delivery_id)
     assert rec["failures"] == "0"
-    paused = [e for e in stack.logs() if e.get("event") == "page.paused" and e.get("reason") == "rate_limited"]
+    paused = [
+        e for e in stack.logs() if e.get("event") == "page.paused" and e.get("reason") == "rate_limited"
+    ]
     assert paused
 
 
@@ -183,7 +207,10 @@ def test_token_invalid_pauses_page_until_resumed(stack: Stack) -> None:
     assert any(e.get("event") == "page.paused" and e.get("page_id") == page for e in stack.logs())
     out = subprocess.run(
         [sys.executable, "-m", "worker", "pages", "resume", page],
-        env=stack.env, capture_output=True, timeout=60, check=True,
+        env=stack.env,
+        capture_output=True,
+        timeout=60,
+        check=True,
     )
     assert orjson.loads(out.stdout.splitlines()[-1])["released"] == 2
     assert final(stack, first)["status"] == "sent"
@@ -203,8 +230,9 @@ def test_page_restricted_pauses_page(stack: Stack) -> None:
     assert stack.redis().exists(f"{stack.prefix}:pause:{page}")
 
 
-def test_scheduled_waits_survive_worker_restart(redis_server: RedisServer, sandbox: Sandbox,
-                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_scheduled_waits_survive_worker_restart(
+    redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     env = base_env(redis_server.url, sandbox.url, TOKEN_PAUSE_SECONDS="600")
     s = Stack(env, sandbox, redis_server.url, tmp_path_factory.mktemp("restart"))
     try:
@@ -219,8 +247,13 @@ def test_scheduled_waits_survive_worker_restart(redis_server: RedisServer, sandb
         time.sleep(1.0)
         assert all(s.record(i)["status"] == "retrying" for i in ids)  # still waiting, not lost
         sandbox.clear_faults(page)
-        subprocess.run([sys.executable, "-m", "worker", "pages", "resume", page], env=s.env,
-                       capture_output=True, timeout=60, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "worker", "pages", "resume", page],
+            env=s.env,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
         records = s.wait_final(ids)
         assert {r["status"] for r in records.values()} == {"sent"}
         for i in range(5):
@@ -231,14 +264,21 @@ def test_scheduled_waits_survive_worker_restart(redis_server: RedisServer, sandb
         s.stop()
 
 
-def test_deprecated_tag_reject_policy(redis_server: RedisServer, sandbox: Sandbox,
-                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_deprecated_tag_reject_policy(
+    redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     env = base_env(redis_server.url, sandbox.url, DEPRECATED_TAG_POLICY="reject")
     s = Stack(env, sandbox, redis_server.url, tmp_path_factory.mktemp("reject"))
     try:
         s.start_intake()
-        resp = s.post({"recipient": {"id": "x"}, "messaging_type": "MESSAGE_TAG", "tag": "POST_PURCHASE_UPDATE",
-                       "message": {"text": "receipt"}})
+        resp = s.post(
+            {
+                "recipient": {"id": "x"},
+                "messaging_type": "MESSAGE_TAG",
+                "tag": "POST_PURCHASE_UPDATE",
+                "message": {"text": "receipt"},
+            }
+        )
         assert resp.status_code == 422
         err = resp.json()["error"]
         assert err["code"] == "deprecated_tag"
