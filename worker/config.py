@@ -76,7 +76,12 @@ class Settings(BaseSettings):
     """Every knob of the service. Environment names are the field names in upper case."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", frozen=True, extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        frozen=True,
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,  # a validation error must never print a token
     )
 
     redis_url: str = "redis://127.0.0.1:6379/0"

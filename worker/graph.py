@@ -193,7 +193,7 @@ def parse_buc_wait(headers: httpx.Headers) -> float | None:
             for entry in entries:
                 if isinstance(entry, dict):
                     minutes = entry.get("estimated_time_to_regain_access")
-                    if isinstance(minutes, int | float) and minutes >= 0:
+                    if isinstance(minutes, int | float) and not isinstance(minutes, bool) and minutes >= 0:
                         best = max(best or 0.0, float(minutes) * 60.0)
     return best
 
@@ -214,7 +214,7 @@ def parse_buc_usage(headers: httpx.Headers) -> int | None:
                 if isinstance(entry, dict):
                     for key in ("call_count", "total_cputime", "total_time"):
                         value = entry.get(key)
-                        if isinstance(value, int | float):
+                        if isinstance(value, int | float) and not isinstance(value, bool):
                             top = max(top or 0, int(value))
     return top
 

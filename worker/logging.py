@@ -52,19 +52,24 @@ class Redactor:
         return text
 
     def _walk(self, value: object) -> object:
+        if value is None or isinstance(value, bool | int | float):
+            return value
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, dict):
-            return {k: self._walk(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
+            return {self.scrub(str(k)): self._walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
             return [self._walk(v) for v in value]
-        return value
+        return self.scrub(str(value))  # exceptions, URLs, anything the renderer would str()
 
     def __call__(self, _logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
-        for key, value in event_dict.items():
-            if isinstance(value, str | dict | list | tuple):
-                event_dict[key] = self._walk(value)
+        for key in list(event_dict):
+            event_dict[key] = self._walk(event_dict[key])
         return event_dict
+
+    def rendered(self, _logger: WrappedLogger, _name: str, line: str | bytes) -> str | bytes:
+        """Last processor: scrub the rendered line itself, whatever a value's repr produced."""
+        return self.scrub(line) if isinstance(line, str) else line
 
 
 #: The process-wide redactor; configure_logging feeds it the configured secrets.
@@ -129,6 +134,7 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
             structlog.processors.format_exc_info,
             REDACTOR,
             renderer,
+            REDACTOR.rendered,  # type: ignore[list-item]  # a str-to-str step after the renderer
         ],
     )
     handler = logging.StreamHandler(stream or sys.stdout)

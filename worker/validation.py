@@ -50,7 +50,8 @@ class SendRequest:
         message = self.body.get("message")
         if isinstance(message, dict):
             attachment = message.get("attachment")
-            if isinstance(attachment, dict) and attachment.get("type") in MEDIA_TYPES:
+            kind = attachment.get("type") if isinstance(attachment, dict) else None
+            if isinstance(kind, str) and kind in MEDIA_TYPES:
                 return "media"
         return "text"
 
@@ -201,7 +202,7 @@ def validate(
         raise _fail("invalid_message", "send exactly one of message or sender_action")
     if has_message:
         _check_message(body["message"])
-    elif body["sender_action"] not in SENDER_ACTIONS:
+    elif not isinstance(body["sender_action"], str) or body["sender_action"] not in SENDER_ACTIONS:
         raise _fail("invalid_sender_action", "sender_action must be typing_on, typing_off or mark_seen")
     stripped = _normalise_tag(body, settings)
     body.pop("access_token", None)  # a form-style token inside the body is never forwarded raw

@@ -1,0 +1,242 @@
+"""worker.config.Settings: defaults, environment parsing, validation, secrecy, immutability."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from worker.config import DeprecatedTagPolicy, LogFormat, Settings, WindowPolicy
+
+PAGE_TOKEN = "tok-page-100-abcdef"
+OTHER_TOKEN = "tok-page-200-ghijkl"
+INTAKE = "intake-token-xyz"
+APP_SECRET = "app-secret-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No setting may leak in from the developer's or CI's environment, nor from a .env file."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # a stray ./.env must not be read either
+
+
+def from_env(**overrides: Any) -> Settings:
+    return Settings(**overrides, _env_file=None)
+
+
+def test_defaults() -> None:
+    settings = from_env()
+    assert settings.graph_api_version == "v25.0"
+    assert settings.graph_api_url == "https://graph.facebook.com"
+    assert settings.graph_base == "https://graph.facebook.com/v25.0"
+    assert settings.message_ttl == 86_400
+    assert settings.allow_token_passthrough is True
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.intake_tokens == []
+    assert settings.page_access_tokens == {}
+    assert settings.app_secret is None
+    assert settings.fallback_tags == []
+    assert settings.deprecated_tag_policy is DeprecatedTagPolicy.STRIP
+    assert settings.window_policy is WindowPolicy.FAIL
+    assert settings.log_format is LogFormat.JSON
+    assert settings.log_raw_recipients is False
+
+
+def test_dotenv_file_is_read_when_asked(tmp_path: Path) -> None:
+    env_file = tmp_path / "custom.env"
+    env_file.write_text(f"INTAKE_TOKENS={INTAKE}\nMAX_ATTEMPTS=3\n", encoding="utf-8")
+    settings = Settings(_env_file=env_file)
+    assert [t.get_secret_value() for t in settings.intake_tokens] == [INTAKE]
+    assert settings.max_attempts == 3
+
+
+def test_intake_tokens_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTAKE_TOKENS", f" {INTAKE} ,, second-token-456 ,")
+    settings = from_env()
+    assert [t.get_secret_value() for t in settings.intake_tokens] == [INTAKE, "second-token-456"]
+    assert settings.intake_token_values == (INTAKE.encode(), b"second-token-456")
+
+
+def test_page_access_tokens_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAGE_ACCESS_TOKENS", json.dumps({"100": PAGE_TOKEN, "200": OTHER_TOKEN}))
+    settings = from_env()
+    assert settings.page_token("100") == PAGE_TOKEN
+    assert settings.page_token("200") == OTHER_TOKEN
+    assert settings.page_token("300") is None
+    assert settings.page_by_token == {PAGE_TOKEN: "100", OTHER_TOKEN: "200"}
+
+
+def test_page_access_tokens_as_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"100": PAGE_TOKEN}), encoding="utf-8")
+    monkeypatch.setenv("PAGE_ACCESS_TOKENS", str(path))
+    assert from_env().page_token("100") == PAGE_TOKEN
+
+
+def test_empty_page_access_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAGE_ACCESS_TOKENS", "  ")
+    assert from_env().page_access_tokens == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('{"100": ', "not valid JSON"),
+        ('{"100": 5}', "must map page ids to token strings"),
+        ('{"100": ["a-token-value"]}', "must map page ids to token strings"),
+        ("/nonexistent/tokens.json", "neither a JSON object nor a readable file"),
+    ],
+    ids=["invalid-json", "int-value", "list-value", "missing-file"],
+)
+def test_page_access_tokens_errors(monkeypatch: pytest.MonkeyPatch, value: str, message: str) -> None:
+    monkeypatch.setenv("PAGE_ACCESS_TOKENS", value)
+    with pytest.raises(ValidationError, match=message):
+        from_env()
+
+
+def test_page_access_tokens_file_with_a_list(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps([PAGE_TOKEN]), encoding="utf-8")
+    monkeypatch.setenv("PAGE_ACCESS_TOKENS", str(path))
+    with pytest.raises(ValidationError, match="must map page ids to token strings"):
+        from_env()
+
+
+@pytest.mark.parametrize("placeholder", ["changeme", "CHANGE-ME", "xxxx", "TODO", "<token>", "your_token"])
+@pytest.mark.parametrize("where", ["INTAKE_TOKENS", "PAGE_ACCESS_TOKENS", "APP_SECRET"])
+def test_placeholder_secret_rejected(monkeypatch: pytest.MonkeyPatch, where: str, placeholder: str) -> None:
+    value = json.dumps({"100": placeholder}) if where == "PAGE_ACCESS_TOKENS" else placeholder
+    monkeypatch.setenv(where, value)
+    with pytest.raises(ValidationError, match="placeholder"):
+        from_env()
+
+
+def test_empty_app_secret_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_SECRET", "")
+    with pytest.raises(ValidationError, match="empty or a placeholder"):
+        from_env()
+
+
+def test_fallback_tags_parsed_and_upper_cased(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FALLBACK_TAGS", "human_agent, CUSTOMER_FEEDBACK")
+    assert from_env().fallback_tags == ["HUMAN_AGENT", "CUSTOMER_FEEDBACK"]
+
+
+@pytest.mark.parametrize(
+    ("tag", "date"), [("ACCOUNT_UPDATE", "2026-04-27"), ("SHIPPING_UPDATE", "2020-03-04")]
+)
+def test_fallback_tags_deprecated_rejected_with_date(
+    monkeypatch: pytest.MonkeyPatch, tag: str, date: str
+) -> None:
+    monkeypatch.setenv("FALLBACK_TAGS", f"HUMAN_AGENT,{tag}")
+    with pytest.raises(ValidationError) as caught:
+        from_env()
+    assert tag in str(caught.value)
+    assert date in str(caught.value)
+
+
+def test_fallback_tags_unknown_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FALLBACK_TAGS", "NOT_A_TAG")
+    with pytest.raises(ValidationError, match="unknown tag NOT_A_TAG"):
+        from_env()
+
+
+@pytest.mark.parametrize("version", ["25.0", "v25", "v25.0.1", "latest", ""])
+def test_bad_graph_api_version(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
+    monkeypatch.setenv("GRAPH_API_VERSION", version)
+    with pytest.raises(ValidationError, match="GRAPH_API_VERSION"):
+        from_env()
+
+
+@pytest.mark.parametrize("url", ["rediss://cache:6380/1", "unix:///run/redis.sock"])
+def test_redis_url_schemes_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    assert from_env().redis_url == url
+
+
+@pytest.mark.parametrize("url", ["http://localhost:6379", "localhost:6379", "amqp://guest@rabbit//"])
+def test_bad_redis_url_scheme(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    with pytest.raises(ValidationError, match="REDIS_URL"):
+        from_env()
+
+
+def test_env_parsing_of_scalars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLOW_TOKEN_PASSTHROUGH", "false")
+    monkeypatch.setenv("MESSAGE_TTL", "3600")
+    monkeypatch.setenv("deprecated_tag_policy", "reject")  # case-insensitive names
+    monkeypatch.setenv("WINDOW_POLICY", "park")
+    settings = from_env()
+    assert settings.allow_token_passthrough is False
+    assert settings.message_ttl == 3600.0
+    assert settings.deprecated_tag_policy is DeprecatedTagPolicy.REJECT
+    assert settings.window_policy is WindowPolicy.PARK
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("MAX_ATTEMPTS", "0"), ("MESSAGE_TTL", "0"), ("BATCH_MAX", "501")]
+)
+def test_out_of_range_numbers_rejected(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        from_env()
+
+
+def _full_settings() -> Settings:
+    settings = from_env(
+        intake_tokens=[INTAKE],
+        page_access_tokens={"100": PAGE_TOKEN, "200": OTHER_TOKEN},
+        app_secret=APP_SECRET,
+        recipient_hash_salt="salt-value-98765",
+    )
+    # Populate the cached properties too: they hold raw token values.
+    assert settings.page_by_token[PAGE_TOKEN] == "100"
+    assert settings.intake_token_values == (INTAKE.encode(),)
+    return settings
+
+
+@pytest.mark.parametrize("render", [repr, str, format], ids=["repr", "str", "format"])
+def test_repr_and_str_never_show_secrets(render: Any) -> None:
+    text = render(_full_settings())
+    for secret in (PAGE_TOKEN, OTHER_TOKEN, INTAKE, APP_SECRET, "salt-value-98765"):
+        assert secret not in text
+    assert "100" in text  # page ids are not secret
+
+
+def test_model_dump_keeps_secrets_masked() -> None:
+    dumped = json.dumps(_full_settings().model_dump(mode="json"))
+    for secret in (PAGE_TOKEN, OTHER_TOKEN, INTAKE, APP_SECRET):
+        assert secret not in dumped
+
+
+@pytest.mark.parametrize("case", ["field-error", "model-error"])
+def test_validation_errors_never_show_secrets(monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    if case == "field-error":
+        # One good token, one malformed entry: the error must not echo the good token.
+        monkeypatch.setenv("PAGE_ACCESS_TOKENS", json.dumps({"100": PAGE_TOKEN, "200": 5}))
+    else:
+        # A placeholder intake token next to a real page token (model validator).
+        monkeypatch.setenv("INTAKE_TOKENS", "changeme")
+        monkeypatch.setenv("PAGE_ACCESS_TOKENS", json.dumps({"100": PAGE_TOKEN}))
+    with pytest.raises(ValidationError) as caught:
+        from_env()
+    assert PAGE_TOKEN not in str(caught.value)
+    assert PAGE_TOKEN not in repr(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("max_attempts", 3), ("graph_api_version", "v24.0"), ("allow_token_passthrough", False)],
+)
+def test_settings_are_frozen(name: str, value: object) -> None:
+    settings = from_env()
+    before = getattr(settings, name)
+    with pytest.raises(ValidationError, match="frozen"):
+        setattr(settings, name, value)
+    assert getattr(settings, name) == before

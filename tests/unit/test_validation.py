@@ -1,0 +1,535 @@
+"""Every rule of worker.validation.validate / resolve_page / parse_tags, one by one (no I/O)."""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from worker.config import DeprecatedTagPolicy, Settings
+from worker.validation import (
+    MAX_BODY_BYTES,
+    InputError,
+    SendRequest,
+    parse_tags,
+    pseudo_page_id,
+    resolve_page,
+    validate,
+)
+
+PAGE = "100"
+PAGE_TOKEN = "tok-page-100-abcdef"
+OTHER_PAGE = "200"
+OTHER_TOKEN = "tok-page-200-ghijkl"
+INTAKE = "intake-token-xyz"
+UNKNOWN_TOKEN = "EAAB-unknown-passthrough-token-0123456789"
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"page_access_tokens": {PAGE: PAGE_TOKEN}, "intake_tokens": [INTAKE]}
+    values.update(overrides)
+    return Settings(**values, _env_file=None)
+
+
+SETTINGS = make_settings()
+TWO_PAGES = make_settings(page_access_tokens={PAGE: PAGE_TOKEN, OTHER_PAGE: OTHER_TOKEN})
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    """A valid Braze-style body; keyword arguments replace fields, None removes them."""
+    payload: dict[str, Any] = {
+        "recipient": {"id": "psid-1"},
+        "messaging_type": "RESPONSE",
+        "message": {"text": "hello"},
+    }
+    for key, value in fields.items():
+        if value is None:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    return payload
+
+
+def raw(payload: object) -> bytes:
+    return orjson.dumps(payload)
+
+
+def check(payload: dict[str, Any], settings: Settings = SETTINGS, **kwargs: Any) -> SendRequest:
+    return validate(raw(payload), settings, **kwargs)
+
+
+def refused(data: bytes | dict[str, Any], settings: Settings = SETTINGS, **kwargs: Any) -> InputError:
+    blob = data if isinstance(data, bytes) else raw(data)
+    with pytest.raises(InputError) as caught:
+        validate(blob, settings, **kwargs)
+    return caught.value
+
+
+def test_valid_body_is_normalised() -> None:
+    req = check(body())
+    assert req.page_id == PAGE
+    assert req.psid == "psid-1"
+    assert req.passthrough_token == ""
+    assert req.fallback_tags == []
+    assert req.stripped_tag is None
+    assert req.body == {
+        "recipient": {"id": "psid-1"},
+        "messaging_type": "RESPONSE",
+        "message": {"text": "hello"},
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Body shape
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"{", b"not json", b'{"recipient": }', b"\xff\xfe\x00", b'{"a": 1} trailing'],
+    ids=["empty", "truncated", "text", "syntax", "not-utf8", "trailing"],
+)
+def test_invalid_json_is_400(data: bytes) -> None:
+    err = refused(data)
+    assert (err.status, err.code) == (400, "invalid_json")
+
+
+@pytest.mark.parametrize("payload", [[], [body()], "text", 42, None, True], ids=repr)
+def test_non_object_body_is_422(payload: object) -> None:
+    err = refused(raw(payload))
+    assert (err.status, err.code) == (422, "invalid_body")
+
+
+def test_body_over_64_kib_is_413() -> None:
+    payload = raw(body())
+    padded = payload[:-1] + b" " * (MAX_BODY_BYTES + 1 - len(payload)) + b"}"
+    assert len(padded) == MAX_BODY_BYTES + 1
+    err = refused(padded)
+    assert (err.status, err.code) == (413, "body_too_large")
+
+
+def test_body_of_exactly_64_kib_is_accepted() -> None:
+    payload = raw(body())
+    padded = payload[:-1] + b" " * (MAX_BODY_BYTES - len(payload)) + b"}"
+    assert len(padded) == MAX_BODY_BYTES
+    assert validate(padded, SETTINGS).psid == "psid-1"
+
+
+# ------------------------------------------------------------------------------------------------
+# Recipient
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [None, {}, {"id": ""}, {"id": "   "}, {"id": None}, {"id": True}, {"id": 1.5}, "psid-1", ["psid-1"]],
+    ids=["missing", "no-id", "empty", "whitespace", "null", "bool", "float", "string", "list"],
+)
+def test_missing_or_empty_recipient(recipient: object) -> None:
+    # Braze renders a missing custom attribute as "", so {"id": ""} is the common case.
+    err = refused(body(recipient=recipient))
+    assert (err.status, err.code) == (422, "missing_recipient")
+    assert "recipient.id" in err.message
+
+
+def test_integer_recipient_id_is_accepted_as_string() -> None:
+    req = check(body(recipient={"id": 1234567890123456}))
+    assert req.psid == "1234567890123456"
+    assert req.body["recipient"] == {"id": "1234567890123456"}
+
+
+def test_recipient_id_is_stripped_and_extra_fields_dropped() -> None:
+    req = check(body(recipient={"id": "  psid-2 ", "extra": 1}))
+    assert req.psid == "psid-2"
+    assert req.body["recipient"] == {"id": "psid-2"}
+
+
+def test_recipient_id_over_128_chars_is_refused() -> None:
+    assert check(body(recipient={"id": "9" * 128})).psid == "9" * 128
+    err = refused(body(recipient={"id": "9" * 129}))
+    assert (err.status, err.code) == (422, "invalid_recipient")
+
+
+# ------------------------------------------------------------------------------------------------
+# Message / sender_action
+
+
+def test_neither_message_nor_sender_action() -> None:
+    err = refused(body(message=None))
+    assert (err.status, err.code) == (422, "invalid_message")
+
+
+def test_both_message_and_sender_action() -> None:
+    err = refused(body(sender_action="typing_on"))
+    assert (err.status, err.code) == (422, "invalid_message")
+
+
+@pytest.mark.parametrize("action", ["typing_on", "typing_off", "mark_seen"])
+def test_valid_sender_actions(action: str) -> None:
+    req = check(body(message=None, sender_action=action))
+    assert req.body["sender_action"] == action
+    assert req.kind == "text"
+
+
+@pytest.mark.parametrize("action", ["typing", "TYPING_ON", "", 1, False])
+def test_invalid_sender_action(action: object) -> None:
+    err = refused(body(message=None, sender_action=action))
+    assert (err.status, err.code) == (422, "invalid_sender_action")
+
+
+@pytest.mark.parametrize("action", [["typing_on"], {"a": 1}], ids=["list", "object"])
+def test_unhashable_sender_action_is_an_input_error(action: object) -> None:
+    err = refused(body(message=None, sender_action=action))
+    assert (err.status, err.code) == (422, "invalid_sender_action")
+
+
+def test_text_of_exactly_2000_chars_is_too_long() -> None:
+    # Graph: text must be "less than 2000 characters".
+    err = refused(body(message={"text": "x" * 2000}))
+    assert (err.status, err.code) == (422, "text_too_long")
+
+
+def test_text_of_1999_chars_is_accepted() -> None:
+    assert check(body(message={"text": "x" * 1999})).body["message"]["text"] == "x" * 1999
+
+
+def test_text_length_counts_characters_not_bytes() -> None:
+    assert check(body(message={"text": "é" * 1999})).psid == "psid-1"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [{}, "hello", ["hello"], {"text": ""}, {"text": "  "}, {"text": 5}, {"attachment": "url"}],
+    ids=["empty", "string", "list", "empty-text", "blank-text", "int-text", "string-attachment"],
+)
+def test_invalid_message_shapes(message: object) -> None:
+    err = refused(body(message=message))
+    assert (err.status, err.code) == (422, "invalid_message")
+
+
+def test_14_quick_replies_rejected_13_accepted() -> None:
+    reply = {"content_type": "text", "title": "ok", "payload": "OK"}
+    ok = check(body(message={"text": "pick", "quick_replies": [reply] * 13}))
+    assert len(ok.body["message"]["quick_replies"]) == 13
+    err = refused(body(message={"text": "pick", "quick_replies": [reply] * 14}))
+    assert (err.status, err.code) == (422, "too_many_quick_replies")
+
+
+def test_quick_replies_must_be_a_list() -> None:
+    err = refused(body(message={"text": "pick", "quick_replies": {"a": 1}}))
+    assert (err.status, err.code) == (422, "invalid_message")
+
+
+# ------------------------------------------------------------------------------------------------
+# messaging_type and tags
+
+
+def test_missing_messaging_type_defaults_to_update() -> None:
+    # Old Braze templates carry no messaging_type.
+    req = check(body(messaging_type=None))
+    assert req.body["messaging_type"] == "UPDATE"
+    assert "tag" not in req.body
+
+
+def test_missing_messaging_type_with_valid_tag_becomes_message_tag() -> None:
+    req = check(body(messaging_type=None, tag="HUMAN_AGENT"))
+    assert req.body["messaging_type"] == "MESSAGE_TAG"
+    assert req.body["tag"] == "HUMAN_AGENT"
+    assert req.stripped_tag is None
+
+
+def test_messaging_type_and_tag_are_upper_cased() -> None:
+    req = check(body(messaging_type="message_tag", tag=" human_agent "))
+    assert req.body["messaging_type"] == "MESSAGE_TAG"
+    assert req.body["tag"] == "HUMAN_AGENT"
+
+
+@pytest.mark.parametrize("mtype", ["NEWS", "", 3, ["UPDATE"]], ids=repr)
+def test_invalid_messaging_type(mtype: object) -> None:
+    err = refused(body(messaging_type=mtype))
+    assert (err.status, err.code) == (422, "invalid_messaging_type")
+
+
+def test_message_tag_without_tag() -> None:
+    err = refused(body(messaging_type="MESSAGE_TAG"))
+    assert (err.status, err.code) == (422, "missing_tag")
+
+
+@pytest.mark.parametrize("mtype", ["RESPONSE", "UPDATE"])
+def test_tag_with_non_tag_messaging_type(mtype: str) -> None:
+    err = refused(body(messaging_type=mtype, tag="HUMAN_AGENT"))
+    assert (err.status, err.code) == (422, "invalid_tag")
+
+
+@pytest.mark.parametrize("tag", ["NOT_A_TAG", "", "   ", 7], ids=repr)
+def test_unknown_or_malformed_tag(tag: object) -> None:
+    err = refused(body(messaging_type="MESSAGE_TAG", tag=tag))
+    assert (err.status, err.code) == (422, "invalid_tag")
+
+
+@pytest.mark.parametrize("tag", ["ACCOUNT_UPDATE", "post_purchase_update", "SHIPPING_UPDATE"])
+def test_deprecated_tag_is_stripped_by_default(tag: str) -> None:
+    assert SETTINGS.deprecated_tag_policy == DeprecatedTagPolicy.STRIP
+    req = check(body(messaging_type="MESSAGE_TAG", tag=tag))
+    assert "tag" not in req.body
+    assert req.body["messaging_type"] == "UPDATE"
+    assert req.stripped_tag == tag.upper()
+
+
+def test_deprecated_tag_is_rejected_with_policy_reject() -> None:
+    settings = make_settings(deprecated_tag_policy="reject")
+    err = refused(body(messaging_type="MESSAGE_TAG", tag="CONFIRMED_EVENT_UPDATE"), settings)
+    assert (err.status, err.code) == (422, "deprecated_tag")
+    assert "CONFIRMED_EVENT_UPDATE" in err.message
+    assert "2026-04-27" in err.message
+
+
+# ------------------------------------------------------------------------------------------------
+# Fallback tags
+
+
+def test_fallback_header_keeps_order_and_dedupes() -> None:
+    header = " customer_feedback, HUMAN_AGENT ,,CUSTOMER_FEEDBACK"
+    assert parse_tags(header) == ["CUSTOMER_FEEDBACK", "HUMAN_AGENT"]
+    req = check(body(), fallback_header=header)
+    assert req.fallback_tags == ["CUSTOMER_FEEDBACK", "HUMAN_AGENT"]
+
+
+def test_fallback_header_unknown_tag() -> None:
+    err = refused(body(), fallback_header="HUMAN_AGENT, BOGUS_TAG")
+    assert (err.status, err.code) == (422, "invalid_tag")
+    assert "BOGUS_TAG" in err.message
+
+
+def test_fallback_header_deprecated_tag() -> None:
+    err = refused(body(), fallback_header="ACCOUNT_UPDATE")
+    assert (err.status, err.code) == (422, "deprecated_tag")
+    assert "ACCOUNT_UPDATE" in err.message
+    assert "2026-04-27" in err.message
+
+
+@pytest.mark.parametrize("header", [None, "", " , "], ids=["absent", "empty", "only-commas"])
+def test_settings_fallback_tags_used_without_header(header: str | None) -> None:
+    settings = make_settings(fallback_tags=["HUMAN_AGENT"])
+    assert check(body(), settings, fallback_header=header).fallback_tags == ["HUMAN_AGENT"]
+    assert check(body(), fallback_header=header).fallback_tags == []
+
+
+def test_fallback_header_overrides_settings() -> None:
+    settings = make_settings(fallback_tags=["HUMAN_AGENT"])
+    req = check(body(), settings, fallback_header="CUSTOMER_FEEDBACK")
+    assert req.fallback_tags == ["CUSTOMER_FEEDBACK"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Page resolution
+
+
+def test_path_page_with_configured_token() -> None:
+    assert resolve_page(TWO_PAGES, path_page_id=OTHER_PAGE, query_token=None, query_page_id=None) == (
+        OTHER_PAGE,
+        "",
+    )
+    assert check(body(), TWO_PAGES, path_page_id=OTHER_PAGE).page_id == OTHER_PAGE
+
+
+def test_path_page_without_token() -> None:
+    with pytest.raises(InputError) as caught:
+        resolve_page(SETTINGS, path_page_id="999", query_token=None, query_page_id=None)
+    assert (caught.value.status, caught.value.code) == (422, "no_page_token")
+    assert "999" in caught.value.message
+    err = refused(body(), path_page_id="999")
+    assert (err.status, err.code) == (422, "no_page_token")
+
+
+@pytest.mark.parametrize("path", [None, "me", OTHER_PAGE])
+def test_query_token_equal_to_configured_token(path: str | None) -> None:
+    got = resolve_page(TWO_PAGES, path_page_id=path, query_token=OTHER_TOKEN, query_page_id=None)
+    assert got == (OTHER_PAGE, "")
+
+
+def test_unknown_query_token_with_unconfigured_path_page_is_passed_through() -> None:
+    got = resolve_page(SETTINGS, path_page_id="999", query_token=UNKNOWN_TOKEN, query_page_id=None)
+    assert got == ("999", UNKNOWN_TOKEN)
+    req = check(body(), path_page_id="999", query_token=UNKNOWN_TOKEN)
+    assert (req.page_id, req.passthrough_token) == ("999", UNKNOWN_TOKEN)
+
+
+def test_unknown_query_token_with_configured_path_page_uses_configured_token() -> None:
+    # A page we hold a token for is always sent with our token (the URL's token is dropped).
+    got = resolve_page(SETTINGS, path_page_id=PAGE, query_token=UNKNOWN_TOKEN, query_page_id=None)
+    assert got == (PAGE, "")
+
+
+@pytest.mark.parametrize("path", [None, "me"])
+def test_unknown_query_token_without_page_gets_pseudo_page(path: str | None) -> None:
+    page, token = resolve_page(TWO_PAGES, path_page_id=path, query_token=UNKNOWN_TOKEN, query_page_id=None)
+    assert token == UNKNOWN_TOKEN
+    assert page.startswith("t-")
+    assert len(page) == 18
+    assert UNKNOWN_TOKEN not in page
+    assert page == pseudo_page_id(UNKNOWN_TOKEN)  # stable
+    assert page != pseudo_page_id(UNKNOWN_TOKEN + "x")
+    again, _ = resolve_page(TWO_PAGES, path_page_id=path, query_token=UNKNOWN_TOKEN, query_page_id=None)
+    assert again == page
+
+
+def test_passthrough_disabled_ignores_query_token() -> None:
+    single = make_settings(allow_token_passthrough=False)
+    assert resolve_page(single, path_page_id="me", query_token=UNKNOWN_TOKEN, query_page_id=None) == (
+        PAGE,
+        "",
+    )
+    with pytest.raises(InputError) as caught:
+        resolve_page(single, path_page_id="999", query_token=UNKNOWN_TOKEN, query_page_id=None)
+    assert caught.value.code == "no_page_token"
+    several = make_settings(
+        allow_token_passthrough=False, page_access_tokens={PAGE: PAGE_TOKEN, OTHER_PAGE: OTHER_TOKEN}
+    )
+    with pytest.raises(InputError) as caught:
+        resolve_page(several, path_page_id="me", query_token=UNKNOWN_TOKEN, query_page_id=None)
+    assert caught.value.code == "no_page_token"
+    # Even a token we hold is not used to pick the page when passthrough is off.
+    with pytest.raises(InputError):
+        resolve_page(several, path_page_id="me", query_token=OTHER_TOKEN, query_page_id=None)
+
+
+@pytest.mark.parametrize("path", [None, "me"])
+def test_single_configured_page_is_used_for_me(path: str | None) -> None:
+    assert resolve_page(SETTINGS, path_page_id=path, query_token=None, query_page_id=None) == (PAGE, "")
+    assert check(body(), path_page_id=path).page_id == PAGE
+
+
+def test_several_pages_and_no_hint() -> None:
+    err = refused(body(), TWO_PAGES, path_page_id="me")
+    assert (err.status, err.code) == (422, "no_page_token")
+
+
+def test_no_pages_configured_and_no_hint() -> None:
+    err = refused(body(), make_settings(page_access_tokens={}))
+    assert (err.status, err.code) == (422, "no_page_token")
+
+
+def test_query_page_id() -> None:
+    assert check(body(), TWO_PAGES, path_page_id="me", query_page_id=OTHER_PAGE).page_id == OTHER_PAGE
+    err = refused(body(), TWO_PAGES, path_page_id="me", query_page_id="999")
+    assert err.code == "no_page_token"
+    # The path's page id wins over ?page_id=.
+    assert check(body(), TWO_PAGES, path_page_id=PAGE, query_page_id=OTHER_PAGE).page_id == PAGE
+
+
+def test_access_token_in_body_is_removed() -> None:
+    req = check(body(access_token=PAGE_TOKEN))
+    assert "access_token" not in req.body
+    assert PAGE_TOKEN not in orjson.dumps(req.body).decode()
+
+
+# ------------------------------------------------------------------------------------------------
+# kind
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ({"attachment": {"type": "audio", "payload": {"url": "https://x/a.mp3"}}}, "media"),
+        ({"attachment": {"type": "video", "payload": {"url": "https://x/v.mp4"}}}, "media"),
+        ({"attachment": {"type": "image", "payload": {"url": "https://x/i.png"}}}, "text"),
+        ({"attachment": {"type": "file", "payload": {"url": "https://x/f.pdf"}}}, "text"),
+        ({"attachment": {"type": "template", "payload": {}}}, "text"),
+        ({"text": "hello"}, "text"),
+    ],
+    ids=["audio", "video", "image", "file", "template", "text"],
+)
+def test_kind(message: dict[str, Any], kind: str) -> None:
+    assert check(body(message=message)).kind == kind
+
+
+def test_kind_never_raises_for_a_validated_body() -> None:
+    req = check(body(message={"attachment": {"type": ["audio"], "payload": {}}}))
+    assert req.kind == "text"
+
+
+# ------------------------------------------------------------------------------------------------
+# Fuzz: only InputError, never anything else
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(8 if depth < 3 else 5)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.randint(-(2**63), 2**63 - 1)
+    if kind == 3:
+        return rng.uniform(-1e9, 1e9)
+    if kind == 4:
+        return "".join(chr(rng.randrange(1, 0xD7FF)) for _ in range(rng.randrange(0, 16)))
+    if kind == 5:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
+    keys = ["recipient", "id", "message", "text", "attachment", "type", "quick_replies", "tag", "x"]
+    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(0, 4))}
+
+
+def _only_input_errors(blobs: list[bytes]) -> list[tuple[bytes, BaseException]]:
+    others: list[tuple[bytes, BaseException]] = []
+    for blob in blobs:
+        try:
+            validate(blob, TWO_PAGES, path_page_id="me", query_token=UNKNOWN_TOKEN)
+        except InputError:
+            continue
+        except Exception as exc:  # noqa: BLE001  # the point of the test: collect anything else
+            others.append((blob, exc))
+    return others
+
+
+def test_fuzz_random_bytes_and_json_values_raise_only_input_error() -> None:
+    rng = random.Random(1234)
+    blobs = [rng.randbytes(rng.randrange(0, 200)) for _ in range(500)]
+    blobs += [orjson.dumps(_random_json(rng)) for _ in range(500)]
+    assert _only_input_errors(blobs) == []
+
+
+_FIELDS: list[tuple[str, ...]] = [
+    ("recipient",),
+    ("recipient", "id"),
+    ("message",),
+    ("message", "text"),
+    ("message", "attachment"),
+    ("message", "quick_replies"),
+    ("messaging_type",),
+    ("tag",),
+    ("access_token",),
+]
+
+
+def _mutants(rng: random.Random, fields: list[tuple[str, ...]], count: int) -> list[bytes]:
+    template = body(
+        messaging_type="MESSAGE_TAG",
+        tag="HUMAN_AGENT",
+        message={"text": "hi", "quick_replies": [{"content_type": "text"}], "attachment": {}},
+    )
+    out: list[bytes] = []
+    for _ in range(count):
+        mutant = copy.deepcopy(template)
+        if rng.random() < 0.5:
+            del mutant["message"]
+            mutant["sender_action"] = "typing_on"
+        for _ in range(rng.randrange(1, 3)):
+            path = rng.choice(fields)
+            node: Any = mutant
+            for key in path[:-1]:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node[path[-1]] = _random_json(rng)
+        out.append(orjson.dumps(mutant))
+    return out
+
+
+def test_fuzz_mutated_valid_bodies_raise_only_input_error() -> None:
+    assert _only_input_errors(_mutants(random.Random(1234), _FIELDS, 500)) == []
+
+
+def test_fuzz_mutated_sender_action_raises_only_input_error() -> None:
+    assert _only_input_errors(_mutants(random.Random(1234), [("sender_action",)], 500)) == []
