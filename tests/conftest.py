@@ -277,6 +277,48 @@ class Stack:
         assert wait_until(lambda: "ready" in proc.tail(200), 30), proc.tail()
         return proc
 
+    def start_workers(self, count: int, concurrency: int = 4) -> list[Proc]:
+        """Start several worker processes at once (their start-ups overlap)."""
+        procs = [
+            start_process(
+                f"worker{i}",
+                [
+                    "worker",
+                    "--concurrency",
+                    str(concurrency),
+                    "--hostname",
+                    f"w{i}-{uuid.uuid4().hex[:6]}@%h",
+                ],
+                self.env,
+                self.log_dir,
+            )
+            for i in range(count)
+        ]
+        self.procs.extend(procs)
+        for proc in procs:
+            assert wait_until(lambda p=proc: "ready" in p.tail(200), 60), proc.tail()
+        return procs
+
+    def post_many(self, bodies: list[tuple[str, dict[str, Any]]], concurrency: int = 32) -> list[str]:
+        """POST (path, body) pairs concurrently; returns delivery ids in order. Bounded by the list."""
+        import asyncio
+
+        async def main() -> list[str]:
+            sem = asyncio.Semaphore(concurrency)
+            headers = {"Authorization": f"Bearer {INTAKE_TOKEN}"}
+            async with httpx.AsyncClient(base_url=self.intake_url, headers=headers, timeout=30) as client:
+
+                async def one(path: str, body: dict[str, Any]) -> str:
+                    async with sem:
+                        resp = await client.post(path, json=body)
+                        assert resp.status_code == 202, resp.text
+                        delivery_id: str = resp.json()["delivery_id"]
+                        return delivery_id
+
+                return list(await asyncio.gather(*(one(p, b) for p, b in bodies)))
+
+        return asyncio.run(main())
+
     def start_intake(self) -> Proc:
         self.intake_port = free_port()
         proc = start_process("intake", ["intake", "--port", str(self.intake_port)], self.env, self.log_dir)

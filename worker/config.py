@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     delivery_lease_seconds: float = Field(default=60.0, gt=0)
     #: A non-final delivery without progress for this long is re-enqueued by the sweeper.
     sweep_after_seconds: float = Field(default=600.0, gt=0)
-    scheduler_interval_seconds: float = Field(default=0.5, gt=0)
+    scheduler_interval_seconds: float = Field(default=0.1, gt=0)
 
     graph_connect_timeout: float = Field(default=5.0, gt=0)
     graph_read_timeout: float = Field(default=20.0, gt=0)
@@ -122,6 +122,22 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(default=2.0, ge=0)
     queue_name: str = "messenger"
     key_prefix: str = "bmw"
+
+    #: Send API calls per second per page: text-like (Meta: 300/s) and audio/video (Meta: 10/s).
+    page_rate_limit: float = Field(default=250.0, gt=0)
+    page_media_rate_limit: float = Field(default=8.0, gt=0)
+    #: Per-recipient pace (calls/s to one PSID of one page); 0 = off.
+    recipient_rate_limit: float = Field(default=0.0, ge=0)
+    #: Per-page overrides: {"<page_id>": {"text": 100, "media": 5}} (JSON).
+    page_rate_overrides: Annotated[dict[str, dict[str, float]], NoDecode] = Field(default_factory=dict)
+    #: Largest burst a bucket allows (it is also capped at 2% of the rate).
+    pace_burst: int = Field(default=10, ge=1)
+    #: A slot further away than this is not awaited: the delivery is deferred to the schedule.
+    pace_max_hold_seconds: float = Field(default=0.25, gt=0)
+    #: Adaptive pacing: usage header percentage that halves the page's rate, and the recovery.
+    usage_slowdown_threshold: int = Field(default=80, ge=1, le=100)
+    pace_recovery_per_second: float = Field(default=0.01, gt=0)
+    pace_min_factor: float = Field(default=0.1, gt=0, le=1)
 
     fallback_tags: Annotated[list[str], NoDecode] = Field(default_factory=list)
     deprecated_tag_policy: DeprecatedTagPolicy = DeprecatedTagPolicy.STRIP
@@ -172,6 +188,26 @@ class Settings(BaseSettings):
             ):
                 raise ValueError("PAGE_ACCESS_TOKENS must map page ids to token strings")
             return parsed
+        return value
+
+    @field_validator("page_rate_overrides", mode="before")
+    @classmethod
+    def _overrides(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError("PAGE_RATE_OVERRIDES is not valid JSON") from None
+        return value
+
+    @field_validator("page_rate_overrides")
+    @classmethod
+    def _overrides_valid(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for page, rates in value.items():
+            if not set(rates) <= {"text", "media"} or any(r <= 0 for r in rates.values()):
+                raise ValueError(f"PAGE_RATE_OVERRIDES[{page}]: use positive 'text' and 'media' rates")
         return value
 
     @field_validator("graph_api_version")

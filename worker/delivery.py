@@ -39,6 +39,8 @@ from worker.config import PageTokens, Settings
 from worker.graph import GraphClient, GraphError, SendResult
 from worker.logging import get_logger, recipient_ref
 from worker.policy import Action, Decision, decide
+from worker.ratelimit import SLOT_GRACE_SECONDS, Limiter
+from worker.validation import message_kind
 
 log = get_logger("worker.delivery")
 T = TypeVar("T")
@@ -62,6 +64,8 @@ class Delivery:
     request_id: str = ""
     #: The fallback tag in use when a retry was scheduled ("" = the body as accepted).
     active_tag: str = ""
+    #: A pacing slot reserved when the delivery was deferred (epoch seconds; 0 = none).
+    slot_at: float = 0.0
 
     @classmethod
     def from_record(cls, delivery_id: str, rec: dict[str, str]) -> Delivery:
@@ -79,6 +83,7 @@ class Delivery:
             status=rec.get("status", ""),
             request_id=rec.get("request_id", ""),
             active_tag=rec.get("active_tag", ""),
+            slot_at=float(rec.get("slot_at") or 0),
         )
 
 
@@ -126,6 +131,8 @@ class Engine:
         self._scripts: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._pauses_checked = 0.0
+        self._slowed: dict[str, float] = {}
+        self.limiter: Limiter | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self, *, scheduler: bool = True) -> None:
@@ -154,6 +161,7 @@ class Engine:
             )
         )
         self._sem = asyncio.Semaphore(s.worker_max_inflight)
+        self.limiter = Limiter(self._redis, s)
         if self._graph is None:
             self._graph = GraphClient(
                 base_url=s.graph_base,
@@ -221,7 +229,18 @@ class Engine:
         if not claimed:
             return {}
         context = await self._context(claimed)
-        outcomes = await asyncio.gather(*(self._deliver(d, context) for d in claimed))
+        # Deliveries to one recipient go one after another, oldest first (order within a thread);
+        # different recipients go concurrently.
+        groups: dict[tuple[str, str], list[Delivery]] = {}
+        for d in sorted(claimed, key=lambda d: d.created_at):
+            groups.setdefault((d.page_id, d.psid), []).append(d)
+
+        async def run_group(group: list[Delivery]) -> list[Outcome]:
+            return [await self._deliver(d, context) for d in group]
+
+        outcomes = [
+            o for group in await asyncio.gather(*(run_group(g) for g in groups.values())) for o in group
+        ]
         await self._record(outcomes)
         counts: dict[str, int] = {}
         for outcome in outcomes:
@@ -278,8 +297,13 @@ class Engine:
         tag = d.active_tag or None
         for _ in range(len(d.fallback_tags) + 1):  # each (message, tag) at most once: never a loop
             body = d.body if tag is None else {**d.body, "messaging_type": "MESSAGE_TAG", "tag": tag}
+            deferral = await self._pace(d, body, tag)
+            if deferral is not None:
+                return deferral
             result, error = await self._call(d, token, body)
             if error is None:
+                if result is not None and (result.usage_pct or 0) >= s.usage_slowdown_threshold:
+                    await self._slow_down(d.page_id, result.usage_pct or 0)
                 return Outcome(d, "sent", result=result, delivered_tag=body.get("tag"))
             if tag is not None and error.reason in ("outside_window", "tag_rejected"):
                 d.tags_tried.append(tag)
@@ -300,6 +324,28 @@ class Engine:
             d.active_tag = tag or ""
             return self._outcome(d, decision, error)
         return Outcome(d, "failed", reason="outside_window")
+
+    async def _pace(self, d: Delivery, body: dict[str, Any], tag: str | None) -> Outcome | None:
+        """Wait for this send's slot, or defer the delivery (with its reservation) to the schedule."""
+        if self.limiter is None:
+            raise RuntimeError("engine not started")
+        if d.slot_at:
+            slot, d.slot_at = d.slot_at, 0.0
+            if slot - time.time() > 0:
+                await asyncio.sleep(slot - time.time())
+            if time.time() - slot <= SLOT_GRACE_SECONDS:  # the slot reserved when it was deferred
+                return None
+            # came back too late: a stale slot would bunch with on-time sends, take a new one
+        grant = await self.limiter.wait_for_slot(d.page_id, message_kind(body), d.psid)
+        if grant.granted and grant.delay <= 0:
+            return None
+        d.active_tag = tag or ""
+        status = d.status if d.status in ("queued", "retrying") else "queued"
+        if not grant.granted:  # the page is paused: nothing reserved
+            return Outcome(d, status, reason="paced", delay=grant.delay)
+        d.slot_at = time.time() + grant.delay
+        lookahead = 2 * self.settings.scheduler_interval_seconds
+        return Outcome(d, status, reason="paced", delay=max(0.0, grant.delay - lookahead))
 
     def _outcome(self, d: Delivery, decision: Decision, error: GraphError) -> Outcome:
         status = {
@@ -378,6 +424,7 @@ class Engine:
                 "lease_until": 0,
                 "tags_tried": orjson.dumps(d.tags_tried),
                 "active_tag": d.active_tag,
+                "slot_at": repr(d.slot_at),
             }
             if o.result is not None and o.result.message_id:
                 fields["message_id"] = o.result.message_id
@@ -394,7 +441,7 @@ class Engine:
                         "fbtrace_id": info.fbtrace_id if info else None,
                     }
                 )
-            if o.status == "retrying":
+            if o.status in ("queued", "retrying"):
                 due = now + o.delay
                 fields["not_before"] = repr(due)
                 pipe.hset(key, mapping=fields)
@@ -460,7 +507,9 @@ class Engine:
                 tag=o.delivered_tag,
                 accept_to_send_ms=round((time.time() - d.created_at) * 1000, 1),
             )
-        elif o.status == "retrying":
+        elif o.reason == "paced":
+            log.debug("delivery.deferred", **common, delay_s=round(o.delay, 3))
+        elif o.status in ("queued", "retrying"):
             log.info(
                 "delivery.retry_scheduled",
                 **common,
@@ -482,6 +531,20 @@ class Engine:
                 error_code=o.pause[2],
                 seconds=round(o.pause[0], 1),
             )
+
+    async def _slow_down(self, page_id: str, usage: int) -> None:
+        """Usage header over the threshold: halve the page's rate, at most once per 10 s per process."""
+        if self.limiter is None or time.monotonic() - self._slowed.get(page_id, -1e9) < 10:
+            return
+        self._slowed[page_id] = time.monotonic()
+        factor = await self.limiter.slow_down(page_id)
+        log.warning("page.slowed", page_id=page_id, usage_pct=usage, rate_factor=round(factor, 3))
+
+    async def log_expired_pauses(self) -> None:
+        """Pauses end by themselves (their ``until``); say so once, and drop them from the index."""
+        for member in await self.redis.zrangebyscore(self.keys.paused, "-inf", time.time()):
+            if await self.redis.zrem(self.keys.paused, member):
+                log.info("page.resumed", page_id=store._s(member), reason="pause_elapsed")
 
     async def lift_replaced_token_pauses(self) -> None:
         """A page paused for a bad token resumes as soon as its configured token changes."""
@@ -523,21 +586,25 @@ class Engine:
         if time.monotonic() - self._pauses_checked >= 5.0:
             self._pauses_checked = time.monotonic()
             await self.lift_replaced_token_pauses()
+            await self.log_expired_pauses()
         if swept:
             log.info("scheduler.swept", count=len(swept))
-        await publish(self.redis, s, ids)
+        await publish(self.redis, s, ids, front=True)
         return len(ids)
 
 
-async def publish(client: aioredis.Redis, settings: Settings, ids: list[str]) -> None:
-    """Enqueue ``worker.deliver`` messages for ids, ``batch_max`` per message."""
+async def publish(client: aioredis.Redis, settings: Settings, ids: list[str], *, front: bool = False) -> None:
+    """Enqueue ``worker.deliver`` messages for ids, ``batch_max`` per message.
+
+    kombu's Redis transport LPUSHes and BRPOPs, so ``front=True`` (RPUSH) puts the messages at the
+    head of the queue: released waits hold reserved pacing slots and must not queue behind a backlog.
+    """
     if not ids:
         return
     pipe = client.pipeline(transaction=False)
+    push = pipe.rpush if front else pipe.lpush
     for i in range(0, len(ids), settings.batch_max):
-        pipe.lpush(
-            settings.queue_name, broker.celery_message(ids[i : i + settings.batch_max], settings.queue_name)
-        )
+        push(settings.queue_name, broker.celery_message(ids[i : i + settings.batch_max], settings.queue_name))
     await pipe.execute()
 
 

@@ -73,7 +73,7 @@ class GroupCommitter:
     and the Celery message per batch lets a worker send them concurrently.
     """
 
-    def __init__(self, client: aioredis.Redis, settings: Settings, max_inflight: int = 2) -> None:
+    def __init__(self, client: aioredis.Redis, settings: Settings, max_inflight: int = 1) -> None:
         self._client = client
         self._settings = settings
         self._keys = store.Keys(settings.key_prefix, settings.queue_name)

@@ -148,6 +148,8 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+        lg.disabled = False  # an earlier dictConfig (uvicorn's default) may have disabled it
+        lg.setLevel(logging.NOTSET)  # uvicorn.Config(log_level=...) sets levels process-wide
     # Per-request/per-task noise: our own delivery.* events are the canonical lines. httpx would
     # also log every request URL (with its access_token query) at INFO.
     for name in ("httpx", "httpcore", "uvicorn.access", "celery.worker.strategy", "celery.app.trace"):

@@ -46,14 +46,18 @@ class SendRequest:
 
     @property
     def kind(self) -> str:
-        """``media`` for audio/video attachments (10/s per page), else ``text`` (300/s)."""
-        message = self.body.get("message")
-        if isinstance(message, dict):
-            attachment = message.get("attachment")
-            kind = attachment.get("type") if isinstance(attachment, dict) else None
-            if isinstance(kind, str) and kind in MEDIA_TYPES:
-                return "media"
-        return "text"
+        return message_kind(self.body)
+
+
+def message_kind(body: dict[str, Any]) -> str:
+    """``media`` for audio/video attachments (10/s per page), else ``text`` (300/s)."""
+    message = body.get("message")
+    if isinstance(message, dict):
+        attachment = message.get("attachment")
+        kind = attachment.get("type") if isinstance(attachment, dict) else None
+        if isinstance(kind, str) and kind in MEDIA_TYPES:
+            return "media"
+    return "text"
 
 
 def _fail(code: str, message: str, status: int = 422) -> InputError:

@@ -1,0 +1,188 @@
+"""The limiter's Lua semantics against a real redis-server: burst, refill, classes, recipients, pauses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from tests.conftest import RedisServer
+from worker.config import Settings
+from worker.ratelimit import Grant, Limiter, page_state
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+def settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = {"key_prefix": "rl" + uuid.uuid4().hex[:8], "_env_file": None}
+    base.update(kw)
+    return Settings(**base)
+
+
+def run(redis_url: str, s: Settings, fn: Callable[[Limiter, aioredis.Redis], Awaitable[T]]) -> T:
+    async def main() -> T:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await fn(Limiter(client, s), client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def test_burst_then_one_slot_per_interval(redis_server: RedisServer) -> None:
+    s = settings(page_rate_limit=100, pace_burst=3)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> list[Grant]:
+        return [await lim.acquire("p1", "text", "u") for _ in range(6)]
+
+    grants = run(redis_server.url, s, go)
+    assert all(g.granted for g in grants)
+    # burst = min(pace_burst, 2% of 100/s) = 2 immediate slots, then one every 10 ms
+    assert [g.delay < 0.002 for g in grants[:2]] == [True, True]
+    for k, g in enumerate(grants[2:], start=1):
+        assert g.delay == pytest.approx(k * 0.010, abs=0.003)
+
+
+def test_refill_after_idle(redis_server: RedisServer) -> None:
+    s = settings(page_rate_limit=50, pace_max_hold_seconds=10)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[float, float]:
+        for _ in range(10):
+            await lim.acquire("p2", "text", "u")
+        busy = (await lim.acquire("p2", "text", "u")).delay
+        await asyncio.sleep(0.5)  # the 11 reserved slots (220 ms) have passed
+        idle = (await lim.acquire("p2", "text", "u")).delay
+        return busy, idle
+
+    busy, idle = run(redis_server.url, s, go)
+    assert busy == pytest.approx(10 * 0.020, abs=0.005)
+    assert idle < 0.002
+
+
+def test_text_and_media_are_separate_buckets(redis_server: RedisServer) -> None:
+    s = settings(page_rate_limit=100, page_media_rate_limit=5, pace_max_hold_seconds=10)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[list[float], list[float]]:
+        media = [(await lim.acquire("p3", "media", "u")).delay for _ in range(3)]
+        text = [(await lim.acquire("p3", "text", "u")).delay for _ in range(3)]
+        return media, text
+
+    media, text = run(redis_server.url, s, go)
+    assert media[1] == pytest.approx(0.2, abs=0.01)  # 5/s: 200 ms apart
+    assert media[2] == pytest.approx(0.4, abs=0.01)
+    assert text[2] == pytest.approx(0.01, abs=0.003)  # text unaffected by media reservations
+
+
+def test_overrides_per_page(redis_server: RedisServer) -> None:
+    s = settings(page_rate_limit=100, page_rate_overrides={"vip": {"text": 10}}, pace_max_hold_seconds=10)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[float, float]:
+        vip = [(await lim.acquire("vip", "text", "u")).delay for _ in range(2)][1]
+        other = [(await lim.acquire("other", "text", "u")).delay for _ in range(3)][2]
+        return vip, other
+
+    vip, other = run(redis_server.url, s, go)
+    assert vip == pytest.approx(0.1, abs=0.005)
+    assert other == pytest.approx(0.01, abs=0.003)
+
+
+def test_recipient_pace(redis_server: RedisServer) -> None:
+    s = settings(page_rate_limit=1000, recipient_rate_limit=2, pace_max_hold_seconds=10)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[list[Grant], float]:
+        same = [await lim.acquire("p4", "text", "alice") for _ in range(3)]
+        other = (await lim.acquire("p4", "text", "bob")).delay
+        return same, other
+
+    same, other = run(redis_server.url, s, go)
+    assert same[0].granted
+    # alice's next message is not due for 0.5 s: nothing is reserved, the delivery comes back then
+    assert (same[1].granted, same[2].granted) == (False, False)
+    assert same[1].delay == pytest.approx(0.5, abs=0.01)
+    assert other < 0.01  # another recipient of the same page is not held back
+
+
+def test_every_acquire_reserves_an_exact_slot(redis_server: RedisServer) -> None:
+    """Far slots are reserved too (the engine defers the delivery with its slot): no thundering herd."""
+    s = settings(page_rate_limit=10, pace_max_hold_seconds=0.25)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[list[Grant], list[Grant]]:
+        raw = [await lim.acquire("p5", "text", "u") for _ in range(4)]
+        near = await lim.wait_for_slot("p5", "text", "u")  # 0.4 s away: beyond the hold
+        started = time.monotonic()
+        await lim.acquire("p5c", "text", "u")
+        await lim.acquire("p5c", "text", "u")
+        held = await lim.wait_for_slot("p5c", "text", "u")  # 0.2 s away: awaited here
+        return raw, [near, held, Grant(True, time.monotonic() - started)]
+
+    raw, others = run(redis_server.url, s, go)
+    assert all(g.granted for g in raw)
+    assert [round(g.delay, 2) for g in raw] == [0.0, 0.1, 0.2, 0.3]
+    near, held, elapsed = others
+    assert near.granted
+    assert near.delay == pytest.approx(0.4, abs=0.01)  # handed back: the engine defers with it
+    assert held.delay == 0.0  # awaited within the hold
+    assert elapsed.delay == pytest.approx(0.2, abs=0.05)
+
+
+def test_paused_page_grants_nothing(redis_server: RedisServer) -> None:
+    s = settings()
+
+    async def go(lim: Limiter, c: aioredis.Redis) -> Grant:
+        pause = {"until": repr(time.time() + 30), "reason": "token_invalid"}
+        await c.hset(f"{s.key_prefix}:pause:p6", mapping=pause)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        return await lim.acquire("p6", "text", "u")
+
+    grant = run(redis_server.url, s, go)
+    assert not grant.granted
+    assert grant.delay == pytest.approx(30, abs=1)
+
+
+def test_slow_down_lowers_rate_and_recovers(redis_server: RedisServer) -> None:
+    s = settings(page_rate_limit=100, pace_recovery_per_second=0.5, pace_max_hold_seconds=10)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[float, float, float]:
+        factor = await lim.slow_down("p7")
+        slow = [(await lim.acquire("p7", "text", "u")).delay for _ in range(3)][2]
+        await asyncio.sleep(1.1)  # +0.5/s recovery: back to 1.0
+        fresh = [(await lim.acquire("p7", "text", "u")).delay for _ in range(3)]
+        return factor, slow, fresh[2] - fresh[1]
+
+    factor, slow, gap = run(redis_server.url, s, go)
+    assert factor == pytest.approx(0.5)
+    assert slow == pytest.approx(0.02, abs=0.004)  # 50/s instead of 100/s
+    assert gap == pytest.approx(0.01, abs=0.003)
+
+
+def test_status_view(redis_server: RedisServer) -> None:
+    s = settings(page_rate_limit=100)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> None:
+        await lim.acquire("p8", "text", "u")
+
+    run(redis_server.url, s, go)
+    rows = page_state(redis_server.client(), s)
+    assert [(r["page_id"], r["class"], r["rate_limit"]) for r in rows] == [("p8", "text", 100.0)]
+    assert rows[0]["paused_until"] is None
+
+
+def test_fail_closed_without_redis() -> None:
+    s = settings()
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+        try:
+            await Limiter(client, s).acquire("p9", "text", "u")
+        finally:
+            await client.aclose()
+
+    with pytest.raises((redis.exceptions.ConnectionError, OSError)):
+        asyncio.run(go())

@@ -1,0 +1,228 @@
+"""The distributed per-page limiter: one Lua script, shared by every worker process on every host.
+
+Meta allows a page 300 Send API calls/s for text, links, reactions and stickers, and 10/s for
+audio and video; calls over the limit extend the block. Celery's ``rate_limit`` is per worker, so
+the limit lives in Redis and is taken atomically by :data:`ACQUIRE_LUA`, a GCRA ("virtual
+scheduling") limiter using Redis's own clock (``TIME``), so hosts with skewed clocks agree.
+
+Design (no head-of-line blocking): every send *reserves* an exact slot. If the slot is due within
+``PACE_MAX_HOLD_SECONDS`` the engine awaits it on its event loop (no thread sleeps; other sends of
+the batch proceed). If it is further away, the delivery is *deferred* with its reservation: it
+goes back to the schedule (``P:sched``) to be released just before its slot (``slot_at`` in its
+record) and is sent at the slot without asking again. A backlog of one page therefore leaves the
+Celery queue at the speed of claims, not of the page's rate, and drains from the schedule at
+exactly that rate, so other pages' messages never wait behind it. A reservation found stale (its
+delivery came back more than ``SLOT_GRACE_SECONDS`` late) is dropped and a new slot is taken,
+so a late delivery cannot bunch with on-time ones.
+
+Keys (``P`` = KEY_PREFIX)::
+
+    P:rl:{page}:{class}     hash  tat  (theoretical arrival time, µs, Redis clock)
+                                  f, ft (adaptive factor in (0, 1] and when it was set, µs)
+    P:rl:r:{page}:{psid}    hash  tat for the optional per-recipient pace
+    P:rl:pages              set   "{page}:{class}" of every bucket ever used (status)
+    P:pause:{page}          hash  until (epoch seconds): a paused page grants nothing
+
+ACQUIRE_LUA contract:
+    KEYS[1] page bucket, KEYS[2] recipient bucket or "" , KEYS[3] page pause hash, KEYS[4] pages set
+    ARGV[1] rate per second, ARGV[2] burst (slots), ARGV[3] unused, ARGV[4] recipient rate
+    (0 = off), ARGV[5] member for the pages set, ARGV[6] factor recovery per second.
+    Returns {granted (1/0), delay µs}: granted -> a slot is reserved ``delay`` from now;
+    not granted -> the page is paused, or the recipient's pace is not due, for ``delay``
+    (nothing reserved: the delivery asks again then).
+
+Failure policy: **fail closed**. Without Redis there is no slot, the acquire raises, and the
+delivery is not sent (it stays claimed until its lease ends and is swept back when Redis returns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from worker import store
+from worker.config import Settings
+
+ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local rrate = tonumber(ARGV[4])
+local recover = tonumber(ARGV[6])
+local until_s = redis.call('HGET', KEYS[3], 'until')
+if until_s then
+  local until_us = tonumber(until_s) * 1000000
+  if until_us > now then return {0, math.floor(until_us - now)} end
+end
+local b = redis.call('HMGET', KEYS[1], 'tat', 'f', 'ft')
+local f = tonumber(b[2] or '1')
+if f < 1 then
+  f = math.min(1, f + (now - tonumber(b[3] or now)) / 1000000 * recover)
+end
+local interval = 1000000 / (rate * f)
+local tau = (burst - 1) * interval
+local tat = math.max(tonumber(b[1] or now), now)
+local slot = math.max(tat - tau, now)
+local rtat = nil
+if rrate > 0 and KEYS[2] ~= '' then
+  rtat = math.max(tonumber(redis.call('HGET', KEYS[2], 'tat') or now), now)
+  -- the recipient is not due before the page slot: reserve nothing, come back when it is
+  if rtat > slot then return {0, math.floor(rtat - now)} end
+end
+-- integers as %.0f: Lua would print 16-digit µs timestamps with 14 significant digits
+redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat + interval))
+redis.call('PEXPIRE', KEYS[1], 3600000 + math.floor((tat - now) / 1000))
+if rtat then
+  redis.call('HSET', KEYS[2], 'tat', string.format('%.0f', slot + 1000000 / rrate))
+  redis.call('PEXPIRE', KEYS[2], 600000)
+end
+redis.call('SADD', KEYS[4], ARGV[5])
+return {1, math.floor(slot - now)}
+"""
+
+# SLOW_DOWN: KEYS[1] page bucket. ARGV[1] factor multiplier, ARGV[2] minimum factor,
+# ARGV[3] recovery per second. Lowers the adaptive factor (taking recovery so far into account).
+SLOT_GRACE_SECONDS = 0.02
+MAX_LATE_RETRIES = 5
+
+SLOW_DOWN_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local b = redis.call('HMGET', KEYS[1], 'f', 'ft')
+local f = tonumber(b[1] or '1')
+if f < 1 then f = math.min(1, f + (now - tonumber(b[2] or now)) / 1000000 * tonumber(ARGV[3])) end
+f = math.max(tonumber(ARGV[2]), f * tonumber(ARGV[1]))
+redis.call('HSET', KEYS[1], 'f', f, 'ft', string.format('%.0f', now))
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return tostring(f)
+"""
+
+
+@dataclass(frozen=True)
+class Grant:
+    granted: bool
+    delay: float  # seconds: until the slot (granted) or until it is worth asking again
+
+
+class Limiter:
+    """Per-page pacing for one process; all state is in Redis."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._keys = store.Keys(settings.key_prefix, settings.queue_name)
+        self._acquire = client.register_script(ACQUIRE_LUA)
+        self._slow = client.register_script(SLOW_DOWN_LUA)
+
+    def bucket(self, page_id: str, kind: str) -> str:
+        return f"{self._settings.key_prefix}:rl:{page_id}:{kind}"
+
+    def rate(self, page_id: str, kind: str) -> float:
+        override = self._settings.page_rate_overrides.get(page_id, {})
+        if kind == "media":
+            return float(override.get("media", self._settings.page_media_rate_limit))
+        return float(override.get("text", self._settings.page_rate_limit))
+
+    def burst(self, rate: float) -> int:
+        """Slots that may go at once: small against the rate, so no 1 s window exceeds it by > 5%."""
+        return max(1, min(self._settings.pace_burst, int(rate * 0.02)))
+
+    async def acquire(self, page_id: str, kind: str, psid: str) -> Grant:
+        s = self._settings
+        rate = self.rate(page_id, kind)
+        recipient = f"{s.key_prefix}:rl:r:{page_id}:{psid}" if s.recipient_rate_limit > 0 else ""
+        granted, delay_us = await self._acquire(
+            keys=[
+                self.bucket(page_id, kind),
+                recipient,
+                self._keys.pause(page_id),
+                f"{s.key_prefix}:rl:pages",
+            ],
+            args=[
+                rate,
+                self.burst(rate),
+                int(s.pace_max_hold_seconds * 1_000_000),
+                s.recipient_rate_limit,
+                f"{page_id}:{kind}",
+                s.pace_recovery_per_second,
+            ],
+        )
+        return Grant(bool(int(granted)), int(delay_us) / 1_000_000)
+
+    async def wait_for_slot(self, page_id: str, kind: str, psid: str) -> Grant:
+        """Acquire; a slot within the hold is awaited here on the event loop (never a thread).
+
+        Returns the grant; a granted slot further than the hold is left to the caller to defer.
+        """
+        for _ in range(MAX_LATE_RETRIES):
+            asked = time.monotonic()
+            grant = await self.acquire(page_id, kind, psid)
+            if not grant.granted or grant.delay > self._settings.pace_max_hold_seconds:
+                return grant
+            # The slot is at least ``asked + delay`` in our clock (the script ran after we asked).
+            due = asked + grant.delay
+            if grant.delay > 0:
+                await asyncio.sleep(due - time.monotonic())
+            if time.monotonic() - due <= SLOT_GRACE_SECONDS:
+                return Grant(True, 0.0)
+            # We act late (a busy event loop, a slow round trip): sending now would bunch with
+            # on-time slots of other workers, so this slot is left unused and a new one taken.
+        return Grant(True, 0.0)  # bounded: the loop is overloaded; send rather than starve
+
+    async def slow_down(self, page_id: str) -> float:
+        """Usage header above the threshold: halve the page's rate (both classes); it recovers linearly."""
+        s = self._settings
+        factor = 1.0
+        for kind in ("text", "media"):
+            factor = float(
+                await self._slow(
+                    keys=[self.bucket(page_id, kind)],
+                    args=[0.5, s.pace_min_factor, s.pace_recovery_per_second],
+                )
+            )
+        return factor
+
+
+def page_state(client: Any, settings: Settings) -> list[dict[str, Any]]:
+    """Per-page limiter state for ``messenger-worker status`` (sync client)."""
+    now = time.time()
+    out: list[dict[str, Any]] = []
+    for member in sorted(store._s(m) for m in client.smembers(f"{settings.key_prefix}:rl:pages")):
+        page, _, kind = member.rpartition(":")
+        rec = store.decode_record(client.hgetall(f"{settings.key_prefix}:rl:{member}"))
+        override = settings.page_rate_overrides.get(page, {})
+        rate = float(
+            override.get(
+                kind, settings.page_media_rate_limit if kind == "media" else settings.page_rate_limit
+            )
+        )
+        factor = float(rec.get("f", "1"))
+        if factor < 1:
+            factor = min(
+                1.0, factor + (now - float(rec.get("ft", "0")) / 1e6) * settings.pace_recovery_per_second
+            )
+        tat = float(rec.get("tat", "0")) / 1e6
+        effective = rate * factor
+        burst = max(1, min(settings.pace_burst, int(rate * 0.02)))
+        tokens = (
+            max(0.0, min(float(burst), (now - (tat - burst / effective)) * effective)) if effective else 0.0
+        )
+        pause = store.decode_record(client.hgetall(f"{settings.key_prefix}:pause:{page}"))
+        until = float(pause.get("until", "0"))
+        out.append(
+            {
+                "page_id": page,
+                "class": kind,
+                "rate_limit": rate,
+                "effective_rate": round(effective, 2),
+                "tokens": round(tokens, 2),
+                "paused_until": until if until > now else None,
+                "pause_reason": pause.get("reason") if until > now else None,
+            }
+        )
+    return out
