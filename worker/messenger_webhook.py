@@ -1,0 +1,237 @@
+"""Messenger Platform webhooks: signature and handshake checks, event parsing, m.me refs.
+
+Pure functions, no I/O: whoever serves the webhook endpoint reads the raw body, calls
+:func:`verify_signature` *before* parsing it, then :func:`parse_events`, and decides what to write
+back to Braze (e.g. the PSID as a custom attribute, see ``worker.braze.psid_attribute_item``).
+
+Signature
+    Meta signs every webhook POST with ``X-Hub-Signature-256: sha256=<hex>``, the HMAC-SHA256 of
+    the raw body keyed with the app secret. The check is constant-time; a missing, malformed or
+    wrong header, or an empty app secret (an HMAC anyone can compute), gives False.
+
+Handshake
+    ``GET ?hub.mode=subscribe&hub.verify_token=<ours>&hub.challenge=<n>`` must be answered with the
+    challenge, as plain text, when the token matches (constant-time).
+
+Events and the 24-hour window (messenger-platform.md §2.1)
+    Every ``entry`` and every item of its ``messaging`` array is read (Braze's 2016 sample bot read
+    only ``entry[0]``, losing events Meta batches together). ``standby`` arrays (handover protocol:
+    another app owns the thread) are not read. Items that do not have the shape below are skipped,
+    never raised on, whatever JSON value arrives.
+
+    ============  ===============================================  ============
+    kind          from                                             opens window
+    ============  ===============================================  ============
+    message       ``message`` (``message.is_echo``: skipped,       yes
+                  those are the page's own sends)
+    postback      ``postback`` (Get Started, buttons, menu)        yes
+    referral      ``referral`` (m.me link / ad / QR code into an   yes
+                  existing conversation)
+    optin         ``optin`` (Send to Messenger / Checkbox plugin)  yes, except
+                                                                   Marketing
+                                                                   Messages
+                                                                   opt-ins
+    reaction      ``reaction``                                     yes
+    read          ``read``                                         no
+    delivery      ``delivery``                                     no
+    other         anything else with a sender (account linking,    no
+                  handover, edits ...)
+    ============  ===============================================  ============
+
+    Opting in to Marketing Messages (``optin.type == "notification_messages"``) does not open the
+    window (§2.1, [M-MKT-LEGACY]). A Checkbox-plugin opt-in carries ``optin.user_ref`` and no
+    ``sender.id``: there is no PSID yet, so the item is skipped (``user_ref`` identifies a plugin
+    session, not a Braze user, and is never used as ``ref``).
+
+    ``ref`` is taken from ``referral.ref`` (user already in a conversation with the page),
+    ``postback.referral.ref`` (first conversation: the user tapped Get Started after an m.me link)
+    or ``optin.ref`` (the plugin's ``data-ref``); else None.
+
+m.me links that tie a Messenger user to a Braze user
+    ``https://m.me/<PAGE_USERNAME>?ref=braze_<external_id>``: the ref is the prefix ``braze_``
+    followed by the Braze external_id, 1 to 200 URL-safe characters (RFC 3986 unreserved:
+    ``A-Z a-z 0-9 - . _ ~``), so the whole ref stays within Meta's 250-character limit and needs
+    no escaping. Build it in Braze with Liquid, e.g. ``ref=braze_{{${user_id}}}``. :func:`parse_ref`
+    returns the external_id, or None for any other ref.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = [
+    "REF_PREFIX",
+    "SIGNATURE_HEADER",
+    "EventKind",
+    "InboundEvent",
+    "parse_events",
+    "parse_ref",
+    "verify_handshake",
+    "verify_signature",
+]
+
+SIGNATURE_HEADER: Final = "X-Hub-Signature-256"
+REF_PREFIX: Final = "braze_"
+MAX_EXTERNAL_ID: Final = 200
+
+_SIG_PREFIX: Final = "sha256="
+_HEX: Final = frozenset("0123456789abcdef")
+_EXTERNAL_ID: Final = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_EXTERNAL_ID}}}")
+
+EventKind = Literal["message", "postback", "referral", "optin", "reaction", "read", "delivery", "other"]
+
+# Checked in this order: the first key present in a messaging item names its kind.
+_KINDS: Final[tuple[EventKind, ...]] = (
+    "message",
+    "postback",
+    "referral",
+    "optin",
+    "reaction",
+    "read",
+    "delivery",
+)
+_OPENS_WINDOW: Final[frozenset[EventKind]] = frozenset(
+    {"message", "postback", "referral", "optin", "reaction"}
+)
+_MARKETING_OPTIN: Final = "notification_messages"
+
+
+def verify_signature(app_secret: str, raw_body: bytes, header: str | None) -> bool:
+    """True when ``header`` (``X-Hub-Signature-256``) is the HMAC-SHA256 of ``raw_body``."""
+    if not app_secret or not isinstance(header, str):
+        return False
+    header = header.strip()
+    if header[: len(_SIG_PREFIX)].lower() != _SIG_PREFIX:
+        return False
+    given = header[len(_SIG_PREFIX) :].lower()
+    if len(given) != 64 or not _HEX.issuperset(given):
+        return False
+    expected = hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, given)
+
+
+def verify_handshake(params: Mapping[str, str], verify_token: str) -> str | None:
+    """The ``hub.challenge`` to echo when this is a valid subscription handshake, else None."""
+    mode = params.get("hub.mode")
+    token = params.get("hub.verify_token")
+    challenge = params.get("hub.challenge")
+    if not verify_token or mode != "subscribe" or not isinstance(token, str):
+        return None
+    if not isinstance(challenge, str) or not challenge:
+        return None
+    # compare_digest on str accepts ASCII only; bytes work for any token.
+    if not hmac.compare_digest(token.encode(), verify_token.encode()):
+        return None
+    return challenge
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    """One user action from a Messenger webhook (see the module docstring for kinds and window)."""
+
+    page_id: str
+    psid: str
+    timestamp: float
+    """Seconds since the epoch (Messenger sends milliseconds)."""
+    kind: EventKind
+    ref: str | None
+    opens_window: bool
+
+
+def _id(value: object) -> str | None:
+    """A Graph id: a non-empty string (or an integer, for hand-written payloads)."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _seconds(ms: object) -> float | None:
+    if isinstance(ms, bool) or not isinstance(ms, int | float):
+        return None
+    try:
+        seconds = float(ms) / 1000.0
+    except OverflowError:  # an integer too large for a float
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _str_at(obj: object, *path: str) -> str | None:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj if isinstance(obj, str) and obj else None
+
+
+def _kind(item: dict[object, object]) -> EventKind:
+    for kind in _KINDS:
+        if isinstance(item.get(kind), dict):
+            return kind
+    return "other"
+
+
+def _event(item: object, entry_page: str | None, entry_time: float | None) -> InboundEvent | None:
+    if not isinstance(item, dict):
+        return None
+    kind = _kind(item)
+    if kind == "message" and item["message"].get("is_echo") is True:  # _kind checked: a dict
+        return None
+    psid = _id(item["sender"].get("id")) if isinstance(item.get("sender"), dict) else None
+    recipient = _id(item["recipient"].get("id")) if isinstance(item.get("recipient"), dict) else None
+    page_id = entry_page or recipient
+    timestamp = _seconds(item.get("timestamp"))
+    if timestamp is None:
+        timestamp = entry_time
+    if psid is None or page_id is None or timestamp is None:
+        return None
+    ref: str | None = None
+    opens = kind in _OPENS_WINDOW
+    if kind == "referral":
+        ref = _str_at(item, "referral", "ref")
+    elif kind == "postback":
+        ref = _str_at(item, "postback", "referral", "ref")
+    elif kind == "optin":
+        ref = _str_at(item, "optin", "ref")
+        opens = _str_at(item, "optin", "type") != _MARKETING_OPTIN
+    return InboundEvent(
+        page_id=page_id, psid=psid, timestamp=timestamp, kind=kind, ref=ref, opens_window=opens
+    )
+
+
+def parse_events(payload: object) -> list[InboundEvent]:
+    """Every user event of a webhook body (already JSON-decoded), in order; never raises."""
+    if not isinstance(payload, dict) or payload.get("object") != "page":
+        return []
+    entries = payload.get("entry")
+    if not isinstance(entries, list):
+        return []
+    events: list[InboundEvent] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        items = entry.get("messaging")
+        if not isinstance(items, list):
+            continue
+        page = _id(entry.get("id"))
+        entry_time = _seconds(entry.get("time"))
+        for item in items:
+            event = _event(item, page, entry_time)
+            if event is not None:
+                events.append(event)
+    return events
+
+
+def parse_ref(ref: str) -> str | None:
+    """The Braze external_id in an m.me ref ``braze_<external_id>``, else None."""
+    if not isinstance(ref, str) or not ref.startswith(REF_PREFIX):
+        return None
+    external_id = ref[len(REF_PREFIX) :]
+    return external_id if _EXTERNAL_ID.fullmatch(external_id) else None
