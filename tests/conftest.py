@@ -233,6 +233,7 @@ def base_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
             "SCHEDULER_INTERVAL_SECONDS": "0.1",
             "GRAPH_READ_TIMEOUT": "2",
             "LOG_FORMAT": "json",
+            "METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

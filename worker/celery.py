@@ -81,6 +81,20 @@ def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
 
     process_engine(get_settings)
     _wake_consumer(sender)
+    _serve_metrics()
+
+
+def _serve_metrics() -> None:
+    """Each worker process serves /metrics on METRICS_PORT (0 = off); see worker/metrics.py."""
+    from prometheus_client import start_http_server
+
+    from worker import __version__
+    from worker.metrics import BUILD_INFO
+
+    port = get_settings().metrics_port
+    BUILD_INFO.labels(__version__).set(1)
+    if port:
+        start_http_server(port, addr="0.0.0.0")  # noqa: S104  # scraped from other hosts/pods
 
 
 def _wake_consumer(consumer: Any) -> None:

@@ -36,6 +36,11 @@ def cmd_intake(args: argparse.Namespace) -> int:
 
     if args.insecure_no_auth:
         os.environ["INTAKE_INSECURE_NO_AUTH"] = "true"
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # several processes behind one port: aggregate their metrics (worker/metrics.py)
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bmw-metrics-")
     settings = _settings()
     if not settings.intake_tokens and not settings.intake_insecure_no_auth:
         print("INTAKE_TOKENS is empty: set it, or start with --insecure-no-auth", file=sys.stderr)

@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     suppression_ttl: int = Field(default=30 * 86_400, gt=0)
     tag_abuse_suppression_ttl: int = Field(default=86_400, gt=0)
 
+    #: Worker processes serve /metrics on this port (0 = off); the intake serves it on its own port.
+    metrics_port: int = Field(default=9808, ge=0, le=65535)
+    #: Distinct page_id label values per process before the rest are reported as "other".
+    metrics_max_pages: int = Field(default=100, ge=1)
+
     log_format: LogFormat = LogFormat.JSON
     log_level: str = "INFO"
     #: Recipients (PSIDs) are logged as a salted hash unless this is true.

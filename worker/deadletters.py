@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from worker import broker, store
 from worker.config import Settings
 
-# REPLAY: KEYS[1] dead zset, KEYS[2] pending zset. ARGV[1] now, ARGV[2] sweep_after,
+# REPLAY: KEYS[1] dead zset, KEYS[2] pending zset, KEYS[3] open zset. ARGV[1] now, ARGV[2] sweep_after,
 # ARGV[3] prefix, ARGV[4..] ids. Returns the ids actually replayed (those still dead).
 REPLAY_LUA = """
 local now = tonumber(ARGV[1])
@@ -34,6 +34,7 @@ for i = 4, #ARGV do
     redis.call('PERSIST', key)
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
+    redis.call('ZADD', KEYS[3], now, id)
     table.insert(out, id)
   end
 end
@@ -90,7 +91,7 @@ async def replay(client: aioredis.Redis, settings: Settings, ids: list[str]) -> 
     for start in range(0, len(ids), settings.batch_max):
         chunk = ids[start : start + settings.batch_max]
         res = await script(
-            keys=[keys.dead, keys.pending],
+            keys=[keys.dead, keys.pending, keys.open],
             args=[repr(time.time()), settings.sweep_after_seconds, settings.key_prefix, *chunk],
         )
         replayed = [store._s(i) for i in res]

@@ -34,7 +34,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from worker import broker, store
+from worker import broker, metrics, store
 from worker.config import PageTokens, Settings
 from worker.graph import GraphClient, GraphError, SendResult
 from worker.logging import get_logger, recipient_ref
@@ -132,6 +132,7 @@ class Engine:
         self._lock = threading.Lock()
         self._pauses_checked = 0.0
         self._slowed: dict[str, float] = {}
+        self._page_label = metrics.PageLabels(settings)
         self.limiter: Limiter | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -222,6 +223,7 @@ class Engine:
         raw = await self._scripts["claim"](
             keys=[self.keys.pending], args=[repr(now), s.delivery_lease_seconds, s.key_prefix, *ids]
         )
+        metrics.WORKER_BATCHES.inc()
         claimed = [
             Delivery.from_record(store._s(raw[i]), store.decode_record(raw[i + 1]))
             for i in range(0, len(raw), 2)
@@ -381,6 +383,10 @@ class Engine:
             try:
                 result = await self._graph.send(d.page_id, token, body)
             except GraphError as exc:
+                metrics.GRAPH_LATENCY.observe(time.perf_counter() - started)
+                metrics.ATTEMPTS.labels(exc.reason).inc()
+                if exc.reason == "ambiguous":
+                    metrics.POSSIBLE_DUPLICATES.inc()
                 log.info(
                     "delivery.attempt",
                     delivery_id=d.id,
@@ -396,6 +402,8 @@ class Engine:
                     possible_duplicate=exc.reason == "ambiguous",
                 )
                 return None, exc
+        metrics.GRAPH_LATENCY.observe(result.latency_ms / 1000)
+        metrics.ATTEMPTS.labels("sent").inc()
         log.info(
             "delivery.attempt",
             delivery_id=d.id,
@@ -450,6 +458,7 @@ class Engine:
             else:
                 pipe.hset(key, mapping=fields)
                 pipe.zrem(self.keys.pending, d.id)
+                pipe.zrem(self.keys.open, d.id)
                 pipe.expire(key, s.record_retention)
                 if o.status == "dead":
                     pipe.zadd(self.keys.dead, {d.id: now})
@@ -480,7 +489,29 @@ class Engine:
         for o in outcomes:
             self._log_outcome(o)
 
+    def _count_outcome(self, o: Outcome) -> None:
+        d = o.delivery
+        info = o.error.info if o.error is not None else None
+        if o.status in ("queued", "retrying"):
+            if o.reason == "paced":
+                metrics.PACING_DEFERRALS.labels(self._page_label(d.page_id)).inc()
+            else:
+                metrics.RETRIES.labels(o.reason or "unknown").inc()
+        else:
+            metrics.DELIVERIES.labels(
+                o.status,
+                self._page_label(d.page_id),
+                o.reason or "none",
+                metrics.code_label(info.code if info else None),
+                metrics.code_label(info.subcode if info else None),
+            ).inc()
+            if o.status == "sent":
+                metrics.ACCEPT_TO_SEND.observe(max(0.0, time.time() - d.created_at))
+        if o.pause is not None:
+            metrics.PAGE_PAUSES.labels(self._page_label(d.page_id), o.pause[1]).inc()
+
     def _log_outcome(self, o: Outcome) -> None:
+        self._count_outcome(o)
         d = o.delivery
         info = o.error.info if o.error is not None else None
         common: dict[str, Any] = {
@@ -589,6 +620,7 @@ class Engine:
             await self.log_expired_pauses()
         if swept:
             log.info("scheduler.swept", count=len(swept))
+            metrics.SWEPT.inc(len(swept))
         await publish(self.redis, s, ids, front=True)
         return len(ids)
 

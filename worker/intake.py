@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis as sync_redis
 import redis.asyncio as aioredis
 import redis.exceptions
 from starlette.applications import Starlette
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from worker import broker, deadletters, store
+from worker import broker, deadletters, metrics, store
 from worker.config import Settings
 from worker.logging import get_logger, recipient_ref
 from worker.validation import MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY, InputError, SendRequest, validate
@@ -127,7 +128,13 @@ class GroupCommitter:
                 item.request_id,
             ]
         try:
-            results = await self._script(keys=[self._keys.pending, self._keys.queue], args=args)
+            started = time.perf_counter()
+            results = await self._script(
+                keys=[self._keys.pending, self._keys.queue, self._keys.open], args=args
+            )
+            elapsed = time.perf_counter() - started
+            for _ in batch:
+                metrics.INTAKE_ENQUEUE.observe(elapsed)
         except (redis.exceptions.RedisError, OSError) as exc:
             for item in batch:
                 if not item.future.done():
@@ -180,10 +187,14 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
         redis_client = client or make_async_redis(settings)
         state["redis"] = redis_client
         state["committer"] = GroupCommitter(redis_client, settings)
+        state["sync_redis"] = sync_redis.Redis.from_url(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
         log.info("intake.started", queue=settings.queue_name, auth=not settings.intake_insecure_no_auth)
         try:
             yield
         finally:
+            state["sync_redis"].close()
             if own:
                 await redis_client.aclose()
             log.info("intake.stopped")
@@ -197,6 +208,20 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
             return await handler(request)
 
         return wrapper
+
+    def counted(route: str, handler: Handler) -> Handler:
+        async def wrapper(request: Request) -> Response:
+            response = await handler(request)
+            metrics.INTAKE_REQUESTS.labels(route, str(response.status_code)).inc()
+            return response
+
+        return wrapper
+
+    async def metrics_endpoint(_request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        body = await run_in_threadpool(metrics.render, settings, state.get("sync_redis"))
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def send(request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
@@ -330,12 +355,13 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
         return error(405, "method_not_allowed", "method not allowed")
 
     routes = [
-        Route("/me/messages", authed(send), methods=["POST"]),
-        Route("/{version}/me/messages", authed(send), methods=["POST"]),
-        Route("/{version}/{page_id}/messages", authed(send), methods=["POST"]),
-        Route("/v1/deliveries/{delivery_id}", authed(delivery), methods=["GET"]),
-        Route("/v1/dead-letters", authed(dead_list), methods=["GET"]),
-        Route("/v1/dead-letters/{action}", authed(dead_action), methods=["POST"]),
+        Route("/me/messages", counted("send", authed(send)), methods=["POST"]),
+        Route("/{version}/me/messages", counted("send", authed(send)), methods=["POST"]),
+        Route("/{version}/{page_id}/messages", counted("send", authed(send)), methods=["POST"]),
+        Route("/v1/deliveries/{delivery_id}", counted("delivery", authed(delivery)), methods=["GET"]),
+        Route("/v1/dead-letters", counted("dead_letters", authed(dead_list)), methods=["GET"]),
+        Route("/v1/dead-letters/{action}", counted("dead_letters", authed(dead_action)), methods=["POST"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

@@ -8,6 +8,7 @@ Keys (``P`` is ``KEY_PREFIX``, default ``bmw``)::
 
     P:d:{id}            hash   the delivery: status, page_id, psid, body, attempts, timestamps,
                                lease_until, not_before, message_id, error, tags …
+    P:open              zset   every non-final delivery -> its acceptance time (oldest-waiting age)
     P:pending           zset   every non-final delivery -> the time by which it must have progressed;
                                the sweeper re-enqueues members past that time (lost Celery messages,
                                workers killed mid-send)
@@ -42,7 +43,7 @@ OPEN_STATUSES = frozenset({"queued", "retrying"})
 FINAL_STATUSES = frozenset({"sent", "failed", "expired", "dead"})
 
 # ACCEPT: the intake's group commit, one call per batch of requests.
-# KEYS[1] pending zset, KEYS[2] Celery queue list.
+# KEYS[1] pending zset, KEYS[2] Celery queue list, KEYS[3] open zset.
 # ARGV[1] now, ARGV[2] idempotency ttl, ARGV[3] sweep_after, ARGV[4] key prefix,
 # ARGV[5] the Celery message (already serialised; it names every id of the batch),
 # ARGV[6] fields per item (F), then F values per item:
@@ -78,6 +79,7 @@ while i <= #ARGV do
       'token', ARGV[i + 5], 'fallback_tags', ARGV[i + 6], 'request_id', ARGV[i + 7],
       'idempotency_key', idem, 'created_at', now, 'updated_at', now, 'attempts', 0)
     redis.call('ZADD', KEYS[1], deadline, id)
+    redis.call('ZADD', KEYS[3], now, id)
     accepted = accepted + 1
     table.insert(out, '')
   end
@@ -162,6 +164,10 @@ class Keys:
     @property
     def sched(self) -> str:
         return f"{self.prefix}:sched"
+
+    @property
+    def open(self) -> str:
+        return f"{self.prefix}:open"
 
     @property
     def dead(self) -> str:

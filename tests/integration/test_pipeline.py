@@ -258,3 +258,28 @@ def test_intake_refuses_to_start_without_tokens(tmp_path: Any, redis_server: Red
         assert wait_port(port)
     finally:
         proc2.stop()
+
+
+def test_metrics_exported_by_intake_and_worker(make_stack: Any) -> None:
+    port = free_port()
+    stack: Stack = make_stack(METRICS_PORT=str(port))
+    stack.start_intake()
+    stack.start_worker()
+    delivery_id = stack.post(text("metrics-1")).json()["delivery_id"]
+    bad = stack.post(b"{nope")
+    assert bad.status_code == 400
+    stack.wait_final([delivery_id])
+    intake = httpx.get(f"{stack.intake_url}/metrics", timeout=10).text
+    assert 'bmw_intake_requests_total{route="send",status="202"} 1.0' in intake
+    assert 'bmw_intake_requests_total{route="send",status="400"} 1.0' in intake
+    for name in ("bmw_queue_depth", "bmw_oldest_open_age_seconds", "bmw_dead_letters", "bmw_redis_up 1.0"):
+        assert name in intake
+    worker = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert (
+        'bmw_deliveries_total{error_code="none",error_subcode="none",outcome="sent",page_id="100",reason="none"} 1.0'
+        in worker
+    )
+    assert "bmw_graph_request_seconds_count 1.0" in worker
+    assert "bmw_accept_to_send_seconds_count 1.0" in worker
+    assert INTAKE_TOKEN not in intake + worker
+    assert "sandbox-token" not in intake + worker
