@@ -6,7 +6,8 @@ the Redis transport is one JSON document LPUSHed onto the queue's list, so we bu
 Celery task protocol 2 (headers + base64 body of ``[args, kwargs, embed]``) inside kombu's Redis
 envelope. ``tests/integration/test_pipeline.py`` proves a real Celery worker consumes it.
 
-One task exists: ``worker.deliver(ids)``, a batch of delivery ids to look at now.
+Two tasks: ``worker.deliver(ids)``, a batch of delivery ids to look at now, and
+``worker.inbound(events)``, Messenger webhook events to record (see :mod:`worker.inbound`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ import base64
 import os
 import socket
 import uuid
+from typing import Any
 
 import orjson
 
 TASK_NAME = "worker.deliver"
+INBOUND_TASK = "worker.inbound"
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def celery_message(ids: list[str], queue: str) -> bytes:
-    """The kombu/Redis envelope of ``worker.deliver(ids)`` routed to ``queue``."""
+def celery_message(ids: list[Any], queue: str, task: str = TASK_NAME) -> bytes:
+    """The kombu/Redis envelope of ``task(ids)`` (default ``worker.deliver``) routed to ``queue``."""
     task_id = str(uuid.uuid4())
     body = orjson.dumps([[ids], {}, _EMBED])
     envelope = {
@@ -33,7 +36,7 @@ def celery_message(ids: list[str], queue: str) -> bytes:
         "content-type": "application/json",
         "headers": {
             "lang": "py",
-            "task": TASK_NAME,
+            "task": task,
             "id": task_id,
             "shadow": None,
             "eta": None,

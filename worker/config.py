@@ -150,6 +150,20 @@ class Settings(BaseSettings):
     #: Distinct page_id label values per process before the rest are reported as "other".
     metrics_max_pages: int = Field(default=100, ge=1)
 
+    #: Messenger webhook (the intake's /messenger/webhook): the verify token of the GET handshake.
+    messenger_verify_token: SecretStr | None = None
+    #: How long an inbound interaction is remembered per (page, PSID) (the 24 h window, HUMAN_AGENT's 7 days).
+    window_memory_seconds: int = Field(default=8 * 86_400, gt=0)
+    #: Braze REST API (write-back): https://rest.<instance>.braze.com and a key with users.track.
+    braze_rest_url: str | None = None
+    braze_api_key: SecretStr | None = None
+    braze_psid_attribute: str = "messenger_id"
+    #: Unreachable users written back to Braze: flag (messenger_reachable=false), clear (blank the PSID), off.
+    braze_feedback: str = Field(default="flag", pattern="^(flag|clear|off)$")
+    #: Also send each final outcome as a Braze custom event ``messenger_delivery``.
+    braze_outcome_events: bool = False
+    braze_batch_size: int = Field(default=50, ge=1, le=75)
+
     log_format: LogFormat = LogFormat.JSON
     log_level: str = "INFO"
     #: Recipients (PSIDs) are logged as a salted hash unless this is true.
@@ -232,8 +246,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_placeholders(self) -> Settings:
         secrets = [*self.intake_tokens, *self.page_access_tokens.values()]
-        if self.app_secret is not None:
-            secrets.append(self.app_secret)
+        for optional in (self.app_secret, self.braze_api_key, self.messenger_verify_token):
+            if optional is not None:
+                secrets.append(optional)
         for secret in secrets:
             raw = secret.get_secret_value()
             if not raw or _PLACEHOLDER.match(raw):
@@ -252,6 +267,10 @@ class Settings(BaseSettings):
     def page_token(self, page_id: str) -> str | None:
         token = self.page_access_tokens.get(page_id)
         return token.get_secret_value() if token is not None else None
+
+    @property
+    def braze_enabled(self) -> bool:
+        return bool(self.braze_rest_url and self.braze_api_key)
 
     @property
     def graph_base(self) -> str:

@@ -34,7 +34,8 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from worker import broker, metrics, store
+from worker import broker, inbound, metrics, policy, store
+from worker.braze import BrazeClient, BrazeOutbox, outcome_event_item, unreachable_item
 from worker.config import PageTokens, Settings
 from worker.graph import GraphClient, GraphError, SendResult
 from worker.logging import get_logger, recipient_ref
@@ -66,6 +67,10 @@ class Delivery:
     active_tag: str = ""
     #: A pacing slot reserved when the delivery was deferred (epoch seconds; 0 = none).
     slot_at: float = 0.0
+    #: The Braze user (X-Braze-External-Id at the intake, or learned from a Messenger ref).
+    external_id: str = ""
+    #: Set when Graph said the window is closed in this round (not stored in the record).
+    window_closed_seen: bool = False
 
     @classmethod
     def from_record(cls, delivery_id: str, rec: dict[str, str]) -> Delivery:
@@ -84,6 +89,7 @@ class Delivery:
             request_id=rec.get("request_id", ""),
             active_tag=rec.get("active_tag", ""),
             slot_at=float(rec.get("slot_at") or 0),
+            external_id=rec.get("external_id", ""),
         )
 
 
@@ -133,6 +139,10 @@ class Engine:
         self._pauses_checked = 0.0
         self._slowed: dict[str, float] = {}
         self._page_label = metrics.PageLabels(settings)
+        self._braze_config = inbound.braze_config(settings)
+        self._braze_client: BrazeClient | None = None
+        self._braze_lock_held = False
+        self._worker_id = broker.new_delivery_id()
         self.limiter: Limiter | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -203,6 +213,10 @@ class Engine:
                 await self._scheduler
         if self._graph is not None:
             await self._graph.aclose()
+        if self._braze_client is not None:
+            await self._braze_client.aclose()
+        if self._braze_lock_held:
+            await self.redis.delete(f"{self.settings.key_prefix}:braze:lock")
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -258,7 +272,18 @@ class Engine:
             pipe.exists(self.keys.tag_suppressed(d.page_id, d.psid))
         for page in pages:
             pipe.hgetall(self.keys.pause(page))
+        pipe.mget([inbound.window_key(self.settings, d.page_id, d.psid) for d in claimed])
+        pipe.mget([inbound.external_key(self.settings, d.page_id, d.psid) for d in claimed])
         res = await pipe.execute()
+        windows_raw, externals_raw = res[-2], res[-1]
+        now = time.time()
+        windows = {
+            d.id: inbound.window_closed(None if w is None else store._s(w), now)
+            for d, w in zip(claimed, windows_raw, strict=True)
+        }
+        for d, e in zip(claimed, externals_raw, strict=True):
+            if not d.external_id and e is not None:
+                d.external_id = store._s(e)
         supp = {d.id: (bool(res[2 * i]), bool(res[2 * i + 1])) for i, d in enumerate(claimed)}
         pauses: dict[str, PagePause] = {}
         base = 2 * len(claimed)
@@ -266,7 +291,7 @@ class Engine:
             rec = store.decode_record(res[base + j]) if res[base + j] else {}
             if rec and float(rec.get("until", "0")) > time.time():
                 pauses[page] = PagePause(float(rec["until"]), rec.get("reason", ""), rec.get("token_fp", ""))
-        return {"supp": supp, "pauses": pauses}
+        return {"supp": supp, "pauses": pauses, "window_closed": windows}
 
     def _token_for(self, d: Delivery) -> str | None:
         return d.token or self.tokens.get(d.page_id)
@@ -297,6 +322,15 @@ class Engine:
                     d, "retrying", reason="page_paused", delay=max(0.05, pause.until - time.time())
                 )
         tag = d.active_tag or None
+        if (
+            tag is None
+            and context["window_closed"].get(d.id)
+            and d.body.get("messaging_type") != "MESSAGE_TAG"
+        ):
+            # the window is known to be closed: no doomed call, straight to the fallback path
+            tag = policy.next_fallback(d.fallback_tags, d.tags_tried, tag_suppressed)
+            if tag is None:
+                return self._outcome(d, policy.window_outcome(s), None)
         for _ in range(len(d.fallback_tags) + 1):  # each (message, tag) at most once: never a loop
             body = d.body if tag is None else {**d.body, "messaging_type": "MESSAGE_TAG", "tag": tag}
             deferral = await self._pace(d, body, tag)
@@ -307,6 +341,8 @@ class Engine:
                 if result is not None and (result.usage_pct or 0) >= s.usage_slowdown_threshold:
                     await self._slow_down(d.page_id, result.usage_pct or 0)
                 return Outcome(d, "sent", result=result, delivered_tag=body.get("tag"))
+            if error.reason == "outside_window":
+                d.window_closed_seen = True
             if tag is not None and error.reason in ("outside_window", "tag_rejected"):
                 d.tags_tried.append(tag)
             failures = d.failures + (1 if error.reason in ("transient", "ambiguous") else 0)
@@ -349,16 +385,16 @@ class Engine:
         lookahead = 2 * self.settings.scheduler_interval_seconds
         return Outcome(d, status, reason="paced", delay=max(0.0, grant.delay - lookahead))
 
-    def _outcome(self, d: Delivery, decision: Decision, error: GraphError) -> Outcome:
+    def _outcome(self, d: Delivery, decision: Decision, error: GraphError | None) -> Outcome:
         status = {
             Action.RETRY: "retrying",
             Action.WAIT: "retrying",
             Action.FAIL: "failed",
             Action.DEAD: "dead",
-            Action.PARK: "failed",  # parking arrives with the Braze-loop work; until then: failed
+            Action.PARK: "parked",
         }.get(decision.action, "failed")
         pause = None
-        if decision.pause_page is not None:
+        if decision.pause_page is not None and error is not None:
             pause = (decision.pause_page, error.reason, error.info.code)
         return Outcome(
             d,
@@ -455,13 +491,24 @@ class Engine:
                 pipe.hset(key, mapping=fields)
                 pipe.zadd(self.keys.sched, {d.id: due})
                 pipe.zadd(self.keys.pending, {d.id: due + s.sweep_after_seconds})
+            elif o.status == "parked":  # until the user re-engages, or MESSAGE_TTL (then expired)
+                until = d.created_at + s.message_ttl
+                fields["not_before"] = repr(until)
+                pipe.hset(key, mapping=fields)
+                pipe.zadd(inbound.park_key(s, d.page_id, d.psid), {d.id: d.created_at})
+                pipe.zadd(inbound.parked_key(s), {d.id: d.created_at})
+                pipe.zadd(self.keys.pending, {d.id: until + 1})
             else:
                 pipe.hset(key, mapping=fields)
                 pipe.zrem(self.keys.pending, d.id)
                 pipe.zrem(self.keys.open, d.id)
+                pipe.zrem(inbound.parked_key(s), d.id)
+                pipe.zrem(inbound.park_key(s, d.page_id, d.psid), d.id)
                 pipe.expire(key, s.record_retention)
                 if o.status == "dead":
                     pipe.zadd(self.keys.dead, {d.id: now})
+            if d.window_closed_seen:  # learned: the next message to this PSID skips the doomed call
+                pipe.set(inbound.window_key(s, d.page_id, d.psid), "0", nx=True, ex=s.window_memory_seconds)
             if o.suppress:
                 pipe.set(
                     self.keys.suppressed(d.page_id, d.psid), o.reason or "unreachable", ex=s.suppression_ttl
@@ -486,13 +533,36 @@ class Engine:
                 pipe.expire(self.keys.pause(d.page_id), int(seconds) + 60)
                 pipe.zadd(self.keys.paused, {d.page_id: until})
         await pipe.execute()
+        await self._feedback(outcomes)
         for o in outcomes:
             self._log_outcome(o)
+
+    async def _feedback(self, outcomes: list[Outcome]) -> None:
+        """Unreachable users (and, optionally, every final outcome) back to Braze via the outbox."""
+        config = self._braze_config
+        if config is None:
+            return
+        s = self.settings
+        items: list[dict[str, Any]] = []
+        for o in outcomes:
+            d = o.delivery
+            if not d.external_id:
+                continue
+            if o.suppress and s.braze_feedback in ("flag", "clear"):
+                items.append(
+                    unreachable_item(d.external_id, "flag" if s.braze_feedback == "flag" else "clear", config)
+                )
+            if s.braze_outcome_events and o.status in ("sent", "failed", "expired", "dead"):
+                items.append(outcome_event_item(d.external_id, o.status, d.id, o.reason))
+        if items:
+            await BrazeOutbox(s.key_prefix).enqueue(self.redis, items)
 
     def _count_outcome(self, o: Outcome) -> None:
         d = o.delivery
         info = o.error.info if o.error is not None else None
-        if o.status in ("queued", "retrying"):
+        if o.status == "parked":
+            metrics.RETRIES.labels("parked").inc()
+        elif o.status in ("queued", "retrying"):
             if o.reason == "paced":
                 metrics.PACING_DEFERRALS.labels(self._page_label(d.page_id)).inc()
             else:
@@ -540,6 +610,8 @@ class Engine:
             )
         elif o.reason == "paced":
             log.debug("delivery.deferred", **common, delay_s=round(o.delay, 3))
+        elif o.status == "parked":
+            log.info("delivery.parked", **common, reason=o.reason)
         elif o.status in ("queued", "retrying"):
             log.info(
                 "delivery.retry_scheduled",
@@ -562,6 +634,38 @@ class Engine:
                 error_code=o.pause[2],
                 seconds=round(o.pause[0], 1),
             )
+
+    async def drain_braze(self) -> int:
+        """One worker at a time drains the Braze outbox (lock ``P:braze:lock``, renewed each tick).
+
+        A worker that takes the lock afresh first recovers what a dead holder left in flight.
+        """
+        config = self._braze_config
+        if config is None:
+            return 0
+        lock = f"{self.settings.key_prefix}:braze:lock"
+        outbox = BrazeOutbox(self.settings.key_prefix)
+        if self._braze_lock_held and await self.redis.get(lock) == self._worker_id.encode():
+            await self.redis.pexpire(lock, 30_000)
+        elif await self.redis.set(lock, self._worker_id, nx=True, px=30_000):
+            self._braze_lock_held = True
+            recovered = await outbox.recover(self.redis)
+            if recovered:
+                log.info("braze.recovered", count=recovered)
+        else:
+            self._braze_lock_held = False
+            return 0
+        if self._braze_client is None:
+            self._braze_client = BrazeClient(config)
+        sent = 0
+        for _ in range(20):  # bounded per tick: at most 20 requests (1,000 objects)
+            result = await outbox.drain_once(self.redis, self._braze_client, config)
+            sent += result.sent
+            metrics.BRAZE_WRITES.labels("sent").inc(result.sent)
+            metrics.BRAZE_WRITES.labels("dropped").inc(result.dropped)
+            if result.sent + result.retried + result.dropped + result.invalid == 0 or result.retried:
+                break
+        return sent
 
     async def _slow_down(self, page_id: str, usage: int) -> None:
         """Usage header over the threshold: halve the page's rate, at most once per 10 s per process."""
@@ -618,6 +722,8 @@ class Engine:
             self._pauses_checked = time.monotonic()
             await self.lift_replaced_token_pauses()
             await self.log_expired_pauses()
+        if self._braze_config is not None:
+            await self.drain_braze()
         if swept:
             log.info("scheduler.swept", count=len(swept))
             metrics.SWEPT.inc(len(swept))

@@ -29,8 +29,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from worker import broker, deadletters, metrics, store
+from worker import inbound as inbound_events
 from worker.config import Settings
 from worker.logging import get_logger, recipient_ref
+from worker.messenger_webhook import parse_events, verify_handshake, verify_signature
 from worker.validation import MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY, InputError, SendRequest, validate
 
 log = get_logger("worker.intake")
@@ -63,6 +65,7 @@ class _Item:
     request: SendRequest
     idempotency_key: str
     request_id: str
+    external_id: str
     future: asyncio.Future[str]
 
 
@@ -84,10 +87,14 @@ class GroupCommitter:
         self._max_inflight = max_inflight
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, request: SendRequest, idempotency_key: str, request_id: str) -> tuple[str, bool]:
+    async def submit(
+        self, request: SendRequest, idempotency_key: str, request_id: str, external_id: str = ""
+    ) -> tuple[str, bool]:
         """Returns (delivery_id, accepted). accepted is False for a repeated Idempotency-Key."""
         loop = asyncio.get_running_loop()
-        item = _Item(broker.new_delivery_id(), request, idempotency_key, request_id, loop.create_future())
+        item = _Item(
+            broker.new_delivery_id(), request, idempotency_key, request_id, external_id, loop.create_future()
+        )
         self._buffer.append(item)
         if self._inflight < self._max_inflight:
             self._inflight += 1
@@ -113,7 +120,7 @@ class GroupCommitter:
             self._settings.sweep_after_seconds,
             self._settings.key_prefix,
             broker.celery_message([i.delivery_id for i in batch], self._settings.queue_name),
-            8,
+            9,
         ]
         for item in batch:
             req = item.request
@@ -126,6 +133,7 @@ class GroupCommitter:
                 req.passthrough_token,
                 orjson.dumps(req.fallback_tags),
                 item.request_id,
+                item.external_id,
             ]
         try:
             started = time.perf_counter()
@@ -159,16 +167,19 @@ def _bearer_ok(settings: Settings, request: Request) -> bool:
     return ok
 
 
-async def _read_body(request: Request) -> bytes:
+WEBHOOK_MAX_BYTES = 1024 * 1024  # Messenger batches many events per POST
+
+
+async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise InputError(413, "body_too_large", f"body is larger than {MAX_BODY_BYTES} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InputError(413, "body_too_large", f"body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise InputError(413, "body_too_large", f"body is larger than {MAX_BODY_BYTES} bytes")
+        if size > limit:
+            raise InputError(413, "body_too_large", f"body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -233,6 +244,9 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
             return error(
                 422, "invalid_idempotency_key", f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY}"
             )
+        external_id = request.headers.get("x-braze-external-id", "").strip()
+        if len(external_id) > 200:
+            return error(422, "invalid_external_id", "X-Braze-External-Id is longer than 200 characters")
         try:
             raw = await _read_body(request)
             send_request = validate(
@@ -246,7 +260,9 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
         except InputError as exc:
             return error(exc.status, exc.code, exc.message)
         try:
-            delivery_id, accepted = await state["committer"].submit(send_request, idem, request_id)
+            delivery_id, accepted = await state["committer"].submit(
+                send_request, idem, request_id, external_id
+            )
         except (redis.exceptions.RedisError, OSError):
             log.warning("intake.unavailable", request_id=request_id)
             return unavailable()
@@ -335,6 +351,42 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
             raise InputError(422, "invalid_body", "delivery_ids must be a list of strings")
         return ids, _dead_filter(params)
 
+    async def webhook_verify(request: Request) -> Response:
+        """Messenger's subscription handshake: echo hub.challenge when the verify token matches."""
+        token = settings.messenger_verify_token
+        challenge = None
+        if token is not None:
+            challenge = verify_handshake(dict(request.query_params), token.get_secret_value())
+        if challenge is None:
+            return error(403, "forbidden", "verification failed")
+        return Response(challenge, media_type="text/plain")
+
+    async def webhook_events(request: Request) -> Response:
+        """Messenger events: signature checked on the raw body, then queued; 200 at once."""
+        if settings.app_secret is None:
+            return error(503, "not_configured", "APP_SECRET is not configured")
+        header = request.headers.get("x-hub-signature-256")
+        if not header:
+            return error(401, "missing_signature", "X-Hub-Signature-256 is required")
+        try:
+            raw = await _read_body(request, limit=WEBHOOK_MAX_BYTES)
+        except InputError as exc:
+            return error(exc.status, exc.code, exc.message)
+        if not verify_signature(settings.app_secret.get_secret_value(), raw, header):
+            return error(403, "bad_signature", "X-Hub-Signature-256 does not match the body")
+        try:
+            payload: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return error(400, "invalid_json", "body is not valid JSON")
+        events = [inbound_events.event_to_dict(e) for e in parse_events(payload)]
+        if events:
+            message = broker.celery_message(events, settings.queue_name, task=broker.INBOUND_TASK)
+            try:
+                await state["redis"].lpush(settings.queue_name, message)
+            except (redis.exceptions.RedisError, OSError):
+                return unavailable()
+        return JSONResponse({"status": "EVENT_RECEIVED", "events": len(events)})
+
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -362,6 +414,8 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
         Route("/v1/dead-letters", counted("dead_letters", authed(dead_list)), methods=["GET"]),
         Route("/v1/dead-letters/{action}", counted("dead_letters", authed(dead_action)), methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/messenger/webhook", counted("webhook", webhook_verify), methods=["GET"]),
+        Route("/messenger/webhook", counted("webhook", webhook_events), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

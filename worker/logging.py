@@ -79,8 +79,9 @@ REDACTOR = Redactor()
 def settings_secrets(settings: Settings) -> list[str]:
     secrets = [t.get_secret_value() for t in settings.intake_tokens]
     secrets += [t.get_secret_value() for t in settings.page_access_tokens.values()]
-    if settings.app_secret is not None:
-        secrets.append(settings.app_secret.get_secret_value())
+    for optional in (settings.app_secret, settings.braze_api_key, settings.messenger_verify_token):
+        if optional is not None:
+            secrets.append(optional.get_secret_value())
     return secrets
 
 

@@ -51,7 +51,8 @@ PSID                                behaviour
                                     known, else "(#<code>) Sandbox error")
 ``flaky<N>-<code>[_<sub>]-<rest>``  the first N calls for this exact PSID fail with that error, later
                                     calls succeed (``DELETE /__sandbox/calls`` resets the counters)
-``outside-<rest>``                  outside the 24 h window: RESPONSE/UPDATE sends (and sender
+``outside-<rest>``                  outside the 24 h window (until ``POST /__sandbox/window
+                                    {"psid": ...}`` opens it): RESPONSE/UPDATE sends (and sender
                                     actions) get 10/2018278; MESSAGE_TAG with a valid tag succeeds
 ``throttle<M>-<rest>``              80006 with ``X-Business-Use-Case-Usage`` whose
                                     ``estimated_time_to_regain_access`` is M minutes (M may be 0)
@@ -554,6 +555,8 @@ class _State:
         self.errors = 0
         self.flaky: dict[str, int] = {}
         self.faults: dict[str, _PageFault] = {}
+        #: ``outside-`` PSIDs whose user re-engaged (POST /__sandbox/window): their window is open.
+        self.opened: set[str] = set()
 
     def clear(self) -> None:
         self.records.clear()
@@ -708,7 +711,7 @@ class _SendEndpoint:
             if seen <= rule.number:
                 raise _Refusal(_error(rule.code, rule.subcode, page_id=page_id))
         elif kind == "outside":
-            if mtype != "MESSAGE_TAG":
+            if mtype != "MESSAGE_TAG" and psid not in self.state.opened:
                 raise _Refusal(_error(10, 2018278))
         elif kind == "throttle":
             raise _Refusal(_error(80006, None, page_id=page_id, regain_minutes=rule.number))
@@ -860,6 +863,21 @@ class _Control:
         self.state.faults[page_id] = fault
         return _json(fault.as_json(page_id))
 
+    async def open_window(self, request: Request) -> Response:
+        """``{"psid": "outside-x", "open": true}``: the user re-engaged (or, false, left again)."""
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _json({"error": "invalid JSON"}, 400)
+        psid = body.get("psid") if isinstance(body, dict) else None
+        if not isinstance(psid, str):
+            return _json({"error": "psid is required"}, 400)
+        if body.get("open", True):
+            self.state.opened.add(psid)
+        else:
+            self.state.opened.discard(psid)
+        return _json({"psid": psid, "open": psid in self.state.opened})
+
     async def clear_faults(self, request: Request) -> Response:
         page_id = request.query_params.get("page_id")
         if page_id:
@@ -900,6 +918,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         Route("/__sandbox/faults", control.get_faults, methods=["GET"]),
         Route("/__sandbox/faults", control.add_fault, methods=["POST"]),
         Route("/__sandbox/faults", control.clear_faults, methods=["DELETE"]),
+        Route("/__sandbox/window", control.open_window, methods=["POST"]),
     ]
     app = _SandboxApp(routes=routes)
     app.state.sandbox = state

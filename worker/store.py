@@ -22,7 +22,8 @@ Keys (``P`` is ``KEY_PREFIX``, default ``bmw``)::
     P:paused            zset   paused pages -> until (for status)
     {QUEUE_NAME}        list   the Celery queue (kombu's Redis layout)
 
-Statuses: ``queued`` and ``retrying`` are open; ``sent``, ``failed``, ``expired`` and ``dead``
+Statuses: ``queued``, ``retrying`` and ``parked`` (outside the 24-hour window, waiting for the
+user to re-engage) are open; ``sent``, ``failed``, ``expired`` and ``dead``
 are final. A worker *claims* a delivery (atomically: open, due, not leased) before sending; the
 lease (DELIVERY_LEASE_SECONDS) is what stops two workers sending the same delivery when the
 sweeper and Celery both hand it out.
@@ -39,7 +40,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-OPEN_STATUSES = frozenset({"queued", "retrying"})
+OPEN_STATUSES = frozenset({"queued", "retrying", "parked"})
 FINAL_STATUSES = frozenset({"sent", "failed", "expired", "dead"})
 
 # ACCEPT: the intake's group commit, one call per batch of requests.
@@ -48,7 +49,7 @@ FINAL_STATUSES = frozenset({"sent", "failed", "expired", "dead"})
 # ARGV[5] the Celery message (already serialised; it names every id of the batch),
 # ARGV[6] fields per item (F), then F values per item:
 #   id, idempotency key ("" for none), page_id, psid, body, token ("" = configured page token),
-#   fallback tags (JSON list), request id.
+#   fallback tags (JSON list), request id, Braze external_id ("" for none).
 # Returns, per item, "" when accepted or the existing delivery id for a repeated idempotency key.
 # The queue message is pushed only if at least one item was accepted. Ids refused as duplicates
 # have no record, so the worker skips them.
@@ -77,7 +78,8 @@ while i <= #ARGV do
     redis.call('HSET', prefix .. ':d:' .. id,
       'status', 'queued', 'page_id', ARGV[i + 2], 'psid', ARGV[i + 3], 'body', ARGV[i + 4],
       'token', ARGV[i + 5], 'fallback_tags', ARGV[i + 6], 'request_id', ARGV[i + 7],
-      'idempotency_key', idem, 'created_at', now, 'updated_at', now, 'attempts', 0)
+      'idempotency_key', idem, 'external_id', ARGV[i + 8], 'created_at', now, 'updated_at', now,
+      'attempts', 0)
     redis.call('ZADD', KEYS[1], deadline, id)
     redis.call('ZADD', KEYS[3], now, id)
     accepted = accepted + 1
@@ -104,7 +106,7 @@ for i = 4, #ARGV do
   local id = ARGV[i]
   local key = prefix .. ':d:' .. id
   local st = redis.call('HMGET', key, 'status', 'not_before', 'lease_until')
-  if (st[1] == 'queued' or st[1] == 'retrying')
+  if (st[1] == 'queued' or st[1] == 'retrying' or st[1] == 'parked')
      and tonumber(st[2] or '0') <= now and tonumber(st[3] or '0') <= now then
     redis.call('HSET', key, 'lease_until', lease)
     redis.call('ZADD', KEYS[1], lease + 1, id)
@@ -133,7 +135,7 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumb
 local out = {}
 for _, id in ipairs(ids) do
   local st = redis.call('HGET', ARGV[4] .. ':d:' .. id, 'status')
-  if st == 'queued' or st == 'retrying' then
+  if st == 'queued' or st == 'retrying' or st == 'parked' then
     local due = redis.call('ZSCORE', KEYS[2], id)
     if due then
       redis.call('ZADD', KEYS[1], tonumber(due) + tonumber(ARGV[3]), id)

@@ -7,9 +7,22 @@ acknowledged (acks_late) and comes back, and the sweeper covers it regardless.
 
 from __future__ import annotations
 
-from worker.broker import TASK_NAME
+from typing import Any
+
+from worker.broker import INBOUND_TASK, TASK_NAME
 from worker.celery import app, get_settings
 from worker.delivery import process_engine
+from worker.inbound import record_events
+
+
+@app.task(name=INBOUND_TASK, acks_late=True, ignore_result=True)
+def inbound(events: list[dict[str, Any]]) -> dict[str, int]:
+    """Record Messenger webhook events: window, PSID links, parked releases (worker/inbound.py)."""
+    if not isinstance(events, list):
+        return {}
+    engine = process_engine(get_settings)
+    valid = [e for e in events if isinstance(e, dict)]
+    return engine.submit(record_events(engine.redis, engine.settings, valid)).result()
 
 
 @app.task(name=TASK_NAME, acks_late=True, ignore_result=True)
