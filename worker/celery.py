@@ -23,6 +23,7 @@ from celery import Celery
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 
 from worker.config import Settings, load_settings
+from worker.redisconn import celery_transport_options
 
 #: Redis redelivers an unacknowledged message after this; our longest task is a batch bounded by
 #: the Graph read timeout, far below it, and we never use ETA/countdown.
@@ -38,7 +39,10 @@ def make_app(settings: Settings) -> Celery:
     celery_app = Celery("worker", include=["worker.tasks"])
     celery_app.conf.update(
         broker_url=settings.redis_url,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            **celery_transport_options(settings),
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         task_serializer="json",

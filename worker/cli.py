@@ -257,9 +257,9 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _sync_redis() -> Any:
-    import redis
+    from worker import redisconn
 
-    return redis.Redis.from_url(_settings().redis_url, socket_connect_timeout=3, socket_timeout=5)
+    return redisconn.sync_client(_settings())
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: With REDIS_URL=sentinel://host:26379;sentinel://host2:26379/0: the monitored master's name.
+    redis_sentinel_master: str = "mymaster"
     graph_api_url: str = "https://graph.facebook.com"
     graph_api_version: str = "v25.0"
     intake_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -239,8 +241,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+            raise ValueError("REDIS_URL must be a redis://, rediss://, unix:// or sentinel:// URL")
         return value
 
     @model_validator(mode="after")

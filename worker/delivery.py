@@ -34,7 +34,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from worker import broker, inbound, metrics, policy, store
+from worker import broker, inbound, metrics, policy, redisconn, store
 from worker.braze import BrazeClient, BrazeOutbox, outcome_event_item, unreachable_item
 from worker.config import PageTokens, Settings
 from worker.graph import GraphClient, GraphError, SendResult
@@ -166,11 +166,7 @@ class Engine:
 
     async def _setup(self, scheduler: bool) -> None:
         s = self.settings
-        self._redis = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                s.redis_url, max_connections=32, timeout=10, socket_timeout=10, socket_connect_timeout=5
-            )
-        )
+        self._redis = redisconn.async_client(s, max_connections=32, timeout=10)
         self._sem = asyncio.Semaphore(s.worker_max_inflight)
         self.limiter = Limiter(self._redis, s)
         if self._graph is None:
@@ -793,3 +789,4 @@ def stop_process_engine() -> None:
         if _HOLDER.engine is not None:
             _HOLDER.engine.stop()
             _HOLDER.engine = None
+            log.info("engine.stopped")

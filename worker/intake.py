@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis as sync_redis
 import redis.asyncio as aioredis
 import redis.exceptions
 from starlette.applications import Starlette
@@ -28,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from worker import broker, deadletters, metrics, store
+from worker import broker, deadletters, metrics, redisconn, store
 from worker import inbound as inbound_events
 from worker.config import Settings
 from worker.logging import get_logger, recipient_ref
@@ -198,9 +197,7 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
         redis_client = client or make_async_redis(settings)
         state["redis"] = redis_client
         state["committer"] = GroupCommitter(redis_client, settings)
-        state["sync_redis"] = sync_redis.Redis.from_url(
-            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
-        )
+        state["sync_redis"] = redisconn.sync_client(settings, timeout=2)
         log.info("intake.started", queue=settings.queue_name, auth=not settings.intake_insecure_no_auth)
         try:
             yield
@@ -428,10 +425,7 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
 
 
 def make_async_redis(settings: Settings) -> aioredis.Redis:
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=2
-    )
-    return aioredis.Redis(connection_pool=pool)
+    return redisconn.async_client(settings, max_connections=64, timeout=5)
 
 
 def app_factory() -> Starlette:

@@ -1,0 +1,80 @@
+"""Redis connections: the one place that turns REDIS_URL into clients (and Celery's broker options).
+
+``REDIS_URL`` forms:
+
+* ``redis://[:password@]host:6379/0`` — plain TCP;
+* ``rediss://[:password@]host:6380/0`` — TLS (certificates verified; ``?ssl_cert_reqs=none`` only
+  for testing), passed to redis-py and to Celery's broker as is;
+* ``sentinel://[:password@]host1:26379;sentinel://host2:26379/0`` with ``REDIS_SENTINEL_MASTER``
+  (default ``mymaster``) — Redis Sentinel: clients ask the sentinels for the current master, so a
+  failover needs no restart. Celery uses the same URL with its ``master_name`` transport option.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.sentinel import Sentinel
+
+from worker.config import Settings
+
+
+def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
+    nodes: list[tuple[str, int]] = []
+    db = 0
+    password: str | None = None
+    for part in url.split(";"):
+        split = urlsplit(part.strip())
+        nodes.append((split.hostname or "127.0.0.1", split.port or 26379))
+        if split.password:
+            password = split.password
+        if split.path.strip("/").isdigit():
+            db = int(split.path.strip("/"))
+    return nodes, db, password
+
+
+def is_sentinel(settings: Settings) -> bool:
+    return settings.redis_url.startswith("sentinel://")
+
+
+def async_client(settings: Settings, *, max_connections: int = 64, timeout: float = 5.0) -> aioredis.Redis:
+    """An asyncio client with a blocking pool (waits for a free connection instead of failing)."""
+    if is_sentinel(settings):
+        nodes, db, password = _sentinel_parts(settings.redis_url)
+        sentinel = AsyncSentinel(nodes, socket_timeout=timeout, password=password)  # type: ignore[no-untyped-call]  # untyped in redis-py
+        client: aioredis.Redis = sentinel.master_for(
+            settings.redis_sentinel_master, db=db, password=password, socket_timeout=timeout
+        )
+        return client
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=min(timeout, 3.0),
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def sync_client(settings: Settings, *, timeout: float = 5.0) -> Any:
+    """A synchronous client (CLI, metrics collector). Typed Any: redis-py's sync typing is a union."""
+    if is_sentinel(settings):
+        nodes, db, password = _sentinel_parts(settings.redis_url)
+        sentinel = Sentinel(nodes, socket_timeout=timeout, password=password)  # type: ignore[no-untyped-call]  # untyped in redis-py
+        return sentinel.master_for(  # type: ignore[no-untyped-call]
+            settings.redis_sentinel_master, db=db, password=password, socket_timeout=timeout
+        )
+    return redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 3.0)
+    )
+
+
+def celery_transport_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if is_sentinel(settings):
+        options["master_name"] = settings.redis_sentinel_master
+    return options
