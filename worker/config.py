@@ -82,6 +82,7 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         hide_input_in_errors=True,  # a validation error must never print a token
+        env_ignore_empty=True,  # APP_SECRET= in a compose file means "not set"
     )
 
     redis_url: str = "redis://127.0.0.1:6379/0"

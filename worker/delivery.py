@@ -71,6 +71,8 @@ class Delivery:
     external_id: str = ""
     #: Set when Graph said the window is closed in this round (not stored in the record).
     window_closed_seen: bool = False
+    #: This round's send was the probe after a page pause (not stored).
+    probe: bool = False
 
     @classmethod
     def from_record(cls, delivery_id: str, rec: dict[str, str]) -> Delivery:
@@ -181,6 +183,7 @@ class Engine:
             ("claim", store.CLAIM_LUA),
             ("release", store.RELEASE_LUA),
             ("sweep", store.SWEEP_LUA),
+            ("pause", store.PAUSE_LUA),
         ):
             self._scripts[name] = self._redis.register_script(src)
         if scheduler:
@@ -285,8 +288,10 @@ class Engine:
         base = 2 * len(claimed)
         for j, page in enumerate(pages):
             rec = store.decode_record(res[base + j]) if res[base + j] else {}
-            if rec and float(rec.get("until", "0")) > time.time():
-                pauses[page] = PagePause(float(rec["until"]), rec.get("reason", ""), rec.get("token_fp", ""))
+            # paused, or over with its probe still out: wait (a reserved slot must not slip through)
+            until = max(float(rec.get("until", "0")), float(rec.get("probe", "0"))) if rec else 0.0
+            if until > time.time():
+                pauses[page] = PagePause(until, rec.get("reason", ""), rec.get("token_fp", ""))
         return {"supp": supp, "pauses": pauses, "window_closed": windows}
 
     def _token_for(self, d: Delivery) -> str | None:
@@ -372,6 +377,7 @@ class Engine:
             # came back too late: a stale slot would bunch with on-time sends, take a new one
         grant = await self.limiter.wait_for_slot(d.page_id, message_kind(body), d.psid)
         if grant.granted and grant.delay <= 0:
+            d.probe = grant.probe
             return None
         d.active_tag = tag or ""
         status = d.status if d.status in ("queued", "retrying") else "queued"
@@ -515,20 +521,31 @@ class Engine:
                 )
             if o.pause is not None:
                 seconds, reason, code = o.pause
-                until = now + seconds
                 token = self._token_for(d) or ""
-                pipe.hset(
-                    self.keys.pause(d.page_id),
-                    mapping={
-                        "until": repr(until),
-                        "reason": reason,
-                        "code": str(code or 0),
-                        "token_fp": token_fingerprint(token) if token else "",
-                    },
+                await self._scripts["pause"](  # queued in the pipeline (awaiting only queues it)
+                    keys=[self.keys.pause(d.page_id), self.keys.paused],
+                    args=[
+                        repr(now),
+                        seconds,
+                        reason,
+                        str(code or 0),
+                        token_fingerprint(token) if token else "",
+                        "1" if reason == "rate_limited" else "0",
+                        s.retry_cap_seconds,
+                        d.page_id,
+                    ],
+                    client=pipe,
                 )
-                pipe.expire(self.keys.pause(d.page_id), int(seconds) + 60)
-                pipe.zadd(self.keys.paused, {d.page_id: until})
+        for o in outcomes:  # the probe was not refused for the page: it is open again for everyone
+            if o.delivery.probe and o.pause is None and o.reason != "paced":
+                pipe.delete(self.keys.pause(o.delivery.page_id))
+                pipe.zrem(self.keys.paused, o.delivery.page_id)
         await pipe.execute()
+        for o in outcomes:
+            if o.delivery.probe and o.pause is None and o.reason != "paced":
+                log.info("page.resumed", page_id=o.delivery.page_id, reason="probe_answered")
+            if o.pause is not None and o.pause[1] == "rate_limited":
+                await self._slow_down(o.delivery.page_id, 100)
         await self._feedback(outcomes)
         for o in outcomes:
             self._log_outcome(o)

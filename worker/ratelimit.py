@@ -21,13 +21,15 @@ Keys (``P`` = KEY_PREFIX)::
                                   f, ft (adaptive factor in (0, 1] and when it was set, µs)
     P:rl:r:{page}:{psid}    hash  tat for the optional per-recipient pace
     P:rl:pages              set   "{page}:{class}" of every bucket ever used (status)
-    P:pause:{page}          hash  until (epoch seconds): a paused page grants nothing
+    P:pause:{page}          hash  until (epoch seconds): a paused page grants nothing; once it is
+                                  over, ``probe`` marks the one send that goes first (PROBE_SECONDS)
 
 ACQUIRE_LUA contract:
     KEYS[1] page bucket, KEYS[2] recipient bucket or "" , KEYS[3] page pause hash, KEYS[4] pages set
-    ARGV[1] rate per second, ARGV[2] burst (slots), ARGV[3] unused, ARGV[4] recipient rate
-    (0 = off), ARGV[5] member for the pages set, ARGV[6] factor recovery per second.
-    Returns {granted (1/0), delay µs}: granted -> a slot is reserved ``delay`` from now;
+    ARGV[1] rate per second, ARGV[2] burst (slots), ARGV[3] probe window µs, ARGV[4] recipient
+    rate (0 = off), ARGV[5] member for the pages set, ARGV[6] factor recovery per second.
+    Returns {granted (1/0), delay µs, probe (1/0)}: granted -> a slot is reserved ``delay`` from now
+    (probe: the first send after a pause; the engine lifts the pause when it succeeds);
     not granted -> the page is paused, or the recipient's pace is not due, for ``delay``
     (nothing reserved: the delivery asks again then).
 
@@ -54,10 +56,16 @@ local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local rrate = tonumber(ARGV[4])
 local recover = tonumber(ARGV[6])
-local until_s = redis.call('HGET', KEYS[3], 'until')
-if until_s then
-  local until_us = tonumber(until_s) * 1000000
+local is_probe = 0
+local pz = redis.call('HMGET', KEYS[3], 'until', 'probe')
+if pz[1] then
+  local until_us = tonumber(pz[1]) * 1000000
   if until_us > now then return {0, math.floor(until_us - now)} end
+  -- the pause is over: one probe goes first; the others wait for its answer (or its expiry)
+  local probe_us = tonumber(pz[2] or '0') * 1000000
+  if probe_us > now then return {0, math.floor(probe_us - now)} end
+  redis.call('HSET', KEYS[3], 'probe', string.format('%.3f', (now + tonumber(ARGV[3])) / 1000000))
+  is_probe = 1
 end
 local b = redis.call('HMGET', KEYS[1], 'tat', 'f', 'ft')
 local f = tonumber(b[2] or '1')
@@ -82,13 +90,15 @@ if rtat then
   redis.call('PEXPIRE', KEYS[2], 600000)
 end
 redis.call('SADD', KEYS[4], ARGV[5])
-return {1, math.floor(slot - now)}
+return {1, math.floor(slot - now), is_probe}
 """
 
 # SLOW_DOWN: KEYS[1] page bucket. ARGV[1] factor multiplier, ARGV[2] minimum factor,
 # ARGV[3] recovery per second. Lowers the adaptive factor (taking recovery so far into account).
 SLOT_GRACE_SECONDS = 0.02
 MAX_LATE_RETRIES = 5
+#: After a page pause, one probe send goes first; the others wait this long for its answer.
+PROBE_SECONDS = 10.0
 
 SLOW_DOWN_LUA = """
 local t = redis.call('TIME')
@@ -107,6 +117,7 @@ return tostring(f)
 class Grant:
     granted: bool
     delay: float  # seconds: until the slot (granted) or until it is worth asking again
+    probe: bool = False  # the first send after a page pause
 
 
 class Limiter:
@@ -136,7 +147,7 @@ class Limiter:
         s = self._settings
         rate = self.rate(page_id, kind)
         recipient = f"{s.key_prefix}:rl:r:{page_id}:{psid}" if s.recipient_rate_limit > 0 else ""
-        granted, delay_us = await self._acquire(
+        res = await self._acquire(
             keys=[
                 self.bucket(page_id, kind),
                 recipient,
@@ -146,13 +157,14 @@ class Limiter:
             args=[
                 rate,
                 self.burst(rate),
-                int(s.pace_max_hold_seconds * 1_000_000),
+                int(PROBE_SECONDS * 1_000_000),
                 s.recipient_rate_limit,
                 f"{page_id}:{kind}",
                 s.pace_recovery_per_second,
             ],
         )
-        return Grant(bool(int(granted)), int(delay_us) / 1_000_000)
+        probe = len(res) > 2 and bool(int(res[2]))
+        return Grant(bool(int(res[0])), int(res[1]) / 1_000_000, probe)
 
     async def wait_for_slot(self, page_id: str, kind: str, psid: str) -> Grant:
         """Acquire; a slot within the hold is awaited here on the event loop (never a thread).
@@ -169,7 +181,7 @@ class Limiter:
             if grant.delay > 0:
                 await asyncio.sleep(due - time.monotonic())
             if time.monotonic() - due <= SLOT_GRACE_SECONDS:
-                return Grant(True, 0.0)
+                return Grant(True, 0.0, grant.probe)
             # We act late (a busy event loop, a slow round trip): sending now would bunch with
             # on-time slots of other workers, so this slot is left unused and a new one taken.
         return Grant(True, 0.0)  # bounded: the loop is overloaded; send rather than starve

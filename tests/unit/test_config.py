@@ -117,10 +117,18 @@ def test_placeholder_secret_rejected(monkeypatch: pytest.MonkeyPatch, where: str
         from_env()
 
 
-def test_empty_app_secret_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_env_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``APP_SECRET=`` (as compose passes an unset optional variable) is not an empty secret."""
     monkeypatch.setenv("APP_SECRET", "")
+    monkeypatch.setenv("GRAPH_API_VERSION", "")
+    settings = from_env()
+    assert settings.app_secret is None
+    assert settings.graph_api_version == "v25.0"
+
+
+def test_empty_app_secret_given_directly_rejected() -> None:
     with pytest.raises(ValidationError, match="empty or a placeholder"):
-        from_env()
+        Settings(app_secret="", _env_file=None)
 
 
 def test_fallback_tags_parsed_and_upper_cased(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,7 +155,7 @@ def test_fallback_tags_unknown_rejected(monkeypatch: pytest.MonkeyPatch) -> None
         from_env()
 
 
-@pytest.mark.parametrize("version", ["25.0", "v25", "v25.0.1", "latest", ""])
+@pytest.mark.parametrize("version", ["25.0", "v25", "v25.0.1", "latest"])
 def test_bad_graph_api_version(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
     monkeypatch.setenv("GRAPH_API_VERSION", version)
     with pytest.raises(ValidationError, match="GRAPH_API_VERSION"):

@@ -1,0 +1,85 @@
+"""Faults from Graph: drops, read timeouts, HTML 5xx, slow answers and a throttling storm.
+
+Retries stay bounded (no retry storm: Graph calls per message are counted and reported) and
+nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.conftest import Stack, wait_until
+
+pytestmark = pytest.mark.reliability
+STORM_SECONDS = 30 if os.environ.get("RELIABILITY_LONG") == "1" else 6
+MAX_ATTEMPTS = 3
+
+
+def post(stack: Stack, psid: str, page: str = "100") -> str:
+    params = None if page == "100" else {"access_token": f"sandbox-token-{page}"}
+    resp = stack.post(
+        {"recipient": {"id": psid}, "message": {"text": "x"}}, path=f"/v25.0/{page}/messages", params=params
+    )
+    assert resp.status_code == 202
+    delivery_id: str = resp.json()["delivery_id"]
+    return delivery_id
+
+
+def test_faults_are_bounded_and_nothing_is_lost(make_stack: Any) -> None:
+    stack: Stack = make_stack(GRAPH_READ_TIMEOUT="1", MAX_ATTEMPTS=str(MAX_ATTEMPTS), RETRY_CAP_SECONDS="0.5")
+    stack.start_intake()
+    stack.start_worker()
+    kinds = {
+        "drop": "drop-f{}",
+        "timeout": "slow1500-f{}",  # read timeout after the request was sent: ambiguous
+        "html5xx": "http5xx-f{}",
+        "slow_ok": "slow300-f{}",  # slow but inside the timeout: sent
+        "flaky": "flaky2-2-f{}",  # two transient errors, then sent
+    }
+    ids: dict[str, list[str]] = {k: [post(stack, p.format(i)) for i in range(5)] for k, p in kinds.items()}
+    records = stack.wait_final([i for group in ids.values() for i in group], timeout=90)
+    status = {k: Counter(records[i]["status"] for i in group) for k, group in ids.items()}
+    assert status["drop"] == Counter(dead=5)
+    assert status["timeout"] == Counter(dead=5)
+    assert status["html5xx"] == Counter(dead=5)
+    assert status["slow_ok"] == Counter(sent=5)
+    assert status["flaky"] == Counter(sent=5)
+    calls = Counter(
+        str(c["psid"])
+        for c in stack.sandbox.calls()
+        if str(c["psid"]).endswith(tuple(f"-f{i}" for i in range(5)))
+    )
+    worst = max(calls.values())
+    print(f"\nGraph calls per message: max {worst}, total {sum(calls.values())} for {len(calls)} messages")
+    assert worst <= MAX_ATTEMPTS  # bounded: never more calls than attempts
+    duplicates = [
+        e for e in stack.logs() if e.get("event") == "delivery.attempt" and e.get("possible_duplicate")
+    ]
+    assert len(duplicates) >= 10  # drops and timeouts are reported as possible duplicates
+
+
+def test_throttling_storm_pauses_the_page_without_a_retry_storm(make_stack: Any) -> None:
+    stack: Stack = make_stack(MAX_ATTEMPTS=str(MAX_ATTEMPTS), RETRY_BASE_SECONDS="0.5", RETRY_CAP_SECONDS="2")
+    stack.start_intake()
+    stack.start_worker()
+    page = "777"
+    stack.sandbox.fault(
+        page, 613, None
+    )  # every call for the page: "Calls to this API have exceeded the rate limit"
+    started = time.monotonic()
+    ids = [post(stack, f"storm-{i}", page=page) for i in range(40)]
+    assert wait_until(lambda: time.monotonic() - started >= STORM_SECONDS, STORM_SECONDS + 5)
+    during = len([c for c in stack.sandbox.calls(page_id=page)])
+    stack.sandbox.clear_faults(page)
+    records = stack.wait_final(ids, timeout=120)
+    assert {r["status"] for r in records.values()} == {"sent"}  # rate limits never fail a message
+    assert all(r["failures"] == "0" for r in records.values())  # and burn no attempt
+    # The page pauses after a 613: calls during the storm are a few probes, not 40 messages x retries.
+    print(f"\nthrottling storm: {during} Graph calls in {STORM_SECONDS} s for 40 waiting messages")
+    assert during <= 40 + STORM_SECONDS * 2
+    assert any(e.get("event") == "page.paused" and e.get("reason") == "rate_limited" for e in stack.logs())
