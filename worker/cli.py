@@ -216,6 +216,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
             '    -d \'{"recipient":{"id":"1000001"},"messaging_type":"UPDATE","message":{"text":"hello"}}\'\n\n'
             f"then: curl -sS -H 'Authorization: Bearer {token}' http://127.0.0.1:{iport}/v1/deliveries/<delivery_id>\n"
+            f"status: REDIS_URL={env.get('REDIS_URL', '(configured)')} messenger-worker status\n"
             "Ctrl-C stops everything.\n",
             flush=True,
         )
