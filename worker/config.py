@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     recipient_rate_limit: float = Field(default=0.0, ge=0)
     #: Per-page overrides: {"<page_id>": {"text": 100, "media": 5}} (JSON).
     page_rate_overrides: Annotated[dict[str, dict[str, float]], NoDecode] = Field(default_factory=dict)
-    #: Largest burst a bucket allows (it is also capped at 2% of the rate).
+    #: Largest burst a bucket allows (it is also capped at 1% of the rate).
     pace_burst: int = Field(default=10, ge=1)
     #: A slot further away than this is not awaited: the delivery is deferred to the schedule.
     pace_max_hold_seconds: float = Field(default=0.25, gt=0)

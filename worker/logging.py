@@ -117,15 +117,22 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    # Our own events skip the stdlib (LogRecord, findCaller, handler lock: ~3x the cost per line):
+    # structlog renders them straight to the same stream with the same processors and redaction.
     structlog.configure(
         processors=[
-            *shared,
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             REDACTOR,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            renderer,
+            REDACTOR.rendered,  # type: ignore[list-item]  # a str-to-str step after the renderer
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[settings.log_level.upper()]
+        ),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -157,9 +164,12 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def get_logger(name: str = "worker") -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
-    return logger
+def get_logger(name: str = "worker") -> Any:
+    """A structlog logger whose lines carry ``logger=<name>`` (typed Any: structlog's lazy proxy)."""
+    # structlog.get_logger(logger=...) would clash with wrap_logger's own "logger" parameter.
+    from structlog._config import BoundLoggerLazyProxy
+
+    return BoundLoggerLazyProxy(None, initial_values={"logger": name}, logger_factory_args=())
 
 
 def bind(**values: object) -> None:

@@ -95,7 +95,7 @@ return {1, math.floor(slot - now), is_probe}
 
 # SLOW_DOWN: KEYS[1] page bucket. ARGV[1] factor multiplier, ARGV[2] minimum factor,
 # ARGV[3] recovery per second. Lowers the adaptive factor (taking recovery so far into account).
-SLOT_GRACE_SECONDS = 0.02
+SLOT_GRACE_SECONDS = 0.01
 MAX_LATE_RETRIES = 5
 #: After a page pause, one probe send goes first; the others wait this long for its answer.
 PROBE_SECONDS = 10.0
@@ -140,8 +140,9 @@ class Limiter:
         return float(override.get("text", self._settings.page_rate_limit))
 
     def burst(self, rate: float) -> int:
-        """Slots that may go at once: small against the rate, so no 1 s window exceeds it by > 5%."""
-        return max(1, min(self._settings.pace_burst, int(rate * 0.02)))
+        """Slots that may go at once: 1% of the rate, so that with late slots dropped after 10 ms
+        no trailing 1 s window exceeds the rate by more than a few percent."""
+        return max(1, min(self._settings.pace_burst, int(rate * 0.01)))
 
     async def acquire(self, page_id: str, kind: str, psid: str) -> Grant:
         s = self._settings
@@ -220,7 +221,7 @@ def page_state(client: Any, settings: Settings) -> list[dict[str, Any]]:
             )
         tat = float(rec.get("tat", "0")) / 1e6
         effective = rate * factor
-        burst = max(1, min(settings.pace_burst, int(rate * 0.02)))
+        burst = max(1, min(settings.pace_burst, int(rate * 0.01)))
         tokens = (
             max(0.0, min(float(burst), (now - (tat - burst / effective)) * effective)) if effective else 0.0
         )

@@ -351,7 +351,9 @@ def test_crash_between_move_and_ack_is_recovered(redis_server: RedisServer, doub
             # A new process starts: recover first, then drain.
             with capture_logs() as logs:
                 assert await h.outbox.recover(h.redis) == 10
-            assert logs == [{"event": "braze.recovered", "count": 10, "log_level": "warning"}]
+            assert logs == [
+                {"logger": "worker.braze", "event": "braze.recovered", "count": 10, "log_level": "warning"}
+            ]
             assert await h.depth() == {"outbox": 16, "inflight": 0, "invalid": 0}
             assert await h.outbox.recover(h.redis) == 0
             results = await h.drain_all()
