@@ -56,7 +56,7 @@ def make_app(settings: Settings) -> Celery:
         task_default_routing_key=settings.queue_name,
         worker_prefetch_multiplier=1,
         worker_pool="threads",
-        worker_concurrency=8,
+        worker_concurrency=32,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_send_task_events=False,

@@ -269,7 +269,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings()
     client = _sync_redis()
     keys = store.Keys(settings.key_prefix, settings.queue_name)
-    counts = store.open_counts(client, keys)
+    counts: dict[str, Any] = dict(store.open_counts(client, keys))
     counts["in_flight_batches"] = int(client.hlen("unacked"))
     paused = client.zrangebyscore(keys.paused, time.time(), "+inf", withscores=True)
     pages = []
@@ -279,13 +279,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         pages.append(
             {"page_id": page, "paused_until": until, "reason": rec.get("reason"), "code": rec.get("code")}
         )
-    counts_out: dict[str, Any] = {**counts, "paused": pages}
+    from worker.ratelimit import page_state
+
+    oldest = client.zrange(keys.open, 0, 0, withscores=True)
+    counts["oldest_open_age_s"] = round(time.time() - float(oldest[0][1]), 1) if oldest else 0.0
+    # the dashboard's top row: throughput, failure ratio, backlog age, queue, paused pages, dead letters
+    rates = store.recent_rates(client, settings.key_prefix)
+    limiter = page_state(client, settings)
+    counts_out: dict[str, Any] = {**rates, **counts, "paused": pages, "pages": limiter}
     if args.json:
         print(json.dumps(counts_out, indent=2))
     else:
+        print("last 5 minutes:")
         for key, value in counts_out.items():
-            if key != "paused":
+            if key not in ("paused", "pages"):
                 print(f"{key:>20}: {value}")
+        for row in limiter:
+            until = time.ctime(row["paused_until"]) if row["paused_until"] else "-"
+            print(
+                f"{'page':>20}: {row['page_id']} {row['class']} limit {row['rate_limit']:.0f}/s "
+                f"now {row['effective_rate']:.1f}/s tokens {row['tokens']:.1f} paused until {until}"
+            )
         for p in pages:
             print(
                 f"{'paused':>20}: page {p['page_id']} until {time.ctime(p['paused_until'])} ({p['reason']})"
@@ -353,14 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_intake)
 
     p = sub.add_parser("worker", help="a Celery worker with the project's defaults")
-    p.add_argument("--concurrency", type=int, default=8, help="batches in progress per process (threads)")
+    p.add_argument(
+        "--concurrency", type=int, default=32, help="batches in progress per process (threads only wait)"
+    )
     p.add_argument("--hostname", default=None)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("up", help="the whole stack on this machine")
     p.add_argument("--sandbox", action="store_true", help="also run the Messenger sandbox and send to it")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--data-dir", default=".data")
     p.set_defaults(func=cmd_up)
 

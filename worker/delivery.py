@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -536,6 +537,11 @@ class Engine:
                     ],
                     client=pipe,
                 )
+        minute = int(now // 60)  # per-minute outcome counts: `messenger-worker status` rates
+        for status, n in Counter(o.status for o in outcomes).items():
+            stats_key = f"{s.key_prefix}:stats:{minute}:{status}"
+            pipe.incrby(stats_key, n)
+            pipe.expire(stats_key, 3600)
         for o in outcomes:  # the probe was not refused for the page: it is open again for everyone
             if o.delivery.probe and o.pause is None and o.reason != "paced":
                 pipe.delete(self.keys.pause(o.delivery.page_id))

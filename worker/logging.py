@@ -28,6 +28,7 @@ _TOKEN_PATTERNS = (
     re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE),
 )
 _MASK = "***"
+_MARKERS = re.compile(r"access_token=|appsecret_proof=|bearer\s", re.IGNORECASE)
 
 
 class Redactor:
@@ -47,8 +48,9 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, _MASK)
-        for pattern in _TOKEN_PATTERNS:
-            text = pattern.sub(r"\1" + _MASK, text)
+        if _MARKERS.search(text) is not None:  # one search; the substitutions only when needed
+            for pattern in _TOKEN_PATTERNS:
+                text = pattern.sub(r"\1" + _MASK, text)
         return text
 
     def _walk(self, value: object) -> object:

@@ -274,6 +274,22 @@ def open_counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
     }
 
 
+def recent_rates(client: Any, prefix: str, minutes: int = 5) -> dict[str, float]:
+    """Outcomes per second over the last ``minutes`` full minutes, and the failure ratio."""
+    now_minute = int(time.time() // 60)
+    statuses = ("sent", "failed", "dead", "expired")
+    keys = [f"{prefix}:stats:{m}:{st}" for m in range(now_minute - minutes, now_minute) for st in statuses]
+    values = client.mget(keys)
+    totals = dict.fromkeys(statuses, 0)
+    for key, value in zip(keys, values, strict=True):
+        if value is not None:
+            totals[key.rsplit(":", 1)[1]] += int(value)
+    final = sum(totals.values())
+    out = {f"{st}_per_s": round(n / (minutes * 60), 2) for st, n in totals.items()}
+    out["failure_ratio"] = round((totals["failed"] + totals["dead"]) / final, 4) if final else 0.0
+    return out
+
+
 async def fetch_record(client: aioredis.Redis, keys: Keys, delivery_id: str) -> dict[str, str] | None:
     # redis-py types its commands as "Awaitable[T] | T" for both clients; this one is async.
     raw = await client.hgetall(keys.delivery(delivery_id))  # type: ignore[misc]
