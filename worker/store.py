@@ -275,8 +275,9 @@ def open_counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
 
 
 def recent_rates(client: Any, prefix: str, minutes: int = 5) -> dict[str, float]:
-    """Outcomes per second over the last ``minutes`` full minutes, and the failure ratio."""
-    now_minute = int(time.time() // 60)
+    """Outcomes per second over the last ``minutes`` minutes (the current one included), and the
+    failure ratio."""
+    now_minute = int(time.time() // 60) + 1
     statuses = ("sent", "failed", "dead", "expired")
     keys = [f"{prefix}:stats:{m}:{st}" for m in range(now_minute - minutes, now_minute) for st in statuses]
     values = client.mget(keys)

@@ -294,6 +294,22 @@ def test_deprecated_tag_reject_policy(
         s.stop()
 
 
+def test_status_shows_the_health_row(stack: Stack) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "status", "--json"],
+        env=stack.env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    status = orjson.loads(out.stdout)
+    assert status["sent_per_s"] > 0
+    assert 0 < status["failure_ratio"] < 1  # this module's stack failed and sent messages
+    assert status["dead_letters"] >= 1
+    assert {"queue_depth", "scheduled", "open", "oldest_open_age_s", "paused", "pages"} <= set(status)
+    assert any(p["page_id"] == "403" for p in status["paused"])  # restricted in an earlier test
+
+
 def test_secrets_absent_from_logs(stack: Stack) -> None:
     text = "\n".join(p.log.read_text(encoding="utf-8", errors="replace") for p in stack.procs)
     assert "sandbox-token-100" not in text
