@@ -71,9 +71,10 @@ class _Item:
 class GroupCommitter:
     """Writes queued requests to Redis in batches: one ACCEPT script call per batch.
 
-    No timer: the first request commits at once; requests arriving during a commit ride on the
-    next one (at most ``max_inflight`` commits in flight). Under load, batches grow by themselves,
-    and the Celery message per batch lets a worker send them concurrently.
+    The first request waits ``BATCH_WINDOW_MS`` (default 2 ms) for company; requests arriving
+    during a commit ride on the next one (at most ``max_inflight`` commits in flight). Under load
+    batches grow by themselves, and the Celery message per batch lets a worker send them
+    concurrently.
     """
 
     def __init__(self, client: aioredis.Redis, settings: Settings, max_inflight: int = 1) -> None:
@@ -105,6 +106,11 @@ class GroupCommitter:
 
     async def _drain(self) -> None:
         try:
+            window = self._settings.batch_window_ms / 1000
+            if window > 0 and len(self._buffer) < self._settings.batch_max:
+                # a short window lets concurrent requests share one commit and one Celery message,
+                # so a worker gets batches, not single messages (measured: 1 msg/task at 300 req/s)
+                await asyncio.sleep(window)
             while self._buffer:
                 batch = self._buffer[: self._settings.batch_max]
                 del self._buffer[: self._settings.batch_max]
