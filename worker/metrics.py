@@ -107,7 +107,8 @@ class RedisStateCollector(Collector):
             pipe.zrange(keys.open, 0, 0, withscores=True)
             pipe.zrangebyscore(keys.paused, now, "+inf")
             pipe.hlen("unacked")
-            depth, sched, open_, dead, oldest, paused, unacked = pipe.execute()
+            pipe.zcard(f"{self._settings.key_prefix}:parked")
+            depth, sched, open_, dead, oldest, paused, unacked, parked = pipe.execute()
             limiter = page_state(client, self._settings)
         except Exception:  # noqa: BLE001  # a scrape must not fail because Redis is down
             up = GaugeMetricFamily("bmw_redis_up", "Whether the intake could read Redis at scrape time")
@@ -132,6 +133,7 @@ class RedisStateCollector(Collector):
                 unacked,
             ),
             ("bmw_pages_paused", "Pages currently paused", len(paused)),
+            ("bmw_parked", "Deliveries parked outside the 24-hour window until the user re-engages", parked),
         ):
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], float(value))

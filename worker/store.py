@@ -264,13 +264,15 @@ def open_counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
     pipe.zcard(keys.pending)
     pipe.zcard(keys.dead)
     pipe.zcount(keys.paused, time.time(), "+inf")
-    depth, sched, pending, dead, paused = pipe.execute()
+    pipe.zcard(f"{keys.prefix}:parked")
+    depth, sched, pending, dead, paused, parked = pipe.execute()
     return {
         "queue_depth": int(depth),
         "scheduled": int(sched),
         "open": int(pending),
         "dead_letters": int(dead),
         "paused_pages": int(paused),
+        "parked": int(parked),
     }
 
 
