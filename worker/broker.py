@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 
 TASK_NAME = "worker.deliver"
 INBOUND_TASK = "worker.inbound"
@@ -63,6 +64,23 @@ def celery_message(ids: list[Any], queue: str, task: str = TASK_NAME) -> bytes:
         },
     }
     return orjson.dumps(envelope)
+
+
+async def publish(
+    client: aioredis.Redis, queue: str, ids: list[str], batch_max: int, *, front: bool = False
+) -> None:
+    """Enqueue ``worker.deliver`` messages for ids, ``batch_max`` per message, in one round trip.
+
+    kombu's Redis transport LPUSHes and BRPOPs, so ``front=True`` (RPUSH) puts the messages at the
+    head of the queue: released waits hold reserved pacing slots and must not queue behind a backlog.
+    """
+    if not ids:
+        return
+    pipe = client.pipeline(transaction=False)
+    push = pipe.rpush if front else pipe.lpush
+    for i in range(0, len(ids), batch_max):
+        push(queue, celery_message(ids[i : i + batch_max], queue))
+    await pipe.execute()
 
 
 def new_delivery_id() -> str:

@@ -95,9 +95,7 @@ async def replay(client: aioredis.Redis, settings: Settings, ids: list[str]) -> 
             args=[repr(time.time()), settings.sweep_after_seconds, settings.key_prefix, *chunk],
         )
         replayed = [store._s(i) for i in res]
-        if replayed:
-            message = broker.celery_message(replayed, settings.queue_name)
-            await client.lpush(settings.queue_name, message)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        await broker.publish(client, settings.queue_name, replayed, settings.batch_max)
         done += replayed
     return done
 

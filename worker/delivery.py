@@ -746,23 +746,8 @@ class Engine:
         if swept:
             log.info("scheduler.swept", count=len(swept))
             metrics.SWEPT.inc(len(swept))
-        await publish(self.redis, s, ids, front=True)
+        await broker.publish(self.redis, s.queue_name, ids, s.batch_max, front=True)
         return len(ids)
-
-
-async def publish(client: aioredis.Redis, settings: Settings, ids: list[str], *, front: bool = False) -> None:
-    """Enqueue ``worker.deliver`` messages for ids, ``batch_max`` per message.
-
-    kombu's Redis transport LPUSHes and BRPOPs, so ``front=True`` (RPUSH) puts the messages at the
-    head of the queue: released waits hold reserved pacing slots and must not queue behind a backlog.
-    """
-    if not ids:
-        return
-    pipe = client.pipeline(transaction=False)
-    push = pipe.rpush if front else pipe.lpush
-    for i in range(0, len(ids), settings.batch_max):
-        push(settings.queue_name, broker.celery_message(ids[i : i + settings.batch_max], settings.queue_name))
-    await pipe.execute()
 
 
 async def resume_page(client: aioredis.Redis, keys: store.Keys, page_id: str) -> int:

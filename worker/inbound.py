@@ -157,6 +157,8 @@ async def release_parked(client: aioredis.Redis, settings: Settings, page_id: st
     )
     ids = [store._s(i) for i in raw]
     if ids:
+        # one message for all of them (not broker.publish's batch_max chunks): the engine sends a
+        # recipient's deliveries in order only within one batch
         await client.lpush(settings.queue_name, broker.celery_message(ids, settings.queue_name))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         log.info(
             "delivery.released", page_id=page_id, recipient=recipient_ref(settings, psid), count=len(ids)

@@ -134,15 +134,10 @@ class Limiter:
         return f"{self._settings.key_prefix}:rl:{page_id}:{kind}"
 
     def rate(self, page_id: str, kind: str) -> float:
-        override = self._settings.page_rate_overrides.get(page_id, {})
-        if kind == "media":
-            return float(override.get("media", self._settings.page_media_rate_limit))
-        return float(override.get("text", self._settings.page_rate_limit))
+        return page_rate(self._settings, page_id, kind)
 
     def burst(self, rate: float) -> int:
-        """Slots that may go at once: 1% of the rate, so that with late slots dropped after 10 ms
-        no trailing 1 s window exceeds the rate by more than a few percent."""
-        return max(1, min(self._settings.pace_burst, int(rate * 0.01)))
+        return burst_for(self._settings, rate)
 
     async def acquire(self, page_id: str, kind: str, psid: str) -> Grant:
         s = self._settings
@@ -201,6 +196,20 @@ class Limiter:
         return factor
 
 
+def page_rate(settings: Settings, page_id: str, kind: str) -> float:
+    """The configured sends/s of a page's ``text`` or ``media`` bucket (PAGE_RATE_OVERRIDES first)."""
+    override = settings.page_rate_overrides.get(page_id, {})
+    if kind == "media":
+        return float(override.get("media", settings.page_media_rate_limit))
+    return float(override.get("text", settings.page_rate_limit))
+
+
+def burst_for(settings: Settings, rate: float) -> int:
+    """Slots that may go at once: 1% of the rate, so that with late slots dropped after 10 ms
+    no trailing 1 s window exceeds the rate by more than a few percent."""
+    return max(1, min(settings.pace_burst, int(rate * 0.01)))
+
+
 def page_state(client: Any, settings: Settings) -> list[dict[str, Any]]:
     """Per-page limiter state for ``messenger-worker status`` (sync client)."""
     now = time.time()
@@ -208,12 +217,7 @@ def page_state(client: Any, settings: Settings) -> list[dict[str, Any]]:
     for member in sorted(store._s(m) for m in client.smembers(f"{settings.key_prefix}:rl:pages")):
         page, _, kind = member.rpartition(":")
         rec = store.decode_record(client.hgetall(f"{settings.key_prefix}:rl:{member}"))
-        override = settings.page_rate_overrides.get(page, {})
-        rate = float(
-            override.get(
-                kind, settings.page_media_rate_limit if kind == "media" else settings.page_rate_limit
-            )
-        )
+        rate = page_rate(settings, page, kind)
         factor = float(rec.get("f", "1"))
         if factor < 1:
             factor = min(
@@ -221,7 +225,7 @@ def page_state(client: Any, settings: Settings) -> list[dict[str, Any]]:
             )
         tat = float(rec.get("tat", "0")) / 1e6
         effective = rate * factor
-        burst = max(1, min(settings.pace_burst, int(rate * 0.01)))
+        burst = burst_for(settings, rate)
         tokens = (
             max(0.0, min(float(burst), (now - (tat - burst / effective)) * effective)) if effective else 0.0
         )
