@@ -368,6 +368,8 @@ def test_send_success() -> None:
     assert "appsecret_proof" not in request.url.params
     assert request.headers["content-type"] == "application/json"
     assert orjson.loads(request.content) == body
+    # the client's explicit timeouts travel with the request (the transport applies them)
+    assert request.extensions["timeout"] == {"connect": 5.0, "read": 20.0, "write": 20.0, "pool": 20.0}
 
 
 def test_send_with_app_secret_adds_appsecret_proof() -> None:
@@ -454,13 +456,13 @@ def test_send_transport_failure(exc_type: type[httpx.TransportError], expected: 
         assert "appsecret_proof" not in text
 
 
-def test_aclose_is_idempotent_and_client_is_rebuilt() -> None:
+def test_aclose_is_idempotent_and_sending_works_after_it() -> None:
     async def go() -> None:
         client = GraphClient(BASE, transport=httpx.MockTransport(lambda _r: httpx.Response(200, json={})))
-        first = client.client
+        assert (await client.send("100", TOKEN, {"recipient": {"id": "p1"}})).http_status == 200
         await client.aclose()
         await client.aclose()
-        assert client.client is not first
+        assert (await client.send("100", TOKEN, {"recipient": {"id": "p1"}})).http_status == 200
         await client.aclose()
 
     asyncio.run(go())
