@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     #: Largest burst a bucket allows (it is also capped at 1% of the rate).
     pace_burst: int = Field(default=10, ge=1)
     #: A slot further away than this is not awaited: the delivery is deferred to the schedule.
-    pace_max_hold_seconds: float = Field(default=0.25, gt=0)
+    pace_max_hold_seconds: float = Field(default=1.0, gt=0)
     #: Adaptive pacing: usage header percentage that halves the page's rate, and the recovery.
     usage_slowdown_threshold: int = Field(default=80, ge=1, le=100)
     pace_recovery_per_second: float = Field(default=0.01, gt=0)

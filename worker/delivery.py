@@ -41,7 +41,7 @@ from worker.config import PageTokens, Settings
 from worker.graph import GraphClient, GraphError, SendResult
 from worker.logging import get_logger, recipient_ref
 from worker.policy import Action, Decision, decide
-from worker.ratelimit import SLOT_GRACE_SECONDS, Limiter
+from worker.ratelimit import Limiter
 from worker.validation import message_kind
 
 log = get_logger("worker.delivery")
@@ -111,6 +111,13 @@ class Outcome:
     suppress_tagged: bool = False
     pause: tuple[float, str, int | None] | None = None  # (seconds, reason, code)
     possible_duplicate: bool = False
+
+
+def release_lookahead(settings: Settings) -> float:
+    """How long before its reserved slot a deferred delivery is released to the queue: most of
+    the hold, so the path back (schedule, Celery, claim) has time and the slot is awaited on the
+    event loop; at least two scheduler ticks."""
+    return max(0.6 * settings.pace_max_hold_seconds, 2 * settings.scheduler_interval_seconds)
 
 
 def token_fingerprint(token: str) -> str:
@@ -245,11 +252,18 @@ class Engine:
         if not claimed:
             return {}
         context = await self._context(claimed)
+        early: dict[str, Outcome] = {}
+        for d in claimed:
+            outcome = await self._precheck(d, context)
+            if outcome is not None:
+                early[d.id] = outcome
+        context["early"] = early
         # Deliveries to one recipient go one after another, oldest first (order within a thread);
         # different recipients go concurrently.
         groups: dict[tuple[str, str], list[Delivery]] = {}
         for d in sorted(claimed, key=lambda d: d.created_at):
             groups.setdefault((d.page_id, d.psid), []).append(d)
+        await self._reserve([g[0] for g in groups.values() if g[0].id not in early])
 
         async def run_group(group: list[Delivery]) -> list[Outcome]:
             return [await self._deliver(d, context) for d in group]
@@ -298,7 +312,24 @@ class Engine:
     def _token_for(self, d: Delivery) -> str | None:
         return d.token or self.tokens.get(d.page_id)
 
-    async def _deliver(self, d: Delivery, context: dict[str, Any]) -> Outcome:
+    async def _reserve(self, heads: list[Delivery]) -> None:
+        """Pacing slots for the first send to each recipient of the batch: one round trip per
+        (page, class) instead of one per send. Later sends to the same recipient wait for the
+        first's answer, so they ask on their own; so does every send of a page with a pause."""
+        if self.limiter is None:
+            raise RuntimeError("engine not started")
+        wanting: dict[tuple[str, str], list[Delivery]] = {}
+        for d in heads:
+            if not d.slot_at:
+                wanting.setdefault((d.page_id, message_kind(d.body)), []).append(d)
+        for (page_id, kind), ds in wanting.items():
+            grants = await self.limiter.acquire_many(page_id, kind, len(ds))
+            for d, grant in zip(ds, grants, strict=False):
+                d.slot_at = grant.slot
+
+    async def _precheck(self, d: Delivery, context: dict[str, Any]) -> Outcome | None:
+        """The outcome of a delivery that will not call Graph this round (TTL, suppression, no
+        token, paused page, closed window without a fallback tag); None if it will."""
         s = self.settings
         age = time.time() - d.created_at
         if age > s.message_ttl:
@@ -319,10 +350,29 @@ class Engine:
                 and pause.token_fp != token_fingerprint(token)
             ):
                 await self._resume_page(d.page_id, "token_replaced")
+                del context["pauses"][d.page_id]
             else:
                 return Outcome(
                     d, "retrying", reason="page_paused", delay=max(0.05, pause.until - time.time())
                 )
+        if (
+            not d.active_tag
+            and context["window_closed"].get(d.id)
+            and d.body.get("messaging_type") != "MESSAGE_TAG"
+            and policy.next_fallback(d.fallback_tags, d.tags_tried, tag_suppressed) is None
+        ):
+            return self._outcome(d, policy.window_outcome(s), None)
+        return None
+
+    async def _deliver(self, d: Delivery, context: dict[str, Any]) -> Outcome:
+        s = self.settings
+        early: Outcome | None = context["early"].get(d.id)
+        if early is not None:
+            return early
+        _, tag_suppressed = context["supp"][d.id]
+        token = self._token_for(d)
+        if token is None:  # checked in _precheck; the token file may have been reloaded since
+            return Outcome(d, "failed", reason="no_page_token")
         tag = d.active_tag or None
         if (
             tag is None
@@ -331,7 +381,7 @@ class Engine:
         ):
             # the window is known to be closed: no doomed call, straight to the fallback path
             tag = policy.next_fallback(d.fallback_tags, d.tags_tried, tag_suppressed)
-            if tag is None:
+            if tag is None:  # decided in _precheck; kept for a window learned since
                 return self._outcome(d, policy.window_outcome(s), None)
         for _ in range(len(d.fallback_tags) + 1):  # each (message, tag) at most once: never a loop
             body = d.body if tag is None else {**d.body, "messaging_type": "MESSAGE_TAG", "tag": tag}
@@ -369,14 +419,8 @@ class Engine:
         """Wait for this send's slot, or defer the delivery (with its reservation) to the schedule."""
         if self.limiter is None:
             raise RuntimeError("engine not started")
-        if d.slot_at:
-            slot, d.slot_at = d.slot_at, 0.0
-            if slot - time.time() > 0:
-                await asyncio.sleep(slot - time.time())
-            if time.time() - slot <= SLOT_GRACE_SECONDS:  # the slot reserved when it was deferred
-                return None
-            # came back too late: a stale slot would bunch with on-time sends, take a new one
-        grant = await self.limiter.wait_for_slot(d.page_id, message_kind(body), d.psid)
+        reserved, d.slot_at = d.slot_at, 0.0
+        grant = await self.limiter.wait_for_slot(d.page_id, message_kind(body), d.psid, reserved)
         if grant.granted and grant.delay <= 0:
             d.probe = grant.probe
             return None
@@ -384,9 +428,10 @@ class Engine:
         status = d.status if d.status in ("queued", "retrying") else "queued"
         if not grant.granted:  # the page is paused: nothing reserved
             return Outcome(d, status, reason="paced", delay=grant.delay)
-        d.slot_at = time.time() + grant.delay
-        lookahead = 2 * self.settings.scheduler_interval_seconds
-        return Outcome(d, status, reason="paced", delay=max(0.0, grant.delay - lookahead))
+        # released back to a worker RELEASE_LOOKAHEAD before the slot, to await it on the loop
+        d.slot_at = grant.slot
+        lookahead = release_lookahead(self.settings)
+        return Outcome(d, status, reason="paced", delay=max(0.0, grant.at - time.time() - lookahead))
 
     def _outcome(self, d: Delivery, decision: Decision, error: GraphError | None) -> Outcome:
         status = {

@@ -59,6 +59,10 @@ PAGE_PAUSES = Counter("bmw_page_pauses_total", "Page pauses started", ["page_id"
 PACING_DEFERRALS = Counter(
     "bmw_pacing_deferrals_total", "Deliveries deferred to a later pacing slot", ["page_id"]
 )
+PACE_LATE_SLOTS = Counter(
+    "bmw_pace_late_slots_total",
+    "Pacing slots left unused because this process woke for them too late (a busy event loop)",
+)
 SWEPT = Counter("bmw_swept_total", "Stalled deliveries re-enqueued by the sweeper")
 BRAZE_WRITES = Counter("bmw_braze_objects_total", "Objects written to Braze /users/track", ["result"])
 WORKER_BATCHES = Counter("bmw_worker_batches_total", "Celery batches processed by this worker process")

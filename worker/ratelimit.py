@@ -28,10 +28,23 @@ ACQUIRE_LUA contract:
     KEYS[1] page bucket, KEYS[2] recipient bucket or "" , KEYS[3] page pause hash, KEYS[4] pages set
     ARGV[1] rate per second, ARGV[2] burst (slots), ARGV[3] probe window µs, ARGV[4] recipient
     rate (0 = off), ARGV[5] member for the pages set, ARGV[6] factor recovery per second.
-    Returns {granted (1/0), delay µs, probe (1/0)}: granted -> a slot is reserved ``delay`` from now
-    (probe: the first send after a pause; the engine lifts the pause when it succeeds);
-    not granted -> the page is paused, or the recipient's pace is not due, for ``delay``
-    (nothing reserved: the delivery asks again then).
+    Returns {granted (1/0), delay µs, probe (1/0), now µs (Redis TIME)}: granted -> a slot is
+    reserved ``delay`` after ``now`` (probe: the first send after a pause; the engine lifts the
+    pause when it succeeds); not granted -> the page is paused, or the recipient's pace is not
+    due, for ``delay`` (nothing reserved: the delivery asks again then).
+
+ACQUIRE_MANY_LUA contract (a batch's first sends to each recipient, when RECIPIENT_RATE_LIMIT is
+off: one round trip instead of one per send):
+    KEYS[1] page bucket, KEYS[2] page pause hash, KEYS[3] pages set
+    ARGV[1] rate, ARGV[2] burst, ARGV[3] member for the pages set, ARGV[4] factor recovery per
+    second, ARGV[5] count.
+    Returns {now µs, delay µs for each of count}: ``count`` consecutive slots of the same GCRA as ACQUIRE;
+    or just {now} when the page has a pause hash (each send then asks ACQUIRE, which runs the
+    pause and probe logic).
+
+Slot times are turned into this process's clock with :class:`RedisClock`, which keeps the
+smallest observed ``local time after the answer - Redis now``: a slot is never taken as due
+before it is (only up to the fastest round trip late), whatever the event loop's lag was.
 
 Failure policy: **fail closed**. Without Redis there is no slot, the acquire raises, and the
 delivery is not sent (it stays claimed until its lease ends and is swept back when Redis returns).
@@ -40,13 +53,14 @@ delivery is not sent (it stays claimed until its lease ends and is swept back wh
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from worker import store
+from worker import metrics, store
 from worker.config import Settings
 
 ACQUIRE_LUA = """
@@ -60,10 +74,10 @@ local is_probe = 0
 local pz = redis.call('HMGET', KEYS[3], 'until', 'probe')
 if pz[1] then
   local until_us = tonumber(pz[1]) * 1000000
-  if until_us > now then return {0, math.floor(until_us - now)} end
+  if until_us > now then return {0, math.floor(until_us - now), 0, now} end
   -- the pause is over: one probe goes first; the others wait for its answer (or its expiry)
   local probe_us = tonumber(pz[2] or '0') * 1000000
-  if probe_us > now then return {0, math.floor(probe_us - now)} end
+  if probe_us > now then return {0, math.floor(probe_us - now), 0, now} end
   redis.call('HSET', KEYS[3], 'probe', string.format('%.3f', (now + tonumber(ARGV[3])) / 1000000))
   is_probe = 1
 end
@@ -80,7 +94,7 @@ local rtat = nil
 if rrate > 0 and KEYS[2] ~= '' then
   rtat = math.max(tonumber(redis.call('HGET', KEYS[2], 'tat') or now), now)
   -- the recipient is not due before the page slot: reserve nothing, come back when it is
-  if rtat > slot then return {0, math.floor(rtat - now)} end
+  if rtat > slot then return {0, math.floor(rtat - now), 0, now} end
 end
 -- integers as %.0f: Lua would print 16-digit µs timestamps with 14 significant digits
 redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat + interval))
@@ -90,7 +104,35 @@ if rtat then
   redis.call('PEXPIRE', KEYS[2], 600000)
 end
 redis.call('SADD', KEYS[4], ARGV[5])
-return {1, math.floor(slot - now), is_probe}
+return {1, math.floor(slot - now), is_probe, now}
+"""
+
+ACQUIRE_MANY_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- a pause hash (paused, or its probe pending or due): every send asks on its own (ACQUIRE)
+if redis.call('EXISTS', KEYS[2]) == 1 then return {now} end
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local recover = tonumber(ARGV[4])
+local count = tonumber(ARGV[5])
+local b = redis.call('HMGET', KEYS[1], 'tat', 'f', 'ft')
+local f = tonumber(b[2] or '1')
+if f < 1 then
+  f = math.min(1, f + (now - tonumber(b[3] or now)) / 1000000 * recover)
+end
+local interval = 1000000 / (rate * f)
+local tau = (burst - 1) * interval
+local tat = math.max(tonumber(b[1] or now), now)
+local out = {now}
+for i = 1, count do
+  out[i + 1] = math.floor(math.max(tat - tau, now) - now)
+  tat = tat + interval
+end
+redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat))
+redis.call('PEXPIRE', KEYS[1], 3600000 + math.floor((tat - now) / 1000))
+redis.call('SADD', KEYS[3], ARGV[3])
+return out
 """
 
 # SLOW_DOWN: KEYS[1] page bucket. ARGV[1] factor multiplier, ARGV[2] minimum factor,
@@ -116,8 +158,44 @@ return tostring(f)
 @dataclass(frozen=True)
 class Grant:
     granted: bool
-    delay: float  # seconds: until the slot (granted) or until it is worth asking again
+    delay: float  # seconds from Redis's answer: until the slot (granted) or until worth asking again
     probe: bool = False  # the first send after a page pause
+    #: granted: the slot on Redis's clock (epoch seconds; what a deferred delivery keeps)
+    slot: float = 0.0
+    #: granted: when the slot is due on this process's wall clock (never earlier than it is)
+    at: float = 0.0
+
+
+class RedisClock:
+    """This process's wall clock minus Redis's, from the scripts' answers.
+
+    Each answer carries Redis's ``TIME``; ``local time after the answer - Redis time`` is the
+    offset plus the answer's trip (and any event-loop lag before we looked). The smallest sample
+    of the last ``WINDOW`` to ``2 x WINDOW`` seconds is kept: the true offset plus the fastest
+    return trip, so converted slots are never early and late only by that trip (tens of µs on one
+    host). Renewed every window, so a stepped clock is forgotten within ``2 x WINDOW``.
+    """
+
+    WINDOW = 10.0
+
+    def __init__(self) -> None:
+        self._current = math.inf
+        self._previous = math.inf
+        self._since = time.monotonic()
+
+    def observe(self, redis_now_us: int) -> None:
+        sample = time.time() - redis_now_us / 1_000_000
+        if time.monotonic() - self._since > self.WINDOW:
+            self._previous, self._current, self._since = self._current, math.inf, time.monotonic()
+        self._current = min(self._current, sample)
+
+    @property
+    def offset(self) -> float:
+        best = min(self._current, self._previous)
+        return 0.0 if best == math.inf else best
+
+    def to_local(self, redis_epoch: float) -> float:
+        return redis_epoch + self.offset
 
 
 class Limiter:
@@ -128,7 +206,9 @@ class Limiter:
         self._settings = settings
         self._keys = store.Keys(settings.key_prefix, settings.queue_name)
         self._acquire = client.register_script(ACQUIRE_LUA)
+        self._acquire_many = client.register_script(ACQUIRE_MANY_LUA)
         self._slow = client.register_script(SLOW_DOWN_LUA)
+        self.clock = RedisClock()
 
     def bucket(self, page_id: str, kind: str) -> str:
         return f"{self._settings.key_prefix}:rl:{page_id}:{kind}"
@@ -138,6 +218,13 @@ class Limiter:
 
     def burst(self, rate: float) -> int:
         return burst_for(self._settings, rate)
+
+    def _grant(self, granted: bool, delay_us: int, probe: bool, now_us: int) -> Grant:
+        self.clock.observe(now_us)
+        if not granted:
+            return Grant(False, delay_us / 1_000_000)
+        slot = (now_us + delay_us) / 1_000_000
+        return Grant(True, delay_us / 1_000_000, probe, slot, self.clock.to_local(slot))
 
     async def acquire(self, page_id: str, kind: str, psid: str) -> Grant:
         s = self._settings
@@ -159,27 +246,50 @@ class Limiter:
                 s.pace_recovery_per_second,
             ],
         )
-        probe = len(res) > 2 and bool(int(res[2]))
-        return Grant(bool(int(res[0])), int(res[1]) / 1_000_000, probe)
+        return self._grant(bool(int(res[0])), int(res[1]), bool(int(res[2])), int(res[3]))
 
-    async def wait_for_slot(self, page_id: str, kind: str, psid: str) -> Grant:
-        """Acquire; a slot within the hold is awaited here on the event loop (never a thread).
+    async def acquire_many(self, page_id: str, kind: str, count: int) -> list[Grant]:
+        """``count`` consecutive slots in one round trip; [] when the page has a pause hash (each
+        send then asks :meth:`acquire`, which runs the pause and probe logic) or when the
+        per-recipient pace is on (it needs each recipient's bucket)."""
+        s = self._settings
+        if count <= 0 or s.recipient_rate_limit > 0:
+            return []
+        rate = self.rate(page_id, kind)
+        res = await self._acquire_many(
+            keys=[self.bucket(page_id, kind), self._keys.pause(page_id), f"{s.key_prefix}:rl:pages"],
+            args=[rate, self.burst(rate), f"{page_id}:{kind}", s.pace_recovery_per_second, count],
+        )
+        now_us = int(res[0])
+        return [self._grant(True, int(delay_us), False, now_us) for delay_us in res[1:]]
 
-        Returns the grant; a granted slot further than the hold is left to the caller to defer.
+    async def wait_for_slot(self, page_id: str, kind: str, psid: str, reserved: float = 0.0) -> Grant:
+        """A slot for one send, awaited here on the event loop (never a thread) when it is due
+        within ``PACE_MAX_HOLD_SECONDS``; ``reserved`` is a slot taken earlier (Redis clock).
+
+        Returns a grant with ``delay == 0`` when it is time to send; a grant whose slot is further
+        than the hold (the caller defers the delivery, keeping ``slot``); or a refusal (paused).
+        A slot we wake up for more than ``SLOT_GRACE_SECONDS`` late (a busy loop) is left unused
+        and a new one is taken: sending late would bunch with other workers' on-time sends.
         """
+        hold = self._settings.pace_max_hold_seconds
         for _ in range(MAX_LATE_RETRIES):
-            asked = time.monotonic()
-            grant = await self.acquire(page_id, kind, psid)
-            if not grant.granted or grant.delay > self._settings.pace_max_hold_seconds:
+            if reserved:
+                at = self.clock.to_local(reserved)
+                grant = Grant(True, max(0.0, at - time.time()), False, reserved, at)
+                reserved = 0.0
+            else:
+                grant = await self.acquire(page_id, kind, psid)
+                if not grant.granted:
+                    return grant
+            wait = grant.at - time.time()
+            if wait > hold:
                 return grant
-            # The slot is at least ``asked + delay`` in our clock (the script ran after we asked).
-            due = asked + grant.delay
-            if grant.delay > 0:
-                await asyncio.sleep(due - time.monotonic())
-            if time.monotonic() - due <= SLOT_GRACE_SECONDS:
-                return Grant(True, 0.0, grant.probe)
-            # We act late (a busy event loop, a slow round trip): sending now would bunch with
-            # on-time slots of other workers, so this slot is left unused and a new one taken.
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if time.time() - grant.at <= SLOT_GRACE_SECONDS:
+                return Grant(True, 0.0, grant.probe, grant.slot, grant.at)
+            metrics.PACE_LATE_SLOTS.inc()
         return Grant(True, 0.0)  # bounded: the loop is overloaded; send rather than starve
 
     async def slow_down(self, page_id: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -186,3 +187,81 @@ def test_fail_closed_without_redis() -> None:
 
     with pytest.raises((redis.exceptions.ConnectionError, OSError)):
         asyncio.run(go())
+
+
+def test_acquire_many_reserves_consecutive_slots(redis_server: RedisServer) -> None:
+    """One round trip for a batch: the same slots as the same number of single acquires."""
+    s = settings(page_rate_limit=100, pace_burst=1, pace_max_hold_seconds=10)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[list[Grant], Grant]:
+        many = await lim.acquire_many("m1", "text", 5)
+        after = await lim.acquire("m1", "text", "u")
+        return many, after
+
+    many, after = run(redis_server.url, s, go)
+    assert [round(g.delay, 3) for g in many] == [0.0, 0.01, 0.02, 0.03, 0.04]
+    assert all(g.granted and not g.probe for g in many)
+    assert [round(b.slot - a.slot, 3) for a, b in itertools.pairwise(many)] == [0.01] * 4
+    assert after.delay == pytest.approx(0.05, abs=0.003)  # the bucket moved on by five slots
+
+
+def test_acquire_many_leaves_paused_pages_and_recipient_pace_to_acquire(redis_server: RedisServer) -> None:
+    s = settings(page_rate_limit=100)
+
+    async def go(lim: Limiter, c: aioredis.Redis) -> tuple[list[Grant], bool]:
+        pause = {"until": repr(time.time() - 1), "reason": "rate_limited"}  # over, probe not yet sent
+        await c.hset(f"{s.key_prefix}:pause:m2", mapping=pause)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        grants = await lim.acquire_many("m2", "text", 3)
+        probe = (await lim.acquire("m2", "text", "u")).probe  # the single path sends the probe
+        return grants, probe
+
+    grants, probe = run(redis_server.url, s, go)
+    assert grants == []
+    assert probe
+
+    paced = settings(page_rate_limit=100, recipient_rate_limit=1)
+    assert run(redis_server.url, paced, lambda lim, _c: lim.acquire_many("m3", "text", 3)) == []
+
+
+def test_slots_convert_to_the_local_clock_never_early(redis_server: RedisServer) -> None:
+    """The slot's local due time is at or after the moment Redis says it is (same host here)."""
+    s = settings(page_rate_limit=50, pace_max_hold_seconds=10)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> list[tuple[float, float]]:
+        out = []
+        for _ in range(5):
+            before = time.time()
+            grant = await lim.acquire("c1", "text", "u")
+            out.append((before, grant.at - grant.delay))  # the local time of Redis's "now"
+        return out
+
+    pairs = run(redis_server.url, s, go)
+    for before, redis_now_local in pairs:
+        assert redis_now_local >= before - 0.002  # not before we asked (clock resolution aside)
+
+
+def test_wait_for_slot_honours_a_reservation(redis_server: RedisServer) -> None:
+    """A slot reserved earlier is awaited (near), handed back unchanged (far), or replaced (stale)."""
+    s = settings(page_rate_limit=10, pace_max_hold_seconds=0.3)
+
+    async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[Grant, float, Grant, Grant, Grant]:
+        lim.clock.observe(int(time.time() * 1_000_000))  # same host: offset ~0
+        started = time.monotonic()
+        near = await lim.wait_for_slot("r1", "text", "u", reserved=time.time() + 0.15)
+        waited = time.monotonic() - started
+        far_slot = time.time() + 5
+        far = await lim.wait_for_slot("r1", "text", "u", reserved=far_slot)
+        stale = await lim.wait_for_slot("r2", "text", "u", reserved=time.time() - 2)
+        fresh = await lim.acquire("r2", "text", "u")
+        return near, waited, far, stale, fresh
+
+    near, waited, far, stale, fresh = run(redis_server.url, s, go)
+    assert near.granted
+    assert near.delay == 0.0
+    assert waited == pytest.approx(0.15, abs=0.05)
+    assert far.granted
+    assert far.delay > 0
+    assert far.at - time.time() > 4
+    assert stale.granted
+    assert stale.delay == 0.0
+    assert fresh.delay == pytest.approx(0.1, abs=0.01)  # ... and it used the bucket's first slot
