@@ -669,20 +669,14 @@ def measure_latency(run: Run) -> None:
 
 
 def worker_send_times(stack: Stack, page: str) -> list[float]:
-    """When the workers started each successful Graph call: a ``delivery.attempt`` line's timestamp
-    (written when the answer came) minus its ``latency_ms``. Tells pacing apart from how the
-    requests reached the sandbox (a stalled sandbox stamps a queue of arrivals at once)."""
-    from datetime import datetime
-
-    out = []
-    for line in stack.logs():
-        if (
-            line.get("event") == "delivery.attempt"
-            and line.get("outcome") == "sent"
-            and line.get("page_id") == page
-        ):
-            at = datetime.fromisoformat(str(line["timestamp"])).timestamp()
-            out.append(at - float(line.get("latency_ms") or 0) / 1000)
+    """When the workers started each successful Graph call (``sent_at`` of ``delivery.sent``).
+    Tells pacing apart from how the requests reached the sandbox (a stalled sandbox stamps a queue
+    of arrivals at once)."""
+    out = [
+        float(line["sent_at"])
+        for line in stack.logs()
+        if line.get("event") == "delivery.sent" and line.get("page_id") == page and "sent_at" in line
+    ]
     return sorted(out)
 
 

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     #: Concurrent Graph calls per worker process (one event loop per process).
     worker_max_inflight: int = Field(default=100, ge=1, le=2_000)
     #: Messages per Celery task, built by the intake's group commit and by the scheduler.
+    #: Claimed deliveries one worker process holds at a time (awaiting slots or Graph); a Celery
+    #: task waits for room before claiming more (backpressure).
+    engine_max_claimed: int = Field(default=2_000, ge=1)
     batch_max: int = Field(default=50, ge=1, le=500)
     batch_window_ms: float = Field(default=2.0, ge=0)
     queue_name: str = "messenger"

@@ -46,6 +46,8 @@ from worker.validation import message_kind
 
 log = get_logger("worker.delivery")
 T = TypeVar("T")
+#: On shutdown, how long claimed batches may take to finish (then their leases bring them back).
+DRAIN_SECONDS = 20.0
 
 
 @dataclass
@@ -154,6 +156,10 @@ class Engine:
         self._braze_lock_held = False
         self._worker_id = broker.new_delivery_id()
         self.limiter: Limiter | None = None
+        self._batches: set[asyncio.Future[Any]] = set()
+        self._claimed = 0
+        self._max_claimed = settings.engine_max_claimed
+        self._room = asyncio.Condition()  # bound to the engine's loop on first use
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self, *, scheduler: bool = True) -> None:
@@ -214,6 +220,12 @@ class Engine:
             self._loop = None
 
     async def _teardown(self) -> None:
+        if self._batches:  # let claimed batches finish (slots within the hold, calls in flight)
+            _, late = await asyncio.wait(list(self._batches), timeout=DRAIN_SECONDS)
+            for task in late:  # their leases bring them back
+                task.cancel()
+            if late:
+                log.warning("engine.drain_timeout", batches=len(late))
         if self._scheduler is not None:
             self._scheduler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -235,22 +247,77 @@ class Engine:
 
     # --- the batch -------------------------------------------------------------------------
     def run_batch(self, ids: list[str]) -> dict[str, int]:
-        """Blocking entry point for Celery tasks: process one batch, return outcome counts."""
-        return self.submit(self.process_batch(ids)).result()
+        """Entry point for Celery tasks: claim the batch and start it on the engine's loop.
 
-    async def process_batch(self, ids: list[str]) -> dict[str, int]:
+        The pool thread returns once the batch is claimed; it never waits for pacing slots or
+        Graph answers, so a page at its limit cannot occupy the threads other pages need. The
+        engine admits at most ``ENGINE_MAX_CLAIMED`` claimed deliveries at a time (the thread
+        waits for room: backpressure). A claimed delivery is covered by its lease: if this
+        process dies before recording an outcome, the sweeper re-enqueues it when the lease ends.
+        """
+        return self.submit(self.accept_batch(ids)).result()
+
+    async def accept_batch(self, ids: list[str]) -> dict[str, int]:
+        await self._admit(len(ids))
+        try:
+            claimed = await self._claim(ids)
+        except BaseException:
+            self._release(len(ids))
+            raise
+        if not claimed:
+            self._release(len(ids))
+            return {"claimed": 0}
+        task = asyncio.create_task(self._run_detached(claimed, len(ids)))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+        return {"claimed": len(claimed)}
+
+    async def _admit(self, n: int) -> None:
+        async with self._room:
+            # a batch larger than the whole allowance still goes alone
+            await self._room.wait_for(lambda: self._claimed == 0 or self._claimed + n <= self._max_claimed)
+            self._claimed += n
+
+    def _release(self, n: int) -> None:
+        self._claimed -= n
+
+        async def notify() -> None:
+            async with self._room:
+                self._room.notify_all()
+
+        task = asyncio.ensure_future(notify())
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _run_detached(self, claimed: list[Delivery], admitted: int) -> None:
+        try:
+            await self._process_claimed(claimed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the leases bring the deliveries back
+            log.exception("engine.batch_failed", error=type(exc).__name__, count=len(claimed))
+        finally:
+            self._release(admitted)
+
+    async def _claim(self, ids: list[str]) -> list[Delivery]:
         s = self.settings
-        now = time.time()
         raw = await self._scripts["claim"](
-            keys=[self.keys.pending], args=[repr(now), s.delivery_lease_seconds, s.key_prefix, *ids]
+            keys=[self.keys.pending], args=[repr(time.time()), s.delivery_lease_seconds, s.key_prefix, *ids]
         )
         metrics.WORKER_BATCHES.inc()
-        claimed = [
+        return [
             Delivery.from_record(store._s(raw[i]), store.decode_record(raw[i + 1]))
             for i in range(0, len(raw), 2)
         ]
+
+    async def process_batch(self, ids: list[str]) -> dict[str, int]:
+        """Claim, send and record a batch; returns outcome counts (waits for all of it)."""
+        claimed = await self._claim(ids)
         if not claimed:
             return {}
+        return await self._process_claimed(claimed)
+
+    async def _process_claimed(self, claimed: list[Delivery]) -> dict[str, int]:
         context = await self._context(claimed)
         early: dict[str, Outcome] = {}
         for d in claimed:
@@ -488,16 +555,7 @@ class Engine:
                 return None, exc
         metrics.GRAPH_LATENCY.observe(result.latency_ms / 1000)
         metrics.ATTEMPTS.labels("sent").inc()
-        log.info(
-            "delivery.attempt",
-            delivery_id=d.id,
-            page_id=d.page_id,
-            attempt=d.attempts,
-            outcome="sent",
-            http_status=result.http_status,
-            tag=body.get("tag"),
-            latency_ms=round(result.latency_ms, 1),
-        )
+        # a successful call's line is the delivery.sent outcome (attempt, status, latency, tag)
         return result, None
 
     # --- recording -------------------------------------------------------------------------
@@ -550,8 +608,9 @@ class Engine:
                 pipe.hset(key, mapping=fields)
                 pipe.zrem(self.keys.pending, d.id)
                 pipe.zrem(self.keys.open, d.id)
-                pipe.zrem(inbound.parked_key(s), d.id)
-                pipe.zrem(inbound.park_key(s, d.page_id, d.psid), d.id)
+                if d.status == "parked":  # claimed from the park (released by the user's message)
+                    pipe.zrem(inbound.parked_key(s), d.id)
+                    pipe.zrem(inbound.park_key(s, d.page_id, d.psid), d.id)
                 pipe.expire(key, s.record_retention)
                 if o.status == "dead":
                     pipe.zadd(self.keys.dead, {d.id: now})
@@ -669,6 +728,7 @@ class Engine:
                 message_id=o.result.message_id,
                 http_status=o.result.http_status,
                 latency_ms=round(o.result.latency_ms, 1),
+                sent_at=round(o.result.started_at, 4),
                 tag=o.delivered_tag,
                 accept_to_send_ms=round((time.time() - d.created_at) * 1000, 1),
             )

@@ -290,6 +290,8 @@ class SendResult:
     latency_ms: float
     usage_pct: int | None = None
     fbtrace_id: str | None = None
+    #: When the call began (epoch seconds).
+    started_at: float = 0.0
 
 
 @dataclass
@@ -365,6 +367,7 @@ class GraphClient:
             params["appsecret_proof"] = proof
         path = f"/{page_id}/messages" if page_id.isdigit() else "/me/messages"
         tag = body.get("tag") if isinstance(body.get("tag"), str) else None
+        started_at = time.time()
         started = time.perf_counter()
         try:
             response = await self._post(path, params, orjson.dumps(body))
@@ -385,6 +388,7 @@ class GraphClient:
             http_status=response.status_code,
             latency_ms=latency_ms,
             usage_pct=parse_buc_usage(response.headers),
+            started_at=started_at,
         )
 
     async def aclose(self) -> None:

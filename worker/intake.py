@@ -153,9 +153,20 @@ class GroupCommitter:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        accepted: list[str] = []
         for item, result in zip(batch, results, strict=True):
+            existing = result.decode() if isinstance(result, bytes) else str(result)
+            if not existing:
+                accepted.append(item.delivery_id)
             if not item.future.done():
-                item.future.set_result(result.decode() if isinstance(result, bytes) else str(result))
+                item.future.set_result(existing)
+        if accepted:  # one line per commit (the audit trail of 202s), not one per request
+            log.info(
+                "intake.committed",
+                count=len(accepted),
+                delivery_ids=accepted,
+                enqueue_ms=round(elapsed * 1000, 2),
+            )
 
 
 def _bearer_ok(settings: Settings, request: Request) -> bool:
@@ -272,14 +283,15 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
         if not accepted:
             log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id)
             return JSONResponse({"delivery_id": delivery_id, "status": "duplicate"}, status_code=200)
-        log.info(
-            "delivery.accepted",
-            delivery_id=delivery_id,
-            page_id=send_request.page_id,
-            recipient=recipient_ref(settings, send_request.psid),
-            request_id=request_id,
-            stripped_tag=send_request.stripped_tag,
-        )
+        if send_request.stripped_tag:
+            log.info(
+                "delivery.tag_stripped",
+                delivery_id=delivery_id,
+                page_id=send_request.page_id,
+                recipient=recipient_ref(settings, send_request.psid),
+                request_id=request_id,
+                tag=send_request.stripped_tag,
+            )
         return JSONResponse({"delivery_id": delivery_id, "status": "queued"}, status_code=202)
 
     async def delivery(request: Request) -> Response:

@@ -269,11 +269,13 @@ class Limiter:
 
         Returns a grant with ``delay == 0`` when it is time to send; a grant whose slot is further
         than the hold (the caller defers the delivery, keeping ``slot``); or a refusal (paused).
-        A slot we wake up for more than ``SLOT_GRACE_SECONDS`` late (a busy loop) is left unused
-        and a new one is taken: sending late would bunch with other workers' on-time sends.
+        A slot we wake up for more than ``SLOT_GRACE_SECONDS`` late (a busy loop), or a reservation
+        that came back that late, is left unused and a new one is taken: sending late would bunch
+        with other workers' on-time sends. A fresh slot already due when Redis answered is used.
         """
         hold = self._settings.pace_max_hold_seconds
         for _ in range(MAX_LATE_RETRIES):
+            fresh = not reserved
             if reserved:
                 at = self.clock.to_local(reserved)
                 grant = Grant(True, max(0.0, at - time.time()), False, reserved, at)
@@ -287,6 +289,10 @@ class Limiter:
                 return grant
             if wait > 0:
                 await asyncio.sleep(wait)
+            elif fresh:
+                # due when Redis answered: asking again cannot be sooner (the answer is what was
+                # slow), it would only burn a slot
+                return Grant(True, 0.0, grant.probe, grant.slot, grant.at)
             if time.time() - grant.at <= SLOT_GRACE_SECONDS:
                 return Grant(True, 0.0, grant.probe, grant.slot, grant.at)
             metrics.PACE_LATE_SLOTS.inc()
