@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     #: task waits for room before claiming more (backpressure).
     engine_max_claimed: int = Field(default=2_000, ge=1)
     batch_max: int = Field(default=50, ge=1, le=500)
-    batch_window_ms: float = Field(default=2.0, ge=0)
+    batch_window_ms: float = Field(default=10.0, ge=0)
     queue_name: str = "messenger"
     key_prefix: str = "bmw"
 

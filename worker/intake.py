@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -71,10 +72,11 @@ class _Item:
 class GroupCommitter:
     """Writes queued requests to Redis in batches: one ACCEPT script call per batch.
 
-    The first request waits ``BATCH_WINDOW_MS`` (default 2 ms) for company; requests arriving
-    during a commit ride on the next one (at most ``max_inflight`` commits in flight). Under load
-    batches grow by themselves, and the Celery message per batch lets a worker send them
-    concurrently.
+    Under load (requests arriving less than ``BATCH_WINDOW_MS`` apart on average) a batch waits
+    for company while requests keep coming, at most ``BATCH_WINDOW_MS`` (default 10 ms);
+    otherwise it is committed at once, so a trickle pays no wait. Requests arriving during a commit ride on the
+    next one (at most ``max_inflight`` commits in flight). Batches cut the per-message cost of
+    Celery tasks in the workers (measured: 2.5 CPU ms per message at 1-2 ids per task, 1.2 at 30).
     """
 
     def __init__(self, client: aioredis.Redis, settings: Settings, max_inflight: int = 1) -> None:
@@ -86,12 +88,18 @@ class GroupCommitter:
         self._inflight = 0
         self._max_inflight = max_inflight
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_arrival = 0.0
+        self._gap = math.inf  # moving average of the time between requests (s)
 
     async def submit(
         self, request: SendRequest, idempotency_key: str, request_id: str, external_id: str = ""
     ) -> tuple[str, bool]:
         """Returns (delivery_id, accepted). accepted is False for a repeated Idempotency-Key."""
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        gap = min(now - self._last_arrival, 1.0)
+        self._gap = gap if self._gap == math.inf else 0.8 * self._gap + 0.2 * gap
+        self._last_arrival = now
         item = _Item(
             broker.new_delivery_id(), request, idempotency_key, request_id, external_id, loop.create_future()
         )
@@ -107,16 +115,28 @@ class GroupCommitter:
     async def _drain(self) -> None:
         try:
             window = self._settings.batch_window_ms / 1000
-            if window > 0 and len(self._buffer) < self._settings.batch_max:
-                # a short window lets concurrent requests share one commit and one Celery message,
-                # so a worker gets batches, not single messages (measured: 1 msg/task at 300 req/s)
-                await asyncio.sleep(window)
+            if window > 0 and self._gap < window:
+                await self._gather(window)
             while self._buffer:
                 batch = self._buffer[: self._settings.batch_max]
                 del self._buffer[: self._settings.batch_max]
                 await self._commit(batch)
         finally:
             self._inflight -= 1
+
+    async def _gather(self, window: float) -> None:
+        """Company is likely: let concurrent requests share one commit and one Celery message, so
+        a worker gets batches, not single messages (measured: 1 msg/task at 300 req/s). Waits
+        while requests keep arriving (none for twice the usual gap ends it), at most ``window``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window
+        while len(self._buffer) < self._settings.batch_max:
+            now = loop.time()
+            quiet = max(0.001, 2 * self._gap)
+            wait = min(self._last_arrival + quiet, deadline) - now
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     async def _commit(self, batch: list[_Item]) -> None:
         args: list[Any] = [
