@@ -1,7 +1,8 @@
 """The delivery engine: one asyncio event loop per worker process that sends batches concurrently.
 
 A Celery task hands the engine a batch of delivery ids (:meth:`Engine.run_batch`, called from the
-pool's threads); the engine claims them in one Lua call, sends every claimed delivery concurrently
+pool's threads, which return once the batch is claimed); the engine claims them in one Lua call,
+paces (:mod:`worker.ratelimit`) and sends every claimed delivery concurrently
 over one shared Graph client (at most WORKER_MAX_INFLIGHT calls in flight per process), carries
 out :func:`worker.policy.decide` for each answer and records every outcome in one pipeline. The
 same loop runs the scheduler: it releases due waits (retries, rate limits, paused pages) and

@@ -1,7 +1,9 @@
-"""Thin tasks: decode, hand the batch to the process's delivery engine, report counts.
+"""Thin tasks: decode, hand the batch to the process's delivery engine.
 
-Delivery errors never reach Celery: every outcome (retry, wait, failure) is decided and recorded
-by the engine. Only infrastructure errors (Redis unreachable) escape; the message is then not
+``deliver`` returns once the engine has claimed the batch (the engine then paces, sends and
+records it on its own loop; see :meth:`worker.delivery.Engine.run_batch`). Delivery errors never
+reach Celery: every outcome (retry, wait, failure) is decided and recorded by the engine. Only
+infrastructure errors (Redis unreachable while claiming) escape; the message is then not
 acknowledged (acks_late) and comes back, and the sweeper covers it regardless.
 """
 

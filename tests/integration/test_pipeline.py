@@ -54,6 +54,21 @@ def test_webhook_ends_sent_in_status_api_and_sandbox(make_stack: Any) -> None:
     assert committed[0]["count"] == 1
 
 
+def test_engine_backpressure_never_deadlocks(make_stack: Any) -> None:
+    """A worker that may hold only 3 claimed deliveries still sends batches larger than that (such
+    a batch goes alone), all of them, each once."""
+    stack: Stack = make_stack(ENGINE_MAX_CLAIMED="3")
+    stack.start_intake()
+    ids = stack.post_many([("/me/messages", text(f"bp-{i}")) for i in range(60)])
+    stack.start_worker(concurrency=4)
+    records = stack.wait_final(ids, timeout=60)
+    assert sorted(rec["status"] for rec in records.values()) == ["sent"] * 60
+    calls = [c for c in stack.sandbox.calls() if c["body"]["recipient"]["id"].startswith("bp-")]
+    assert len(calls) == 60
+    batches = [e["count"] for e in stack.logs() if e.get("event") == "intake.committed"]
+    assert max(batches) > 3  # the scenario happened: batches over the allowance
+
+
 def test_braze_template_url_forms(make_stack: Any) -> None:
     """/me/messages with the token in the URL (as Braze's template sends it), versionless, page path."""
     stack: Stack = make_stack()
