@@ -59,7 +59,7 @@ class Delivery:
     page_id: str
     psid: str
     body: dict[str, Any]
-    token: str
+    token: str = field(repr=False)  # a passthrough page token: never in a repr
     created_at: float
     attempts: int
     failures: int
@@ -71,6 +71,8 @@ class Delivery:
     active_tag: str = ""
     #: A pacing slot reserved when the delivery was deferred (epoch seconds; 0 = none).
     slot_at: float = 0.0
+    #: slot_at was free when reserved (this batch's reservation, not a deferral; not stored).
+    slot_free: bool = False
     #: The Braze user (X-Braze-External-Id at the intake, or learned from a Messenger ref).
     external_id: str = ""
     #: Set when Graph said the window is closed in this round (not stored in the record).
@@ -348,16 +350,19 @@ class Engine:
     async def _context(self, claimed: list[Delivery]) -> dict[str, Any]:
         """Suppressions and page pauses for the batch, in one round trip."""
         pages = sorted({d.page_id for d in claimed})
+        n = len(claimed)
         pipe = self.redis.pipeline(transaction=False)
-        for d in claimed:
-            pipe.exists(self.keys.suppressed(d.page_id, d.psid))
-            pipe.exists(self.keys.tag_suppressed(d.page_id, d.psid))
+        pipe.mget(  # one command for every per-delivery key (suppressions are SET ... EX strings)
+            [self.keys.suppressed(d.page_id, d.psid) for d in claimed]
+            + [self.keys.tag_suppressed(d.page_id, d.psid) for d in claimed]
+            + [inbound.window_key(self.settings, d.page_id, d.psid) for d in claimed]
+            + [inbound.external_key(self.settings, d.page_id, d.psid) for d in claimed]
+        )
         for page in pages:
             pipe.hgetall(self.keys.pause(page))
-        pipe.mget([inbound.window_key(self.settings, d.page_id, d.psid) for d in claimed])
-        pipe.mget([inbound.external_key(self.settings, d.page_id, d.psid) for d in claimed])
         res = await pipe.execute()
-        windows_raw, externals_raw = res[-2], res[-1]
+        values = res[0]
+        windows_raw, externals_raw = values[2 * n : 3 * n], values[3 * n :]
         now = time.time()
         windows = {
             d.id: inbound.window_closed(None if w is None else store._s(w), now)
@@ -366,11 +371,10 @@ class Engine:
         for d, e in zip(claimed, externals_raw, strict=True):
             if not d.external_id and e is not None:
                 d.external_id = store._s(e)
-        supp = {d.id: (bool(res[2 * i]), bool(res[2 * i + 1])) for i, d in enumerate(claimed)}
+        supp = {d.id: (values[i] is not None, values[n + i] is not None) for i, d in enumerate(claimed)}
         pauses: dict[str, PagePause] = {}
-        base = 2 * len(claimed)
         for j, page in enumerate(pages):
-            rec = store.decode_record(res[base + j]) if res[base + j] else {}
+            rec = store.decode_record(res[1 + j]) if res[1 + j] else {}
             # paused, or over with its probe still out: wait (a reserved slot must not slip through)
             until = max(float(rec.get("until", "0")), float(rec.get("probe", "0"))) if rec else 0.0
             if until > time.time():
@@ -393,7 +397,7 @@ class Engine:
         for (page_id, kind), ds in wanting.items():
             grants = await self.limiter.acquire_many(page_id, kind, len(ds))
             for d, grant in zip(ds, grants, strict=False):
-                d.slot_at = grant.slot
+                d.slot_at, d.slot_free = grant.slot, grant.delay <= 0
 
     async def _precheck(self, d: Delivery, context: dict[str, Any]) -> Outcome | None:
         """The outcome of a delivery that will not call Graph this round (TTL, suppression, no
@@ -488,7 +492,10 @@ class Engine:
         if self.limiter is None:
             raise RuntimeError("engine not started")
         reserved, d.slot_at = d.slot_at, 0.0
-        grant = await self.limiter.wait_for_slot(d.page_id, message_kind(body), d.psid, reserved)
+        free, d.slot_free = d.slot_free, False
+        grant = await self.limiter.wait_for_slot(
+            d.page_id, message_kind(body), d.psid, reserved, reserved_free=free
+        )
         if grant.granted and grant.delay <= 0:
             d.probe = grant.probe
             return None

@@ -294,6 +294,9 @@ class SendResult:
     started_at: float = 0.0
 
 
+URL_CACHE_SIZE = 4096
+
+
 @dataclass
 class GraphClient:
     """One per worker process: Send API calls through an httpx transport, with explicit timeouts.
@@ -308,7 +311,7 @@ class GraphClient:
     """
 
     base_url: str
-    app_secret: str | None = None
+    app_secret: str | None = field(default=None, repr=False)
     connect_timeout: float = 5.0
     read_timeout: float = 20.0
     max_connections: int = 200
@@ -322,8 +325,10 @@ class GraphClient:
             "write": self.read_timeout,
             "pool": self.read_timeout,
         }
-        self._headers = {"content-type": "application/json", "accept": "application/json"}
+        self._headers = httpx.Headers({"content-type": "application/json", "accept": "application/json"})
         self._base = self.base_url.rstrip("/")
+        # (path, token) -> the parsed URL with its query: parsing it per call cost ~30 µs
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
 
     def _make_transport(self) -> httpx.AsyncBaseTransport:
         if self.transport is not None:
@@ -343,11 +348,22 @@ class GraphClient:
             return None
         return hmac.new(self.app_secret.encode(), token.encode(), hashlib.sha256).hexdigest()
 
-    async def _post(self, path: str, params: dict[str, str], content: bytes) -> httpx.Response:
+    def _url(self, path: str, token: str) -> httpx.URL:
+        url = self._urls.get((path, token))
+        if url is None:
+            params = {"access_token": token}
+            proof = self._proof(token)
+            if proof is not None:
+                params["appsecret_proof"] = proof
+            if len(self._urls) >= URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[(path, token)] = httpx.URL(self._base + path, params=params)
+        return url
+
+    async def _post(self, url: httpx.URL, content: bytes) -> httpx.Response:
         request = httpx.Request(
             "POST",
-            self._base + path,
-            params=params,
+            url,
             content=content,
             headers=self._headers,
             extensions={"timeout": self._timeouts},
@@ -361,16 +377,12 @@ class GraphClient:
 
     async def send(self, page_id: str, token: str, body: dict[str, Any]) -> SendResult:
         """POST one Send API body. Raises a :class:`GraphError` subclass on any failure."""
-        params = {"access_token": token}
-        proof = self._proof(token)
-        if proof is not None:
-            params["appsecret_proof"] = proof
         path = f"/{page_id}/messages" if page_id.isdigit() else "/me/messages"
         tag = body.get("tag") if isinstance(body.get("tag"), str) else None
         started_at = time.time()
         started = time.perf_counter()
         try:
-            response = await self._post(path, params, orjson.dumps(body))
+            response = await self._post(self._url(path, token), orjson.dumps(body))
         except httpx.TransportError as exc:
             raise from_transport(exc) from None
         latency_ms = (time.perf_counter() - started) * 1000

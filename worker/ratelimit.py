@@ -263,7 +263,9 @@ class Limiter:
         now_us = int(res[0])
         return [self._grant(True, int(delay_us), False, now_us) for delay_us in res[1:]]
 
-    async def wait_for_slot(self, page_id: str, kind: str, psid: str, reserved: float = 0.0) -> Grant:
+    async def wait_for_slot(
+        self, page_id: str, kind: str, psid: str, reserved: float = 0.0, *, reserved_free: bool = False
+    ) -> Grant:
         """A slot for one send, awaited here on the event loop (never a thread) when it is due
         within ``PACE_MAX_HOLD_SECONDS``; ``reserved`` is a slot taken earlier (Redis clock).
 
@@ -271,15 +273,17 @@ class Limiter:
         than the hold (the caller defers the delivery, keeping ``slot``); or a refusal (paused).
         A slot we wake up for more than ``SLOT_GRACE_SECONDS`` late (a busy loop), or a reservation
         that came back that late, is left unused and a new one is taken: sending late would bunch
-        with other workers' on-time sends. A fresh slot already due when Redis answered is used.
+        with other workers' on-time sends. A slot that was free when Redis granted it (a fresh one,
+        or ``reserved_free``: the bucket had room) is used however late we get to it: asking
+        again cannot be sooner (what was slow is this loop), it would only burn a slot.
         """
         hold = self._settings.pace_max_hold_seconds
         for _ in range(MAX_LATE_RETRIES):
-            fresh = not reserved
+            free = not reserved or reserved_free
             if reserved:
                 at = self.clock.to_local(reserved)
                 grant = Grant(True, max(0.0, at - time.time()), False, reserved, at)
-                reserved = 0.0
+                reserved, reserved_free = 0.0, False
             else:
                 grant = await self.acquire(page_id, kind, psid)
                 if not grant.granted:
@@ -289,9 +293,7 @@ class Limiter:
                 return grant
             if wait > 0:
                 await asyncio.sleep(wait)
-            elif fresh:
-                # due when Redis answered: asking again cannot be sooner (the answer is what was
-                # slow), it would only burn a slot
+            elif free and grant.delay <= 0:  # free when granted (see above)
                 return Grant(True, 0.0, grant.probe, grant.slot, grant.at)
             if time.time() - grant.at <= SLOT_GRACE_SECONDS:
                 return Grant(True, 0.0, grant.probe, grant.slot, grant.at)

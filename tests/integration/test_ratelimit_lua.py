@@ -253,6 +253,11 @@ def test_wait_for_slot_honours_a_reservation(redis_server: RedisServer) -> None:
         far = await lim.wait_for_slot("r1", "text", "u", reserved=far_slot)
         stale = await lim.wait_for_slot("r2", "text", "u", reserved=time.time() - 2)
         fresh = await lim.acquire("r2", "text", "u")
+        # a slot that was free when reserved is used however late: no new slot is taken
+        late_free = await lim.wait_for_slot("r3", "text", "u", reserved=time.time() - 2, reserved_free=True)
+        untouched = await lim.acquire("r3", "text", "u")
+        assert late_free.delay == 0.0
+        assert untouched.delay == 0.0  # the bucket's first slot is still there
         return near, waited, far, stale, fresh
 
     near, waited, far, stale, fresh = run(redis_server.url, s, go)

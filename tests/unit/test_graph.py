@@ -466,3 +466,34 @@ def test_aclose_is_idempotent_and_sending_works_after_it() -> None:
         await client.aclose()
 
     asyncio.run(go())
+
+
+def test_client_repr_hides_the_app_secret() -> None:
+    client = GraphClient(BASE, app_secret=APP_SECRET)
+    assert APP_SECRET not in repr(client)
+    assert APP_SECRET not in str(client)
+
+
+def test_parsed_urls_are_cached_per_token_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The URL (with token and proof) is parsed once per (path, token); the cache cannot grow unbounded."""
+    import worker.graph as graph_module
+
+    monkeypatch.setattr(graph_module, "URL_CACHE_SIZE", 3)
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.params["access_token"])
+        return httpx.Response(200, json={"message_id": "m"})
+
+    async def go() -> int:
+        client = GraphClient(BASE, app_secret=APP_SECRET, transport=httpx.MockTransport(handler))
+        try:
+            for token in ("t1", "t2", "t1", "t3", "t4", "t5"):
+                await client.send("100", token, {"recipient": {"id": "p"}})
+            return len(client._urls)
+        finally:
+            await client.aclose()
+
+    cached = asyncio.run(go())
+    assert seen == ["t1", "t2", "t1", "t3", "t4", "t5"]  # each call carries its own token
+    assert cached <= 3
