@@ -201,6 +201,7 @@ class Engine:
             ("release", store.RELEASE_LUA),
             ("sweep", store.SWEEP_LUA),
             ("pause", store.PAUSE_LUA),
+            ("final", store.FINAL_LUA),
         ):
             self._scripts[name] = self._redis.register_script(src)
         if scheduler:
@@ -571,6 +572,7 @@ class Engine:
         s = self.settings
         now = time.time()
         pipe = self.redis.pipeline(transaction=True)
+        finals: list[Any] = []
         for o in outcomes:
             d = o.delivery
             key = self.keys.delivery(d.id)
@@ -612,16 +614,13 @@ class Engine:
                 pipe.zadd(inbound.park_key(s, d.page_id, d.psid), {d.id: d.created_at})
                 pipe.zadd(inbound.parked_key(s), {d.id: d.created_at})
                 pipe.zadd(self.keys.pending, {d.id: until + 1})
-            else:
-                pipe.hset(key, mapping=fields)
-                pipe.zrem(self.keys.pending, d.id)
-                pipe.zrem(self.keys.open, d.id)
+            else:  # final: written by one FINAL_LUA call for the batch (below)
+                finals += [d.id, o.status, len(fields)]
+                for name, value in fields.items():
+                    finals += [name, value]
                 if d.status == "parked":  # claimed from the park (released by the user's message)
                     pipe.zrem(inbound.parked_key(s), d.id)
                     pipe.zrem(inbound.park_key(s, d.page_id, d.psid), d.id)
-                pipe.expire(key, s.record_retention)
-                if o.status == "dead":
-                    pipe.zadd(self.keys.dead, {d.id: now})
             if d.window_closed_seen:  # learned: the next message to this PSID skips the doomed call
                 pipe.set(inbound.window_key(s, d.page_id, d.psid), "0", nx=True, ex=s.window_memory_seconds)
             if o.suppress:
@@ -649,6 +648,12 @@ class Engine:
                     ],
                     client=pipe,
                 )
+        if finals:
+            await self._scripts["final"](  # queued in the pipeline (awaiting only queues it)
+                keys=[self.keys.pending, self.keys.open, self.keys.dead],
+                args=[repr(now), s.record_retention, s.key_prefix, *finals],
+                client=pipe,
+            )
         minute = int(now // 60)  # per-minute outcome counts: `messenger-worker status` rates
         for status, n in Counter(o.status for o in outcomes).items():
             stats_key = f"{s.key_prefix}:stats:{minute}:{status}"

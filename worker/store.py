@@ -151,6 +151,26 @@ return out
 """
 
 
+# FINAL: record final outcomes. KEYS[1] pending zset, KEYS[2] open zset, KEYS[3] dead zset.
+# ARGV[1] now, ARGV[2] record retention (s), ARGV[3] prefix; then per delivery: id, status, n,
+# and n field/value pairs for its record. Each record gets the fields, leaves pending and open
+# (and goes to dead for status "dead") and expires after the retention. One call per batch
+# instead of four commands per delivery.
+FINAL_LUA = """
+local i = 4
+while i <= #ARGV do
+  local id, status, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local key = ARGV[3] .. ':d:' .. id
+  redis.call('HSET', key, unpack(ARGV, i + 3, i + 2 + 2 * n))
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('EXPIRE', key, tonumber(ARGV[2]))
+  if status == 'dead' then redis.call('ZADD', KEYS[3], tonumber(ARGV[1]), id) end
+  i = i + 3 + 2 * n
+end
+return 1
+"""
+
 # PAUSE: pause a page (or extend its pause). KEYS[1] pause hash, KEYS[2] paused zset.
 # ARGV[1] now, ARGV[2] seconds asked, ARGV[3] reason, ARGV[4] Graph code, ARGV[5] token fingerprint,
 # ARGV[6] grow (1: a rate limit right after a pause ended doubles the next pause; answers of the
