@@ -132,7 +132,7 @@ class GroupCommitter:
         deadline = loop.time() + window
         while len(self._buffer) < self._settings.batch_max:
             now = loop.time()
-            quiet = max(0.001, 2 * self._gap)
+            quiet = max(0.001, 4 * self._gap)
             wait = min(self._last_arrival + quiet, deadline) - now
             if wait <= 0:
                 return
