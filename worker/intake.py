@@ -115,9 +115,9 @@ class GroupCommitter:
     async def _drain(self) -> None:
         try:
             window = self._settings.batch_window_ms / 1000
-            if window > 0 and self._gap < window:
-                await self._gather(window)
             while self._buffer:
+                if window > 0 and self._gap < window:  # every batch, not only the first
+                    await self._gather(window)
                 batch = self._buffer[: self._settings.batch_max]
                 del self._buffer[: self._settings.batch_max]
                 await self._commit(batch)
