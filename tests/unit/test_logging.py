@@ -253,3 +253,18 @@ def test_recipient_ref_is_a_stable_salted_hash() -> None:
 
 def test_recipient_ref_raw_when_configured() -> None:
     assert recipient_ref(make_settings(log_raw_recipients=True), PSID) == PSID
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_secrets_that_renderers_escape_are_masked(
+    capture: Callable[..., io.StringIO], log_format: str
+) -> None:
+    """A secret with a quote and a backslash appears escaped in a rendered line: still masked."""
+    odd = 'intake"tok\\en-42'
+    stream = capture(intake_tokens=[odd], log_format=log_format)
+    get_logger().info("odd", value=odd, nested={"k": [odd]})
+    text = stream.getvalue()
+    assert "odd" in text
+    for form in (odd, orjson.dumps(odd).decode()[1:-1], repr(odd)[1:-1]):
+        assert form not in text
+    assert text.count("***") >= 2
