@@ -12,8 +12,10 @@ Errors (one mapping point, :func:`error_from_response`)::
     │                       nothing is sent before ``retry_after`` (Retry-After; for a 429 without it
     │                       X-RateLimit-Reset minus now; else capped exponential backoff, equal jitter)
     └── BrazeFatal          any other 4xx: Braze will never accept this request; the batch is dropped
-        └── BrazeAuthError  401/403: the REST key is wrong or lacks ``users.track`` (dropped too,
-                            logged at error level so that a rotated key is noticed)
+        └── BrazeAuthError  401/403: the REST key is wrong or lacks ``users.track``. Nothing can be
+                            written with it: the outbox is held (retried like a 5xx, in order, up to
+                            the backoff cap) and every refusal is logged at error level, so a fixed
+                            key delivers what was held
 
 A 2xx answer with an ``errors`` array (objects Braze refused one by one) is a success; the errors
 come back in :class:`TrackResult` and the outbox logs them (types and indexes only).
@@ -672,10 +674,14 @@ class BrazeOutbox:
             result = await client.track(attributes, events)
         except BrazeRetryable as exc:
             return await self._retry(redis, config, batch, exc, invalid)
+        except BrazeAuthError as exc:
+            # a wrong or under-privileged key refuses every write: hold the outbox (in order,
+            # backoff up to the cap) until the key is fixed, rather than lose what it holds
+            held = BrazeRetryable(f"Braze refused the REST API key (HTTP {exc.status})", status=exc.status)
+            return await self._retry(redis, config, batch, held, invalid, auth=True)
         except BrazeFatal as exc:
             await self._ack(redis, batch)
-            level = log.error if isinstance(exc, BrazeAuthError) else log.warning
-            level(
+            log.warning(
                 "braze.dropped",
                 count=len(batch),
                 http_status=exc.status,
@@ -704,7 +710,14 @@ class BrazeOutbox:
         await script(keys=[self.keys.inflight, self.keys.failures], args=batch)
 
     async def _retry(
-        self, redis: aioredis.Redis, config: BrazeConfig, batch: list[str], exc: BrazeRetryable, invalid: int
+        self,
+        redis: aioredis.Redis,
+        config: BrazeConfig,
+        batch: list[str],
+        exc: BrazeRetryable,
+        invalid: int,
+        *,
+        auth: bool = False,
     ) -> DrainResult:
         script = redis.register_script(RETRY_LUA)
         server_wait = "" if exc.retry_after is None else repr(float(exc.retry_after))
@@ -723,7 +736,7 @@ class BrazeOutbox:
         )
         wait = float(_text(wait_text))
         exhausted = int(failures) >= config.max_attempts
-        (log.error if exhausted else log.warning)(
+        (log.error if exhausted or auth else log.warning)(
             "braze.retry_scheduled",
             count=len(batch),
             http_status=exc.status,

@@ -24,7 +24,6 @@ from structlog.testing import capture_logs
 
 from tests.conftest import RedisServer, free_port
 from worker.braze import (
-    BrazeAuthError,
     BrazeClient,
     BrazeConfig,
     BrazeOutbox,
@@ -410,25 +409,31 @@ def test_fatal_400_drops_the_batch_and_logs_it(redis_server: RedisServer, double
     assert_exactly_once(double, ["uy0"], ["dy0"])
 
 
-def test_bad_api_key_drops_with_an_error_log(redis_server: RedisServer, double: DoubleServer) -> None:
+def test_bad_api_key_holds_the_outbox_until_the_key_is_fixed(
+    redis_server: RedisServer, double: DoubleServer
+) -> None:
     async def scenario() -> None:
         async with harness(redis_server, double.url) as h:
             bad = BrazeConfig(rest_url=double.url, api_key="wrong-key-0123456789")
             async with BrazeClient(bad) as wrong:
                 await h.outbox.enqueue(h.redis, mixed_items(h.config, 1))
                 with capture_logs() as logs:
-                    assert await h.outbox.drain_once(h.redis, wrong, bad) == DrainResult(0, 0, 2)
-                (dropped,) = logs
-                assert (dropped["event"], dropped["http_status"], dropped["log_level"]) == (
-                    "braze.dropped",
+                    assert await h.outbox.drain_once(h.redis, wrong, bad) == DrainResult(0, 2, 0)
+                (held,) = logs
+                assert (held["event"], held["http_status"], held["log_level"]) == (
+                    "braze.retry_scheduled",
                     401,
                     "error",
                 )
-                assert dropped["reason"] == BrazeAuthError.__name__
+                assert "REST API key" in held["reason"]
                 assert "wrong-key-0123456789" not in orjson.dumps(logs).decode()
+            assert (await h.depth())["outbox"] == 2  # held, not dropped
+            await h.redis.delete(h.outbox.keys.retry_at)  # the operator fixed the key: go now
+            assert await h.drain() == DrainResult(2, 0, 0)
 
     asyncio.run(scenario())
-    assert [(r["status"], r["authorized"]) for r in double.requests()] == [(401, False)]
+    assert [(r["status"], r["authorized"]) for r in double.requests()] == [(401, False), (201, True)]
+    assert_exactly_once(double, ["u0"], ["d0"])
 
 
 def test_enqueue_refuses_malformed_items_and_writes_nothing(
