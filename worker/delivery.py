@@ -800,6 +800,7 @@ class Engine:
             sent += result.sent
             metrics.BRAZE_WRITES.labels("sent").inc(result.sent)
             metrics.BRAZE_WRITES.labels("dropped").inc(result.dropped)
+            metrics.BRAZE_WRITES.labels("held").inc(result.retried)
             if result.sent + result.retried + result.dropped + result.invalid == 0 or result.retried:
                 break
         return sent

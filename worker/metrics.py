@@ -64,7 +64,11 @@ PACE_LATE_SLOTS = Counter(
     "Pacing slots left unused because this process woke for them too late (a busy event loop)",
 )
 SWEPT = Counter("bmw_swept_total", "Stalled deliveries re-enqueued by the sweeper")
-BRAZE_WRITES = Counter("bmw_braze_objects_total", "Objects written to Braze /users/track", ["result"])
+BRAZE_WRITES = Counter(
+    "bmw_braze_objects_total",
+    "Objects for Braze /users/track by result: sent, dropped (4xx), held (retry later: 429/5xx/401/403)",
+    ["result"],
+)
 WORKER_BATCHES = Counter("bmw_worker_batches_total", "Celery batches processed by this worker process")
 BUILD_INFO = Gauge("bmw_build_info", "Service version", ["version"])
 

@@ -123,6 +123,7 @@ def test_alert_rules_are_complete() -> None:
         'up{job="worker"}',
         "bmw_redis_up",
         "bmw_possible_duplicates_total",
+        'bmw_braze_objects_total{result="held"}',
     ):
         assert needed in exprs, f"no alert on {needed}"
 
@@ -160,6 +161,7 @@ def test_dashboard_shape() -> None:
         "bmw_intake_requests_total",
         "bmw_intake_enqueue_seconds_bucket",
         "bmw_possible_duplicates_total",
+        "bmw_braze_objects_total",  # by result: sent, dropped, held
     ):
         assert metric in everything, f"no panel shows {metric}"
     for _title, expr in dashboard_queries():
