@@ -3,22 +3,28 @@
 Choices (README "At-least-once" explains the consequences):
 
 * **json only, no result backend**: outcomes live in the delivery records, not in Celery results.
-* **acks_late + reject_on_worker_lost**: a task message is acknowledged only after its batch's
-  outcomes are written, so a worker killed mid-batch leaves the message to be redelivered. Running
-  a batch twice is safe: each delivery is claimed (a lease) and a final one is never sent again.
+* **acks_late + reject_on_worker_lost**: a task message is acknowledged once its batch is claimed;
+  from then on each delivery's lease covers it (a worker killed mid-batch leaves leases that end,
+  and the sweeper re-enqueues those deliveries). Running a batch twice is safe: each delivery is
+  claimed (a lease) and a final one is never sent again.
 * **prefetch multiplier 1**: a worker holds no more batches than it has pool slots, so a killed
   worker strands little and a busy one does not hoard.
-* **threads pool**: tasks block on the process's asyncio engine (:mod:`worker.delivery`), which
-  does the I/O; threads only hold batches. No Celery countdown/ETA is ever used: retries and waits
-  live in our own schedule (``P:sched``), so nothing waits longer than the visibility timeout.
+* **threads pool**: tasks hand their batch to the process's asyncio engine
+  (:mod:`worker.delivery`), which does the pacing and I/O; threads only claim. No Celery
+  countdown/ETA is ever used: retries and waits live in our own schedule (``P:sched``), so
+  nothing waits longer than the visibility timeout.
 * ``worker_hijack_root_logger=False``: logging is configured once by :mod:`worker.logging`.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
+import sys
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from celery import Celery
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 
@@ -73,6 +79,32 @@ def _setup_logging(**_kwargs: Any) -> None:
     from worker.logging import configure_logging
 
     configure_logging(get_settings())
+    _json_signal_messages()
+
+
+def say_json(msg: str, f: Any = None) -> None:
+    """Celery's ``safe_say`` (shutdown notices written from signal handlers), as one JSON line.
+
+    Celery writes them with a bare ``os.write`` because locks are unsafe in a signal handler; this
+    does the same (no logging machinery, no lock), so stdout stays one JSON object per line.
+    """
+    stream = f if f is not None else sys.__stdout__
+    if stream is None or not hasattr(stream, "fileno"):
+        return
+    line = {
+        "event": "celery.notice",
+        "message": str(msg).strip(),
+        "level": "info",
+        "logger": "celery.apps.worker",
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+    }
+    os.write(stream.fileno(), orjson.dumps(line) + b"\n")
+
+
+def _json_signal_messages() -> None:
+    import celery.apps.worker
+
+    setattr(celery.apps.worker, "safe_say", say_json)  # noqa: B010  # not in celery-types' stubs
 
 
 #: How often the consumer's event loop wakes up (see _wake_consumer).
@@ -86,6 +118,18 @@ def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
     process_engine(get_settings)
     _wake_consumer(sender)
     _serve_metrics()
+    from worker import __version__
+    from worker.logging import get_logger
+
+    settings = get_settings()
+    get_logger("worker.celery").info(
+        "worker.ready",
+        hostname=getattr(sender, "hostname", None),
+        concurrency=getattr(getattr(sender, "controller", None), "concurrency", None),
+        queue=settings.queue_name,
+        version=__version__,
+        metrics_port=settings.metrics_port or None,
+    )
 
 
 def _serve_metrics() -> None:

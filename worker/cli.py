@@ -62,8 +62,11 @@ def cmd_intake(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     from worker.celery import app
+    from worker.logging import configure_logging
 
+    configure_logging(settings)  # before Celery starts: its start-up warnings are JSON lines too
     argv = [
+        "--quiet",  # no plain-text banner: the worker.ready line says the same as JSON
         "worker",
         "--pool=threads",
         f"--concurrency={args.concurrency}",

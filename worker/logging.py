@@ -159,7 +159,17 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "httpx", "httpcore", "redis"):
+    logging.captureWarnings(True)  # Python warnings (e.g. Celery's as root) as JSON lines too
+    for name in (
+        "uvicorn",
+        "uvicorn.error",
+        "uvicorn.access",
+        "celery",
+        "httpx",
+        "httpcore",
+        "redis",
+        "py.warnings",
+    ):
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True

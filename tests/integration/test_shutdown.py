@@ -45,6 +45,14 @@ def test_sigterm_worker_finishes_in_flight_sends(make_stack: Any) -> None:
     assert stack.redis().llen(stack.queue) == 0
     assert "Warm shutdown" in worker.log.read_text()
     assert any(e.get("event") == "engine.stopped" for e in stack.logs())
+    (ready,) = [e for e in stack.logs() if e.get("event") == "worker.ready"]
+    assert (ready["concurrency"], ready["queue"]) == (4, stack.queue)
+    import orjson
+
+    for line in worker.log.read_text().splitlines():  # Celery's shutdown notice included
+        if line.strip():
+            assert line.startswith("{"), line
+            assert isinstance(orjson.loads(line), dict), line
 
 
 def test_sigterm_worker_leaves_unstarted_work_for_the_next(make_stack: Any) -> None:
