@@ -63,9 +63,24 @@ import redis.asyncio as aioredis
 from worker import metrics, store
 from worker.config import Settings
 
-ACQUIRE_LUA = """
+# Shared by the scripts below: Redis's clock (µs) and the page bucket as it stands now.
+_GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- the adaptive factor, recovered linearly since it was lowered (at ft)
+local function recovered(f, ft, recover)
+  if f < 1 then f = math.min(1, f + (now - tonumber(ft or now)) / 1000000 * recover) end
+  return f
+end
+-- a page bucket's slot interval and burst tolerance (µs, at the recovered factor) and its tat
+local function bucket(key, rate, burst, recover)
+  local b = redis.call('HMGET', key, 'tat', 'f', 'ft')
+  local interval = 1000000 / (rate * recovered(tonumber(b[2] or '1'), b[3], recover))
+  return interval, (burst - 1) * interval, math.max(tonumber(b[1] or now), now)
+end
+"""
+
+ACQUIRE_LUA = _GCRA_LUA + """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local rrate = tonumber(ARGV[4])
@@ -81,14 +96,7 @@ if pz[1] then
   redis.call('HSET', KEYS[3], 'probe', string.format('%.3f', (now + tonumber(ARGV[3])) / 1000000))
   is_probe = 1
 end
-local b = redis.call('HMGET', KEYS[1], 'tat', 'f', 'ft')
-local f = tonumber(b[2] or '1')
-if f < 1 then
-  f = math.min(1, f + (now - tonumber(b[3] or now)) / 1000000 * recover)
-end
-local interval = 1000000 / (rate * f)
-local tau = (burst - 1) * interval
-local tat = math.max(tonumber(b[1] or now), now)
+local interval, tau, tat = bucket(KEYS[1], rate, burst, recover)
 local slot = math.max(tat - tau, now)
 local rtat = nil
 if rrate > 0 and KEYS[2] ~= '' then
@@ -107,23 +115,14 @@ redis.call('SADD', KEYS[4], ARGV[5])
 return {1, math.floor(slot - now), is_probe, now}
 """
 
-ACQUIRE_MANY_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+ACQUIRE_MANY_LUA = _GCRA_LUA + """
 -- a pause hash (paused, or its probe pending or due): every send asks on its own (ACQUIRE)
 if redis.call('EXISTS', KEYS[2]) == 1 then return {now} end
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local recover = tonumber(ARGV[4])
 local count = tonumber(ARGV[5])
-local b = redis.call('HMGET', KEYS[1], 'tat', 'f', 'ft')
-local f = tonumber(b[2] or '1')
-if f < 1 then
-  f = math.min(1, f + (now - tonumber(b[3] or now)) / 1000000 * recover)
-end
-local interval = 1000000 / (rate * f)
-local tau = (burst - 1) * interval
-local tat = math.max(tonumber(b[1] or now), now)
+local interval, tau, tat = bucket(KEYS[1], rate, burst, recover)
 local out = {now}
 for i = 1, count do
   out[i + 1] = math.floor(math.max(tat - tau, now) - now)
@@ -142,12 +141,9 @@ MAX_LATE_RETRIES = 5
 #: After a page pause, one probe send goes first; the others wait this long for its answer.
 PROBE_SECONDS = 10.0
 
-SLOW_DOWN_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+SLOW_DOWN_LUA = _GCRA_LUA + """
 local b = redis.call('HMGET', KEYS[1], 'f', 'ft')
-local f = tonumber(b[1] or '1')
-if f < 1 then f = math.min(1, f + (now - tonumber(b[2] or now)) / 1000000 * tonumber(ARGV[3])) end
+local f = recovered(tonumber(b[1] or '1'), b[2], tonumber(ARGV[3]))
 f = math.max(tonumber(ARGV[2]), f * tonumber(ARGV[1]))
 redis.call('HSET', KEYS[1], 'f', f, 'ft', string.format('%.0f', now))
 redis.call('PEXPIRE', KEYS[1], 3600000)
