@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.common import max_in_window
 from tests.conftest import Sandbox, Stack
 
 pytestmark = pytest.mark.integration
@@ -28,15 +29,6 @@ def page_path(page: str) -> str:
 
 def arrivals(sandbox: Sandbox, page: str) -> list[float]:
     return sorted(c["at"] for c in sandbox.calls(page_id=page) if c["status"] == 200)
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    best, j = 0, 0
-    for i, t in enumerate(times):
-        while times[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def test_four_workers_hold_the_page_limit(make_stack: Any) -> None:
