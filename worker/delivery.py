@@ -380,7 +380,7 @@ class Engine:
             until = max(float(rec.get("until", "0")), float(rec.get("probe", "0"))) if rec else 0.0
             if until > time.time():
                 pauses[page] = PagePause(until, rec.get("reason", ""), rec.get("token_fp", ""))
-        return {"supp": supp, "pauses": pauses, "window_closed": windows}
+        return {"supp": supp, "pauses": pauses, "window_closed": windows, "first_tag": {}}
 
     def _token_for(self, d: Delivery) -> str | None:
         return d.token or self.tokens.get(d.page_id)
@@ -432,9 +432,12 @@ class Engine:
             not d.active_tag
             and context["window_closed"].get(d.id)
             and d.body.get("messaging_type") != "MESSAGE_TAG"
-            and policy.next_fallback(d.fallback_tags, d.tags_tried, tag_suppressed) is None
         ):
-            return self._outcome(d, policy.window_outcome(s), None)
+            # the window is known to be closed: no doomed call, straight to the fallback path
+            tag = policy.next_fallback(d.fallback_tags, d.tags_tried, tag_suppressed)
+            if tag is None:
+                return self._outcome(d, policy.window_outcome(s), None)
+            context["first_tag"][d.id] = tag
         return None
 
     async def _deliver(self, d: Delivery, context: dict[str, Any]) -> Outcome:
@@ -446,16 +449,7 @@ class Engine:
         token = self._token_for(d)
         if token is None:  # checked in _precheck; the token file may have been reloaded since
             return Outcome(d, "failed", reason="no_page_token")
-        tag = d.active_tag or None
-        if (
-            tag is None
-            and context["window_closed"].get(d.id)
-            and d.body.get("messaging_type") != "MESSAGE_TAG"
-        ):
-            # the window is known to be closed: no doomed call, straight to the fallback path
-            tag = policy.next_fallback(d.fallback_tags, d.tags_tried, tag_suppressed)
-            if tag is None:  # decided in _precheck; kept for a window learned since
-                return self._outcome(d, policy.window_outcome(s), None)
+        tag: str | None = d.active_tag or context["first_tag"].get(d.id)  # see _precheck
         for _ in range(len(d.fallback_tags) + 1):  # each (message, tag) at most once: never a loop
             body = d.body if tag is None else {**d.body, "messaging_type": "MESSAGE_TAG", "tag": tag}
             deferral = await self._pace(d, body, tag)
