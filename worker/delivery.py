@@ -314,13 +314,6 @@ class Engine:
             for i in range(0, len(raw), 2)
         ]
 
-    async def process_batch(self, ids: list[str]) -> dict[str, int]:
-        """Claim, send and record a batch; returns outcome counts (waits for all of it)."""
-        claimed = await self._claim(ids)
-        if not claimed:
-            return {}
-        return await self._process_claimed(claimed)
-
     async def _process_claimed(self, claimed: list[Delivery]) -> dict[str, int]:
         context = await self._context(claimed)
         early: dict[str, Outcome] = {}
