@@ -80,7 +80,9 @@ local function bucket(key, rate, burst, recover)
 end
 """
 
-ACQUIRE_LUA = _GCRA_LUA + """
+ACQUIRE_LUA = (
+    _GCRA_LUA
+    + """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local rrate = tonumber(ARGV[4])
@@ -114,8 +116,11 @@ end
 redis.call('SADD', KEYS[4], ARGV[5])
 return {1, math.floor(slot - now), is_probe, now}
 """
+)
 
-ACQUIRE_MANY_LUA = _GCRA_LUA + """
+ACQUIRE_MANY_LUA = (
+    _GCRA_LUA
+    + """
 -- a pause hash (paused, or its probe pending or due): every send asks on its own (ACQUIRE)
 if redis.call('EXISTS', KEYS[2]) == 1 then return {now} end
 local rate = tonumber(ARGV[1])
@@ -133,6 +138,7 @@ redis.call('PEXPIRE', KEYS[1], 3600000 + math.floor((tat - now) / 1000))
 redis.call('SADD', KEYS[3], ARGV[3])
 return out
 """
+)
 
 # SLOW_DOWN: KEYS[1] page bucket. ARGV[1] factor multiplier, ARGV[2] minimum factor,
 # ARGV[3] recovery per second. Lowers the adaptive factor (taking recovery so far into account).
@@ -141,7 +147,9 @@ MAX_LATE_RETRIES = 5
 #: After a page pause, one probe send goes first; the others wait this long for its answer.
 PROBE_SECONDS = 10.0
 
-SLOW_DOWN_LUA = _GCRA_LUA + """
+SLOW_DOWN_LUA = (
+    _GCRA_LUA
+    + """
 local b = redis.call('HMGET', KEYS[1], 'f', 'ft')
 local f = recovered(tonumber(b[1] or '1'), b[2], tonumber(ARGV[3]))
 f = math.max(tonumber(ARGV[2]), f * tonumber(ARGV[1]))
@@ -149,6 +157,7 @@ redis.call('HSET', KEYS[1], 'f', f, 'ft', string.format('%.0f', now))
 redis.call('PEXPIRE', KEYS[1], 3600000)
 return tostring(f)
 """
+)
 
 
 @dataclass(frozen=True)
