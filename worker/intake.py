@@ -14,7 +14,6 @@ import asyncio
 import hmac
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -208,6 +208,21 @@ def _bearer_ok(settings: Settings, request: Request) -> bool:
     return ok
 
 
+_SEND_HEADERS = frozenset(
+    (b"x-request-id", b"content-type", b"idempotency-key", b"x-braze-external-id", b"x-fallback-tags")
+)
+
+
+def _send_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The send route's headers in one pass over the ASGI list (names arrive lower-cased; the
+    first of a repeated header wins, as with Starlette's ``Headers.get``)."""
+    out: dict[bytes, str] = {}
+    for name, value in raw:
+        if name in _SEND_HEADERS and name not in out:
+            out[name] = value.decode("latin-1")
+    return out
+
+
 WEBHOOK_MAX_BYTES = 1024 * 1024  # Messenger batches many events per POST
 
 
@@ -259,10 +274,16 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
 
         return wrapper
 
+    counters: dict[tuple[str, int], Counter] = {}  # the labelled children, looked up once each
+
     def counted(route: str, handler: Handler) -> Handler:
         async def wrapper(request: Request) -> Response:
             response = await handler(request)
-            metrics.INTAKE_REQUESTS.labels(route, str(response.status_code)).inc()
+            key = (route, response.status_code)
+            child = counters.get(key)
+            if child is None:
+                child = counters[key] = metrics.INTAKE_REQUESTS.labels(route, str(response.status_code))
+            child.inc()
             return response
 
         return wrapper
@@ -274,16 +295,16 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def send(request: Request) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        ctype = request.headers.get("content-type", "")
-        if "json" not in ctype.lower():
+        headers = _send_headers(request.scope["headers"])
+        request_id = headers.get(b"x-request-id") or broker.new_delivery_id()
+        if "json" not in headers.get(b"content-type", "").lower():
             return error(415, "unsupported_media_type", "send the body as application/json")
-        idem = request.headers.get("idempotency-key", "")
+        idem = headers.get(b"idempotency-key", "")
         if len(idem) > MAX_IDEMPOTENCY_KEY:
             return error(
                 422, "invalid_idempotency_key", f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY}"
             )
-        external_id = request.headers.get("x-braze-external-id", "").strip()
+        external_id = headers.get(b"x-braze-external-id", "").strip()
         if len(external_id) > 200:
             return error(422, "invalid_external_id", "X-Braze-External-Id is longer than 200 characters")
         try:
@@ -294,7 +315,7 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
                 path_page_id=request.path_params.get("page_id"),
                 query_token=request.query_params.get("access_token"),
                 query_page_id=request.query_params.get("page_id"),
-                fallback_header=request.headers.get("x-fallback-tags"),
+                fallback_header=headers.get(b"x-fallback-tags"),
             )
         except InputError as exc:
             return error(exc.status, exc.code, exc.message)

@@ -1,0 +1,41 @@
+"""Delivery ids: 32 hex characters, unique within a process and across a fork."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from worker import broker
+from worker.intake import _send_headers
+
+
+def test_ids_are_32_hex_and_unique() -> None:
+    ids = [broker.new_delivery_id() for _ in range(10_000)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_child_draws_its_own_prefix() -> None:
+    parent = broker.new_delivery_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one id and leave at once
+        os.write(write_end, broker.new_delivery_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 64).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert re.fullmatch(r"[0-9a-f]{32}", child)
+    assert child[:16] != parent[:16]
+    assert child != broker.new_delivery_id()
+
+
+def test_send_headers_keeps_the_first_of_repeated_headers() -> None:
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"idempotency-key", b"first"),
+        (b"authorization", b"Bearer x"),
+        (b"idempotency-key", b"second"),
+    ]
+    assert _send_headers(raw) == {b"content-type": "application/json", b"idempotency-key": "first"}
