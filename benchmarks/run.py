@@ -19,9 +19,10 @@ stops them in a ``finally``.
    raw aiohttp client (plain asyncio, like the engine's loop) sending the same bodies to the same
    sandbox with WORKER_MAX_INFLIGHT (100) in flight. Bar: >= 0.5x. The backlog is parked under
    another key while the worker starts, so the worker's start-up is outside the measurement.
+   Two rounds (``--quick``: one), each on fresh processes; each side's best rate counts.
 3. Cost: CPU seconds (``/proc/<pid>/stat`` utime+stime, children included) of intake + redis while
    the backlog is posted, plus worker + redis while it drains, per 1,000 delivered, against the
-   raw client's own CPU per 1,000 requests. Bar: <= 5x.
+   raw client's own CPU per 1,000 requests. Bar: <= 5x. Each side's cheapest round of (2) counts.
 4. Latency: an open-loop paced sender at 50% of the rate of (2) posts to the intake with one
    worker running; accept = the client receiving the 202. Reported: accept -> Graph request
    arrival (the sandbox's ``at``), accept -> Graph answer (``at`` + the 50 ms latency), and the
@@ -131,10 +132,11 @@ class Sizes:
     trickle_busy: float
     baseline_n: int
     intake_rounds: int
+    delivery_rounds: int
 
 
-FULL = Sizes(2.0, 10.0, 10_000, 120.0, 10.0, 10_000, 6.0, 12.0, 6_000, 3)
-QUICK = Sizes(1.0, 3.0, 3_000, 45.0, 4.0, 2_500, 4.0, 5.0, 2_000, 2)
+FULL = Sizes(2.0, 10.0, 10_000, 120.0, 10.0, 10_000, 6.0, 12.0, 6_000, 3, 2)
+QUICK = Sizes(1.0, 3.0, 3_000, 45.0, 4.0, 2_500, 4.0, 5.0, 2_000, 2, 1)
 
 
 @dataclass
@@ -497,7 +499,8 @@ def post_backlog(stack: Stack, n: int, tag: int, page: str = PAGE) -> dict[str, 
     return res
 
 
-def measure_delivery(run: Run) -> None:
+def _delivery_round(run: Run) -> dict[str, Any]:
+    """One backlog drained by one worker, then the raw client on the same sandbox."""
     s = run.sizes
     n = s.delivery_n
     log_dir = run.log_dir("delivery")
@@ -553,8 +556,10 @@ def measure_delivery(run: Run) -> None:
     service_cpu = pre_cpu["intake"] + pre_cpu["redis"] + drain_cpu["worker"] + drain_cpu["redis"]
     per_1000 = service_cpu / delivered * 1000 if delivered else math.nan
     raw_per_1000 = raw["cpu_s"] / raw["n"] * 1000
-    run.details["delivery"] = {
+    return {
         "n": n,
+        "rate": rate,
+        "raw_rate": raw_rate,
         "celery_messages": batches,
         "posted": posted,
         "drained": drained,
@@ -578,6 +583,24 @@ def measure_delivery(run: Run) -> None:
             "raw_per_1000_s": raw_per_1000,
         },
     }
+
+
+def measure_delivery(run: Run) -> None:
+    """``delivery_rounds`` rounds (fresh Redis, sandbox and processes each). The rate is each
+    side's best round and the cost each side's cheapest, as the intake takes each side's best: on
+    a shared machine the least disturbed round is the closest to what the code costs."""
+    rounds = [_delivery_round(run) for _ in range(run.sizes.delivery_rounds)]
+    fast = max(rounds, key=lambda r: float(r["rate"]))
+    raw_fast = max(rounds, key=lambda r: float(r["raw_rate"]))
+    cheap = min(rounds, key=lambda r: float(r["cost"]["per_1000_s"]))
+    raw_cheap = min(rounds, key=lambda r: float(r["cost"]["raw_per_1000_s"]))
+    complete = all(r["delivered"] == r["n"] for r in rounds)
+    run.details["delivery"] = {**fast, "best_of": len(rounds), "rounds": rounds}
+    rate, raw_rate = float(fast["rate"]), float(raw_fast["raw_rate"])
+    per_1000, raw_per_1000 = float(cheap["cost"]["per_1000_s"]), float(raw_cheap["cost"]["raw_per_1000_s"])
+    run.details["cost"] = {"service": cheap["cost"], "raw_per_1000_s": raw_per_1000}
+    drain_cores = fast["drain_cores"]
+    raw_sandbox = raw_fast["raw_sandbox_cores"]
     ratio = rate / raw_rate
     run.rows.append(
         Row(
@@ -586,7 +609,7 @@ def measure_delivery(run: Run) -> None:
             raw_rate,
             ratio,
             ">= 0.5x ceiling",
-            ratio >= 0.5 and delivered == n,
+            ratio >= 0.5 and complete,
             "msg/s",
         )
     )
@@ -594,7 +617,7 @@ def measure_delivery(run: Run) -> None:
         Row(
             "   sandbox cores busy (worker / raw)",
             drain_cores["sandbox"],
-            raw_meter.cores()["sandbox"],
+            raw_sandbox["sandbox"],
             None,
             "info (< 1 core)",
             None,
@@ -609,7 +632,7 @@ def measure_delivery(run: Run) -> None:
             raw_per_1000,
             cost_ratio,
             "<= 5x raw client",
-            cost_ratio <= 5,
+            cost_ratio <= 5 and complete,
             "cpu-s",
         )
     )
