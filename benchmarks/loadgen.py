@@ -223,8 +223,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     modes = {"closed": closed, "count": count, "paced": paced, "raw": raw}
-    if args.mode != "raw":  # the load generators spare CPU with uvloop; the ceiling client runs
-        # on plain asyncio, like the worker's engine loop, so that it is a like-for-like ceiling
+    # uvloop where installed: it spares the load generators CPU, and the raw client (the delivery
+    # ceiling) then runs on the same loop as the worker's engine, a like-for-like ceiling
+    if True:
         try:
             import uvloop
 
