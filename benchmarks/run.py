@@ -16,7 +16,7 @@ stops them in a ``finally``.
 2. Delivery: messages/s of one worker (``--concurrency 8``) draining a backlog posted through the
    intake, PAGE_RATE_LIMIT=1e6, sandbox answering after 50 ms; rate from the sandbox's arrival
    times between the 10th and 90th percentile of arrivals (start-up and tail left out). Ceiling: a
-   raw aiohttp client (plain asyncio, like the engine's loop) sending the same bodies to the same
+   raw aiohttp client (on uvloop, like the engine's loop) sending the same bodies to the same
    sandbox with WORKER_MAX_INFLIGHT (100) in flight. Bar: >= 0.5x. The backlog is parked under
    another key while the worker starts, so the worker's start-up is outside the measurement.
    Two rounds (``--quick``: one), each on fresh processes; each side's best rate counts.
@@ -326,8 +326,8 @@ WRK_SCRIPT = ROOT / "benchmarks" / "wrk_post.lua"
 
 def wrk_closed(url: str, warmup: float, duration: float, meter: CpuMeter) -> dict[str, Any]:
     """The closed loop with wrk (one thread, 64 connections): a warm-up run, then the measured one,
-    metered. wrk takes about a tenth of a core; the Python load generator took three quarters of
-    one of the two cores the server under test needs."""
+    metered. wrk takes under a fifth of a core here (``loadgen_cpu_s``); the Python load generator
+    took most of one of the two cores the server under test needs."""
     env = dict(os.environ, INTAKE_TOKEN=INTAKE_TOKEN)
     base = ["wrk", "-t1", "-c64", "--timeout", "30s", "-s", str(WRK_SCRIPT)]
     subprocess.run(
