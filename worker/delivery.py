@@ -103,8 +103,9 @@ class Delivery:
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop where installed (uvicorn[standard] brings it; the intake runs on it too), else
-    asyncio's own loop. Measured on the delivery benchmark: 0.50-0.54 worker CPU ms per message
-    against 0.54-0.75 on asyncio's loop (four rounds each; this machine's noise is of that order)."""
+    asyncio's own loop. Worker CPU ms per message on the delivery benchmark, four rounds each:
+    0.50, 0.50, 0.54, 0.76 on uvloop; 0.54, 0.60, 0.61, 0.75 on asyncio's loop (medians 0.52 and
+    0.61; this machine's noise is of the same order)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - e.g. Windows, where uvloop does not exist
