@@ -74,9 +74,12 @@ class _Item:
 class GroupCommitter:
     """Writes queued requests to Redis in batches: one ACCEPT script call per batch.
 
-    Requests arriving while a commit is in flight ride on the next one (at most ``max_inflight``
-    commits in flight), so under heavy load batches form by themselves and nobody waits for
-    company. Below that, when requests still arrive less than ``BATCH_WINDOW_MS`` apart on
+    Requests arriving while a commit is in flight ride on the next one, so under heavy load
+    batches form by themselves and nobody waits for company. A second commit (``max_inflight``,
+    default 2) starts while one is in flight only once ``GATHER_TARGET`` requests are waiting:
+    the callers then wait for neither, and batches stay that size (measured with wrk, 64
+    connections: the intake's core busy 88-90% instead of 85-87%, 3 of 3 rounds faster, batches
+    of about 28 instead of 32). Below that, when requests still arrive less than ``BATCH_WINDOW_MS`` apart on
     average, a batch smaller than ``GATHER_TARGET`` waits for company while requests keep coming,
     at most ``BATCH_WINDOW_MS`` (default 10 ms); a trickle is committed at once. Batches cut the
     per-message cost of Celery tasks in the workers (measured: 2.5 CPU ms per message at 1-2 ids
@@ -84,7 +87,7 @@ class GroupCommitter:
     callers' connections idle.
     """
 
-    def __init__(self, client: aioredis.Redis, settings: Settings, max_inflight: int = 1) -> None:
+    def __init__(self, client: aioredis.Redis, settings: Settings, max_inflight: int = 2) -> None:
         self._client = client
         self._settings = settings
         self._keys = store.Keys(settings.key_prefix, settings.queue_name)
@@ -92,6 +95,7 @@ class GroupCommitter:
         self._buffer: list[_Item] = []
         self._inflight = 0
         self._max_inflight = max_inflight
+        self._target = min(GATHER_TARGET, settings.batch_max)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_arrival = 0.0
         self._gap = math.inf  # moving average of the time between requests (s)
@@ -109,7 +113,9 @@ class GroupCommitter:
             broker.new_delivery_id(), request, idempotency_key, request_id, external_id, loop.create_future()
         )
         self._buffer.append(item)
-        if self._inflight < self._max_inflight:
+        if self._inflight == 0 or (  # a second commit only for a batch that needs no company
+            self._inflight < self._max_inflight and len(self._buffer) >= self._target
+        ):
             self._inflight += 1
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
@@ -135,7 +141,7 @@ class GroupCommitter:
         while requests keep arriving (none for twice the usual gap ends it), at most ``window``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + window
-        while len(self._buffer) < min(GATHER_TARGET, self._settings.batch_max):
+        while len(self._buffer) < self._target:
             now = loop.time()
             quiet = max(0.001, 4 * self._gap)
             wait = min(self._last_arrival + quiet, deadline) - now
