@@ -273,6 +273,12 @@ class Stack:
     def redis(self) -> Any:  # see RedisServer.client
         return redis.Redis.from_url(self.redis_url)
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """``messenger-worker ARGS`` against this stack, to completion; fails the test on a non-zero exit."""
+        return subprocess.run(
+            [PY, "-m", "worker", *args], env=self.env, capture_output=True, timeout=60, check=True
+        )
+
     def start_worker(self, concurrency: int = 4, name: str = "worker") -> Proc:
         proc = start_process(
             name,

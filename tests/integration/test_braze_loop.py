@@ -152,13 +152,7 @@ def test_park_then_reengage_releases_in_order(make_stack: Any, braze: str) -> No
     assert wait_until(lambda: all(stack.record(i).get("status") == "parked" for i in ids), 20)
     assert stack.delivery(ids[0])["status"] == "parked"
     assert stack.redis().zcard(f"{stack.prefix}:parked") == 3
-    status = subprocess.run(
-        [sys.executable, "-m", "worker", "status", "--json"],
-        env=stack.env,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
+    status = stack.cli("status", "--json")
     assert orjson.loads(status.stdout)["parked"] == 3
     assert "bmw_parked 3.0" in httpx.get(f"{stack.intake_url}/metrics", timeout=10).text
     httpx.post(f"{stack.sandbox.url}/__sandbox/window", json={"psid": psid}, timeout=10).raise_for_status()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -205,13 +203,7 @@ def test_token_invalid_pauses_page_until_resumed(stack: Stack) -> None:
     assert wait_until(lambda: "page_paused" in stack.record(second).get("error", ""), 20)
     assert len(calls(stack, "tok-2")) == 0  # waits behind the pause: no Graph call
     assert any(e.get("event") == "page.paused" and e.get("page_id") == page for e in stack.logs())
-    out = subprocess.run(
-        [sys.executable, "-m", "worker", "pages", "resume", page],
-        env=stack.env,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
+    out = stack.cli("pages", "resume", page)
     assert orjson.loads(out.stdout.splitlines()[-1])["released"] == 2
     assert final(stack, first)["status"] == "sent"
     assert final(stack, second)["status"] == "sent"
@@ -252,13 +244,7 @@ def test_scheduled_waits_survive_worker_restart(
         time.sleep(1.0)
         assert all(s.record(i)["status"] in ("queued", "retrying") for i in ids)  # still waiting, not lost
         sandbox.clear_faults(page)
-        subprocess.run(
-            [sys.executable, "-m", "worker", "pages", "resume", page],
-            env=s.env,
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
+        s.cli("pages", "resume", page)
         records = s.wait_final(ids)
         assert {r["status"] for r in records.values()} == {"sent"}
         for i in range(5):
@@ -295,13 +281,7 @@ def test_deprecated_tag_reject_policy(
 
 
 def test_status_shows_the_health_row(stack: Stack) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "worker", "status", "--json"],
-        env=stack.env,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
+    out = stack.cli("status", "--json")
     status = orjson.loads(out.stdout)
     assert status["sent_per_s"] > 0
     assert 0 < status["failure_ratio"] < 1  # this module's stack failed and sent messages
