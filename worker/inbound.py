@@ -76,7 +76,7 @@ def park_key(settings: Settings, page_id: str, psid: str) -> str:
 
 
 def parked_key(settings: Settings) -> str:
-    return f"{settings.key_prefix}:parked"
+    return store.Keys(settings.key_prefix, settings.queue_name).parked
 
 
 def window_closed(value: str | None, now: float) -> bool | None:

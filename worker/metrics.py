@@ -115,7 +115,7 @@ class RedisStateCollector(Collector):
             pipe.zrange(keys.open, 0, 0, withscores=True)
             pipe.zrangebyscore(keys.paused, now, "+inf")
             pipe.hlen("unacked")
-            pipe.zcard(f"{self._settings.key_prefix}:parked")
+            pipe.zcard(keys.parked)
             depth, sched, open_, dead, oldest, paused, unacked, parked = pipe.execute()
             limiter = page_state(client, self._settings)
         except Exception:  # noqa: BLE001  # a scrape must not fail because Redis is down

@@ -226,6 +226,11 @@ class Keys:
         return f"{self.prefix}:dead"
 
     @property
+    def parked(self) -> str:
+        """Deliveries parked until their recipient writes again (:mod:`worker.inbound`)."""
+        return f"{self.prefix}:parked"
+
+    @property
     def paused(self) -> str:
         return f"{self.prefix}:paused"
 
@@ -284,7 +289,7 @@ def open_counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
     pipe.zcard(keys.pending)
     pipe.zcard(keys.dead)
     pipe.zcount(keys.paused, time.time(), "+inf")
-    pipe.zcard(f"{keys.prefix}:parked")
+    pipe.zcard(keys.parked)
     depth, sched, pending, dead, paused, parked = pipe.execute()
     return {
         "queue_depth": int(depth),
