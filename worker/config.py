@@ -120,10 +120,10 @@ class Settings(BaseSettings):
     graph_read_timeout: float = Field(default=20.0, gt=0)
     #: Concurrent Graph calls per worker process (one event loop per process).
     worker_max_inflight: int = Field(default=100, ge=1, le=2_000)
-    #: Messages per Celery task, built by the intake's group commit and by the scheduler.
     #: Claimed deliveries one worker process holds at a time (awaiting slots or Graph); a Celery
     #: task waits for room before claiming more (backpressure).
     engine_max_claimed: int = Field(default=2_000, ge=1)
+    #: Messages per Celery task, built by the intake's group commit and by the scheduler.
     batch_max: int = Field(default=50, ge=1, le=500)
     batch_window_ms: float = Field(default=10.0, ge=0)
     queue_name: str = "messenger"
