@@ -219,9 +219,9 @@ def parse_buc_usage(headers: httpx.Headers) -> int | None:
     return top
 
 
-def _error_info(response: httpx.Response) -> ErrorInfo:
+def _error_info(response: httpx.Response, content: bytes) -> ErrorInfo:
     try:
-        payload: Any = orjson.loads(response.content)
+        payload: Any = orjson.loads(content)
     except orjson.JSONDecodeError:
         payload = None
     err = payload.get("error") if isinstance(payload, dict) else None
@@ -246,9 +246,12 @@ def _error_info(response: httpx.Response) -> ErrorInfo:
     )
 
 
-def from_response(response: httpx.Response, *, tag: str | None = None) -> GraphError:
-    """Build the typed error for a non-2xx Send API answer."""
-    info = _error_info(response)
+def from_response(
+    response: httpx.Response, *, tag: str | None = None, content: bytes | None = None
+) -> GraphError:
+    """Build the typed error for a non-2xx Send API answer (``content``: its body, if the
+    response was not read through httpx)."""
+    info = _error_info(response, response.content if content is None else content)
     cls = classify(info, tag=tag)
     retry_after = parse_buc_wait(response.headers) if issubclass(cls, RateLimitedError) else None
     return cls(info, retry_after=retry_after)
@@ -295,6 +298,7 @@ class SendResult:
 
 
 URL_CACHE_SIZE = 4096
+_JSON_HEADERS = ((b"Content-Type", b"application/json"), (b"Accept", b"application/json"))
 
 
 @dataclass
@@ -306,8 +310,9 @@ class GraphClient:
     redirect flows, event hooks) costs as much CPU per call as the transport itself and does
     nothing a Send API call needs (measured: 0.52 vs 0.37 ms CPU per request at 100 in flight).
     The transport is injectable (``httpx.MockTransport`` in unit tests, or any httpx transport for
-    proxies and mTLS); by default it is the aiohttp transport, which sustains far more concurrent
-    requests per CPU second than httpx's own pool (pitfalls.md: 142 vs 1,300 req/s at 100 in flight).
+    proxies and mTLS); by default it is :class:`worker.transport.SendTransport`, over aiohttp,
+    which sustains far more concurrent requests per CPU second than httpx's own pool
+    (pitfalls.md: 142 vs 1,300 req/s at 100 in flight).
     """
 
     base_url: str
@@ -325,17 +330,17 @@ class GraphClient:
             "write": self.read_timeout,
             "pool": self.read_timeout,
         }
-        self._headers = httpx.Headers({"content-type": "application/json", "accept": "application/json"})
         self._base = self.base_url.rstrip("/")
-        # (path, token) -> the parsed URL with its query: parsing it per call cost ~30 µs
-        self._urls: dict[tuple[str, str], httpx.URL] = {}
+        # (path, token) -> the parsed URL with its query and the request's fixed headers (Host
+        # first, as httpx orders them): parsing the URL per call cost ~30 µs
+        self._urls: dict[tuple[str, str], tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
 
     def _make_transport(self) -> httpx.AsyncBaseTransport:
         if self.transport is not None:
             return self.transport
-        from httpx_aiohttp import AiohttpTransport
+        from worker.transport import SendTransport
 
-        return AiohttpTransport(limits=httpx.Limits(max_connections=self.max_connections))
+        return SendTransport(max_connections=self.max_connections)
 
     @property
     def active_transport(self) -> httpx.AsyncBaseTransport:
@@ -348,32 +353,44 @@ class GraphClient:
             return None
         return hmac.new(self.app_secret.encode(), token.encode(), hashlib.sha256).hexdigest()
 
-    def _url(self, path: str, token: str) -> httpx.URL:
-        url = self._urls.get((path, token))
-        if url is None:
+    def _target(self, path: str, token: str) -> tuple[httpx.URL, list[tuple[bytes, bytes]]]:
+        target = self._urls.get((path, token))
+        if target is None:
             params = {"access_token": token}
             proof = self._proof(token)
             if proof is not None:
                 params["appsecret_proof"] = proof
             if len(self._urls) >= URL_CACHE_SIZE:
                 self._urls.clear()
-            url = self._urls[(path, token)] = httpx.URL(self._base + path, params=params)
-        return url
+            url = httpx.URL(self._base + path, params=params)
+            headers = [(b"Host", url.netloc), *_JSON_HEADERS]
+            target = self._urls[(path, token)] = (url, headers)
+        return target
 
-    async def _post(self, url: httpx.URL, content: bytes) -> httpx.Response:
+    async def _post(self, path: str, token: str, content: bytes) -> tuple[httpx.Response, bytes]:
+        """POST ``content``; the answer and its whole (decoded) body.
+
+        The request is what ``httpx.Request(..., content=...)`` makes (Host, Content-Length and
+        the JSON headers), built without httpx's per-call header merging. An answer already in
+        memory (``httpx.ByteStream``: SendTransport's, MockTransport's) is taken as it is unless
+        it is content-encoded; any other is read through httpx (decoding included).
+        """
+        url, headers = self._target(path, token)
         request = httpx.Request(
             "POST",
             url,
-            content=content,
-            headers=self._headers,
+            headers=[*headers, (b"Content-Length", b"%d" % len(content))],
+            stream=httpx.ByteStream(content),
             extensions={"timeout": self._timeouts},
         )
         response = await self.active_transport.handle_async_request(request)
+        stream = response.stream
+        if isinstance(stream, httpx.ByteStream) and "content-encoding" not in response.headers:
+            return response, b"".join(stream)
         try:
-            await response.aread()
+            return response, await response.aread()
         finally:
             await response.aclose()
-        return response
 
     async def send(self, page_id: str, token: str, body: dict[str, Any]) -> SendResult:
         """POST one Send API body. Raises a :class:`GraphError` subclass on any failure."""
@@ -382,14 +399,14 @@ class GraphClient:
         started_at = time.time()
         started = time.perf_counter()
         try:
-            response = await self._post(self._url(path, token), orjson.dumps(body))
+            response, content = await self._post(path, token, orjson.dumps(body))
         except httpx.TransportError as exc:
             raise from_transport(exc) from None
         latency_ms = (time.perf_counter() - started) * 1000
         if response.status_code // 100 != 2:
-            raise from_response(response, tag=tag)
+            raise from_response(response, tag=tag, content=content)
         try:
-            payload: Any = orjson.loads(response.content)
+            payload: Any = orjson.loads(content)
         except orjson.JSONDecodeError:
             payload = {}
         message_id = payload.get("message_id") if isinstance(payload, dict) else None
