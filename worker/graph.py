@@ -40,6 +40,8 @@ from typing import Any
 import httpx
 import orjson
 
+from worker.transport import SendTransport
+
 
 @dataclass(frozen=True)
 class ErrorInfo:
@@ -298,7 +300,12 @@ class SendResult:
 
 
 URL_CACHE_SIZE = 4096
-_JSON_HEADERS = ((b"Content-Type", b"application/json"), (b"Accept", b"application/json"))
+#: Send API answers are small JSON: not worth compressing (and an identity body is taken as is)
+_JSON_HEADERS = (
+    (b"Content-Type", b"application/json"),
+    (b"Accept", b"application/json"),
+    (b"Accept-Encoding", b"identity"),
+)
 
 
 @dataclass
@@ -338,8 +345,6 @@ class GraphClient:
     def _make_transport(self) -> httpx.AsyncBaseTransport:
         if self.transport is not None:
             return self.transport
-        from worker.transport import SendTransport
-
         return SendTransport(max_connections=self.max_connections)
 
     @property
