@@ -16,7 +16,9 @@ is cheaper per call, which matters at one call per message:
   client takes the body from it directly, skipping httpx's streaming and decoding layers (the
   client asks for identity bodies: Send API answers are small JSON).
 
-What it saves is measured in the ``benchmarks.run`` module docstring.
+Measured in one process against the sandbox (50 ms answers, 100 in flight, 5,000 sends per
+round, 8 interleaved rounds): 214 µs of CPU per send through GraphClient on this transport, against
+256 µs on httpx-aiohttp's. A raw aiohttp client took 164 µs in the same rounds.
 """
 
 from __future__ import annotations
