@@ -344,10 +344,21 @@ class Engine:
         async def run_group(group: list[Delivery]) -> list[Outcome]:
             return [await self._deliver(d, context) for d in group]
 
-        outcomes = [
-            o for group in await asyncio.gather(*(run_group(g) for g in groups.values())) for o in group
-        ]
-        await self._record(outcomes)
+        tasks = [asyncio.ensure_future(run_group(g)) for g in groups.values()]
+        # One turn of the loop runs each group's first step. Groups done by then (a reserved
+        # slot beyond the hold deferred, a precheck outcome) are recorded at once, not after the
+        # batch's other sends: a deferral's release (its slot minus the lookahead) must not pass
+        # while it waits for them, or its slot is lost (a gap in the page's pace).
+        await asyncio.sleep(0)
+        running = [t for t in tasks if not t.done()]
+        outcomes: list[Outcome] = []
+        if running and len(running) < len(tasks):
+            outcomes = [o for t in tasks if t.done() for o in t.result()]
+            await self._record(outcomes)
+            tasks = running
+        rest = [o for group in await asyncio.gather(*tasks) for o in group]
+        await self._record(rest)
+        outcomes += rest
         counts: dict[str, int] = {}
         for outcome in outcomes:
             counts[outcome.status] = counts.get(outcome.status, 0) + 1
