@@ -6,7 +6,9 @@ the Redis transport is one JSON document LPUSHed onto the queue's list, so we bu
 Celery task protocol 2 (headers + base64 body of ``[args, kwargs, embed]``) inside kombu's Redis
 envelope. ``tests/integration/test_pipeline.py`` proves a real Celery worker consumes it.
 
-Two tasks: ``worker.deliver(ids)``, a batch of delivery ids to look at now, and
+Three tasks: ``worker.deliver(ids)``, delivery ids to look at now (the scheduler's and the
+sweeper's); ``worker.deliver_batch(batch_id)``, the intake's: the ids gathered in the list
+``P:batch:{batch_id}`` while the message waited in the queue (see ``store.ACCEPT_LUA``); and
 ``worker.inbound(events)``, Messenger webhook events to record (see :mod:`worker.inbound`).
 """
 
@@ -23,15 +25,17 @@ import orjson
 import redis.asyncio as aioredis
 
 TASK_NAME = "worker.deliver"
+BATCH_TASK = "worker.deliver_batch"
 INBOUND_TASK = "worker.inbound"
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def celery_message(ids: list[Any], queue: str, task: str = TASK_NAME) -> bytes:
-    """The kombu/Redis envelope of ``task(ids)`` (default ``worker.deliver``) routed to ``queue``."""
+def celery_message(arg: list[Any] | str, queue: str, task: str = TASK_NAME) -> bytes:
+    """The kombu/Redis envelope of ``task(arg)`` (default ``worker.deliver(ids)``) routed to
+    ``queue``."""
     task_id = str(uuid.uuid4())
-    body = orjson.dumps([[ids], {}, _EMBED])
+    body = orjson.dumps([[arg], {}, _EMBED])
     envelope = {
         "body": base64.b64encode(body).decode(),
         "content-encoding": "utf-8",
@@ -49,7 +53,7 @@ def celery_message(ids: list[Any], queue: str, task: str = TASK_NAME) -> bytes:
             "timelimit": [None, None],
             "root_id": task_id,
             "parent_id": None,
-            "argsrepr": f"[<{len(ids)} ids>]",
+            "argsrepr": f"[<{len(arg)} items>]" if isinstance(arg, list) else f"[{arg!r}]",
             "kwargsrepr": "{}",
             "origin": _ORIGIN,
             "ignore_result": True,

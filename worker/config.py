@@ -123,8 +123,12 @@ class Settings(BaseSettings):
     #: Claimed deliveries one worker process holds at a time (awaiting slots or Graph); a Celery
     #: task waits for room before claiming more (backpressure).
     engine_max_claimed: int = Field(default=2_000, ge=1)
-    #: Messages per Celery task, built by the intake's group commit and by the scheduler.
+    #: Messages per intake commit (one Lua call) and per scheduler/sweeper Celery task.
     batch_max: int = Field(default=50, ge=1, le=500)
+    #: Messages one intake Celery task gathers while it waits in the queue: commits join the
+    #: newest queued task up to this many (a backlog travels in big batches, an idle queue gets
+    #: one task per commit).
+    queue_batch_max: int = Field(default=100, ge=1, le=1_000)
     batch_window_ms: float = Field(default=10.0, ge=0)
     queue_name: str = "messenger"
     key_prefix: str = "bmw"

@@ -262,8 +262,9 @@ class Engine:
         return self._redis
 
     # --- the batch -------------------------------------------------------------------------
-    def run_batch(self, ids: list[str]) -> dict[str, int]:
-        """Entry point for Celery tasks: claim the batch and start it on the engine's loop.
+    def run_batch(self, ids: list[str] | None = None, *, batch: str | None = None) -> dict[str, int]:
+        """Entry point for Celery tasks: claim the batch (``ids``, or the intake's gathered
+        ``batch``) and start it on the engine's loop.
 
         The pool thread returns once the batch is claimed; it never waits for pacing slots or
         Graph answers, so a page at its limit cannot occupy the threads other pages need. The
@@ -271,19 +272,26 @@ class Engine:
         waits for room: backpressure). A claimed delivery is covered by its lease: if this
         process dies before recording an outcome, the sweeper re-enqueues it when the lease ends.
         """
-        return self.submit(self.accept_batch(ids)).result()
+        return self.submit(self.accept_batch(ids or [], batch=batch)).result()
 
-    async def accept_batch(self, ids: list[str]) -> dict[str, int]:
-        await self._admit(len(ids))
+    async def accept_batch(self, ids: list[str], *, batch: str | None = None) -> dict[str, int]:
+        # a gathered batch's size is known once it is taken: room for the most it can hold first
+        admitted = len(ids) if batch is None else self.settings.queue_batch_max
+        await self._admit(admitted)
         try:
-            claimed = await self._claim(ids)
+            looked_at, claimed = await self._claim(ids, batch)
         except BaseException:
-            self._release(len(ids))
+            self._release(admitted)
             raise
+        if looked_at > admitted:  # one commit bigger than QUEUE_BATCH_MAX makes a batch alone
+            self._claimed += looked_at - admitted
+            admitted = looked_at
+        if len(claimed) < admitted:  # what was not claimed needs no room
+            self._release(admitted - len(claimed))
+            admitted = len(claimed)
         if not claimed:
-            self._release(len(ids))
             return {"claimed": 0}
-        task = asyncio.create_task(self._run_detached(claimed, len(ids)))
+        task = asyncio.create_task(self._run_detached(claimed, admitted))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
         return {"claimed": len(claimed)}
@@ -315,15 +323,23 @@ class Engine:
         finally:
             self._release(admitted)
 
-    async def _claim(self, ids: list[str]) -> list[Delivery]:
+    async def _claim(self, ids: list[str], batch: str | None = None) -> tuple[int, list[Delivery]]:
+        """(ids looked at, the deliveries claimed) for ``ids`` or the gathered ``batch``."""
         s = self.settings
-        raw = await self._scripts["claim"](
-            keys=[self.keys.pending], args=[repr(time.time()), s.delivery_lease_seconds, s.key_prefix, *ids]
-        )
+        now = repr(time.time())
+        if batch is None:
+            raw = await self._scripts["claim"](
+                keys=[self.keys.pending], args=[now, s.delivery_lease_seconds, s.key_prefix, *ids]
+            )
+        else:
+            raw = await self._scripts["claim"](
+                keys=[self.keys.pending, self.keys.batch(batch), self.keys.gather],
+                args=[now, s.delivery_lease_seconds, s.key_prefix, batch],
+            )
         metrics.WORKER_BATCHES.inc()
-        return [
+        return int(raw[0]), [
             Delivery.from_record(store._s(raw[i]), store.decode_record(raw[i + 1]))
-            for i in range(0, len(raw), 2)
+            for i in range(1, len(raw), 2)
         ]
 
     async def _process_claimed(self, claimed: list[Delivery]) -> dict[str, int]:

@@ -39,6 +39,9 @@ log = get_logger("worker.intake")
 RETRY_AFTER_SECONDS = "5"
 #: A batch this big is committed without waiting for company (BATCH_MAX caps it).
 GATHER_TARGET = 16
+#: A queued batch's id list outlives SWEEP_AFTER_SECONDS by this much: if its message is lost,
+#: the sweeper re-enqueues the ids first (store.ACCEPT_LUA).
+BATCH_TTL_MARGIN = 60
 
 
 class JSONResponse(Response):
@@ -84,7 +87,10 @@ class GroupCommitter:
     while requests keep coming, at most ``BATCH_WINDOW_MS`` (default 10 ms); a trickle is
     committed at once. Batches cut the per-message cost of Celery tasks in the workers (measured:
     2.5 CPU ms per message at 1-2 ids per task, 1.2 at 30); waiting beyond a modest batch saves
-    them little and keeps the waiting callers' connections idle.
+    them little and keeps the waiting callers' connections idle. Batches grow where waiting costs
+    nobody anything: a commit's ids join the queue's newest Celery message while it is still
+    queued, up to ``QUEUE_BATCH_MAX`` (store.ACCEPT_LUA), so a backlog reaches the workers in
+    messages of up to 100 ids.
     """
 
     def __init__(self, client: aioredis.Redis, settings: Settings, max_inflight: int = 2) -> None:
@@ -151,13 +157,18 @@ class GroupCommitter:
             await asyncio.sleep(wait)
 
     async def _commit(self, batch: list[_Item]) -> None:
+        s = self._settings
+        batch_id = broker.new_delivery_id()  # used only if this commit has to start a batch
         args: list[Any] = [
             repr(time.time()),
-            self._settings.idempotency_ttl,
-            self._settings.sweep_after_seconds,
-            self._settings.key_prefix,
-            broker.celery_message([i.delivery_id for i in batch], self._settings.queue_name),
+            s.idempotency_ttl,
+            s.sweep_after_seconds,
+            s.key_prefix,
+            broker.celery_message(batch_id, s.queue_name, task=broker.BATCH_TASK),
             9,
+            batch_id,
+            s.queue_batch_max,
+            math.ceil(s.sweep_after_seconds) + BATCH_TTL_MARGIN,
         ]
         for item in batch:
             req = item.request
@@ -175,7 +186,7 @@ class GroupCommitter:
         try:
             started = time.perf_counter()
             results = await self._script(
-                keys=[self._keys.pending, self._keys.queue, self._keys.open], args=args
+                keys=[self._keys.pending, self._keys.queue, self._keys.open, self._keys.gather], args=args
             )
             elapsed = time.perf_counter() - started
             for _ in batch:

@@ -20,6 +20,9 @@ Keys (``P`` is ``KEY_PREFIX``, default ``bmw``)::
     P:supptag:{page}:{psid} string  tagged sends suppressed after a tag-abuse warning
     P:pause:{page}      hash   page pause: until, reason, code, token fingerprint
     P:paused            zset   paused pages -> until (for status)
+    P:batch:{bid}       list   delivery ids gathered for one ``worker.deliver_batch`` message while
+                               it waits in the queue (taken whole by the worker that claims it)
+    P:gather:{queue}    string the id of the queue's newest batch, which commits append to
     {QUEUE_NAME}        list   the Celery queue (kombu's Redis layout)
 
 Statuses: ``queued``, ``retrying`` and ``parked`` (outside the 24-hour window, waiting for the
@@ -44,24 +47,31 @@ OPEN_STATUSES = frozenset({"queued", "retrying", "parked"})
 FINAL_STATUSES = frozenset({"sent", "failed", "expired", "dead"})
 
 # ACCEPT: the intake's group commit, one call per batch of requests.
-# KEYS[1] pending zset, KEYS[2] Celery queue list, KEYS[3] open zset.
+# KEYS[1] pending zset, KEYS[2] Celery queue list, KEYS[3] open zset, KEYS[4] the queue's gather
+# pointer (P:gather:{queue}).
 # ARGV[1] now, ARGV[2] idempotency ttl, ARGV[3] sweep_after, ARGV[4] key prefix,
-# ARGV[5] the Celery message (already serialised; it names every id of the batch),
-# ARGV[6] fields per item (F), then F values per item:
+# ARGV[5] the Celery message of a new batch (``worker.deliver_batch(ARGV[7])``, serialised),
+# ARGV[6] fields per item (F), ARGV[7] the new batch's id, ARGV[8] QUEUE_BATCH_MAX,
+# ARGV[9] a batch list's TTL (s), then from ARGV[10] F values per item:
 #   id, idempotency key ("" for none), page_id, psid, body, token ("" = configured page token),
 #   fallback tags (JSON list), request id, Braze external_id ("" for none).
 # Returns, per item, "" when accepted or the existing delivery id for a repeated idempotency key.
-# The queue message is pushed only if at least one item was accepted. Ids refused as duplicates
-# have no record, so the worker skips them.
+# The accepted ids join the queue's newest batch while it is still queued (its list exists: no
+# worker has taken it) and has room for them all; otherwise they start a new batch and its
+# message is pushed. A backlog thus travels in messages of up to QUEUE_BATCH_MAX ids, while an
+# idle queue still gets one message per commit. The list outlives sweep_after, so a message
+# that is lost leaves its ids to the sweeper (their pending deadline), never to nobody.
 ACCEPT_LUA = """
 local now = ARGV[1]
 local idem_ttl = tonumber(ARGV[2])
 local deadline = tonumber(now) + tonumber(ARGV[3])
 local prefix = ARGV[4]
 local per = tonumber(ARGV[6])
+local cap = tonumber(ARGV[8])
+local ttl = tonumber(ARGV[9])
 local out = {}
-local accepted = 0
-local i = 7
+local accepted = {}
+local i = 10
 while i <= #ARGV do
   local id = ARGV[i]
   local idem = ARGV[i + 1]
@@ -82,28 +92,52 @@ while i <= #ARGV do
       'attempts', 0)
     redis.call('ZADD', KEYS[1], deadline, id)
     redis.call('ZADD', KEYS[3], now, id)
-    accepted = accepted + 1
+    table.insert(accepted, id)
     table.insert(out, '')
   end
   i = i + per
 end
-if accepted > 0 then
-  redis.call('LPUSH', KEYS[2], ARGV[5])
+if #accepted > 0 then
+  local batch = nil
+  local newest = redis.call('GET', KEYS[4])
+  if newest then
+    local key = prefix .. ':batch:' .. newest
+    local n = redis.call('LLEN', key)
+    if n > 0 and n + #accepted <= cap then batch = key end
+  end
+  if not batch then
+    batch = prefix .. ':batch:' .. ARGV[7]
+    redis.call('LPUSH', KEYS[2], ARGV[5])
+    redis.call('SET', KEYS[4], ARGV[7], 'EX', ttl)
+  end
+  redis.call('RPUSH', batch, unpack(accepted))
+  redis.call('EXPIRE', batch, ttl)
 end
 return out
 """
 
 # CLAIM: a worker takes ownership of the deliveries of one Celery message.
-# KEYS[1] pending zset. ARGV[1] now, ARGV[2] lease seconds, ARGV[3] key prefix, ARGV[4..] ids.
+# KEYS[1] pending zset; for a ``worker.deliver_batch`` message also KEYS[2] its batch list and
+# KEYS[3] the queue's gather pointer. ARGV[1] now, ARGV[2] lease seconds, ARGV[3] key prefix,
+# ARGV[4..] the ids (``worker.deliver``) or the batch id (``worker.deliver_batch``: the list is
+# taken whole and deleted, so later commits start a new batch).
 # A delivery is claimed when it exists, is open, is due (not_before <= now) and is not leased.
-# Returns a flat list: id, then its HGETALL array, for each claimed id.
+# Returns the number of ids looked at, then a flat list: id, then its HGETALL array, for each
+# claimed id.
 CLAIM_LUA = """
 local now = tonumber(ARGV[1])
 local lease = now + tonumber(ARGV[2])
 local prefix = ARGV[3]
-local out = {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
+local ids
+if #KEYS == 3 then
+  ids = redis.call('LRANGE', KEYS[2], 0, -1)
+  redis.call('DEL', KEYS[2])
+  if redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+else
+  ids = {unpack(ARGV, 4)}
+end
+local out = {#ids}
+for _, id in ipairs(ids) do
   local key = prefix .. ':d:' .. id
   local st = redis.call('HMGET', key, 'status', 'not_before', 'lease_until')
   if (st[1] == 'queued' or st[1] == 'retrying' or st[1] == 'parked')
@@ -236,6 +270,14 @@ class Keys:
 
     def idem(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    @property
+    def gather(self) -> str:
+        """The id of this queue's newest batch (ACCEPT_LUA appends to it while it is queued)."""
+        return f"{self.prefix}:gather:{self.queue}"
 
     def suppressed(self, page_id: str, psid: str) -> str:
         return f"{self.prefix}:supp:{page_id}:{psid}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.broker import INBOUND_TASK, TASK_NAME
+from worker.broker import BATCH_TASK, INBOUND_TASK, TASK_NAME
 from worker.celery import app, get_settings
 from worker.delivery import process_engine
 from worker.inbound import record_events
@@ -29,7 +29,15 @@ def inbound(events: list[dict[str, Any]]) -> dict[str, int]:
 
 @app.task(name=TASK_NAME, acks_late=True, ignore_result=True)
 def deliver(ids: list[str]) -> dict[str, int]:
-    """Send the deliveries ``ids`` (a batch from the intake or the scheduler)."""
+    """Send the deliveries ``ids`` (from the scheduler or the sweeper)."""
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         return {}
     return process_engine(get_settings).run_batch(ids)
+
+
+@app.task(name=BATCH_TASK, acks_late=True, ignore_result=True)
+def deliver_batch(batch_id: str) -> dict[str, int]:
+    """Send the deliveries the intake gathered under ``batch_id`` (taken whole when claimed)."""
+    if not isinstance(batch_id, str) or not batch_id:
+        return {}
+    return process_engine(get_settings).run_batch(batch=batch_id)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 import uuid
 from typing import Any
 
 import orjson
 
 from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
-from worker import redisconn, store
+from worker import broker, redisconn, store
 from worker.config import Settings
 from worker.intake import GATHER_TARGET, GroupCommitter
 from worker.validation import validate
 
 
-def _settings(redis: RedisServer) -> Settings:
+def _settings(redis: RedisServer, **extra: Any) -> Settings:
     tag = uuid.uuid4().hex[:8]
     return Settings(
         redis_url=redis.url,
@@ -23,7 +25,16 @@ def _settings(redis: RedisServer) -> Settings:
         queue_name=f"q{tag}",
         page_access_tokens={PAGE: PAGE_TOKEN},
         intake_insecure_no_auth=True,
+        **extra,
     )
+
+
+def celery_args(raw: bytes, task: str) -> list[Any]:
+    """The positional arguments of a queued Celery message, which must be for ``task``."""
+    envelope = orjson.loads(raw)
+    assert envelope["headers"]["task"] == task
+    args, _kwargs, _embed = orjson.loads(base64.b64decode(envelope["body"]))
+    return list(args)
 
 
 def test_a_second_commit_starts_only_for_a_batch_that_needs_no_company(redis_server: RedisServer) -> None:
@@ -39,7 +50,7 @@ def test_a_second_commit_starts_only_for_a_batch_that_needs_no_company(redis_ser
 
         async def held(**kwargs: Any) -> Any:  # the real ACCEPT call, kept in flight for 100 ms
             nonlocal running, most
-            sizes.append((len(kwargs["args"]) - 6) // 9)
+            sizes.append((len(kwargs["args"]) - 9) // 9)
             running += 1
             most = max(most, running)
             await asyncio.sleep(0.1)
@@ -70,8 +81,85 @@ def test_a_second_commit_starts_only_for_a_batch_that_needs_no_company(redis_ser
     assert sizes == [1, 5 + GATHER_TARGET]  # the second commit took every waiting request
     assert most == 2
     assert len(set(ids)) == 6 + GATHER_TARGET
-    assert len(queue) == 2  # one Celery message per commit
+    # nobody took the first commit's message yet: the second commit joined it
+    assert len(queue) == 1
+    keys = store.Keys(settings.key_prefix, settings.queue_name)
+    (batch_id,) = celery_args(queue[0], broker.BATCH_TASK)
+    assert [i.decode() for i in redis_server.client().lrange(keys.batch(batch_id), 0, -1)] == ids
     rec = redis_server.client().hgetall(
         store.Keys(settings.key_prefix, settings.queue_name).delivery(ids[-1])
     )
     assert rec[b"status"] == b"queued"
+
+
+def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
+    redis_server: RedisServer,
+) -> None:
+    """QUEUE_BATCH_MAX=5: commits join the newest queued batch while they fit; a full batch, or
+    one a worker has taken, makes the next commit start a new batch (and push its message)."""
+    settings = _settings(redis_server, queue_batch_max=5)
+    keys = store.Keys(settings.key_prefix, settings.queue_name)
+    sync = redis_server.client()
+    claim = sync.register_script(store.CLAIM_LUA)
+    counter = iter(range(1000))
+
+    async def commit(n: int, idem: str = "") -> list[str]:
+        client = redisconn.async_client(settings)
+        committer = GroupCommitter(client, settings)
+        try:
+            results = []
+            for _ in range(n):  # one at a time: each request is its own commit
+                body = orjson.dumps({"recipient": {"id": f"gb-{next(counter)}"}, "message": {"text": "hi"}})
+                request = validate(body, settings, path_page_id=PAGE)
+                results.append(await committer.submit(request, idem, "r"))
+            return [delivery_id for delivery_id, accepted in results if accepted]
+        finally:
+            await client.aclose()
+
+    def batches() -> list[list[str]]:
+        ids = [celery_args(raw, broker.BATCH_TASK)[0] for raw in reversed(sync.lrange(keys.queue, 0, -1))]
+        return [[i.decode() for i in sync.lrange(keys.batch(b), 0, -1)] for b in ids]
+
+    first = asyncio.run(commit(3))
+    second = asyncio.run(commit(2))
+    assert batches() == [first + second]  # one message, five ids: full
+    third = asyncio.run(commit(1))
+    assert batches() == [first + second, third]  # full: a new batch and its message
+
+    # a worker takes the newest batch: the next commit cannot join it
+    (newest,) = celery_args(sync.lrange(keys.queue, 0, 0)[0], broker.BATCH_TASK)
+    looked_at, *flat = claim(
+        keys=[keys.pending, keys.batch(newest), keys.gather],
+        args=[repr(time.time()), 60, keys.prefix, newest],
+    )
+    assert looked_at == 1
+    assert flat[0].decode() == third[0]  # claimed, with its record
+    assert sync.exists(keys.batch(newest), keys.gather) == 0  # the list and the pointer are gone
+    fourth = asyncio.run(commit(1))
+    sync.lrem(keys.queue, 1, sync.lrange(keys.queue, -2, -2)[0])  # the taken message left the queue
+    assert batches() == [first + second, fourth]
+
+    # a repeated Idempotency-Key adds no id; the batch list lives past SWEEP_AFTER_SECONDS
+    again = asyncio.run(commit(2, idem="same-key"))
+    assert len(again) == 1
+    assert batches() == [first + second, fourth + again]
+    ttl = sync.ttl(keys.batch(celery_args(sync.lrange(keys.queue, 0, 0)[0], broker.BATCH_TASK)[0]))
+    assert settings.sweep_after_seconds < ttl <= settings.sweep_after_seconds + 60
+
+
+def test_a_claim_by_ids_still_works_and_reports_what_it_looked_at(redis_server: RedisServer) -> None:
+    """worker.deliver(ids) (the scheduler's and sweeper's messages): only open, due, unleased ids
+    are claimed; the count of ids looked at comes first."""
+    settings = _settings(redis_server)
+    keys = store.Keys(settings.key_prefix, settings.queue_name)
+    sync = redis_server.client()
+    sync.hset(keys.delivery("a"), mapping={"status": "queued", "page_id": PAGE})
+    sync.hset(keys.delivery("b"), mapping={"status": "sent", "page_id": PAGE})
+    claim = sync.register_script(store.CLAIM_LUA)
+    now = repr(time.time())
+    looked_at, *flat = claim(keys=[keys.pending], args=[now, 60, keys.prefix, "a", "b", "missing"])
+    assert looked_at == 3
+    assert [flat[0].decode()] == ["a"]
+    assert len(flat) == 2
+    again = claim(keys=[keys.pending], args=[now, 60, keys.prefix, "a"])
+    assert again == [1]  # leased now: not claimed twice
