@@ -986,8 +986,9 @@ def measure_baseline(run: Run) -> None:
     delivery = run.details.get("delivery", {})
     raw_rate = delivery.get("raw_rate_window", {}).get("rate", math.nan)
     ours = delivery.get("rate_window", {}).get("rate", math.nan)
-    ours_cost = delivery.get("cost", {}).get("per_1000_s", math.nan)
-    raw_cost = delivery.get("cost", {}).get("raw_per_1000_s", math.nan)
+    cost = run.details.get("cost", {})  # the figure of row 3 (each side's cheapest round)
+    ours_cost = cost.get("service", {}).get("per_1000_s", math.nan)
+    raw_cost = cost.get("raw_per_1000_s", math.nan)
     gain = f"info (ours {ours:.0f} msg/s = {ours / rate:.2f}x)" if not math.isnan(ours) else "info"
     cost_gain = f"info (ours {ours_cost:.2f} s)" if not math.isnan(ours_cost) else "info"
     run.rows.append(
