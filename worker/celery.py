@@ -119,9 +119,11 @@ def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
     _wake_consumer(sender)
     _serve_metrics()
     from worker import __version__
+    from worker.gc_tuning import tune
     from worker.logging import get_logger
 
     settings = get_settings()
+    tuned = tune(settings)  # the process is up: what it allocated so far stays
     get_logger("worker.celery").info(
         "worker.ready",
         hostname=getattr(sender, "hostname", None),
@@ -129,6 +131,7 @@ def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
         queue=settings.queue_name,
         version=__version__,
         metrics_port=settings.metrics_port or None,
+        gc_gen0_threshold=settings.gc_gen0_threshold if tuned else None,
     )
 
 

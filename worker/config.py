@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(default=10.0, ge=0)
     queue_name: str = "messenger"
     key_prefix: str = "bmw"
+    #: The cyclic collector's young-generation threshold once a process has started (after
+    #: gc.freeze()); 0 keeps CPython's defaults. See worker/gc_tuning.py.
+    gc_gen0_threshold: int = Field(default=50_000, ge=0)
 
     #: Send API calls per second per page: text-like (Meta: 300/s) and audio/video (Meta: 10/s).
     page_rate_limit: float = Field(default=250.0, gt=0)

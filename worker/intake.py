@@ -3,8 +3,8 @@
 ``create_app(settings)`` builds a small Starlette app whose lifespan owns the Redis pool. A send
 request is authenticated, validated (:mod:`worker.validation`) and handed to the group committer,
 which writes every request that arrived while the previous commit was in flight with one Lua call:
-delivery records, pending index, idempotency keys and one Celery message naming the whole batch
-(:mod:`worker.broker`). The answer is 202 only after that call returned, so a 202 means the
+delivery records, pending index, idempotency keys, and the ids appended to the queue's newest
+batch or a new batch and its Celery message (:mod:`worker.broker`, ``store.ACCEPT_LUA``). The answer is 202 only after that call returned, so a 202 means the
 message is in Redis; anything else means nothing was enqueued.
 """
 
@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from worker import broker, deadletters, metrics, redisconn, store
+from worker import broker, deadletters, gc_tuning, metrics, redisconn, store
 from worker import inbound as inbound_events
 from worker.config import Settings
 from worker.logging import get_logger, recipient_ref
@@ -261,8 +261,12 @@ async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Starlette:
-    """The intake ASGI app. ``client`` is injectable for tests; by default the lifespan owns one."""
+def create_app(
+    settings: Settings, client: aioredis.Redis | None = None, *, tune_gc: bool = False
+) -> Starlette:
+    """The intake ASGI app. ``client`` is injectable for tests; by default the lifespan owns one.
+    ``tune_gc`` (the served process, not a test's) applies :func:`worker.gc_tuning.tune` once
+    the app has started."""
     state: dict[str, Any] = {}
     keys = store.Keys(settings.key_prefix, settings.queue_name)
 
@@ -273,7 +277,13 @@ def create_app(settings: Settings, client: aioredis.Redis | None = None) -> Star
         state["redis"] = redis_client
         state["committer"] = GroupCommitter(redis_client, settings)
         state["sync_redis"] = redisconn.sync_client(settings, timeout=2)
-        log.info("intake.started", queue=settings.queue_name, auth=not settings.intake_insecure_no_auth)
+        tuned = tune_gc and gc_tuning.tune(settings)
+        log.info(
+            "intake.started",
+            queue=settings.queue_name,
+            auth=not settings.intake_insecure_no_auth,
+            gc_gen0_threshold=settings.gc_gen0_threshold if tuned else None,
+        )
         try:
             yield
         finally:
@@ -519,7 +529,7 @@ def app_factory() -> Starlette:
     configure_logging(settings)
     if not settings.intake_tokens and not settings.intake_insecure_no_auth:
         raise SystemExit("INTAKE_TOKENS is empty: set it, or start with --insecure-no-auth")
-    return create_app(settings)
+    return create_app(settings, tune_gc=True)
 
 
 def openapi_document() -> dict[str, Any]:

@@ -47,6 +47,9 @@ def test_sigterm_worker_finishes_in_flight_sends(make_stack: Any) -> None:
     assert any(e.get("event") == "engine.stopped" for e in stack.logs())
     (ready,) = [e for e in stack.logs() if e.get("event") == "worker.ready"]
     assert (ready["concurrency"], ready["queue"]) == (4, stack.queue)
+    assert ready["gc_gen0_threshold"] == 50_000  # worker/gc_tuning.py applied once it was up
+    (started_line,) = [e for e in stack.logs() if e.get("event") == "intake.started"]
+    assert started_line["gc_gen0_threshold"] == 50_000
     import orjson
 
     for line in worker.log.read_text().splitlines():  # Celery's shutdown notice included
