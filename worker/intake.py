@@ -3,9 +3,10 @@
 ``create_app(settings)`` builds a small Starlette app whose lifespan owns the Redis pool. A send
 request is authenticated, validated (:mod:`worker.validation`) and handed to the group committer,
 which writes every request that arrived while the previous commit was in flight with one Lua call:
-delivery records, pending index, idempotency keys, and the ids appended to the queue's newest
-batch or a new batch and its Celery message (:mod:`worker.broker`, ``store.ACCEPT_LUA``). The answer is 202 only after that call returned, so a 202 means the
-message is in Redis; anything else means nothing was enqueued.
+delivery records, pending index, idempotency keys, and the ids, appended to the queue's newest
+batch or to a new batch with its Celery message (:mod:`worker.broker`, ``store.ACCEPT_LUA``). The
+answer is 202 only after that call returned, so a 202 means the message is in Redis; anything
+else means nothing was enqueued.
 """
 
 from __future__ import annotations
