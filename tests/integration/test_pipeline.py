@@ -300,3 +300,30 @@ def test_metrics_exported_by_intake_and_worker(make_stack: Any) -> None:
     assert "bmw_accept_to_send_seconds_count 1.0" in worker
     assert INTAKE_TOKEN not in intake + worker
     assert "sandbox-token" not in intake + worker
+
+
+def test_gathered_batch_lost_list_or_second_copy_sends_each_once(make_stack: Any) -> None:
+    """A backlog posted before any worker runs travels in gathered batches (worker.deliver_batch).
+    A message whose id list is gone (expired, or taken by a redelivered copy) claims nothing and
+    does not fail; its deliveries reach the sweeper (SWEEP_AFTER_SECONDS=3 here) and are sent,
+    each exactly once. A second copy of a message likewise sends nothing twice."""
+    stack: Stack = make_stack()
+    stack.start_intake()
+    ids = stack.post_many([(f"/v25.0/{PAGE}/messages", text(f"gb-{i}")) for i in range(60)], concurrency=8)
+    client = stack.redis()
+    queued = client.lrange(stack.queue, 0, -1)
+    assert 1 <= len(queued) < 60  # gathered: fewer messages than deliveries
+    lists = client.keys(f"{stack.prefix}:batch:*")
+    assert sum(client.llen(k) for k in lists) == 60
+    lost = lists[0]
+    lost_ids = {i.decode() for i in client.lrange(lost, 0, -1)}
+    client.delete(lost)  # this batch's message now names an id list that no longer exists
+    client.lpush(stack.queue, queued[-1])  # and the oldest message is queued twice
+    stack.start_worker()
+    records = stack.wait_final(ids, timeout=60)
+    assert {r["status"] for r in records.values()} == {"sent"}
+    calls = [c for c in stack.sandbox.calls(page_id=PAGE) if c["psid"].startswith("gb-")]
+    assert sorted(c["psid"] for c in calls) == sorted(f"gb-{i}" for i in range(60))  # each once
+    swept = {i for i in lost_ids if float(records[i]["updated_at"]) - float(records[i]["created_at"]) >= 3}
+    assert swept == lost_ids  # the lost list's deliveries went after the sweep deadline
+    assert not any(e.get("event") == "engine.batch_failed" for e in stack.logs())
