@@ -326,16 +326,13 @@ class Engine:
     async def _claim(self, ids: list[str], batch: str | None = None) -> tuple[int, list[Delivery]]:
         """(ids looked at, the deliveries claimed) for ``ids`` or the gathered ``batch``."""
         s = self.settings
-        now = repr(time.time())
-        if batch is None:
-            raw = await self._scripts["claim"](
-                keys=[self.keys.pending], args=[now, s.delivery_lease_seconds, s.key_prefix, *ids]
-            )
-        else:
-            raw = await self._scripts["claim"](
-                keys=[self.keys.pending, self.keys.batch(batch), self.keys.gather],
-                args=[now, s.delivery_lease_seconds, s.key_prefix, batch],
-            )
+        keys = [self.keys.pending]
+        if batch is not None:  # the list is taken whole (and the gather pointer cleared)
+            keys += [self.keys.batch(batch), self.keys.gather]
+            ids = [batch]
+        raw = await self._scripts["claim"](
+            keys=keys, args=[repr(time.time()), s.delivery_lease_seconds, s.key_prefix, *ids]
+        )
         metrics.WORKER_BATCHES.inc()
         return int(raw[0]), [
             Delivery.from_record(store._s(raw[i]), store.decode_record(raw[i + 1]))
