@@ -29,7 +29,7 @@ from celery import Celery
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 
 from worker.config import Settings, load_settings
-from worker.redisconn import celery_transport_options
+from worker.store.connections import celery_transport_options
 
 #: Redis redelivers an unacknowledged message after this; our longest task is a batch bounded by
 #: the Graph read timeout, far below it, and we never use ETA/countdown.
@@ -113,7 +113,7 @@ CONSUMER_WAKE_SECONDS = 0.01
 
 @worker_ready.connect
 def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
-    from worker.delivery import process_engine
+    from worker.delivery.engine import process_engine
 
     process_engine(get_settings)
     _wake_consumer(sender)
@@ -166,6 +166,6 @@ def _noop() -> None:
 
 @worker_shutdown.connect
 def _stop_engine(**_kwargs: Any) -> None:
-    from worker.delivery import stop_process_engine
+    from worker.delivery.engine import stop_process_engine
 
     stop_process_engine()

@@ -82,7 +82,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from worker.sandbox import serve
+    from worker.sandbox.app import serve
 
     serve(host=args.host, port=args.port, latency_ms=args.latency_ms)
     return 0
@@ -261,7 +261,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _sync_redis() -> Any:
-    from worker import redisconn
+    from worker.store import connections as redisconn
 
     return redisconn.sync_client(_settings())
 
@@ -312,8 +312,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_pages(args: argparse.Namespace) -> int:
     from worker import store
-    from worker.delivery import resume_page
-    from worker.intake import make_async_redis
+    from worker.delivery.engine import resume_page
+    from worker.intake.app import make_async_redis
 
     settings = _settings()
 
@@ -332,8 +332,8 @@ def cmd_pages(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from worker import deadletters
-    from worker.intake import make_async_redis
+    from worker.intake.app import make_async_redis
+    from worker.store import deadletters
 
     settings = _settings()
     flt = deadletters.Filter(

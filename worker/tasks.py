@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.broker import BATCH_TASK, INBOUND_TASK, TASK_NAME
 from worker.celery import app, get_settings
-from worker.delivery import process_engine
-from worker.inbound import record_events
+from worker.delivery.engine import process_engine
+from worker.delivery.inbound import record_events
+from worker.store.envelope import BATCH_TASK, INBOUND_TASK, TASK_NAME
 
 
 @app.task(name=INBOUND_TASK, acks_late=True, ignore_result=True)

@@ -26,11 +26,11 @@ BRAZE_KEY = "test-braze-rest-key-5555"
 
 @pytest.fixture
 def braze(tmp_path: Path) -> Iterator[str]:
-    """The project's Braze API double as a real server (``python -m worker.braze_double``)."""
+    """The project's Braze API double as a real server (``python -m tests.doubles.braze``)."""
     port = free_port()
     log = (tmp_path / "braze.log").open("wb")
     double = subprocess.Popen(
-        [sys.executable, "-m", "worker.braze_double", "--port", str(port), "--api-key", BRAZE_KEY],
+        [sys.executable, "-m", "tests.doubles.braze", "--port", str(port), "--api-key", BRAZE_KEY],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -23,6 +23,7 @@ import uvicorn
 from structlog.testing import capture_logs
 
 from tests.conftest import RedisServer, free_port
+from tests.doubles.braze import BrazeDoubleConfig, create_app
 from worker.braze import (
     BrazeClient,
     BrazeConfig,
@@ -33,7 +34,6 @@ from worker.braze import (
     psid_attribute_item,
     unreachable_item,
 )
-from worker.braze_double import BrazeDoubleConfig, create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

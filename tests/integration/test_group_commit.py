@@ -11,10 +11,12 @@ from typing import Any
 import orjson
 
 from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
-from worker import broker, redisconn, store
+from worker import store
 from worker.config import Settings
-from worker.intake import GATHER_TARGET, GroupCommitter
-from worker.validation import validate
+from worker.intake.app import GATHER_TARGET, GroupCommitter
+from worker.messenger.validation import validate
+from worker.store import connections as redisconn
+from worker.store import envelope as broker
 
 
 def _settings(redis: RedisServer, **extra: Any) -> Settings:

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.conftest import INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env
 from worker.config import Settings
-from worker.intake import openapi_document
-from worker.validation import MAX_TEXT, InputError, SendRequest, validate
+from worker.intake.app import openapi_document
+from worker.messenger.validation import MAX_TEXT, InputError, SendRequest, validate
 
 pytestmark = pytest.mark.reliability
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "60"))

@@ -476,7 +476,7 @@ def test_client_repr_hides_the_app_secret() -> None:
 
 def test_parsed_urls_are_cached_per_token_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """The URL (with token and proof) is parsed once per (path, token); the cache cannot grow unbounded."""
-    import worker.graph as graph_module
+    import worker.graph.client as graph_module
 
     monkeypatch.setattr(graph_module, "URL_CACHE_SIZE", 3)
     seen: list[str] = []

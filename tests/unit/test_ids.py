@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 
-from worker import broker
-from worker.intake import _send_headers
+from worker.intake.app import _send_headers
+from worker.store import envelope as broker
 
 
 def test_ids_are_32_hex_and_unique() -> None:

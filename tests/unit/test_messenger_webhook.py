@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from worker.messenger_webhook import InboundEvent, parse_events, parse_ref, verify_handshake, verify_signature
+from worker.messenger.webhook import InboundEvent, parse_events, parse_ref, verify_handshake, verify_signature
 
 SECRET = "app-secret-0123456789abcdef"
 PAGE = "1234567890"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from worker.config import Settings
+from worker.delivery.policy import Action, Decision, backoff, decide
 from worker.graph import (
     AmbiguousError,
     ErrorInfo,
@@ -22,7 +23,6 @@ from worker.graph import (
     TransientError,
     WindowClosedError,
 )
-from worker.policy import Action, Decision, backoff, decide
 
 SETTINGS = Settings(
     page_access_tokens={"100": "tok-page-100-abcdef"},

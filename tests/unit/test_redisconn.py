@@ -7,8 +7,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.typing import EncodableT
 
-from worker import redisconn
 from worker.config import Settings
+from worker.store import connections as redisconn
 
 ARGS: list[tuple[EncodableT, ...]] = [
     ("SET", "key", "value"),

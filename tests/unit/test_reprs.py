@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.delivery import Delivery
+from worker.delivery.engine import Delivery
 
 
 def test_delivery_repr_hides_its_passthrough_token() -> None:

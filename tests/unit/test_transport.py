@@ -18,9 +18,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-import worker.transport as transport_module
+import worker.graph.transport as transport_module
 from worker.graph import AmbiguousError, GraphClient, GraphError, TransientError, WindowClosedError
-from worker.transport import SendTransport
+from worker.graph.transport import SendTransport
 
 TOKEN = "EAAG+page/token=0123"  # characters that must stay percent-encoded in the query
 Seen = list[dict[str, Any]]

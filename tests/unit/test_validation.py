@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from worker.config import DeprecatedTagPolicy, Settings
-from worker.validation import (
+from worker.messenger.validation import (
     MAX_BODY_BYTES,
     InputError,
     SendRequest,

@@ -29,12 +29,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from worker import broker, deadletters, gc_tuning, metrics, redisconn, store
-from worker import inbound as inbound_events
+from worker import gc_tuning, metrics, store
 from worker.config import Settings
+from worker.delivery import inbound as inbound_events
 from worker.logging import get_logger, recipient_ref
-from worker.messenger_webhook import parse_events, verify_handshake, verify_signature
-from worker.validation import MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY, InputError, SendRequest, validate
+from worker.messenger.validation import MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY, InputError, SendRequest, validate
+from worker.messenger.webhook import parse_events, verify_handshake, verify_signature
+from worker.store import connections as redisconn
+from worker.store import deadletters
+from worker.store import envelope as broker
 
 log = get_logger("worker.intake")
 RETRY_AFTER_SECONDS = "5"

@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from worker import broker, store
+from worker import store
 from worker.config import Settings
+from worker.store import envelope as broker
 
 # REPLAY: KEYS[1] dead zset, KEYS[2] pending zset, KEYS[3] open zset. ARGV[1] now, ARGV[2] sweep_after,
 # ARGV[3] prefix, ARGV[4..] ids. Returns the ids actually replayed (those still dead).

@@ -33,11 +33,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from worker import broker, store
+from worker import store
 from worker.braze import BrazeConfig, psid_attribute_item
 from worker.config import Settings
 from worker.logging import get_logger, recipient_ref
-from worker.messenger_webhook import InboundEvent, parse_ref
+from worker.messenger.webhook import InboundEvent, parse_ref
+from worker.store import envelope as broker
 
 log = get_logger("worker.inbound")
 WINDOW_SECONDS = 24 * 3600

@@ -36,14 +36,17 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from worker import broker, inbound, metrics, policy, redisconn, store
+from worker import metrics, store
 from worker.braze import BrazeClient, BrazeOutbox, outcome_event_item, unreachable_item
 from worker.config import PageTokens, Settings
+from worker.delivery import inbound, policy
+from worker.delivery.policy import Action, Decision, decide
 from worker.graph import GraphClient, GraphError, SendResult
 from worker.logging import get_logger, recipient_ref
-from worker.policy import Action, Decision, decide
+from worker.messenger.validation import message_kind
 from worker.ratelimit import Limiter
-from worker.validation import message_kind
+from worker.store import connections as redisconn
+from worker.store import envelope as broker
 
 log = get_logger("worker.delivery")
 T = TypeVar("T")

@@ -1,0 +1,50 @@
+"""The Graph Send API: the client, its transport and the error tree with its one ``classify()``.
+
+``errors`` holds the hierarchy (drawn in its docstring) and the only code that reads Graph's
+codes; ``client`` the per-process Send API client; ``transport`` the default httpx transport.
+"""
+
+from worker.graph.client import GraphClient, SendResult
+from worker.graph.errors import (
+    AmbiguousError,
+    ErrorInfo,
+    GraphError,
+    PagePausedError,
+    PageRestrictedError,
+    PermanentError,
+    RateLimitedError,
+    RecipientUnreachableError,
+    TagAbuseError,
+    TagRejectedError,
+    TokenInvalidError,
+    TransientError,
+    WindowClosedError,
+    classify,
+    from_response,
+    from_transport,
+    parse_buc_usage,
+    parse_buc_wait,
+)
+
+__all__ = [
+    "AmbiguousError",
+    "ErrorInfo",
+    "GraphClient",
+    "GraphError",
+    "PagePausedError",
+    "PageRestrictedError",
+    "PermanentError",
+    "RateLimitedError",
+    "RecipientUnreachableError",
+    "SendResult",
+    "TagAbuseError",
+    "TagRejectedError",
+    "TokenInvalidError",
+    "TransientError",
+    "WindowClosedError",
+    "classify",
+    "from_response",
+    "from_transport",
+    "parse_buc_usage",
+    "parse_buc_wait",
+]

@@ -1,0 +1,1 @@
+"""Messenger-side input: Send API body validation, webhook parsing and signatures."""
