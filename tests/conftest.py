@@ -24,6 +24,9 @@ import httpx
 import pytest
 import redis
 
+from worker.states import FINAL
+from worker.store import Keys
+
 PY = sys.executable
 INTAKE_TOKEN = "test-intake-token-0123456789"
 PAGE = "100"
@@ -235,7 +238,8 @@ def base_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
             "RETRY_BASE_SECONDS": "0.05",
             "RETRY_CAP_SECONDS": "0.3",
             "SWEEP_AFTER_SECONDS": "3",
-            "DELIVERY_LEASE_SECONDS": "3",
+            "DELIVERY_LEASE_SECONDS": "5",
+            "GRAPH_DEADLINE_SECONDS": "2.5",
             "SCHEDULER_INTERVAL_SECONDS": "0.1",
             "GRAPH_READ_TIMEOUT": "2",
             "LOG_FORMAT": "json",
@@ -265,6 +269,10 @@ class Stack:
     @property
     def queue(self) -> str:
         return self.env["QUEUE_NAME"]
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix, self.queue)
 
     @property
     def intake_url(self) -> str:
@@ -369,11 +377,11 @@ class Stack:
         return view
 
     def record(self, delivery_id: str) -> dict[str, str]:
-        raw = self.redis().hgetall(f"{self.prefix}:d:{delivery_id}")
+        raw = self.redis().hgetall(self.keys.delivery(delivery_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def wait_final(self, ids: list[str], timeout: float = 30) -> dict[str, dict[str, str]]:
-        final = {"sent", "failed", "expired", "dead"}
+        final = {s.value for s in FINAL}
         records: dict[str, dict[str, str]] = {}
 
         def done() -> bool:

@@ -1,16 +1,27 @@
 """The Celery app: explicit broker semantics, queue names and worker signals.
 
+The app is built by :func:`make_app`; the module's ``app`` is configured lazily, from the
+environment, the first time Celery needs its configuration, so importing this module needs no
+environment (tests build ``make_app(Settings(...))``).
+
 Choices (README "At-least-once" explains the consequences):
 
 * **json only, no result backend**: outcomes live in the delivery records, not in Celery results.
 * **acks_late + reject_on_worker_lost**: a task message is acknowledged once its batch is claimed;
-  from then on each delivery's lease covers it (a worker killed mid-batch leaves leases that end,
-  and the sweeper re-enqueues those deliveries). Running a batch twice is safe: each delivery is
-  claimed (a lease) and a final one is never sent again.
+  from then on each delivery's claim covers it (a worker killed mid-batch leaves leases that are
+  no longer renewed, and the sweeper re-enqueues those deliveries). Running a batch twice is
+  safe: each delivery is claimed under a fence and a final one is never sent again.
+* **a failed task is never acknowledged** (``task_acks_on_failure_or_timeout=False``): the tasks
+  turn Redis errors into a requeue (:mod:`worker.tasks`).
+* **Redis refusing a command is a connection problem, not the end** (``broker_channel_error_retry``):
+  kombu files a Redis ``ResponseError`` (OOM at maxmemory, READONLY during a failover, LOADING)
+  as a channel error, which Celery's consumer otherwise treats as unrecoverable and exits (with
+  status 0: pitfalls.md). With the retry the consumer reconnects and carries on once Redis
+  accepts writes again.
 * **prefetch multiplier 1**: a worker holds no more batches than it has pool slots, so a killed
   worker strands little and a busy one does not hoard.
 * **threads pool**: tasks hand their batch to the process's asyncio engine
-  (:mod:`worker.delivery`), which does the pacing and I/O; threads only claim. No Celery
+  (:mod:`worker.delivery.engine`), which does the pacing and I/O; threads only claim. No Celery
   countdown/ETA is ever used: retries and waits live in our own schedule (``P:sched``), so
   nothing waits longer than the visibility timeout.
 * ``worker_hijack_root_logger=False``: logging is configured once by :mod:`worker.logging`.
@@ -41,37 +52,49 @@ def get_settings() -> Settings:
     return load_settings()
 
 
-def make_app(settings: Settings) -> Celery:
-    celery_app = Celery("worker", include=["worker.tasks"])
-    celery_app.conf.update(
-        broker_url=settings.redis_url,
-        broker_transport_options={
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The app's configuration for ``settings``."""
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": {
             "visibility_timeout": VISIBILITY_TIMEOUT,
             **celery_transport_options(settings),
         },
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
-        task_serializer="json",
-        accept_content=["json"],
-        result_backend=None,
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_default_queue=settings.queue_name,
-        task_default_exchange=settings.queue_name,
-        task_default_routing_key=settings.queue_name,
-        worker_prefetch_multiplier=1,
-        worker_pool="threads",
-        worker_concurrency=32,
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,
-        worker_send_task_events=False,
-        task_send_sent_event=False,
-    )
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_channel_error_retry": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": False,
+        "task_default_queue": settings.queue_name,
+        "task_default_exchange": settings.queue_name,
+        "task_default_routing_key": settings.queue_name,
+        "worker_prefetch_multiplier": 1,
+        "worker_pool": "threads",
+        "worker_concurrency": 32,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+    }
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    """The Celery app; configured from ``settings``, or from the environment when Celery first
+    needs its configuration."""
+    celery_app = Celery("worker", include=["worker.tasks"])
+    if settings is not None:
+        celery_app.conf.update(celery_config(settings))
+    else:  # read when Celery first needs its configuration (a lazy defaults initializer)
+        celery_app.add_defaults(lambda: celery_config(get_settings()))
     return celery_app
 
 
-app = make_app(get_settings())
+app = make_app()
 
 
 @setup_logging.connect

@@ -18,8 +18,10 @@ from typing import Any
 
 import httpx
 
+from worker.states import FINAL as _FINAL
+
 SANDBOX_PAGE = "1234567890"
-FINAL = {"sent", "failed", "expired", "dead"}
+FINAL = {s.value for s in _FINAL}
 
 
 def _settings(**overrides: object) -> Any:
@@ -77,8 +79,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ]
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
-    app.worker_main(argv)
-    return 0
+    # Celery's exit code, not 0 whatever happened: a worker that stopped on an unrecoverable
+    # error must look failed to its supervisor (worker_main would drop the code)
+    code: int | None = app.start(argv=argv)
+    return int(code or 0)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -267,62 +271,39 @@ def _sync_redis() -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from worker import store
+    from worker import status
 
     settings = _settings()
-    client = _sync_redis()
-    keys = store.Keys(settings.key_prefix, settings.queue_name)
-    counts: dict[str, Any] = dict(store.open_counts(client, keys))
-    counts["in_flight_batches"] = int(client.hlen("unacked"))
-    paused = client.zrangebyscore(keys.paused, time.time(), "+inf", withscores=True)
-    pages = []
-    for member, until in paused:
-        page = store._s(member)
-        rec = store.decode_record(client.hgetall(keys.pause(page)))
-        pages.append(
-            {"page_id": page, "paused_until": until, "reason": rec.get("reason"), "code": rec.get("code")}
-        )
-    from worker.ratelimit import page_state
-
-    oldest = client.zrange(keys.open, 0, 0, withscores=True)
-    counts["oldest_open_age_s"] = round(time.time() - float(oldest[0][1]), 1) if oldest else 0.0
-    # the dashboard's top row: throughput, failure ratio, backlog age, queue, paused pages, dead letters
-    rates = store.recent_rates(client, settings.key_prefix)
-    limiter = page_state(client, settings)
-    counts_out: dict[str, Any] = {**rates, **counts, "paused": pages, "pages": limiter}
+    current = status.read(_sync_redis(), settings)
+    out = current.as_dict()
     if args.json:
-        print(json.dumps(counts_out, indent=2))
-    else:
-        print("last 5 minutes:")
-        for key, value in counts_out.items():
-            if key not in ("paused", "pages"):
-                print(f"{key:>20}: {value}")
-        for row in limiter:
-            until = time.ctime(row["paused_until"]) if row["paused_until"] else "-"
-            print(
-                f"{'page':>20}: {row['page_id']} {row['class']} limit {row['rate_limit']:.0f}/s "
-                f"now {row['effective_rate']:.1f}/s tokens {row['tokens']:.1f} paused until {until}"
-            )
-        for p in pages:
-            print(
-                f"{'paused':>20}: page {p['page_id']} until {time.ctime(p['paused_until'])} ({p['reason']})"
-            )
+        print(json.dumps(out, indent=2))
+        return 0
+    print("last 5 minutes:")
+    for key, value in out.items():
+        if key not in ("paused", "pages"):
+            print(f"{key:>20}: {value}")
+    for row in current.pages:
+        until = time.ctime(row.paused_until) if row.paused_until else "-"
+        print(
+            f"{'page':>20}: {row.page_id} {row.kind} limit {row.rate_limit:.0f}/s "
+            f"now {row.effective_rate:.1f}/s tokens {row.tokens:.1f} paused until {until}"
+        )
+    for p in current.paused_pages:
+        print(f"{'paused':>20}: page {p.page_id} until {time.ctime(p.paused_until)} ({p.reason})")
     return 0
 
 
 def cmd_pages(args: argparse.Namespace) -> int:
-    from worker import store
-    from worker.delivery.engine import resume_page
-    from worker.intake.app import make_async_redis
+    from worker.delivery.pauses import resume_page
+    from worker.store import Keys, connections
 
     settings = _settings()
 
     async def run() -> int:
-        client = make_async_redis(settings)
+        client = connections.async_client(settings)
         try:
-            released = await resume_page(
-                client, store.Keys(settings.key_prefix, settings.queue_name), args.page
-            )
+            released = await resume_page(client, Keys.of(settings), args.page)
         finally:
             await client.aclose()
         print(json.dumps({"page_id": args.page, "resumed": True, "released": released}))
@@ -332,8 +313,7 @@ def cmd_pages(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from worker.intake.app import make_async_redis
-    from worker.store import deadletters
+    from worker.store import connections, deadletters
 
     settings = _settings()
     flt = deadletters.Filter(
@@ -341,9 +321,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     )
 
     async def run() -> int:
-        client = make_async_redis(settings)
+        client = connections.async_client(settings)
         try:
-            items = await deadletters.list_dead(client, settings, flt)
+            items = await deadletters.select(client, settings, args.ids or None, flt)
             ids = [i["delivery_id"] for i in items]
             if args.action == "list":
                 print(json.dumps(items, indent=2))
@@ -413,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code", type=int, default=None, help="Graph error code")
     p.add_argument("--older-than", type=float, default=None, help="seconds since death")
     p.add_argument("--limit", type=int, default=1000)
+    p.add_argument(
+        "--id", dest="ids", action="append", default=None, help="a dead letter's delivery id (repeatable)"
+    )
     p.set_defaults(func=cmd_dead_letters)
     return parser
 

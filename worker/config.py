@@ -108,10 +108,27 @@ class Settings(BaseSettings):
     restricted_pause_seconds: float = Field(default=6 * 3_600.0, gt=0)
 
     idempotency_ttl: int = Field(default=86_400, gt=0)
-    #: Delivery records are kept this long after their final state (status API).
-    record_retention: int = Field(default=7 * 86_400, gt=0)
-    #: A delivery claimed by a worker is owned for this long; after it, it may be claimed again.
+    #: A final record (sent, failed, expired: a compact outcome of about 300 bytes, no body, no
+    #: PSID, no token) is kept this long for the status API. Dead letters are not: see below.
+    record_retention: int = Field(default=86_400, gt=0)
+    #: Dead letters (whole records, replayable) older than this are purged by the scheduler;
+    #: 0 keeps them until they are replayed or purged.
+    dead_letter_retention: int = Field(default=0, ge=0)
+    #: A claim's lease. The holder renews it every third of this while it works on the delivery
+    #: (waiting for a pacing slot, a free connection or Graph's answer); the sweeper takes only a
+    #: delivery whose holder stopped renewing it (dead, or cut off from Redis) for this long.
     delivery_lease_seconds: float = Field(default=60.0, gt=0)
+    #: The longest a Send API call may take in all (connect, send, answer); at most half the
+    #: lease. A worker starts a call only while its lease has at least this long to run.
+    graph_deadline_seconds: float = Field(default=25.0, gt=0)
+    #: Outcomes are written to Redis in batches: at most this many ms after the first of a batch
+    #: was decided, or at once when RECORD_FLUSH_MAX are waiting.
+    record_flush_ms: float = Field(default=10.0, ge=0)
+    record_flush_max: int = Field(default=200, ge=1, le=2_000)
+    #: The intake answers 503 (Retry-After) to new messages while Redis uses this fraction of its
+    #: maxmemory or more (checked at most once a second; no effect without maxmemory): the room
+    #: left is for the workers, whose writes shrink records. 1 = off.
+    redis_memory_headroom: float = Field(default=0.9, gt=0, le=1)
     #: A non-final delivery without progress for this long is re-enqueued by the sweeper.
     sweep_after_seconds: float = Field(default=600.0, gt=0)
     scheduler_interval_seconds: float = Field(default=0.1, gt=0)
@@ -255,6 +272,20 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             raise ValueError("REDIS_URL must be a redis://, rediss://, unix:// or sentinel:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _deadline_within_lease(self) -> Settings:
+        if self.graph_deadline_seconds > self.delivery_lease_seconds / 2:
+            raise ValueError(
+                "GRAPH_DEADLINE_SECONDS must be at most half of DELIVERY_LEASE_SECONDS "
+                f"({self.graph_deadline_seconds} > {self.delivery_lease_seconds} / 2)"
+            )
+        return self
+
+    @property
+    def lease_renew_seconds(self) -> float:
+        """How often a worker renews the leases it holds (a third of the lease)."""
+        return self.delivery_lease_seconds / 3
 
     @model_validator(mode="after")
     def _no_placeholders(self) -> Settings:

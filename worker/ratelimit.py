@@ -2,7 +2,7 @@
 
 Meta allows a page 300 Send API calls/s for text, links, reactions and stickers, and 10/s for
 audio and video; calls over the limit extend the block. Celery's ``rate_limit`` is per worker, so
-the limit lives in Redis and is taken atomically by :data:`ACQUIRE_LUA`, a GCRA ("virtual
+the limit lives in Redis and is taken atomically by ``acquire.lua``, a GCRA ("virtual
 scheduling") limiter using Redis's own clock (``TIME``), so hosts with skewed clocks agree.
 
 Design (no head-of-line blocking): every send *reserves* an exact slot. If the slot is due within
@@ -24,30 +24,17 @@ Keys (``P`` = KEY_PREFIX)::
     P:pause:{page}          hash  until (epoch seconds): a paused page grants nothing; once it is
                                   over, ``probe`` marks the one send that goes first (PROBE_SECONDS)
 
-ACQUIRE_LUA contract:
-    KEYS[1] page bucket, KEYS[2] recipient bucket or "" , KEYS[3] page pause hash, KEYS[4] pages set
-    ARGV[1] rate per second, ARGV[2] burst (slots), ARGV[3] probe window µs, ARGV[4] recipient
-    rate (0 = off), ARGV[5] member for the pages set, ARGV[6] factor recovery per second.
-    Returns {granted (1/0), delay µs, probe (1/0), now µs (Redis TIME)}: granted -> a slot is
-    reserved ``delay`` after ``now`` (probe: the first send after a pause; the engine lifts the
-    pause when it succeeds); not granted -> the page is paused, or the recipient's pace is not
-    due, for ``delay`` (nothing reserved: the delivery asks again then).
-
-ACQUIRE_MANY_LUA contract (a batch's first sends to each recipient, when RECIPIENT_RATE_LIMIT is
-off: one round trip instead of one per send):
-    KEYS[1] page bucket, KEYS[2] page pause hash, KEYS[3] pages set
-    ARGV[1] rate, ARGV[2] burst, ARGV[3] member for the pages set, ARGV[4] factor recovery per
-    second, ARGV[5] count.
-    Returns {now µs, delay µs for each of count}: ``count`` consecutive slots of the same GCRA as ACQUIRE;
-    or just {now} when the page has a pause hash (each send then asks ACQUIRE, which runs the
-    pause and probe logic).
+The scripts and their contracts: ``store/lua/acquire.lua``, ``acquire_many.lua`` and
+``slow_down.lua`` (shared helpers in ``_gcra.lua``).
 
 Slot times are turned into this process's clock with :class:`RedisClock`, which keeps the
 smallest observed ``local time after the answer - Redis now``: a slot is never taken as due
 before it is (only up to the fastest round trip late), whatever the event loop's lag was.
 
-Failure policy: **fail closed**. Without Redis there is no slot, the acquire raises, and the
-delivery is not sent (it stays claimed until its lease ends and is swept back when Redis returns).
+Failure policy: **fail closed**. Without Redis there is no slot: the acquire raises, nothing is
+sent, and the engine hands that recipient's deliveries back (released, due again after a short
+wait; written under their fence as soon as Redis answers). The other recipients of the batch are
+not affected.
 """
 
 from __future__ import annotations
@@ -56,108 +43,17 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 
-from worker import metrics, store
+from worker import metrics
 from worker.config import Settings
+from worker.store import Keys, scripts
 
-# Shared by the scripts below: Redis's clock (µs) and the page bucket as it stands now.
-_GCRA_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
--- the adaptive factor, recovered linearly since it was lowered (at ft)
-local function recovered(f, ft, recover)
-  if f < 1 then f = math.min(1, f + (now - tonumber(ft or now)) / 1000000 * recover) end
-  return f
-end
--- a page bucket's slot interval and burst tolerance (µs, at the recovered factor) and its tat
-local function bucket(key, rate, burst, recover)
-  local b = redis.call('HMGET', key, 'tat', 'f', 'ft')
-  local interval = 1000000 / (rate * recovered(tonumber(b[2] or '1'), b[3], recover))
-  return interval, (burst - 1) * interval, math.max(tonumber(b[1] or now), now)
-end
-"""
-
-ACQUIRE_LUA = (
-    _GCRA_LUA
-    + """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local rrate = tonumber(ARGV[4])
-local recover = tonumber(ARGV[6])
-local is_probe = 0
-local pz = redis.call('HMGET', KEYS[3], 'until', 'probe')
-if pz[1] then
-  local until_us = tonumber(pz[1]) * 1000000
-  if until_us > now then return {0, math.floor(until_us - now), 0, now} end
-  -- the pause is over: one probe goes first; the others wait for its answer (or its expiry)
-  local probe_us = tonumber(pz[2] or '0') * 1000000
-  if probe_us > now then return {0, math.floor(probe_us - now), 0, now} end
-  redis.call('HSET', KEYS[3], 'probe', string.format('%.3f', (now + tonumber(ARGV[3])) / 1000000))
-  is_probe = 1
-end
-local interval, tau, tat = bucket(KEYS[1], rate, burst, recover)
-local slot = math.max(tat - tau, now)
-local rtat = nil
-if rrate > 0 and KEYS[2] ~= '' then
-  rtat = math.max(tonumber(redis.call('HGET', KEYS[2], 'tat') or now), now)
-  -- the recipient is not due before the page slot: reserve nothing, come back when it is
-  if rtat > slot then return {0, math.floor(rtat - now), 0, now} end
-end
--- integers as %.0f: Lua would print 16-digit µs timestamps with 14 significant digits
-redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat + interval))
-redis.call('PEXPIRE', KEYS[1], 3600000 + math.floor((tat - now) / 1000))
-if rtat then
-  redis.call('HSET', KEYS[2], 'tat', string.format('%.0f', slot + 1000000 / rrate))
-  redis.call('PEXPIRE', KEYS[2], 600000)
-end
-redis.call('SADD', KEYS[4], ARGV[5])
-return {1, math.floor(slot - now), is_probe, now}
-"""
-)
-
-ACQUIRE_MANY_LUA = (
-    _GCRA_LUA
-    + """
--- a pause hash (paused, or its probe pending or due): every send asks on its own (ACQUIRE)
-if redis.call('EXISTS', KEYS[2]) == 1 then return {now} end
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local recover = tonumber(ARGV[4])
-local count = tonumber(ARGV[5])
-local interval, tau, tat = bucket(KEYS[1], rate, burst, recover)
-local out = {now}
-for i = 1, count do
-  out[i + 1] = math.floor(math.max(tat - tau, now) - now)
-  tat = tat + interval
-end
-redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat))
-redis.call('PEXPIRE', KEYS[1], 3600000 + math.floor((tat - now) / 1000))
-redis.call('SADD', KEYS[3], ARGV[3])
-return out
-"""
-)
-
-# SLOW_DOWN: KEYS[1] page bucket. ARGV[1] factor multiplier, ARGV[2] minimum factor,
-# ARGV[3] recovery per second. Lowers the adaptive factor (taking recovery so far into account).
 SLOT_GRACE_SECONDS = 0.01
 MAX_LATE_RETRIES = 5
 #: After a page pause, one probe send goes first; the others wait this long for its answer.
 PROBE_SECONDS = 10.0
-
-SLOW_DOWN_LUA = (
-    _GCRA_LUA
-    + """
-local b = redis.call('HMGET', KEYS[1], 'f', 'ft')
-local f = recovered(tonumber(b[1] or '1'), b[2], tonumber(ARGV[3]))
-f = math.max(tonumber(ARGV[2]), f * tonumber(ARGV[1]))
-redis.call('HSET', KEYS[1], 'f', f, 'ft', string.format('%.0f', now))
-redis.call('PEXPIRE', KEYS[1], 3600000)
-return tostring(f)
-"""
-)
 
 
 @dataclass(frozen=True)
@@ -209,14 +105,11 @@ class Limiter:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self._client = client
         self._settings = settings
-        self._keys = store.Keys(settings.key_prefix, settings.queue_name)
-        self._acquire = client.register_script(ACQUIRE_LUA)
-        self._acquire_many = client.register_script(ACQUIRE_MANY_LUA)
-        self._slow = client.register_script(SLOW_DOWN_LUA)
+        self._keys = Keys.of(settings)
         self.clock = RedisClock()
 
     def bucket(self, page_id: str, kind: str) -> str:
-        return f"{self._settings.key_prefix}:rl:{page_id}:{kind}"
+        return self._keys.bucket(page_id, kind)
 
     def rate(self, page_id: str, kind: str) -> float:
         return page_rate(self._settings, page_id, kind)
@@ -234,14 +127,11 @@ class Limiter:
     async def acquire(self, page_id: str, kind: str, psid: str) -> Grant:
         s = self._settings
         rate = self.rate(page_id, kind)
-        recipient = f"{s.key_prefix}:rl:r:{page_id}:{psid}" if s.recipient_rate_limit > 0 else ""
-        res = await self._acquire(
-            keys=[
-                self.bucket(page_id, kind),
-                recipient,
-                self._keys.pause(page_id),
-                f"{s.key_prefix}:rl:pages",
-            ],
+        recipient = self._keys.recipient_bucket(page_id, psid) if s.recipient_rate_limit > 0 else ""
+        res = await scripts.run(
+            self._client,
+            "acquire",
+            keys=[self.bucket(page_id, kind), recipient, self._keys.pause(page_id), self._keys.buckets],
             args=[
                 rate,
                 self.burst(rate),
@@ -261,8 +151,10 @@ class Limiter:
         if count <= 0 or s.recipient_rate_limit > 0:
             return []
         rate = self.rate(page_id, kind)
-        res = await self._acquire_many(
-            keys=[self.bucket(page_id, kind), self._keys.pause(page_id), f"{s.key_prefix}:rl:pages"],
+        res = await scripts.run(
+            self._client,
+            "acquire_many",
+            keys=[self.bucket(page_id, kind), self._keys.pause(page_id), self._keys.buckets],
             args=[rate, self.burst(rate), f"{page_id}:{kind}", s.pace_recovery_per_second, count],
         )
         now_us = int(res[0])
@@ -311,7 +203,9 @@ class Limiter:
         factor = 1.0
         for kind in ("text", "media"):
             factor = float(
-                await self._slow(
+                await scripts.run(
+                    self._client,
+                    "slow_down",
                     keys=[self.bucket(page_id, kind)],
                     args=[0.5, s.pace_min_factor, s.pace_recovery_per_second],
                 )
@@ -331,38 +225,3 @@ def burst_for(settings: Settings, rate: float) -> int:
     """Slots that may go at once: 1% of the rate, so that with late slots dropped after 10 ms
     no trailing 1 s window exceeds the rate by more than a few percent."""
     return max(1, min(settings.pace_burst, int(rate * 0.01)))
-
-
-def page_state(client: Any, settings: Settings) -> list[dict[str, Any]]:
-    """Per-page limiter state for ``messenger-worker status`` (sync client)."""
-    now = time.time()
-    out: list[dict[str, Any]] = []
-    for member in sorted(store._s(m) for m in client.smembers(f"{settings.key_prefix}:rl:pages")):
-        page, _, kind = member.rpartition(":")
-        rec = store.decode_record(client.hgetall(f"{settings.key_prefix}:rl:{member}"))
-        rate = page_rate(settings, page, kind)
-        factor = float(rec.get("f", "1"))
-        if factor < 1:
-            factor = min(
-                1.0, factor + (now - float(rec.get("ft", "0")) / 1e6) * settings.pace_recovery_per_second
-            )
-        tat = float(rec.get("tat", "0")) / 1e6
-        effective = rate * factor
-        burst = burst_for(settings, rate)
-        tokens = (
-            max(0.0, min(float(burst), (now - (tat - burst / effective)) * effective)) if effective else 0.0
-        )
-        pause = store.decode_record(client.hgetall(f"{settings.key_prefix}:pause:{page}"))
-        until = float(pause.get("until", "0"))
-        out.append(
-            {
-                "page_id": page,
-                "class": kind,
-                "rate_limit": rate,
-                "effective_rate": round(effective, 2),
-                "tokens": round(tokens, 2),
-                "paused_until": until if until > now else None,
-                "pause_reason": pause.get("reason") if until > now else None,
-            }
-        )
-    return out

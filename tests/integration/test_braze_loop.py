@@ -120,7 +120,7 @@ def test_signature_checked_and_psid_linked_into_braze(make_stack: Any, braze: st
     linked = next(a for a in braze_attributes(braze) if a.get("external_id") == "user-42")
     assert linked["messenger_id"] == "psid-linked"
     assert linked["messenger_reachable"] is True
-    assert client.get(f"{stack.prefix}:win:100:psid-linked") is not None
+    assert client.get(stack.keys.window("100", "psid-linked")) is not None
     assert all(r.get("authorized", True) for r in braze_requests(braze))
 
 

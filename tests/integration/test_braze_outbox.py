@@ -34,6 +34,7 @@ from worker.braze import (
     psid_attribute_item,
     unreachable_item,
 )
+from worker.store import Keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -134,7 +135,7 @@ class Harness:
                 results.append(result)
 
     def retry_at(self) -> float | None:
-        raw = self.sync.get(f"{self.outbox.keys.prefix}:braze:retry_at")
+        raw = self.sync.get(self.outbox.keys.braze_retry_at)
         return None if raw is None else float(raw)
 
 
@@ -145,7 +146,7 @@ async def harness(redis_server: RedisServer, url: str, **overrides: Any) -> Asyn
     client = aioredis.Redis.from_url(redis_server.url)
     braze = BrazeClient(config)
     try:
-        yield Harness(client, redis_server.client(), braze, config, BrazeOutbox(prefix))
+        yield Harness(client, redis_server.client(), braze, config, BrazeOutbox(Keys(prefix, "q")))
     finally:
         await braze.aclose()
         await client.aclose()
@@ -167,7 +168,7 @@ def mixed_items(config: BrazeConfig, n: int, tag: str = "") -> list[dict[str, An
     """n users: one PSID attribute and one outcome event each (2n items)."""
     items: list[dict[str, Any]] = []
     for i in range(n):
-        items.append(psid_attribute_item(config, f"u{tag}{i}", "100", f"psid-{i}"))
+        items.append(psid_attribute_item(config.psid_attribute, f"u{tag}{i}", "100", f"psid-{i}"))
         items.append(outcome_event_item(f"u{tag}{i}", "sent", f"d{tag}{i}", None))
     return items
 
@@ -189,8 +190,8 @@ def test_120_attribute_items_make_3_requests_merged_per_user(
         async with harness(redis_server, double.url) as h:
             items: list[dict[str, Any]] = []
             for i in range(60):  # two attribute items per user, adjacent: merged into one object
-                items.append(psid_attribute_item(h.config, f"user-{i}", "100", f"psid-{i}"))
-                items.append(unreachable_item(f"user-{i}", "flag", h.config))
+                items.append(psid_attribute_item(h.config.psid_attribute, f"user-{i}", "100", f"psid-{i}"))
+                items.append(unreachable_item(f"user-{i}", "flag", h.config.psid_attribute))
             await h.outbox.enqueue(h.redis, items)
             assert await h.depth() == {"outbox": 120, "inflight": 0, "invalid": 0}
             results = await h.drain_all()
@@ -253,7 +254,7 @@ def test_429_with_retry_after_then_success(redis_server: RedisServer, double: Do
                 await asyncio.sleep(0.05)
             assert await h.drain() == DrainResult(10, 0, 0)
             assert await h.depth() == {"outbox": 0, "inflight": 0, "invalid": 0}
-            assert h.sync.get(f"{h.outbox.keys.prefix}:braze:failures") is None
+            assert h.sync.get(h.outbox.keys.braze_failures) is None
 
     asyncio.run(scenario())
     assert [r["status"] for r in double.requests()] == [429, 201]
@@ -299,12 +300,12 @@ def test_braze_down_then_back(redis_server: RedisServer, double: DoubleServer) -
                 else:
                     await asyncio.sleep(0.02)
                 assert await h.depth() == {"outbox": 20, "inflight": 0, "invalid": 0}
-            assert int(h.sync.get(f"{h.outbox.keys.prefix}:braze:failures")) == 3
+            assert int(h.sync.get(h.outbox.keys.braze_failures)) == 3
 
             double.start()
             results = await h.drain_all()
             assert sum(r.sent for r in results) == 20
-            assert h.sync.get(f"{h.outbox.keys.prefix}:braze:failures") is None
+            assert h.sync.get(h.outbox.keys.braze_failures) is None
 
     with capture_logs() as logs:
         asyncio.run(scenario())
@@ -428,7 +429,7 @@ def test_bad_api_key_holds_the_outbox_until_the_key_is_fixed(
                 assert "REST API key" in held["reason"]
                 assert "wrong-key-0123456789" not in orjson.dumps(logs).decode()
             assert (await h.depth())["outbox"] == 2  # held, not dropped
-            await h.redis.delete(h.outbox.keys.retry_at)  # the operator fixed the key: go now
+            await h.redis.delete(h.outbox.keys.braze_retry_at)  # the operator fixed the key: go now
             assert await h.drain() == DrainResult(2, 0, 0)
 
     asyncio.run(scenario())
@@ -441,7 +442,7 @@ def test_enqueue_refuses_malformed_items_and_writes_nothing(
 ) -> None:
     async def scenario() -> None:
         async with harness(redis_server, double.url) as h:
-            good = psid_attribute_item(h.config, "u1", "100", "p1")
+            good = psid_attribute_item(h.config.psid_attribute, "u1", "100", "p1")
             for bad in (
                 {"type": "attribute", "external_id": "", "attributes": {"a": 1}},
                 {"type": "attribute", "external_id": "u1", "attributes": {}},
@@ -461,12 +462,12 @@ def test_undecodable_items_are_set_aside_not_dropped(redis_server: RedisServer, 
     async def scenario() -> None:
         async with harness(redis_server, double.url) as h:
             await h.outbox.enqueue(h.redis, mixed_items(h.config, 1))
-            h.sync.lpush(h.outbox.keys.outbox, b"{not json", b'{"type":"attribute"}')  # written by hand
+            h.sync.lpush(h.outbox.keys.braze_outbox, b"{not json", b'{"type":"attribute"}')  # written by hand
             with capture_logs() as logs:
                 assert await h.drain() == DrainResult(2, 0, 0, invalid=2)
             assert [e["event"] for e in logs] == ["braze.invalid_items", "braze.sent"]
             assert await h.depth() == {"outbox": 0, "inflight": 0, "invalid": 2}
-            assert sorted(h.sync.lrange(h.outbox.keys.invalid, 0, -1)) == [
+            assert sorted(h.sync.lrange(h.outbox.keys.braze_invalid, 0, -1)) == [
                 b'{"type":"attribute"}',
                 b"{not json",
             ]

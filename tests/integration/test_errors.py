@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.conftest import INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env, wait_until
+from worker.states import State
 
 pytestmark = pytest.mark.integration
 
@@ -198,7 +199,7 @@ def test_token_invalid_pauses_page_until_resumed(stack: Stack) -> None:
     page = "402"
     stack.sandbox.fault(page, 190, 460, count=1)
     first = send(stack, "tok-1", page=page)
-    assert wait_until(lambda: stack.record(first).get("status") == "retrying", 20)
+    assert wait_until(lambda: stack.record(first).get("status") == State.SCHEDULED, 20)  # a wait, not a retry
     second = send(stack, "tok-2", page=page)
     assert wait_until(lambda: "page_paused" in stack.record(second).get("error", ""), 20)
     assert len(calls(stack, "tok-2")) == 0  # waits behind the pause: no Graph call
@@ -217,13 +218,13 @@ def test_page_restricted_pauses_page(stack: Stack) -> None:
     delivery_id = send(stack, "res-1", page=page)
     assert wait_until(lambda: "page_restricted" in stack.record(delivery_id).get("error", ""), 20)
     rec = stack.record(delivery_id)
-    assert rec["status"] == "retrying"
+    assert rec["status"] == State.SCHEDULED
     assert float(rec["not_before"]) > time.time() + 500  # RESTRICTED_PAUSE_SECONDS=600
-    assert stack.redis().exists(f"{stack.prefix}:pause:{page}")
+    assert stack.redis().exists(stack.keys.pause(page))
 
 
 def waiting(rec: dict[str, str]) -> bool:
-    return rec.get("status") in ("queued", "retrying") and float(rec.get("not_before") or 0) > time.time()
+    return rec.get("status") == State.SCHEDULED and float(rec.get("not_before") or 0) > time.time()
 
 
 def test_scheduled_waits_survive_worker_restart(
@@ -237,12 +238,12 @@ def test_scheduled_waits_survive_worker_restart(
         page = "404"
         sandbox.fault(page, 190, None)  # every send for the page fails until cleared
         ids = [send(s, f"restart-{i}", page=page) for i in range(5)]
-        # waiting behind the paused page: retrying (got the 190) or queued (deferred by the limiter)
+        # waiting behind the paused page (got the 190, or deferred by the limiter): scheduled
         assert wait_until(lambda: all(waiting(s.record(i)) for i in ids), 20)
         worker.stop(signal.SIGKILL)
         s.start_worker(name="second")
         time.sleep(1.0)
-        assert all(s.record(i)["status"] in ("queued", "retrying") for i in ids)  # still waiting, not lost
+        assert all(s.record(i)["status"] == State.SCHEDULED for i in ids)  # still waiting, not lost
         sandbox.clear_faults(page)
         s.cli("pages", "resume", page)
         records = s.wait_final(ids)
@@ -250,7 +251,7 @@ def test_scheduled_waits_survive_worker_restart(
         for i in range(5):
             sent = [c for c in sandbox.calls(psid=f"restart-{i}") if c["status"] == 200]
             assert len(sent) == 1  # neither lost nor duplicated
-        assert s.redis().zcard(f"{s.prefix}:sched") == 0
+        assert s.redis().zcard(s.keys.sched) == 0
     finally:
         s.stop()
 

@@ -11,10 +11,11 @@ from typing import Any
 import orjson
 
 from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
-from worker import store
 from worker.config import Settings
 from worker.intake.app import GATHER_TARGET, GroupCommitter
 from worker.messenger.validation import validate
+from worker.states import State
+from worker.store import Keys, scripts
 from worker.store import connections as redisconn
 from worker.store import envelope as broker
 
@@ -45,14 +46,14 @@ def test_a_second_commit_starts_only_for_a_batch_that_needs_no_company(redis_ser
     async def scenario() -> tuple[list[int], int, list[str], Any]:
         client = redisconn.async_client(settings)
         committer = GroupCommitter(client, settings)
-        real = committer._script
+        real = committer._accept
         sizes: list[int] = []
         running = 0
         most = 0
 
         async def held(**kwargs: Any) -> Any:  # the real ACCEPT call, kept in flight for 100 ms
             nonlocal running, most
-            sizes.append((len(kwargs["args"]) - 9) // 9)
+            sizes.append((len(kwargs["args"]) - 11) // 9)
             running += 1
             most = max(most, running)
             await asyncio.sleep(0.1)
@@ -61,7 +62,7 @@ def test_a_second_commit_starts_only_for_a_batch_that_needs_no_company(redis_ser
             finally:
                 running -= 1
 
-        committer._script = held  # type: ignore[assignment]  # a spy around the real script
+        committer._accept = held  # type: ignore[method-assign]  # a spy around the real script call
 
         def submit(i: int) -> asyncio.Task[tuple[str, bool]]:
             body = orjson.dumps({"recipient": {"id": f"gc-{i}"}, "message": {"text": "hi"}})
@@ -85,12 +86,10 @@ def test_a_second_commit_starts_only_for_a_batch_that_needs_no_company(redis_ser
     assert len(set(ids)) == 6 + GATHER_TARGET
     # nobody took the first commit's message yet: the second commit joined it
     assert len(queue) == 1
-    keys = store.Keys(settings.key_prefix, settings.queue_name)
+    keys = Keys.of(settings)
     (batch_id,) = celery_args(queue[0], broker.BATCH_TASK)
     assert [i.decode() for i in redis_server.client().lrange(keys.batch(batch_id), 0, -1)] == ids
-    rec = redis_server.client().hgetall(
-        store.Keys(settings.key_prefix, settings.queue_name).delivery(ids[-1])
-    )
+    rec = redis_server.client().hgetall(Keys.of(settings).delivery(ids[-1]))
     assert rec[b"status"] == b"queued"
 
 
@@ -100,9 +99,8 @@ def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
     """QUEUE_BATCH_MAX=5: commits join the newest queued batch while they fit; a full batch, or
     one a worker has taken, makes the next commit start a new batch (and push its message)."""
     settings = _settings(redis_server, queue_batch_max=5)
-    keys = store.Keys(settings.key_prefix, settings.queue_name)
+    keys = Keys.of(settings)
     sync = redis_server.client()
-    claim = sync.register_script(store.CLAIM_LUA)
     counter = iter(range(1000))
 
     async def commit(n: int, idem: str = "") -> list[str]:
@@ -130,9 +128,11 @@ def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
 
     # a worker takes the newest batch: the next commit cannot join it
     (newest,) = celery_args(sync.lrange(keys.queue, 0, 0)[0], broker.BATCH_TASK)
-    looked_at, *flat = claim(
-        keys=[keys.pending, keys.batch(newest), keys.gather],
-        args=[repr(time.time()), 60, keys.prefix, newest],
+    looked_at, *flat = scripts.run_sync(
+        sync,
+        "claim",
+        keys=[keys.pending, keys.batch(newest), keys.gather, keys.batch_taken(newest, "t1")],
+        args=[repr(time.time()), 60, keys.delivery_prefix, "t1", 90, newest],
     )
     assert looked_at == 1
     assert flat[0].decode() == third[0]  # claimed, with its record
@@ -153,15 +153,26 @@ def test_a_claim_by_ids_still_works_and_reports_what_it_looked_at(redis_server: 
     """worker.deliver(ids) (the scheduler's and sweeper's messages): only open, due, unleased ids
     are claimed; the count of ids looked at comes first."""
     settings = _settings(redis_server)
-    keys = store.Keys(settings.key_prefix, settings.queue_name)
+    keys = Keys.of(settings)
     sync = redis_server.client()
-    sync.hset(keys.delivery("a"), mapping={"status": "queued", "page_id": PAGE})
-    sync.hset(keys.delivery("b"), mapping={"status": "sent", "page_id": PAGE})
-    claim = sync.register_script(store.CLAIM_LUA)
+    sync.hset(keys.delivery("a"), mapping={"status": State.QUEUED, "page_id": PAGE})
+    sync.hset(keys.delivery("b"), mapping={"status": State.SENT, "page_id": PAGE})
     now = repr(time.time())
-    looked_at, *flat = claim(keys=[keys.pending], args=[now, 60, keys.prefix, "a", "b", "missing"])
+    looked_at, *flat = scripts.run_sync(
+        sync,
+        "claim",
+        keys=[keys.pending],
+        args=[now, 60, keys.delivery_prefix, "t1", 90, "a", "b", "missing"],
+    )
     assert looked_at == 3
     assert [flat[0].decode()] == ["a"]
     assert len(flat) == 2
-    again = claim(keys=[keys.pending], args=[now, 60, keys.prefix, "a"])
-    assert again == [1]  # leased now: not claimed twice
+    other = scripts.run_sync(
+        sync, "claim", keys=[keys.pending], args=[now, 60, keys.delivery_prefix, "t2", 90, "a"]
+    )
+    assert other == [1]  # held under t1 now: another claim gets nothing
+    retried = scripts.run_sync(
+        sync, "claim", keys=[keys.pending], args=[now, 60, keys.delivery_prefix, "t1", 90, "a"]
+    )
+    assert retried[0] == 1
+    assert retried[1].decode() == "a"

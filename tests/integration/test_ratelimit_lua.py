@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from tests.conftest import RedisServer
+from worker import status
 from worker.config import Settings
-from worker.ratelimit import Grant, Limiter, page_state
+from worker.ratelimit import Grant, Limiter
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -170,9 +171,9 @@ def test_status_view(redis_server: RedisServer) -> None:
         await lim.acquire("p8", "text", "u")
 
     run(redis_server.url, s, go)
-    rows = page_state(redis_server.client(), s)
-    assert [(r["page_id"], r["class"], r["rate_limit"]) for r in rows] == [("p8", "text", 100.0)]
-    assert rows[0]["paused_until"] is None
+    rows = status.read(redis_server.client(), s).pages
+    assert [(r.page_id, r.kind, r.rate_limit) for r in rows] == [("p8", "text", 100.0)]
+    assert rows[0].paused_until is None
 
 
 def test_fail_closed_without_redis() -> None:

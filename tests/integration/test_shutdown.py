@@ -109,5 +109,5 @@ def test_sigterm_intake_drains_in_flight_requests(make_stack: Any) -> None:
     assert len(accepted) >= 100
     # every 202 is durably in Redis; refused requests got no 202 (Braze retries them)
     client = stack.redis()
-    assert all(client.exists(f"{stack.prefix}:d:{d}") for d in accepted)
+    assert all(client.exists(stack.keys.delivery(d)) for d in accepted)
     assert {status for status, _ in results} <= {202, 0, 503}

@@ -357,7 +357,7 @@ def test_pacer_arguments() -> None:
 
 def test_psid_attribute_item() -> None:
     config = BrazeConfig(rest_url=URL, api_key=API_KEY, psid_attribute="fb_psid")
-    assert psid_attribute_item(config, "user-1", "100", "psid-9") == {
+    assert psid_attribute_item(config.psid_attribute, "user-1", "100", "psid-9") == {
         "type": "attribute",
         "external_id": "user-1",
         "attributes": {"fb_psid": "psid-9", "messenger_page_id": "100", "messenger_reachable": True},
@@ -365,14 +365,14 @@ def test_psid_attribute_item() -> None:
 
 
 def test_unreachable_items() -> None:
-    assert unreachable_item("u1", "flag", CONFIG) == {
+    assert unreachable_item("u1", "flag", CONFIG.psid_attribute) == {
         "type": "attribute",
         "external_id": "u1",
         "attributes": {"messenger_reachable": False},
     }
-    assert unreachable_item("u1", "clear", CONFIG)["attributes"] == {"messenger_id": None}
+    assert unreachable_item("u1", "clear", CONFIG.psid_attribute)["attributes"] == {"messenger_id": None}
     with pytest.raises(ValueError, match="mode"):
-        unreachable_item("u1", "erase", CONFIG)  # type: ignore[arg-type]  # the runtime guard under test
+        unreachable_item("u1", "erase", CONFIG.psid_attribute)  # type: ignore[arg-type]  # the runtime guard under test
 
 
 def test_outcome_event_item() -> None:
@@ -390,10 +390,10 @@ def test_outcome_event_item() -> None:
 
 def test_build_request_merges_attributes_per_user() -> None:
     items = [
-        psid_attribute_item(CONFIG, "u1", "100", "p1"),
-        psid_attribute_item(CONFIG, "u2", "100", "p2"),
+        psid_attribute_item(CONFIG.psid_attribute, "u1", "100", "p1"),
+        psid_attribute_item(CONFIG.psid_attribute, "u2", "100", "p2"),
         outcome_event_item("u1", "sent", "d1", None, at=0),
-        unreachable_item("u1", "flag", CONFIG),
+        unreachable_item("u1", "flag", CONFIG.psid_attribute),
         {"type": "event", "external_id": "u2", "name": "x", "time": "2026-01-01T00:00:00Z", "properties": {}},
     ]
     attributes, events = build_request(items)

@@ -6,7 +6,7 @@ import os
 import re
 
 from worker.intake.app import _send_headers
-from worker.store import envelope as broker
+from worker.store import ids as broker
 
 
 def test_ids_are_32_hex_and_unique() -> None:

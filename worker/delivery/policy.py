@@ -47,7 +47,8 @@ class Action(StrEnum):
     RETAG = "retag"  # send again now with the next fallback tag
     FAIL = "failed"
     DEAD = "dead"
-    PARK = "park"  # seam for WINDOW_POLICY=park (issue: Braze loop)
+    PARK = "park"  # outside the window with WINDOW_POLICY=park: until the user writes
+    EXPIRE = "expired"  # MESSAGE_TTL passed before it could be sent
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,19 @@ def next_fallback(fallback_tags: list[str], tried: list[str], tag_suppressed: bo
         if tag not in tried:
             return tag
     return None
+
+
+#: Waits that are the page's trouble, not the message's: a message whose TTL passes in one of them
+#: is a dead letter (replayable once the page is fixed), not merely expired.
+PAGE_WAITS = frozenset({"page_paused", "token_invalid", "page_restricted", "rate_limited"})
+
+
+def past_ttl(failures: int, last_reason: str) -> Decision:
+    """MESSAGE_TTL passed before the message could be sent: ``dead`` (replayable) when it was
+    retrying or waiting for its page, ``expired`` otherwise (it just waited too long, e.g. parked)."""
+    if failures or last_reason in PAGE_WAITS:
+        return Decision(Action.DEAD, "ttl")
+    return Decision(Action.EXPIRE, "ttl")
 
 
 def window_outcome(settings: Settings) -> Decision:

@@ -4,7 +4,7 @@
 request is authenticated, validated (:mod:`worker.validation`) and handed to the group committer,
 which writes every request that arrived while the previous commit was in flight with one Lua call:
 delivery records, pending index, idempotency keys, and the ids, appended to the queue's newest
-batch or to a new batch with its Celery message (:mod:`worker.broker`, ``store.ACCEPT_LUA``). The
+batch or to a new batch with its Celery message (:mod:`worker.store.envelope`, ``store/lua/accept.lua``). The
 answer is 202 only after that call returned, so a 202 means the message is in Redis; anything
 else means nothing was enqueued.
 """
@@ -29,22 +29,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from worker import gc_tuning, metrics, store
+from worker import gc_tuning, metrics, status
 from worker.config import Settings
-from worker.delivery import inbound as inbound_events
 from worker.logging import get_logger, recipient_ref
 from worker.messenger.validation import MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY, InputError, SendRequest, validate
-from worker.messenger.webhook import parse_events, verify_handshake, verify_signature
+from worker.messenger.webhook import event_to_dict, parse_events, verify_handshake, verify_signature
+from worker.store import Keys, deadletters, envelope, ids, records, scripts
 from worker.store import connections as redisconn
-from worker.store import deadletters
-from worker.store import envelope as broker
 
 log = get_logger("worker.intake")
 RETRY_AFTER_SECONDS = "5"
 #: A batch this big is committed without waiting for company (BATCH_MAX caps it).
 GATHER_TARGET = 16
 #: A queued batch's id list outlives SWEEP_AFTER_SECONDS by this much: if its message is lost,
-#: the sweeper re-enqueues the ids first (store.ACCEPT_LUA).
+#: the sweeper re-enqueues the ids first (accept.lua).
 BATCH_TTL_MARGIN = 60
 
 
@@ -93,15 +91,14 @@ class GroupCommitter:
     2.5 CPU ms per message at 1-2 ids per task, 1.2 at 30); waiting beyond a modest batch saves
     them little and keeps the waiting callers' connections idle. Batches grow where waiting costs
     nobody anything: a commit's ids join the queue's newest Celery message while it is still
-    queued, up to ``QUEUE_BATCH_MAX`` (store.ACCEPT_LUA), so a backlog reaches the workers in
+    queued, up to ``QUEUE_BATCH_MAX`` (accept.lua), so a backlog reaches the workers in
     messages of up to 100 ids.
     """
 
     def __init__(self, client: aioredis.Redis, settings: Settings, max_inflight: int = 2) -> None:
         self._client = client
         self._settings = settings
-        self._keys = store.Keys(settings.key_prefix, settings.queue_name)
-        self._script = client.register_script(store.ACCEPT_LUA)
+        self._keys = Keys.of(settings)
         self._buffer: list[_Item] = []
         self._inflight = 0
         self._max_inflight = max_inflight
@@ -120,7 +117,7 @@ class GroupCommitter:
         self._gap = gap if self._gap == math.inf else 0.8 * self._gap + 0.2 * gap
         self._last_arrival = now
         item = _Item(
-            broker.new_delivery_id(), request, idempotency_key, request_id, external_id, loop.create_future()
+            ids.new_delivery_id(), request, idempotency_key, request_id, external_id, loop.create_future()
         )
         self._buffer.append(item)
         if self._inflight == 0 or (  # a second commit only for a batch that needs no company
@@ -160,19 +157,25 @@ class GroupCommitter:
                 return
             await asyncio.sleep(wait)
 
+    async def _accept(self, *, keys: list[str], args: list[Any]) -> Any:
+        """One accept.lua call (a seam: tests hold it in flight)."""
+        return await scripts.run(self._client, "accept", keys=keys, args=args)
+
     async def _commit(self, batch: list[_Item]) -> None:
         s = self._settings
-        batch_id = broker.new_delivery_id()  # used only if this commit has to start a batch
+        batch_id = ids.new_delivery_id()  # used only if this commit has to start a batch
         args: list[Any] = [
             repr(time.time()),
             s.idempotency_ttl,
             s.sweep_after_seconds,
-            s.key_prefix,
-            broker.celery_message(batch_id, s.queue_name, task=broker.BATCH_TASK),
-            9,
+            self._keys.idem_prefix,
+            self._keys.delivery_prefix,
+            self._keys.batch_prefix,
+            envelope.celery_message(batch_id, s.queue_name, task=envelope.BATCH_TASK),
             batch_id,
             s.queue_batch_max,
             math.ceil(s.sweep_after_seconds) + BATCH_TTL_MARGIN,
+            9,
         ]
         for item in batch:
             req = item.request
@@ -189,7 +192,7 @@ class GroupCommitter:
             ]
         try:
             started = time.perf_counter()
-            results = await self._script(
+            results = await self._accept(
                 keys=[self._keys.pending, self._keys.queue, self._keys.open, self._keys.gather], args=args
             )
             elapsed = time.perf_counter() - started
@@ -272,7 +275,7 @@ def create_app(
     ``tune_gc`` (the served process, not a test's) applies :func:`worker.gc_tuning.tune` once
     the app has started."""
     state: dict[str, Any] = {}
-    keys = store.Keys(settings.key_prefix, settings.queue_name)
+    keys = Keys.of(settings)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -323,12 +326,12 @@ def create_app(
     async def metrics_endpoint(_request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
 
-        body = await run_in_threadpool(metrics.render, settings, state.get("sync_redis"))
+        body = await run_in_threadpool(status.render_metrics, settings, state.get("sync_redis"))
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def send(request: Request) -> Response:
         headers = _send_headers(request.scope["headers"])
-        request_id = headers.get(b"x-request-id") or broker.new_delivery_id()
+        request_id = headers.get(b"x-request-id") or ids.new_delivery_id()
         if "json" not in headers.get(b"content-type", "").lower():
             return error(415, "unsupported_media_type", "send the body as application/json")
         idem = headers.get(b"idempotency-key", "")
@@ -377,12 +380,13 @@ def create_app(
         if len(delivery_id) > 64:
             return error(404, "not_found", "no such delivery")
         try:
-            rec = await store.fetch_record(state["redis"], keys, delivery_id)
+            raw = await state["redis"].hgetall(keys.delivery(delivery_id))
+            rec = records.decode(raw) if raw else None
         except (redis.exceptions.RedisError, OSError):
             return unavailable()
         if rec is None:
             return error(404, "not_found", "no such delivery")
-        return JSONResponse(store.public_view(delivery_id, rec))
+        return JSONResponse(records.public_view(delivery_id, rec))
 
     def _dead_filter(params: dict[str, Any]) -> deadletters.Filter:
         def num(name: str, kind: type[int] | type[float]) -> Any:
@@ -418,11 +422,8 @@ def create_app(
             return error(404, "not_found", "no such route")
         try:
             ids, flt = _parse_dead_body(await _read_body(request))
-            listed = await deadletters.list_dead(state["redis"], settings, flt)
+            listed = await deadletters.select(state["redis"], settings, ids, flt)
             chosen = [i["delivery_id"] for i in listed]
-            if ids is not None:
-                wanted = set(ids)
-                chosen = [i for i in chosen if i in wanted]
             if action == "replay":
                 done = await deadletters.replay(state["redis"], settings, chosen)
                 return JSONResponse({"replayed": done, "count": len(done)})
@@ -471,9 +472,9 @@ def create_app(
             payload: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return error(400, "invalid_json", "body is not valid JSON")
-        events = [inbound_events.event_to_dict(e) for e in parse_events(payload)]
+        events = [event_to_dict(e) for e in parse_events(payload)]
         if events:
-            message = broker.celery_message(events, settings.queue_name, task=broker.INBOUND_TASK)
+            message = envelope.celery_message(events, settings.queue_name, task=envelope.INBOUND_TASK)
             try:
                 await state["redis"].lpush(settings.queue_name, message)
             except (redis.exceptions.RedisError, OSError):

@@ -63,7 +63,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 __all__ = [
     "REF_PREFIX",
@@ -235,3 +235,15 @@ def parse_ref(ref: str) -> str | None:
         return None
     external_id = ref[len(REF_PREFIX) :]
     return external_id if _EXTERNAL_ID.fullmatch(external_id) else None
+
+
+def event_to_dict(event: InboundEvent) -> dict[str, Any]:
+    """An event as the ``worker.inbound`` task's JSON argument."""
+    return {
+        "page_id": event.page_id,
+        "psid": event.psid,
+        "timestamp": event.timestamp,
+        "kind": event.kind,
+        "ref": event.ref,
+        "opens_window": event.opens_window,
+    }

@@ -1,5 +1,19 @@
-"""The Redis layer: keys, Lua scripts, the delivery record codec, the Celery message envelope,
-connections and dead letters. Everything above it reaches Redis through these modules."""
+"""The Redis layer: what is stored where, and the only code that changes it.
 
-from worker.store.keys import *  # noqa: F403  # transitional: the flat store module's names
-from worker.store.keys import _s as _s
+* :mod:`~worker.store.keys`: every key name (one registry);
+* :mod:`~worker.store.scripts`: the Lua scripts (``store/lua/*.lua``), run by SHA;
+* :mod:`~worker.store.records`: the delivery record's fields, codec and public view;
+* :mod:`~worker.store.envelope`: the Celery message written without Celery;
+* :mod:`~worker.store.connections`: clients from ``REDIS_URL`` (TLS, Sentinel);
+* :mod:`~worker.store.deadletters`: list, replay, purge and retention of dead letters;
+* :mod:`~worker.store.ids`: delivery, batch and worker ids.
+
+A delivery's record is the source of truth for its fate; a Celery message only says "look at
+these ids now". That is what makes "nothing lost" hold even where Celery-on-Redis is not
+airtight (pitfalls.md: a kill -9 or a Redis restart can leave a message in no queue): every open
+delivery has a deadline in ``pending``, and the sweeper re-enqueues what passes it.
+"""
+
+from worker.store.keys import Keys, text
+
+__all__ = ["Keys", "text"]

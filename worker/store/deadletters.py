@@ -1,8 +1,14 @@
-"""Dead letters: deliveries that used up MAX_ATTEMPTS or MESSAGE_TTL while retrying.
+"""Dead letters: deliveries that used up MAX_ATTEMPTS, or passed MESSAGE_TTL while retrying or
+while their page was paused.
 
-They stay in ``P:dead`` with their record and last error until replayed or purged. Replay keeps
-the delivery_id, resets attempts and the TTL clock, and is atomic per delivery (a Lua script that
-acts only on a delivery that is still ``dead``), so running it twice sends nothing twice.
+They stay in ``P:dead`` with their whole record (body included) until replayed or purged, or,
+with ``DEAD_LETTER_RETENTION`` > 0, until they are that old (the scheduler purges them, a bounded
+number per tick, and logs how many). Replay keeps the delivery_id, resets attempts and the TTL
+clock, and acts only on a delivery that is still dead (``replay.lua``), so replaying twice sends
+nothing twice. Purge deletes only records that are still dead (``purge_dead.lua``).
+
+Listing reads the dead set page by page, newest first, and stops at ``limit`` matches; explicit
+ids are looked up directly, however old they are.
 """
 
 from __future__ import annotations
@@ -14,33 +20,14 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from worker import store
 from worker.config import Settings
-from worker.store import envelope as broker
+from worker.store import envelope, records, scripts
+from worker.store.keys import Keys, text
 
-# REPLAY: KEYS[1] dead zset, KEYS[2] pending zset, KEYS[3] open zset. ARGV[1] now, ARGV[2] sweep_after,
-# ARGV[3] prefix, ARGV[4..] ids. Returns the ids actually replayed (those still dead).
-REPLAY_LUA = """
-local now = tonumber(ARGV[1])
-local out = {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  local key = ARGV[3] .. ':d:' .. id
-  if redis.call('HGET', key, 'status') == 'dead' then
-    local first = redis.call('HGET', key, 'first_created_at') or redis.call('HGET', key, 'created_at')
-    redis.call('HSET', key, 'status', 'queued', 'attempts', 0, 'failures', 0, 'not_before', 0,
-      'lease_until', 0, 'created_at', now, 'first_created_at', first, 'updated_at', now,
-      'active_tag', '', 'tags_tried', '[]')
-    redis.call('HINCRBY', key, 'replays', 1)
-    redis.call('PERSIST', key)
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
-    redis.call('ZADD', KEYS[3], now, id)
-    table.insert(out, id)
-  end
-end
-return out
-"""
+#: Records read per round trip while listing.
+PAGE = 500
+#: Dead letters purged per scheduler tick by DEAD_LETTER_RETENTION.
+RETENTION_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -60,54 +47,107 @@ class Filter:
         return not (self.older_than is not None and now - died_at < self.older_than)
 
 
+def _view(delivery_id: str, rec: dict[str, str], died_at: float) -> dict[str, Any]:
+    view = records.public_view(delivery_id, rec)
+    view["dead_at"] = died_at
+    return view
+
+
 async def list_dead(client: aioredis.Redis, settings: Settings, flt: Filter) -> list[dict[str, Any]]:
-    keys = store.Keys(settings.key_prefix, settings.queue_name)
+    """Dead letters matching ``flt``, newest first, at most ``flt.limit``; pages of PAGE records.
+    With ``older_than`` the scan starts at the newest death old enough."""
+    keys = Keys.of(settings)
     now = time.time()
-    entries = await client.zrange(keys.dead, 0, -1, withscores=True)
+    newest = "+inf" if flt.older_than is None else repr(now - flt.older_than)
     out: list[dict[str, Any]] = []
-    for start in range(0, len(entries), 500):
-        chunk = entries[start : start + 500]
+    offset = 0
+    while len(out) < flt.limit:
+        entries = await client.zrevrangebyscore(
+            keys.dead, newest, "-inf", start=offset, num=PAGE, withscores=True
+        )
+        if not entries:
+            break
+        offset += len(entries)
         pipe = client.pipeline(transaction=False)
-        for member, _score in chunk:
-            pipe.hgetall(keys.delivery(store._s(member)))
-        records = await pipe.execute()
-        for (member, score), raw in zip(chunk, records, strict=True):
-            delivery_id = store._s(member)
-            rec = store.decode_record(raw) if raw else {}
+        for member, _score in entries:
+            pipe.hgetall(keys.delivery(text(member)))
+        for (member, score), raw in zip(entries, await pipe.execute(), strict=True):
+            rec = records.decode(raw) if raw else {}
             if rec and flt.matches(rec, float(score), now):
-                view = store.public_view(delivery_id, rec)
-                view["dead_at"] = float(score)
-                out.append(view)
+                out.append(_view(text(member), rec, float(score)))
                 if len(out) >= flt.limit:
-                    return out
+                    break
     return out
 
 
+async def find_dead(
+    client: aioredis.Redis, settings: Settings, ids: list[str], flt: Filter
+) -> list[dict[str, Any]]:
+    """The dead letters among ``ids`` that match ``flt`` (looked up directly, in the given order)."""
+    keys = Keys.of(settings)
+    now = time.time()
+    out: list[dict[str, Any]] = []
+    wanted = list(dict.fromkeys(ids))[: flt.limit]
+    for start in range(0, len(wanted), PAGE):
+        chunk = wanted[start : start + PAGE]
+        pipe = client.pipeline(transaction=False)
+        for delivery_id in chunk:
+            pipe.zscore(keys.dead, delivery_id)
+            pipe.hgetall(keys.delivery(delivery_id))
+        res = await pipe.execute()
+        for i, delivery_id in enumerate(chunk):
+            died_at, raw = res[2 * i], res[2 * i + 1]
+            rec = records.decode(raw) if raw else {}
+            if died_at is not None and rec and flt.matches(rec, float(died_at), now):
+                out.append(_view(delivery_id, rec, float(died_at)))
+    return out
+
+
+async def select(
+    client: aioredis.Redis, settings: Settings, ids: list[str] | None, flt: Filter
+) -> list[dict[str, Any]]:
+    """What a replay or purge acts on: the given ids (looked up directly) or every match."""
+    if ids is not None:
+        return await find_dead(client, settings, ids, flt)
+    return await list_dead(client, settings, flt)
+
+
 async def replay(client: aioredis.Redis, settings: Settings, ids: list[str]) -> list[str]:
-    keys = store.Keys(settings.key_prefix, settings.queue_name)
-    if not ids:
-        return []
-    script = client.register_script(REPLAY_LUA)
+    keys = Keys.of(settings)
     done: list[str] = []
     for start in range(0, len(ids), settings.batch_max):
         chunk = ids[start : start + settings.batch_max]
-        res = await script(
+        res = await scripts.run(
+            client,
+            "replay",
             keys=[keys.dead, keys.pending, keys.open],
-            args=[repr(time.time()), settings.sweep_after_seconds, settings.key_prefix, *chunk],
+            args=[repr(time.time()), settings.sweep_after_seconds, keys.delivery_prefix, *chunk],
         )
-        replayed = [store._s(i) for i in res]
-        await broker.publish(client, settings.queue_name, replayed, settings.batch_max)
+        replayed = [text(i) for i in res]
+        await envelope.publish(client, settings.queue_name, replayed, settings.batch_max)
         done += replayed
     return done
 
 
 async def purge(client: aioredis.Redis, settings: Settings, ids: list[str]) -> int:
-    keys = store.Keys(settings.key_prefix, settings.queue_name)
-    if not ids:
+    keys = Keys.of(settings)
+    purged = 0
+    for start in range(0, len(ids), PAGE):
+        chunk = ids[start : start + PAGE]
+        res = await scripts.run(
+            client, "purge_dead", keys=[keys.dead], args=[keys.delivery_prefix, "", 0, *chunk]
+        )
+        purged += len(res)
+    return purged
+
+
+async def purge_expired(client: aioredis.Redis, settings: Settings, now: float | None = None) -> int:
+    """DEAD_LETTER_RETENTION: delete up to RETENTION_CHUNK dead letters older than it (0 = keep)."""
+    if settings.dead_letter_retention <= 0:
         return 0
-    pipe = client.pipeline(transaction=True)
-    for delivery_id in ids:
-        pipe.zrem(keys.dead, delivery_id)
-        pipe.delete(keys.delivery(delivery_id))
-    res = await pipe.execute()
-    return sum(1 for r in res[0::2] if r)
+    keys = Keys.of(settings)
+    cutoff = (time.time() if now is None else now) - settings.dead_letter_retention
+    res = await scripts.run(
+        client, "purge_dead", keys=[keys.dead], args=[keys.delivery_prefix, repr(cutoff), RETENTION_CHUNK]
+    )
+    return len(res)

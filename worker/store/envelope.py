@@ -15,7 +15,6 @@ sweeper's); ``worker.deliver_batch(batch_id)``, the intake's: the ids gathered i
 from __future__ import annotations
 
 import base64
-import itertools
 import os
 import socket
 import uuid
@@ -86,24 +85,3 @@ async def publish(
     for i in range(0, len(ids), batch_max):
         push(queue, celery_message(ids[i : i + batch_max], queue))
     await pipe.execute()
-
-
-class _IdSource:
-    """32 hex characters, unique without a system call per id: a random 64-bit prefix per
-    process, drawn again in a forked child, then a counter. (uuid4 reads os.urandom each time:
-    two getrandom calls per request on the intake's hot path.)"""
-
-    def __init__(self) -> None:
-        self.reseed()
-        os.register_at_fork(after_in_child=self.reseed)
-
-    def reseed(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        self.counter = itertools.count()
-
-    def __call__(self) -> str:
-        return f"{self.prefix}{next(self.counter):016x}"
-
-
-#: A new delivery id (also the intake's request id when the caller sends no X-Request-Id).
-new_delivery_id = _IdSource()

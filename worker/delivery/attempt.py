@@ -1,0 +1,296 @@
+"""One claimed delivery's round: prechecks, pacing, the Send API call(s) and the decision.
+
+:class:`Sender` turns a claimed :class:`~worker.delivery.model.Delivery` into an
+:class:`~worker.delivery.model.Outcome`; it writes nothing (the recorder does). The steps:
+
+1. **precheck** without a call: past MESSAGE_TTL (expired, or dead if it was retrying), the
+   recipient suppressed, no page token, the page paused, the window known to be closed with no
+   fallback tag left;
+2. **pace**: await this send's slot on the event loop, or defer the delivery with its
+   reservation when the slot is further than PACE_MAX_HOLD_SECONDS;
+3. **call** Graph, within GRAPH_DEADLINE_SECONDS and only while the claim's lease outlives that
+   deadline (:meth:`~worker.delivery.leases.Leases.safe_to_send`);
+4. **decide** with :func:`worker.delivery.policy.decide`: send again at once with the next
+   fallback tag, or end the round with the decision's event.
+
+A batch's reads (suppressions, windows, Braze ids, pauses) are one round trip
+(:meth:`Sender.context`), and its first send to each recipient reserves its slot in one call per
+page and class (:meth:`Sender.reserve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from worker.config import PageTokens, Settings
+from worker.delivery import policy
+from worker.delivery.inbound import window_closed
+from worker.delivery.leases import Leases
+from worker.delivery.model import Delivery, Outcome, PauseRequest
+from worker.delivery.observers import Observer
+from worker.delivery.pauses import PagePause
+from worker.delivery.policy import Action, Decision
+from worker.graph import AmbiguousError, ErrorInfo, GraphClient, GraphError, SendResult
+from worker.logging import get_logger
+from worker.messenger.validation import message_kind
+from worker.ratelimit import Limiter
+from worker.states import Event, State
+from worker.store import Keys, records, text
+
+log = get_logger("worker.delivery")
+#: The policy's actions as state-machine events (RETAG is not an event: it sends again at once).
+EVENT_OF: dict[Action, Event] = {
+    Action.RETRY: Event.RETRY,
+    Action.WAIT: Event.WAIT,
+    Action.FAIL: Event.FAIL,
+    Action.DEAD: Event.DEAD_LETTER,
+    Action.PARK: Event.PARK,
+    Action.EXPIRE: Event.EXPIRE,
+}
+
+
+@dataclass
+class BatchContext:
+    """What a batch's prechecks need, read in one round trip."""
+
+    suppressed: dict[str, bool] = field(default_factory=dict)
+    tag_suppressed: dict[str, bool] = field(default_factory=dict)
+    window_closed: dict[str, bool | None] = field(default_factory=dict)
+    pauses: dict[str, PagePause] = field(default_factory=dict)
+    #: A delivery whose window is known to be closed starts with this fallback tag.
+    first_tag: dict[str, str] = field(default_factory=dict)
+
+
+class Released(Exception):
+    """The round stops without a call: hand the delivery back (shutdown, lease at risk)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Sender:
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: PageTokens,
+        *,
+        limiter: Limiter,
+        graph: GraphClient,
+        leases: Leases,
+        observer: Observer,
+    ) -> None:
+        self._s = settings
+        self._keys = Keys.of(settings)
+        self._tokens = tokens
+        self._limiter = limiter
+        self._graph = graph
+        self._leases = leases
+        self._observer = observer
+        self._inflight = asyncio.Semaphore(settings.worker_max_inflight)
+        self._slowed: dict[str, float] = {}
+        #: Set on shutdown: no new call starts; deliveries not yet sent are handed back.
+        self.draining = False
+
+    def token_for(self, d: Delivery) -> str | None:
+        return d.token or self._tokens.get(d.page_id)
+
+    # --- the batch ------------------------------------------------------------------------------
+    async def context(self, client: aioredis.Redis, claimed: Sequence[Delivery]) -> BatchContext:
+        """Suppressions, windows, Braze ids and page pauses for the batch, in one round trip."""
+        keys, n = self._keys, len(claimed)
+        pages = sorted({d.page_id for d in claimed})
+        pipe = client.pipeline(transaction=False)
+        pipe.mget(  # one command for every per-delivery key
+            [keys.suppressed(d.page_id, d.psid) for d in claimed]
+            + [keys.tag_suppressed(d.page_id, d.psid) for d in claimed]
+            + [keys.window(d.page_id, d.psid) for d in claimed]
+            + [keys.external(d.page_id, d.psid) for d in claimed]
+        )
+        for page in pages:
+            pipe.hgetall(keys.pause(page))
+        res = await pipe.execute()
+        values, now = res[0], time.time()
+        ctx = BatchContext()
+        for i, d in enumerate(claimed):
+            ctx.suppressed[d.id] = values[i] is not None
+            ctx.tag_suppressed[d.id] = values[n + i] is not None
+            w = values[2 * n + i]
+            ctx.window_closed[d.id] = window_closed(None if w is None else text(w), now)
+            e = values[3 * n + i]
+            if not d.external_id and e is not None:
+                d.external_id = text(e)
+        for j, page in enumerate(pages):
+            pause = PagePause.from_record(records.decode(res[1 + j]) if res[1 + j] else {}, now)
+            if pause is not None:
+                ctx.pauses[page] = pause
+        return ctx
+
+    async def reserve(self, heads: Sequence[Delivery]) -> None:
+        """Pacing slots for the first send to each recipient of the batch: one round trip per
+        (page, class). Later sends to the same recipient wait for the first's answer and ask on
+        their own; so does every send of a page with a pause."""
+        wanting: dict[tuple[str, str], list[Delivery]] = {}
+        for d in heads:
+            if not d.slot_at:
+                wanting.setdefault((d.page_id, message_kind(d.body)), []).append(d)
+        for (page_id, kind), ds in wanting.items():
+            grants = await self._limiter.acquire_many(page_id, kind, len(ds))
+            for d, grant in zip(ds, grants, strict=False):
+                d.slot_at, d.slot_free = grant.slot, grant.delay <= 0
+
+    # --- one delivery ---------------------------------------------------------------------------
+    def precheck(self, d: Delivery, ctx: BatchContext) -> Outcome | None:
+        """The outcome of a delivery that will not call Graph this round; None if it will."""
+        s = self._s
+        if time.time() - d.created_at > s.message_ttl:
+            return self.outcome(d, policy.past_ttl(d.failures, d.last_reason), None)
+        tag_suppressed = ctx.tag_suppressed.get(d.id, False)
+        if ctx.suppressed.get(d.id):
+            return Outcome(d, Event.FAIL, reason="suppressed")
+        if tag_suppressed and d.body.get("messaging_type") == "MESSAGE_TAG":
+            return Outcome(d, Event.FAIL, reason="tag_suppressed")
+        token = self.token_for(d)
+        if token is None:
+            return Outcome(d, Event.FAIL, reason="no_page_token")
+        pause = ctx.pauses.get(d.page_id)
+        if pause is not None and not pause.lifted_by(token):
+            return Outcome(d, Event.WAIT, reason="page_paused", delay=max(0.05, pause.until - time.time()))
+        if not d.active_tag and ctx.window_closed.get(d.id) and d.body.get("messaging_type") != "MESSAGE_TAG":
+            # the window is known to be closed: no doomed call, straight to the fallback path
+            tag = policy.next_fallback(d.fallback_tags, d.tags_tried, tag_suppressed)
+            if tag is None:
+                return self.outcome(d, policy.window_outcome(s), None)
+            ctx.first_tag[d.id] = tag
+        return None
+
+    async def deliver(self, d: Delivery, ctx: BatchContext) -> Outcome:
+        """Pace, call and decide, trying each fallback tag at most once (never a loop)."""
+        token = self.token_for(d)
+        if token is None:  # checked in precheck; the token file may have been reloaded since
+            return Outcome(d, Event.FAIL, reason="no_page_token")
+        tag: str | None = d.active_tag or ctx.first_tag.get(d.id)
+        for _ in range(len(d.fallback_tags) + 1):
+            body = d.body if tag is None else {**d.body, "messaging_type": "MESSAGE_TAG", "tag": tag}
+            deferral = await self._pace(d, body, tag)
+            if deferral is not None:
+                return deferral
+            result, error = await self._call(d, token, body, tag)
+            if error is None:
+                if result is not None and (result.usage_pct or 0) >= self._s.usage_slowdown_threshold:
+                    await self._slow_down(d.page_id)
+                return Outcome(d, Event.SEND_OK, result=result, delivered_tag=body.get("tag"))
+            decision = self._decide(d, error, tag, ctx.tag_suppressed.get(d.id, False))
+            if decision.action is Action.RETAG and decision.next_tag is not None:
+                tag = decision.next_tag
+                continue
+            d.active_tag = tag or ""
+            if decision.pause_page is not None and error.reason == "rate_limited":
+                await self._slow_down(d.page_id)
+            return self.outcome(d, decision, error)
+        return Outcome(d, Event.FAIL, reason="outside_window")
+
+    def _decide(self, d: Delivery, error: GraphError, tag: str | None, tag_suppressed: bool) -> Decision:
+        if error.reason == "outside_window":
+            d.window_closed_seen = True
+        if tag is not None and error.reason in ("outside_window", "tag_rejected"):
+            d.tags_tried.append(tag)
+        if error.reason in ("transient", "ambiguous"):
+            d.failures += 1
+        return policy.decide(
+            self._s,
+            error,
+            failures=d.failures,
+            age=time.time() - d.created_at,
+            fallback_tags=d.fallback_tags,
+            tags_tried=d.tags_tried,
+            tag_suppressed=tag_suppressed,
+        )
+
+    def outcome(self, d: Delivery, decision: Decision, error: GraphError | None) -> Outcome:
+        pause = None
+        if decision.pause_page is not None and error is not None:
+            pause = PauseRequest(decision.pause_page, error.reason, error.info.code)
+        return Outcome(
+            d,
+            EVENT_OF.get(decision.action, Event.FAIL),
+            reason=decision.reason,
+            delay=decision.delay,
+            error=error,
+            suppress=decision.suppress,
+            suppress_tagged=decision.suppress_tagged,
+            pause=pause,
+            possible_duplicate=decision.possible_duplicate,
+        )
+
+    async def _pace(self, d: Delivery, body: dict[str, Any], tag: str | None) -> Outcome | None:
+        """Wait for this send's slot, or defer the delivery (with its reservation) to the schedule."""
+        if self.draining:
+            raise Released("shutdown")
+        reserved, d.slot_at = d.slot_at, 0.0
+        free, d.slot_free = d.slot_free, False
+        grant = await self._limiter.wait_for_slot(
+            d.page_id, message_kind(body), d.psid, reserved, reserved_free=free
+        )
+        if grant.granted and grant.delay <= 0:
+            d.probe = grant.probe
+            return None
+        d.active_tag = tag or ""
+        if not grant.granted:  # the page is paused: nothing reserved
+            return Outcome(d, Event.WAIT, reason="paced", delay=grant.delay)
+        # released back to a worker the lookahead before its slot, to await it on the loop
+        d.slot_at = grant.slot
+        lookahead = release_lookahead(self._s)
+        return Outcome(d, Event.WAIT, reason="paced", delay=max(0.0, grant.at - time.time() - lookahead))
+
+    async def _call(
+        self, d: Delivery, token: str, body: dict[str, Any], tag: str | None
+    ) -> tuple[SendResult | None, GraphError | None]:
+        async with self._inflight:
+            if self.draining:
+                raise Released("shutdown")
+            if not await self._leases.safe_to_send(d):
+                raise Released("lease_at_risk")
+            d.attempts += 1
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(self._s.graph_deadline_seconds):
+                    result = await self._graph.send(d.page_id, token, body)
+            except GraphError as exc:
+                self._observer.attempted(d, tag, None, exc, time.perf_counter() - started)
+                return None, exc
+            except TimeoutError:  # the request may have reached Graph
+                late = AmbiguousError(
+                    ErrorInfo(
+                        code=None, subcode=None, message="deadline: no answer within GRAPH_DEADLINE_SECONDS"
+                    )
+                )
+                self._observer.attempted(d, tag, None, late, time.perf_counter() - started)
+                return None, late
+        self._observer.attempted(d, tag, result, None, result.latency_ms / 1000)
+        return result, None
+
+    async def _slow_down(self, page_id: str) -> None:
+        """Usage over the threshold or throttled: halve the page's rate, at most once per 10 s
+        per process."""
+        if time.monotonic() - self._slowed.get(page_id, -1e9) < 10:
+            return
+        self._slowed[page_id] = time.monotonic()
+        factor = await self._limiter.slow_down(page_id)
+        log.warning("page.slowed", page_id=page_id, rate_factor=round(factor, 3))
+
+
+def release_lookahead(settings: Settings) -> float:
+    """How long before its reserved slot a deferred delivery is released to the queue: most of
+    the hold, so the path back (schedule, Celery, claim) has time and the slot is awaited on the
+    event loop; at least two scheduler ticks."""
+    return max(0.6 * settings.pace_max_hold_seconds, 2 * settings.scheduler_interval_seconds)
+
+
+__all__ = ["EVENT_OF", "BatchContext", "Released", "Sender", "State", "release_lookahead"]

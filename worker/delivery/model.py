@@ -1,0 +1,130 @@
+"""The engine's working objects: a claimed :class:`Delivery` and the :class:`Outcome` decided for it.
+
+An outcome names a state-machine event; its target status comes from :func:`worker.states.apply`
+(a claimed delivery is ``IN_FLIGHT``), so building an outcome that the table forbids fails at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from worker.graph import GraphError, SendResult
+from worker.states import FINAL, Event, State, apply, parse
+from worker.store import records
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """A claimed delivery, decoded from its record (``fields`` as they were before the claim)."""
+
+    id: str
+    claim: str  # the claim's fence token (every write about this delivery carries it)
+    page_id: str
+    psid: str
+    body: dict[str, Any]
+    token: str = field(repr=False)  # a passthrough page token: never in a repr
+    created_at: float = 0.0
+    attempts: int = 0
+    failures: int = 0
+    fallback_tags: list[str] = field(default_factory=list)
+    tags_tried: list[str] = field(default_factory=list)
+    #: The status before this claim (IN_FLIGHT: a reclaim, its previous holder stopped renewing).
+    previous: State = State.QUEUED
+    request_id: str = ""
+    #: The fallback tag in use when it was deferred or scheduled ("" = the body as accepted).
+    active_tag: str = ""
+    #: A pacing slot reserved when it was deferred (Redis clock, epoch s; 0 = none).
+    slot_at: float = 0.0
+    #: The Braze user (X-Braze-External-Id at the intake, or learned from a Messenger ref).
+    external_id: str = ""
+    #: Why its last round ended unsent ("" = none): a retry's error, a page pause ...
+    last_reason: str = ""
+    # --- this round only (not stored) ---------------------------------------------------------
+    #: slot_at was free when reserved (this batch's reservation, not a deferral).
+    slot_free: bool = False
+    #: Graph said the window is closed in this round.
+    window_closed_seen: bool = False
+    #: This round's send is the probe after a page pause.
+    probe: bool = False
+
+    @classmethod
+    def from_record(cls, delivery_id: str, claim: str, rec: dict[str, str]) -> Delivery:
+        return cls(
+            id=delivery_id,
+            claim=claim,
+            page_id=rec.get("page_id", ""),
+            psid=rec.get("psid", ""),
+            body=orjson.loads(rec.get("body") or "{}"),
+            token=rec.get("token", ""),
+            created_at=records.number(rec, "created_at"),
+            attempts=int(rec.get("attempts") or 0),
+            failures=int(rec.get("failures") or 0),
+            fallback_tags=orjson.loads(rec.get("fallback_tags") or "[]"),
+            tags_tried=orjson.loads(rec.get("tags_tried") or "[]"),
+            previous=_previous(rec, claim),
+            request_id=rec.get("request_id", ""),
+            active_tag=rec.get("active_tag", ""),
+            slot_at=records.number(rec, "slot_at"),
+            external_id=rec.get("external_id", ""),
+            last_reason=_reason(rec.get("error")),
+        )
+
+
+def _previous(rec: dict[str, str], claim: str) -> State:
+    """The status before this claim (a retried claim call finds its own claim in place)."""
+    if rec.get("claim") == claim and rec.get("previous"):
+        return parse(rec["previous"])
+    return parse(rec.get("status") or State.QUEUED)
+
+
+def _reason(error: str | None) -> str:
+    if not error:
+        return ""
+    reason = orjson.loads(error).get("reason")
+    return reason if isinstance(reason, str) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRequest:
+    """Pause the delivery's page: Graph refused the page itself (throttling, token, restriction)."""
+
+    seconds: float
+    reason: str
+    code: int | None
+
+
+@dataclass(slots=True, eq=False)
+class Outcome:
+    """What happened to one claimed delivery in this round; the recorder writes it."""
+
+    delivery: Delivery
+    event: Event
+    reason: str | None = None
+    #: RETRY / WAIT: due this many seconds from now.
+    delay: float = 0.0
+    result: SendResult | None = None
+    error: GraphError | None = None
+    delivered_tag: str | None = None
+    suppress: bool = False
+    suppress_tagged: bool = False
+    pause: PauseRequest | None = None
+    possible_duplicate: bool = False
+    #: The target status (from the state machine).
+    status: State = field(init=False)
+    #: Set by the recorder: 1 written, 2 already written (a retried call), 0 refused by the fence.
+    written: int = -1
+
+    def __post_init__(self) -> None:
+        self.status = apply(State.IN_FLIGHT, self.event)
+
+    @property
+    def paced(self) -> bool:
+        """Deferred for pacing (a slot later, or the page paused before the call)."""
+        return self.reason == "paced"
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL

@@ -1,0 +1,184 @@
+"""Outcomes written as they are decided, in small batches, under the claim's fence.
+
+:meth:`Recorder.record` takes one outcome the moment its delivery is done with (sent, failed,
+deferred ...). Outcomes decided within RECORD_FLUSH_MS of each other (or RECORD_FLUSH_MAX of them)
+share one round trip: one ``record.lua`` call for their records and the indexes, plus what goes
+with them in the same pipeline (suppressions, the closed-window memory, page pauses, the Braze
+outbox items of the observers). No outcome waits for another delivery's Graph call.
+
+``record.lua`` writes a record only under its claim's token, and remembers the token once
+written, so a write may be sent again safely. That is what makes the retry below correct: a write
+that fails (Redis stalled, restarting, full) is tried again, with a capped backoff, until it lands.
+A sent message is therefore never left recorded as open by a Redis hiccup, which is what would
+make the sweeper send it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from worker import metrics
+from worker.config import PageTokens, Settings
+from worker.delivery.model import Outcome
+from worker.delivery.observers import Observer
+from worker.delivery.pauses import queue_lift, queue_pause
+from worker.logging import get_logger
+from worker.states import FINAL, State
+from worker.store import Keys, records, scripts
+
+log = get_logger("worker.delivery")
+#: Backoff of a failed write: doubles from BASE to CAP (seconds), with jitter.
+RETRY_BASE = 0.05
+RETRY_CAP = 2.0
+
+
+def record_fields(o: Outcome, now: float) -> dict[str, Any]:
+    """The record fields an outcome writes (``record.lua`` adds status, times and the fence)."""
+    d = o.delivery
+    fields: dict[str, Any] = {"attempts": d.attempts, "failures": d.failures}
+    if o.status not in FINAL:
+        fields["tags_tried"] = orjson.dumps(d.tags_tried)
+        fields["active_tag"] = d.active_tag
+        fields["slot_at"] = repr(d.slot_at)
+        if o.status is not State.PARKED:
+            fields["not_before"] = repr(now + o.delay)
+    if o.result is not None:
+        if o.result.message_id:
+            fields["message_id"] = o.result.message_id
+        fields["sent_at"] = repr(o.result.started_at)
+    if o.delivered_tag:
+        fields["delivered_tag"] = o.delivered_tag
+    if o.status is not State.SENT and not o.paced and (o.error is not None or o.reason):
+        info = o.error.info if o.error is not None else None
+        fields["error"] = records.error_fields(
+            o.reason,
+            info.code if info else None,
+            info.subcode if info else None,
+            info.message if info else None,
+            info.fbtrace_id if info else None,
+        )
+    return fields
+
+
+class Recorder:
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, tokens: PageTokens, observer: Observer
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._keys = Keys.of(settings)
+        self._tokens = tokens
+        self._observer = observer
+        self._linger = settings.record_flush_ms / 1000
+        self._max = settings.record_flush_max
+        self._buffer: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def record(self, outcome: Outcome) -> asyncio.Future[None]:
+        """Queue an outcome; the future is done once it is written (or refused by the fence)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer.append((outcome, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        return future
+
+    @property
+    def waiting(self) -> int:
+        return len(self._buffer)
+
+    async def _run(self) -> None:
+        try:
+            while self._buffer:
+                if len(self._buffer) < self._max and self._linger > 0 and not self._closing:
+                    await asyncio.sleep(self._linger)  # outcomes of the same moment share a write
+                batch, self._buffer = self._buffer[: self._max], self._buffer[self._max :]
+                await self._write_until_landed(batch)
+        finally:
+            self._task = None
+
+    async def flush(self) -> None:
+        """Write everything queued now (shutdown)."""
+        self._closing = True
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _write_until_landed(self, batch: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
+        outcomes = [o for o, _ in batch]
+        failures = 0
+        while True:
+            try:
+                results = await scripts.execute(self._client, lambda pipe: self._build(pipe, outcomes))
+                break
+            except (redis.exceptions.RedisError, OSError) as exc:
+                failures += 1
+                metrics.OUTCOME_WRITES.labels("retried").inc()
+                wait = min(RETRY_CAP, RETRY_BASE * 2 ** min(failures, 10)) * (0.5 + random.random() / 2)  # noqa: S311  # jitter
+                (log.warning if failures in (1, 10) or failures % 100 == 0 else log.debug)(
+                    "outcomes.write_retry", count=len(outcomes), failures=failures, error=type(exc).__name__
+                )
+                await asyncio.sleep(wait)
+        for o, written in zip(outcomes, results[0], strict=True):
+            o.written = int(written)
+        metrics.OUTCOME_WRITES.labels("written").inc()
+        metrics.OUTCOME_WRITE_SIZE.observe(len(outcomes))
+        if failures:
+            log.info("outcomes.written_after_retry", count=len(outcomes), failures=failures)
+        self._observer.recorded(outcomes)
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    def _build(self, pipe: Any, outcomes: Sequence[Outcome]) -> None:
+        s, keys, now = self._settings, self._keys, time.time()
+        args: list[Any] = [
+            repr(now),
+            keys.delivery_prefix,
+            keys.park_prefix,
+            keys.stats_prefix,
+            s.record_retention,
+            int(now // 60),
+        ]
+        for o in outcomes:
+            fields = record_fields(o, now)
+            due = ""
+            deadline = ""
+            if o.status is State.PARKED:
+                deadline = repr(o.delivery.created_at + s.message_ttl + 1)
+            elif o.status not in FINAL:
+                due = repr(now + o.delay)
+                deadline = repr(now + o.delay + s.sweep_after_seconds)
+            args += [o.delivery.id, o.delivery.claim, o.status.value, due, deadline, len(fields)]
+            for name, value in fields.items():
+                args += [name, value]
+        scripts.queue(
+            pipe, "record", keys=[keys.pending, keys.open, keys.sched, keys.dead, keys.parked], args=args
+        )
+        for o in outcomes:
+            self._effects(pipe, o)
+        self._observer.writes(outcomes, pipe)
+
+    def _effects(self, pipe: Any, o: Outcome) -> None:
+        """What Graph's answer taught about the recipient or the page (not fenced: true whoever
+        holds the delivery now)."""
+        s, keys, d = self._settings, self._keys, o.delivery
+        if d.window_closed_seen:  # the next message to this PSID skips the doomed call
+            pipe.set(keys.window(d.page_id, d.psid), "0", nx=True, ex=s.window_memory_seconds)
+        if o.suppress:
+            pipe.set(keys.suppressed(d.page_id, d.psid), o.reason or "unreachable", ex=s.suppression_ttl)
+        if o.suppress_tagged:
+            pipe.set(keys.tag_suppressed(d.page_id, d.psid), "tag_abuse", ex=s.tag_abuse_suppression_ttl)
+        if o.pause is not None:
+            queue_pause(
+                pipe, keys, s, d.page_id, pause=o.pause, token=d.token or self._tokens.get(d.page_id) or ""
+            )
+        elif d.probe and not o.paced:
+            queue_lift(pipe, keys, d.page_id)

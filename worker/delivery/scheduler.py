@@ -1,0 +1,110 @@
+"""The scheduler, in every worker process: waits that fall due go back to the queue, stalled
+deliveries are swept back, and the housekeeping that belongs to no single delivery runs.
+
+Every SCHEDULER_INTERVAL_SECONDS (0.1 s) it
+
+* releases due waits from ``P:sched`` (retries, rate limits, paused pages, deferred pacing
+  slots; ``release_due.lua``) and publishes them at the head of the queue, where their reserved
+  slots must not wait behind a backlog;
+* sweeps ``P:pending`` (``sweep.lua``): open deliveries past their deadline whose Celery message
+  was lost, or whose holder stopped renewing its lease, go back to the queue;
+* every few seconds: says when page pauses ended and lifts token-invalid pauses whose page has a
+  new token; purges dead letters past DEAD_LETTER_RETENTION (when set);
+* drains the Braze outbox when this process holds its lock.
+
+**Sweeping after an outage.** A holder renews its leases every third of the lease. When Redis
+was unreachable (or stalled) for longer than that, leases may have run out meanwhile although
+their holders are alive and renewing as soon as Redis answers. So after an outage the scheduler
+does not sweep until it has been connected for two renewal intervals: every live holder has
+renewed by then, and what is left has really been abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from worker import metrics
+from worker.braze import OutboxDrainer
+from worker.config import PageTokens, Settings
+from worker.delivery.pauses import PauseKeeper
+from worker.logging import get_logger
+from worker.store import Keys, deadletters, envelope, scripts, text
+
+log = get_logger("worker.delivery")
+#: How often the pause housekeeping and the dead-letter retention run.
+HOUSEKEEPING_SECONDS = 5.0
+#: Ids released or swept per tick, at most.
+CHUNK = 1000
+
+
+class Scheduler:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        tokens: PageTokens,
+        drainer: OutboxDrainer | None = None,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._keys = Keys.of(settings)
+        self._pauses = PauseKeeper(client, self._keys, tokens)
+        self._drainer = drainer
+        self._housekeeping_at = 0.0
+        self._connected_since = time.monotonic()
+        self._hold_off = 2 * settings.lease_renew_seconds
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until ``stop`` is set (never cancelled mid-command: a cancelled Redis call can
+        leave its connection in a state that blocks the pool's shutdown)."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.warning("scheduler.redis_error", error=type(exc).__name__)
+                self._connected_since = time.monotonic()
+            else:
+                if time.monotonic() - started > self._settings.lease_renew_seconds / 2:
+                    self._connected_since = time.monotonic()  # a stall: leases may have run out
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.scheduler_interval_seconds)
+
+    @property
+    def may_sweep(self) -> bool:
+        return time.monotonic() - self._connected_since >= self._hold_off
+
+    async def tick(self) -> int:
+        """Release due waits and sweep stalled deliveries to the queue. Returns ids enqueued."""
+        s, keys = self._settings, self._keys
+        now = repr(time.time())
+        released = await scripts.run(self._client, "release_due", keys=[keys.sched], args=[now, CHUNK])
+        swept: list[bytes] = []
+        if self.may_sweep:
+            swept = await scripts.run(
+                self._client,
+                "sweep",
+                keys=[keys.pending, keys.sched, keys.open],
+                args=[now, CHUNK, s.sweep_after_seconds, keys.delivery_prefix],
+            )
+        ids = [text(i) for i in [*released, *swept]]
+        await envelope.publish(self._client, s.queue_name, ids, s.batch_max, front=True)
+        if swept:
+            log.info("scheduler.swept", count=len(swept))
+            metrics.SWEPT.inc(len(swept))
+        if time.monotonic() - self._housekeeping_at >= HOUSEKEEPING_SECONDS:
+            self._housekeeping_at = time.monotonic()
+            await self._pauses.tick()
+            purged = await deadletters.purge_expired(self._client, s)
+            if purged:
+                log.info("deadletters.expired", count=purged, retention_s=s.dead_letter_retention)
+        if self._drainer is not None:
+            await self._drainer.tick()
+        return len(ids)

@@ -1,0 +1,294 @@
+"""One read model of the service's state: ``messenger-worker status``, the intake's ``/metrics``
+and its readiness all read it from here, so they agree on every number.
+
+Definitions:
+
+* **open**: accepted and not final (``P:open``; ``P:pending`` holds the same members);
+* **oldest_open_age_s**: how long the oldest open delivery has waited since it was accepted;
+* **queue_depth**: Celery messages waiting (each names a batch of up to QUEUE_BATCH_MAX ids);
+* **in_flight_batches**: Celery messages delivered to workers and not yet acknowledged;
+* **scheduled**: open deliveries waiting for a due time (retries, rate limits, paused pages,
+  pacing slots); **parked**: waiting for their recipient to write;
+* **dead_letters**: in the dead-letter set (replayable);
+* **paused_pages**: pages paused now, with why and until when;
+* rates: final outcomes per second over the last five minutes, and the failure ratio
+  ((failed + dead) / final);
+* **pages**: per page bucket, its limit, its rate after adaptive slow-down and the slots free now.
+
+Everything is read with pipelines: a fixed number of round trips whatever the backlog; the page
+rows are one more round trip for at most ``max_pages`` buckets.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from worker.config import Settings
+from worker.ratelimit import burst_for, page_rate
+from worker.states import State
+from worker.store import Keys, records, text
+
+RATE_MINUTES = 5
+_RATE_STATES = (State.SENT, State.FAILED, State.DEAD, State.EXPIRED)
+
+
+@dataclass(frozen=True)
+class PageRow:
+    page_id: str
+    kind: str
+    rate_limit: float
+    effective_rate: float
+    tokens: float
+    paused_until: float | None
+    pause_reason: str | None
+
+
+@dataclass(frozen=True)
+class PausedPage:
+    page_id: str
+    paused_until: float
+    reason: str | None
+    code: str | None
+
+
+@dataclass(frozen=True)
+class Status:
+    queue_depth: int
+    in_flight_batches: int
+    open: int
+    oldest_open_age_s: float
+    scheduled: int
+    parked: int
+    dead_letters: int
+    paused_pages: list[PausedPage] = field(default_factory=list)
+    rates: dict[str, float] = field(default_factory=dict)
+    pages: list[PageRow] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON of ``messenger-worker status --json``: rates first, then the counts, the
+        paused pages (``paused_pages`` is their number, ``paused`` the list) and the page rows."""
+        out: dict[str, Any] = dict(self.rates)
+        for name in (
+            "queue_depth",
+            "in_flight_batches",
+            "open",
+            "oldest_open_age_s",
+            "scheduled",
+            "parked",
+            "dead_letters",
+        ):
+            out[name] = getattr(self, name)
+        out["paused_pages"] = len(self.paused_pages)
+        out["paused"] = [asdict(p) for p in self.paused_pages]
+        out["pages"] = [
+            {"class" if k == "kind" else k: v for k, v in asdict(row).items()} for row in self.pages
+        ]
+        return out
+
+
+def read(
+    client: Any, settings: Settings, *, max_pages: int | None = None, now: float | None = None
+) -> Status:
+    """The whole status (sync client: the CLI, and /metrics from a thread)."""
+    keys = Keys.of(settings)
+    now = time.time() if now is None else now
+    minute = int(now // 60) + 1
+    stat_keys = [keys.stats(m, st.value) for m in range(minute - RATE_MINUTES, minute) for st in _RATE_STATES]
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(keys.queue)
+    pipe.hlen(keys.unacked)
+    pipe.zcard(keys.open)
+    pipe.zrange(keys.open, 0, 0, withscores=True)
+    pipe.zcard(keys.sched)
+    pipe.zcard(keys.parked)
+    pipe.zcard(keys.dead)
+    pipe.zrangebyscore(keys.paused, now, "+inf", withscores=True)
+    pipe.mget(stat_keys)
+    pipe.smembers(keys.buckets)
+    depth, unacked, open_, oldest, sched, parked, dead, paused, stats, buckets = pipe.execute()
+    members = sorted(text(m) for m in buckets)[: max_pages if max_pages is not None else None]
+    paused_ids = [text(m) for m, _ in paused]
+    pipe = client.pipeline(transaction=False)
+    for member in members:
+        pipe.hgetall(keys.bucket_of(member))
+    pages_of_buckets = sorted({m.rpartition(":")[0] for m in members} | set(paused_ids))
+    for page in pages_of_buckets:
+        pipe.hgetall(keys.pause(page))
+    res = pipe.execute() if members or pages_of_buckets else []
+    pauses = {p: records.decode(r) for p, r in zip(pages_of_buckets, res[len(members) :], strict=True)}
+    rows = [
+        _page_row(settings, member, records.decode(raw), pauses, now)
+        for member, raw in zip(members, res[: len(members)], strict=True)
+    ]
+    return Status(
+        queue_depth=int(depth),
+        in_flight_batches=int(unacked),
+        open=int(open_),
+        oldest_open_age_s=round(max(0.0, now - float(oldest[0][1])), 1) if oldest else 0.0,
+        scheduled=int(sched),
+        parked=int(parked),
+        dead_letters=int(dead),
+        paused_pages=[
+            PausedPage(
+                page, float(until), pauses.get(page, {}).get("reason"), pauses.get(page, {}).get("code")
+            )
+            for page, (_, until) in zip(paused_ids, paused, strict=True)
+        ],
+        rates=_rates(stats),
+        pages=rows,
+    )
+
+
+def _rates(values: list[Any]) -> dict[str, float]:
+    totals = dict.fromkeys(_RATE_STATES, 0)
+    for i, value in enumerate(values):
+        if value is not None:
+            totals[_RATE_STATES[i % len(_RATE_STATES)]] += int(value)
+    final = sum(totals.values())
+    out = {f"{st.value}_per_s": round(n / (RATE_MINUTES * 60), 2) for st, n in totals.items()}
+    failed = totals[State.FAILED] + totals[State.DEAD]
+    out["failure_ratio"] = round(failed / final, 4) if final else 0.0
+    return out
+
+
+def _page_row(
+    settings: Settings, member: str, rec: dict[str, str], pauses: dict[str, dict[str, str]], now: float
+) -> PageRow:
+    page, _, kind = member.rpartition(":")
+    rate = page_rate(settings, page, kind)
+    factor = float(rec.get("f", "1"))
+    if factor < 1:  # the recovery since it was lowered, as the limiter's Lua computes it
+        factor = min(
+            1.0, factor + (now - float(rec.get("ft", "0")) / 1e6) * settings.pace_recovery_per_second
+        )
+    tat = float(rec.get("tat", "0")) / 1e6
+    effective = rate * factor
+    burst = burst_for(settings, rate)
+    tokens = max(0.0, min(float(burst), (now - (tat - burst / effective)) * effective)) if effective else 0.0
+    pause = pauses.get(page, {})
+    until = records.number(pause, "until")
+    return PageRow(
+        page_id=page,
+        kind=kind,
+        rate_limit=rate,
+        effective_rate=round(effective, 2),
+        tokens=round(tokens, 2),
+        paused_until=until if until > now else None,
+        pause_reason=pause.get("reason") if until > now else None,
+    )
+
+
+# --- /metrics -------------------------------------------------------------------------------------
+_GAUGES = (
+    ("bmw_queue_depth", "Celery messages waiting in the queue", "queue_depth"),
+    (
+        "bmw_in_flight_batches",
+        "Celery messages delivered to workers and not yet acknowledged",
+        "in_flight_batches",
+    ),
+    ("bmw_open_deliveries", "Accepted deliveries not yet in a final state", "open"),
+    ("bmw_oldest_open_age_seconds", "Age of the oldest accepted, not final delivery", "oldest_open_age_s"),
+    (
+        "bmw_scheduled",
+        "Deliveries waiting for a retry, a rate-limit wait, a paused page or a slot",
+        "scheduled",
+    ),
+    ("bmw_parked", "Deliveries parked outside the 24-hour window until the user re-engages", "parked"),
+    ("bmw_dead_letters", "Deliveries in the dead-letter store", "dead_letters"),
+)
+
+
+class RedisStateCollector(Collector):
+    """The read model as Prometheus gauges, read at scrape time (served by the intake)."""
+
+    def __init__(self, settings: Settings, client: Any) -> None:
+        self._settings = settings
+        self._client = client
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("bmw_redis_up", "Whether the intake could read Redis at scrape time")
+        try:
+            status = read(self._client, self._settings, max_pages=self._settings.metrics_max_pages)
+        except Exception:  # noqa: BLE001  # a scrape must not fail because Redis is down
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        for name, doc, attr in _GAUGES:
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], float(getattr(status, attr)))
+            yield g
+        paused_n = GaugeMetricFamily("bmw_pages_paused", "Pages currently paused")
+        paused_n.add_metric([], len(status.paused_pages))
+        yield paused_n
+        yield from _page_gauges(status)
+
+
+def _page_gauges(status: Status) -> Iterator[GaugeMetricFamily]:
+    paused_g = GaugeMetricFamily("bmw_page_paused", "1 while a page is paused", labels=["page_id", "reason"])
+    rate_g = GaugeMetricFamily(
+        "bmw_page_rate_limit", "Configured sends/s per page", labels=["page_id", "class"]
+    )
+    eff_g = GaugeMetricFamily(
+        "bmw_page_effective_rate", "Sends/s after adaptive slow-down", labels=["page_id", "class"]
+    )
+    tokens_g = GaugeMetricFamily("bmw_page_tokens", "Slots available now", labels=["page_id", "class"])
+    for row in status.pages:
+        labels = [row.page_id, row.kind]
+        rate_g.add_metric(labels, row.rate_limit)
+        eff_g.add_metric(labels, row.effective_rate)
+        tokens_g.add_metric(labels, row.tokens)
+        if row.paused_until and row.kind == "text":
+            paused_g.add_metric([row.page_id, row.pause_reason or "unknown"], 1)
+    yield from (paused_g, rate_g, eff_g, tokens_g)
+
+
+def render_metrics(settings: Settings, redis_client: Any | None) -> bytes:
+    """The intake's /metrics body: this process (or all, in multiprocess mode) plus Redis state."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    body = generate_latest(registry)
+    if redis_client is not None:
+        state = CollectorRegistry()
+        state.register(RedisStateCollector(settings, redis_client))
+        body += generate_latest(state)
+    return body
+
+
+# --- readiness ------------------------------------------------------------------------------------
+@dataclass
+class MemoryGuard:
+    """Whether Redis has room for new messages: ``used_memory`` under REDIS_MEMORY_HEADROOM of
+    ``maxmemory`` (INFO memory, read at most once a second). Without maxmemory it always has."""
+
+    headroom: float
+    checked_at: float = -1e9
+    ratio: float = 0.0
+
+    async def check(self, client: Any) -> bool:
+        now = time.monotonic()
+        if now - self.checked_at >= 1.0:
+            self.checked_at = now
+            info = await client.info("memory")
+            limit = int(info.get("maxmemory") or 0)
+            self.ratio = int(info.get("used_memory") or 0) / limit if limit else 0.0
+        return self.headroom >= 1 or self.ratio < self.headroom
+
+
+__all__ = ["MemoryGuard", "PageRow", "PausedPage", "RedisStateCollector", "Status", "read", "render_metrics"]

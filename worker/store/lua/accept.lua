@@ -1,0 +1,68 @@
+-- ACCEPT: the intake's group commit, one call per batch of requests.
+-- KEYS[1] pending zset, KEYS[2] Celery queue list, KEYS[3] open zset, KEYS[4] the queue's gather
+-- pointer (P:gather:{queue}).
+-- ARGV[1] now, ARGV[2] idempotency ttl, ARGV[3] sweep_after, ARGV[4] idempotency key prefix
+-- (P:idem:), ARGV[5] delivery key prefix (P:d:), ARGV[6] batch key prefix (P:batch:),
+-- ARGV[7] the Celery message of a new batch (`worker.deliver_batch(ARGV[8])`, serialised),
+-- ARGV[8] the new batch's id, ARGV[9] QUEUE_BATCH_MAX, ARGV[10] a batch list's TTL (s),
+-- ARGV[11] fields per item (F), then from ARGV[12] F values per item:
+--   id, idempotency key ('' for none), page_id, psid, body, token ('' = configured page token),
+--   fallback tags (JSON list), request id, Braze external_id ('' for none).
+-- Each accepted item becomes a QUEUED record, in pending (deadline now + sweep_after) and open.
+-- Returns, per item, '' when accepted or the existing delivery id for a repeated idempotency key.
+-- The accepted ids join the queue's newest batch while it is still queued (its list exists: no
+-- worker has taken it) and has room for them all; otherwise they start a new batch and its
+-- message is pushed. A backlog thus travels in messages of up to QUEUE_BATCH_MAX ids, while an
+-- idle queue still gets one message per commit. The list outlives sweep_after, so a message
+-- that is lost leaves its ids to the sweeper (their pending deadline), never to nobody.
+local now = ARGV[1]
+local idem_ttl = tonumber(ARGV[2])
+local deadline = tonumber(now) + tonumber(ARGV[3])
+local cap = tonumber(ARGV[9])
+local ttl = tonumber(ARGV[10])
+local per = tonumber(ARGV[11])
+local out = {}
+local accepted = {}
+local i = 12
+while i <= #ARGV do
+  local id = ARGV[i]
+  local idem = ARGV[i + 1]
+  local existing = false
+  if idem ~= '' then
+    local key = ARGV[4] .. idem
+    if redis.call('SET', key, id, 'NX', 'EX', idem_ttl) == false then
+      existing = redis.call('GET', key)
+    end
+  end
+  if existing then
+    table.insert(out, existing)
+  else
+    redis.call('HSET', ARGV[5] .. id,
+      'status', S.QUEUED, 'page_id', ARGV[i + 2], 'psid', ARGV[i + 3], 'body', ARGV[i + 4],
+      'token', ARGV[i + 5], 'fallback_tags', ARGV[i + 6], 'request_id', ARGV[i + 7],
+      'idempotency_key', idem, 'external_id', ARGV[i + 8], 'created_at', now, 'updated_at', now,
+      'attempts', 0)
+    redis.call('ZADD', KEYS[1], deadline, id)
+    redis.call('ZADD', KEYS[3], now, id)
+    table.insert(accepted, id)
+    table.insert(out, '')
+  end
+  i = i + per
+end
+if #accepted > 0 then
+  local batch = nil
+  local newest = redis.call('GET', KEYS[4])
+  if newest then
+    local key = ARGV[6] .. newest
+    local n = redis.call('LLEN', key)
+    if n > 0 and n + #accepted <= cap then batch = key end
+  end
+  if not batch then
+    batch = ARGV[6] .. ARGV[8]
+    redis.call('LPUSH', KEYS[2], ARGV[7])
+    redis.call('SET', KEYS[4], ARGV[8], 'EX', ttl)
+  end
+  redis.call('RPUSH', batch, unpack(accepted))
+  redis.call('EXPIRE', batch, ttl)
+end
+return out

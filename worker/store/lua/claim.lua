@@ -1,0 +1,44 @@
+-- CLAIM: a worker takes the deliveries of one Celery message, under one fence token.
+-- KEYS[1] pending zset; for a `worker.deliver_batch` message also KEYS[2] its batch list,
+-- KEYS[3] the queue's gather pointer and KEYS[4] where this claim keeps the list it took.
+-- ARGV[1] now, ARGV[2] lease seconds, ARGV[3] delivery key prefix (P:d:), ARGV[4] the claim's
+-- fence token, ARGV[5] how long a taken list is kept (s), ARGV[6..] the ids (`worker.deliver`)
+-- or the batch id (`worker.deliver_batch`).
+-- A batch list is taken whole (renamed to KEYS[4]; the gather pointer is cleared, so later
+-- commits start a new batch); a second copy of the message finds nothing to take.
+-- A delivery is claimed when it is CLAIMABLE, due (not_before <= now) and not held (no lease, or
+-- a lease that ended: its holder stopped renewing it). It becomes IN_FLIGHT with claim = the
+-- token, previous = its status before, lease_until = now + lease, and its pending deadline just
+-- after the lease.
+-- The same call sent again with the same token (its answer was lost) takes back the same
+-- deliveries: a delivery whose claim is already this token is returned again.
+-- Returns {ids looked at, id, its fields before this claim (HGETALL), ...}.
+local now = tonumber(ARGV[1])
+local lease = now + tonumber(ARGV[2])
+local token = ARGV[4]
+local ids
+if #KEYS == 4 then
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('RENAME', KEYS[2], KEYS[4])
+    redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
+  end
+  ids = redis.call('LRANGE', KEYS[4], 0, -1)
+  if redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end
+else
+  ids = {unpack(ARGV, 6)}
+end
+local out = {#ids}
+for _, id in ipairs(ids) do
+  local key = ARGV[3] .. id
+  local st = redis.call('HMGET', key, 'status', 'not_before', 'lease_until', 'claim')
+  if st[4] == token and st[1] == S.IN_FLIGHT then
+    table.insert(out, id)
+    table.insert(out, redis.call('HGETALL', key))
+  elseif st[1] and CLAIMABLE[st[1]] and tonumber(st[2] or '0') <= now and tonumber(st[3] or '0') <= now then
+    table.insert(out, id)
+    table.insert(out, redis.call('HGETALL', key))
+    redis.call('HSET', key, 'status', S.IN_FLIGHT, 'previous', st[1], 'claim', token, 'lease_until', lease)
+    redis.call('ZADD', KEYS[1], lease + 1, id)
+  end
+end
+return out

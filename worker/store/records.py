@@ -1,0 +1,112 @@
+"""The delivery record (``P:d:{id}``, a Redis hash): its fields, how they decode, what the status
+API shows, and what a final record keeps.
+
+Fields, by who writes them::
+
+    accept (intake)   status, page_id, psid, body (JSON), token ('' = the configured page token),
+                      fallback_tags (JSON list), request_id, idempotency_key, external_id,
+                      created_at, updated_at, attempts
+    claim             status (in_flight), previous (the status it was claimed from), claim (the
+                      fence token), lease_until
+    record (engine)   status, updated_at, attempts, failures, tags_tried (JSON), active_tag,
+                      slot_at, not_before, message_id, sent_at, delivered_tag, error (JSON),
+                      done (the last claim whose outcome was written), parked_at
+    replay            first_created_at, replays
+
+A final record that is not a dead letter keeps a compact outcome: status, page_id, times,
+attempts, failures, request_id, message_id, sent_at, delivered_tag, error, done, first_created_at,
+replays (about 300 bytes). :data:`COMPACT_DROP` goes: the body, the PSID, any passthrough token,
+the Braze user and the working fields. It then expires after ``RECORD_RETENTION``. A dead letter
+keeps everything (it can be replayed) and does not expire (``DEAD_LETTER_RETENTION``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import orjson
+
+from worker.states import State
+
+#: Dropped from a final record (status sent, failed or expired): content, identities, work state.
+COMPACT_DROP: Final = (
+    "body",
+    "psid",
+    "token",
+    "fallback_tags",
+    "tags_tried",
+    "active_tag",
+    "slot_at",
+    "not_before",
+    "claim",
+    "previous",
+    "lease_until",
+    "idempotency_key",
+    "external_id",
+    "parked_at",
+)
+
+
+def decode(raw: Sequence[Any] | dict[Any, Any]) -> dict[str, str]:
+    """HGETALL as a flat list (from Lua) or a dict (from redis-py) -> a str dict."""
+    if isinstance(raw, dict):
+        items: Iterable[tuple[Any, Any]] = raw.items()
+    else:
+        items = zip(raw[0::2], raw[1::2], strict=True)
+    return {_s(k): _s(v) for k, v in items}
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def number(rec: dict[str, str], name: str) -> float:
+    value = rec.get(name)
+    return float(value) if value else 0.0
+
+
+def error_fields(
+    reason: str | None,
+    code: int | None = None,
+    subcode: int | None = None,
+    message: str | None = None,
+    fbtrace_id: str | None = None,
+) -> bytes:
+    """The ``error`` field: why the last attempt did not send (a Graph error or our reason)."""
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "code": code,
+            "subcode": subcode,
+            "message": message if message is not None else reason,
+            "fbtrace_id": fbtrace_id,
+        }
+    )
+
+
+def public_view(delivery_id: str, rec: dict[str, str]) -> dict[str, Any]:
+    """The status API's view of a record: never the token, the body or the raw PSID."""
+    status = rec.get("status", "")
+    view: dict[str, Any] = {
+        "delivery_id": delivery_id,
+        "status": status,
+        "attempts": int(rec.get("attempts", "0") or 0),
+        "page_id": rec.get("page_id"),
+        "created_at": number(rec, "created_at"),
+        "updated_at": number(rec, "updated_at"),
+    }
+    if rec.get("message_id"):
+        view["message_id"] = rec["message_id"]
+    if rec.get("sent_at"):
+        view["sent_at"] = number(rec, "sent_at")
+    if rec.get("error"):
+        view["error"] = orjson.loads(rec["error"])
+    if rec.get("delivered_tag"):
+        view["delivered_tag"] = rec["delivered_tag"]
+    if rec.get("first_created_at"):
+        view["first_created_at"] = number(rec, "first_created_at")
+        view["replays"] = int(rec.get("replays", "0") or 0)
+    if status in (State.RETRYING, State.SCHEDULED) and rec.get("not_before"):
+        view["next_attempt_at"] = number(rec, "not_before")
+    return view

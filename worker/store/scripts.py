@@ -1,0 +1,117 @@
+"""The service's Lua scripts: ``store/lua/*.lua``, read once per process, run by SHA.
+
+Each script's contract (KEYS, ARGV, what it returns) is the comment at the top of its file.
+Every script is prefixed with the state names of :mod:`worker.states` (``S.QUEUED``, ``OPEN``,
+``FINAL``, ``CLAIMABLE``, ``KEEPS_BODY``) and the record fields a final record drops
+(``COMPACT_DROP``, :mod:`worker.store.records`), so no script spells a status or a field list of
+its own. A line ``--!include NAME.lua`` is replaced by that file (shared helpers whose name starts
+with ``_`` are not scripts themselves).
+
+Running: :func:`run` sends ``EVALSHA``; after a Redis restart (or failover) the server has no
+scripts, answers ``NOSCRIPT`` and the script is sent once with ``EVAL``, which caches it again.
+So a script costs one SHA per call, never a ``SCRIPT EXISTS`` round trip (redis-py's pipelines
+issue one per ``execute``). In a pipeline, :func:`queue` adds an ``EVALSHA``; :func:`execute`
+runs a pipeline built by a function, and on ``NOSCRIPT`` loads the scripts and runs the function
+again: pipelines given to it must be safe to apply twice (every caller's are: fenced or
+idempotent writes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from worker import states
+from worker.store import records
+
+LUA_DIR: Final = Path(__file__).with_name("lua")
+_INCLUDE = re.compile(r"^--!include (\S+)$", re.M)
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+    def __repr__(self) -> str:
+        return f"Script({self.name})"
+
+
+def _prelude() -> str:
+    drop = ", ".join(f"'{field}'" for field in records.COMPACT_DROP)
+    return f"{states.lua_prelude()}local COMPACT_DROP = {{{drop}}}\n"
+
+
+def _read(name: str) -> str:
+    text = (LUA_DIR / name).read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: _read(m.group(1)).rstrip("\n"), text)
+
+
+@cache
+def script(name: str) -> Script:
+    """The script ``store/lua/{name}.lua`` (read and hashed once per process)."""
+    if name.startswith("_") or not (LUA_DIR / f"{name}.lua").is_file():
+        raise KeyError(f"no Lua script {name!r}")
+    source = _prelude() + _read(f"{name}.lua")
+    return Script(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+def names() -> list[str]:
+    """Every script's name (for tests and for loading them all)."""
+    return sorted(p.stem for p in LUA_DIR.glob("*.lua") if not p.stem.startswith("_"))
+
+
+async def run(client: aioredis.Redis, name: str, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+    """Run a script by SHA; sent whole only when the server does not have it (NOSCRIPT)."""
+    s = script(name)
+    try:
+        return await client.evalsha(s.sha, len(keys), *keys, *args)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    except NoScriptError:
+        return await client.eval(s.source, len(keys), *keys, *args)  # type: ignore[misc]
+
+
+def run_sync(client: Any, name: str, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+    """:func:`run` for a synchronous client (the CLI and the metrics collector)."""
+    s = script(name)
+    try:
+        return client.evalsha(s.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return client.eval(s.source, len(keys), *keys, *args)
+
+
+def queue(pipe: Any, name: str, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> None:
+    """Add the script to a pipeline (run by :func:`execute`)."""
+    s = script(name)
+    pipe.evalsha(s.sha, len(keys), *keys, *args)
+
+
+async def execute(
+    client: aioredis.Redis, build: Callable[[Any], Awaitable[None] | None], *, transaction: bool = False
+) -> list[Any]:
+    """Build a pipeline with ``build(pipe)`` and execute it. If a script in it is missing on the
+    server, load the scripts and build and execute it once more (so ``build`` must describe
+    writes that are safe to apply twice). Errors other than NOSCRIPT are raised as usual."""
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=transaction)
+        built = build(pipe)
+        if built is not None:
+            await built
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [r for r in results if isinstance(r, NoScriptError)]
+        if not missing or attempt == 2:
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return results
+        for name in names():
+            await client.script_load(script(name).source)
+    raise AssertionError("unreachable")  # pragma: no cover
