@@ -19,6 +19,9 @@ from typing import Any
 import httpx
 
 from worker.states import FINAL as _FINAL
+from worker.states import State
+
+_SENT = State.SENT.value
 
 SANDBOX_PAGE = "1234567890"
 FINAL = {s.value for s in _FINAL}
@@ -261,7 +264,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.2)
     print(json.dumps(view, indent=2))
-    return 0 if view.get("status") == "sent" else 1
+    return 0 if view.get("status") == _SENT else 1
 
 
 def _sync_redis() -> Any:

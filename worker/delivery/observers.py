@@ -119,7 +119,7 @@ class MetricsObserver(Observer):
         latency_s: float,
     ) -> None:
         metrics.GRAPH_LATENCY.observe(latency_s)
-        metrics.ATTEMPTS.labels("sent" if error is None else error.reason).inc()
+        metrics.ATTEMPTS.labels(State.SENT.value if error is None else error.reason).inc()
         if error is not None and error.reason == "ambiguous":
             metrics.POSSIBLE_DUPLICATES.labels("ambiguous").inc()
 
@@ -135,7 +135,7 @@ class MetricsObserver(Observer):
     def _count(self, o: Outcome, now: float) -> None:
         d = o.delivery
         if o.status is State.PARKED:
-            metrics.RETRIES.labels("parked").inc()
+            metrics.RETRIES.labels(State.PARKED.value).inc()
         elif o.status is State.QUEUED:
             metrics.RELEASED.labels(o.reason or "unknown").inc()
         elif o.status not in FINAL:

@@ -45,10 +45,10 @@ class Action(StrEnum):
     RETRY = "retry"  # back to the schedule; status retrying
     WAIT = "wait"  # like retry, but no attempt burnt (rate limit, paused page)
     RETAG = "retag"  # send again now with the next fallback tag
-    FAIL = "failed"
-    DEAD = "dead"
+    FAIL = "fail"
+    DEAD = "dead_letter"
     PARK = "park"  # outside the window with WINDOW_POLICY=park: until the user writes
-    EXPIRE = "expired"  # MESSAGE_TTL passed before it could be sent
+    EXPIRE = "expire"  # MESSAGE_TTL passed before it could be sent
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from worker.config import Settings
+from worker.states import State
 from worker.store import envelope, records, scripts
 from worker.store.keys import Keys, text
 
@@ -38,6 +39,8 @@ class Filter:
     limit: int = 1000
 
     def matches(self, rec: dict[str, str], died_at: float, now: float) -> bool:
+        if rec.get("status") != State.DEAD:  # a stale entry (replayed meanwhile): not a dead letter
+            return False
         if self.page_id is not None and rec.get("page_id") != self.page_id:
             return False
         if self.error_code is not None:

@@ -1,0 +1,275 @@
+"""Claims, leases, fenced outcome writes and final records, against a real redis-server.
+
+The scripts (store/lua) are driven through the engine's own pieces (Recorder, Leases) where they
+exist, so what is tested is what a worker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
+from worker.config import PageTokens, Settings
+from worker.delivery.leases import Leases
+from worker.delivery.model import Delivery, Outcome
+from worker.delivery.observers import Observer
+from worker.delivery.recorder import Recorder
+from worker.graph import SendResult
+from worker.states import Event, State
+from worker.store import Keys, deadletters, records, scripts
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+def make_settings(redis: RedisServer, **kw: Any) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    base: dict[str, Any] = {
+        "redis_url": redis.url,
+        "key_prefix": f"f{tag}",
+        "queue_name": f"q{tag}",
+        "page_access_tokens": {PAGE: PAGE_TOKEN},
+        "delivery_lease_seconds": 6,
+        "graph_deadline_seconds": 3,
+        "record_flush_ms": 0,
+        "_env_file": None,
+    }
+    base.update(kw)
+    return Settings(**base)
+
+
+def run(s: Settings, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    async def go() -> T:
+        client = aioredis.Redis.from_url(s.redis_url)
+        try:
+            return await fn(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+async def accept(client: aioredis.Redis, s: Settings, ids: list[str], **fields: str) -> None:
+    keys, now = Keys.of(s), time.time()
+    for i in ids:
+        await client.hset(  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+            keys.delivery(i),
+            mapping={
+                "status": State.QUEUED,
+                "page_id": PAGE,
+                "psid": f"psid-{i}",
+                "body": orjson.dumps({"recipient": {"id": f"psid-{i}"}, "message": {"text": "hi"}}),
+                "token": "",
+                "created_at": repr(now),
+                "attempts": 0,
+                **fields,
+            },
+        )
+        await client.zadd(keys.pending, {i: now + 60})
+        await client.zadd(keys.open, {i: now})
+
+
+async def claim(
+    client: aioredis.Redis, s: Settings, token: str, ids: list[str], now: float | None = None
+) -> list[Delivery]:
+    keys = Keys.of(s)
+    at = time.time() if now is None else now
+    raw = await scripts.run(
+        client,
+        "claim",
+        keys=[keys.pending],
+        args=[repr(at), s.delivery_lease_seconds, keys.delivery_prefix, token, 90, *ids],
+    )
+    return [
+        Delivery.from_record(raw[i].decode(), token, records.decode(raw[i + 1]))
+        for i in range(1, len(raw), 2)
+    ]
+
+
+async def write(client: aioredis.Redis, s: Settings, *outcomes: Outcome) -> list[int]:
+    recorder = Recorder(client, s, PageTokens(s, source=""), Observer())
+    await asyncio.gather(*(recorder.record(o) for o in outcomes))
+    return [o.written for o in outcomes]
+
+
+async def fields(client: aioredis.Redis, s: Settings, delivery_id: str) -> dict[str, str]:
+    return records.decode(await client.hgetall(Keys.of(s).delivery(delivery_id)))  # type: ignore[misc]
+
+
+def sent(d: Delivery) -> Outcome:
+    return Outcome(d, Event.SEND_OK, result=SendResult("m_1", d.psid, 200, 50.0, started_at=time.time()))
+
+
+def test_a_lost_claim_cannot_overwrite_the_record(redis_server: RedisServer) -> None:
+    s = make_settings(redis_server)
+
+    async def go(client: aioredis.Redis) -> None:
+        await accept(client, s, ["a"])
+        (first,) = await claim(client, s, "w1.1", ["a"])
+        assert first.previous is State.QUEUED
+        assert (await fields(client, s, "a"))["status"] == State.IN_FLIGHT
+        # held: nobody else can claim it
+        assert await claim(client, s, "w2.1", ["a"]) == []
+        # the lease ends (its holder stopped renewing): another worker reclaims it
+        (second,) = await claim(client, s, "w2.1", ["a"], now=time.time() + s.delivery_lease_seconds + 1)
+        assert second.previous is State.IN_FLIGHT  # a reclaim: counted as a possible duplicate
+        # the first holder comes back with an outcome: refused by the fence
+        assert await write(client, s, Outcome(first, Event.FAIL, reason="permanent")) == [0]
+        assert (await fields(client, s, "a"))["status"] == State.IN_FLIGHT
+        # the holder's write lands, and sending it again (its answer lost) is recognised
+        assert await write(client, s, sent(second)) == [1]
+        assert await write(client, s, sent(second)) == [2]
+        assert (await fields(client, s, "a"))["status"] == State.SENT
+
+    run(s, go)
+
+
+def test_a_claim_sent_again_with_its_token_takes_back_what_it_got(redis_server: RedisServer) -> None:
+    s = make_settings(redis_server)
+
+    async def go(client: aioredis.Redis) -> None:
+        await accept(client, s, ["a", "b"])
+        first = await claim(client, s, "w1.7", ["a", "b"])
+        again = await claim(client, s, "w1.7", ["a", "b"])  # the first answer was lost
+        assert [d.id for d in again] == [d.id for d in first] == ["a", "b"]
+        assert [d.previous for d in again] == [State.QUEUED, State.QUEUED]  # not mistaken for a reclaim
+
+    run(s, go)
+
+
+def test_the_heartbeat_keeps_a_lease_and_reports_one_taken(redis_server: RedisServer) -> None:
+    s = make_settings(redis_server)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        await accept(client, s, ["a", "b"])
+        held = await claim(client, s, "w1.1", ["a", "b"])
+        lost: list[str] = []
+        leases = Leases(client, s, lambda ds: lost.extend(d.id for d in ds))
+        leases.hold("w1.1", held, time.time())
+        before = float((await fields(client, s, "a"))["lease_until"])
+        await asyncio.sleep(0.05)
+        assert await leases.renew_once() == 0
+        assert float((await fields(client, s, "a"))["lease_until"]) > before
+        assert await client.zscore(keys.pending, "a") == pytest.approx(
+            float((await fields(client, s, "a"))["lease_until"]) + 1
+        )
+        # b's lease ran out and another worker claimed it: the heartbeat finds out
+        await claim(client, s, "w2.1", ["b"], now=time.time() + s.delivery_lease_seconds + 1)
+        assert await leases.renew_once() == 1
+        assert lost == ["b"]
+        assert leases.is_lost(held[1])
+        assert not leases.is_lost(held[0])
+
+    run(s, go)
+
+
+def test_the_sweeper_leaves_a_renewed_lease_and_takes_an_abandoned_one(redis_server: RedisServer) -> None:
+    s = make_settings(redis_server)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> list[str]:
+        await accept(client, s, ["live", "dead"])
+        await claim(client, s, "w1.1", ["live", "dead"])
+        later = time.time() + s.delivery_lease_seconds + 2
+        # the live holder renewed (its lease reaches past `later`); the other stopped renewing
+        await client.hset(keys.delivery("live"), "lease_until", repr(later + 30))  # type: ignore[misc]
+        swept = await scripts.run(
+            client,
+            "sweep",
+            keys=[keys.pending, keys.sched, keys.open],
+            args=[repr(later), 100, s.sweep_after_seconds, keys.delivery_prefix],
+        )
+        return [i.decode() for i in swept]
+
+    assert run(s, go) == ["dead"]
+
+
+def test_final_records_are_compact_and_dead_letters_keep_everything(redis_server: RedisServer) -> None:
+    s = make_settings(redis_server, record_retention=3600)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        await accept(client, s, ["ok", "bad"], external_id="braze-user-1", idempotency_key="k")
+        ok, bad = await claim(client, s, "w1.1", ["ok", "bad"])
+        # ok failed once before it was sent: the old error must not stay in its status
+        await write(client, s, Outcome(ok, Event.RETRY, reason="transient", delay=0))
+        assert "error" in await fields(client, s, "ok")
+        (ok,) = await claim(client, s, "w1.2", ["ok"])
+        assert await write(client, s, sent(ok), Outcome(bad, Event.DEAD_LETTER, reason="max_attempts")) == [
+            1,
+            1,
+        ]
+        rec = await fields(client, s, "ok")
+        assert rec["status"] == State.SENT
+        assert rec["message_id"] == "m_1"
+        assert not {"body", "psid", "token", "external_id", "idempotency_key", "claim", "error"} & set(rec)
+        assert 3500 < await client.ttl(keys.delivery("ok")) <= 3600
+        assert len(orjson.dumps(rec)) < 400
+        dead = await fields(client, s, "bad")
+        assert dead["status"] == State.DEAD
+        assert {"body", "psid"} <= set(dead)  # replayable
+        assert await client.ttl(keys.delivery("bad")) == -1  # kept until replayed or purged
+        assert await client.zscore(keys.dead, "bad") is not None
+        assert await client.zcard(keys.open) == 0
+        assert await client.zcard(keys.pending) == 0
+        minute = int(time.time() // 60)
+        assert int(await client.get(keys.stats(minute, State.SENT)) or 0) == 1
+
+    run(s, go)
+
+
+def test_parked_deliveries_leave_their_park_when_they_end(redis_server: RedisServer) -> None:
+    s = make_settings(redis_server, message_ttl=60)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        await accept(client, s, ["p"])
+        (d,) = await claim(client, s, "w1.1", ["p"])
+        assert await write(client, s, Outcome(d, Event.PARK, reason="outside_window")) == [1]
+        assert await client.zcard(keys.park(PAGE, "psid-p")) == 1
+        assert await client.zcard(keys.parked) == 1
+        # its TTL passes: it is claimed once more and ends expired
+        (again,) = await claim(client, s, "w1.2", ["p"], now=time.time() + 120)
+        assert again.previous is State.PARKED
+        assert await write(client, s, Outcome(again, Event.EXPIRE, reason="ttl")) == [1]
+        assert await client.zcard(keys.park(PAGE, "psid-p")) == 0
+        assert await client.zcard(keys.parked) == 0
+
+    run(s, go)
+
+
+def test_dead_letters_by_id_however_old_and_purge_only_the_dead(redis_server: RedisServer) -> None:
+    s = make_settings(redis_server, dead_letter_retention=3600)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        now = time.time()
+        pipe = client.pipeline(transaction=False)
+        for i in range(1500):  # the oldest first: "d0" died first
+            pipe.hset(keys.delivery(f"d{i}"), mapping={"status": State.DEAD, "page_id": PAGE})
+            pipe.zadd(keys.dead, {f"d{i}": now - 1500 + i})
+        pipe.hset(keys.delivery("alive"), mapping={"status": State.QUEUED, "page_id": PAGE})
+        pipe.zadd(keys.dead, {"alive": now})  # a stale entry: must not be deleted by a purge
+        await pipe.execute()
+        flt = deadletters.Filter(limit=10)
+        newest = await deadletters.list_dead(client, s, flt)
+        assert [v["delivery_id"] for v in newest][:2] == ["d1499", "d1498"]
+        found = await deadletters.find_dead(client, s, ["d3", "missing", "d1400"], deadletters.Filter())
+        assert [v["delivery_id"] for v in found] == ["d3", "d1400"]
+        assert await deadletters.purge(client, s, ["d3", "alive"]) == 1
+        assert (await fields(client, s, "alive"))["status"] == State.QUEUED
+        assert await client.exists(keys.delivery("d3")) == 0
+        # DEAD_LETTER_RETENTION=3600: none is that old yet; an hour later, a chunk of them are
+        assert await deadletters.purge_expired(client, s, now=now) == 0
+        assert await deadletters.purge_expired(client, s, now=now + 3600) == deadletters.RETENTION_CHUNK
+
+    run(s, go)

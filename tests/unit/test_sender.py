@@ -1,0 +1,256 @@
+"""One delivery's round (worker/delivery/attempt.py) without Redis: Graph faked at the transport
+(httpx.MockTransport), pacing by a limiter that always has a slot, the lease held locally."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+
+from worker.config import PageTokens, Settings
+from worker.delivery.attempt import BatchContext, Released, Sender
+from worker.delivery.leases import Leases
+from worker.delivery.model import Delivery, Outcome
+from worker.delivery.observers import Observer
+from worker.graph import GraphClient, GraphError, SendResult
+from worker.ratelimit import Grant, Limiter
+from worker.states import State
+
+PAGE = "100"
+
+
+class FreeLimiter(Limiter):
+    """Every send's slot is now; slow-downs are counted."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(aioredis.Redis(), settings)  # never connected: no method here touches it
+        self.slowed: list[str] = []
+
+    async def wait_for_slot(
+        self, page_id: str, kind: str, psid: str, reserved: float = 0.0, *, reserved_free: bool = False
+    ) -> Grant:
+        return Grant(True, 0.0, False, time.time(), time.time())
+
+    async def slow_down(self, page_id: str) -> float:
+        self.slowed.append(page_id)
+        return 0.5
+
+
+class Attempts(Observer):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, str]] = []
+
+    def attempted(
+        self,
+        delivery: Delivery,
+        tag: str | None,
+        result: SendResult | None,
+        error: GraphError | None,
+        latency_s: float,
+    ) -> None:
+        self.calls.append((tag, "sent" if error is None else error.reason))
+
+
+def settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = {
+        "page_access_tokens": {PAGE: "page-token-0123456789"},
+        "delivery_lease_seconds": 10,
+        "graph_deadline_seconds": 0.5,
+        "max_attempts": 3,
+        "_env_file": None,
+    }
+    base.update(kw)
+    return Settings(**base)
+
+
+def graph_error(code: int, subcode: int | None = None, message: str = "(#0) error") -> httpx.Response:
+    error: dict[str, Any] = {"message": message, "code": code, "fbtrace_id": "trace"}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    return httpx.Response(400, json={"error": error})
+
+
+Handler = Callable[[httpx.Request], Any]
+
+
+def run(
+    handler: Handler,
+    d: Delivery,
+    *,
+    s: Settings | None = None,
+    draining: bool = False,
+    lease_left: float = 10.0,
+    ctx: BatchContext | None = None,
+) -> tuple[Outcome | Released, Attempts, FreeLimiter]:
+    s = s or settings()
+    observer = Attempts()
+    limiter = FreeLimiter(s)
+
+    async def go() -> Outcome | Released:
+        graph = GraphClient("https://graph.test/v25.0", transport=httpx.MockTransport(handler))
+        leases = Leases(aioredis.Redis(), s, lambda _lost: None)
+        leases.hold(d.claim, [d], time.time() - s.delivery_lease_seconds + lease_left)
+        sender = Sender(
+            s, PageTokens(s, source=""), limiter=limiter, graph=graph, leases=leases, observer=observer
+        )
+        sender.draining = draining
+        try:
+            return await sender.deliver(d, ctx or BatchContext())
+        except Released as released:
+            return released
+        finally:
+            await graph.aclose()
+
+    return asyncio.run(go()), observer, limiter
+
+
+def recording(calls: list[httpx.Request]) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json={"message_id": "m"})
+
+    return handler
+
+
+def delivery(**kw: Any) -> Delivery:
+    base: dict[str, Any] = {
+        "id": "d1",
+        "claim": "w.1",
+        "page_id": PAGE,
+        "psid": "p1",
+        "body": {"recipient": {"id": "p1"}, "messaging_type": "UPDATE", "message": {"text": "hi"}},
+        "token": "",
+        "created_at": time.time(),
+    }
+    base.update(kw)
+    return Delivery(**base)
+
+
+def test_sent_on_the_first_call() -> None:
+    outcome, observer, _ = run(lambda _r: httpx.Response(200, json={"message_id": "m_1"}), d := delivery())
+    assert isinstance(outcome, Outcome)
+    assert outcome.status is State.SENT
+    assert outcome.result is not None
+    assert outcome.result.message_id == "m_1"
+    assert (d.attempts, d.failures) == (1, 0)
+    assert observer.calls == [(None, "sent")]
+
+
+def test_closed_window_retags_at_once_and_each_tag_is_tried_once() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        import orjson
+
+        body = orjson.loads(request.content)
+        bodies.append(body)
+        if body.get("tag") == "HUMAN_AGENT":
+            return httpx.Response(200, json={"message_id": "m_tagged"})
+        return graph_error(10, 2018278, "(#10) outside of allowed window")
+
+    d = delivery(fallback_tags=["HUMAN_AGENT"])
+    outcome, observer, _ = run(handler, d)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, outcome.delivered_tag) == (State.SENT, "HUMAN_AGENT")
+    assert [b.get("tag") for b in bodies] == [None, "HUMAN_AGENT"]
+    assert d.window_closed_seen
+    assert observer.calls == [(None, "outside_window"), ("HUMAN_AGENT", "sent")]
+
+
+def test_a_transient_error_burns_an_attempt_and_retries() -> None:
+    d = delivery()
+    outcome, _, _ = run(lambda _r: graph_error(2, None, "(#2) Service temporarily unavailable"), d)
+    assert isinstance(outcome, Outcome)
+    assert outcome.status is State.RETRYING
+    assert outcome.delay > 0
+    assert (d.attempts, d.failures) == (1, 1)
+    assert outcome.error is not None
+    assert outcome.error.info.code == 2
+
+
+def test_throttling_waits_pauses_the_page_and_burns_nothing() -> None:
+    d = delivery()
+    outcome, _, limiter = run(lambda _r: graph_error(613, None, "(#613) Calls exceeded the rate limit"), d)
+    assert isinstance(outcome, Outcome)
+    assert outcome.status is State.SCHEDULED
+    assert outcome.pause is not None
+    assert outcome.pause.reason == "rate_limited"
+    assert d.failures == 0
+    assert limiter.slowed == [PAGE]
+
+
+def test_no_answer_within_the_deadline_is_ambiguous() -> None:
+    async def slow(_request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(200, json={"message_id": "late"})
+
+    d = delivery()
+    started = time.monotonic()
+    outcome, observer, _ = run(slow, d, s=settings(graph_deadline_seconds=0.2))
+    assert time.monotonic() - started < 2
+    assert isinstance(outcome, Outcome)
+    assert outcome.status is State.RETRYING
+    assert outcome.possible_duplicate
+    assert observer.calls == [(None, "ambiguous")]
+
+
+def test_out_of_attempts_is_a_dead_letter() -> None:
+    d = delivery(failures=2)
+    outcome, _, _ = run(lambda _r: graph_error(1200), d)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, outcome.reason) == (State.DEAD, "max_attempts")
+
+
+def test_a_draining_engine_hands_the_delivery_back_without_a_call() -> None:
+    calls: list[httpx.Request] = []
+    outcome, _, _ = run(recording(calls), delivery(), draining=True)
+    assert isinstance(outcome, Released)
+    assert outcome.reason == "shutdown"
+    assert calls == []
+
+
+def test_no_call_starts_when_the_lease_would_end_before_the_deadline() -> None:
+    """The lease was last renewed long ago (Redis unreachable): the call could outlive it, and
+    another worker could claim the delivery meanwhile. No call; handed back."""
+    calls: list[httpx.Request] = []
+    s = settings(delivery_lease_seconds=0.9, graph_deadline_seconds=0.4)
+    outcome, _, _ = run(recording(calls), delivery(), s=s, lease_left=0.3)
+    assert isinstance(outcome, Released)
+    assert outcome.reason == "lease_at_risk"
+    assert calls == []
+
+
+def test_prechecks_decide_without_a_call() -> None:
+    s = settings(message_ttl=60)
+    sender = Sender(
+        s,
+        PageTokens(s, source=""),
+        limiter=FreeLimiter(s),
+        graph=GraphClient("https://graph.test/v25.0"),
+        leases=Leases(aioredis.Redis(), s, lambda _lost: None),
+        observer=Observer(),
+    )
+    old = time.time() - 120
+    expired = sender.precheck(delivery(created_at=old), BatchContext())
+    assert expired is not None
+    assert (expired.status, expired.reason) == (State.EXPIRED, "ttl")
+    # waiting for its page when the TTL passed: a dead letter, replayable once the page is fixed
+    dead = sender.precheck(delivery(created_at=old, last_reason="token_invalid"), BatchContext())
+    assert dead is not None
+    assert dead.status is State.DEAD
+    ctx = BatchContext(suppressed={"d1": True})
+    suppressed = sender.precheck(delivery(), ctx)
+    assert suppressed is not None
+    assert (suppressed.status, suppressed.reason) == (State.FAILED, "suppressed")
+    no_token = sender.precheck(delivery(page_id="999"), BatchContext())
+    assert no_token is not None
+    assert (no_token.status, no_token.reason) == (State.FAILED, "no_page_token")
+    window = BatchContext(window_closed={"d1": True})
+    closed = sender.precheck(delivery(), window)
+    assert closed is not None
+    assert (closed.status, closed.reason) == (State.FAILED, "outside_window")
+    assert sender.precheck(delivery(), BatchContext()) is None  # nothing stops it: it calls Graph
