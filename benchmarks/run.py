@@ -248,6 +248,7 @@ def service_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str
         RETRY_CAP_SECONDS="600",
         SWEEP_AFTER_SECONDS="600",
         DELIVERY_LEASE_SECONDS="60",
+        GRAPH_DEADLINE_SECONDS="25",
         SCHEDULER_INTERVAL_SECONDS="0.1",
         GRAPH_READ_TIMEOUT="20",
         LOG_LEVEL="INFO",
@@ -684,7 +685,7 @@ def measure_latency(run: Run) -> None:
         pipe = client.pipeline(transaction=False)
         accepted = [r for r in records if r[3] == 202]
         for r in accepted:
-            pipe.hget(f"{stack.prefix}:d:{r[4]}", "created_at")
+            pipe.hget(stack.keys.delivery(r[4]), "created_at")
         created = pipe.execute()
         worker_logged = [
             float(line["accept_to_send_ms"])
