@@ -106,12 +106,20 @@ class Leases:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Renew every held lease each interval (sooner after a failure), until ``stop`` is set."""
+        failures = 0
         while not stop.is_set():
             wait = self._interval
             try:
                 await self.renew_once()
+                if failures:
+                    log.info("lease.renewed_after_failures", failures=failures, held=self.count)
+                failures = 0
             except (redis.exceptions.RedisError, OSError) as exc:
-                log.warning("lease.renew_failed", error=type(exc).__name__, held=self.count)
+                failures += 1
+                if failures == 1 or failures % 20 == 0:  # once, then every ~10 s of trouble
+                    log.warning(
+                        "lease.renew_failed", error=type(exc).__name__, failures=failures, held=self.count
+                    )
                 wait = RETRY_SECONDS
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)

@@ -62,14 +62,16 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set (never cancelled mid-command: a cancelled Redis call can
         leave its connection in a state that blocks the pool's shutdown)."""
+        failures = 0
         while not stop.is_set():
             started = time.monotonic()
             try:
                 await self.tick()
-            except asyncio.CancelledError:
-                raise
+                failures = 0
             except (redis.exceptions.RedisError, OSError) as exc:
-                log.warning("scheduler.redis_error", error=type(exc).__name__)
+                failures += 1
+                if failures == 1 or failures % 100 == 0:  # once, then every ~10 s of trouble
+                    log.warning("scheduler.redis_error", error=type(exc).__name__, failures=failures)
                 self._connected_since = time.monotonic()
             else:
                 if time.monotonic() - started > self._settings.lease_renew_seconds / 2:
