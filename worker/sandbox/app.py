@@ -95,9 +95,9 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, NoReturn
+from typing import Final
 from urllib.parse import parse_qsl
 
 import orjson
@@ -106,6 +106,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from worker.sandbox.config import (
+    EXPIRED_TOKEN_PREFIX,
+    SANDBOX_TOKEN_PREFIX,
+    SandboxConfig,
+    sandbox_token,
+)
+from worker.sandbox.errors import Answer, Refusal, graph_error, invalid, refuse
 
 __all__ = [
     "DEPRECATED_TAGS",
@@ -118,8 +126,6 @@ __all__ = [
     "serve",
 ]
 
-SANDBOX_TOKEN_PREFIX: Final = "sandbox-token-"  # noqa: S105 - a public naming convention, not a secret
-_EXPIRED_PREFIX: Final = SANDBOX_TOKEN_PREFIX + "expired-"
 
 VALID_TAGS: Final = frozenset({"HUMAN_AGENT", "CUSTOMER_FEEDBACK", "NON_PROMOTIONAL_SUBSCRIPTION"})
 DEPRECATED_TAGS: Final = frozenset({"CONFIRMED_EVENT_UPDATE", "ACCOUNT_UPDATE", "POST_PURCHASE_UPDATE"})
@@ -136,89 +142,17 @@ _RECIPIENT_KEYS: Final = (
 _MAX_TEXT: Final = 2000
 _MAX_QUICK_REPLIES: Final = 13
 
-_SERVER_ERROR_CODES: Final = frozenset({1, 2, 1200})
-_RATE_LIMIT_CODES: Final = frozenset({4, 17, 32, 613, 80001, 80006})
-_TAG_ABUSE: Final = (613, 2018338)
-
-# Meta's messages (messenger-platform.md §2.3, §3.2, §3.3), looked up by (code, subcode) then (code, None).
-_MESSAGES: Final[Mapping[tuple[int, int | None], str]] = MappingProxyType(
-    {
-        (1, None): "An unknown error occurred.",
-        (1, 1357046): "Received Invalid JSON reply.",
-        (2, None): "An unexpected error has occurred. Please retry your request later.",
-        (2, 2018344): "(#2) Service temporarily unavailable",
-        (4, None): "(#4) Application request limit reached",
-        (4, 2018022): "(#4) Too many send requests to phone numbers",
-        (4, 2018354): "(#4) The minimum delay between Marketing Messages notifications has not passed",
-        (9, 2018352): "(#9) User is performing too many actions",
-        (10, None): "(#10) Application does not have permission for this action",
-        (10, 2018278): "(#10) This message is sent outside of allowed window.",
-        (10, 2534022): "(#10) This message is sent outside of allowed window.",
-        (10, 2018065): "(#10) This message is sent outside of allowed window. "
-        "You need News Messaging permission to be able to send messages outside the window.",
-        (10, 2018108): "(#10) They can't receive your messages right now.",
-        (10, 1893063): "(#10) You are temporarily restricted from sending messages.",
-        (10, 1893015): "(#10) The user has stopped notification messages for this topic.",
-        (17, None): "(#17) User request limit reached",
-        (32, None): "(#32) Page request limit reached",
-        (100, None): "(#100) Invalid parameter",
-        (100, 2018001): "(#100) No matching user found",
-        (100, 2018008): "(#100) Failed to fetch the file from the url",
-        (100, 2018014): "(#100) Cannot send both message and state",
-        (100, 2018034): "(#100) Message cannot be empty, must provide valid attachment or text",
-        (100, 2018047): "(#100) Upload attachment failure.",
-        (100, 2018074): "(#100) Possible invalid ID or you do not own the attachment.",
-        (100, 2018109): "(#100) Attachment size exceeds allowable limit",
-        (100, 2018294): "(#100) Video upload timed out or video is corrupted",
-        (190, None): "Invalid OAuth access token.",
-        (190, 460): "Error validating access token: The session has been invalidated because the user "
-        "changed their password or Facebook has changed the session for security reasons.",
-        (190, 463): "Error validating access token: Session has expired",
-        (200, None): "(#200) Cannot message users who are not admins, developers or testers of the app "
-        "until pages_messaging permission is reviewed and the app is live.",
-        (200, 1545041): "(#200) Message Not Sent: This person isn't available right now.",
-        (368, None): "(#368) Temporarily blocked for policies violations",
-        (551, None): "(#551) This person isn't receiving messages from you right now.",
-        (551, 1545041): "(#551) This person isn't available right now.",
-        (613, None): "(#613) Calls to this api have exceeded the rate limit.",
-        (613, 2018338): "(#613) Warning! You are engaging in behavior that may be considered bothersome or "
-        "abusive by users. You must significantly decrease the rate at which you are sending messages "
-        "using message tags to this person.",
-        (1200, None): "(#1200) Temporary send message failure. Please try again later.",
-        (80001, None): "(#80001) There have been too many calls to this Page account. Wait a bit and try "
-        "again. For more info, please refer to https://developers.facebook.com/docs/graph-api/overview/"
-        "rate-limiting.",
-        (80006, None): "(#80006) There have been too many messages sent to this user. "
-        "Please wait a while and try again",
-    }
-)
 _DEPRECATED_TAG_USER_MSG: Final = (
     "The message tags CONFIRMED_EVENT_UPDATE, ACCOUNT_UPDATE and POST_PURCHASE_UPDATE are deprecated "
     "and return an error since 2026-04-27. Use HUMAN_AGENT or utility messages instead."
 )
 
-_JSON: Final = b"application/json"
 _HTML_502: Final = b"<html><body>Bad Gateway</body></html>"
 _RAW_SEND_KEY: Final = "sandbox.raw_send"
 
 
 class ConnectionDropped(Exception):
     """Raised for a ``drop-`` PSID when the ASGI server's connection cannot be closed directly."""
-
-
-def sandbox_token(page_id: str) -> str:
-    """A token the sandbox accepts for ``page_id`` (no configuration needed)."""
-    return SANDBOX_TOKEN_PREFIX + page_id
-
-
-@dataclass(frozen=True)
-class SandboxConfig:
-    latency_ms: float = 0.0
-    """Added to every Send API answer (``asyncio.sleep``); changeable via ``POST /__sandbox/config``."""
-    tokens: Mapping[str, str] = field(default_factory=dict)
-    """Explicit token -> page id, checked before the ``sandbox-token-<page_id>`` convention."""
-    record_limit: int = 1_000_000
-    """Maximum number of recorded calls kept (oldest dropped first)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,63 +212,6 @@ def _parse_rule(psid: str) -> _Rule | None:
         spec = _error_spec(spec_text) if sep else None
         return None if spec is None else _Rule(kind, spec[0], spec[1], number)
     return _Rule(kind, 80006 if kind == "throttle" else 0, None, number)
-
-
-# --------------------------------------------------------------------------------------------------
-# Answers
-
-
-@dataclass(slots=True)
-class _Answer:
-    status: int
-    body: bytes
-    content_type: bytes = _JSON
-    code: int | None = None
-    subcode: int | None = None
-    message_id: str | None = None
-    buc: bytes | None = None
-    drop: bool = False
-
-
-def _error(
-    code: int,
-    subcode: int | None = None,
-    message: str | None = None,
-    *,
-    page_id: str | None = None,
-    regain_minutes: int = 0,
-    user_msg: str | None = None,
-) -> _Answer:
-    if message is None:
-        message = _MESSAGES.get((code, subcode)) or _MESSAGES.get((code, None)) or f"(#{code}) Sandbox error"
-    rate_limited = code in _RATE_LIMIT_CODES
-    if code in _SERVER_ERROR_CODES:
-        status, transient = 500, True
-    else:
-        status, transient = 400, rate_limited and (code, subcode) != _TAG_ABUSE
-    error: dict[str, object] = {"message": message, "type": "OAuthException", "code": code}
-    if subcode is not None:
-        error["error_subcode"] = subcode
-    if user_msg is not None:
-        error["error_user_title"] = "Invalid message tag"
-        error["error_user_msg"] = user_msg
-    error["fbtrace_id"] = secrets.token_urlsafe(8)  # 8 random bytes -> 11 characters
-    error["is_transient"] = transient
-    buc = None
-    if rate_limited:
-        usage = {
-            "type": "messenger",
-            "call_count": 100,
-            "total_cputime": 10,
-            "total_time": 10,
-            "estimated_time_to_regain_access": regain_minutes,
-        }
-        buc = orjson.dumps({page_id or "0": [usage]})
-    return _Answer(status, orjson.dumps({"error": error}), code=code, subcode=subcode, buc=buc)
-
-
-def _invalid(message: str, subcode: int | None = None) -> _Answer:
-    return _error(100, subcode, message)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,18 +278,6 @@ def _token_and_proof(scope: Scope, body: Mapping[str, object], auth: bytes | Non
     return token, proof or "appsecret_proof" in body
 
 
-class _Refusal(Exception):
-    """Carries the answer for a refused call out of the checks (only on error paths)."""
-
-    def __init__(self, answer: _Answer) -> None:
-        super().__init__(answer.status)
-        self.answer = answer
-
-
-def _refuse(message: str, subcode: int | None = None) -> NoReturn:
-    raise _Refusal(_invalid(message, subcode))
-
-
 def _request_fields(body: Mapping[str, object]) -> tuple[str | None, str | None, str | None]:
     """(psid, messaging_type, tag) as sent, for the record and the checks."""
     recipient = body.get("recipient")
@@ -428,55 +293,55 @@ def _request_fields(body: Mapping[str, object]) -> tuple[str | None, str | None,
 
 
 def _validate(body: Mapping[str, object], mtype: str | None, tag: str | None) -> None:
-    """Graph's validation order; raises :class:`_Refusal` with the first error."""
+    """Graph's validation order; raises :class:`Refusal` with the first error."""
     recipient = body.get("recipient")
     if not isinstance(recipient, dict) or not any(recipient.get(key) for key in _RECIPIENT_KEYS):
-        _refuse("(#100) The parameter recipient is required")
+        refuse("(#100) The parameter recipient is required")
     message = body.get("message")
     action = body.get("sender_action")
     # Graph does not ask for messaging_type on a bare sender action (typing_on, mark_seen ...).
     _validate_type_and_tag(mtype, tag, needs_type=message is not None or action is None or tag is not None)
     if message is not None and action is not None:
-        _refuse("(#100) Cannot send both message and state", 2018014)
+        refuse("(#100) Cannot send both message and state", 2018014)
     if message is None and action is None:
-        _refuse("(#100) Must send either message or state")
+        refuse("(#100) Must send either message or state")
     if message is not None:
         _validate_message(message)
     elif action not in _SENDER_ACTIONS:
-        _refuse(
-            "(#100) Param sender_action must be one of {typing_on, typing_off, mark_seen, react, unreact}"
-        )
+        refuse("(#100) Param sender_action must be one of {typing_on, typing_off, mark_seen, react, unreact}")
 
 
 def _validate_type_and_tag(mtype: str | None, tag: str | None, *, needs_type: bool) -> None:
     if mtype is None:
         if needs_type:
-            _refuse("(#100) Param messaging_type is required")
+            refuse("(#100) Param messaging_type is required")
     elif mtype not in _MESSAGING_TYPES:
-        _refuse("(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}")
+        refuse("(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}")
     if tag is not None and mtype != "MESSAGE_TAG":
-        _refuse("(#100) Messaging type should be MESSAGE_TAG for tagged messages.")
+        refuse("(#100) Messaging type should be MESSAGE_TAG for tagged messages.")
     if mtype == "MESSAGE_TAG":
         if tag is None:
-            _refuse("(#100) Tag is required for MESSAGE_TAG messaging type")
+            refuse("(#100) Tag is required for MESSAGE_TAG messaging type")
         if tag in DEPRECATED_TAGS:
-            raise _Refusal(_error(100, None, "(#100) Invalid parameter", user_msg=_DEPRECATED_TAG_USER_MSG))
+            raise Refusal(
+                graph_error(100, None, "(#100) Invalid parameter", user_msg=_DEPRECATED_TAG_USER_MSG)
+            )
         if tag not in VALID_TAGS:
-            _refuse("(#100) Invalid tag.")
+            refuse("(#100) Invalid tag.")
 
 
 def _validate_message(message: object) -> None:
     if not isinstance(message, dict):
-        _refuse("(#100) Param message must be a JSON object")
+        refuse("(#100) Param message must be a JSON object")
     text = message.get("text")
     has_text = isinstance(text, str) and text != ""
     if not has_text and not message.get("attachment") and not message.get("sticker_id"):
-        _refuse("(#100) Message cannot be empty, must provide valid attachment or text", 2018034)
+        refuse("(#100) Message cannot be empty, must provide valid attachment or text", 2018034)
     if isinstance(text, str) and len(text) >= _MAX_TEXT:
-        _refuse("(#100) Length of param message[text] must be less than or equal to 2000")
+        refuse("(#100) Length of param message[text] must be less than or equal to 2000")
     replies = message.get("quick_replies")
     if isinstance(replies, list) and len(replies) > _MAX_QUICK_REPLIES:
-        _refuse("(#100) param message[quick_replies] must have at most 13 items")
+        refuse("(#100) param message[quick_replies] must have at most 13 items")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -566,7 +431,7 @@ class _State:
     def next_message_id(self) -> str:
         return f"m_sandbox.{self.instance}.{next(self.message_seq)}"
 
-    def record(self, call: _Call, answer: _Answer) -> None:
+    def record(self, call: _Call, answer: Answer) -> None:
         """Complete and keep ``call`` (just before answering), and count it."""
         call.seq = next(self.seq)
         call.status = 0 if answer.drop else answer.status
@@ -581,7 +446,7 @@ class _State:
             self.sent += 1
 
     def raise_page_fault(self, page_id: str) -> None:
-        """Raise :class:`_Refusal` if a page-wide fault is armed for ``page_id`` (and count it)."""
+        """Raise :class:`Refusal` if a page-wide fault is armed for ``page_id`` (and count it)."""
         fault = self.faults.get(page_id)
         if fault is None:
             return
@@ -589,8 +454,8 @@ class _State:
             fault.remaining -= 1
             if fault.remaining <= 0:
                 del self.faults[page_id]
-        raise _Refusal(
-            _error(fault.code, fault.subcode, page_id=page_id, regain_minutes=fault.regain_minutes)
+        raise Refusal(
+            graph_error(fault.code, fault.subcode, page_id=page_id, regain_minutes=fault.regain_minutes)
         )
 
 
@@ -623,7 +488,7 @@ class _SendEndpoint:
             answer, extra_ms = self._answer(
                 scope, raw, content_type=content_type, auth=auth, path_page=path_page, call=call
             )
-        except _Refusal as refusal:
+        except Refusal as refusal:
             answer, extra_ms = refusal.answer, 0.0
 
         delay = state.latency_ms + extra_ms
@@ -653,14 +518,14 @@ class _SendEndpoint:
         auth: bytes | None,
         path_page: str,
         call: _Call,
-    ) -> tuple[_Answer, float]:
-        """The answer to a send call and its extra delay in ms (or :class:`_Refusal`); fills ``call``."""
+    ) -> tuple[Answer, float]:
+        """The answer to a send call and its extra delay in ms (or :class:`Refusal`); fills ``call``."""
         is_form = _is_form(raw, content_type)
         try:
             body = _parse_body(raw, is_form)
         except _BadJSON:
             call.appsecret_proof = _token_and_proof(scope, {}, auth)[1]
-            raise _Refusal(_invalid("Invalid JSON")) from None
+            raise Refusal(invalid("Invalid JSON")) from None
         call.raw = raw
         call.is_form = is_form
         call.psid, call.messaging_type, call.tag = psid, mtype, tag = _request_fields(body)
@@ -676,51 +541,51 @@ class _SendEndpoint:
 
         recipient_id = psid if psid is not None else ""
         if body.get("message") is None:  # a sender action
-            return _Answer(200, orjson.dumps({"recipient_id": recipient_id})), extra_ms
+            return Answer(200, orjson.dumps({"recipient_id": recipient_id})), extra_ms
         message_id = state.next_message_id()
         payload = orjson.dumps({"recipient_id": recipient_id, "message_id": message_id})
-        return _Answer(200, payload, message_id=message_id), extra_ms
+        return Answer(200, payload, message_id=message_id), extra_ms
 
     def _page_for(self, token: str | None, path_page: str) -> str:
         """The page the token belongs to (explicit map, then ``sandbox-token-<page_id>``)."""
         if token is None:
             message = "An active access token must be used to query information about the current user."
-            raise _Refusal(_error(190, None, message))
+            raise Refusal(graph_error(190, None, message))
         page_id = self.state.tokens.get(token)
         if page_id is None and token.startswith(SANDBOX_TOKEN_PREFIX):
-            if token.startswith(_EXPIRED_PREFIX):
-                raise _Refusal(_error(190, 463))
+            if token.startswith(EXPIRED_TOKEN_PREFIX):
+                raise Refusal(graph_error(190, 463))
             page_id = token[len(SANDBOX_TOKEN_PREFIX) :] or None
         if page_id is None:
-            raise _Refusal(_error(190, None, "Invalid OAuth access token - Cannot parse access token"))
+            raise Refusal(graph_error(190, None, "Invalid OAuth access token - Cannot parse access token"))
         if path_page not in ("me", page_id):
-            raise _Refusal(_error(190, None, "(#190) The access token does not belong to this page"))
+            raise Refusal(graph_error(190, None, "(#190) The access token does not belong to this page"))
         return page_id
 
     def _apply_rule(self, psid: str, mtype: str | None, page_id: str) -> float:
-        """Apply the reserved-PSID rule (raises :class:`_Refusal`); returns the extra delay in ms."""
+        """Apply the reserved-PSID rule (raises :class:`Refusal`); returns the extra delay in ms."""
         rule = _parse_rule(psid)
         if rule is None:
             return 0.0
         kind = rule.kind
         if kind == "err":
-            raise _Refusal(_error(rule.code, rule.subcode, page_id=page_id))
+            raise Refusal(graph_error(rule.code, rule.subcode, page_id=page_id))
         if kind == "flaky":
             seen = self.state.flaky.get(psid, 0) + 1
             self.state.flaky[psid] = seen
             if seen <= rule.number:
-                raise _Refusal(_error(rule.code, rule.subcode, page_id=page_id))
+                raise Refusal(graph_error(rule.code, rule.subcode, page_id=page_id))
         elif kind == "outside":
             if mtype != "MESSAGE_TAG" and psid not in self.state.opened:
-                raise _Refusal(_error(10, 2018278))
+                raise Refusal(graph_error(10, 2018278))
         elif kind == "throttle":
-            raise _Refusal(_error(80006, None, page_id=page_id, regain_minutes=rule.number))
+            raise Refusal(graph_error(80006, None, page_id=page_id, regain_minutes=rule.number))
         elif kind == "slow":
             return float(rule.number)
         elif kind == "http5xx":
-            raise _Refusal(_Answer(502, _HTML_502, b"text/html; charset=utf-8"))
+            raise Refusal(Answer(502, _HTML_502, b"text/html; charset=utf-8"))
         elif kind == "drop":
-            raise _Refusal(_Answer(0, b"", drop=True))
+            raise Refusal(Answer(0, b"", drop=True))
         return 0.0
 
 
