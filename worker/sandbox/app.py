@@ -90,10 +90,7 @@ Control endpoints (JSON, no auth)
 from __future__ import annotations
 
 import asyncio
-import itertools
-import secrets
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -113,6 +110,7 @@ from worker.sandbox.config import (
     sandbox_token,
 )
 from worker.sandbox.errors import Answer, Refusal, graph_error, invalid
+from worker.sandbox.state import Call, PageFault, SandboxState
 from worker.sandbox.validation import (
     DEPRECATED_TAGS,
     VALID_TAGS,
@@ -204,126 +202,11 @@ def _parse_rule(psid: str) -> _Rule | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# State
-
-
-@dataclass(slots=True)
-class _PageFault:
-    code: int
-    subcode: int | None
-    remaining: int | None
-    regain_minutes: int
-
-    def as_json(self, page_id: str) -> dict[str, object]:
-        return {
-            "page_id": page_id,
-            "code": self.code,
-            "subcode": self.subcode,
-            "remaining": self.remaining,
-            "regain_minutes": self.regain_minutes,
-        }
-
-
-@dataclass(slots=True)
-class _Call:
-    """One recorded send call. The body is kept raw (a quarter of the memory of the parsed form)."""
-
-    at: float
-    page_id: str | None
-    seq: int = 0
-    psid: str | None = None
-    messaging_type: str | None = None
-    tag: str | None = None
-    status: int = 0
-    code: int | None = None
-    subcode: int | None = None
-    message_id: str | None = None
-    appsecret_proof: bool = False
-    raw: bytes | None = None  # None: the body did not parse
-    is_form: bool = False
-
-    def as_json(self) -> dict[str, object]:
-        body: dict[str, object] | None = None
-        if self.raw is not None:
-            try:
-                body = parse_body(self.raw, self.is_form)
-            except BadJSON:  # pragma: no cover - it parsed when it was received
-                body = None
-        return {
-            "seq": self.seq,
-            "at": self.at,
-            "page_id": self.page_id,
-            "psid": self.psid,
-            "messaging_type": self.messaging_type,
-            "tag": self.tag,
-            "status": self.status,
-            "code": self.code,
-            "subcode": self.subcode,
-            "message_id": self.message_id,
-            "appsecret_proof": self.appsecret_proof,
-            "body": body,
-        }
-
-
-class _State:
-    def __init__(self, config: SandboxConfig) -> None:
-        self.config = config
-        self.latency_ms = float(config.latency_ms)
-        self.tokens: dict[str, str] = dict(config.tokens)
-        self.records: deque[_Call] = deque(maxlen=max(1, config.record_limit))
-        self.seq = itertools.count(1)
-        self.message_seq = itertools.count(1)
-        self.instance = secrets.token_hex(4)
-        self.calls = 0
-        self.sent = 0
-        self.errors = 0
-        self.flaky: dict[str, int] = {}
-        self.faults: dict[str, _PageFault] = {}
-        #: ``outside-`` PSIDs whose user re-engaged (POST /__sandbox/window): their window is open.
-        self.opened: set[str] = set()
-
-    def clear(self) -> None:
-        self.records.clear()
-        self.flaky.clear()
-        self.calls = self.sent = self.errors = 0
-
-    def next_message_id(self) -> str:
-        return f"m_sandbox.{self.instance}.{next(self.message_seq)}"
-
-    def record(self, call: _Call, answer: Answer) -> None:
-        """Complete and keep ``call`` (just before answering), and count it."""
-        call.seq = next(self.seq)
-        call.status = 0 if answer.drop else answer.status
-        call.code = answer.code
-        call.subcode = answer.subcode
-        call.message_id = answer.message_id
-        self.records.append(call)
-        self.calls += 1
-        if answer.status != 200 or answer.drop:
-            self.errors += 1
-        elif answer.message_id is not None:
-            self.sent += 1
-
-    def raise_page_fault(self, page_id: str) -> None:
-        """Raise :class:`Refusal` if a page-wide fault is armed for ``page_id`` (and count it)."""
-        fault = self.faults.get(page_id)
-        if fault is None:
-            return
-        if fault.remaining is not None:
-            fault.remaining -= 1
-            if fault.remaining <= 0:
-                del self.faults[page_id]
-        raise Refusal(
-            graph_error(fault.code, fault.subcode, page_id=page_id, regain_minutes=fault.regain_minutes)
-        )
-
-
-# --------------------------------------------------------------------------------------------------
 # The Send API endpoint (raw ASGI: the hot path)
 
 
 class _SendEndpoint:
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: SandboxState) -> None:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -342,7 +225,7 @@ class _SendEndpoint:
         path_page = params.get("page_id", "me")
         state = self.state
 
-        call = _Call(arrived, None if path_page == "me" else path_page)
+        call = Call(arrived, None if path_page == "me" else path_page)
         try:
             answer, extra_ms = self._answer(
                 scope, raw, content_type=content_type, auth=auth, path_page=path_page, call=call
@@ -376,7 +259,7 @@ class _SendEndpoint:
         content_type: bytes,
         auth: bytes | None,
         path_page: str,
-        call: _Call,
+        call: Call,
     ) -> tuple[Answer, float]:
         """The answer to a send call and its extra delay in ms (or :class:`Refusal`); fills ``call``."""
         is_form = is_form_encoded(raw, content_type)
@@ -514,7 +397,7 @@ async def _json_payload(request: Request) -> dict[str, object]:
     return payload
 
 
-def _parse_fault(payload: Mapping[str, object]) -> tuple[str, _PageFault]:
+def _parse_fault(payload: Mapping[str, object]) -> tuple[str, PageFault]:
     page_id = payload.get("page_id")
     if isinstance(page_id, bool) or not isinstance(page_id, str | int) or page_id == "":
         raise _BadRequest("page_id is required")
@@ -525,11 +408,11 @@ def _parse_fault(payload: Mapping[str, object]) -> tuple[str, _PageFault]:
     if count is not None and count < 1:
         raise _BadRequest("count must be >= 1 or null")
     regain = _optional_int(payload, "regain_minutes") or 0
-    return str(page_id), _PageFault(code, _optional_int(payload, "subcode"), count, regain)
+    return str(page_id), PageFault(code, _optional_int(payload, "subcode"), count, regain)
 
 
 class _Control:
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: SandboxState) -> None:
         self.state = state
 
     async def calls(self, request: Request) -> Response:
@@ -629,7 +512,7 @@ class _SandboxApp(Starlette):
 
 def create_app(config: SandboxConfig | None = None) -> Starlette:
     """The sandbox as an ASGI app (each app has its own record, counters and faults)."""
-    state = _State(config or SandboxConfig())
+    state = SandboxState(config or SandboxConfig())
     control = _Control(state)
     routes = [
         Route("/{version}/{page_id}/messages", _SendEndpoint(state), methods=["POST"]),
