@@ -92,8 +92,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Final
 
 import orjson
@@ -110,6 +108,7 @@ from worker.sandbox.config import (
     sandbox_token,
 )
 from worker.sandbox.errors import Answer, Refusal, graph_error, invalid
+from worker.sandbox.rules import apply_rule, parse_digits
 from worker.sandbox.state import Call, PageFault, SandboxState
 from worker.sandbox.validation import (
     DEPRECATED_TAGS,
@@ -134,71 +133,11 @@ __all__ = [
 ]
 
 
-_HTML_502: Final = b"<html><body>Bad Gateway</body></html>"
 _RAW_SEND_KEY: Final = "sandbox.raw_send"
 
 
 class ConnectionDropped(Exception):
     """Raised for a ``drop-`` PSID when the ASGI server's connection cannot be closed directly."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Reserved PSIDs
-
-
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    kind: str  # "err", "flaky", "outside", "throttle", "slow", "http5xx", "drop"
-    code: int = 0
-    subcode: int | None = None
-    number: int = 0  # flaky: N failing calls; throttle: minutes; slow: milliseconds
-
-
-def _digits(text: str) -> int | None:
-    return int(text) if text.isascii() and text.isdigit() else None
-
-
-def _error_spec(spec: str) -> tuple[int, int | None] | None:
-    code_text, sep, sub_text = spec.partition("_")
-    code = _digits(code_text)
-    if code is None:
-        return None
-    if not sep:
-        return code, None
-    sub = _digits(sub_text)
-    return None if sub is None else (code, sub)
-
-
-_PLAIN_RULES: Final[Mapping[str, _Rule]] = MappingProxyType(
-    {"outside": _Rule("outside"), "drop": _Rule("drop"), "http5xx": _Rule("http5xx")}
-)
-_NUMBERED_RULES: Final = ("flaky", "throttle", "slow")
-
-
-def _rule_head(head: str) -> tuple[str, int] | None:
-    """``err`` -> ("err", 0); ``flaky3`` -> ("flaky", 3); ``throttle0``; ``slow250``; else None."""
-    if head == "err":
-        return "err", 0
-    for prefix in _NUMBERED_RULES:
-        if head.startswith(prefix):
-            number = _digits(head[len(prefix) :])
-            return None if number is None else (prefix, number)
-    return None
-
-
-def _parse_rule(psid: str) -> _Rule | None:
-    """The fault rule encoded in ``psid``, or None for an ordinary PSID (a few string operations)."""
-    head, sep, rest = psid.partition("-")
-    rule = _PLAIN_RULES.get(head) if sep else None
-    parsed = _rule_head(head) if sep and rule is None else None
-    if parsed is None:
-        return rule
-    kind, number = parsed
-    if kind in ("err", "flaky"):
-        spec_text, sep, _ = rest.partition("-")
-        spec = _error_spec(spec_text) if sep else None
-        return None if spec is None else _Rule(kind, spec[0], spec[1], number)
-    return _Rule(kind, 80006 if kind == "throttle" else 0, None, number)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,7 +218,7 @@ class _SendEndpoint:
         if state.faults:
             state.raise_page_fault(page_id)
         validate(body, mtype, tag)
-        extra_ms = self._apply_rule(psid, mtype, page_id) if psid is not None and "-" in psid else 0.0
+        extra_ms = apply_rule(state, psid, mtype, page_id) if psid is not None and "-" in psid else 0.0
 
         recipient_id = psid if psid is not None else ""
         if body.get("message") is None:  # a sender action
@@ -303,32 +242,6 @@ class _SendEndpoint:
         if path_page not in ("me", page_id):
             raise Refusal(graph_error(190, None, "(#190) The access token does not belong to this page"))
         return page_id
-
-    def _apply_rule(self, psid: str, mtype: str | None, page_id: str) -> float:
-        """Apply the reserved-PSID rule (raises :class:`Refusal`); returns the extra delay in ms."""
-        rule = _parse_rule(psid)
-        if rule is None:
-            return 0.0
-        kind = rule.kind
-        if kind == "err":
-            raise Refusal(graph_error(rule.code, rule.subcode, page_id=page_id))
-        if kind == "flaky":
-            seen = self.state.flaky.get(psid, 0) + 1
-            self.state.flaky[psid] = seen
-            if seen <= rule.number:
-                raise Refusal(graph_error(rule.code, rule.subcode, page_id=page_id))
-        elif kind == "outside":
-            if mtype != "MESSAGE_TAG" and psid not in self.state.opened:
-                raise Refusal(graph_error(10, 2018278))
-        elif kind == "throttle":
-            raise Refusal(graph_error(80006, None, page_id=page_id, regain_minutes=rule.number))
-        elif kind == "slow":
-            return float(rule.number)
-        elif kind == "http5xx":
-            raise Refusal(Answer(502, _HTML_502, b"text/html; charset=utf-8"))
-        elif kind == "drop":
-            raise Refusal(Answer(0, b"", drop=True))
-        return 0.0
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -422,7 +335,7 @@ class _Control:
         since_text = params.get("since")
         since = 0
         if since_text:
-            parsed = _digits(since_text)
+            parsed = parse_digits(since_text)
             if parsed is None:
                 return _bad("since must be a non-negative integer")
             since = parsed
