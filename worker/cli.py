@@ -89,7 +89,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from worker.sandbox.app import serve
+    from worker.sandbox import serve
 
     serve(host=args.host, port=args.port, latency_ms=args.latency_ms)
     return 0

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
-from worker.sandbox.app import (
+from worker.sandbox import (
     DEPRECATED_TAGS,
     SANDBOX_TOKEN_PREFIX,
     VALID_TAGS,

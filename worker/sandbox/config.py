@@ -1,0 +1,30 @@
+"""The sandbox's configuration and its token convention.
+
+Owns :class:`SandboxConfig` (latency, explicit token -> page map, record limit) and the tokens the
+sandbox accepts without configuration: ``sandbox-token-<page_id>`` (:func:`sandbox_token`) and the
+always-expired ``sandbox-token-expired-<anything>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+SANDBOX_TOKEN_PREFIX: Final = "sandbox-token-"  # noqa: S105 - a public naming convention, not a secret
+EXPIRED_TOKEN_PREFIX: Final = SANDBOX_TOKEN_PREFIX + "expired-"
+
+
+def sandbox_token(page_id: str) -> str:
+    """A token the sandbox accepts for ``page_id`` (no configuration needed)."""
+    return SANDBOX_TOKEN_PREFIX + page_id
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    latency_ms: float = 0.0
+    """Added to every Send API answer (``asyncio.sleep``); changeable via ``POST /__sandbox/config``."""
+    tokens: Mapping[str, str] = field(default_factory=dict)
+    """Explicit token -> page id, checked before the ``sandbox-token-<page_id>`` convention."""
+    record_limit: int = 1_000_000
+    """Maximum number of recorded calls kept (oldest dropped first)."""
