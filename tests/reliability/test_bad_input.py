@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.conftest import INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env
 from worker.config import Settings
-from worker.intake.app import openapi_document
+from worker.intake.openapi import openapi_document
 from worker.messenger.validation import MAX_TEXT, InputError, SendRequest, validate
 
 pytestmark = pytest.mark.reliability

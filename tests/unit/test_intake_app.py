@@ -1,0 +1,82 @@
+"""The intake app without Redis: refusals in one JSON shape (raised by routes, answered by the
+app's handlers, counted per route)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from starlette.testclient import TestClient
+
+from worker.config import Settings
+from worker.intake import create_app
+
+TOKEN = "tok-intake-abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BODY = {"recipient": {"id": "1"}, "message": {"text": "hi"}}
+
+
+def settings(**extra: Any) -> Settings:
+    return Settings(
+        page_access_tokens={"100": "tok-page-100-abcdef"},
+        intake_tokens=[TOKEN],
+        redis_url="redis://127.0.0.1:1/0",  # never reached: these requests need no Redis
+        _env_file=None,
+        **extra,
+    )
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(settings())) as test_client:
+        yield test_client
+
+
+def counted(route: str, status: int) -> float:
+    value = REGISTRY.get_sample_value("bmw_intake_requests_total", {"route": route, "status": str(status)})
+    return value or 0.0
+
+
+def error_of(response: Any) -> tuple[int, str]:
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body["error"]) == {"code", "message"}
+    return response.status_code, body["error"]["code"]
+
+
+def test_refusals_have_one_shape_and_are_counted(client: TestClient) -> None:
+    before = {s: counted("send", s) for s in (401, 415, 422, 400)}
+    assert error_of(client.post("/me/messages", json=BODY)) == (401, "unauthorized")
+    assert error_of(client.post("/me/messages", content=b"{}", headers=AUTH)) == (
+        415,
+        "unsupported_media_type",
+    )
+    assert error_of(client.post("/v25.0/999/messages", json=BODY, headers=AUTH)) == (422, "no_page_token")
+    bad_json = {**AUTH, "Content-Type": "application/json"}
+    assert error_of(client.post("/me/messages", content=b"{nope", headers=bad_json)) == (400, "invalid_json")
+    assert {s: counted("send", s) - before[s] for s in before} == {401: 1, 415: 1, 422: 1, 400: 1}
+
+
+def test_unknown_routes_methods_and_actions(client: TestClient) -> None:
+    assert error_of(client.get("/nope")) == (404, "not_found")
+    assert error_of(client.get("/me/messages")) == (405, "method_not_allowed")
+    assert error_of(client.post("/v1/dead-letters/explode", headers=AUTH)) == (404, "not_found")
+    too_long = "x" * 65
+    assert error_of(client.get(f"/v1/deliveries/{too_long}", headers=AUTH)) == (404, "not_found")
+
+
+def test_the_webhook_without_app_secret_is_not_configured(client: TestClient) -> None:
+    assert error_of(client.post("/messenger/webhook", content=b"{}")) == (503, "not_configured")
+    assert error_of(client.get("/messenger/webhook", params={"hub.mode": "subscribe"})) == (403, "forbidden")
+
+
+def test_the_webhook_refuses_unsigned_and_badly_signed_events() -> None:
+    with TestClient(create_app(settings(app_secret="app-secret-0123456789"))) as client:
+        assert error_of(client.post("/messenger/webhook", content=b"{}")) == (401, "missing_signature")
+        bad = {"X-Hub-Signature-256": "sha256=" + "0" * 64}
+        assert error_of(client.post("/messenger/webhook", content=b"{}", headers=bad)) == (
+            403,
+            "bad_signature",
+        )
