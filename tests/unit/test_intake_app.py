@@ -67,6 +67,15 @@ def test_unknown_routes_methods_and_actions(client: TestClient) -> None:
     assert error_of(client.get(f"/v1/deliveries/{too_long}", headers=AUTH)) == (404, "not_found")
 
 
+def test_dead_letter_filters_must_be_finite_numbers(client: TestClient) -> None:
+    for params in ({"older_than": "nan"}, {"older_than": "inf"}, {"code": "x"}, {"limit": "1e400"}):
+        resp = client.get("/v1/dead-letters", params=params, headers=AUTH)
+        assert error_of(resp) == (422, "invalid_filter"), params
+    resp = client.post("/v1/dead-letters/purge", json={"older_than": "-inf"}, headers=AUTH)
+    assert error_of(resp) == (422, "invalid_filter")
+    assert error_of(client.post("/v1/dead-letters/purge", json=[1], headers=AUTH)) == (422, "invalid_body")
+
+
 def test_the_webhook_without_app_secret_is_not_configured(client: TestClient) -> None:
     assert error_of(client.post("/messenger/webhook", content=b"{}")) == (503, "not_configured")
     assert error_of(client.get("/messenger/webhook", params={"hub.mode": "subscribe"})) == (403, "forbidden")

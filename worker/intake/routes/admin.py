@@ -5,12 +5,13 @@ The filter is the same in the query (list) and in the JSON body (replay, purge):
 ``code`` (the Graph error code), ``older_than`` (seconds since death) and ``limit`` (default 1000,
 at most 10,000). A body with ``delivery_ids`` acts on those ids (those still dead and matching the
 filter); without it, on every match, so an empty body replays or purges every dead letter up to
-``limit``. A filter value that is not a number is 422 ``invalid_filter``; a body that is not a
-JSON object, or whose ``delivery_ids`` is not a list of strings, is 422 ``invalid_body``.
+``limit``. A filter value that is not a finite number is 422 ``invalid_filter``; a body that is
+not a JSON object, or whose ``delivery_ids`` is not a list of strings, is 422 ``invalid_body``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,8 +38,11 @@ def _number(params: Mapping[str, Any], name: str, kind: type[int] | type[float])
         return None
     try:
         number = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(422, "invalid_filter", f"{name} must be a number") from None
+    # "nan" or "inf" would reach Redis as a score range
+    if isinstance(number, float) and not math.isfinite(number):
+        raise InputError(422, "invalid_filter", f"{name} must be a finite number")
     return number
 
 
