@@ -1,8 +1,9 @@
 """The intake app without Redis: refusals in one JSON shape (raised by routes, answered by the
-app's handlers, counted per route)."""
+app's handlers, counted per route), and the memory gate's once-a-second admission."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,9 @@ from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
 from worker.config import Settings
-from worker.intake import create_app
+from worker.intake import create_app, guard
+from worker.intake.guard import MemoryGate
+from worker.status import MemoryGuard
 
 TOKEN = "tok-intake-abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -89,3 +92,60 @@ def test_the_webhook_refuses_unsigned_and_badly_signed_events() -> None:
             403,
             "bad_signature",
         )
+
+
+class FakeRedis:
+    def __init__(self, used: int, maxmemory: int, latency: float = 0.0) -> None:
+        self.used = used
+        self.maxmemory = maxmemory
+        self.latency = latency
+        self.calls = 0
+
+    async def info(self, section: str) -> dict[str, int]:
+        assert section == "memory"
+        self.calls += 1
+        await asyncio.sleep(self.latency)
+        return {"used_memory": self.used, "maxmemory": self.maxmemory}
+
+
+def test_the_gate_asks_redis_at_most_once_a_second_and_opens_only_with_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(guard, "OPEN_FOR_SECONDS", 0.05)
+
+    async def scenario() -> None:
+        redis = FakeRedis(used=95, maxmemory=100)
+        gate = MemoryGate(MemoryGuard(0.9), redis)
+        assert not gate.open
+        assert not await gate.admit()
+        assert await asyncio.gather(*(gate.admit() for _ in range(20))) == [False] * 20
+        assert (redis.calls, gate.open, gate.accepting) == (1, False, False)
+        redis.used = 10
+        assert not await gate.admit()  # the guard's answer holds for a second
+        gate.guard.checked_at = -1e9  # ... which has passed
+        assert await gate.admit()
+        assert (redis.calls, gate.open, gate.accepting) == (2, True, True)
+        await asyncio.sleep(0.1)
+        assert not gate.open  # shut again: the next request asks the guard
+        gate.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_headroom_of_one_keeps_the_gate_open_without_asking() -> None:
+    gate = MemoryGate(MemoryGuard(1.0), FakeRedis(used=100, maxmemory=100))
+    assert gate.open
+
+
+def test_a_full_reading_shuts_the_gate_that_requests_during_the_read_opened() -> None:
+    async def scenario() -> None:
+        redis = FakeRedis(used=95, maxmemory=100, latency=0.01)
+        gate = MemoryGate(MemoryGuard(0.9), redis)
+        answers = await asyncio.gather(*(gate.admit() for _ in range(20)))
+        assert redis.calls == 1
+        assert answers[0] is False  # the request that read INFO; the others got the old answer
+        assert (gate.open, gate.accepting) == (False, False)
+        assert not await gate.admit()
+        gate.close()
+
+    asyncio.run(scenario())

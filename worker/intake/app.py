@@ -9,8 +9,8 @@ The factory wires, and owns nothing else:
   ``InputError`` becomes its JSON error, a Redis failure ``503 unavailable`` with Retry-After,
   unknown routes and methods 404 and 405 in the same shape;
 * the lifespan, which opens the connections when the app starts and closes them when it stops:
-  the async Redis client (unless one is injected), the sync client /metrics reads with and the
-  :class:`~worker.intake.committer.GroupCommitter`. They are shared
+  the async Redis client (unless one is injected), the sync client /metrics reads with, the
+  :class:`~worker.intake.committer.GroupCommitter` and the Redis memory gate. They are shared
   with the routes as ``app.state.intake`` (:class:`~worker.intake.state.IntakeState`).
 
 Building the app opens no connection, so tests can build it without Redis.
@@ -28,10 +28,12 @@ from starlette.routing import BaseRoute
 from worker import gc_tuning
 from worker.config import Settings
 from worker.intake.committer import GroupCommitter
+from worker.intake.guard import MemoryGate
 from worker.intake.http import exception_handlers
 from worker.intake.routes import admin, deliveries, health, send, webhook
 from worker.intake.state import IntakeState
 from worker.logging import get_logger
+from worker.status import MemoryGuard
 from worker.store import Keys
 from worker.store import connections as redisconn
 
@@ -68,6 +70,7 @@ def create_app(
             redis=redis_client,
             sync_redis=redisconn.sync_client(settings, timeout=2),
             committer=GroupCommitter(redis_client, settings),
+            memory=MemoryGate(MemoryGuard(settings.redis_memory_headroom), redis_client),
         )
         app.state.intake = intake
         tuned = tune_gc and gc_tuning.tune(settings)
@@ -75,11 +78,13 @@ def create_app(
             "intake.started",
             queue=settings.queue_name,
             auth=not settings.intake_insecure_no_auth,
+            redis_memory_headroom=settings.redis_memory_headroom,
             gc_gen0_threshold=settings.gc_gen0_threshold if tuned else None,
         )
         try:
             yield
         finally:
+            intake.memory.close()
             intake.sync_redis.close()
             if client is None:
                 await redis_client.aclose()

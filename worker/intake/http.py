@@ -53,6 +53,17 @@ def unavailable() -> JSONResponse:
     )
 
 
+def redis_full(ratio: float, headroom: float) -> JSONResponse:
+    """The send route's answer while Redis is at or above REDIS_MEMORY_HEADROOM of maxmemory: a 5xx,
+    so Braze retries the message later, and nothing was enqueued."""
+    return error(
+        503,
+        "redis_full",
+        f"Redis is using {ratio:.0%} of its maxmemory (REDIS_MEMORY_HEADROOM is {headroom:.0%}); retry later",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, refused with 413 ``body_too_large`` as soon as it exceeds ``limit``
     (before reading it when Content-Length says so)."""

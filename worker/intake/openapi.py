@@ -121,7 +121,12 @@ def _send_operation(operation_id: str, path_params: list[dict[str, Any]]) -> dic
             "413": _error(f"the body is over {MAX_BODY_BYTES} bytes", "body_too_large"),
             "415": _error("the body is not application/json", "unsupported_media_type"),
             "422": _error("the message cannot be sent as it is", *SEND_422_CODES),
-            "503": _unavailable(),
+            "503": _error(
+                "Redis is unavailable, or at or above REDIS_MEMORY_HEADROOM of its maxmemory (redis_full)",
+                "unavailable",
+                "redis_full",
+                retry_after=True,
+            ),
         },
     }
 
@@ -278,8 +283,8 @@ def _operations_paths() -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "operationId": "readyz",
-                "summary": "Readiness: Redis answers",
-                "responses": {"200": _json("Redis answers", _ref("Health")), "503": _unavailable()},
+                "summary": "Readiness: Redis answers. Stays 200 while Redis is full (accepting: false)",
+                "responses": {"200": _json("Redis answers", _ref("Ready")), "503": _unavailable()},
             }
         },
         "/metrics": {
@@ -452,6 +457,21 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["ok"],
             "properties": {"ok": {"type": "boolean", "enum": [True]}},
+        },
+        "Ready": {
+            "type": "object",
+            "required": ["ok", "accepting", "memory_ratio"],
+            "properties": {
+                "ok": {"type": "boolean", "enum": [True]},
+                "accepting": {
+                    "type": "boolean",
+                    "description": "false while Redis is at or above REDIS_MEMORY_HEADROOM (send answers 503 redis_full)",
+                },
+                "memory_ratio": {
+                    "type": "number",
+                    "description": "used_memory / maxmemory (0: no maxmemory)",
+                },
+            },
         },
     }
 

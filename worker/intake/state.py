@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from worker.config import Settings
 from worker.intake.committer import GroupCommitter
+from worker.intake.guard import MemoryGate
 from worker.store import Keys
 
 
@@ -27,6 +28,7 @@ class IntakeState:
     #: /metrics reads the status model from a thread, with a client of its own.
     sync_redis: Any
     committer: GroupCommitter
+    memory: MemoryGate
 
 
 def of(request: Request) -> IntakeState:

@@ -2,7 +2,15 @@
 
 * ``/healthz``: the event loop answers (liveness; Redis is not checked, so an outage does not
   restart every intake).
-* ``/readyz``: Redis answers: 200 ``{"ok": true}``, else 503 ``unavailable``.
+* ``/readyz``: Redis answers. 200 ``{"ok": true, "accepting": bool, "memory_ratio": x}``, or 503
+  ``unavailable`` when Redis does not answer. ``accepting`` is false while Redis is at or above
+  REDIS_MEMORY_HEADROOM of its maxmemory (``memory_ratio``: used_memory / maxmemory, 0 without a
+  maxmemory), and the send route then answers ``503 redis_full``. Readiness stays 200 then, on
+  purpose: every replica shares that Redis, so all would leave the Service at once, and an
+  intake that is out of the Service cannot serve what still works and what frees the memory:
+  delivery status, Messenger events, and dead-letter purge and replay. Braze gets a 503 with
+  Retry-After per message instead of connection errors. Watch ``accepting`` or the
+  ``intake.redis_full`` log event, not readiness.
 * ``/metrics``: this process's counters plus the status read model (:mod:`worker.status`), read
   with a synchronous client in a thread.
 * ``/openapi.json``: :func:`worker.intake.openapi.openapi_document`.
@@ -29,8 +37,12 @@ async def healthz(_request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    await state.of(request).redis.ping()
-    return JSONResponse({"ok": True})
+    intake = state.of(request)
+    await intake.redis.ping()
+    accepting = await intake.memory.check()
+    return JSONResponse(
+        {"ok": True, "accepting": accepting, "memory_ratio": round(intake.memory.guard.ratio, 4)}
+    )
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -1,14 +1,15 @@
 """The send route: a drop-in for the Send API URL in Braze's Facebook Messenger webhook template.
 
 ``POST /me/messages``, ``/{version}/me/messages`` and ``/{version}/{page_id}/messages``: the
-request is authenticated, its headers and body validated (:mod:`worker.messenger.validation`)
-and handed to the group committer. The
+request is authenticated, its headers and body validated (:mod:`worker.messenger.validation`),
+admitted by Redis memory (:mod:`worker.intake.guard`) and handed to the group committer. The
 answer is 202 only after the commit that carries it returned, so a 202 means the message is in
 Redis; 200 means a repeated ``Idempotency-Key`` (nothing enqueued); anything else means nothing
 was enqueued.
 
-This is the benchmarked hot path: headers are read in one pass over the ASGI list, the request
-counter's children are cached, and there is no middleware.
+This is the benchmarked hot path: headers are read in one pass over the ASGI list, the memory
+check is one attribute read (the guard is asked once a second), the request counter's children
+are cached, and there is no middleware.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.routing import Route
 from worker.config import Settings
 from worker.intake import state
 from worker.intake.auth import authed
-from worker.intake.http import JSONResponse, counted, read_body
+from worker.intake.http import JSONResponse, counted, read_body, redis_full
 from worker.logging import get_logger, recipient_ref
 from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, validate
 from worker.states import State
@@ -70,6 +71,9 @@ async def send(request: Request) -> Response:
         query_page_id=request.query_params.get("page_id"),
         fallback_header=headers.get(b"x-fallback-tags"),
     )
+    memory = intake.memory
+    if not memory.open and not await memory.admit():  # a bad request still gets its 4xx above
+        return redis_full(memory.guard.ratio, memory.guard.headroom)
     delivery_id, accepted = await intake.committer.submit(send_request, idem, request_id, external_id)
     if not accepted:
         log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id)
