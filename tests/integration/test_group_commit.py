@@ -12,7 +12,7 @@ import orjson
 
 from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
 from worker.config import Settings
-from worker.intake.app import GATHER_TARGET, GroupCommitter
+from worker.intake.committer import GATHER_TARGET, GroupCommitter
 from worker.messenger.validation import validate
 from worker.states import State
 from worker.store import Keys, scripts

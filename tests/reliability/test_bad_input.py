@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.conftest import INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env
 from worker.config import Settings
-from worker.intake.app import openapi_document
+from worker.intake.openapi import openapi_document
 from worker.messenger.validation import MAX_TEXT, InputError, SendRequest, validate
 
 pytestmark = pytest.mark.reliability
@@ -29,9 +29,16 @@ EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "60"))
 def intake_stack(
     redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    stack = Stack(
-        base_env(redis_server.url, sandbox.url), sandbox, redis_server.url, tmp_path_factory.mktemp("fuzz")
+    # The webhook configured as in production, so the fuzz reaches its signature checks (without
+    # APP_SECRET a POST is a documented 503 not_configured: the server's fault, not the input's).
+    # The values are the ones test_secrets_after_suite looks for in every log.
+    env = base_env(
+        redis_server.url,
+        sandbox.url,
+        APP_SECRET="test-app-secret-abcdef012345",
+        MESSENGER_VERIFY_TOKEN="test-verify-token-98765",
     )
+    stack = Stack(env, sandbox, redis_server.url, tmp_path_factory.mktemp("fuzz"))
     stack.start_intake()  # no worker: whatever is enqueued stays visible
     yield stack
     stack.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from worker.intake.app import _send_headers
+from worker.intake.routes.send import _send_headers
 from worker.store import ids as broker
 
 

@@ -1,0 +1,151 @@
+"""The intake app without Redis: refusals in one JSON shape (raised by routes, answered by the
+app's handlers, counted per route), and the memory gate's once-a-second admission."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from starlette.testclient import TestClient
+
+from worker.config import Settings
+from worker.intake import create_app, guard
+from worker.intake.guard import MemoryGate
+from worker.status import MemoryGuard
+
+TOKEN = "tok-intake-abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BODY = {"recipient": {"id": "1"}, "message": {"text": "hi"}}
+
+
+def settings(**extra: Any) -> Settings:
+    return Settings(
+        page_access_tokens={"100": "tok-page-100-abcdef"},
+        intake_tokens=[TOKEN],
+        redis_url="redis://127.0.0.1:1/0",  # never reached: these requests need no Redis
+        _env_file=None,
+        **extra,
+    )
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(settings())) as test_client:
+        yield test_client
+
+
+def counted(route: str, status: int) -> float:
+    value = REGISTRY.get_sample_value("bmw_intake_requests_total", {"route": route, "status": str(status)})
+    return value or 0.0
+
+
+def error_of(response: Any) -> tuple[int, str]:
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body["error"]) == {"code", "message"}
+    return response.status_code, body["error"]["code"]
+
+
+def test_refusals_have_one_shape_and_are_counted(client: TestClient) -> None:
+    before = {s: counted("send", s) for s in (401, 415, 422, 400)}
+    assert error_of(client.post("/me/messages", json=BODY)) == (401, "unauthorized")
+    assert error_of(client.post("/me/messages", content=b"{}", headers=AUTH)) == (
+        415,
+        "unsupported_media_type",
+    )
+    assert error_of(client.post("/v25.0/999/messages", json=BODY, headers=AUTH)) == (422, "no_page_token")
+    bad_json = {**AUTH, "Content-Type": "application/json"}
+    assert error_of(client.post("/me/messages", content=b"{nope", headers=bad_json)) == (400, "invalid_json")
+    assert {s: counted("send", s) - before[s] for s in before} == {401: 1, 415: 1, 422: 1, 400: 1}
+
+
+def test_unknown_routes_methods_and_actions(client: TestClient) -> None:
+    assert error_of(client.get("/nope")) == (404, "not_found")
+    assert error_of(client.get("/me/messages")) == (405, "method_not_allowed")
+    assert error_of(client.post("/v1/dead-letters/explode", headers=AUTH)) == (404, "not_found")
+    too_long = "x" * 65
+    assert error_of(client.get(f"/v1/deliveries/{too_long}", headers=AUTH)) == (404, "not_found")
+
+
+def test_dead_letter_filters_must_be_finite_numbers(client: TestClient) -> None:
+    for params in ({"older_than": "nan"}, {"older_than": "inf"}, {"code": "x"}, {"limit": "1e400"}):
+        resp = client.get("/v1/dead-letters", params=params, headers=AUTH)
+        assert error_of(resp) == (422, "invalid_filter"), params
+    resp = client.post("/v1/dead-letters/purge", json={"older_than": "-inf"}, headers=AUTH)
+    assert error_of(resp) == (422, "invalid_filter")
+    assert error_of(client.post("/v1/dead-letters/purge", json=[1], headers=AUTH)) == (422, "invalid_body")
+
+
+def test_the_webhook_without_app_secret_is_not_configured(client: TestClient) -> None:
+    assert error_of(client.post("/messenger/webhook", content=b"{}")) == (503, "not_configured")
+    assert error_of(client.get("/messenger/webhook", params={"hub.mode": "subscribe"})) == (403, "forbidden")
+
+
+def test_the_webhook_refuses_unsigned_and_badly_signed_events() -> None:
+    with TestClient(create_app(settings(app_secret="app-secret-0123456789"))) as client:
+        assert error_of(client.post("/messenger/webhook", content=b"{}")) == (401, "missing_signature")
+        bad = {"X-Hub-Signature-256": "sha256=" + "0" * 64}
+        assert error_of(client.post("/messenger/webhook", content=b"{}", headers=bad)) == (
+            403,
+            "bad_signature",
+        )
+
+
+class FakeRedis:
+    def __init__(self, used: int, maxmemory: int, latency: float = 0.0) -> None:
+        self.used = used
+        self.maxmemory = maxmemory
+        self.latency = latency
+        self.calls = 0
+
+    async def info(self, section: str) -> dict[str, int]:
+        assert section == "memory"
+        self.calls += 1
+        await asyncio.sleep(self.latency)
+        return {"used_memory": self.used, "maxmemory": self.maxmemory}
+
+
+def test_the_gate_asks_redis_at_most_once_a_second_and_opens_only_with_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(guard, "OPEN_FOR_SECONDS", 0.05)
+
+    async def scenario() -> None:
+        redis = FakeRedis(used=95, maxmemory=100)
+        gate = MemoryGate(MemoryGuard(0.9), redis)
+        assert not gate.open
+        assert not await gate.admit()
+        assert await asyncio.gather(*(gate.admit() for _ in range(20))) == [False] * 20
+        assert (redis.calls, gate.open, gate.accepting) == (1, False, False)
+        redis.used = 10
+        assert not await gate.admit()  # the guard's answer holds for a second
+        gate.guard.checked_at = -1e9  # ... which has passed
+        assert await gate.admit()
+        assert (redis.calls, gate.open, gate.accepting) == (2, True, True)
+        await asyncio.sleep(0.1)
+        assert not gate.open  # shut again: the next request asks the guard
+        gate.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_headroom_of_one_keeps_the_gate_open_without_asking() -> None:
+    gate = MemoryGate(MemoryGuard(1.0), FakeRedis(used=100, maxmemory=100))
+    assert gate.open
+
+
+def test_a_full_reading_shuts_the_gate_that_requests_during_the_read_opened() -> None:
+    async def scenario() -> None:
+        redis = FakeRedis(used=95, maxmemory=100, latency=0.01)
+        gate = MemoryGate(MemoryGuard(0.9), redis)
+        answers = await asyncio.gather(*(gate.admit() for _ in range(20)))
+        assert redis.calls == 1
+        assert answers[0] is False  # the request that read INFO; the others got the old answer
+        assert (gate.open, gate.accepting) == (False, False)
+        assert not await gate.admit()
+        gate.close()
+
+    asyncio.run(scenario())

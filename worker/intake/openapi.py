@@ -1,0 +1,501 @@
+"""The intake's OpenAPI 3.0 document, served at ``/openapi.json``.
+
+Every route the app serves is here, with its request body, its answers and each error ``code``
+it can refuse with (``tests/unit/test_openapi.py`` checks the routes against the app and the
+delivery view against :func:`worker.store.records.public_view`; ``tests/reliability/
+test_bad_input.py`` fuzzes a live intake from this document). Delivery statuses come from
+:class:`worker.states.State`, the only place they are spelled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.intake.routes.admin import ACTIONS, MAX_LIMIT
+from worker.intake.routes.send import MAX_EXTERNAL_ID
+from worker.intake.routes.webhook import WEBHOOK_MAX_BYTES
+from worker.messenger.validation import MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY, MAX_QUICK_REPLIES, MAX_TEXT
+from worker.states import State
+
+#: The codes of a 422 from the send route (:mod:`worker.messenger.validation` and the headers).
+SEND_422_CODES = (
+    "invalid_body",
+    "missing_recipient",
+    "invalid_recipient",
+    "invalid_message",
+    "text_too_long",
+    "too_many_quick_replies",
+    "invalid_sender_action",
+    "invalid_messaging_type",
+    "missing_tag",
+    "invalid_tag",
+    "deprecated_tag",
+    "no_page_token",
+    "invalid_idempotency_key",
+    "invalid_external_id",
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str, *codes: str, retry_after: bool = False) -> dict[str, Any]:
+    """A refusal: the Error shape, with the codes this answer can carry."""
+    schema = {
+        "allOf": [
+            _ref("Error"),
+            {"properties": {"error": {"properties": {"code": {"type": "string", "enum": list(codes)}}}}},
+        ]
+    }
+    response = _json(description, schema)
+    if retry_after:
+        response["headers"] = {
+            "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+        }
+    return response
+
+
+def _unauthorized() -> dict[str, Any]:
+    return _error("missing or wrong bearer token (WWW-Authenticate: Bearer)", "unauthorized")
+
+
+def _unavailable() -> dict[str, Any]:
+    return _error("Redis did not answer or refused; retry later", "unavailable", retry_after=True)
+
+
+def _param(
+    name: str, where: str, schema: dict[str, Any], description: str = "", **extra: Any
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "in": where, "required": where == "path", "schema": schema}
+    if description:
+        out["description"] = description
+    return {**out, **extra}
+
+
+def _send_operation(operation_id: str, path_params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "summary": "Queue one Send API message (the body Braze's Messenger webhook template posts)",
+        "description": (
+            "Answered 202 once the message is in Redis. Any other answer means nothing was "
+            "enqueued; 5xx answers carry Retry-After (Braze retries them)."
+        ),
+        "security": [{"bearer": []}],
+        "parameters": [
+            *path_params,
+            _param(
+                "Idempotency-Key",
+                "header",
+                {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY},
+                "a repeat within IDEMPOTENCY_TTL answers 200 with the first delivery_id",
+            ),
+            _param(
+                "X-Fallback-Tags",
+                "header",
+                {"type": "string"},
+                "comma-separated message tags to try outside the 24-hour window",
+            ),
+            _param("X-Request-Id", "header", {"type": "string"}, "logged with the delivery"),
+            _param(
+                "X-Braze-External-Id",
+                "header",
+                {"type": "string", "maxLength": MAX_EXTERNAL_ID},
+                "the Braze user, for feedback to Braze",
+            ),
+            _param("access_token", "query", {"type": "string"}, "a page token, as in the Send API URL"),
+            _param("page_id", "query", {"type": "string"}, "the sending page, when the path has none"),
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SendBody")}}},
+        "responses": {
+            "202": _json("queued", _ref("Accepted")),
+            "200": _json(
+                "repeated Idempotency-Key: the earlier delivery_id, nothing enqueued", _ref("Accepted")
+            ),
+            "400": _error("the body is not JSON", "invalid_json"),
+            "401": _unauthorized(),
+            "413": _error(f"the body is over {MAX_BODY_BYTES} bytes", "body_too_large"),
+            "415": _error("the body is not application/json", "unsupported_media_type"),
+            "422": _error("the message cannot be sent as it is", *SEND_422_CODES),
+            "503": _error(
+                "Redis is unavailable, or at or above REDIS_MEMORY_HEADROOM of its maxmemory (redis_full)",
+                "unavailable",
+                "redis_full",
+                retry_after=True,
+            ),
+        },
+    }
+
+
+def _send_paths() -> dict[str, Any]:
+    version = _param("version", "path", {"type": "string"}, "the Graph API version, e.g. v25.0")
+    page = _param("page_id", "path", {"type": "string"})
+    return {
+        "/me/messages": {"post": _send_operation("send_me", [])},
+        "/{version}/me/messages": {"post": _send_operation("send_version_me", [version])},
+        "/{version}/{page_id}/messages": {"post": _send_operation("send_page", [version, page])},
+    }
+
+
+def _delivery_paths() -> dict[str, Any]:
+    return {
+        "/v1/deliveries/{delivery_id}": {
+            "get": {
+                "operationId": "get_delivery",
+                "summary": "A delivery's status (never its body, token or PSID)",
+                "security": [{"bearer": []}],
+                "parameters": [_param("delivery_id", "path", {"type": "string"})],
+                "responses": {
+                    "200": _json("the delivery", _ref("Delivery")),
+                    "401": _unauthorized(),
+                    "404": _error("no such delivery (or its record has expired)", "not_found"),
+                    "503": _unavailable(),
+                },
+            }
+        }
+    }
+
+
+def _dead_letter_filter_params() -> list[dict[str, Any]]:
+    return [
+        _param("page_id", "query", {"type": "string"}),
+        _param("code", "query", {"type": "integer"}, "the Graph error code of the last attempt"),
+        _param("older_than", "query", {"type": "number"}, "seconds since it died"),
+        _param("limit", "query", {"type": "integer"}, f"default 1000, at most {MAX_LIMIT}"),
+    ]
+
+
+def _dead_letter_paths() -> dict[str, Any]:
+    auth: list[dict[str, list[str]]] = [{"bearer": []}]
+    return {
+        "/v1/dead-letters": {
+            "get": {
+                "operationId": "list_dead_letters",
+                "summary": "Dead letters matching the filter, newest first",
+                "security": auth,
+                "parameters": _dead_letter_filter_params(),
+                "responses": {
+                    "200": _json("the dead letters", _ref("DeadLetterList")),
+                    "401": _unauthorized(),
+                    "422": _error("a filter value is not a finite number", "invalid_filter"),
+                    "503": _unavailable(),
+                },
+            }
+        },
+        "/v1/dead-letters/{action}": {
+            "post": {
+                "operationId": "act_on_dead_letters",
+                "summary": "Replay or purge dead letters: the given ids, or every match of the filter",
+                "description": (
+                    "Replay re-queues a delivery that is still dead under its delivery_id; purge "
+                    "deletes it. Without delivery_ids (an empty body included) every dead letter "
+                    "matching the filter is acted on, up to limit."
+                ),
+                "security": auth,
+                "parameters": [_param("action", "path", {"type": "string", "enum": list(ACTIONS)})],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("DeadLetterSelection")}},
+                },
+                "responses": {
+                    "200": _json("done", {"oneOf": [_ref("Replayed"), _ref("Purged")]}),
+                    "400": _error("the body is not JSON", "invalid_json"),
+                    "401": _unauthorized(),
+                    "404": _error("no such action", "not_found"),
+                    "413": _error(f"the body is over {MAX_BODY_BYTES} bytes", "body_too_large"),
+                    "422": _error("the body or a filter value is invalid", "invalid_body", "invalid_filter"),
+                    "503": _unavailable(),
+                },
+            }
+        },
+    }
+
+
+def _webhook_paths() -> dict[str, Any]:
+    hub = {"type": "string"}
+    return {
+        "/messenger/webhook": {
+            "get": {
+                "operationId": "messenger_webhook_verify",
+                "summary": "Messenger's subscription handshake: echoes hub.challenge",
+                "parameters": [
+                    _param("hub.mode", "query", {"type": "string", "enum": ["subscribe"]}, required=True),
+                    _param("hub.verify_token", "query", hub, "MESSENGER_VERIFY_TOKEN", required=True),
+                    _param("hub.challenge", "query", hub, required=True),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "hub.challenge, echoed",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "403": _error(
+                        "wrong verify token or mode, or MESSENGER_VERIFY_TOKEN is not set", "forbidden"
+                    ),
+                },
+            },
+            "post": {
+                "operationId": "messenger_webhook_events",
+                "summary": "Messenger events, signed by Meta with APP_SECRET; queued for the workers",
+                "parameters": [
+                    _param(
+                        "X-Hub-Signature-256",
+                        "header",
+                        {"type": "string"},
+                        "sha256=<HMAC-SHA256 of the raw body with APP_SECRET, hex>",
+                        required=True,
+                    )
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("MessengerWebhook")}},
+                },
+                "responses": {
+                    "200": _json("events queued (events: how many)", _ref("WebhookAck")),
+                    "400": _error("the body is not JSON", "invalid_json"),
+                    "401": _error("no X-Hub-Signature-256", "missing_signature"),
+                    "403": _error("X-Hub-Signature-256 does not match the body", "bad_signature"),
+                    "413": _error(f"the body is over {WEBHOOK_MAX_BYTES} bytes", "body_too_large"),
+                    "503": _error(
+                        "APP_SECRET is not set (not_configured), or Redis is unavailable "
+                        "(unavailable, with Retry-After)",
+                        "not_configured",
+                        "unavailable",
+                    ),
+                },
+            },
+        }
+    }
+
+
+def _operations_paths() -> dict[str, Any]:
+    return {
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness: the process answers (Redis is not checked)",
+                "responses": {"200": _json("alive", _ref("Health"))},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness: Redis answers. Stays 200 while Redis is full (accepting: false)",
+                "responses": {"200": _json("Redis answers", _ref("Ready")), "503": _unavailable()},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics: this process's counters and the status read model",
+                "responses": {
+                    "200": {
+                        "description": "the Prometheus text exposition format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": _json("the OpenAPI document", {"type": "object"})},
+            }
+        },
+    }
+
+
+def _message_schemas() -> dict[str, Any]:
+    return {
+        "SendBody": {
+            "type": "object",
+            "description": "Exactly one of message or sender_action. A tag needs messaging_type MESSAGE_TAG.",
+            "required": ["recipient"],
+            "properties": {
+                "recipient": {
+                    "type": "object",
+                    "required": ["id"],
+                    "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 128}},
+                },
+                "messaging_type": {"type": "string", "enum": ["RESPONSE", "UPDATE", "MESSAGE_TAG"]},
+                "tag": {"type": "string"},
+                "message": {
+                    "type": "object",
+                    "description": "text or attachment",
+                    "properties": {
+                        "text": {"type": "string", "maxLength": MAX_TEXT - 1},
+                        "attachment": {"type": "object"},
+                        "quick_replies": {"type": "array", "maxItems": MAX_QUICK_REPLIES},
+                    },
+                },
+                "sender_action": {"type": "string", "enum": ["typing_on", "typing_off", "mark_seen"]},
+            },
+        },
+        "Accepted": {
+            "type": "object",
+            "required": ["delivery_id", "status"],
+            "properties": {
+                "delivery_id": {"type": "string"},
+                "status": {"type": "string", "enum": [State.QUEUED.value, "duplicate"]},
+            },
+        },
+        "MessengerWebhook": {
+            "type": "object",
+            "description": "Meta's webhook payload; entries and events it does not know are ignored",
+            "properties": {
+                "object": {"type": "string"},
+                "entry": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "WebhookAck": {
+            "type": "object",
+            "required": ["status", "events"],
+            "properties": {
+                "status": {"type": "string", "enum": ["EVENT_RECEIVED"]},
+                "events": {"type": "integer"},
+            },
+        },
+    }
+
+
+def _delivery_schema() -> dict[str, Any]:
+    def time(description: str = "Unix time, seconds") -> dict[str, Any]:
+        return {"type": "number", "description": description}
+
+    nullable = {"nullable": True}
+    return {
+        "type": "object",
+        "required": ["delivery_id", "status", "attempts", "page_id", "created_at", "updated_at"],
+        "properties": {
+            "delivery_id": {"type": "string"},
+            "status": {"type": "string", "enum": [s.value for s in State]},
+            "attempts": {"type": "integer"},
+            "page_id": {"type": "string", "nullable": True},
+            "created_at": time(),
+            "updated_at": time(),
+            "message_id": {"type": "string", "description": "Graph's message_id, once sent"},
+            "sent_at": time(),
+            "delivered_tag": {"type": "string", "description": "the message tag it was sent with"},
+            "next_attempt_at": time("when a retrying or scheduled delivery is due"),
+            "first_created_at": time("first acceptance, for a replayed dead letter"),
+            "replays": {"type": "integer", "description": "how often it was replayed"},
+            "error": {
+                "type": "object",
+                "description": "why the last attempt did not send",
+                "properties": {
+                    "reason": {"type": "string", **nullable},
+                    "code": {"type": "integer", **nullable},
+                    "subcode": {"type": "integer", **nullable},
+                    "message": {"type": "string", **nullable},
+                    "fbtrace_id": {"type": "string", **nullable},
+                },
+            },
+        },
+    }
+
+
+def _admin_schemas() -> dict[str, Any]:
+    return {
+        "DeadLetter": {
+            "allOf": [
+                _ref("Delivery"),
+                {"type": "object", "required": ["dead_at"], "properties": {"dead_at": {"type": "number"}}},
+            ]
+        },
+        "DeadLetterList": {
+            "type": "object",
+            "required": ["dead_letters", "count"],
+            "properties": {
+                "dead_letters": {"type": "array", "items": _ref("DeadLetter")},
+                "count": {"type": "integer"},
+            },
+        },
+        "DeadLetterSelection": {
+            "type": "object",
+            "description": "delivery_ids, or none for every dead letter matching the filter",
+            "properties": {
+                "delivery_ids": {"type": "array", "items": {"type": "string"}},
+                "page_id": {"type": "string"},
+                "code": {"type": "integer"},
+                "older_than": {"type": "number"},
+                "limit": {"type": "integer", "description": f"default 1000, at most {MAX_LIMIT}"},
+            },
+        },
+        "Replayed": {
+            "type": "object",
+            "required": ["replayed", "count"],
+            "properties": {
+                "replayed": {"type": "array", "items": {"type": "string"}},
+                "count": {"type": "integer"},
+            },
+        },
+        "Purged": {"type": "object", "required": ["purged"], "properties": {"purged": {"type": "integer"}}},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                }
+            },
+        },
+        **_message_schemas(),
+        "Delivery": _delivery_schema(),
+        **_admin_schemas(),
+        "Health": {
+            "type": "object",
+            "required": ["ok"],
+            "properties": {"ok": {"type": "boolean", "enum": [True]}},
+        },
+        "Ready": {
+            "type": "object",
+            "required": ["ok", "accepting", "memory_ratio"],
+            "properties": {
+                "ok": {"type": "boolean", "enum": [True]},
+                "accepting": {
+                    "type": "boolean",
+                    "description": "false while Redis is at or above REDIS_MEMORY_HEADROOM (send answers 503 redis_full)",
+                },
+                "memory_ratio": {
+                    "type": "number",
+                    "description": "used_memory / maxmemory (0: no maxmemory)",
+                },
+            },
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "braze-messenger-worker intake",
+            "version": "0.1.0",
+            "description": (
+                'Every refusal is {"error": {"code", "message"}} with a stable code; an unknown '
+                "path is 404 not_found, a wrong method 405 method_not_allowed."
+            ),
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": _schemas(),
+        },
+        "paths": {
+            **_send_paths(),
+            **_delivery_paths(),
+            **_dead_letter_paths(),
+            **_webhook_paths(),
+            **_operations_paths(),
+        },
+    }

@@ -1,0 +1,102 @@
+"""Dead letters over HTTP: ``GET /v1/dead-letters`` lists them, ``POST /v1/dead-letters/replay``
+and ``/purge`` act on them (:mod:`worker.store.deadletters` does the work).
+
+The filter is the same in the query (list) and in the JSON body (replay, purge): ``page_id``,
+``code`` (the Graph error code), ``older_than`` (seconds since death) and ``limit`` (default 1000,
+at most 10,000). A body with ``delivery_ids`` acts on those ids (those still dead and matching the
+filter); without it, on every match, so an empty body replays or purges every dead letter up to
+``limit``. A filter value that is not a finite number is 422 ``invalid_filter``; a body that is
+not a JSON object, or whose ``delivery_ids`` is not a list of strings, is 422 ``invalid_body``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from worker.config import Settings
+from worker.intake import state
+from worker.intake.auth import authed
+from worker.intake.http import JSONResponse, counted, read_body
+from worker.messenger.validation import InputError
+from worker.store import deadletters
+
+ACTIONS = ("replay", "purge")
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
+
+
+def _number(params: Mapping[str, Any], name: str, kind: type[int] | type[float]) -> Any:
+    value = params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(422, "invalid_filter", f"{name} must be a number") from None
+    # "nan" or "inf" would reach Redis as a score range
+    if isinstance(number, float) and not math.isfinite(number):
+        raise InputError(422, "invalid_filter", f"{name} must be a finite number")
+    return number
+
+
+def dead_filter(params: Mapping[str, Any]) -> deadletters.Filter:
+    page = params.get("page_id")
+    return deadletters.Filter(
+        page_id=str(page) if page else None,
+        error_code=_number(params, "code", int),
+        older_than=_number(params, "older_than", float),
+        limit=min(_number(params, "limit", int) or DEFAULT_LIMIT, MAX_LIMIT),
+    )
+
+
+def parse_selection(raw: bytes) -> tuple[list[str] | None, deadletters.Filter]:
+    """A replay or purge body: (delivery_ids or None for "every match", the filter)."""
+    try:
+        params: Any = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise InputError(400, "invalid_json", "body is not valid JSON") from None
+    if not isinstance(params, dict):
+        raise InputError(422, "invalid_body", "body must be a JSON object")
+    ids = params.get("delivery_ids")
+    if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
+        raise InputError(422, "invalid_body", "delivery_ids must be a list of strings")
+    return ids, dead_filter(params)
+
+
+async def dead_list(request: Request) -> Response:
+    intake = state.of(request)
+    flt = dead_filter(request.query_params)
+    items = await deadletters.list_dead(intake.redis, intake.settings, flt)
+    return JSONResponse({"dead_letters": items, "count": len(items)})
+
+
+async def dead_action(request: Request) -> Response:
+    intake = state.of(request)
+    action = request.path_params["action"]
+    if action not in ACTIONS:
+        raise InputError(404, "not_found", "no such route")
+    ids, flt = parse_selection(await read_body(request))
+    listed = await deadletters.select(intake.redis, intake.settings, ids, flt)
+    chosen = [item["delivery_id"] for item in listed]
+    if action == "replay":
+        done = await deadletters.replay(intake.redis, intake.settings, chosen)
+        return JSONResponse({"replayed": done, "count": len(done)})
+    return JSONResponse({"purged": await deadletters.purge(intake.redis, intake.settings, chosen)})
+
+
+def routes(settings: Settings) -> list[Route]:
+    return [
+        Route("/v1/dead-letters", counted("dead_letters", authed(settings, dead_list)), methods=["GET"]),
+        Route(
+            "/v1/dead-letters/{action}",
+            counted("dead_letters", authed(settings, dead_action)),
+            methods=["POST"],
+        ),
+    ]

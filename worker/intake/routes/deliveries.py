@@ -1,0 +1,37 @@
+"""The status API: ``GET /v1/deliveries/{delivery_id}``, a delivery's public view.
+
+The view (:func:`worker.store.records.public_view`) never shows the token, the body or the raw
+PSID. An unknown id, or one longer than any id we issue, is 404 ``not_found``.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from worker.config import Settings
+from worker.intake import state
+from worker.intake.auth import authed
+from worker.intake.http import JSONResponse, counted
+from worker.messenger.validation import InputError
+from worker.store import records
+
+#: Longer path values are not ids we issued: refused without a Redis call.
+MAX_DELIVERY_ID = 64
+
+
+async def delivery(request: Request) -> Response:
+    intake = state.of(request)
+    delivery_id = request.path_params["delivery_id"]
+    if len(delivery_id) > MAX_DELIVERY_ID:
+        raise InputError(404, "not_found", "no such delivery")
+    raw = await intake.redis.hgetall(intake.keys.delivery(delivery_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    if not raw:
+        raise InputError(404, "not_found", "no such delivery")
+    return JSONResponse(records.public_view(delivery_id, records.decode(raw)))
+
+
+def routes(settings: Settings) -> list[Route]:
+    endpoint = counted("delivery", authed(settings, delivery))
+    return [Route("/v1/deliveries/{delivery_id}", endpoint, methods=["GET"])]

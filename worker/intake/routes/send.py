@@ -1,0 +1,99 @@
+"""The send route: a drop-in for the Send API URL in Braze's Facebook Messenger webhook template.
+
+``POST /me/messages``, ``/{version}/me/messages`` and ``/{version}/{page_id}/messages``: the
+request is authenticated, its headers and body validated (:mod:`worker.messenger.validation`),
+admitted by Redis memory (:mod:`worker.intake.guard`) and handed to the group committer. The
+answer is 202 only after the commit that carries it returned, so a 202 means the message is in
+Redis; 200 means a repeated ``Idempotency-Key`` (nothing enqueued); anything else means nothing
+was enqueued.
+
+This is the benchmarked hot path: headers are read in one pass over the ASGI list, the memory
+check is one attribute read (the guard is asked once a second), the request counter's children
+are cached, and there is no middleware.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from worker.config import Settings
+from worker.intake import state
+from worker.intake.auth import authed
+from worker.intake.http import JSONResponse, counted, read_body, redis_full
+from worker.logging import get_logger, recipient_ref
+from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, validate
+from worker.states import State
+from worker.store import ids
+
+log = get_logger("worker.intake")
+MAX_EXTERNAL_ID = 200
+_QUEUED = State.QUEUED.value  # the status a 202 reports
+
+_SEND_HEADERS = frozenset(
+    (b"x-request-id", b"content-type", b"idempotency-key", b"x-braze-external-id", b"x-fallback-tags")
+)
+
+
+def _send_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The send route's headers in one pass over the ASGI list (names arrive lower-cased; the
+    first of a repeated header wins, as with Starlette's ``Headers.get``)."""
+    out: dict[bytes, str] = {}
+    for name, value in raw:
+        if name in _SEND_HEADERS and name not in out:
+            out[name] = value.decode("latin-1")
+    return out
+
+
+async def send(request: Request) -> Response:
+    intake = state.of(request)
+    settings = intake.settings
+    headers = _send_headers(request.scope["headers"])
+    request_id = headers.get(b"x-request-id") or ids.new_delivery_id()
+    if "json" not in headers.get(b"content-type", "").lower():
+        raise InputError(415, "unsupported_media_type", "send the body as application/json")
+    idem = headers.get(b"idempotency-key", "")
+    if len(idem) > MAX_IDEMPOTENCY_KEY:
+        raise InputError(
+            422, "invalid_idempotency_key", f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY}"
+        )
+    external_id = headers.get(b"x-braze-external-id", "").strip()
+    if len(external_id) > MAX_EXTERNAL_ID:
+        raise InputError(
+            422, "invalid_external_id", f"X-Braze-External-Id is longer than {MAX_EXTERNAL_ID} characters"
+        )
+    send_request = validate(
+        await read_body(request),
+        settings,
+        path_page_id=request.path_params.get("page_id"),
+        query_token=request.query_params.get("access_token"),
+        query_page_id=request.query_params.get("page_id"),
+        fallback_header=headers.get(b"x-fallback-tags"),
+    )
+    memory = intake.memory
+    if not memory.open and not await memory.admit():  # a bad request still gets its 4xx above
+        return redis_full(memory.guard.ratio, memory.guard.headroom)
+    delivery_id, accepted = await intake.committer.submit(send_request, idem, request_id, external_id)
+    if not accepted:
+        log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id)
+        return JSONResponse({"delivery_id": delivery_id, "status": "duplicate"}, status_code=200)
+    if send_request.stripped_tag:
+        log.info(
+            "delivery.tag_stripped",
+            delivery_id=delivery_id,
+            page_id=send_request.page_id,
+            recipient=recipient_ref(settings, send_request.psid),
+            request_id=request_id,
+            tag=send_request.stripped_tag,
+        )
+    return JSONResponse({"delivery_id": delivery_id, "status": _QUEUED}, status_code=202)
+
+
+def routes(settings: Settings) -> list[Route]:
+    endpoint = counted("send", authed(settings, send))
+    return [
+        Route("/me/messages", endpoint, methods=["POST"]),
+        Route("/{version}/me/messages", endpoint, methods=["POST"]),
+        Route("/{version}/{page_id}/messages", endpoint, methods=["POST"]),
+    ]

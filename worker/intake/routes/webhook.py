@@ -1,0 +1,73 @@
+"""Messenger's webhook: ``GET /messenger/webhook`` (the subscription handshake) and
+``POST /messenger/webhook`` (events), parsed by :mod:`worker.messenger.webhook`.
+
+Not behind the bearer check: Meta signs each POST with ``X-Hub-Signature-256`` (HMAC-SHA256 of
+the raw body with ``APP_SECRET``), checked before the body is parsed. Valid events are queued as
+one Celery message for the workers (:mod:`worker.delivery.inbound`) and answered 200 at once, as
+Meta expects.
+
+Without ``APP_SECRET`` a POST is ``503 not_configured``: the intake cannot tell Meta's requests
+from anyone's, and the fault is the server's configuration, not the request. A 5xx is a failed
+delivery for Meta, which retries it for a while, so events are not acknowledged and lost while
+the operator sets the secret (a 4xx would blame the sender; a 200 would drop them). Without
+``MESSENGER_VERIFY_TOKEN`` the handshake is refused (403 ``forbidden``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from worker.config import Settings
+from worker.intake import state
+from worker.intake.http import JSONResponse, counted, error, read_body
+from worker.messenger.validation import InputError
+from worker.messenger.webhook import event_to_dict, parse_events, verify_handshake, verify_signature
+from worker.store import envelope
+
+WEBHOOK_MAX_BYTES = 1024 * 1024  # Messenger batches many events per POST
+
+
+async def webhook_verify(request: Request) -> Response:
+    """Messenger's subscription handshake: echo hub.challenge when the verify token matches."""
+    token = state.of(request).settings.messenger_verify_token
+    challenge = None
+    if token is not None:
+        challenge = verify_handshake(request.query_params, token.get_secret_value())
+    if challenge is None:
+        raise InputError(403, "forbidden", "verification failed")
+    return Response(challenge, media_type="text/plain")
+
+
+async def webhook_events(request: Request) -> Response:
+    """Messenger events: signature checked on the raw body, then queued; 200 at once."""
+    intake = state.of(request)
+    settings = intake.settings
+    if settings.app_secret is None:
+        return error(503, "not_configured", "APP_SECRET is not configured")
+    header = request.headers.get("x-hub-signature-256")
+    if not header:
+        raise InputError(401, "missing_signature", "X-Hub-Signature-256 is required")
+    raw = await read_body(request, limit=WEBHOOK_MAX_BYTES)
+    if not verify_signature(settings.app_secret.get_secret_value(), raw, header):
+        raise InputError(403, "bad_signature", "X-Hub-Signature-256 does not match the body")
+    try:
+        payload: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InputError(400, "invalid_json", "body is not valid JSON") from None
+    events = [event_to_dict(e) for e in parse_events(payload)]
+    if events:
+        message = envelope.celery_message(events, settings.queue_name, task=envelope.INBOUND_TASK)
+        await intake.redis.lpush(settings.queue_name, message)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    return JSONResponse({"status": "EVENT_RECEIVED", "events": len(events)})
+
+
+def routes(_settings: Settings) -> list[Route]:
+    return [
+        Route("/messenger/webhook", counted("webhook", webhook_verify), methods=["GET"]),
+        Route("/messenger/webhook", counted("webhook", webhook_events), methods=["POST"]),
+    ]
