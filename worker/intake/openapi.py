@@ -112,7 +112,7 @@ def _send_operation(operation_id: str, path_params: list[dict[str, Any]]) -> dic
         ],
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SendBody")}}},
         "responses": {
-            "202": _json("queued", _ref("Accepted")),
+            "202": _json("accepted: stored in Redis and queued for delivery", _ref("Accepted")),
             "200": _json(
                 "repeated Idempotency-Key: the earlier delivery_id, nothing enqueued", _ref("Accepted")
             ),
