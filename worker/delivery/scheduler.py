@@ -58,6 +58,8 @@ class Scheduler:
         self._housekeeping_at = 0.0
         self._connected_since = time.monotonic()
         self._hold_off = 2 * settings.lease_renew_seconds
+        #: A Redis call slower than this is a stall (holders may not have renewed meanwhile).
+        self._stall = settings.lease_renew_seconds / 4
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set (never cancelled mid-command: a cancelled Redis call can
@@ -74,7 +76,7 @@ class Scheduler:
                     log.warning("scheduler.redis_error", error=type(exc).__name__, failures=failures)
                 self._connected_since = time.monotonic()
             else:
-                if time.monotonic() - started > self._settings.lease_renew_seconds / 2:
+                if time.monotonic() - started > self._stall:
                     self._connected_since = time.monotonic()  # a stall: leases may have run out
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.scheduler_interval_seconds)
@@ -86,15 +88,20 @@ class Scheduler:
     async def tick(self) -> int:
         """Release due waits and sweep stalled deliveries to the queue. Returns ids enqueued."""
         s, keys = self._settings, self._keys
-        now = repr(time.time())
-        released = await scripts.run(self._client, "release_due", keys=[keys.sched], args=[now, CHUNK])
+        started = time.monotonic()
+        released = await scripts.run(
+            self._client, "release_due", keys=[keys.sched], args=[repr(time.time()), CHUNK]
+        )
+        if time.monotonic() - started > self._stall:
+            # Redis just answered after a stall (or a SIGSTOP): holders have not renewed yet
+            self._connected_since = time.monotonic()
         swept: list[bytes] = []
-        if self.may_sweep:
+        if self.may_sweep:  # "now" as of this call: a sweep delayed by a stall judges the past
             swept = await scripts.run(
                 self._client,
                 "sweep",
                 keys=[keys.pending, keys.sched, keys.open],
-                args=[now, CHUNK, s.sweep_after_seconds, keys.delivery_prefix],
+                args=[repr(time.time()), CHUNK, s.sweep_after_seconds, keys.delivery_prefix],
             )
         ids = [text(i) for i in [*released, *swept]]
         await envelope.publish(self._client, s.queue_name, ids, s.batch_max, front=True)
