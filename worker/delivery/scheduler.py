@@ -13,10 +13,12 @@ Every SCHEDULER_INTERVAL_SECONDS (0.1 s) it
 * drains the Braze outbox when this process holds its lock.
 
 **Sweeping after an outage.** A holder renews its leases every third of the lease. When Redis
-was unreachable (or stalled) for longer than that, leases may have run out meanwhile although
-their holders are alive and renewing as soon as Redis answers. So after an outage the scheduler
-does not sweep until it has been connected for two renewal intervals: every live holder has
-renewed by then, and what is left has really been abandoned.
+was unreachable, stalled, or refusing writes (maxmemory, a read-only replica) for longer than
+that, leases may have run out meanwhile although their holders are alive and renew as soon as
+Redis takes writes again. So after any such trouble the scheduler does not sweep until Redis has
+taken its writes for two renewal intervals: every live holder has renewed by then, and what is
+left has really been abandoned. Each tick's first call writes (the tick key), so a Redis that
+refuses writes is noticed on every tick, not only when there is something to sweep.
 """
 
 from __future__ import annotations
@@ -89,8 +91,11 @@ class Scheduler:
         """Release due waits and sweep stalled deliveries to the queue. Returns ids enqueued."""
         s, keys = self._settings, self._keys
         started = time.monotonic()
-        released = await scripts.run(
-            self._client, "release_due", keys=[keys.sched], args=[repr(time.time()), CHUNK]
+        released = await scripts.run(  # fails while Redis refuses writes: then nothing is swept
+            self._client,
+            "release_due",
+            keys=[keys.sched, keys.scheduler_tick],
+            args=[repr(time.time()), CHUNK],
         )
         if time.monotonic() - started > self._stall:
             # Redis just answered after a stall (or a SIGSTOP): holders have not renewed yet

@@ -14,6 +14,7 @@
     P:sched                 zset    deliveries waiting for a due time -> that time (retries,
                                     rate limits, paused pages, pacing slots); the scheduler
                                     releases them to the queue, never a Celery countdown
+    P:sched:tick            string  the last scheduler tick (60 s TTL; a write every tick)
     P:dead                  zset    dead letters -> time of death
     P:parked                zset    every parked delivery -> accepted at
     P:park:{page}:{psid}    zset    the deliveries parked for one recipient -> accepted at
@@ -75,6 +76,12 @@ class Keys:
     @property
     def sched(self) -> str:
         return f"{self.prefix}:sched"
+
+    @property
+    def scheduler_tick(self) -> str:
+        """The last scheduler tick's time: written every tick, so a Redis that refuses writes
+        is noticed at once (release_due.lua)."""
+        return f"{self.prefix}:sched:tick"
 
     @property
     def dead(self) -> str:
