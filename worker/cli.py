@@ -83,8 +83,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
     # Celery's exit code, not 0 whatever happened: a worker that stopped on an unrecoverable
-    # error must look failed to its supervisor (worker_main would drop the code)
-    code: int | None = app.start(argv=argv)
+    # error must look failed to its supervisor. Celery's own start() and worker_main() drop the
+    # code that its click command returns, so the command is run here as start() runs it.
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    finally:
+        celery_command.params[0].default = None
     return int(code or 0)
 
 
