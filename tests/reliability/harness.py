@@ -291,7 +291,8 @@ class Supervisor:
                 self._seen.add(pid)
                 if pid in self._expected:
                     continue
-                self.unexpected.append(Exit(proc.name, proc.proc.returncode, proc.tail(30), time.time()))
+                tail = "\n".join(line[:300] for line in proc.tail(15).splitlines())
+                self.unexpected.append(Exit(proc.name, proc.proc.returncode, tail, time.time()))
                 if proc.name != "intake":
                     self.deaths.append(time.time())
                 if not self._stop.is_set():
