@@ -61,15 +61,18 @@ def keep_full(admin: Any, prefix: str, until: float) -> tuple[int, int]:
 
 
 def wait_for_the_worst_moment(stack: Stack, admin: Any) -> bool:
-    """Keep Redis full until just before a sweeper's hold-off ends (its last refused sweep, logged
-    ``scheduler.redis_error``, plus HOLD_OFF): the limit is then lifted when held leases have not
-    been renewed yet and the sweeper is about to look at them. Bounded; False when no refused
-    sweep was seen (the limit is lifted anyway)."""
+    """Keep Redis full until a sweeper's hold-off is about to end (its last refused sweep, logged
+    ``scheduler.redis_error``, plus HOLD_OFF): the limit is then lifted when the held leases have
+    run out and their holders retry their renewal every half second, and the sweeper's next tick
+    (within 0.1 s) is allowed to sweep. A sweeper that waited for Redis to accept writes before
+    counting its hold-off finds every lease renewed; one that counts from its last error alone
+    takes live workers' deliveries. Bounded; False when no refused sweep was seen (the limit is
+    lifted anyway)."""
     deadline = time.monotonic() + HOLD_OFF + 10
     while time.monotonic() < deadline:
         refused_sweeps = [log_time(e) for e in events(stack.logs(), "scheduler.redis_error")]
         if refused_sweeps:
-            lift_in = max(refused_sweeps) + HOLD_OFF - 0.1 - time.time()
+            lift_in = max(refused_sweeps) + HOLD_OFF - 0.02 - time.time()
             if lift_in > 0.3:
                 keep_full(admin, stack.prefix, time.monotonic() + lift_in)
                 return True
