@@ -21,6 +21,7 @@ from tests.conftest import PAGE, Stack, wait_until
 from tests.reliability.harness import (
     Supervisor,
     account_stack,
+    assert_one_outcome_line,
     events,
     psid_and_text,
     read_records,
@@ -81,6 +82,7 @@ def test_one_groups_pacing_error_hands_back_only_that_group(make_stack: Any) -> 
     assert {r["status"] for r in done.values()} == {"sent"}
     assert all(r["attempts"] == "1" for r in done.values())  # one Graph call each, in the end
     acc.assert_exact(allow_duplicates=False)
+    assert_one_outcome_line(logs, {**good, **done})  # handed back however often, written sent once
     order = [
         c["body"]["message"]["text"] for c in stack.sandbox.calls() if c["psid"] == bad and c["status"] == 200
     ]

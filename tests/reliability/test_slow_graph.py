@@ -22,6 +22,7 @@ from tests.reliability.harness import (
     Supervisor,
     account_stack,
     assert_indexes_clean,
+    assert_one_outcome_line,
     events,
     read_records,
     run_tag,
@@ -79,6 +80,7 @@ def test_slow_graph_backlog_is_sent_exactly_once(make_stack: Any) -> None:
     )
     assert acc.statuses == {"sent": MESSAGES}
     acc.assert_exact(allow_duplicates=False)
+    assert_one_outcome_line(logs, records)
     # No lease ended while its holder was alive: nothing was reclaimed or swept back.
     assert not events(logs, "delivery.reclaimed")
     assert not events(logs, "scheduler.swept")
