@@ -262,12 +262,10 @@ def test_deprecated_tags_are_refused(client: TestClient, tag: str) -> None:
 
 
 def test_tag_sets_and_valid_tags_succeed(client: TestClient) -> None:
-    assert {"HUMAN_AGENT", "CUSTOMER_FEEDBACK", "NON_PROMOTIONAL_SUBSCRIPTION"} == VALID_TAGS
-    assert {"CONFIRMED_EVENT_UPDATE", "ACCOUNT_UPDATE", "POST_PURCHASE_UPDATE"} == DEPRECATED_TAGS
-    assert isinstance(VALID_TAGS, frozenset)
-    assert isinstance(DEPRECATED_TAGS, frozenset)
     for tag in sorted(VALID_TAGS):
         assert send(client, messaging_type="MESSAGE_TAG", tag=tag).status_code == 200
+    for tag in sorted(DEPRECATED_TAGS):
+        assert send(client, messaging_type="MESSAGE_TAG", tag=tag).status_code == 400
 
 
 def test_limits_accept_the_boundary(client: TestClient) -> None:
