@@ -283,6 +283,7 @@ class Supervisor:
             self.check()
 
     def check(self) -> None:
+        exited = []
         with self._lock:
             for proc in list(self.stack.procs):
                 pid = proc.proc.pid
@@ -295,8 +296,10 @@ class Supervisor:
                 self.unexpected.append(Exit(proc.name, proc.proc.returncode, tail, time.time()))
                 if proc.name != "intake":
                     self.deaths.append(time.time())
-                if not self._stop.is_set():
-                    self._replace(proc)
+                exited.append(proc)
+        for proc in exited:  # outside the lock: a start takes seconds, kill() and stop() need it
+            if not self._stop.is_set():
+                self._replace(proc)
 
     def _replace(self, proc: Proc) -> None:
         self.replacements += 1
