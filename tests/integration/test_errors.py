@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -16,13 +15,20 @@ from tests.conftest import INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env, 
 from worker.states import State
 
 pytestmark = pytest.mark.integration
+APP_SECRET = "errors-app-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
 def stack(
     redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    env = base_env(redis_server.url, sandbox.url, TOKEN_PAUSE_SECONDS="600", RESTRICTED_PAUSE_SECONDS="600")
+    env = base_env(
+        redis_server.url,
+        sandbox.url,
+        TOKEN_PAUSE_SECONDS="600",
+        RESTRICTED_PAUSE_SECONDS="600",
+        APP_SECRET=APP_SECRET,  # set, so that the secrets check below looks for a secret in use
+    )
     s = Stack(env, sandbox, redis_server.url, tmp_path_factory.mktemp("errors"))
     s.start_intake()
     s.start_worker()
@@ -292,7 +298,11 @@ def test_status_shows_the_health_row(stack: Stack) -> None:
 
 
 def test_secrets_absent_from_logs(stack: Stack) -> None:
+    delivery_id = send(stack, "secrets-proof")
+    assert stack.wait_final([delivery_id])[delivery_id]["status"] == "sent"
+    # the app secret is in use: the worker's calls carry its proof
+    assert [c["appsecret_proof"] for c in stack.sandbox.calls(psid="secrets-proof")] == [True]
     text = "\n".join(p.log.read_text(encoding="utf-8", errors="replace") for p in stack.procs)
     assert "sandbox-token-100" not in text
     assert INTAKE_TOKEN not in text
-    assert os.environ.get("APP_SECRET", "unset-secret-value") not in text
+    assert APP_SECRET not in text

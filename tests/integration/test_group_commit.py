@@ -51,12 +51,14 @@ def test_a_second_commit_starts_only_for_a_batch_that_needs_no_company(redis_ser
         running = 0
         most = 0
 
-        async def held(**kwargs: Any) -> Any:  # the real ACCEPT call, kept in flight for 100 ms
+        # the real ACCEPT call, kept in flight for 500 ms: far longer than the two 20 ms sleeps
+        # below take, however loaded the machine
+        async def held(**kwargs: Any) -> Any:
             nonlocal running, most
             sizes.append((len(kwargs["args"]) - 11) // 9)
             running += 1
             most = max(most, running)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
             try:
                 return await real(**kwargs)
             finally:

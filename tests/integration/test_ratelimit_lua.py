@@ -1,4 +1,11 @@
-"""The limiter's Lua semantics against a real redis-server: burst, refill, classes, recipients, pauses."""
+"""The limiter's Lua semantics against a real redis-server: burst, refill, classes, recipients, pauses.
+
+Slots are compared on Redis's clock (``Grant.slot``): consecutive slots of a bucket are exactly one
+interval apart however long the calls between them took, as long as each call comes before its
+slot. Rates here leave 100 ms or more between slots, so a loaded machine's scheduling delays do
+not move them; a delay relative to "now" is only checked where it is exact (a fresh bucket's
+first slot, slots granted in one script call) or bounded from the side lag cannot break.
+"""
 
 from __future__ import annotations
 
@@ -40,60 +47,61 @@ def run(redis_url: str, s: Settings, fn: Callable[[Limiter, aioredis.Redis], Awa
 
 
 def test_burst_then_one_slot_per_interval(redis_server: RedisServer) -> None:
-    s = settings(page_rate_limit=100, pace_burst=3)
+    s = settings(page_rate_limit=10, pace_burst=3, pace_max_hold_seconds=10)
 
     async def go(lim: Limiter, _c: aioredis.Redis) -> list[Grant]:
         return [await lim.acquire("p1", "text", "u") for _ in range(6)]
 
     grants = run(redis_server.url, s, go)
     assert all(g.granted for g in grants)
-    # burst = min(pace_burst, 1% of 100/s) = 1 immediate slot, then one every 10 ms
-    assert grants[0].delay < 0.002
-    for k, g in enumerate(grants[1:], start=1):
-        assert g.delay == pytest.approx(k * 0.010, abs=0.003)
+    # burst = min(pace_burst, 1% of 10/s) = 1 immediate slot, then one every 100 ms
+    assert grants[0].delay == 0.0
+    assert [round(g.slot - grants[0].slot, 4) for g in grants] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    assert all(0 < g.delay <= k * 0.1 + 1e-6 for k, g in enumerate(grants[1:], start=1))
 
 
 def test_refill_after_idle(redis_server: RedisServer) -> None:
-    s = settings(page_rate_limit=50, pace_max_hold_seconds=10)
+    s = settings(page_rate_limit=10, pace_max_hold_seconds=10)
 
     async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[float, float]:
-        for _ in range(10):
+        first = await lim.acquire("p2", "text", "u")
+        for _ in range(9):
             await lim.acquire("p2", "text", "u")
-        busy = (await lim.acquire("p2", "text", "u")).delay
-        await asyncio.sleep(0.5)  # the 11 reserved slots (220 ms) have passed
+        busy = await lim.acquire("p2", "text", "u")
+        await asyncio.sleep(max(0.0, busy.at - time.time()) + 0.2)  # the 11 reserved slots have passed
         idle = (await lim.acquire("p2", "text", "u")).delay
-        return busy, idle
+        return busy.slot - first.slot, idle
 
     busy, idle = run(redis_server.url, s, go)
-    assert busy == pytest.approx(10 * 0.020, abs=0.005)
-    assert idle < 0.002
+    assert busy == pytest.approx(10 * 0.1, abs=1e-4)
+    assert idle == 0.0
 
 
 def test_text_and_media_are_separate_buckets(redis_server: RedisServer) -> None:
-    s = settings(page_rate_limit=100, page_media_rate_limit=5, pace_max_hold_seconds=10)
+    s = settings(page_rate_limit=10, page_media_rate_limit=5, pace_max_hold_seconds=10)
 
-    async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[list[float], list[float]]:
-        media = [(await lim.acquire("p3", "media", "u")).delay for _ in range(3)]
-        text = [(await lim.acquire("p3", "text", "u")).delay for _ in range(3)]
+    async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[list[Grant], list[Grant]]:
+        media = [await lim.acquire("p3", "media", "u") for _ in range(3)]
+        text = [await lim.acquire("p3", "text", "u") for _ in range(3)]
         return media, text
 
     media, text = run(redis_server.url, s, go)
-    assert media[1] == pytest.approx(0.2, abs=0.01)  # 5/s: 200 ms apart
-    assert media[2] == pytest.approx(0.4, abs=0.01)
-    assert text[2] == pytest.approx(0.02, abs=0.003)  # text unaffected by media reservations
+    assert [round(g.slot - media[0].slot, 4) for g in media] == [0.0, 0.2, 0.4]  # 5/s: 200 ms apart
+    assert text[0].delay == 0.0  # text unaffected by media reservations
+    assert [round(g.slot - text[0].slot, 4) for g in text] == [0.0, 0.1, 0.2]
 
 
 def test_overrides_per_page(redis_server: RedisServer) -> None:
-    s = settings(page_rate_limit=100, page_rate_overrides={"vip": {"text": 10}}, pace_max_hold_seconds=10)
+    s = settings(page_rate_limit=10, page_rate_overrides={"vip": {"text": 2}}, pace_max_hold_seconds=10)
 
     async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[float, float]:
-        vip = [(await lim.acquire("vip", "text", "u")).delay for _ in range(2)][1]
-        other = [(await lim.acquire("other", "text", "u")).delay for _ in range(3)][2]
-        return vip, other
+        vip = [await lim.acquire("vip", "text", "u") for _ in range(2)]
+        other = [await lim.acquire("other", "text", "u") for _ in range(3)]
+        return vip[1].slot - vip[0].slot, other[2].slot - other[0].slot
 
     vip, other = run(redis_server.url, s, go)
-    assert vip == pytest.approx(0.1, abs=0.005)
-    assert other == pytest.approx(0.02, abs=0.003)
+    assert vip == pytest.approx(0.5, abs=1e-4)  # 2/s
+    assert other == pytest.approx(0.2, abs=1e-4)  # 10/s
 
 
 def test_recipient_pace(redis_server: RedisServer) -> None:
@@ -108,7 +116,7 @@ def test_recipient_pace(redis_server: RedisServer) -> None:
     assert same[0].granted
     # alice's next message is not due for 0.5 s: nothing is reserved, the delivery comes back then
     assert (same[1].granted, same[2].granted) == (False, False)
-    assert same[1].delay == pytest.approx(0.5, abs=0.01)
+    assert 0.3 < same[1].delay <= 0.5  # 0.5 s after her first slot, less the time the calls took
     assert other < 0.01  # another recipient of the same page is not held back
 
 
@@ -127,12 +135,13 @@ def test_every_acquire_reserves_an_exact_slot(redis_server: RedisServer) -> None
 
     raw, others = run(redis_server.url, s, go)
     assert all(g.granted for g in raw)
-    assert [round(g.delay, 2) for g in raw] == [0.0, 0.1, 0.2, 0.3]
+    assert [round(g.slot - raw[0].slot, 4) for g in raw] == [0.0, 0.1, 0.2, 0.3]
     near, held, elapsed = others
     assert near.granted
-    assert near.delay == pytest.approx(0.4, abs=0.01)  # handed back: the engine defers with it
+    assert near.slot - raw[0].slot == pytest.approx(0.4, abs=1e-4)  # handed back: the engine defers with it
+    assert near.delay > 0.25  # beyond the hold
     assert held.delay == 0.0  # awaited within the hold
-    assert elapsed.delay == pytest.approx(0.2, abs=0.05)
+    assert 0.19 <= elapsed.delay < 2.0  # waited for its slot (never early), not deferred
 
 
 def test_paused_page_grants_nothing(redis_server: RedisServer) -> None:
@@ -149,19 +158,21 @@ def test_paused_page_grants_nothing(redis_server: RedisServer) -> None:
 
 
 def test_slow_down_lowers_rate_and_recovers(redis_server: RedisServer) -> None:
-    s = settings(page_rate_limit=100, pace_recovery_per_second=0.5, pace_max_hold_seconds=10)
+    s = settings(page_rate_limit=10, pace_recovery_per_second=0.5, pace_max_hold_seconds=10)
 
     async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[float, float, float]:
         factor = await lim.slow_down("p7")
-        slow = [(await lim.acquire("p7", "text", "u")).delay for _ in range(3)][2]
-        await asyncio.sleep(1.1)  # +0.5/s recovery: back to 1.0
-        fresh = [(await lim.acquire("p7", "text", "u")).delay for _ in range(3)]
-        return factor, slow, fresh[2] - fresh[1]
+        slowed = [await lim.acquire("p7", "text", "u") for _ in range(3)]
+        await asyncio.sleep(1.1)  # +0.5/s recovery: back to 1.0, and the slowed slots have passed
+        fresh = [await lim.acquire("p7", "text", "u") for _ in range(3)]
+        return factor, slowed[2].slot - slowed[0].slot, fresh[2].slot - fresh[1].slot
 
     factor, slow, gap = run(redis_server.url, s, go)
     assert factor == pytest.approx(0.5)
-    assert slow == pytest.approx(0.04, abs=0.004)  # 50/s instead of 100/s
-    assert gap == pytest.approx(0.01, abs=0.003)
+    # 5/s instead of 10/s: two slots about 200 ms apart (a little less: the rate recovers by 0.5/s
+    # from the moment it was halved, so each ms the calls take shortens the next interval)
+    assert 0.3 < slow <= 0.4 + 1e-4
+    assert gap == pytest.approx(0.1, abs=1e-3)  # recovered: 10/s again
 
 
 def test_status_view(redis_server: RedisServer) -> None:
@@ -192,7 +203,7 @@ def test_fail_closed_without_redis() -> None:
 
 def test_acquire_many_reserves_consecutive_slots(redis_server: RedisServer) -> None:
     """One round trip for a batch: the same slots as the same number of single acquires."""
-    s = settings(page_rate_limit=100, pace_burst=1, pace_max_hold_seconds=10)
+    s = settings(page_rate_limit=10, pace_burst=1, pace_max_hold_seconds=10)
 
     async def go(lim: Limiter, _c: aioredis.Redis) -> tuple[list[Grant], Grant]:
         many = await lim.acquire_many("m1", "text", 5)
@@ -200,10 +211,10 @@ def test_acquire_many_reserves_consecutive_slots(redis_server: RedisServer) -> N
         return many, after
 
     many, after = run(redis_server.url, s, go)
-    assert [round(g.delay, 3) for g in many] == [0.0, 0.01, 0.02, 0.03, 0.04]
+    assert [round(g.delay, 3) for g in many] == [0.0, 0.1, 0.2, 0.3, 0.4]  # one call: one "now"
     assert all(g.granted and not g.probe for g in many)
-    assert [round(b.slot - a.slot, 3) for a, b in itertools.pairwise(many)] == [0.01] * 4
-    assert after.delay == pytest.approx(0.05, abs=0.003)  # the bucket moved on by five slots
+    assert [round(b.slot - a.slot, 3) for a, b in itertools.pairwise(many)] == [0.1] * 4
+    assert after.slot - many[0].slot == pytest.approx(0.5, abs=1e-4)  # the bucket moved on by five slots
 
 
 def test_acquire_many_leaves_paused_pages_and_recipient_pace_to_acquire(redis_server: RedisServer) -> None:
@@ -264,10 +275,10 @@ def test_wait_for_slot_honours_a_reservation(redis_server: RedisServer) -> None:
     near, waited, far, stale, fresh = run(redis_server.url, s, go)
     assert near.granted
     assert near.delay == 0.0
-    assert waited == pytest.approx(0.15, abs=0.05)
+    assert 0.14 <= waited < 2.0  # awaited (never early), not deferred
     assert far.granted
     assert far.delay > 0
     assert far.at - time.time() > 4
     assert stale.granted
     assert stale.delay == 0.0
-    assert fresh.delay == pytest.approx(0.1, abs=0.01)  # ... and it used the bucket's first slot
+    assert fresh.slot - stale.slot == pytest.approx(0.1, abs=1e-4)  # ... and it used the bucket's first slot

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from tests.conftest import INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env
 from worker.config import Settings
 from worker.intake.openapi import openapi_document
-from worker.messenger.validation import MAX_TEXT, InputError, SendRequest, validate
+from worker.messenger.validation import MAX_TEXT, InputError, validate
 
 pytestmark = pytest.mark.reliability
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "60"))
@@ -138,7 +137,6 @@ def test_validation_accepts_only_sendable_bodies(
         assert error.code
         assert error.message
         return
-    assert isinstance(result, SendRequest)
     sent = result.body
     assert isinstance(sent["recipient"]["id"], str)
     assert sent["recipient"]["id"]
@@ -149,8 +147,3 @@ def test_validation_accepts_only_sendable_bodies(
     assert text is None or len(text) < MAX_TEXT
     assert result.page_id == "100"
     assert result.kind in ("text", "media")
-
-
-def test_reliability_examples_are_bounded() -> None:
-    assert 1 <= EXAMPLES <= 10_000
-    assert Path(__file__).exists()

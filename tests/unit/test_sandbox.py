@@ -262,12 +262,10 @@ def test_deprecated_tags_are_refused(client: TestClient, tag: str) -> None:
 
 
 def test_tag_sets_and_valid_tags_succeed(client: TestClient) -> None:
-    assert {"HUMAN_AGENT", "CUSTOMER_FEEDBACK", "NON_PROMOTIONAL_SUBSCRIPTION"} == VALID_TAGS
-    assert {"CONFIRMED_EVENT_UPDATE", "ACCOUNT_UPDATE", "POST_PURCHASE_UPDATE"} == DEPRECATED_TAGS
-    assert isinstance(VALID_TAGS, frozenset)
-    assert isinstance(DEPRECATED_TAGS, frozenset)
     for tag in sorted(VALID_TAGS):
         assert send(client, messaging_type="MESSAGE_TAG", tag=tag).status_code == 200
+    for tag in sorted(DEPRECATED_TAGS):
+        assert send(client, messaging_type="MESSAGE_TAG", tag=tag).status_code == 400
 
 
 def test_limits_accept_the_boundary(client: TestClient) -> None:
@@ -531,16 +529,17 @@ def test_bad_fault_payloads_are_rejected(client: TestClient, payload: object) ->
 
 
 def test_config_latency_can_change_at_runtime() -> None:
-    with TestClient(create_app(SandboxConfig(latency_ms=120))) as client:
-        assert client.get("/__sandbox/config").json() == {"latency_ms": 120.0}
+    # 1.2 s, then none: the difference shows whatever the machine's load (a bound of a few ms did not)
+    with TestClient(create_app(SandboxConfig(latency_ms=1200))) as client:
+        assert client.get("/__sandbox/config").json() == {"latency_ms": 1200.0}
         started = time.monotonic()
         assert send(client).status_code == 200
-        assert time.monotonic() - started >= 0.12
+        assert time.monotonic() - started >= 1.2
 
         assert client.post("/__sandbox/config", json={"latency_ms": 0}).json() == {"latency_ms": 0.0}
         started = time.monotonic()
         assert send(client).status_code == 200
-        assert time.monotonic() - started < 0.1
+        assert time.monotonic() - started < 1.0
 
         assert client.post("/__sandbox/config", json={"latency_ms": 60.5}).status_code == 200
         started = time.monotonic()
