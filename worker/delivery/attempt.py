@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 
 from worker.config import PageTokens, Settings
 from worker.delivery import policy
+from worker.delivery.deadlines import Deadlines
 from worker.delivery.inbound import window_closed
 from worker.delivery.leases import Leases
 from worker.delivery.model import Delivery, Outcome, PauseRequest
@@ -94,6 +95,7 @@ class Sender:
         self._leases = leases
         self._observer = observer
         self._inflight = asyncio.Semaphore(settings.worker_max_inflight)
+        self._deadlines = Deadlines(settings.graph_deadline_seconds)
         self._slowed: dict[str, float] = {}
         #: Set on shutdown: no new call starts; deliveries not yet sent are handed back.
         self.draining = False
@@ -240,6 +242,11 @@ class Sender:
         )
         if grant.granted and grant.delay <= 0:
             d.probe = grant.probe
+            if reserved:
+                # a batch's reservation: let the batch's other groups check their slots in this
+                # turn of the loop before this one builds its request. Sending first would make
+                # the last groups of a big batch find their slots stale (a round trip each).
+                await asyncio.sleep(0)
             return None
         d.active_tag = tag or ""
         if not grant.granted:  # the page is paused: nothing reserved
@@ -259,20 +266,24 @@ class Sender:
                 raise Released("lease_at_risk")
             d.attempts += 1
             started = time.perf_counter()
+            task = self._deadlines.enter()
             try:
-                async with asyncio.timeout(self._s.graph_deadline_seconds):
-                    result = await self._graph.send(d.page_id, token, body)
+                result = await self._graph.send(d.page_id, token, body)
             except GraphError as exc:
                 self._observer.attempted(d, tag, None, exc, time.perf_counter() - started)
                 return None, exc
-            except TimeoutError:  # the request may have reached Graph
-                late = AmbiguousError(
+            except asyncio.CancelledError:
+                if not self._deadlines.leave(task) or task.uncancel() > 0:
+                    raise  # a cancellation of ours (shutdown), not the deadline's
+                late = AmbiguousError(  # the request may have reached Graph
                     ErrorInfo(
                         code=None, subcode=None, message="deadline: no answer within GRAPH_DEADLINE_SECONDS"
                     )
                 )
                 self._observer.attempted(d, tag, None, late, time.perf_counter() - started)
                 return None, late
+            finally:
+                self._deadlines.leave(task)
         self._observer.attempted(d, tag, result, None, result.latency_ms / 1000)
         return result, None
 

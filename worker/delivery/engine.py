@@ -88,16 +88,22 @@ class Room:
         self.size = size
         self.used = 0
         self._changed = asyncio.Event()
+        #: the smallest room a waiting batch needs (0: nobody waits)
+        self._wanted = 0
 
     async def take(self, n: int) -> None:
         while self.used and self.used + n > self.size:
+            self._wanted = min(self._wanted, n) if self._wanted else n
             self._changed.clear()
             await self._changed.wait()
         self.used += n
 
     def give(self, n: int) -> None:
+        """Called once per delivery written: wakes the waiting batches only when one fits."""
         self.used -= n
-        self._changed.set()
+        if self._wanted and (self.used == 0 or self.used + self._wanted <= self.size):
+            self._wanted = 0
+            self._changed.set()
 
 
 class Engine:
