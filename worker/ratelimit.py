@@ -170,29 +170,30 @@ class Limiter:
         than the hold (the caller defers the delivery, keeping ``slot``); or a refusal (paused).
         A slot we wake up for more than ``SLOT_GRACE_SECONDS`` late (a busy loop), or a reservation
         that came back that late, is left unused and a new one is taken: sending late would bunch
-        with other workers' on-time sends. A slot that was free when Redis granted it (a fresh one,
-        or ``reserved_free``: the bucket had room) is used however late we get to it: asking
-        again cannot be sooner (what was slow is this loop), it would only burn a slot.
+        with other workers' on-time sends. A *free* slot (:func:`is_free`: due within
+        ``SLOT_GRACE_SECONDS`` of being granted, so the bucket was at most that far behind) is used
+        however late we get to it: asking again cannot be sooner (what was slow is this loop), it
+        would only burn a slot, and what such slots can add to any 1-s window is the grace's worth
+        of the rate (1%).
         """
         hold = self._settings.pace_max_hold_seconds
         for _ in range(MAX_LATE_RETRIES):
-            free = not reserved or reserved_free
             if reserved:
                 at = self.clock.to_local(reserved)
                 grant = Grant(True, max(0.0, at - time.time()), False, reserved, at)
+                free = reserved_free
                 reserved, reserved_free = 0.0, False
             else:
                 grant = await self.acquire(page_id, kind, psid)
                 if not grant.granted:
                     return grant
+                free = is_free(grant)
             wait = grant.at - time.time()
             if wait > hold:
                 return grant
             if wait > 0:
                 await asyncio.sleep(wait)
-            elif free and grant.delay <= 0:  # free when granted (see above)
-                return Grant(True, 0.0, grant.probe, grant.slot, grant.at)
-            if time.time() - grant.at <= SLOT_GRACE_SECONDS:
+            if free or time.time() - grant.at <= SLOT_GRACE_SECONDS:
                 return Grant(True, 0.0, grant.probe, grant.slot, grant.at)
             metrics.PACE_LATE_SLOTS.inc()
         return Grant(True, 0.0)  # bounded: the loop is overloaded; send rather than starve
@@ -211,6 +212,12 @@ class Limiter:
                 )
             )
         return factor
+
+
+def is_free(grant: Grant) -> bool:
+    """A slot granted due within SLOT_GRACE_SECONDS: the page's bucket was at most that far
+    behind, so using the slot late cannot bunch sends by more than the grace's worth."""
+    return grant.granted and grant.delay <= SLOT_GRACE_SECONDS
 
 
 def page_rate(settings: Settings, page_id: str, kind: str) -> float:

@@ -40,7 +40,7 @@ from worker.delivery.policy import Action, Decision
 from worker.graph import AmbiguousError, ErrorInfo, GraphClient, GraphError, SendResult
 from worker.logging import get_logger
 from worker.messenger.validation import message_kind
-from worker.ratelimit import Limiter
+from worker.ratelimit import Limiter, is_free
 from worker.states import Event, State
 from worker.store import Keys, records, text
 
@@ -145,7 +145,7 @@ class Sender:
         for (page_id, kind), ds in wanting.items():
             grants = await self._limiter.acquire_many(page_id, kind, len(ds))
             for d, grant in zip(ds, grants, strict=False):
-                d.slot_at, d.slot_free = grant.slot, grant.delay <= 0
+                d.slot_at, d.slot_free = grant.slot, is_free(grant)
 
     # --- one delivery ---------------------------------------------------------------------------
     def precheck(self, d: Delivery, ctx: BatchContext) -> Outcome | None:

@@ -104,6 +104,16 @@ def fenced_send(o: Outcome) -> bool:
 class MetricsObserver(Observer):
     def __init__(self, settings: Settings) -> None:
         self._page = metrics.PageLabels(settings)
+        #: labelled children, looked up once each: labels() costs more than the increment, and
+        #: these run once per call and once per outcome
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def claimed(self, deliveries: Sequence[Delivery]) -> None:
         reclaimed = sum(1 for d in deliveries if d.previous is State.IN_FLIGHT)
@@ -119,7 +129,7 @@ class MetricsObserver(Observer):
         latency_s: float,
     ) -> None:
         metrics.GRAPH_LATENCY.observe(latency_s)
-        metrics.ATTEMPTS.labels(State.SENT.value if error is None else error.reason).inc()
+        self._child(metrics.ATTEMPTS, State.SENT.value if error is None else error.reason).inc()
         if error is not None and error.reason == "ambiguous":
             metrics.POSSIBLE_DUPLICATES.labels("ambiguous").inc()
 
@@ -145,7 +155,8 @@ class MetricsObserver(Observer):
                 metrics.RETRIES.labels(o.reason or "unknown").inc()
         else:
             info = o.error.info if o.error is not None else None
-            metrics.DELIVERIES.labels(
+            self._child(
+                metrics.DELIVERIES,
                 o.status.value,
                 self._page(d.page_id),
                 o.reason or "none",
