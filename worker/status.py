@@ -68,6 +68,9 @@ class Status:
     scheduled: int
     parked: int
     dead_letters: int
+    #: How long dead letters are kept (None: until replayed or purged) and final records are.
+    dead_letter_retention_s: int | None = None
+    record_retention_s: int = 0
     paused_pages: list[PausedPage] = field(default_factory=list)
     rates: dict[str, float] = field(default_factory=dict)
     pages: list[PageRow] = field(default_factory=list)
@@ -84,6 +87,8 @@ class Status:
             "scheduled",
             "parked",
             "dead_letters",
+            "dead_letter_retention_s",
+            "record_retention_s",
         ):
             out[name] = getattr(self, name)
         out["paused_pages"] = len(self.paused_pages)
@@ -136,6 +141,8 @@ def read(
         scheduled=int(sched),
         parked=int(parked),
         dead_letters=int(dead),
+        dead_letter_retention_s=settings.dead_letter_retention or None,
+        record_retention_s=settings.record_retention,
         paused_pages=[
             PausedPage(
                 page, float(until), pauses.get(page, {}).get("reason"), pauses.get(page, {}).get("code")

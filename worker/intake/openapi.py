@@ -412,6 +412,11 @@ def _admin_schemas() -> dict[str, Any]:
             "properties": {
                 "dead_letters": {"type": "array", "items": _ref("DeadLetter")},
                 "count": {"type": "integer"},
+                "retention_s": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "DEAD_LETTER_RETENTION; null: kept until replayed or purged",
+                },
             },
         },
         "DeadLetterSelection": {

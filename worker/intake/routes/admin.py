@@ -74,7 +74,8 @@ async def dead_list(request: Request) -> Response:
     intake = state.of(request)
     flt = dead_filter(request.query_params)
     items = await deadletters.list_dead(intake.redis, intake.settings, flt)
-    return JSONResponse({"dead_letters": items, "count": len(items)})
+    retention = intake.settings.dead_letter_retention or None  # None: kept until replayed or purged
+    return JSONResponse({"dead_letters": items, "count": len(items), "retention_s": retention})
 
 
 async def dead_action(request: Request) -> Response:
