@@ -254,3 +254,15 @@ def test_prechecks_decide_without_a_call() -> None:
     assert closed is not None
     assert (closed.status, closed.reason) == (State.FAILED, "outside_window")
     assert sender.precheck(delivery(), BatchContext()) is None  # nothing stops it: it calls Graph
+
+
+def test_a_ttl_that_passes_while_waiting_for_a_connection_sends_nothing() -> None:
+    """The TTL is checked again just before the call (the precheck ran at the claim; the slot or
+    a free connection may take a while)."""
+    calls: list[httpx.Request] = []
+    s = settings(message_ttl=60)
+    outcome, observer, _ = run(recording(calls), delivery(created_at=time.time() - 61), s=s)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, outcome.reason) == (State.EXPIRED, "ttl")
+    assert calls == []
+    assert observer.calls == []

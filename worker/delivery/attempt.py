@@ -76,6 +76,10 @@ class Released(Exception):
         self.reason = reason
 
 
+class PastTtl(Exception):
+    """MESSAGE_TTL passed while the delivery waited for its slot or a free connection."""
+
+
 class Sender:
     def __init__(
         self,
@@ -183,7 +187,10 @@ class Sender:
             deferral = await self._pace(d, body, tag)
             if deferral is not None:
                 return deferral
-            result, error = await self._call(d, token, body, tag)
+            try:
+                result, error = await self._call(d, token, body, tag)
+            except PastTtl:  # checked again at the last moment: never a send after the TTL
+                return self.outcome(d, policy.past_ttl(d.failures, d.last_reason), None)
             if error is None:
                 if result is not None and (result.usage_pct or 0) >= self._s.usage_slowdown_threshold:
                     await self._slow_down(d.page_id)
@@ -264,6 +271,8 @@ class Sender:
                 raise Released("shutdown")
             if not await self._leases.safe_to_send(d):
                 raise Released("lease_at_risk")
+            if time.time() - d.created_at > self._s.message_ttl:
+                raise PastTtl
             d.attempts += 1
             started = time.perf_counter()
             task = self._deadlines.enter()
