@@ -68,6 +68,8 @@ class RedisServer:
     port: int
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: AOF fsync policy: "everysec" (the embedded default) or "always" (nothing lost to a SIGKILL)
+    appendfsync: str = "everysec"
 
     @property
     def url(self) -> str:
@@ -89,7 +91,7 @@ class RedisServer:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                self.appendfsync,
                 "--save",
                 "",
             ],

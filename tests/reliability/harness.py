@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -34,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import INTAKE_TOKEN, PAGE, Proc, RedisServer, Sandbox, Stack, wait_port
+from tests.conftest import INTAKE_TOKEN, PAGE, Proc, RedisServer, Sandbox, Stack
 from worker.states import FINAL
 
 LONG = os.environ.get("RELIABILITY_LONG") == "1"
@@ -69,29 +67,7 @@ class DurableRedis(RedisServer):
     """A redis-server of the test's own with ``appendfsync always``: a 202 is on disk, so even a
     SIGKILL of Redis loses no accepted message. Restarted on the same port and data directory."""
 
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.data_dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        assert wait_port(self.port), "redis-server did not start"
+    appendfsync: str = "always"
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final fsync (appendfsync always made every write durable)."""

@@ -1,4 +1,4 @@
-"""worker.messenger_webhook: signatures, the subscription handshake, event parsing, m.me refs."""
+"""worker.messenger.webhook: signatures, the subscription handshake, event parsing, m.me refs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""worker.policy.decide and backoff: one decision per error class (pure, deterministic with a seeded RNG)."""
+"""worker.delivery.policy.decide and backoff: one decision per error class (pure, deterministic with a seeded RNG)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""worker.transport.SendTransport against a loopback aiohttp server, alone and under GraphClient.
+"""worker.graph.transport.SendTransport against a loopback aiohttp server, alone and under GraphClient.
 
 What is checked: the bytes that go out (method, encoded query, headers, body), the answer that
 comes back (status, headers, body, reason), timeouts and dropped connections mapped to the httpx

@@ -1,4 +1,4 @@
-"""Every rule of worker.validation.validate / resolve_page / parse_tags, one by one (no I/O)."""
+"""Every rule of worker.messenger.validation.validate / resolve_page / parse_tags, one by one (no I/O)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ class GraphClient:
     redirect flows, event hooks) costs as much CPU per call as the transport itself and does
     nothing a Send API call needs (measured: 0.52 vs 0.37 ms CPU per request at 100 in flight).
     The transport is injectable (``httpx.MockTransport`` in unit tests, or any httpx transport for
-    proxies and mTLS); by default it is :class:`worker.transport.SendTransport`, over aiohttp,
+    proxies and mTLS); by default it is :class:`worker.graph.transport.SendTransport`, over aiohttp,
     which sustains far more concurrent requests per CPU second than httpx's own pool
     (pitfalls.md: 142 vs 1,300 req/s at 100 in flight).
     """

@@ -8,8 +8,8 @@ envelope. ``tests/integration/test_pipeline.py`` proves a real Celery worker con
 
 Three tasks: ``worker.deliver(ids)``, delivery ids to look at now (the scheduler's and the
 sweeper's); ``worker.deliver_batch(batch_id)``, the intake's: the ids gathered in the list
-``P:batch:{batch_id}`` while the message waited in the queue (see ``store.ACCEPT_LUA``); and
-``worker.inbound(events)``, Messenger webhook events to record (see :mod:`worker.inbound`).
+``P:batch:{batch_id}`` while the message waited in the queue (see ``store/lua/accept.lua``); and
+``worker.inbound(events)``, Messenger webhook events to record (see :mod:`worker.delivery.inbound`).
 """
 
 from __future__ import annotations
