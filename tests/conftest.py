@@ -7,6 +7,7 @@ CI (``CI=true``), as dramatiq's test-suite does.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -28,9 +29,14 @@ from worker.states import FINAL
 from worker.store import Keys
 
 PY = sys.executable
-INTAKE_TOKEN = "test-intake-token-0123456789"
+INTAKE_TOKEN = "test-intake-token-0123456789abcdefgh"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdefghij"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 PAGE = "100"
 PAGE_TOKEN = "sandbox-token-100"
+#: Every page the tests send as: configured for each stack (an access token we do not hold is
+#: refused at the intake, so a test's page must be one of these).
+TEST_PAGES = (PAGE, "200", "401", "402", "403", "404", "501", "601", "602", "777")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -233,7 +239,10 @@ def base_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
             "REDIS_URL": redis_url,
             "GRAPH_API_URL": sandbox_url,
             "INTAKE_TOKENS": INTAKE_TOKEN,
-            "PAGE_ACCESS_TOKENS": f'{{"{PAGE}": "{PAGE_TOKEN}"}}',
+            "ADMIN_TOKENS": ADMIN_TOKEN,
+            "INTAKE_METRICS_PORT": "0",
+            # the pages the tests send as (the sandbox takes sandbox-token-<page> for any page)
+            "PAGE_ACCESS_TOKENS": json.dumps({page: f"sandbox-token-{page}" for page in TEST_PAGES}),
             "KEY_PREFIX": "t" + uuid.uuid4().hex[:8],
             "QUEUE_NAME": "q" + uuid.uuid4().hex[:8],
             "MAX_ATTEMPTS": "3",
@@ -263,6 +272,7 @@ class Stack:
     log_dir: Path
     procs: list[Proc] = field(default_factory=list)
     intake_port: int = 0
+    intake_metrics_port: int = 0
 
     @property
     def prefix(self) -> str:
@@ -343,11 +353,20 @@ class Stack:
         return asyncio.run(main())
 
     def start_intake(self, port: int | None = None) -> Proc:
+        """An intake on ``port`` (or a free one), its /metrics on a free port of its own."""
         self.intake_port = port or free_port()
-        proc = start_process("intake", ["intake", "--port", str(self.intake_port)], self.env, self.log_dir)
+        self.intake_metrics_port = free_port()
+        env = {**self.env, "INTAKE_METRICS_PORT": str(self.intake_metrics_port)}
+        proc = start_process("intake", ["intake", "--port", str(self.intake_port)], env, self.log_dir)
         self.procs.append(proc)
         assert wait_port(self.intake_port), proc.tail()
         return proc
+
+    @property
+    def intake_metrics_url(self) -> str:
+        """The intake's /metrics (its own listener, not the public port)."""
+        assert wait_port(self.intake_metrics_port), "the intake's /metrics listener did not start"
+        return f"http://127.0.0.1:{self.intake_metrics_port}/metrics"
 
     def post(
         self,

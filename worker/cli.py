@@ -175,6 +175,15 @@ def _redis_configured() -> bool:
     )
 
 
+def _first_token(value: str) -> str:
+    """The first token of an INTAKE_TOKENS / ADMIN_TOKENS value (comma-separated or JSON)."""
+    value = value.strip()
+    if value.startswith("{"):
+        scoped = json.loads(value)
+        return str(next(iter(scoped), "")) if isinstance(scoped, dict) else ""
+    return value.split(",")[0].strip()
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """The whole stack on one machine; Ctrl-C stops every process."""
     env = dict(os.environ)
@@ -207,10 +216,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                 raise SystemExit("sandbox did not start")
             env["GRAPH_API_URL"] = f"http://127.0.0.1:{sport}"
             env.setdefault("PAGE_ACCESS_TOKENS", json.dumps({SANDBOX_PAGE: f"sandbox-token-{SANDBOX_PAGE}"}))
-        token = env.get("INTAKE_TOKENS", "").split(",")[0].strip()
-        if not token:
-            token = "dev-" + secrets.token_urlsafe(16)
+        token = _first_token(env.get("INTAKE_TOKENS", ""))
+        if not token:  # a fresh one for this run (at least 32 characters: config.MIN_TOKEN_LENGTH)
+            token = "dev-" + secrets.token_urlsafe(32)
             env["INTAKE_TOKENS"] = token
+        admin = _first_token(env.get("ADMIN_TOKENS", ""))
+        if not admin:
+            admin = "dev-admin-" + secrets.token_urlsafe(32)
+            env["ADMIN_TOKENS"] = admin
         _settings()  # validate the configuration before starting anything else
         procs.append(
             (
@@ -233,6 +246,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
             '    -d \'{"recipient":{"id":"1000001"},"messaging_type":"UPDATE","message":{"text":"hello"}}\'\n\n'
             f"then: curl -sS -H 'Authorization: Bearer {token}' http://127.0.0.1:{iport}/v1/deliveries/<delivery_id>\n"
+            f"admin (dead letters): curl -sS -H 'Authorization: Bearer {admin}' http://127.0.0.1:{iport}/v1/dead-letters\n"
             f"status: REDIS_URL={env.get('REDIS_URL', '(configured)')} messenger-worker status\n"
             "Ctrl-C stops everything.\n",
             flush=True,

@@ -7,6 +7,8 @@ One typed, frozen :class:`Settings` object, built from the process environment a
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -14,7 +16,7 @@ import time
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -48,6 +50,9 @@ DEPRECATED_TAGS: dict[str, str] = {
 #: Tags still accepted by the Send API (HUMAN_AGENT needs App Review and human replies only).
 CURRENT_TAGS = frozenset({"HUMAN_AGENT", "CUSTOMER_FEEDBACK", "NON_PROMOTIONAL_SUBSCRIPTION"})
 
+#: The shortest bearer token (INTAKE_TOKENS, ADMIN_TOKENS) accepted.
+MIN_TOKEN_LENGTH = 32
+
 _PLACEHOLDER = re.compile(r"^(changeme|change-me|xxx+|todo|<.*>|your[_-].*)$", re.IGNORECASE)
 
 
@@ -64,6 +69,12 @@ class DeprecatedTagPolicy(StrEnum):
 class WindowPolicy(StrEnum):
     FAIL = "fail"
     PARK = "park"
+
+
+def token_id(token: str) -> str:
+    """A bearer token's public name: a short hash, stored on the deliveries it sent (so that
+    token may read them) and shown in logs. Not the token, and not enough to recover it."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def _split_csv(value: object) -> object:
@@ -90,8 +101,19 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = "mymaster"
     graph_api_url: str = "https://graph.facebook.com"
     graph_api_version: str = "v25.0"
+    #: Who may send (and read the deliveries they sent): comma-separated bearer tokens, or a JSON
+    #: object {"<token>": ["<page_id>", ...]} limiting each token to the pages it may send as
+    #: ("*" for all). At least MIN_TOKEN_LENGTH characters each.
     intake_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    #: The pages each intake token may send as, by token_id() (absent: every configured page).
+    #: Filled from INTAKE_TOKENS' JSON form; keyed by fingerprint so no repr shows a token.
+    intake_token_pages: dict[str, frozenset[str]] = Field(default_factory=dict)
+    #: Who may administer (status, dead letters, replay, purge, every delivery): comma-separated.
+    admin_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     page_access_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    #: The Send API URL's ?access_token= selects the configured page it belongs to (as Braze's
+    #: template sends it); an access token we do not hold is refused. False: the URL must name
+    #: the page (/{version}/{page_id}/messages or ?page_id=).
     allow_token_passthrough: bool = True
     #: Set by ``messenger-worker intake --insecure-no-auth`` (development only).
     intake_insecure_no_auth: bool = False
@@ -175,8 +197,11 @@ class Settings(BaseSettings):
     suppression_ttl: int = Field(default=30 * 86_400, gt=0)
     tag_abuse_suppression_ttl: int = Field(default=86_400, gt=0)
 
-    #: Worker processes serve /metrics on this port (0 = off); the intake serves it on its own port.
+    #: Worker processes serve /metrics on this port (0 = off).
     metrics_port: int = Field(default=9808, ge=0, le=65535)
+    #: The intake serves /metrics on this port, a listener of its own that is not the public one
+    #: (0 = off): its figures (queue depths, page ids, error rates) are not for the internet.
+    intake_metrics_port: int = Field(default=9809, ge=0, le=65535)
     #: Distinct page_id label values per process before the rest are reported as "other".
     metrics_max_pages: int = Field(default=100, ge=1)
 
@@ -200,7 +225,32 @@ class Settings(BaseSettings):
     log_raw_recipients: bool = False
     recipient_hash_salt: SecretStr = SecretStr("braze-messenger-worker")
 
-    @field_validator("intake_tokens", "fallback_tags", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _scoped_intake_tokens(cls, data: Any) -> Any:
+        """INTAKE_TOKENS as a JSON object: the tokens, and the pages each may send as."""
+        if not isinstance(data, dict):
+            return data
+        raw = data.get("intake_tokens", data.get("INTAKE_TOKENS"))
+        if not isinstance(raw, str) or not raw.strip().startswith("{"):
+            return data
+        try:
+            scoped = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ValueError("INTAKE_TOKENS is neither comma-separated tokens nor a JSON object") from None
+        if not isinstance(scoped, dict) or not all(
+            isinstance(pages, list | str) for pages in scoped.values()
+        ):
+            raise ValueError('INTAKE_TOKENS as JSON maps each token to a list of page ids (or "*")')
+        pages = {
+            token_id(token): frozenset(str(p) for p in allowed)
+            for token, allowed in scoped.items()
+            if allowed != "*" and "*" not in allowed
+        }
+        data = {k: v for k, v in data.items() if k not in ("intake_tokens", "INTAKE_TOKENS")}
+        return {**data, "intake_tokens": list(scoped), "intake_token_pages": pages}
+
+    @field_validator("intake_tokens", "admin_tokens", "fallback_tags", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -274,6 +324,35 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _no_placeholders(self) -> Settings:
+        secrets = [*self.intake_tokens, *self.admin_tokens, *self.page_access_tokens.values()]
+        for optional in (self.app_secret, self.braze_api_key, self.messenger_verify_token):
+            if optional is not None:
+                secrets.append(optional)
+        for secret in secrets:
+            raw = secret.get_secret_value()
+            if not raw or _PLACEHOLDER.match(raw):
+                raise ValueError("a configured secret is empty or a placeholder (e.g. 'changeme')")
+        return self
+
+    @model_validator(mode="after")
+    def _tokens_strong_and_separate(self) -> Settings:
+        """Bearer tokens are long random strings, and one token has one role."""
+        roles = {
+            "INTAKE_TOKENS": [t.get_secret_value() for t in self.intake_tokens],
+            "ADMIN_TOKENS": [t.get_secret_value() for t in self.admin_tokens],
+        }
+        for name, values in roles.items():
+            if any(len(v) < MIN_TOKEN_LENGTH for v in values):
+                raise ValueError(f"{name}: every token must be at least {MIN_TOKEN_LENGTH} characters")
+        seen: dict[str, str] = {}
+        for name, values in roles.items():
+            for value in values:
+                if seen.setdefault(value, name) != name:
+                    raise ValueError(f"{name} and {seen[value]} share a token: give each role its own")
+        return self
+
+    @model_validator(mode="after")
     def _deadline_within_lease(self) -> Settings:
         if self.graph_deadline_seconds > self.delivery_lease_seconds / 2:
             raise ValueError(
@@ -287,26 +366,13 @@ class Settings(BaseSettings):
         """How often a worker renews the leases it holds (a third of the lease)."""
         return self.delivery_lease_seconds / 3
 
-    @model_validator(mode="after")
-    def _no_placeholders(self) -> Settings:
-        secrets = [*self.intake_tokens, *self.page_access_tokens.values()]
-        for optional in (self.app_secret, self.braze_api_key, self.messenger_verify_token):
-            if optional is not None:
-                secrets.append(optional)
-        for secret in secrets:
-            raw = secret.get_secret_value()
-            if not raw or _PLACEHOLDER.match(raw):
-                raise ValueError("a configured secret is empty or a placeholder (e.g. 'changeme')")
-        return self
-
     @cached_property
     def intake_token_values(self) -> tuple[bytes, ...]:
         return tuple(t.get_secret_value().encode() for t in self.intake_tokens)
 
     @cached_property
-    def page_by_token(self) -> dict[str, str]:
-        """Reverse map token -> page id, to recognise a passthrough token that we already hold."""
-        return {token.get_secret_value(): page for page, token in self.page_access_tokens.items()}
+    def admin_token_values(self) -> tuple[bytes, ...]:
+        return tuple(t.get_secret_value().encode() for t in self.admin_tokens)
 
     def page_token(self, page_id: str) -> str | None:
         token = self.page_access_tokens.get(page_id)
@@ -322,7 +388,8 @@ class Settings(BaseSettings):
 
 
 class PageTokens:
-    """The page tokens a worker sends with, reloaded when PAGE_ACCESS_TOKENS names a file that changes.
+    """The page tokens, reloaded when PAGE_ACCESS_TOKENS names a file that changes: the workers send
+    with them, the intake selects pages by them.
 
     Replacing a page's token in that file (e.g. a Kubernetes Secret mounted as a file) lifts a
     token-invalid pause without a restart: the pause remembers the fingerprint of the bad token.
@@ -360,6 +427,22 @@ class PageTokens:
     def get(self, page_id: str) -> str | None:
         self._maybe_reload()
         return self._tokens.get(page_id)
+
+    def page_of(self, token: str) -> str | None:
+        """The configured page whose token ``token`` is, compared in constant time with every
+        configured token (the answer's timing does not tell how much of a token matched)."""
+        self._maybe_reload()
+        given = token.encode()
+        found: str | None = None
+        for page, expected in self._tokens.items():
+            if hmac.compare_digest(given, expected.encode()):
+                found = page
+        return found
+
+    def only_page(self) -> str | None:
+        """The page, when exactly one is configured."""
+        self._maybe_reload()
+        return next(iter(self._tokens)) if len(self._tokens) == 1 else None
 
     def __repr__(self) -> str:
         return f"PageTokens(pages={sorted(self._tokens)})"

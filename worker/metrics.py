@@ -15,7 +15,7 @@ Where they come from:
 This module only declares; it reads nothing.
 
 Label cardinality is bounded: ``page_id`` is a configured page id, or ``other`` beyond
-``METRICS_MAX_PAGES`` distinct pages per process and for pseudo pages of passthrough tokens;
+``METRICS_MAX_PAGES`` distinct pages per process;
 ``error_code``/``error_subcode`` are numbers Graph returns (a few dozen in practice) or ``none``;
 ``outcome`` and ``reason`` come from fixed sets. No label ever carries a token or a PSID.
 """
@@ -102,7 +102,7 @@ class PageLabels:
     def __call__(self, page_id: str) -> str:
         if page_id in self._known or page_id in self._seen:
             return page_id
-        if page_id.startswith("t-") or len(self._seen) >= self._max:
+        if len(self._seen) >= self._max:
             return "other"
         self._seen.add(page_id)
         return page_id

@@ -20,7 +20,7 @@ Keys (``P`` = KEY_PREFIX)::
     P:rl:{page}:{class}     hash  tat  (theoretical arrival time, µs, Redis clock)
                                   f, ft (adaptive factor in (0, 1] and when it was set, µs)
     P:rl:r:{page}:{psid}    hash  tat for the optional per-recipient pace
-    P:rl:pages              set   "{page}:{class}" of every bucket ever used (status)
+    P:rl:used               zset  "{page}:{class}" -> its last use (status; pruned after a day)
     P:pause:{page}          hash  until (epoch seconds): a paused page grants nothing; once it is
                                   over, ``probe`` marks the one send that goes first (PROBE_SECONDS)
 

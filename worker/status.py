@@ -15,8 +15,9 @@ Definitions:
   ((failed + dead) / final);
 * **pages**: per page bucket, its limit, its rate after adaptive slow-down and the slots free now.
 
-Everything is read with pipelines: a fixed number of round trips whatever the backlog; the page
-rows are one more round trip for at most ``max_pages`` buckets.
+Everything is read with pipelines: two round trips whatever the backlog or the number of pages
+ever seen; the page rows are the ``max_pages`` most recently used buckets (METRICS_MAX_PAGES for
+/metrics, MAX_PAGE_ROWS for the CLI).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from worker.states import State
 from worker.store import Keys, records, text
 
 RATE_MINUTES = 5
+#: Page rows read at most (the most recently used buckets), however many pages were ever used.
+MAX_PAGE_ROWS = 1000
 _RATE_STATES = (State.SENT, State.FAILED, State.DEAD, State.EXPIRED)
 
 
@@ -117,9 +120,9 @@ def read(
     pipe.zcard(keys.dead)
     pipe.zrangebyscore(keys.paused, now, "+inf", withscores=True)
     pipe.mget(stat_keys)
-    pipe.smembers(keys.buckets)
+    pipe.zrevrange(keys.buckets, 0, (max_pages if max_pages is not None else MAX_PAGE_ROWS) - 1)
     depth, unacked, open_, oldest, sched, parked, dead, paused, stats, buckets = pipe.execute()
-    members = sorted(text(m) for m in buckets)[: max_pages if max_pages is not None else None]
+    members = sorted(text(m) for m in buckets)  # the most recently used, in a stable order
     paused_ids = [text(m) for m, _ in paused]
     pipe = client.pipeline(transaction=False)
     for member in members:

@@ -134,7 +134,7 @@ def filled_env() -> dict[str, str]:
     """env.example as a user would fill it in: required secrets set, optional ones left out."""
     env = {name: value for name, value in env_example().items() if value}
     env.update(
-        INTAKE_TOKENS="intake-token-for-tests-0123456789",
+        INTAKE_TOKENS="intake-token-for-tests-0123456789abcdef",
         PAGE_ACCESS_TOKENS='{"100": "page-token-for-tests"}',
         GRAFANA_ADMIN_PASSWORD="grafana-password-for-tests",
     )
@@ -342,13 +342,16 @@ def test_redis_is_durable(compose: dict[str, Any]) -> None:
 
 def test_worker_metrics_port_matches_the_scrape_config(compose: dict[str, Any]) -> None:
     port = int(environment(service(compose, "worker"))["METRICS_PORT"])
+    intake_port = int(environment(service(compose, "intake"))["INTAKE_METRICS_PORT"])
     scrape = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
     jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
     assert set(jobs) == {"intake", "worker"}
     worker_sd = jobs["worker"]["dns_sd_configs"][0]
     assert worker_sd == {**worker_sd, "names": ["worker"], "type": "A", "port": port}
     intake_sd = jobs["intake"]["dns_sd_configs"][0]
-    assert intake_sd == {**intake_sd, "names": ["intake"], "type": "A", "port": 8080}
+    assert intake_sd == {**intake_sd, "names": ["intake"], "type": "A", "port": intake_port}
+    published = [str(p) for p in service(compose, "intake").get("ports", [])]
+    assert not any(str(intake_port) in p for p in published), "the intake's /metrics is never published"
 
 
 def test_monitoring_mounts_exist(compose: dict[str, Any]) -> None:

@@ -246,7 +246,7 @@ def kubernetes_config(tmp_path: Path, targets_file: Path) -> Path:
     return path
 
 
-def fake_pods(intake_port: int, metrics_port: int) -> list[dict[str, Any]]:
+def fake_pods(intake_metrics_port: int, metrics_port: int) -> list[dict[str, Any]]:
     """What Kubernetes discovery would report for one intake and one worker pod on loopback."""
     pods = []
     for doc in load_yaml_all(
@@ -261,7 +261,7 @@ def fake_pods(intake_port: int, metrics_port: int) -> list[dict[str, Any]]:
         notes = dict(template["annotations"])
         # The processes listen on random loopback ports: the annotation carries the live one, and
         # __address__ a wrong port (as a pod's first containerPort may be) the relabelling must replace.
-        notes["prometheus.io/port"] = str(intake_port if component == "intake" else metrics_port)
+        notes["prometheus.io/port"] = str(intake_metrics_port if component == "intake" else metrics_port)
         labels = {
             "__meta_kubernetes_namespace": NAMESPACE,
             "__meta_kubernetes_pod_name": f"{component}-0",
@@ -307,13 +307,13 @@ def live(
         final = _messages(stack)
 
         exported: set[str] = set()
-        for url in (f"{stack.intake_url}/metrics", f"http://127.0.0.1:{metrics_port}/metrics"):
+        for url in (stack.intake_metrics_url, f"http://127.0.0.1:{metrics_port}/metrics"):
             resp = httpx.get(url, timeout=10)
             resp.raise_for_status()
             exported |= exported_names(resp.text)
 
         targets = tmp_path / "pods.json"
-        targets.write_text(json.dumps(fake_pods(stack.intake_port, metrics_port)), encoding="utf-8")
+        targets.write_text(json.dumps(fake_pods(stack.intake_metrics_port, metrics_port)), encoding="utf-8")
         config = kubernetes_config(tmp_path, targets)
         checked = promtool("check", "config", str(config))
         assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -372,7 +372,7 @@ def test_kubernetes_relabelling_scrapes_both_jobs(live: Live) -> None:
     by_job = {t["labels"]["job"]: t for t in _targets(live)}
     assert set(by_job) == {"intake", "worker"}, "jobs are named after app.kubernetes.io/component"
     assert by_job["worker"]["scrapeUrl"] == f"http://127.0.0.1:{live.metrics_port}/metrics"
-    assert by_job["intake"]["scrapeUrl"] == f"{live.stack.intake_url}/metrics"
+    assert by_job["intake"]["scrapeUrl"] == live.stack.intake_metrics_url  # not the public port
     for target in by_job.values():
         assert target["health"] == "up"
         assert target["labels"]["namespace"] == NAMESPACE

@@ -154,7 +154,7 @@ def test_park_then_reengage_releases_in_order(make_stack: Any, braze: str) -> No
     assert stack.redis().zcard(f"{stack.prefix}:parked") == 3
     status = stack.cli("status", "--json")
     assert orjson.loads(status.stdout)["parked"] == 3
-    assert "bmw_parked 3.0" in httpx.get(f"{stack.intake_url}/metrics", timeout=10).text
+    assert "bmw_parked 3.0" in httpx.get(stack.intake_metrics_url, timeout=10).text
     httpx.post(f"{stack.sandbox.url}/__sandbox/window", json={"psid": psid}, timeout=10).raise_for_status()
     body = webhook_body("100", psid)
     assert post_webhook(stack, body, sign(body)).status_code == 200

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env, wait_until
+from tests.conftest import ADMIN_HEADERS, INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env, wait_until
 from worker.states import State
 
 pytestmark = pytest.mark.integration
@@ -154,7 +154,11 @@ def test_transient_exhausts_attempts_to_dead_letter_and_replay(stack: Stack) -> 
         e for e in stack.logs() if e.get("event") == "delivery.attempt" and e.get("possible_duplicate")
     ]
     assert ambiguous, "dropped connections are logged as possible duplicates"
-    headers = {"Authorization": f"Bearer {INTAKE_TOKEN}"}
+    sender = httpx.get(  # the token in every Braze template cannot see or act on dead letters
+        f"{stack.intake_url}/v1/dead-letters", headers={"Authorization": f"Bearer {INTAKE_TOKEN}"}, timeout=10
+    )
+    assert (sender.status_code, sender.json()["error"]["code"]) == (403, "forbidden")
+    headers = ADMIN_HEADERS
     listed = httpx.get(
         f"{stack.intake_url}/v1/dead-letters", headers=headers, params={"code": "2"}, timeout=10
     ).json()

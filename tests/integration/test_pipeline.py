@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from tests.conftest import (
     INTAKE_TOKEN,
     PAGE,
+    PAGE_TOKEN,
     RedisServer,
     Stack,
     base_env,
@@ -57,7 +59,7 @@ def test_webhook_ends_sent_in_status_api_and_sandbox(make_stack: Any) -> None:
 def test_engine_backpressure_never_deadlocks(make_stack: Any) -> None:
     """A worker that may hold only 3 claimed deliveries still sends batches larger than that (such
     a batch goes alone), all of them, each once."""
-    stack: Stack = make_stack(ENGINE_MAX_CLAIMED="3")
+    stack: Stack = make_stack(ENGINE_MAX_CLAIMED="3", PAGE_ACCESS_TOKENS=json.dumps({PAGE: PAGE_TOKEN}))
     stack.start_intake()
     ids = stack.post_many([("/me/messages", text(f"bp-{i}")) for i in range(60)])
     stack.start_worker(concurrency=4)
@@ -71,24 +73,25 @@ def test_engine_backpressure_never_deadlocks(make_stack: Any) -> None:
 
 def test_braze_template_url_forms(make_stack: Any) -> None:
     """/me/messages with the token in the URL (as Braze's template sends it), versionless, page path."""
-    stack: Stack = make_stack()
+    stack: Stack = make_stack(PAGE_ACCESS_TOKENS=json.dumps({PAGE: PAGE_TOKEN, "777": "sandbox-token-777"}))
     stack.start_intake()
     stack.start_worker()
     ids = []
     r1 = stack.post(text("url-me"), path="/v2.7/me/messages", params={"access_token": "sandbox-token-777"})
-    r2 = stack.post(text("url-plain"), path="/me/messages")  # single configured page
+    r2 = stack.post(text("url-plain"), path="/me/messages", params={"page_id": PAGE})
     r3 = stack.post({"recipient": {"id": "url-legacy"}, "message": {"text": "no messaging_type"}})
     for r in (r1, r2, r3):
         assert r.status_code == 202, r.text
         ids.append(r.json()["delivery_id"])
     records = stack.wait_final(ids)
     assert all(rec["status"] == "sent" for rec in records.values())
-    # a passthrough token we don't hold gets a stable pseudo page id (pacing and pauses key on it)
-    assert records[ids[0]]["page_id"].startswith("t-")
+    # the URL's token selected its page; the record holds the page id, never the token
+    assert records[ids[0]]["page_id"] == "777"
+    assert "sandbox-token-777" not in str(records[ids[0]])
     assert stack.sandbox.calls(psid="url-me")[0]["page_id"] == "777"
     legacy = stack.sandbox.calls(psid="url-legacy")[0]
     assert legacy["messaging_type"] == "UPDATE"
-    # the passthrough token is never in a log line
+    # the page token is never in a log line
     assert all("sandbox-token-777" not in str(e) for e in stack.logs())
 
 
@@ -292,7 +295,7 @@ def test_metrics_exported_by_intake_and_worker(make_stack: Any) -> None:
     bad = stack.post(b"{nope")
     assert bad.status_code == 400
     stack.wait_final([delivery_id])
-    intake = httpx.get(f"{stack.intake_url}/metrics", timeout=10).text
+    intake = httpx.get(stack.intake_metrics_url, timeout=10).text
     assert 'bmw_intake_requests_total{route="send",status="202"} 1.0' in intake
     assert 'bmw_intake_requests_total{route="send",status="400"} 1.0' in intake
     for name in ("bmw_queue_depth", "bmw_oldest_open_age_seconds", "bmw_dead_letters", "bmw_redis_up 1.0"):

@@ -12,6 +12,7 @@ session is scanned for all of them.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import INTAKE_TOKEN, PAGE_TOKEN, Stack, free_port, wait_port, wait_until
+from tests.conftest import (
+    ADMIN_TOKEN,
+    INTAKE_TOKEN,
+    PAGE_TOKEN,
+    TEST_PAGES,
+    Stack,
+    free_port,
+    wait_port,
+    wait_until,
+)
 from tests.integration.test_braze_loop import (
     APP_SECRET,
     BRAZE_KEY,
@@ -33,7 +43,7 @@ from tests.integration.test_braze_loop import (
 )
 
 pytestmark = pytest.mark.reliability
-PASSTHROUGH = "sandbox-token-4242"  # a page token that only ever travels in the intake URL
+PASSTHROUGH = "sandbox-token-4242"  # a page token that selects its page from the intake URL
 EXPIRED = "sandbox-token-expired-4343"  # Graph answers 190 to it: the error path carries the URL
 
 
@@ -54,7 +64,9 @@ def braze_double(tmp_path: Path) -> Iterator[str]:
 
 def exercise_every_secret(make_stack: Any, braze: str) -> None:
     """A stack with every secret set, each one used for real."""
+    pages = {page: f"sandbox-token-{page}" for page in TEST_PAGES} | {"4242": PASSTHROUGH, "4343": EXPIRED}
     stack: Stack = make_stack(
+        PAGE_ACCESS_TOKENS=json.dumps(pages),
         APP_SECRET=APP_SECRET,
         MESSENGER_VERIFY_TOKEN=VERIFY_TOKEN,
         BRAZE_REST_URL=braze,
@@ -83,7 +95,7 @@ def exercise_every_secret(make_stack: Any, braze: str) -> None:
     assert wait_until(lambda: stack.record(ids[-1]).get("status") == "scheduled", 30)  # 190: paused
     calls = stack.sandbox.calls()
     assert any(c["psid"] == "secret-ok" and c["appsecret_proof"] for c in calls)  # APP_SECRET in use
-    assert any(c["psid"] == "secret-4242" and c["status"] == 200 for c in calls)  # passthrough in use
+    assert any(c["psid"] == "secret-4242" and c["status"] == 200 for c in calls)  # the URL token selected
     assert any(c["psid"] == "secret-4343" and c["code"] == 190 for c in calls)  # expired token refused
     # the Braze key: the unreachable user was fed back with it
     assert wait_until(lambda: any(r.get("authorized") for r in braze_requests(braze)), 30)
@@ -104,6 +116,7 @@ def test_no_secret_in_any_log(
     exercise_every_secret(make_stack, braze_double)
     secrets = {
         "intake token": INTAKE_TOKEN,
+        "admin token": ADMIN_TOKEN,
         "page token": PAGE_TOKEN,
         "passthrough page token": PASSTHROUGH,
         "expired page token": EXPIRED,

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from worker.config import DeprecatedTagPolicy, LogFormat, Settings, WindowPolicy
+from worker.config import DeprecatedTagPolicy, LogFormat, PageTokens, Settings, WindowPolicy
 
 PAGE_TOKEN = "tok-page-100-abcdef"
 OTHER_TOKEN = "tok-page-200-ghijkl"
-INTAKE = "intake-token-xyz"
+INTAKE = "intake-token-xyz-0123456789abcdefghij"
 APP_SECRET = "app-secret-0123456789"
 
 
@@ -57,10 +57,13 @@ def test_dotenv_file_is_read_when_asked(tmp_path: Path) -> None:
 
 
 def test_intake_tokens_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("INTAKE_TOKENS", f" {INTAKE} ,, second-token-456 ,")
+    monkeypatch.setenv("INTAKE_TOKENS", f" {INTAKE} ,, second-token-456-0123456789abcdefghij ,")
     settings = from_env()
-    assert [t.get_secret_value() for t in settings.intake_tokens] == [INTAKE, "second-token-456"]
-    assert settings.intake_token_values == (INTAKE.encode(), b"second-token-456")
+    assert [t.get_secret_value() for t in settings.intake_tokens] == [
+        INTAKE,
+        "second-token-456-0123456789abcdefghij",
+    ]
+    assert settings.intake_token_values == (INTAKE.encode(), b"second-token-456-0123456789abcdefghij")
 
 
 def test_page_access_tokens_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +72,12 @@ def test_page_access_tokens_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.page_token("100") == PAGE_TOKEN
     assert settings.page_token("200") == OTHER_TOKEN
     assert settings.page_token("300") is None
-    assert settings.page_by_token == {PAGE_TOKEN: "100", OTHER_TOKEN: "200"}
+    pages = PageTokens(settings, source="")
+    assert (pages.page_of(PAGE_TOKEN), pages.page_of(OTHER_TOKEN), pages.page_of("x" * 40)) == (
+        "100",
+        "200",
+        None,
+    )
 
 
 def test_page_access_tokens_as_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -204,7 +212,6 @@ def _full_settings() -> Settings:
         recipient_hash_salt="salt-value-98765",
     )
     # Populate the cached properties too: they hold raw token values.
-    assert settings.page_by_token[PAGE_TOKEN] == "100"
     assert settings.intake_token_values == (INTAKE.encode(),)
     return settings
 

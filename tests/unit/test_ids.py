@@ -1,4 +1,4 @@
-"""Delivery ids: 32 hex characters, unique within a process and across a fork."""
+"""Delivery ids: 32 hex characters of 128 random bits, unrelated to each other and across a fork."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ def test_ids_are_32_hex_and_unique() -> None:
     ids = [broker.new_delivery_id() for _ in range(10_000)]
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_ids_share_no_prefix_or_counter() -> None:
+    """Not a process prefix plus a counter (guessable from one id): the bits are independent."""
+    ids = [broker.new_delivery_id() for _ in range(2_000)]
+    assert len({i[:8] for i in ids}) > 1_990  # a shared prefix would make this 1
+    assert len({i[-8:] for i in ids}) > 1_990
+    ones = sum(bin(int(i, 16)).count("1") for i in ids)
+    assert abs(ones / (len(ids) * 128) - 0.5) < 0.01  # about half the bits set
 
 
 def test_a_forked_child_draws_its_own_prefix() -> None:

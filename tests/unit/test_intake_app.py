@@ -16,8 +16,10 @@ from worker.intake import create_app, guard
 from worker.intake.guard import MemoryGate
 from worker.status import MemoryGuard
 
-TOKEN = "tok-intake-abcdef"
+TOKEN = "tok-intake-abcdef-0123456789abcdefghij"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN = "tok-admin-abcdef-0123456789abcdefghij"
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 BODY = {"recipient": {"id": "1"}, "message": {"text": "hi"}}
 
 
@@ -25,6 +27,7 @@ def settings(**extra: Any) -> Settings:
     return Settings(
         page_access_tokens={"100": "tok-page-100-abcdef"},
         intake_tokens=[TOKEN],
+        admin_tokens=[ADMIN],
         redis_url="redis://127.0.0.1:1/0",  # never reached: these requests need no Redis
         _env_file=None,
         **extra,
@@ -65,18 +68,21 @@ def test_refusals_have_one_shape_and_are_counted(client: TestClient) -> None:
 def test_unknown_routes_methods_and_actions(client: TestClient) -> None:
     assert error_of(client.get("/nope")) == (404, "not_found")
     assert error_of(client.get("/me/messages")) == (405, "method_not_allowed")
-    assert error_of(client.post("/v1/dead-letters/explode", headers=AUTH)) == (404, "not_found")
+    assert error_of(client.post("/v1/dead-letters/explode", headers=ADMIN_AUTH)) == (404, "not_found")
     too_long = "x" * 65
     assert error_of(client.get(f"/v1/deliveries/{too_long}", headers=AUTH)) == (404, "not_found")
 
 
 def test_dead_letter_filters_must_be_finite_numbers(client: TestClient) -> None:
     for params in ({"older_than": "nan"}, {"older_than": "inf"}, {"code": "x"}, {"limit": "1e400"}):
-        resp = client.get("/v1/dead-letters", params=params, headers=AUTH)
+        resp = client.get("/v1/dead-letters", params=params, headers=ADMIN_AUTH)
         assert error_of(resp) == (422, "invalid_filter"), params
-    resp = client.post("/v1/dead-letters/purge", json={"older_than": "-inf"}, headers=AUTH)
+    resp = client.post("/v1/dead-letters/purge", json={"older_than": "-inf"}, headers=ADMIN_AUTH)
     assert error_of(resp) == (422, "invalid_filter")
-    assert error_of(client.post("/v1/dead-letters/purge", json=[1], headers=AUTH)) == (422, "invalid_body")
+    assert error_of(client.post("/v1/dead-letters/purge", json=[1], headers=ADMIN_AUTH)) == (
+        422,
+        "invalid_body",
+    )
 
 
 def test_the_webhook_without_app_secret_is_not_configured(client: TestClient) -> None:

@@ -17,7 +17,7 @@ from worker.config import Settings
 from worker.logging import configure_logging, get_logger, recipient_ref
 
 PAGE_TOKEN = "tok-page-100-abcdef"
-INTAKE = "intake-token-xyz"
+INTAKE = "intake-token-xyz-0123456789abcdefghij"
 APP_SECRET = "app-secret-0123456789"
 SECRETS = (PAGE_TOKEN, INTAKE, APP_SECRET)
 #: A token nobody configured: only the access_token= / Bearer patterns can catch it.
@@ -260,7 +260,7 @@ def test_secrets_that_renderers_escape_are_masked(
     capture: Callable[..., io.StringIO], log_format: str
 ) -> None:
     """A secret with a quote and a backslash appears escaped in a rendered line: still masked."""
-    odd = 'intake"tok\\en-42'
+    odd = 'intake"tok\\en-42-0123456789abcdefghij'
     stream = capture(intake_tokens=[odd], log_format=log_format)
     get_logger().info("odd", value=odd, nested={"k": [odd]})
     text = stream.getvalue()

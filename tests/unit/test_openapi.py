@@ -18,7 +18,9 @@ from worker.states import State
 from worker.store import records
 
 SETTINGS = Settings(
-    page_access_tokens={"100": "tok-page-100-abcdef"}, intake_tokens=["tok-intake-abcdef"], _env_file=None
+    page_access_tokens={"100": "tok-page-100-abcdef"},
+    intake_tokens=["tok-intake-abcdef-0123456789abcdefghij"],
+    _env_file=None,
 )
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 

@@ -123,7 +123,6 @@ def delivery(**kw: Any) -> Delivery:
         "page_id": PAGE,
         "psid": "p1",
         "body": {"recipient": {"id": "p1"}, "messaging_type": "UPDATE", "message": {"text": "hi"}},
-        "token": "",
         "created_at": time.time(),
     }
     base.update(kw)

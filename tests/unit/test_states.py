@@ -105,7 +105,7 @@ def test_every_policy_action_but_retag_is_an_event_of_a_claim() -> None:
 
 
 def test_an_outcome_takes_its_status_from_the_table() -> None:
-    d = Delivery("d1", "c1", "100", "p1", {}, token="")
+    d = Delivery("d1", "c1", "100", "p1", {})
     assert Outcome(d, Event.RETRY).status is State.RETRYING
     assert Outcome(d, Event.WAIT).status is State.SCHEDULED
     assert Outcome(d, Event.RELEASE).status is State.QUEUED

@@ -1,21 +1,23 @@
-"""Every rule of worker.messenger.validation.validate / resolve_page / parse_tags, one by one (no I/O)."""
+"""Every rule of worker.messenger.validation.validate / resolve_page / parse_tags, one by one."""
 
 from __future__ import annotations
 
 import copy
+import os
 import random
+import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from worker.config import DeprecatedTagPolicy, Settings
+from worker.config import DeprecatedTagPolicy, PageTokens, Settings
 from worker.messenger.validation import (
     MAX_BODY_BYTES,
     InputError,
     SendRequest,
     parse_tags,
-    pseudo_page_id,
     resolve_page,
     validate,
 )
@@ -24,7 +26,7 @@ PAGE = "100"
 PAGE_TOKEN = "tok-page-100-abcdef"
 OTHER_PAGE = "200"
 OTHER_TOKEN = "tok-page-200-ghijkl"
-INTAKE = "intake-token-xyz"
+INTAKE = "intake-token-xyz-0123456789abcdefghij"
 UNKNOWN_TOKEN = "EAAB-unknown-passthrough-token-0123456789"
 
 
@@ -72,7 +74,6 @@ def test_valid_body_is_normalised() -> None:
     req = check(body())
     assert req.page_id == PAGE
     assert req.psid == "psid-1"
-    assert req.passthrough_token == ""
     assert req.fallback_tags == []
     assert req.stripped_tag is None
     assert req.body == {
@@ -327,9 +328,8 @@ def test_fallback_header_overrides_settings() -> None:
 
 
 def test_path_page_with_configured_token() -> None:
-    assert resolve_page(TWO_PAGES, path_page_id=OTHER_PAGE, query_token=None, query_page_id=None) == (
-        OTHER_PAGE,
-        "",
+    assert (
+        resolve_page(TWO_PAGES, path_page_id=OTHER_PAGE, query_token=None, query_page_id=None) == OTHER_PAGE
     )
     assert check(body(), TWO_PAGES, path_page_id=OTHER_PAGE).page_id == OTHER_PAGE
 
@@ -344,43 +344,59 @@ def test_path_page_without_token() -> None:
 
 
 @pytest.mark.parametrize("path", [None, "me", OTHER_PAGE])
-def test_query_token_equal_to_configured_token(path: str | None) -> None:
+def test_the_url_token_selects_its_configured_page(path: str | None) -> None:
     got = resolve_page(TWO_PAGES, path_page_id=path, query_token=OTHER_TOKEN, query_page_id=None)
-    assert got == (OTHER_PAGE, "")
+    assert got == OTHER_PAGE
 
 
-def test_unknown_query_token_with_unconfigured_path_page_is_passed_through() -> None:
-    got = resolve_page(SETTINGS, path_page_id="999", query_token=UNKNOWN_TOKEN, query_page_id=None)
-    assert got == ("999", UNKNOWN_TOKEN)
-    req = check(body(), path_page_id="999", query_token=UNKNOWN_TOKEN)
-    assert (req.page_id, req.passthrough_token) == ("999", UNKNOWN_TOKEN)
+@pytest.mark.parametrize("path", [None, "me", "999", PAGE])
+def test_an_access_token_we_do_not_hold_is_refused(path: str | None) -> None:
+    """Only configured tokens are ever used; an unknown one is refused, never stored or sent."""
+    with pytest.raises(InputError) as caught:
+        resolve_page(TWO_PAGES, path_page_id=path, query_token=UNKNOWN_TOKEN, query_page_id=None)
+    assert (caught.value.status, caught.value.code) == (403, "unknown_page_token")
+    assert "PAGE_ACCESS_TOKENS" in caught.value.message
+    assert UNKNOWN_TOKEN not in caught.value.message
+    err = refused(body(), TWO_PAGES, path_page_id=path, query_token=UNKNOWN_TOKEN)
+    assert (err.status, err.code) == (403, "unknown_page_token")
 
 
-def test_unknown_query_token_with_configured_path_page_uses_configured_token() -> None:
-    # A page we hold a token for is always sent with our token (the URL's token is dropped).
-    got = resolve_page(SETTINGS, path_page_id=PAGE, query_token=UNKNOWN_TOKEN, query_page_id=None)
-    assert got == (PAGE, "")
+def test_the_url_token_and_the_named_page_must_agree() -> None:
+    with pytest.raises(InputError) as caught:
+        resolve_page(TWO_PAGES, path_page_id=PAGE, query_token=OTHER_TOKEN, query_page_id=None)
+    assert (caught.value.status, caught.value.code) == (403, "page_token_mismatch")
+    with pytest.raises(InputError):
+        resolve_page(TWO_PAGES, path_page_id="me", query_token=OTHER_TOKEN, query_page_id=PAGE)
 
 
-@pytest.mark.parametrize("path", [None, "me"])
-def test_unknown_query_token_without_page_gets_pseudo_page(path: str | None) -> None:
-    page, token = resolve_page(TWO_PAGES, path_page_id=path, query_token=UNKNOWN_TOKEN, query_page_id=None)
-    assert token == UNKNOWN_TOKEN
-    assert page.startswith("t-")
-    assert len(page) == 18
-    assert UNKNOWN_TOKEN not in page
-    assert page == pseudo_page_id(UNKNOWN_TOKEN)  # stable
-    assert page != pseudo_page_id(UNKNOWN_TOKEN + "x")
-    again, _ = resolve_page(TWO_PAGES, path_page_id=path, query_token=UNKNOWN_TOKEN, query_page_id=None)
-    assert again == page
+def test_a_reloaded_token_file_is_what_selects(tmp_path: Path) -> None:
+    """The intake resolves with the same reloading view of PAGE_ACCESS_TOKENS as the workers."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(orjson.dumps({PAGE: PAGE_TOKEN}).decode(), encoding="utf-8")
+    settings = make_settings(page_access_tokens=str(tokens))
+    pages = PageTokens(settings, source=str(tokens), check_every=0)
+    assert (
+        resolve_page(settings, path_page_id="me", query_token=PAGE_TOKEN, query_page_id=None, pages=pages)
+        == PAGE
+    )
+    tokens.write_text(orjson.dumps({PAGE: "rotated-token-100-abcdefghij"}).decode(), encoding="utf-8")
+    os.utime(tokens, (time.time() + 5, time.time() + 5))
+    with pytest.raises(InputError) as caught:  # the old token is no longer the page's
+        resolve_page(settings, path_page_id="me", query_token=PAGE_TOKEN, query_page_id=None, pages=pages)
+    assert caught.value.code == "unknown_page_token"
+    got = resolve_page(
+        settings,
+        path_page_id="me",
+        query_token="rotated-token-100-abcdefghij",
+        query_page_id=None,
+        pages=pages,
+    )
+    assert got == PAGE
 
 
 def test_passthrough_disabled_ignores_query_token() -> None:
     single = make_settings(allow_token_passthrough=False)
-    assert resolve_page(single, path_page_id="me", query_token=UNKNOWN_TOKEN, query_page_id=None) == (
-        PAGE,
-        "",
-    )
+    assert resolve_page(single, path_page_id="me", query_token=UNKNOWN_TOKEN, query_page_id=None) == PAGE
     with pytest.raises(InputError) as caught:
         resolve_page(single, path_page_id="999", query_token=UNKNOWN_TOKEN, query_page_id=None)
     assert caught.value.code == "no_page_token"
@@ -397,7 +413,7 @@ def test_passthrough_disabled_ignores_query_token() -> None:
 
 @pytest.mark.parametrize("path", [None, "me"])
 def test_single_configured_page_is_used_for_me(path: str | None) -> None:
-    assert resolve_page(SETTINGS, path_page_id=path, query_token=None, query_page_id=None) == (PAGE, "")
+    assert resolve_page(SETTINGS, path_page_id=path, query_token=None, query_page_id=None) == PAGE
     assert check(body(), path_page_id=path).page_id == PAGE
 
 

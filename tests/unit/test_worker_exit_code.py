@@ -20,7 +20,7 @@ def test_the_worker_command_returns_celerys_exit_code(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(Worker, "start", start)
     monkeypatch.setattr("worker.logging.configure_logging", lambda *_a, **_k: None)
-    monkeypatch.setenv("INTAKE_TOKENS", "test-intake-token-0123456789")
+    monkeypatch.setenv("INTAKE_TOKENS", "test-intake-token-0123456789abcdefgh")
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # never reached: start() is replaced
     args = argparse.Namespace(concurrency=1, hostname="exit-test@%h")
     try:

@@ -105,7 +105,7 @@ class Sender:
         self.draining = False
 
     def token_for(self, d: Delivery) -> str | None:
-        return d.token or self._tokens.get(d.page_id)
+        return self._tokens.get(d.page_id)
 
     # --- the batch ------------------------------------------------------------------------------
     async def context(self, client: aioredis.Redis, claimed: Sequence[Delivery]) -> BatchContext:

@@ -25,7 +25,6 @@ class Delivery:
     page_id: str
     psid: str
     body: dict[str, Any]
-    token: str = field(repr=False)  # a passthrough page token: never in a repr
     created_at: float = 0.0
     attempts: int = 0
     failures: int = 0
@@ -58,7 +57,6 @@ class Delivery:
             page_id=rec.get("page_id", ""),
             psid=rec.get("psid", ""),
             body=orjson.loads(rec.get("body") or "{}"),
-            token=rec.get("token", ""),
             created_at=records.number(rec, "created_at"),
             attempts=int(rec.get("attempts") or 0),
             failures=int(rec.get("failures") or 0),

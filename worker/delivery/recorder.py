@@ -177,8 +177,6 @@ class Recorder:
         if o.suppress_tagged:
             pipe.set(keys.tag_suppressed(d.page_id, d.psid), "tag_abuse", ex=s.tag_abuse_suppression_ttl)
         if o.pause is not None:
-            queue_pause(
-                pipe, keys, s, d.page_id, pause=o.pause, token=d.token or self._tokens.get(d.page_id) or ""
-            )
+            queue_pause(pipe, keys, s, d.page_id, pause=o.pause, token=self._tokens.get(d.page_id) or "")
         elif d.probe and not o.paced:
             queue_lift(pipe, keys, d.page_id)

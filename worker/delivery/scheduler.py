@@ -40,6 +40,8 @@ from worker.store import Keys, deadletters, envelope, scripts, text
 log = get_logger("worker.delivery")
 #: How often the pause housekeeping and the dead-letter retention run.
 HOUSEKEEPING_SECONDS = 5.0
+#: A page bucket unused this long leaves the status (P:rl:used).
+BUCKETS_KEPT_SECONDS = 86_400
 #: Ids released or swept per tick, at most.
 CHUNK = 1000
 
@@ -116,6 +118,7 @@ class Scheduler:
         if time.monotonic() - self._housekeeping_at >= HOUSEKEEPING_SECONDS:
             self._housekeeping_at = time.monotonic()
             await self._pauses.tick()
+            await self._client.zremrangebyscore(keys.buckets, "-inf", time.time() - BUCKETS_KEPT_SECONDS)
             purged = await deadletters.purge_expired(self._client, s)
             if purged:
                 log.info("deadletters.expired", count=purged, retention_s=s.dead_letter_retention)

@@ -26,10 +26,11 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from worker import gc_tuning
-from worker.config import Settings
+from worker.config import PageTokens, Settings
 from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
 from worker.intake.http import exception_handlers
+from worker.intake.metrics_server import MetricsServer
 from worker.intake.routes import admin, deliveries, health, send, webhook
 from worker.intake.state import IntakeState
 from worker.logging import get_logger
@@ -71,19 +72,26 @@ def create_app(
             sync_redis=redisconn.sync_client(settings, timeout=2),
             committer=GroupCommitter(redis_client, settings),
             memory=MemoryGate(MemoryGuard(settings.redis_memory_headroom), redis_client),
+            pages=PageTokens(settings),
         )
         app.state.intake = intake
+        metrics = MetricsServer(settings, intake.sync_redis)
+        serving = metrics.start()
         tuned = tune_gc and gc_tuning.tune(settings)
         log.info(
             "intake.started",
             queue=settings.queue_name,
             auth=not settings.intake_insecure_no_auth,
+            intake_tokens=len(settings.intake_tokens),
+            admin_tokens=len(settings.admin_tokens),
             redis_memory_headroom=settings.redis_memory_headroom,
             gc_gen0_threshold=settings.gc_gen0_threshold if tuned else None,
+            metrics_port=metrics.port if serving else None,
         )
         try:
             yield
         finally:
+            metrics.stop()
             intake.memory.close()
             intake.sync_redis.close()
             if client is None:

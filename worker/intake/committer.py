@@ -41,6 +41,8 @@ class _Item:
     request_id: str
     external_id: str
     future: asyncio.Future[str]
+    #: The sending token's public id (``worker.config.token_id``): who may read the delivery.
+    caller: str = ""
 
 
 class GroupCommitter:
@@ -75,16 +77,26 @@ class GroupCommitter:
         self._gap = math.inf  # moving average of the time between requests (s)
 
     async def submit(
-        self, request: SendRequest, idempotency_key: str, request_id: str, external_id: str = ""
+        self,
+        request: SendRequest,
+        idempotency_key: str,
+        request_id: str,
+        external_id: str = "",
+        *,
+        caller: str = "",
     ) -> tuple[str, bool]:
-        """Returns (delivery_id, accepted). accepted is False for a repeated Idempotency-Key."""
+        """Returns (delivery_id, accepted). accepted is False for a repeated Idempotency-Key.
+
+        An Idempotency-Key is scoped to the sending token and the page: one caller cannot learn
+        another's delivery ids by guessing their keys."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         gap = min(now - self._last_arrival, 1.0)
         self._gap = gap if self._gap == math.inf else 0.8 * self._gap + 0.2 * gap
         self._last_arrival = now
+        scoped = f"{caller}:{request.page_id}:{idempotency_key}" if idempotency_key else ""
         item = _Item(
-            ids.new_delivery_id(), request, idempotency_key, request_id, external_id, loop.create_future()
+            ids.new_delivery_id(), request, scoped, request_id, external_id, loop.create_future(), caller
         )
         self._buffer.append(item)
         if self._inflight == 0 or (  # a second commit only for a batch that needs no company
@@ -152,7 +164,7 @@ class GroupCommitter:
                 req.page_id,
                 req.psid,
                 orjson.dumps(req.body),
-                req.passthrough_token,
+                item.caller,
                 orjson.dumps(req.fallback_tags),
                 item.request_id,
                 item.external_id,

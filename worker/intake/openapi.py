@@ -64,6 +64,12 @@ def _unauthorized() -> dict[str, Any]:
     return _error("missing or wrong bearer token (WWW-Authenticate: Bearer)", "unauthorized")
 
 
+def _forbidden(*codes: str) -> dict[str, Any]:
+    return _error(
+        "a token of another role (README: Security), or a page this token may not use", "forbidden", *codes
+    )
+
+
 def _unavailable() -> dict[str, Any]:
     return _error("Redis did not answer or refused; retry later", "unavailable", retry_after=True)
 
@@ -118,6 +124,7 @@ def _send_operation(operation_id: str, path_params: list[dict[str, Any]]) -> dic
             ),
             "400": _error("the body is not JSON", "invalid_json"),
             "401": _unauthorized(),
+            "403": _forbidden("page_not_allowed", "unknown_page_token", "page_token_mismatch"),
             "413": _error(f"the body is over {MAX_BODY_BYTES} bytes", "body_too_large"),
             "415": _error("the body is not application/json", "unsupported_media_type"),
             "422": _error("the message cannot be sent as it is", *SEND_422_CODES),
@@ -285,18 +292,6 @@ def _operations_paths() -> dict[str, Any]:
                 "operationId": "readyz",
                 "summary": "Readiness: Redis answers. Stays 200 while Redis is full (accepting: false)",
                 "responses": {"200": _json("Redis answers", _ref("Ready")), "503": _unavailable()},
-            }
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics: this process's counters and the status read model",
-                "responses": {
-                    "200": {
-                        "description": "the Prometheus text exposition format 0.0.4",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
             }
         },
         "/openapi.json": {

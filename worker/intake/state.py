@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
-from worker.config import Settings
+from worker.config import PageTokens, Settings
 from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
 from worker.store import Keys
@@ -29,6 +29,8 @@ class IntakeState:
     sync_redis: Any
     committer: GroupCommitter
     memory: MemoryGate
+    #: PAGE_ACCESS_TOKENS, reloaded when it names a file that changes (as the workers do).
+    pages: PageTokens
 
 
 def of(request: Request) -> IntakeState:

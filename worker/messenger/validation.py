@@ -7,13 +7,12 @@ machine code the intake answers with. Every rule here has a unit test.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from worker.config import CURRENT_TAGS, DEPRECATED_TAGS, DeprecatedTagPolicy, Settings
+from worker.config import CURRENT_TAGS, DEPRECATED_TAGS, DeprecatedTagPolicy, PageTokens, Settings
 
 MESSAGING_TYPES = frozenset({"RESPONSE", "UPDATE", "MESSAGE_TAG"})
 SENDER_ACTIONS = frozenset({"typing_on", "typing_off", "mark_seen"})
@@ -39,8 +38,6 @@ class SendRequest:
     page_id: str
     psid: str
     body: dict[str, Any]
-    #: A token that came in the URL and is not one we hold ("" = use the configured page token).
-    passthrough_token: str = ""
     fallback_tags: list[str] = field(default_factory=list)
     stripped_tag: str | None = None
 
@@ -138,29 +135,48 @@ def _normalise_tag(body: dict[str, Any], settings: Settings) -> str | None:
     return None
 
 
-def pseudo_page_id(token: str) -> str:
-    """A stable page key for a passthrough token we do not hold (pacing and pauses key on it)."""
-    return "t-" + hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
 def resolve_page(
-    settings: Settings, *, path_page_id: str | None, query_token: str | None, query_page_id: str | None
-) -> tuple[str, str]:
-    """(page_id, passthrough_token) for a request, or InputError 422 ``no_page_token``."""
+    settings: Settings,
+    *,
+    path_page_id: str | None,
+    query_token: str | None,
+    query_page_id: str | None,
+    pages: PageTokens | None = None,
+) -> str:
+    """The configured page a send is for, from its URL; InputError otherwise.
+
+    * ``?access_token=`` (as Braze's template sends it; ALLOW_TOKEN_PASSTHROUGH) *selects* the
+      page whose configured token it is, compared in constant time with every configured token.
+      An access token we do not hold is refused (403 ``unknown_page_token``): we send only with
+      tokens the operator configured, and no token is ever stored. A page named in the path or
+      ``?page_id=`` must be that same page (403 ``page_token_mismatch``).
+    * Otherwise the path's ``/{page_id}/messages`` or ``?page_id=`` names it (422
+      ``no_page_token`` unless it is configured), or the only configured page is meant.
+
+    ``pages`` is the process's reloading view of PAGE_ACCESS_TOKENS (the intake's); without it
+    the settings' tokens are used.
+    """
+    tokens = pages if pages is not None else PageTokens(settings, source="")
     explicit = path_page_id if path_page_id not in (None, "me") else query_page_id
     if query_token and settings.allow_token_passthrough:
-        known = settings.page_by_token.get(query_token)
-        if known is not None:
-            return known, ""
-        if explicit and settings.page_token(explicit) is not None:
-            return explicit, ""
-        return (explicit or pseudo_page_id(query_token)), query_token
+        page = tokens.page_of(query_token)
+        if page is None:
+            raise _fail(
+                "unknown_page_token",
+                "the access_token in the URL is not the token of a configured page: add the page and "
+                "its token to PAGE_ACCESS_TOKENS, or send to /{version}/{page_id}/messages",
+                403,
+            )
+        if explicit and explicit != page:
+            raise _fail("page_token_mismatch", f"the access_token in the URL is not page {explicit}'s", 403)
+        return page
     if explicit:
-        if settings.page_token(explicit) is None:
+        if tokens.get(explicit) is None:
             raise _fail("no_page_token", f"no access token is configured for page {explicit}")
-        return explicit, ""
-    if len(settings.page_access_tokens) == 1:
-        return next(iter(settings.page_access_tokens)), ""
+        return explicit
+    only = tokens.only_page()
+    if only is not None:
+        return only
     raise _fail(
         "no_page_token",
         "cannot tell which page sends this: use /{version}/{page_id}/messages, ?page_id= "
@@ -176,6 +192,7 @@ def validate(
     query_token: str | None = None,
     query_page_id: str | None = None,
     fallback_header: str | None = None,
+    pages: PageTokens | None = None,
 ) -> SendRequest:
     """Validate one Send API body. Raises InputError; never anything else for any input."""
     if len(raw) > MAX_BODY_BYTES:
@@ -211,14 +228,13 @@ def validate(
     stripped = _normalise_tag(body, settings)
     body.pop("access_token", None)  # a form-style token inside the body is never forwarded raw
     fallback = parse_tags(fallback_header) or list(settings.fallback_tags)
-    page_id, token = resolve_page(
-        settings, path_page_id=path_page_id, query_token=query_token, query_page_id=query_page_id
+    page_id = resolve_page(
+        settings, path_page_id=path_page_id, query_token=query_token, query_page_id=query_page_id, pages=pages
     )
     return SendRequest(
         page_id=page_id,
         psid=psid,
         body=body,
-        passthrough_token=token,
         fallback_tags=fallback,
         stripped_tag=stripped,
     )

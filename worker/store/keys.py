@@ -30,7 +30,7 @@
     P:paused                zset    paused pages -> until
     P:rl:{page}:{class}     hash    the page's GCRA bucket (worker/ratelimit.py)
     P:rl:r:{page}:{psid}    hash    a recipient's bucket (RECIPIENT_RATE_LIMIT)
-    P:rl:pages              set     "{page}:{class}" of every bucket in use
+    P:rl:used               zset    "{page}:{class}" -> its last use (status; pruned after a day)
     P:stats:{minute}:{st}   string  final outcomes per minute (status rates; 1 h TTL)
     P:braze:outbox … :lock          the Braze outbox (worker/braze/outbox.py)
     {QUEUE_NAME}            list    the Celery queue (kombu's Redis layout); ``unacked`` is kombu's
@@ -151,7 +151,7 @@ class Keys:
         return f"{self.prefix}:rl:{page_id}:{kind}"
 
     def bucket_of(self, member: str) -> str:
-        """The bucket of a ``P:rl:pages`` member (``{page}:{class}``)."""
+        """The bucket of a ``P:rl:used`` member (``{page}:{class}``)."""
         return f"{self.prefix}:rl:{member}"
 
     def recipient_bucket(self, page_id: str, psid: str) -> str:
@@ -159,7 +159,10 @@ class Keys:
 
     @property
     def buckets(self) -> str:
-        return f"{self.prefix}:rl:pages"
+        """Buckets in use: "{page}:{class}" -> last use (epoch s). A zset, so that status reads
+        the most recently used ones in one bounded call and old ones are pruned (the set that
+        ``P:rl:pages`` was, before, only grew)."""
+        return f"{self.prefix}:rl:used"
 
     # --- outcome counts -----------------------------------------------------------------------
     def stats(self, minute: int, status: str) -> str:

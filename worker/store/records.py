@@ -3,9 +3,9 @@ API shows, and what a final record keeps.
 
 Fields, by who writes them::
 
-    accept (intake)   status, page_id, psid, body (JSON), token ('' = the configured page token),
-                      fallback_tags (JSON list), request_id, idempotency_key, external_id,
-                      created_at, updated_at, attempts
+    accept (intake)   status, page_id, psid, body (JSON), caller (the sending intake token's
+                      public id: who may read it), fallback_tags (JSON list), request_id,
+                      idempotency_key, external_id, created_at, updated_at, attempts
     claim             status (in_flight), previous (the status it was claimed from), claim (the
                       fence token), lease_until
     record (engine)   status, updated_at, attempts, failures, tags_tried (JSON), active_tag,
@@ -15,8 +15,9 @@ Fields, by who writes them::
 
 A final record that is not a dead letter keeps a compact outcome: status, page_id, times,
 attempts, failures, request_id, message_id, sent_at, delivered_tag, error, done, first_created_at,
-replays (about 300 bytes). :data:`COMPACT_DROP` goes: the body, the PSID, any passthrough token,
-the Braze user and the working fields. It then expires after ``RECORD_RETENTION``. A dead letter
+replays, caller (about 300 bytes). :data:`COMPACT_DROP` goes: the body, the PSID, the Braze user
+and the working fields (and the ``token`` field that records written before tokens stopped being
+stored may hold). No record ever holds a page token now. It then expires after ``RECORD_RETENTION``. A dead letter
 keeps everything (it can be replayed) and does not expire (``DEAD_LETTER_RETENTION``).
 """
 

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from worker.config import Settings
 from worker.intake import state
-from worker.intake.auth import authed
+from worker.intake.auth import Role, authed
 from worker.intake.http import JSONResponse, counted, read_body
 from worker.messenger.validation import InputError
 from worker.store import deadletters
@@ -94,10 +94,14 @@ async def dead_action(request: Request) -> Response:
 
 def routes(settings: Settings) -> list[Route]:
     return [
-        Route("/v1/dead-letters", counted("dead_letters", authed(settings, dead_list)), methods=["GET"]),
+        Route(
+            "/v1/dead-letters",
+            counted("dead_letters", authed(settings, dead_list, Role.ADMIN)),
+            methods=["GET"],
+        ),
         Route(
             "/v1/dead-letters/{action}",
-            counted("dead_letters", authed(settings, dead_action)),
+            counted("dead_letters", authed(settings, dead_action, Role.ADMIN)),
             methods=["POST"],
         ),
     ]

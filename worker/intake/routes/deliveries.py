@@ -1,7 +1,9 @@
 """The status API: ``GET /v1/deliveries/{delivery_id}``, a delivery's public view.
 
-The view (:func:`worker.store.records.public_view`) never shows the token, the body or the raw
-PSID. An unknown id, or one longer than any id we issue, is 404 ``not_found``.
+The view (:func:`worker.store.records.public_view`) never shows the body or the raw PSID. An
+intake token reads only the deliveries it sent (the record's ``caller``); an admin token reads
+any. An unknown id, someone else's, or one longer than any id we issue, is 404 ``not_found``
+(the same answer: it does not tell that the delivery exists).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from starlette.routing import Route
 
 from worker.config import Settings
 from worker.intake import state
-from worker.intake.auth import authed
+from worker.intake.auth import Role, authed, caller_of
 from worker.intake.http import JSONResponse, counted
 from worker.messenger.validation import InputError
 from worker.store import records
@@ -27,11 +29,13 @@ async def delivery(request: Request) -> Response:
     if len(delivery_id) > MAX_DELIVERY_ID:
         raise InputError(404, "not_found", "no such delivery")
     raw = await intake.redis.hgetall(intake.keys.delivery(delivery_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
-    if not raw:
+    rec = records.decode(raw) if raw else {}
+    caller = caller_of(request)
+    if not rec or (caller.role is Role.SEND and rec.get("caller", "") != caller.id):
         raise InputError(404, "not_found", "no such delivery")
-    return JSONResponse(records.public_view(delivery_id, records.decode(raw)))
+    return JSONResponse(records.public_view(delivery_id, rec))
 
 
 def routes(settings: Settings) -> list[Route]:
-    endpoint = counted("delivery", authed(settings, delivery))
+    endpoint = counted("delivery", authed(settings, delivery, Role.SEND, Role.ADMIN))
     return [Route("/v1/deliveries/{delivery_id}", endpoint, methods=["GET"])]

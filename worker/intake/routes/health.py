@@ -1,4 +1,5 @@
-"""Probes and documents: ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` (no auth).
+"""Probes and documents: ``/healthz``, ``/readyz``, ``/openapi.json`` (no auth). ``/metrics`` is
+not here: it has a listener of its own (:mod:`worker.intake.metrics_server`).
 
 * ``/healthz``: the event loop answers (liveness; Redis is not checked, so an outage does not
   restart every intake).
@@ -11,19 +12,15 @@
   delivery status, Messenger events, and dead-letter purge and replay. Braze gets a 503 with
   Retry-After per message instead of connection errors. Watch ``accepting`` or the
   ``intake.redis_full`` log event, not readiness.
-* ``/metrics``: this process's counters plus the status read model (:mod:`worker.status`), read
-  with a synchronous client in a thread.
 * ``/openapi.json``: :func:`worker.intake.openapi.openapi_document`.
 """
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from worker import status
 from worker.config import Settings
 from worker.intake import state
 from worker.intake.http import JSONResponse
@@ -45,19 +42,12 @@ async def readyz(request: Request) -> Response:
     )
 
 
-async def metrics_endpoint(request: Request) -> Response:
-    intake = state.of(request)
-    body = await run_in_threadpool(status.render_metrics, intake.settings, intake.sync_redis)
-    return Response(body, media_type=METRICS_MEDIA_TYPE)
-
-
 async def openapi(_request: Request) -> Response:
     return JSONResponse(openapi_document())
 
 
 def routes(_settings: Settings) -> list[Route]:
     return [
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

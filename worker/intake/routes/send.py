@@ -1,7 +1,9 @@
 """The send route: a drop-in for the Send API URL in Braze's Facebook Messenger webhook template.
 
 ``POST /me/messages``, ``/{version}/me/messages`` and ``/{version}/{page_id}/messages``: the
-request is authenticated, its headers and body validated (:mod:`worker.messenger.validation`),
+request is authenticated (an intake token: :mod:`worker.intake.auth`), its headers and body
+validated (:mod:`worker.messenger.validation`), its page resolved from the URL and checked
+against the pages the token may send as,
 admitted by Redis memory (:mod:`worker.intake.guard`) and handed to the group committer. The
 answer is 202 only after the commit that carries it returned, so a 202 means the message is in
 Redis; 200 means a repeated ``Idempotency-Key`` (nothing enqueued); anything else means nothing
@@ -20,7 +22,7 @@ from starlette.routing import Route
 
 from worker.config import Settings
 from worker.intake import state
-from worker.intake.auth import authed
+from worker.intake.auth import Role, authed, caller_of
 from worker.intake.http import JSONResponse, counted, read_body, redis_full
 from worker.logging import get_logger, recipient_ref
 from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, validate
@@ -70,11 +72,19 @@ async def send(request: Request) -> Response:
         query_token=request.query_params.get("access_token"),
         query_page_id=request.query_params.get("page_id"),
         fallback_header=headers.get(b"x-fallback-tags"),
+        pages=intake.pages,
     )
+    caller = caller_of(request)
+    if not caller.may_send_as(send_request.page_id):
+        raise InputError(
+            403, "page_not_allowed", f"this intake token may not send as page {send_request.page_id}"
+        )
     memory = intake.memory
     if not memory.open and not await memory.admit():  # a bad request still gets its 4xx above
         return redis_full(memory.guard.ratio, memory.guard.headroom)
-    delivery_id, accepted = await intake.committer.submit(send_request, idem, request_id, external_id)
+    delivery_id, accepted = await intake.committer.submit(
+        send_request, idem, request_id, external_id, caller=caller.id
+    )
     if not accepted:
         log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id)
         return JSONResponse({"delivery_id": delivery_id, "status": "duplicate"}, status_code=200)
@@ -91,7 +101,7 @@ async def send(request: Request) -> Response:
 
 
 def routes(settings: Settings) -> list[Route]:
-    endpoint = counted("send", authed(settings, send))
+    endpoint = counted("send", authed(settings, send, Role.SEND))
     return [
         Route("/me/messages", endpoint, methods=["POST"]),
         Route("/{version}/me/messages", endpoint, methods=["POST"]),

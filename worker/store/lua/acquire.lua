@@ -1,7 +1,8 @@
 -- ACQUIRE: one send's pacing slot (GCRA on Redis's clock; worker/ratelimit.py).
--- KEYS[1] page bucket, KEYS[2] recipient bucket or '', KEYS[3] page pause hash, KEYS[4] buckets set.
+-- KEYS[1] page bucket, KEYS[2] recipient bucket or '', KEYS[3] page pause hash, KEYS[4] buckets in use
+-- (zset: member -> its last use, Redis seconds).
 -- ARGV[1] rate per second, ARGV[2] burst (slots), ARGV[3] probe window µs, ARGV[4] recipient rate
--- (0 = off), ARGV[5] member for the buckets set, ARGV[6] factor recovery per second.
+-- (0 = off), ARGV[5] member for the buckets in use, ARGV[6] factor recovery per second.
 -- Returns {granted (1/0), delay µs, probe (1/0), now µs (Redis TIME)}: granted -> a slot is
 -- reserved `delay` after `now` (probe: the first send after a pause; the engine lifts the pause
 -- when it is answered); not granted -> the page is paused, or the recipient's pace is not due,
@@ -37,5 +38,5 @@ if rtat then
   redis.call('HSET', KEYS[2], 'tat', string.format('%.0f', slot + 1000000 / rrate))
   redis.call('PEXPIRE', KEYS[2], 600000)
 end
-redis.call('SADD', KEYS[4], ARGV[5])
+redis.call('ZADD', KEYS[4], math.floor(now / 1000000), ARGV[5])
 return {1, math.floor(slot - now), is_probe, now}
