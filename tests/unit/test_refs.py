@@ -161,3 +161,18 @@ def test_the_readme_liquid_builds_a_ref_that_links() -> None:
     assert match, url
     assert check_ref(match.group(1), PAGE, SECRET, NOW + 86_400) == RefCheck("user-42", None, "user-42")
     assert check_ref(match.group(1), "999", SECRET, NOW) == RefCheck(None, "bad_signature", "user-42")
+
+
+def test_the_cli_prints_the_ref_the_template_builds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``messenger-worker link-ref``: what to compare Braze's preview of the link with."""
+    from worker import cli
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("LINK_SECRET", SECRET)
+    assert cli.main(["link-ref", "--page", PAGE, "--external-id", "user-42", "--expires", str(LATER)]) == 0
+    assert capsys.readouterr().out.strip() == sign_ref(SECRET, PAGE, "user-42", LATER)
+    monkeypatch.delenv("LINK_SECRET")
+    with pytest.raises(SystemExit, match="LINK_SECRET is not set"):
+        cli.main(["link-ref", "--page", PAGE, "--external-id", "user-42"])
