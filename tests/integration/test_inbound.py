@@ -43,7 +43,9 @@ def make_settings(redis_server: RedisServer, **extra: Any) -> Settings:
     return Settings(**values)
 
 
-def event(psid: str, *, ref: str | None = None, mid: str | None = None, at: float | None = None) -> dict[str, Any]:
+def event(
+    psid: str, *, ref: str | None = None, mid: str | None = None, at: float | None = None
+) -> dict[str, Any]:
     return {
         "page_id": PAGE,
         "psid": psid,
