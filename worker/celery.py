@@ -147,7 +147,13 @@ def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
 
     settings = get_settings()
     tuned = tune(settings)  # the process is up: what it allocated so far stays
-    get_logger("worker.celery").info(
+    log = get_logger("worker.celery")
+    if settings.link_secret is None:  # secure by default, but say so: refs will link nobody
+        log.warning(
+            "inbound.linking_off",
+            message="LINK_SECRET is not set: m.me refs open the window but link no PSID to a Braze user",
+        )
+    log.info(
         "worker.ready",
         hostname=getattr(sender, "hostname", None),
         concurrency=getattr(getattr(sender, "controller", None), "concurrency", None),

@@ -1,4 +1,4 @@
-"""Process entry points: ``messenger-worker intake|worker|up|sandbox|send|status|pages|dead-letters``."""
+"""Process entry points: ``messenger-worker intake|worker|up|sandbox|send|status|pages|dead-letters|link-ref``."""
 
 from __future__ import annotations
 
@@ -362,6 +362,22 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_link_ref(args: argparse.Namespace) -> int:
+    """The ref the README's Braze Liquid renders for this user, page and expiry (with LINK_SECRET):
+    compare it with Braze's preview of the link when a signed link does not link."""
+    from worker.messenger.refs import sign_ref
+
+    settings = _settings()
+    if settings.link_secret is None:
+        raise SystemExit("LINK_SECRET is not set: no ref can link anything")
+    expires = args.expires if args.expires is not None else int(time.time()) + args.ttl
+    try:
+        print(sign_ref(settings.link_secret.get_secret_value(), args.page, args.external_id, expires))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="messenger-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -421,7 +437,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--id", dest="ids", action="append", default=None, help="a dead letter's delivery id (repeatable)"
     )
     p.set_defaults(func=cmd_dead_letters)
+    _add_link_ref(sub)
     return parser
+
+
+def _add_link_ref(sub: Any) -> None:
+    p = sub.add_parser("link-ref", help="a signed m.me ref, as the Braze template builds it")
+    p.add_argument("--page", required=True, help="the page's numeric id")
+    p.add_argument("--external-id", required=True)
+    p.add_argument("--expires", type=int, default=None, help="Unix time (Braze's link_expires)")
+    p.add_argument("--ttl", type=int, default=30 * 86_400, help="seconds from now, without --expires")
+    p.set_defaults(func=cmd_link_ref)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,8 @@ CURRENT_TAGS = frozenset({"HUMAN_AGENT", "CUSTOMER_FEEDBACK", "NON_PROMOTIONAL_S
 
 #: The shortest bearer token (INTAKE_TOKENS, ADMIN_TOKENS) accepted.
 MIN_TOKEN_LENGTH = 32
+#: LINK_SECRET's shortest length: a ref of one's own lets anyone guess the key offline.
+MIN_LINK_SECRET = 32
 
 _PLACEHOLDER = re.compile(r"^(changeme|change-me|xxx+|todo|<.*>|your[_-].*)$", re.IGNORECASE)
 
@@ -207,6 +209,12 @@ class Settings(BaseSettings):
 
     #: Messenger webhook (the intake's /messenger/webhook): the verify token of the GET handshake.
     messenger_verify_token: SecretStr | None = None
+    #: Key of the HMAC an m.me ref must carry to link a PSID to a Braze user
+    #: (worker/messenger/refs.py); at least 32 characters. Unset: no ref links anything.
+    link_secret: SecretStr | None = None
+    #: A PSID linked to one Braze user, given a valid ref for another: keep (the first link
+    #: stays, logged) or replace (the PSID moves to the new user, logged).
+    link_conflict_policy: str = Field(default="keep", pattern="^(keep|replace)$")
     #: How long an inbound interaction is remembered per (page, PSID) (the 24 h window, HUMAN_AGENT's 7 days).
     window_memory_seconds: int = Field(default=8 * 86_400, gt=0)
     #: Braze REST API (write-back): https://rest.<instance>.braze.com and a key with users.track.
@@ -321,6 +329,18 @@ class Settings(BaseSettings):
     def _redis(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             raise ValueError("REDIS_URL must be a redis://, rediss://, unix:// or sentinel:// URL")
+        return value
+
+    @field_validator("link_secret")
+    @classmethod
+    def _link_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Anyone can get a valid ref of their own and try keys offline: the key must be long.
+        if value is not None:
+            raw = value.get_secret_value()
+            if not raw or _PLACEHOLDER.match(raw):
+                raise ValueError("a configured secret is empty or a placeholder (e.g. 'changeme')")
+            if len(raw) < MIN_LINK_SECRET:
+                raise ValueError(f"LINK_SECRET must be at least {MIN_LINK_SECRET} characters")
         return value
 
     @model_validator(mode="after")

@@ -90,6 +90,8 @@ def settings_secrets(settings: Settings) -> list[str]:
     for optional in (settings.app_secret, settings.braze_api_key, settings.messenger_verify_token):
         if optional is not None:
             secrets.append(optional.get_secret_value())
+    if settings.link_secret is not None:
+        secrets.append(settings.link_secret.get_secret_value())
     return secrets
 
 

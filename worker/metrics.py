@@ -87,6 +87,22 @@ BRAZE_WRITES = Counter(
     "Objects for Braze /users/track by result: sent, dropped (4xx), held (retry later: 429/5xx/401/403)",
     ["result"],
 )
+LINK_REFUSALS = Counter(
+    "bmw_link_refusals_total",
+    "m.me refs (braze_...) that linked no PSID, by reason: disabled (no LINK_SECRET), unsigned, "
+    "malformed, bad_signature, link_expired (worker/messenger/refs.py)",
+    ["reason"],
+)
+LINK_CONFLICTS = Counter(
+    "bmw_link_conflicts_total",
+    "Valid refs naming another Braze user than the one the PSID is linked to, by what "
+    "LINK_CONFLICT_POLICY did: kept (the first link stays) or replaced",
+    ["action"],
+)
+INBOUND_DUPLICATES = Counter(
+    "bmw_inbound_duplicates_total",
+    "Messenger webhook events ignored because their message id (mid) was already recorded",
+)
 WORKER_BATCHES = Counter("bmw_worker_batches_total", "Celery batches processed by this worker process")
 BUILD_INFO = Gauge("bmw_build_info", "Service version", ["version"])
 

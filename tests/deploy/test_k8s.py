@@ -161,7 +161,7 @@ def test_secret_template_placeholders_are_refused_at_start() -> None:
     from pydantic import ValidationError
 
     secret = secrets_example()["messenger-worker-secrets"]
-    for key in ("INTAKE_TOKENS", "APP_SECRET"):
+    for key in ("INTAKE_TOKENS", "APP_SECRET", "LINK_SECRET"):
         assert "<" in secret[key], f"{key} must be an obvious placeholder"
         with pytest.raises(ValidationError, match="placeholder"):
             make_settings({key.lower(): secret[key]})

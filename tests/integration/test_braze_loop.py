@@ -1,4 +1,5 @@
-"""The Braze ⇄ Messenger loop with real processes: webhook, PSIDs into Braze, window, park, feedback."""
+"""The Braze ⇄ Messenger loop with real processes: webhook, PSIDs into Braze (signed refs only),
+window, park, feedback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hmac
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,14 @@ import orjson
 import pytest
 
 from tests.conftest import Stack, free_port, wait_port, wait_until
+from worker.messenger.refs import sign_ref
 
 pytestmark = pytest.mark.integration
 
 APP_SECRET = "test-app-secret-abcdef012345"
 VERIFY_TOKEN = "test-verify-token-98765"
 BRAZE_KEY = "test-braze-rest-key-5555"
+LINK_SECRET = "test-link-secret-0123456789abcdef-4444"
 
 
 @pytest.fixture
@@ -51,11 +55,12 @@ def braze_attributes(url: str) -> list[dict[str, Any]]:
 
 
 def webhook_body(page: str, psid: str, *, ref: str | None = None) -> bytes:
+    """A message event, or with ``ref`` an m.me referral (which has no mid of its own)."""
     item: dict[str, Any] = {
         "sender": {"id": psid},
         "recipient": {"id": page},
         "timestamp": int(time.time() * 1000),
-        "message": {"mid": "m1", "text": "hi"},
+        "message": {"mid": f"m_{uuid.uuid4().hex}", "text": "hi"},
     }
     if ref:
         item = {**item, "referral": {"ref": ref, "source": "SHORTLINK", "type": "OPEN_THREAD"}}
@@ -63,6 +68,11 @@ def webhook_body(page: str, psid: str, *, ref: str | None = None) -> bytes:
     return orjson.dumps(
         {"object": "page", "entry": [{"id": page, "time": item["timestamp"], "messaging": [item]}]}
     )
+
+
+def signed_ref(external_id: str, page: str = "100") -> str:
+    """A ref the Braze template (README) would build for ``external_id``, valid for an hour."""
+    return sign_ref(LINK_SECRET, page, external_id, int(time.time()) + 3600)
 
 
 def sign(body: bytes) -> str:
@@ -82,7 +92,7 @@ def loop_stack(make_stack: Any, braze_url: str, **extra: str) -> Stack:
         MESSENGER_VERIFY_TOKEN=VERIFY_TOKEN,
         BRAZE_REST_URL=braze_url,
         BRAZE_API_KEY=BRAZE_KEY,
-        **extra,
+        **{"LINK_SECRET": LINK_SECRET, **extra},
     )
     stack.start_intake()
     stack.start_worker()
@@ -108,7 +118,7 @@ def test_verification_handshake(make_stack: Any, braze: str) -> None:
 def test_signature_checked_and_psid_linked_into_braze(make_stack: Any, braze: str) -> None:
     stack = loop_stack(make_stack, braze)
     client = stack.redis()
-    body = webhook_body("100", "psid-linked", ref="braze_user-42")
+    body = webhook_body("100", "psid-linked", ref=signed_ref("user-42"))
     queue_before = client.llen(stack.queue)
     assert post_webhook(stack, body, None).status_code == 401
     assert post_webhook(stack, body, "sha256=" + "0" * 64).status_code == 403
@@ -122,6 +132,72 @@ def test_signature_checked_and_psid_linked_into_braze(make_stack: Any, braze: st
     assert linked["messenger_reachable"] is True
     assert client.get(stack.keys.window("100", "psid-linked")) is not None
     assert all(r.get("authorized", True) for r in braze_requests(braze))
+
+
+def linked_users(url: str) -> list[tuple[str, str]]:
+    """(external_id, PSID) of every PSID written to Braze so far, in order."""
+    return [(a["external_id"], a["messenger_id"]) for a in braze_attributes(url) if "messenger_id" in a]
+
+
+def test_an_unsigned_ref_for_someone_else_links_nothing(make_stack: Any, braze: str) -> None:
+    """The reported attack: m.me/<page>?ref=braze_<victim's external_id> from the attacker's
+    Messenger. Meta signs that webhook correctly; the ref proves nothing, so nothing is written."""
+    stack = loop_stack(make_stack, braze)
+    client = stack.redis()
+    attack = webhook_body("100", "psid-attacker", ref="braze_victim-77")
+    forged = webhook_body("100", "psid-forger", ref=signed_ref("victim-77")[:-4] + "0000")
+    for body in (attack, forged):
+        assert post_webhook(stack, body, sign(body)).status_code == 200
+    # a signed ref posted after them is the barrier: once it reached Braze, the others were handled
+    later = webhook_body("100", "psid-later", ref=signed_ref("user-later"))
+    assert post_webhook(stack, later, sign(later)).status_code == 200
+    assert wait_until(lambda: ("user-later", "psid-later") in linked_users(braze), 20)
+
+    def refused() -> list[dict[str, Any]]:
+        return [line for line in stack.logs() if line.get("event") == "inbound.link_refused"]
+
+    assert wait_until(lambda: len(refused()) == 2, 20)  # the worker handled both (in any order)
+    assert sorted(line["reason"] for line in refused()) == ["bad_signature", "unsigned"]
+    assert client.llen(stack.keys.braze_outbox) == 0
+    assert linked_users(braze) == [("user-later", "psid-later")]
+    assert client.get(stack.keys.external("100", "psid-attacker")) is None
+    assert client.get(stack.keys.window("100", "psid-attacker")) is not None  # still an interaction
+    worker_logs = "".join(p.log.read_text() for p in stack.procs)
+    assert "victim-77" not in worker_logs  # external ids are logged as salted hashes
+    assert "psid-attacker" not in worker_logs
+
+
+@pytest.mark.parametrize("policy", ["keep", "replace"])
+def test_a_conflicting_signed_ref_follows_the_policy(make_stack: Any, braze: str, policy: str) -> None:
+    stack = loop_stack(make_stack, braze, LINK_CONFLICT_POLICY=policy)
+    first = webhook_body("100", "psid-shared", ref=signed_ref("user-a"))
+    assert post_webhook(stack, first, sign(first)).status_code == 200
+    assert wait_until(lambda: ("user-a", "psid-shared") in linked_users(braze), 20)
+    second = webhook_body("100", "psid-shared", ref=signed_ref("user-b"))
+    assert post_webhook(stack, second, sign(second)).status_code == 200
+    event = "inbound.link_conflict" if policy == "keep" else "inbound.psid_relinked"
+    assert wait_until(lambda: any(line.get("event") == event for line in stack.logs()), 20)
+    expected = "user-a" if policy == "keep" else "user-b"
+    assert wait_until(
+        lambda: stack.redis().get(stack.keys.external("100", "psid-shared")) == expected.encode(), 20
+    )
+    if policy == "replace":
+        assert wait_until(lambda: ("user-b", "psid-shared") in linked_users(braze), 20)
+    else:  # give a wrong write time to show, then: user-b was never written
+        barrier = webhook_body("100", "psid-barrier", ref=signed_ref("user-barrier"))
+        assert post_webhook(stack, barrier, sign(barrier)).status_code == 200
+        assert wait_until(lambda: ("user-barrier", "psid-barrier") in linked_users(braze), 20)
+        assert ("user-b", "psid-shared") not in linked_users(braze)
+
+
+def test_without_link_secret_linking_is_off(make_stack: Any, braze: str) -> None:
+    stack = loop_stack(make_stack, braze, LINK_SECRET="")  # compose passes an unset variable as ""
+    assert wait_until(lambda: any(line.get("event") == "inbound.linking_off" for line in stack.logs()), 20)
+    body = webhook_body("100", "psid-off", ref=signed_ref("user-off"))
+    assert post_webhook(stack, body, sign(body)).status_code == 200
+    assert wait_until(lambda: stack.redis().get(stack.keys.window("100", "psid-off")) is not None, 20)
+    assert wait_until(lambda: any(line.get("reason") == "disabled" for line in stack.logs()), 20)
+    assert stack.redis().get(stack.keys.external("100", "psid-off")) is None
 
 
 def test_known_closed_window_skips_the_doomed_call(make_stack: Any, braze: str) -> None:

@@ -6,7 +6,8 @@ for a secret the scanned processes actually had, so this test first runs a stack
 every secret set, and drives each one through the paths that could leak it (a passthrough token
 in the URL, an expired one that Graph refuses, dropped connections and HTML errors whose exception
 texts carry the request URL, the app secret's proof, the Braze key on every feedback call, the
-verify token's handshake, a signed webhook), and checks that each was used. Then every log of the
+verify token's handshake, a signed webhook, the link secret checking a signed m.me ref), and
+checks that each was used. Then every log of the
 session is scanned for all of them.
 """
 
@@ -35,10 +36,13 @@ from tests.conftest import (
 from tests.integration.test_braze_loop import (
     APP_SECRET,
     BRAZE_KEY,
+    LINK_SECRET,
     VERIFY_TOKEN,
+    braze_attributes,
     braze_requests,
     post_webhook,
     sign,
+    signed_ref,
     webhook_body,
 )
 
@@ -71,6 +75,7 @@ def exercise_every_secret(make_stack: Any, braze: str) -> None:
         MESSENGER_VERIFY_TOKEN=VERIFY_TOKEN,
         BRAZE_REST_URL=braze,
         BRAZE_API_KEY=BRAZE_KEY,
+        LINK_SECRET=LINK_SECRET,
         MAX_ATTEMPTS="2",
     )
     stack.start_intake()
@@ -107,6 +112,11 @@ def exercise_every_secret(make_stack: Any, braze: str) -> None:
     assert (handshake.status_code, handshake.text) == (200, "7")  # MESSENGER_VERIFY_TOKEN in use
     body = webhook_body("100", "secret-webhook")
     assert post_webhook(stack, body, sign(body)).status_code == 200  # APP_SECRET checks signatures
+    linking = webhook_body("100", "secret-linked", ref=signed_ref("user-secret"))
+    assert post_webhook(stack, linking, sign(linking)).status_code == 200
+    assert wait_until(  # LINK_SECRET checked the ref
+        lambda: any(a.get("messenger_id") == "secret-linked" for a in braze_attributes(braze)), 30
+    )
     stack.stop()  # shutdown lines are scanned too
 
 
@@ -124,6 +134,7 @@ def test_no_secret_in_any_log(
         "app secret": APP_SECRET,
         "Braze REST key": BRAZE_KEY,
         "verify token": VERIFY_TOKEN,
+        "link secret": LINK_SECRET,
     }
     root = tmp_path_factory.getbasetemp()
     logs = [p for p in root.rglob("*.log") if p.is_file()]

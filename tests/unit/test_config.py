@@ -255,3 +255,45 @@ def test_settings_are_frozen(name: str, value: object) -> None:
     with pytest.raises(ValidationError, match="frozen"):
         setattr(settings, name, value)
     assert getattr(settings, name) == before
+
+
+LINK_SECRET = "link-secret-0123456789abcdef0123456789"
+
+
+def test_link_settings_default_to_secure() -> None:
+    """No LINK_SECRET: no ref links anything; a conflicting valid ref keeps the first link."""
+    settings = from_env()
+    assert settings.link_secret is None
+    assert settings.link_conflict_policy == "keep"
+
+
+def test_link_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LINK_SECRET", LINK_SECRET)
+    monkeypatch.setenv("LINK_CONFLICT_POLICY", "replace")
+    settings = from_env()
+    assert settings.link_secret is not None
+    assert settings.link_secret.get_secret_value() == LINK_SECRET
+    assert settings.link_conflict_policy == "replace"
+    assert LINK_SECRET not in repr(settings)
+    monkeypatch.setenv("LINK_SECRET", "")  # compose passes an unset optional variable as empty
+    assert from_env().link_secret is None
+
+
+@pytest.mark.parametrize(
+    "placeholder", ["changeme", "<long-random-link-secret>", "your_link_secret_" + "x" * 20]
+)
+def test_link_secret_placeholder_rejected(placeholder: str) -> None:
+    with pytest.raises(ValidationError, match="placeholder"):
+        from_env(link_secret=placeholder)
+
+
+def test_short_link_secret_rejected_without_showing_it() -> None:
+    """Anyone holding a ref of their own can try keys offline: a short key would be found."""
+    with pytest.raises(ValidationError, match="at least 32 characters") as caught:
+        from_env(link_secret="short-secret-123")
+    assert "short-secret-123" not in str(caught.value)
+
+
+def test_unknown_link_conflict_policy_rejected() -> None:
+    with pytest.raises(ValidationError):
+        from_env(link_conflict_policy="merge")

@@ -4,7 +4,7 @@ app's handlers, counted per route), and the memory gate's once-a-second admissio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -155,3 +155,75 @@ def test_a_full_reading_shuts_the_gate_that_requests_during_the_read_opened() ->
         gate.close()
 
     asyncio.run(scenario())
+
+
+WEBHOOK_SECRET = "app-secret-0123456789"
+
+
+def webhook_call(headers: dict[str, str], chunks: int = 16, chunk: int = 64 * 1024) -> tuple[int, int]:
+    """POST /messenger/webhook straight through the ASGI app with a body of ``chunks`` chunks;
+    returns (status, how many chunks the app pulled from the client)."""
+    app = create_app(settings(app_secret=WEBHOOK_SECRET))
+    pulled = 0
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        if pulled >= chunks:
+            return {"type": "http.disconnect"}
+        pulled += 1
+        return {"type": "http.request", "body": b" " * chunk, "more_body": pulled < chunks}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/messenger/webhook",
+        "raw_path": b"/messenger/webhook",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "app": app,
+    }
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)
+
+    asyncio.run(scenario())
+    return status, pulled
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),  # no signature at all
+        ({"X-Hub-Signature-256": "nonsense"}, 403),
+        ({"X-Hub-Signature-256": "sha1=" + "a" * 40}, 403),
+        ({"X-Hub-Signature-256": "sha256=" + "z" * 64}, 403),
+        # a well-formed signature but a declared body over the limit
+        ({"X-Hub-Signature-256": "sha256=" + "0" * 64, "Content-Length": str(2 * 1024 * 1024)}, 413),
+    ],
+)
+def test_the_webhook_refuses_before_reading_the_body(headers: dict[str, str], status: int) -> None:
+    assert webhook_call(headers) == (status, 0)
+
+
+def test_the_webhook_reads_no_more_than_its_limit() -> None:
+    """A well-formed signature without Content-Length: the body is cut off at the limit (1 MiB)."""
+    got, pulled = webhook_call({"X-Hub-Signature-256": "sha256=" + "0" * 64}, chunks=64)
+    assert got == 413
+    assert pulled == 17  # 16 x 64 KiB = the limit, the 17th crosses it
+
+
+def test_a_wrong_signature_is_refused_after_reading_the_body() -> None:
+    assert webhook_call({"X-Hub-Signature-256": "sha256=" + "0" * 64}, chunks=2) == (403, 2)

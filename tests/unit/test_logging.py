@@ -268,3 +268,11 @@ def test_secrets_that_renderers_escape_are_masked(
     for form in (odd, orjson.dumps(odd).decode()[1:-1], repr(odd)[1:-1]):
         assert form not in text
     assert text.count("***") >= 2
+
+
+def test_the_link_secret_is_masked(capture: Callable[..., io.StringIO]) -> None:
+    link_secret = "link-secret-0123456789abcdef0123456789"
+    stream = capture(link_secret=link_secret)
+    get_logger().warning("oops", detail=f"key={link_secret}")
+    assert_clean(stream, link_secret)
+    assert lines(stream)[0]["detail"] == "key=***"

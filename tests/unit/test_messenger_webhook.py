@@ -1,4 +1,6 @@
-"""worker.messenger.webhook: signatures, the subscription handshake, event parsing, m.me refs."""
+"""worker.messenger.webhook: signatures, the subscription handshake, event parsing (refs and mids).
+
+The refs themselves (signing, verification) are tested in tests/unit/test_refs.py."""
 
 from __future__ import annotations
 
@@ -10,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from worker.messenger.webhook import InboundEvent, parse_events, parse_ref, verify_handshake, verify_signature
+from worker.messenger.refs import check_ref
+from worker.messenger.webhook import (
+    InboundEvent,
+    event_to_dict,
+    parse_events,
+    signature_well_formed,
+    verify_handshake,
+    verify_signature,
+)
 
 SECRET = "app-secret-0123456789abcdef"
 PAGE = "1234567890"
@@ -60,6 +70,14 @@ def test_missing_signature() -> None:
 )
 def test_malformed_signature(header: str) -> None:
     assert not verify_signature(SECRET, BODY, header)
+    assert not signature_well_formed(header)
+
+
+def test_a_well_formed_signature_needs_no_body() -> None:
+    assert signature_well_formed(sign(BODY))
+    assert signature_well_formed("SHA256=" + "A" * 64)
+    assert not signature_well_formed(None)
+    assert not signature_well_formed("")
 
 
 def test_wrong_secret() -> None:
@@ -144,7 +162,20 @@ def one(event_item: dict[str, Any]) -> InboundEvent:
 
 def test_message_opens_the_window() -> None:
     event = one(item("message", {"mid": "m_1", "text": "hi"}))
-    assert event == InboundEvent(PAGE, PSID, TS / 1000, "message", None, True)
+    assert event == InboundEvent(PAGE, PSID, TS / 1000, "message", None, True, "m_1")
+
+
+def test_mids_of_messages_and_postbacks_only() -> None:
+    """Meta's message id is the same on every retry of an event: the worker ignores repeats."""
+    assert one(item("message", {"mid": "m_1", "text": "hi"})).mid == "m_1"
+    assert one(item("postback", {"mid": "m_pb", "payload": "P"})).mid == "m_pb"
+    # a reaction's mid names the message reacted to, not the event: not an event id
+    assert one(item("reaction", {"mid": "m_4", "action": "react"})).mid is None
+    assert one(item("referral", {"ref": "x", "source": "SHORTLINK"})).mid is None
+    assert one(item("message", {"text": "no mid"})).mid is None
+    assert one(item("message", {"mid": 5, "text": "not a string"})).mid is None
+    assert one(item("message", {"mid": "m" * 513, "text": "too long for a key"})).mid is None
+    assert event_to_dict(one(item("postback", {"mid": "m_pb", "payload": "P"})))["mid"] == "m_pb"
 
 
 def test_message_with_quick_reply_is_a_message() -> None:
@@ -379,36 +410,6 @@ def test_fuzz_never_raises() -> None:
             assert event.page_id
             assert event.timestamp >= 0
             assert event.ref is None or isinstance(event.ref, str)
-            parse_ref(event.ref or "")
+            assert event.mid is None or isinstance(event.mid, str)
+            check_ref(event.ref, event.page_id, SECRET, 0.0)
     assert produced > 100  # the mutations kept many items valid: the deep paths ran
-
-
-# ------------------------------------------------------------------------------------------------
-# m.me refs
-
-
-@pytest.mark.parametrize(
-    ("ref", "expected"),
-    [
-        ("braze_user-123", "user-123"),
-        ("braze_A.b~c_d-9", "A.b~c_d-9"),
-        ("braze_" + "x" * 200, "x" * 200),
-        ("braze_" + "x" * 201, None),
-        ("braze_", None),
-        ("braze", None),
-        ("BRAZE_user", None),
-        ("other_user", None),
-        ("braze_user 1", None),
-        ("braze_user@example.com", None),
-        ("braze_us%20er", None),
-        ("braze_üser", None),
-        ("braze_user\n", None),
-        ("", None),
-    ],
-)
-def test_parse_ref(ref: str, expected: str | None) -> None:
-    assert parse_ref(ref) == expected
-
-
-def test_parse_ref_tolerates_non_strings() -> None:
-    assert parse_ref(None) is None  # type: ignore[arg-type]  # JSON gives any value; documented str

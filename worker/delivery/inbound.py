@@ -3,13 +3,33 @@
 Messenger calls ``/messenger/webhook`` on the intake; verified events reach the task
 ``worker.inbound`` and :func:`record_events`, which
 
-* remembers each (page, PSID)'s last interaction — the 24-hour window, known in advance:
-  a delivery to a PSID whose window is known to be closed goes straight to its fallback tags, or
-  to the window outcome, without a doomed Graph call; a window-closed answer teaches the same;
-* releases the deliveries parked for that PSID (``WINDOW_POLICY=park``), oldest first;
-* writes the PSID to Braze (``BRAZE_PSID_ATTRIBUTE`` on the user) when the event carries an
-  m.me/referral ``ref`` naming the Braze external_id (``braze_<external_id>``, see
-  :mod:`worker.messenger.webhook`), and remembers the mapping for the feedback below.
+* ignores an event whose message id (``mid``: messages and postbacks) was already recorded — Meta
+  retries a webhook it thinks was lost, and a captured body could be replayed; the mid is
+  remembered for :data:`MID_MEMORY_SECONDS` once the event is applied (so a task that fails half
+  way and is requeued applies it again rather than losing it: everything below is idempotent);
+* remembers each (page, PSID)'s last interaction, only ever forward (``touch_window.lua``: an
+  event that arrives late, or a replay, cannot move it back) — the 24-hour window, known in
+  advance: a delivery to a PSID whose window is known to be closed goes straight to its fallback
+  tags, or to the window outcome, without a doomed Graph call; a window-closed answer teaches
+  the same;
+* releases the deliveries parked for that PSID (``WINDOW_POLICY=park``), oldest first, when the
+  last interaction moved forward;
+* links the PSID to a Braze user when the event carries a ref that proves it was issued by us
+  (``braze_<external_id>.<expires>.<mac>``, HMAC under ``LINK_SECRET``, bound to the page:
+  :mod:`worker.messenger.refs`): writes the PSID to Braze (``BRAZE_PSID_ATTRIBUTE``) and remembers
+  the mapping for the feedback below. Any other ``braze_`` ref (unsigned, forged, for another
+  page, expired, or any ref while LINK_SECRET is unset) still counts as an interaction but links
+  nothing: ``inbound.link_refused`` (``reason``) and ``bmw_link_refusals_total{reason}``.
+
+Links (``link_psid.lua``): a PSID linked to user A that brings a valid ref for user B is a
+conflict. ``LINK_CONFLICT_POLICY=keep`` (default) leaves it linked to A and writes nothing to
+Braze (``inbound.link_conflict``); ``replace`` links it to B and writes B's profile
+(``inbound.psid_relinked``). Both are counted in ``bmw_link_conflicts_total{action}``. A's
+profile is not changed either way: A's own signed link put the PSID there. One Braze user
+linked from several PSIDs (another Messenger account, another page) is normal: each PSID's
+mapping is kept, and the profile's attribute holds the latest. Log lines never carry an
+external id or a PSID in clear: both go through :func:`worker.logging.recipient_ref` (a salted
+hash unless ``LOG_RAW_RECIPIENTS``).
 
 Feedback: when a recipient is found unreachable, the Braze user (the ``X-Braze-External-Id``
 header given at the intake, else the mapping learned from a ref) gets ``messenger_reachable=false``
@@ -18,26 +38,32 @@ final outcome also becomes a ``messenger_delivery`` custom event. Writes go thro
 outbox of :mod:`worker.braze`; one worker at a time drains it (a Redis lock).
 
 Keys (:class:`worker.store.Keys`): ``win`` (last interaction, epoch s; "0": learned closed;
-WINDOW_MEMORY_SECONDS), ``ext`` (the Braze external_id learned from a ref; 400 days), ``park``
-and ``parked`` (deliveries parked until their recipient writes).
+WINDOW_MEMORY_SECONDS), ``ext`` (the Braze external_id learned from a ref; 400 days), ``mid``
+(message ids recorded; 1 day), ``park`` and ``parked`` (deliveries parked until their recipient
+writes).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from worker import metrics
 from worker.braze import BrazeOutbox, braze_config, psid_attribute_item
 from worker.config import Settings
 from worker.logging import get_logger, recipient_ref
-from worker.messenger.webhook import parse_ref
+from worker.messenger.refs import check_ref
 from worker.store import Keys, envelope, scripts, text
 
 log = get_logger("worker.inbound")
 WINDOW_SECONDS = 24 * 3600
 EXTERNAL_ID_TTL = 400 * 86_400
+#: How long a recorded message id is remembered: Meta retries a webhook it could not deliver
+#: for hours, not days; a replay after this cannot move a window back anyway (touch_window.lua).
+MID_MEMORY_SECONDS = 86_400
 
 
 def window_closed(value: str | None, now: float) -> bool | None:
@@ -57,32 +83,147 @@ async def record_events(
     """Apply inbound events (see the module docstring). Returns counts for the task's result."""
     keys = Keys.of(settings)
     now = time.time()
-    pipe = client.pipeline(transaction=False)
-    braze_items: list[dict[str, Any]] = []
+    fresh = await _unseen(client, keys, events)
     engaged: dict[tuple[str, str], float] = {}
-    config = braze_config(settings)
-    for event in events:
+    links: list[tuple[str, str, str]] = []  # (page, PSID, external_id)
+    for event in fresh:
         page, psid = str(event.get("page_id", "")), str(event.get("psid", ""))
         if not page or not psid:
             continue
-        at = float(event.get("timestamp") or now)
+        at = _seconds(event.get("timestamp"), now)
         if event.get("opens_window"):
             engaged[(page, psid)] = max(at, engaged.get((page, psid), 0.0))
-        external_id = parse_ref(str(event["ref"])) if event.get("ref") else None
-        if external_id:
-            pipe.set(keys.external(page, psid), external_id, ex=EXTERNAL_ID_TTL)
-            if config is not None:
-                braze_items.append(psid_attribute_item(config.psid_attribute, external_id, page, psid))
-            log.info("inbound.psid_linked", page_id=page, recipient=recipient_ref(settings, psid))
-    for (page, psid), at in engaged.items():
-        pipe.set(keys.window(page, psid), repr(at), ex=settings.window_memory_seconds)
-    await pipe.execute()
+        external_id = _verified(settings, page, psid, event.get("ref"), now)
+        if external_id is not None:
+            links.append((page, psid, external_id))
+    moved = await _touch_windows(client, settings, keys, engaged)
+    braze_items = [item for link in links for item in await _link(client, settings, keys, link)]
     released = 0
-    for page, psid in engaged:
+    for page, psid in moved:
         released += len(await release_parked(client, settings, page, psid))
     if braze_items:
         await BrazeOutbox(keys).enqueue(client, braze_items)
-    return {"events": len(events), "engaged": len(engaged), "released": released, "braze": len(braze_items)}
+    await _remember_mids(client, keys, fresh)
+    return {
+        "events": len(events),
+        "duplicates": len(events) - len(fresh),
+        "engaged": len(engaged),
+        "released": released,
+        "braze": len(braze_items),
+    }
+
+
+def _seconds(value: object, now: float) -> float:
+    """An event's time (epoch s); missing or unusable: now; never in the future."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return min(float(value), now)
+    return now
+
+
+def _mid_key(keys: Keys, event: dict[str, Any]) -> str | None:
+    mid, page = event.get("mid"), event.get("page_id")
+    if isinstance(mid, str) and mid and page:
+        return keys.inbound_mid(str(page), mid)
+    return None
+
+
+async def _unseen(client: aioredis.Redis, keys: Keys, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events whose mid was never recorded (or that have none), first of each mid only."""
+    mid_keys = [_mid_key(keys, e) for e in events]
+    known = [k for k in mid_keys if k is not None]
+    seen: set[str] = set()
+    if known:
+        pipe = client.pipeline(transaction=False)
+        for known_key in known:
+            pipe.exists(known_key)
+        seen = {k for k, hit in zip(known, await pipe.execute(), strict=True) if hit}
+    fresh: list[dict[str, Any]] = []
+    for event, key in zip(events, mid_keys, strict=True):
+        if key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        fresh.append(event)
+    if len(fresh) < len(events):
+        metrics.INBOUND_DUPLICATES.inc(len(events) - len(fresh))
+        log.info("inbound.duplicates_ignored", count=len(events) - len(fresh))
+    return fresh
+
+
+async def _remember_mids(client: aioredis.Redis, keys: Keys, events: list[dict[str, Any]]) -> None:
+    mid_keys = [k for k in (_mid_key(keys, e) for e in events) if k is not None]
+    if mid_keys:
+        pipe = client.pipeline(transaction=False)
+        for key in mid_keys:
+            pipe.set(key, "1", ex=MID_MEMORY_SECONDS)
+        await pipe.execute()
+
+
+async def _touch_windows(
+    client: aioredis.Redis, settings: Settings, keys: Keys, engaged: dict[tuple[str, str], float]
+) -> list[tuple[str, str]]:
+    """Set each last interaction if it is newer (touch_window.lua); the (page, PSID)s that moved."""
+    if not engaged:
+        return []
+    pairs = list(engaged)
+    flags = await scripts.run(
+        client,
+        "touch_window",
+        keys=[keys.window(page, psid) for page, psid in pairs],
+        args=[settings.window_memory_seconds, *(repr(engaged[pair]) for pair in pairs)],
+    )
+    return [pair for pair, flag in zip(pairs, flags, strict=True) if int(flag) == 1]
+
+
+def _verified(settings: Settings, page: str, psid: str, ref: object, now: float) -> str | None:
+    """The Braze external_id a ref proves (worker/messenger/refs.py); refusals logged and counted."""
+    secret = settings.link_secret.get_secret_value() if settings.link_secret is not None else None
+    check = check_ref(ref, page, secret, now)
+    if check is None:  # not a braze_ ref: not ours, nothing refused
+        return None
+    if check.refusal is not None:
+        metrics.LINK_REFUSALS.labels(check.refusal).inc()
+        log.warning(
+            "inbound.link_refused",
+            reason=check.refusal,
+            page_id=page,
+            recipient=recipient_ref(settings, psid),
+            braze_user=recipient_ref(settings, check.claimed) if check.claimed else None,
+        )
+        return None
+    return check.external_id
+
+
+async def _link(
+    client: aioredis.Redis, settings: Settings, keys: Keys, link: tuple[str, str, str]
+) -> list[dict[str, Any]]:
+    """Link (page, PSID) to the external_id under LINK_CONFLICT_POLICY; the Braze writes it needs."""
+    page, psid, external_id = link
+    policy = settings.link_conflict_policy
+    outcome, previous = (
+        text(v)
+        for v in await scripts.run(
+            client, "link_psid", keys=[keys.external(page, psid)], args=[external_id, EXTERNAL_ID_TTL, policy]
+        )
+    )
+    fields: dict[str, Any] = {
+        "page_id": page,
+        "recipient": recipient_ref(settings, psid),
+        "braze_user": recipient_ref(settings, external_id),
+    }
+    if outcome == "kept":
+        metrics.LINK_CONFLICTS.labels("kept").inc()
+        log.warning(
+            "inbound.link_conflict", policy=policy, linked_user=recipient_ref(settings, previous), **fields
+        )
+        return []
+    if outcome == "replaced":
+        metrics.LINK_CONFLICTS.labels("replaced").inc()
+        log.warning("inbound.psid_relinked", previous_user=recipient_ref(settings, previous), **fields)
+    else:
+        log.info("inbound.psid_linked", **fields)
+    config = braze_config(settings)
+    return [] if config is None else [psid_attribute_item(config.psid_attribute, external_id, page, psid)]
 
 
 async def release_parked(client: aioredis.Redis, settings: Settings, page_id: str, psid: str) -> list[str]:

@@ -264,7 +264,11 @@ def _webhook_paths() -> dict[str, Any]:
                     "200": _json("events queued (events: how many)", _ref("WebhookAck")),
                     "400": _error("the body is not JSON", "invalid_json"),
                     "401": _error("no X-Hub-Signature-256", "missing_signature"),
-                    "403": _error("X-Hub-Signature-256 does not match the body", "bad_signature"),
+                    "403": _error(
+                        "X-Hub-Signature-256 is malformed (refused before the body is read) or "
+                        "does not match the body",
+                        "bad_signature",
+                    ),
                     "413": _error(f"the body is over {WEBHOOK_MAX_BYTES} bytes", "body_too_large"),
                     "503": _error(
                         "APP_SECRET is not set (not_configured), or Redis is unavailable "

@@ -8,6 +8,8 @@ Signature
     Meta signs every webhook POST with ``X-Hub-Signature-256: sha256=<hex>``, the HMAC-SHA256 of
     the raw body keyed with the app secret. The check is constant-time; a missing, malformed or
     wrong header, or an empty app secret (an HMAC anyone can compute), gives False.
+    :func:`signature_well_formed` needs no body: the endpoint refuses a header that could never
+    match before it reads a byte of the body.
 
 Handshake
     ``GET ?hub.mode=subscribe&hub.verify_token=<ours>&hub.challenge=<n>`` must be answered with the
@@ -45,14 +47,15 @@ Events and the 24-hour window (messenger-platform.md §2.1)
 
     ``ref`` is taken from ``referral.ref`` (user already in a conversation with the page),
     ``postback.referral.ref`` (first conversation: the user tapped Get Started after an m.me link)
-    or ``optin.ref`` (the plugin's ``data-ref``); else None.
+    or ``optin.ref`` (the plugin's ``data-ref``); else None. ``mid`` (Meta's message id, the same
+    on every retry of the event) is ``message.mid`` or ``postback.mid``; else None (referrals,
+    opt-ins, reactions, receipts carry none of their own). Ids longer than 512 characters are
+    dropped (they only name a Redis key).
 
 m.me links that tie a Messenger user to a Braze user
-    ``https://m.me/<PAGE_USERNAME>?ref=braze_<external_id>``: the ref is the prefix ``braze_``
-    followed by the Braze external_id, 1 to 200 URL-safe characters (RFC 3986 unreserved:
-    ``A-Z a-z 0-9 - . _ ~``), so the whole ref stays within Meta's 250-character limit and needs
-    no escaping. Build it in Braze with Liquid, e.g. ``ref=braze_{{${user_id}}}``. :func:`parse_ref`
-    returns the external_id, or None for any other ref.
+    ``https://m.me/<PAGE_USERNAME>?ref=braze_<external_id>.<expires>.<mac>``: what a ref must
+    carry to link anything, and its check, are in :mod:`worker.messenger.refs`. The parser only
+    passes the ref on, verbatim; the worker checks it (:mod:`worker.delivery.inbound`).
 """
 
 from __future__ import annotations
@@ -60,29 +63,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 __all__ = [
-    "REF_PREFIX",
     "SIGNATURE_HEADER",
     "EventKind",
     "InboundEvent",
     "parse_events",
-    "parse_ref",
+    "signature_well_formed",
     "verify_handshake",
     "verify_signature",
 ]
 
 SIGNATURE_HEADER: Final = "X-Hub-Signature-256"
-REF_PREFIX: Final = "braze_"
-MAX_EXTERNAL_ID: Final = 200
+MAX_MID: Final = 512
 
 _SIG_PREFIX: Final = "sha256="
 _HEX: Final = frozenset("0123456789abcdef")
-_EXTERNAL_ID: Final = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_EXTERNAL_ID}}}")
 
 EventKind = Literal["message", "postback", "referral", "optin", "reaction", "read", "delivery", "other"]
 
@@ -102,15 +101,28 @@ _OPENS_WINDOW: Final[frozenset[EventKind]] = frozenset(
 _MARKETING_OPTIN: Final = "notification_messages"
 
 
-def verify_signature(app_secret: str, raw_body: bytes, header: str | None) -> bool:
-    """True when ``header`` (``X-Hub-Signature-256``) is the HMAC-SHA256 of ``raw_body``."""
-    if not app_secret or not isinstance(header, str):
-        return False
+def _signature_hex(header: object) -> str | None:
+    """The 64 lower-case hex digits of a ``sha256=<hex>`` header, else None."""
+    if not isinstance(header, str):
+        return None
     header = header.strip()
     if header[: len(_SIG_PREFIX)].lower() != _SIG_PREFIX:
-        return False
+        return None
     given = header[len(_SIG_PREFIX) :].lower()
     if len(given) != 64 or not _HEX.issuperset(given):
+        return None
+    return given
+
+
+def signature_well_formed(header: str | None) -> bool:
+    """True when ``header`` has the shape of an ``X-Hub-Signature-256`` (no body needed)."""
+    return _signature_hex(header) is not None
+
+
+def verify_signature(app_secret: str, raw_body: bytes, header: str | None) -> bool:
+    """True when ``header`` (``X-Hub-Signature-256``) is the HMAC-SHA256 of ``raw_body``."""
+    given = _signature_hex(header)
+    if not app_secret or given is None:
         return False
     expected = hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, given)
@@ -142,6 +154,8 @@ class InboundEvent:
     kind: EventKind
     ref: str | None
     opens_window: bool
+    mid: str | None = None
+    """Meta's message id (messages and postbacks): the same on every retry of the event."""
 
 
 def _id(value: object) -> str | None:
@@ -193,16 +207,22 @@ def _event(item: object, entry_page: str | None, entry_time: float | None) -> In
     if psid is None or page_id is None or timestamp is None:
         return None
     ref: str | None = None
+    mid: str | None = None
     opens = kind in _OPENS_WINDOW
-    if kind == "referral":
+    if kind == "message":
+        mid = _str_at(item, "message", "mid")
+    elif kind == "referral":
         ref = _str_at(item, "referral", "ref")
     elif kind == "postback":
         ref = _str_at(item, "postback", "referral", "ref")
+        mid = _str_at(item, "postback", "mid")
     elif kind == "optin":
         ref = _str_at(item, "optin", "ref")
         opens = _str_at(item, "optin", "type") != _MARKETING_OPTIN
+    if mid is not None and len(mid) > MAX_MID:
+        mid = None
     return InboundEvent(
-        page_id=page_id, psid=psid, timestamp=timestamp, kind=kind, ref=ref, opens_window=opens
+        page_id=page_id, psid=psid, timestamp=timestamp, kind=kind, ref=ref, opens_window=opens, mid=mid
     )
 
 
@@ -229,14 +249,6 @@ def parse_events(payload: object) -> list[InboundEvent]:
     return events
 
 
-def parse_ref(ref: str) -> str | None:
-    """The Braze external_id in an m.me ref ``braze_<external_id>``, else None."""
-    if not isinstance(ref, str) or not ref.startswith(REF_PREFIX):
-        return None
-    external_id = ref[len(REF_PREFIX) :]
-    return external_id if _EXTERNAL_ID.fullmatch(external_id) else None
-
-
 def event_to_dict(event: InboundEvent) -> dict[str, Any]:
     """An event as the ``worker.inbound`` task's JSON argument."""
     return {
@@ -246,4 +258,5 @@ def event_to_dict(event: InboundEvent) -> dict[str, Any]:
         "kind": event.kind,
         "ref": event.ref,
         "opens_window": event.opens_window,
+        "mid": event.mid,
     }

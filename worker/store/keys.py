@@ -25,7 +25,9 @@
     P:supp:{page}:{psid}    string  recipient unreachable (SUPPRESSION_TTL)
     P:supptag:{page}:{psid} string  tagged sends suppressed after a tag-abuse warning
     P:win:{page}:{psid}     string  last interaction, epoch s ("0": learned closed)
-    P:ext:{page}:{psid}     string  Braze external_id learned from an m.me ref
+    P:ext:{page}:{psid}     string  Braze external_id learned from a signed m.me ref (400 days)
+    P:mid:{page}:{mid}      string  a Messenger message id already recorded: webhook retries
+                                    and replays of it are ignored (1 day)
     P:pause:{page}          hash    page pause: until, reason, code, token fingerprint, probe
     P:paused                zset    paused pages -> until
     P:rl:{page}:{class}     hash    the page's GCRA bucket (worker/ratelimit.py)
@@ -138,6 +140,10 @@ class Keys:
 
     def external(self, page_id: str, psid: str) -> str:
         return f"{self.prefix}:ext:{page_id}:{psid}"
+
+    def inbound_mid(self, page_id: str, mid: str) -> str:
+        """A webhook event's message id, once recorded (worker/delivery/inbound.py)."""
+        return f"{self.prefix}:mid:{page_id}:{mid}"
 
     # --- pages --------------------------------------------------------------------------------
     def pause(self, page_id: str) -> str:

@@ -6,6 +6,13 @@ the raw body with ``APP_SECRET``), checked before the body is parsed. Valid even
 one Celery message for the workers (:mod:`worker.delivery.inbound`) and answered 200 at once, as
 Meta expects.
 
+What an unsigned caller can cost us is bounded, in this order, before any byte of the body is
+read: no ``X-Hub-Signature-256`` is 401 ``missing_signature``; a header that is not
+``sha256=<64 hex>`` (it could never match) is 403 ``bad_signature``; a declared Content-Length
+over :data:`WEBHOOK_MAX_BYTES` is 413 ``body_too_large``. Then at most that many bytes are read
+(a body without Content-Length, or lying about it, is cut off at the limit), the HMAC is checked
+over them, and only then is the JSON parsed.
+
 Without ``APP_SECRET`` a POST is ``503 not_configured``: the intake cannot tell Meta's requests
 from anyone's, and the fault is the server's configuration, not the request. A 5xx is a failed
 delivery for Meta, which retries it for a while, so events are not acknowledged and lost while
@@ -26,7 +33,13 @@ from worker.config import Settings
 from worker.intake import state
 from worker.intake.http import JSONResponse, counted, error, read_body
 from worker.messenger.validation import InputError
-from worker.messenger.webhook import event_to_dict, parse_events, verify_handshake, verify_signature
+from worker.messenger.webhook import (
+    event_to_dict,
+    parse_events,
+    signature_well_formed,
+    verify_handshake,
+    verify_signature,
+)
 from worker.store import envelope
 
 WEBHOOK_MAX_BYTES = 1024 * 1024  # Messenger batches many events per POST
@@ -52,6 +65,8 @@ async def webhook_events(request: Request) -> Response:
     header = request.headers.get("x-hub-signature-256")
     if not header:
         raise InputError(401, "missing_signature", "X-Hub-Signature-256 is required")
+    if not signature_well_formed(header):  # refused before the body is read
+        raise InputError(403, "bad_signature", "X-Hub-Signature-256 is not sha256=<64 hex digits>")
     raw = await read_body(request, limit=WEBHOOK_MAX_BYTES)
     if not verify_signature(settings.app_secret.get_secret_value(), raw, header):
         raise InputError(403, "bad_signature", "X-Hub-Signature-256 does not match the body")

@@ -1,0 +1,239 @@
+"""worker.delivery.inbound against a real redis-server: who a PSID gets linked to, and that late,
+retried or replayed webhook events cannot move a user's last interaction back.
+
+Each test here fails on the code before signed refs: it linked any ``braze_<id>``, moved a
+linked PSID to whoever came last, wrote the window with a plain SET and had no idea of mids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import RedisServer
+from worker import metrics
+from worker.config import Settings
+from worker.delivery.inbound import MID_MEMORY_SECONDS, record_events
+from worker.messenger.refs import sign_ref
+from worker.store import Keys
+
+pytestmark = pytest.mark.integration
+
+LINK_SECRET = "link-secret-for-tests-0123456789abcdef"
+PAGE = "100"
+
+
+def make_settings(redis_server: RedisServer, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_server.url,
+        "key_prefix": "ti" + uuid.uuid4().hex[:8],
+        "queue_name": "qi" + uuid.uuid4().hex[:8],
+        "link_secret": LINK_SECRET,
+        "braze_rest_url": "http://127.0.0.1:9",
+        "braze_api_key": "braze-key-for-tests-5555",
+        "_env_file": None,
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+def event(
+    psid: str, *, ref: str | None = None, mid: str | None = None, at: float | None = None
+) -> dict[str, Any]:
+    return {
+        "page_id": PAGE,
+        "psid": psid,
+        "timestamp": time.time() if at is None else at,
+        "kind": "referral" if ref else "message",
+        "ref": ref,
+        "opens_window": True,
+        "mid": mid,
+    }
+
+
+def signed(external_id: str, page: str = PAGE) -> str:
+    return sign_ref(LINK_SECRET, page, external_id, int(time.time()) + 3600)
+
+
+def record(settings: Settings, *events: dict[str, Any]) -> dict[str, int]:
+    async def main() -> dict[str, int]:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            return await record_events(client, settings, list(events))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def linked(redis_server: RedisServer, settings: Settings, psid: str) -> str | None:
+    value = redis_server.client().get(Keys.of(settings).external(PAGE, psid))
+    return value.decode() if value is not None else None
+
+
+def braze_writes(redis_server: RedisServer, settings: Settings) -> list[dict[str, Any]]:
+    raw = redis_server.client().lrange(Keys.of(settings).braze_outbox, 0, -1)
+    return [orjson.loads(r) for r in reversed(raw)]
+
+
+def counter(metric: Any, *labels: str) -> float:
+    value: float = (metric.labels(*labels) if labels else metric)._value.get()
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# Linking
+
+
+def test_a_signed_ref_links_and_writes_braze(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server)
+    record(settings, event("psid-1", ref=signed("user-42")))
+    assert linked(redis_server, settings, "psid-1") == "user-42"
+    (write,) = braze_writes(redis_server, settings)
+    assert write["external_id"] == "user-42"
+    assert write["attributes"]["messenger_id"] == "psid-1"
+
+
+@pytest.mark.parametrize(
+    ("ref", "reason"),
+    [
+        ("braze_victim-1", "unsigned"),
+        (sign_ref("some-other-secret-0123456789abcdef", PAGE, "victim-1", 2**32), "bad_signature"),
+        (sign_ref(LINK_SECRET, "999", "victim-1", 2**32), "bad_signature"),  # made for another page
+        (sign_ref(LINK_SECRET, PAGE, "victim-1", 1_000_000), "link_expired"),
+        ("braze_victim 1", "malformed"),
+    ],
+)
+def test_a_ref_that_proves_nothing_links_nothing_but_opens_the_window(
+    redis_server: RedisServer, ref: str, reason: str
+) -> None:
+    settings = make_settings(redis_server)
+    before = counter(metrics.LINK_REFUSALS, reason)
+    record(settings, event("attacker-psid", ref=ref))
+    assert linked(redis_server, settings, "attacker-psid") is None
+    assert braze_writes(redis_server, settings) == []
+    assert counter(metrics.LINK_REFUSALS, reason) == before + 1
+    assert redis_server.client().get(Keys.of(settings).window(PAGE, "attacker-psid")) is not None
+
+
+def test_without_link_secret_no_ref_links(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server, link_secret=None)
+    before = counter(metrics.LINK_REFUSALS, "disabled")
+    record(settings, event("psid-1", ref=signed("user-42")), event("psid-2", ref="braze_user-43"))
+    assert linked(redis_server, settings, "psid-1") is None
+    assert linked(redis_server, settings, "psid-2") is None
+    assert braze_writes(redis_server, settings) == []
+    assert counter(metrics.LINK_REFUSALS, "disabled") == before + 2
+
+
+def test_keep_a_linked_psid_stays_with_its_first_user(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server)  # LINK_CONFLICT_POLICY=keep is the default
+    before = counter(metrics.LINK_CONFLICTS, "kept")
+    record(settings, event("psid-1", ref=signed("user-a")))
+    record(settings, event("psid-1", ref=signed("user-b")))
+    assert linked(redis_server, settings, "psid-1") == "user-a"
+    assert [w["external_id"] for w in braze_writes(redis_server, settings)] == ["user-a"]
+    assert counter(metrics.LINK_CONFLICTS, "kept") == before + 1
+
+
+def test_replace_moves_the_psid_explicitly(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server, link_conflict_policy="replace")
+    before = counter(metrics.LINK_CONFLICTS, "replaced")
+    record(settings, event("psid-1", ref=signed("user-a")))
+    record(settings, event("psid-1", ref=signed("user-b")))
+    assert linked(redis_server, settings, "psid-1") == "user-b"
+    assert [w["external_id"] for w in braze_writes(redis_server, settings)] == ["user-a", "user-b"]
+    assert counter(metrics.LINK_CONFLICTS, "replaced") == before + 1
+
+
+def test_the_same_link_again_and_a_second_psid_for_one_user(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server)
+    before = counter(metrics.LINK_CONFLICTS, "kept")
+    record(settings, event("psid-1", ref=signed("user-a")))
+    record(settings, event("psid-1", ref=signed("user-a")))  # the user opened the link again
+    record(settings, event("psid-2", ref=signed("user-a")))  # another Messenger account
+    assert linked(redis_server, settings, "psid-1") == "user-a"
+    assert linked(redis_server, settings, "psid-2") == "user-a"
+    writes = braze_writes(redis_server, settings)
+    assert [w["attributes"]["messenger_id"] for w in writes] == ["psid-1", "psid-1", "psid-2"]
+    assert counter(metrics.LINK_CONFLICTS, "kept") == before  # none of these is a conflict
+
+
+# ------------------------------------------------------------------------------------------------
+# Window: set only if newer; duplicate mids ignored
+
+
+def window(redis_server: RedisServer, settings: Settings, psid: str) -> float:
+    value = redis_server.client().get(Keys.of(settings).window(PAGE, psid))
+    assert value is not None
+    return float(value)
+
+
+def test_a_late_event_never_moves_the_last_interaction_back(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server)
+    now = time.time()
+    record(settings, event("psid-1", at=now - 10))
+    record(settings, event("psid-1", at=now - 3600))  # late, no mid: a retried or replayed referral
+    assert window(redis_server, settings, "psid-1") == pytest.approx(now - 10)
+    record(settings, event("psid-1", at=now - 5))
+    assert window(redis_server, settings, "psid-1") == pytest.approx(now - 5)
+
+
+def test_a_learned_closed_window_is_opened_by_a_new_interaction(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server)
+    redis_server.client().set(Keys.of(settings).window(PAGE, "psid-1"), "0")
+    now = time.time()
+    record(settings, event("psid-1", at=now - 1))
+    assert window(redis_server, settings, "psid-1") == pytest.approx(now - 1)
+
+
+def test_a_future_timestamp_is_taken_as_now(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server)
+    record(settings, event("psid-1", at=time.time() + 10 * 86_400))
+    assert window(redis_server, settings, "psid-1") <= time.time()
+
+
+def test_a_duplicate_mid_is_ignored(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server)
+    client = redis_server.client()
+    keys = Keys.of(settings)
+    now = time.time()
+    before = counter(metrics.INBOUND_DUPLICATES)
+    first = record(settings, event("psid-1", mid="m_1", at=now - 60), event("psid-1", mid="m_1", at=now - 60))
+    assert (first["events"], first["duplicates"]) == (2, 1)
+    assert 0 < client.ttl(keys.inbound_mid(PAGE, "m_1")) <= MID_MEMORY_SECONDS
+    # Meta sends it again later, with another timestamp: ignored (and not a second release)
+    client.delete(keys.window(PAGE, "psid-1"))
+    again = record(settings, event("psid-1", mid="m_1", at=now - 30))
+    assert (again["duplicates"], again["engaged"]) == (1, 0)
+    assert client.get(keys.window(PAGE, "psid-1")) is None
+    assert counter(metrics.INBOUND_DUPLICATES) == before + 2
+    # another page's message with the same id is another message
+    other = record(settings, {**event("psid-1", mid="m_1"), "page_id": "200"})
+    assert other["duplicates"] == 0
+
+
+def test_a_duplicate_postback_does_not_link_again(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server, link_conflict_policy="replace")
+    record(settings, event("psid-1", ref=signed("user-a"), mid="m_pb_1"))
+    record(settings, event("psid-1", ref=signed("user-b"), mid="m_pb_2"))
+    record(settings, event("psid-1", ref=signed("user-a"), mid="m_pb_1"))  # a replay of the first
+    assert linked(redis_server, settings, "psid-1") == "user-b"
+
+
+def test_only_a_forward_move_releases_parked_deliveries(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_server)
+    client = redis_server.client()
+    keys = Keys.of(settings)
+    now = time.time()
+    record(settings, event("psid-1", at=now - 10))
+    client.zadd(keys.park(PAGE, "psid-1"), {"d-parked": now})
+    client.hset(keys.delivery("d-parked"), mapping={"status": "parked"})
+    assert record(settings, event("psid-1", at=now - 100))["released"] == 0  # late: not a re-engagement
+    assert record(settings, event("psid-1", at=now - 1))["released"] == 1
