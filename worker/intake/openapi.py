@@ -14,12 +14,22 @@ from typing import Any
 from worker.intake.routes.admin import ACTIONS, MAX_LIMIT
 from worker.intake.routes.send import MAX_EXTERNAL_ID
 from worker.intake.routes.webhook import WEBHOOK_MAX_BYTES
-from worker.messenger.validation import MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY, MAX_QUICK_REPLIES, MAX_TEXT
+from worker.messenger.validation import (
+    MAX_BODY_BYTES,
+    MAX_DEPTH,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_QUICK_REPLIES,
+    MAX_TEXT,
+)
 from worker.states import State
 
 #: The codes of a 422 from the send route (:mod:`worker.messenger.validation` and the headers).
 SEND_422_CODES = (
     "invalid_body",
+    "unknown_field",
+    "token_in_body",
+    "invalid_field",
+    "too_deep",
     "missing_recipient",
     "invalid_recipient",
     "invalid_message",
@@ -313,8 +323,13 @@ def _message_schemas() -> dict[str, Any]:
     return {
         "SendBody": {
             "type": "object",
-            "description": "Exactly one of message or sender_action. A tag needs messaging_type MESSAGE_TAG.",
+            "description": (
+                "Exactly one of message or sender_action. A tag needs messaging_type MESSAGE_TAG. Only "
+                "these fields (422 unknown_field; access_token or appsecret_proof: 422 token_in_body), "
+                f"nested at most {MAX_DEPTH} levels (422 too_deep)."
+            ),
             "required": ["recipient"],
+            "additionalProperties": False,
             "properties": {
                 "recipient": {
                     "type": "object",
@@ -333,6 +348,9 @@ def _message_schemas() -> dict[str, Any]:
                     },
                 },
                 "sender_action": {"type": "string", "enum": ["typing_on", "typing_off", "mark_seen"]},
+                "notification_type": {"type": "string", "description": "REGULAR, SILENT_PUSH or NO_PUSH"},
+                "persona_id": {"type": "string", "description": "a persona's id (a number is accepted too)"},
+                "reply_to": {"type": "object", "properties": {"mid": {"type": "string"}}},
             },
         },
         "Accepted": {
