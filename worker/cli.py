@@ -60,6 +60,8 @@ def cmd_intake(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=30,
         server_header=False,
+        # beyond it uvicorn answers 503 itself, plain text without Retry-After (README)
+        limit_concurrency=settings.intake_limit_concurrency or None,
     )
     return 0
 

@@ -147,6 +147,16 @@ class Settings(BaseSettings):
     #: one task per commit).
     queue_batch_max: int = Field(default=100, ge=1, le=1_000)
     batch_window_ms: float = Field(default=10.0, ge=0)
+    # -- intake load shedding (README "Intake HTTP API"); per intake process --
+    #: Requests waiting for a group commit or riding on one; beyond it the send route answers
+    #: 503 overloaded (Retry-After) at once and enqueues nothing.
+    intake_max_pending: int = Field(default=2_000, ge=1)
+    #: The longest the send route waits for Redis (memory check and commit); then it answers 503
+    #: (unavailable: not stored, or unavailable_maybe_stored). Well under Braze's 90 s timeout.
+    intake_deadline_seconds: float = Field(default=5.0, gt=0, le=60)
+    #: uvicorn's limit_concurrency: connections or requests in progress beyond which uvicorn
+    #: itself answers 503 (plain text, no Retry-After); 0 = no limit.
+    intake_limit_concurrency: int = Field(default=4_000, ge=0)
     queue_name: str = "messenger"
     key_prefix: str = "bmw"
     #: The cyclic collector's young-generation threshold once a process has started (after

@@ -18,6 +18,7 @@ Building the app opens no connection, so tests can build it without Redis.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,6 +31,7 @@ from worker.config import Settings
 from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
 from worker.intake.http import exception_handlers
+from worker.intake.notices import ThrottledRecords
 from worker.intake.routes import admin, deliveries, health, send, webhook
 from worker.intake.state import IntakeState
 from worker.logging import get_logger
@@ -38,6 +40,8 @@ from worker.store import Keys
 from worker.store import connections as redisconn
 
 log = get_logger("worker.intake")
+#: What uvicorn logs for each request it refuses beyond INTAKE_LIMIT_CONCURRENCY (503, plain text).
+UVICORN_REFUSAL = "Exceeded concurrency limit."
 
 
 def make_async_redis(settings: Settings) -> aioredis.Redis:
@@ -104,6 +108,7 @@ def app_factory() -> Starlette:
 
     settings = load_settings()
     configure_logging(settings)
+    logging.getLogger("uvicorn.error").addFilter(ThrottledRecords(UVICORN_REFUSAL, every=1.0))
     if not settings.intake_tokens and not settings.intake_insecure_no_auth:
         raise SystemExit("INTAKE_TOKENS is empty: set it, or start with --insecure-no-auth")
     return create_app(settings, tune_gc=True)

@@ -45,6 +45,9 @@ SEND_422_CODES = (
     "invalid_external_id",
 )
 
+#: The codes of a 503 from the send route (each with Retry-After; Braze retries).
+SEND_503_CODES = ("unavailable", "unavailable_maybe_stored", "overloaded", "redis_full")
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -132,9 +135,12 @@ def _send_operation(operation_id: str, path_params: list[dict[str, Any]]) -> dic
             "415": _error("the body is not application/json", "unsupported_media_type"),
             "422": _error("the message cannot be sent as it is", *SEND_422_CODES),
             "503": _error(
-                "Redis is unavailable, or at or above REDIS_MEMORY_HEADROOM of its maxmemory (redis_full)",
-                "unavailable",
-                "redis_full",
+                "not stored, retry later: unavailable (Redis did not answer within "
+                "INTAKE_DEADLINE_SECONDS or refused; nothing stored), unavailable_maybe_stored (the "
+                "commit was sent and not confirmed: a retry with the same Idempotency-Key is answered "
+                "200 duplicate if it was stored), overloaded (INTAKE_MAX_PENDING requests waiting), "
+                "redis_full (at or above REDIS_MEMORY_HEADROOM of maxmemory)",
+                *SEND_503_CODES,
                 retry_after=True,
             ),
         },
