@@ -31,6 +31,8 @@ PY = sys.executable
 INTAKE_TOKEN = "test-intake-token-0123456789"
 PAGE = "100"
 PAGE_TOKEN = "sandbox-token-100"
+#: Service processes refuse the built-in RECIPIENT_HASH_SALT (config.check_service).
+HASH_SALT = "test-recipient-hash-salt-" + uuid.uuid4().hex[:12]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -234,6 +236,7 @@ def base_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
             "GRAPH_API_URL": sandbox_url,
             "INTAKE_TOKENS": INTAKE_TOKEN,
             "PAGE_ACCESS_TOKENS": f'{{"{PAGE}": "{PAGE_TOKEN}"}}',
+            "RECIPIENT_HASH_SALT": HASH_SALT,
             "KEY_PREFIX": "t" + uuid.uuid4().hex[:8],
             "QUEUE_NAME": "q" + uuid.uuid4().hex[:8],
             "MAX_ATTEMPTS": "3",

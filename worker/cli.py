@@ -36,6 +36,19 @@ def _settings(**overrides: object) -> Any:
         raise SystemExit(f"configuration error: {exc}") from None
 
 
+def _service_settings(**overrides: object) -> Any:
+    """Settings for a service process (the intake, a worker): also :func:`check_service`'s
+    requirements (RECIPIENT_HASH_SALT)."""
+    from worker.config import check_service
+
+    settings = _settings(**overrides)
+    try:
+        check_service(settings)
+    except ValueError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    return settings
+
+
 def cmd_intake(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -46,7 +59,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
         import tempfile
 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bmw-metrics-")
-    settings = _settings()
+    settings = _service_settings()
     if not settings.intake_tokens and not settings.intake_insecure_no_auth:
         print("INTAKE_TOKENS is empty: set it, or start with --insecure-no-auth", file=sys.stderr)
         return 2
@@ -67,7 +80,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = _service_settings()
     from worker.celery import app
     from worker.logging import configure_logging
 
@@ -169,11 +182,16 @@ def start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def _redis_configured() -> bool:
-    if os.environ.get("REDIS_URL"):
+    return _configured("REDIS_URL")
+
+
+def _configured(name: str) -> bool:
+    """Whether ``name`` is set in the environment or in ./.env."""
+    if os.environ.get(name):
         return True
     env_file = Path(".env")
     return env_file.is_file() and any(
-        line.strip().startswith("REDIS_URL=") for line in env_file.read_text(encoding="utf-8").splitlines()
+        line.strip().startswith(f"{name}=") for line in env_file.read_text(encoding="utf-8").splitlines()
     )
 
 
@@ -213,7 +231,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not token:
             token = "dev-" + secrets.token_urlsafe(16)
             env["INTAKE_TOKENS"] = token
-        _settings()  # validate the configuration before starting anything else
+        salt: dict[str, str] = {}
+        if not _configured("RECIPIENT_HASH_SALT"):  # a fresh one per run: hashes differ across runs
+            env["RECIPIENT_HASH_SALT"] = salt["recipient_hash_salt"] = secrets.token_urlsafe(24)
+        _service_settings(**salt)  # validate the configuration before starting anything else
         procs.append(
             (
                 "worker",

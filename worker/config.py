@@ -48,6 +48,12 @@ DEPRECATED_TAGS: dict[str, str] = {
 #: Tags still accepted by the Send API (HUMAN_AGENT needs App Review and human replies only).
 CURRENT_TAGS = frozenset({"HUMAN_AGENT", "CUSTOMER_FEEDBACK", "NON_PROMOTIONAL_SUBSCRIPTION"})
 
+#: RECIPIENT_HASH_SALT's built-in value keeps Settings() usable in tests and read-only commands;
+#: a service process refuses it (check_service): with a known salt, a PSID's hash in the logs is
+#: reversed by hashing candidate PSIDs.
+DEFAULT_RECIPIENT_HASH_SALT = "braze-messenger-worker"
+MIN_SALT_LENGTH = 16
+
 _PLACEHOLDER = re.compile(r"^(changeme|change-me|xxx+|todo|<.*>|your[_-].*)$", re.IGNORECASE)
 
 
@@ -208,7 +214,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     #: Recipients (PSIDs) are logged as a salted hash unless this is true.
     log_raw_recipients: bool = False
-    recipient_hash_salt: SecretStr = SecretStr("braze-messenger-worker")
+    recipient_hash_salt: SecretStr = SecretStr(DEFAULT_RECIPIENT_HASH_SALT)  # refused by check_service
 
     @field_validator("intake_tokens", "fallback_tags", mode="before")
     @classmethod
@@ -378,3 +384,21 @@ class PageTokens:
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (and .env), with explicit overrides for tests and the CLI."""
     return Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings accepts field kwargs
+
+
+def check_service(settings: Settings) -> None:
+    """What a service process (the intake, a worker) requires on top of Settings' validation;
+    raises ValueError. Settings built directly (tests) and the CLI's other commands skip it.
+
+    RECIPIENT_HASH_SALT must be set, not a placeholder, at least MIN_SALT_LENGTH characters
+    (unless LOG_RAW_RECIPIENTS, which logs PSIDs unhashed). ``messenger-worker up`` generates one.
+    """
+    salt = settings.recipient_hash_salt.get_secret_value()
+    if not settings.log_raw_recipients and (
+        salt == DEFAULT_RECIPIENT_HASH_SALT or _PLACEHOLDER.match(salt) or len(salt) < MIN_SALT_LENGTH
+    ):
+        raise ValueError(
+            f"RECIPIENT_HASH_SALT is unset, the default or a placeholder, or shorter than "
+            f"{MIN_SALT_LENGTH} characters: set it to a long random value and keep it stable, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+        )

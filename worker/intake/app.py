@@ -103,7 +103,7 @@ def create_app(
 
 def app_factory() -> Starlette:
     """uvicorn factory (``--workers N`` re-imports this in each process)."""
-    from worker.config import load_settings
+    from worker.config import check_service, load_settings
     from worker.logging import configure_logging
 
     settings = load_settings()
@@ -111,4 +111,8 @@ def app_factory() -> Starlette:
     logging.getLogger("uvicorn.error").addFilter(ThrottledRecords(UVICORN_REFUSAL, every=1.0))
     if not settings.intake_tokens and not settings.intake_insecure_no_auth:
         raise SystemExit("INTAKE_TOKENS is empty: set it, or start with --insecure-no-auth")
+    try:
+        check_service(settings)
+    except ValueError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
     return create_app(settings, tune_gc=True)
