@@ -7,13 +7,16 @@ The factory wires, and owns nothing else:
   ``/{version}/{page_id}/messages`` pattern also matches some other three-segment paths);
 * the exception handlers (:func:`worker.intake.http.exception_handlers`): a refusal raised as
   ``InputError`` becomes its JSON error, a Redis failure ``503 unavailable`` with Retry-After,
-  unknown routes and methods 404 and 405 in the same shape;
+  the group commit's refusals 503 with their codes, unknown routes and methods 404 and 405 in
+  the same shape;
 * the lifespan, which opens the connections when the app starts and closes them when it stops:
   the async Redis client (unless one is injected), the sync client /metrics reads with, the
   :class:`~worker.intake.committer.GroupCommitter` and the Redis memory gate. They are shared
   with the routes as ``app.state.intake`` (:class:`~worker.intake.state.IntakeState`).
 
-Building the app opens no connection, so tests can build it without Redis.
+Building the app opens no connection, so tests can build it without Redis. ``app_factory``
+refuses a configuration a service must not run with (:func:`worker.config.check_service`) and
+throttles uvicorn's warning for each request beyond its concurrency limit.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ def create_app(
             yield
         finally:
             intake.memory.close()
+            intake.committer.close()
             intake.sync_redis.close()
             if client is None:
                 await redis_client.aclose()

@@ -169,6 +169,12 @@ class GroupCommitter:
         self._reaper: asyncio.TimerHandle | None = None
         self._shed = Throttled("intake.overloaded", every=1.0)
 
+    def close(self) -> None:
+        """Cancels the deadline timer (the app stops)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+
     @property
     def pending(self) -> int:
         """Requests waiting for a commit or riding on one."""
