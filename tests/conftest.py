@@ -37,6 +37,8 @@ PAGE_TOKEN = "sandbox-token-100"
 #: Every page the tests send as: configured for each stack (an access token we do not hold is
 #: refused at the intake, so a test's page must be one of these).
 TEST_PAGES = (PAGE, "200", "401", "402", "403", "404", "501", "601", "602", "777")
+#: Service processes refuse the built-in RECIPIENT_HASH_SALT (config.check_service).
+HASH_SALT = "test-recipient-hash-salt-" + uuid.uuid4().hex[:12]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -243,6 +245,7 @@ def base_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
             "INTAKE_METRICS_PORT": "0",
             # the pages the tests send as (the sandbox takes sandbox-token-<page> for any page)
             "PAGE_ACCESS_TOKENS": json.dumps({page: f"sandbox-token-{page}" for page in TEST_PAGES}),
+            "RECIPIENT_HASH_SALT": HASH_SALT,
             "KEY_PREFIX": "t" + uuid.uuid4().hex[:8],
             "QUEUE_NAME": "q" + uuid.uuid4().hex[:8],
             "MAX_ATTEMPTS": "3",

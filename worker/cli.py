@@ -36,6 +36,19 @@ def _settings(**overrides: object) -> Any:
         raise SystemExit(f"configuration error: {exc}") from None
 
 
+def _service_settings(**overrides: object) -> Any:
+    """Settings for a service process (the intake, a worker): also :func:`check_service`'s
+    requirements (RECIPIENT_HASH_SALT)."""
+    from worker.config import check_service
+
+    settings = _settings(**overrides)
+    try:
+        check_service(settings)
+    except ValueError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    return settings
+
+
 def cmd_intake(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -46,7 +59,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
         import tempfile
 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bmw-metrics-")
-    settings = _settings()
+    settings = _service_settings()
     if not settings.intake_tokens and not settings.intake_insecure_no_auth:
         print("INTAKE_TOKENS is empty: set it, or start with --insecure-no-auth", file=sys.stderr)
         return 2
@@ -60,12 +73,14 @@ def cmd_intake(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=30,
         server_header=False,
+        # beyond it uvicorn answers 503 itself, plain text without Retry-After (README)
+        limit_concurrency=settings.intake_limit_concurrency or None,
     )
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = _service_settings()
     from worker.celery import app
     from worker.logging import configure_logging
 
@@ -167,21 +182,37 @@ def start_embedded_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def _redis_configured() -> bool:
-    if os.environ.get("REDIS_URL"):
+    return _configured("REDIS_URL")
+
+
+def _configured(name: str) -> bool:
+    """Whether ``name`` is set in the environment or in ./.env."""
+    if os.environ.get(name):
         return True
     env_file = Path(".env")
     return env_file.is_file() and any(
-        line.strip().startswith("REDIS_URL=") for line in env_file.read_text(encoding="utf-8").splitlines()
+        line.strip().startswith(f"{name}=") for line in env_file.read_text(encoding="utf-8").splitlines()
     )
 
 
-def _first_token(value: str) -> str:
-    """The first token of an INTAKE_TOKENS / ADMIN_TOKENS value (comma-separated or JSON)."""
-    value = value.strip()
-    if value.startswith("{"):
-        scoped = json.loads(value)
-        return str(next(iter(scoped), "")) if isinstance(scoped, dict) else ""
-    return value.split(",")[0].strip()
+def _dev_credentials(env: dict[str, str]) -> tuple[str, str]:
+    """For ``up``: fresh INTAKE_TOKENS, ADMIN_TOKENS (32+ characters: config.MIN_TOKEN_LENGTH) and
+    RECIPIENT_HASH_SALT in ``env`` for whichever is not configured (environment or ./.env);
+    validates the whole configuration and returns the first intake and admin tokens."""
+    generated: dict[str, str] = {}
+    for name, prefix in (
+        ("INTAKE_TOKENS", "dev-"),
+        ("ADMIN_TOKENS", "dev-admin-"),
+        ("RECIPIENT_HASH_SALT", ""),
+    ):
+        if not _configured(name):  # a fresh salt: recipient hashes differ across runs
+            env[name] = generated[name.lower()] = prefix + secrets.token_urlsafe(32)
+    settings = _service_settings(**generated)  # before starting anything else
+    intake, admin = settings.intake_tokens, settings.admin_tokens
+    return (
+        intake[0].get_secret_value() if intake else "",
+        admin[0].get_secret_value() if admin else "",
+    )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -216,15 +247,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 raise SystemExit("sandbox did not start")
             env["GRAPH_API_URL"] = f"http://127.0.0.1:{sport}"
             env.setdefault("PAGE_ACCESS_TOKENS", json.dumps({SANDBOX_PAGE: f"sandbox-token-{SANDBOX_PAGE}"}))
-        token = _first_token(env.get("INTAKE_TOKENS", ""))
-        if not token:  # a fresh one for this run (at least 32 characters: config.MIN_TOKEN_LENGTH)
-            token = "dev-" + secrets.token_urlsafe(32)
-            env["INTAKE_TOKENS"] = token
-        admin = _first_token(env.get("ADMIN_TOKENS", ""))
-        if not admin:
-            admin = "dev-admin-" + secrets.token_urlsafe(32)
-            env["ADMIN_TOKENS"] = admin
-        _settings()  # validate the configuration before starting anything else
+        token, admin = _dev_credentials(env)
         procs.append(
             (
                 "worker",

@@ -54,6 +54,11 @@ CURRENT_TAGS = frozenset({"HUMAN_AGENT", "CUSTOMER_FEEDBACK", "NON_PROMOTIONAL_S
 MIN_TOKEN_LENGTH = 32
 #: LINK_SECRET's shortest length: a ref of one's own lets anyone guess the key offline.
 MIN_LINK_SECRET = 32
+#: RECIPIENT_HASH_SALT's built-in value keeps Settings() usable in tests and read-only commands;
+#: a service process refuses it (check_service): with a known salt, a PSID's hash in the logs is
+#: reversed by hashing candidate PSIDs.
+DEFAULT_RECIPIENT_HASH_SALT = "braze-messenger-worker"
+MIN_SALT_LENGTH = 16
 
 _PLACEHOLDER = re.compile(r"^(changeme|change-me|xxx+|todo|<.*>|your[_-].*)$", re.IGNORECASE)
 
@@ -171,6 +176,16 @@ class Settings(BaseSettings):
     #: one task per commit).
     queue_batch_max: int = Field(default=100, ge=1, le=1_000)
     batch_window_ms: float = Field(default=10.0, ge=0)
+    # -- intake load shedding (README "Intake HTTP API"); per intake process --
+    #: Requests waiting for a group commit or riding on one; beyond it the send route answers
+    #: 503 overloaded (Retry-After) at once and enqueues nothing.
+    intake_max_pending: int = Field(default=2_000, ge=1)
+    #: The longest the send route waits for Redis (memory check and commit); then it answers 503
+    #: (unavailable: not stored, or unavailable_maybe_stored). Well under Braze's 90 s timeout.
+    intake_deadline_seconds: float = Field(default=5.0, gt=0, le=60)
+    #: uvicorn's limit_concurrency: connections or requests in progress beyond which uvicorn
+    #: itself answers 503 (plain text, no Retry-After); 0 = no limit.
+    intake_limit_concurrency: int = Field(default=4_000, ge=0)
     queue_name: str = "messenger"
     key_prefix: str = "bmw"
     #: The cyclic collector's young-generation threshold once a process has started (after
@@ -231,7 +246,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     #: Recipients (PSIDs) are logged as a salted hash unless this is true.
     log_raw_recipients: bool = False
-    recipient_hash_salt: SecretStr = SecretStr("braze-messenger-worker")
+    recipient_hash_salt: SecretStr = SecretStr(DEFAULT_RECIPIENT_HASH_SALT)  # refused by check_service
 
     @model_validator(mode="before")
     @classmethod
@@ -471,3 +486,21 @@ class PageTokens:
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (and .env), with explicit overrides for tests and the CLI."""
     return Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings accepts field kwargs
+
+
+def check_service(settings: Settings) -> None:
+    """What a service process (the intake, a worker) requires on top of Settings' validation;
+    raises ValueError. Settings built directly (tests) and the CLI's other commands skip it.
+
+    RECIPIENT_HASH_SALT must be set, not a placeholder, at least MIN_SALT_LENGTH characters
+    (unless LOG_RAW_RECIPIENTS, which logs PSIDs unhashed). ``messenger-worker up`` generates one.
+    """
+    salt = settings.recipient_hash_salt.get_secret_value()
+    if not settings.log_raw_recipients and (
+        salt == DEFAULT_RECIPIENT_HASH_SALT or _PLACEHOLDER.match(salt) or len(salt) < MIN_SALT_LENGTH
+    ):
+        raise ValueError(
+            f"RECIPIENT_HASH_SALT is unset, the default or a placeholder, or shorter than "
+            f"{MIN_SALT_LENGTH} characters: set it to a long random value and keep it stable, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+        )

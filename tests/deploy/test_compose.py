@@ -28,7 +28,7 @@ from tests.deploy.common import (
 
 SCHEMA = ROOT / "tests" / "deploy" / "schemas" / "compose-spec.json"
 APP_SERVICES = ("intake", "worker")
-REQUIRED = {"INTAKE_TOKENS", "PAGE_ACCESS_TOKENS"}
+REQUIRED = {"INTAKE_TOKENS", "PAGE_ACCESS_TOKENS", "RECIPIENT_HASH_SALT"}
 #: Compose defaults that differ from Settings on purpose.
 DELIBERATE_DEFAULTS = {"REDIS_URL"}  # the redis service, not 127.0.0.1
 
@@ -136,6 +136,7 @@ def filled_env() -> dict[str, str]:
     env.update(
         INTAKE_TOKENS="intake-token-for-tests-0123456789abcdef",
         PAGE_ACCESS_TOKENS='{"100": "page-token-for-tests"}',
+        RECIPIENT_HASH_SALT="recipient-hash-salt-for-tests",
         GRAFANA_ADMIN_PASSWORD="grafana-password-for-tests",
     )
     return env

@@ -168,6 +168,10 @@ def test_secret_template_placeholders_are_refused_at_start() -> None:
     tokens = secrets_example()["messenger-worker-page-tokens"]["page-tokens.json"]
     with pytest.raises(ValidationError, match="placeholder"):
         make_settings({"page_access_tokens": tokens})
+    from worker.config import check_service
+
+    with pytest.raises(ValueError, match="RECIPIENT_HASH_SALT"):  # a service start refuses it
+        check_service(make_settings({"recipient_hash_salt": secret["RECIPIENT_HASH_SALT"]}))
 
 
 def test_env_sources_and_volumes_exist(objects: list[dict[str, Any]]) -> None:

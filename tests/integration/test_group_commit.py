@@ -178,3 +178,62 @@ def test_a_claim_by_ids_still_works_and_reports_what_it_looked_at(redis_server: 
     )
     assert retried[0] == 1
     assert retried[1].decode() == "a"
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    """A message whose ``attachment.payload`` nests ``levels`` objects: it parses, but orjson
+    refuses to serialise it (beyond 254 levels)."""
+    payload: Any = {"url": "https://example.com/x.png"}
+    for _ in range(levels):
+        payload = {"a": payload}
+    return {"attachment": {"type": "template", "payload": payload}}
+
+
+def test_an_item_that_cannot_be_encoded_fails_alone_and_never_the_batch(redis_server: RedisServer) -> None:
+    """One request the commit cannot encode (a body nested deeper than orjson serialises, built
+    without validation, which refuses it) shares a commit with good ones: it alone gets an error
+    (422 too_deep), the others are stored and answered, and the committer keeps committing."""
+    from worker.messenger.validation import InputError, SendRequest
+
+    settings = _settings(redis_server)
+
+    async def scenario() -> tuple[list[Any], tuple[str, bool]]:
+        client = redisconn.async_client(settings)
+        committer = GroupCommitter(client, settings)
+        sizes: list[int] = []
+        real = committer._accept
+
+        async def spy(**kwargs: Any) -> Any:
+            sizes.append((len(kwargs["args"]) - 11) // 9)
+            return await real(**kwargs)
+
+        committer._accept = spy  # type: ignore[method-assign]  # counts the items of each call
+
+        def good(i: int) -> SendRequest:
+            body = orjson.dumps({"recipient": {"id": f"deep-{i}"}, "message": {"text": "hi"}})
+            return validate(body, settings, path_page_id=PAGE)
+
+        bad = SendRequest(
+            page_id=PAGE, psid="deep-bad", body={"recipient": {"id": "deep-bad"}, "message": _deep(300)}
+        )
+        requests = [good(0), good(1), bad, good(2), good(3)]
+        try:
+            tasks = [asyncio.create_task(committer.submit(r, "", f"r{i}")) for i, r in enumerate(requests)]
+            results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+            after = await asyncio.wait_for(committer.submit(good(4), "", "r-after"), 10)
+        finally:
+            await client.aclose()
+        assert sizes[0] == 4, sizes  # the first commit carried the four good ones, not the bad one
+        return results, after
+
+    results, after = asyncio.run(scenario())
+    error = results[2]
+    assert isinstance(error, InputError), results
+    assert (error.status, error.code) == (422, "too_deep")
+    accepted = [r for i, r in enumerate(results) if i != 2]
+    assert all(isinstance(r, tuple) and r[1] for r in accepted), results
+    sync = redis_server.client()
+    keys = Keys.of(settings)
+    for delivery_id, _ in accepted:
+        assert sync.hget(keys.delivery(delivery_id), "status") == b"queued"
+    assert after[1] is True

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from tests.conftest import INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env
 from worker.config import Settings
 from worker.intake.openapi import openapi_document
-from worker.messenger.validation import MAX_TEXT, InputError, validate
+from worker.messenger.validation import BODY_FIELDS, MAX_TEXT, InputError, validate
 
 pytestmark = pytest.mark.reliability
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "60"))
@@ -112,6 +112,11 @@ bodies = st.fixed_dictionaries(
             ),
         ),
         "sender_action": st.one_of(st.sampled_from(["typing_on", "mark_seen", "dance"]), json_values),
+        "notification_type": st.one_of(st.sampled_from(["REGULAR", "NO_PUSH"]), json_values),
+        "persona_id": json_values,
+        "access_token": st.text(max_size=40),
+        "appsecret_proof": st.text(max_size=40),
+        "metadata": json_values,
     },
 )
 
@@ -138,6 +143,8 @@ def test_validation_accepts_only_sendable_bodies(
         assert error.message
         return
     sent = result.body
+    assert set(sent) <= set(BODY_FIELDS)  # nothing else reaches Redis or Graph, no credential
+    assert orjson.loads(result.body_json) == sent
     assert isinstance(sent["recipient"]["id"], str)
     assert sent["recipient"]["id"]
     assert (sent.get("message") is None) != (sent.get("sender_action") is None)

@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from worker.config import DeprecatedTagPolicy, LogFormat, PageTokens, Settings, WindowPolicy
+from worker.config import (
+    DEFAULT_RECIPIENT_HASH_SALT,
+    MIN_SALT_LENGTH,
+    DeprecatedTagPolicy,
+    LogFormat,
+    PageTokens,
+    Settings,
+    WindowPolicy,
+    check_service,
+)
 
 PAGE_TOKEN = "tok-page-100-abcdef"
 OTHER_TOKEN = "tok-page-200-ghijkl"
@@ -297,3 +306,38 @@ def test_short_link_secret_rejected_without_showing_it() -> None:
 def test_unknown_link_conflict_policy_rejected() -> None:
     with pytest.raises(ValidationError):
         from_env(link_conflict_policy="merge")
+
+
+@pytest.mark.parametrize(
+    "salt",
+    [None, "braze-messenger-worker", "changeme", "<random-salt-for-recipient-hashes-in-logs>", "short-salt"],
+)
+def test_a_service_refuses_the_default_a_placeholder_or_a_short_recipient_hash_salt(salt: str | None) -> None:
+    values: dict[str, Any] = {"_env_file": None}
+    if salt is not None:
+        values["recipient_hash_salt"] = salt
+    settings = Settings(**values)  # Settings alone accepts it: tests and read-only commands
+    with pytest.raises(ValueError, match="RECIPIENT_HASH_SALT") as refused:
+        check_service(settings)
+    if salt:
+        assert salt not in str(refused.value)
+
+
+def test_a_service_accepts_a_long_salt_or_raw_recipients() -> None:
+    check_service(Settings(recipient_hash_salt="s" * MIN_SALT_LENGTH, _env_file=None))
+    check_service(Settings(log_raw_recipients=True, _env_file=None))  # no hash, no salt needed
+
+
+def test_the_default_salt_is_the_one_a_service_refuses() -> None:
+    assert Settings(_env_file=None).recipient_hash_salt.get_secret_value() == DEFAULT_RECIPIENT_HASH_SALT
+
+
+def test_load_shedding_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTAKE_MAX_PENDING", "500")
+    monkeypatch.setenv("INTAKE_DEADLINE_SECONDS", "2.5")
+    monkeypatch.setenv("INTAKE_LIMIT_CONCURRENCY", "0")
+    s = Settings(_env_file=None)
+    assert (s.intake_max_pending, s.intake_deadline_seconds, s.intake_limit_concurrency) == (500, 2.5, 0)
+    monkeypatch.setenv("INTAKE_DEADLINE_SECONDS", "90")  # past Braze's 90 s timeout
+    with pytest.raises(ValueError, match="intake_deadline_seconds"):
+        Settings(_env_file=None)

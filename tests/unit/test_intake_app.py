@@ -227,3 +227,46 @@ def test_the_webhook_reads_no_more_than_its_limit() -> None:
 
 def test_a_wrong_signature_is_refused_after_reading_the_body() -> None:
     assert webhook_call({"X-Hub-Signature-256": "sha256=" + "0" * 64}, chunks=2) == (403, 2)
+
+
+def test_unreachable_redis_is_503_unavailable_and_a_missing_key_is_warned_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis refuses the connection: nothing can have been stored, 503 ``unavailable`` with
+    Retry-After. A request without Idempotency-Key is warned about, once per interval."""
+    from worker.intake import notices
+    from worker.intake.routes import send
+
+    lines: list[tuple[str, dict[str, Any]]] = []
+
+    class Recorder:
+        def warning(self, event: str, **fields: Any) -> None:
+            lines.append((event, fields))
+
+    monkeypatch.setattr(notices, "log", Recorder())
+    monkeypatch.setattr(send, "NO_KEY_WARNING", notices.Throttled("intake.no_idempotency_key", every=60.0))
+    with TestClient(create_app(settings(redis_memory_headroom=1))) as client:  # no INFO read
+        for _ in range(3):
+            resp = client.post("/v25.0/100/messages", json=BODY, headers=AUTH)
+            assert error_of(resp) == (503, "unavailable")
+            assert resp.headers["retry-after"].isdigit()
+        keyed = client.post("/v25.0/100/messages", json=BODY, headers={**AUTH, "Idempotency-Key": "k-1"})
+        assert error_of(keyed) == (503, "unavailable")
+    assert [(event, fields["count"]) for event, fields in lines] == [("intake.no_idempotency_key", 1)]
+    assert send.NO_KEY_WARNING.count == 2  # counted for the next line
+
+
+def test_a_stalled_memory_read_is_answered_within_the_deadline() -> None:
+    from worker.intake.committer import NotStored
+    from worker.intake.routes.send import _admit
+
+    async def scenario() -> float:
+        gate = MemoryGate(MemoryGuard(0.9), FakeRedis(used=10, maxmemory=100, latency=30))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(NotStored):
+            await _admit(gate, 0.2)
+        gate.close()
+        return loop.time() - started
+
+    assert asyncio.run(scenario()) < 1

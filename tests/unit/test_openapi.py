@@ -123,6 +123,21 @@ def test_every_refusal_code_of_the_send_route_is_documented() -> None:
     assert codes <= _documented_codes(send)
 
 
+def test_every_503_code_of_the_send_route_is_documented_with_retry_after() -> None:
+    from worker.intake import committer
+
+    failures = {
+        cls.code
+        for cls in vars(committer).values()
+        if isinstance(cls, type) and issubclass(cls, committer.CommitFailed)
+    }
+    assert failures == {"unavailable", "unavailable_maybe_stored", "overloaded"}
+    for path in ("/me/messages", "/{version}/me/messages", "/{version}/{page_id}/messages"):
+        answer = documented()[(path, "post")]["responses"]["503"]
+        assert _documented_codes({"responses": {"503": answer}}) == failures | {"redis_full"}
+        assert "Retry-After" in answer["headers"]
+
+
 def test_the_served_document_is_the_module_s() -> None:
     with TestClient(create_app(SETTINGS)) as client:  # the lifespan opens clients, but none connects
         assert client.get("/openapi.json").json() == openapi_document()

@@ -14,7 +14,10 @@ import pytest
 
 from worker.config import DeprecatedTagPolicy, PageTokens, Settings
 from worker.messenger.validation import (
+    BODY_FIELDS,
+    CREDENTIAL_FIELDS,
     MAX_BODY_BYTES,
+    MAX_DEPTH,
     InputError,
     SendRequest,
     parse_tags,
@@ -435,10 +438,82 @@ def test_query_page_id() -> None:
     assert check(body(), TWO_PAGES, path_page_id=PAGE, query_page_id=OTHER_PAGE).page_id == PAGE
 
 
-def test_access_token_in_body_is_removed() -> None:
-    req = check(body(access_token=PAGE_TOKEN))
-    assert "access_token" not in req.body
-    assert PAGE_TOKEN not in orjson.dumps(req.body).decode()
+@pytest.mark.parametrize("name", sorted(CREDENTIAL_FIELDS))
+def test_a_credential_in_the_body_is_refused_never_forwarded(name: str) -> None:
+    err = refused(body(**{name: PAGE_TOKEN}))
+    assert (err.status, err.code) == (422, "token_in_body")
+    assert name in err.message
+    assert PAGE_TOKEN not in err.message
+
+
+@pytest.mark.parametrize("name", ["metadata", "thread_control", "payload", "messaging_product", "Recipient"])
+def test_a_field_outside_the_send_api_table_is_refused_by_name(name: str) -> None:
+    err = refused(body(**{name: "x"}))
+    assert (err.status, err.code) == (422, "unknown_field")
+    assert repr(name) in err.message
+
+
+def test_an_unknown_field_name_is_shortened_in_the_answer() -> None:
+    err = refused(body(**{"k" * 5000: 1}))
+    assert err.code == "unknown_field"
+    assert len(err.message) < 300
+
+
+def test_every_field_of_the_table_passes_and_nothing_else_reaches_the_stored_body() -> None:
+    req = check(body(notification_type="SILENT_PUSH", persona_id="123", reply_to={"mid": "m_1"}))
+    assert set(req.body) <= set(BODY_FIELDS)
+    assert orjson.loads(req.body_json) == req.body
+    assert check(body(persona_id=123)).body["persona_id"] == 123
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("notification_type", 1),
+        ("persona_id", True),
+        ("persona_id", 1.5),
+        ("reply_to", "m_1"),
+        ("reply_to", None),
+    ],
+)
+def test_typed_fields_of_the_table_must_have_their_type(name: str, value: object) -> None:
+    err = refused(body(**{name: value}) if value is not None else {**body(), name: None})
+    assert (err.status, err.code) == (422, "invalid_field")
+    assert name in err.message
+
+
+def _nested(levels: int) -> bytes:
+    """A valid body nesting ``levels`` objects in all, in ``message.attachment.payload`` (built as
+    text: orjson cannot serialise it beyond MAX_DEPTH)."""
+    inner = levels - 3  # body > message > attachment, then the payload's objects
+    return (
+        b'{"recipient":{"id":"p"},"message":{"attachment":{"type":"template","payload":'
+        + b'{"a":' * inner
+        + b"1"
+        + b"}" * inner
+        + b"}}}"
+    )
+
+
+def test_nesting_up_to_what_the_encoder_serialises_is_accepted() -> None:
+    req = validate(_nested(MAX_DEPTH), SETTINGS)
+    assert orjson.loads(req.body_json) == req.body
+    assert req.body_json == orjson.dumps(req.body)  # what the worker re-encodes before sending
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 300, 1024, 1025, 5000])
+def test_a_body_nested_deeper_than_the_encoder_serialises_is_refused(levels: int) -> None:
+    """orjson parses up to 1024 levels and serialises up to MAX_DEPTH (254): between the two a
+    body parsed and then broke the group commit; beyond, it was answered 400 invalid_json
+    though it is valid JSON."""
+    err = refused(_nested(levels))
+    assert (err.status, err.code) == (422, "too_deep")
+    assert str(MAX_DEPTH) in err.message
+
+
+def test_the_committed_bytes_are_encoded_once_by_validation() -> None:
+    req = check(body())
+    assert req.body_json == orjson.dumps(req.body)
 
 
 # ------------------------------------------------------------------------------------------------

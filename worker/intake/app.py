@@ -7,17 +7,21 @@ The factory wires, and owns nothing else:
   ``/{version}/{page_id}/messages`` pattern also matches some other three-segment paths);
 * the exception handlers (:func:`worker.intake.http.exception_handlers`): a refusal raised as
   ``InputError`` becomes its JSON error, a Redis failure ``503 unavailable`` with Retry-After,
-  unknown routes and methods 404 and 405 in the same shape;
+  the group commit's refusals 503 with their codes, unknown routes and methods 404 and 405 in
+  the same shape;
 * the lifespan, which opens the connections when the app starts and closes them when it stops:
   the async Redis client (unless one is injected), the sync client /metrics reads with, the
   :class:`~worker.intake.committer.GroupCommitter` and the Redis memory gate. They are shared
   with the routes as ``app.state.intake`` (:class:`~worker.intake.state.IntakeState`).
 
-Building the app opens no connection, so tests can build it without Redis.
+Building the app opens no connection, so tests can build it without Redis. ``app_factory``
+refuses a configuration a service must not run with (:func:`worker.config.check_service`) and
+throttles uvicorn's warning for each request beyond its concurrency limit.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,6 +35,7 @@ from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
 from worker.intake.http import exception_handlers
 from worker.intake.metrics_server import MetricsServer
+from worker.intake.notices import ThrottledRecords
 from worker.intake.routes import admin, deliveries, health, send, webhook
 from worker.intake.state import IntakeState
 from worker.logging import get_logger
@@ -39,6 +44,8 @@ from worker.store import Keys
 from worker.store import connections as redisconn
 
 log = get_logger("worker.intake")
+#: What uvicorn logs for each request it refuses beyond INTAKE_LIMIT_CONCURRENCY (503, plain text).
+UVICORN_REFUSAL = "Exceeded concurrency limit."
 
 
 def make_async_redis(settings: Settings) -> aioredis.Redis:
@@ -93,6 +100,7 @@ def create_app(
         finally:
             metrics.stop()
             intake.memory.close()
+            intake.committer.close()
             intake.sync_redis.close()
             if client is None:
                 await redis_client.aclose()
@@ -107,11 +115,16 @@ def create_app(
 
 def app_factory() -> Starlette:
     """uvicorn factory (``--workers N`` re-imports this in each process)."""
-    from worker.config import load_settings
+    from worker.config import check_service, load_settings
     from worker.logging import configure_logging
 
     settings = load_settings()
     configure_logging(settings)
+    logging.getLogger("uvicorn.error").addFilter(ThrottledRecords(UVICORN_REFUSAL, every=1.0))
     if not settings.intake_tokens and not settings.intake_insecure_no_auth:
         raise SystemExit("INTAKE_TOKENS is empty: set it, or start with --insecure-no-auth")
+    try:
+        check_service(settings)
+    except ValueError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
     return create_app(settings, tune_gc=True)

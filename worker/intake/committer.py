@@ -3,8 +3,22 @@
 A caller's :meth:`GroupCommitter.submit` returns only once the ``accept.lua`` call that carries
 its request has returned: delivery records, pending index, idempotency keys, and the ids,
 appended to the queue's newest batch or to a new batch with its Celery message
-(:mod:`worker.store.envelope`, ``store/lua/accept.lua``). So a 202 means the message is in Redis;
-an exception (``RedisError``, ``OSError``) means nothing of that request was written.
+(:mod:`worker.store.envelope`, ``store/lua/accept.lua``). So a 202 means the message is in Redis.
+
+Otherwise it raises, and never leaves a caller waiting longer than its deadline
+(``INTAKE_DEADLINE_SECONDS``), whatever Redis does. Each refusal says whether the message may
+be stored (:class:`CommitFailed`, answered 503 with Retry-After):
+
+* :class:`Overloaded` — ``INTAKE_MAX_PENDING`` requests already wait for Redis: refused at once,
+  nothing enqueued (the buffer is bounded, so a stalled Redis cannot pile requests up in memory);
+* :class:`NotStored` — nothing was written: the deadline passed before a commit took the request,
+  Redis could not be reached, or it refused the script before running it (OOM, READONLY...);
+* :class:`MaybeStored` — the script was sent and its answer was lost (the deadline, a read
+  timeout, a dropped connection): it may have run. A retry with the same Idempotency-Key is
+  answered 200 ``duplicate`` if it did; without a key the retry may store the message twice.
+
+A request the commit cannot encode fails alone with its :class:`InputError`; the others of its
+batch are committed.
 """
 
 from __future__ import annotations
@@ -17,12 +31,13 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-import redis.exceptions
+import redis.exceptions as rexc
 
 from worker import metrics
 from worker.config import Settings
+from worker.intake.notices import Throttled
 from worker.logging import get_logger
-from worker.messenger.validation import SendRequest
+from worker.messenger.validation import InputError, SendRequest, encode_body
 from worker.store import Keys, envelope, ids, scripts
 
 log = get_logger("worker.intake")
@@ -31,9 +46,76 @@ GATHER_TARGET = 16
 #: A queued batch's id list outlives SWEEP_AFTER_SECONDS by this much: if its message is lost,
 #: the sweeper re-enqueues the ids first (accept.lua).
 BATCH_TTL_MARGIN = 60
+#: A request with less time than this left before its deadline is not sent to Redis any more: it
+#: is answered NotStored at once rather than MaybeStored a moment later (at most a quarter of
+#: INTAKE_DEADLINE_SECONDS).
+MIN_COMMIT_SECONDS = 0.5
+#: The deadline sweep of waiting requests runs at most this often.
+REAP_EVERY_SECONDS = 0.05
+#: Redis refused the script before running it: nothing was written.
+_REFUSED: tuple[type[Exception], ...] = (
+    rexc.OutOfMemoryError,
+    rexc.ReadOnlyError,
+    rexc.BusyLoadingError,
+    rexc.AuthenticationError,
+    rexc.NoPermissionError,
+)
+_REFUSED_CODES = ("BUSY ", "MISCONF ", "MASTERDOWN ", "NOREPLICAS ")
+#: Words of redis-py's errors raised before a command is written (connecting, no free connection,
+#: no master). Any other error after the call started may follow a written command.
+_NOT_SENT = (
+    "connecting to",
+    "Timeout connecting",
+    "No connection available",
+    "Too many connections",
+    "No master",
+)
 
 
-@dataclass
+class CommitFailed(Exception):
+    """The message was not stored, or may not have been: answered 503 ``code`` with Retry-After."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Overloaded(CommitFailed):
+    code = "overloaded"
+
+
+class NotStored(CommitFailed):
+    code = "unavailable"
+
+
+class MaybeStored(CommitFailed):
+    code = "unavailable_maybe_stored"
+
+
+_NOT_STORED = "the queue is unavailable; nothing was stored: retry later"
+_MAYBE_STORED = (
+    "the queue did not confirm in time; the message may have been stored: retry with the same "
+    "Idempotency-Key (answered 200 duplicate if it was)"
+)
+
+
+def never_ran(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by an ACCEPT call, proves that Redis did not run the script."""
+    if isinstance(exc, _REFUSED):
+        return True
+    if isinstance(exc, rexc.ResponseError):
+        return str(exc).startswith(_REFUSED_CODES)
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError):
+        text = str(exc)
+        return any(words in text for words in _NOT_SENT)
+    return False
+
+
+@dataclass(slots=True)
 class _Item:
     delivery_id: str
     request: SendRequest
@@ -41,6 +123,8 @@ class _Item:
     request_id: str
     external_id: str
     future: asyncio.Future[str]
+    #: loop time by which the caller is answered
+    deadline: float
     #: The sending token's public id (``worker.config.token_id``): who may read the delivery.
     caller: str = ""
 
@@ -62,6 +146,11 @@ class GroupCommitter:
     nobody anything: a commit's ids join the queue's newest Celery message while it is still
     queued, up to ``QUEUE_BATCH_MAX`` (accept.lua), so a backlog reaches the workers in
     messages of up to 100 ids.
+
+    Bounds: at most ``INTAKE_MAX_PENDING`` requests wait or ride on a commit (beyond, submit
+    raises :class:`Overloaded` at once). A waiting request whose deadline passes is answered
+    :class:`NotStored` by one timer (not one per request); a commit runs at most until the
+    earliest deadline of its requests, then they are answered :class:`MaybeStored`.
     """
 
     def __init__(self, client: aioredis.Redis, settings: Settings, max_inflight: int = 2) -> None:
@@ -75,6 +164,23 @@ class GroupCommitter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_arrival = 0.0
         self._gap = math.inf  # moving average of the time between requests (s)
+        self._max_pending = settings.intake_max_pending
+        self._deadline = settings.intake_deadline_seconds
+        self._min_left = min(MIN_COMMIT_SECONDS, self._deadline / 4)
+        self._committing = 0  # requests in commits in flight
+        self._reaper: asyncio.TimerHandle | None = None
+        self._shed = Throttled("intake.overloaded", every=1.0)
+
+    def close(self) -> None:
+        """Cancels the deadline timer (the app stops)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a commit or riding on one."""
+        return len(self._buffer) + self._committing
 
     async def submit(
         self,
@@ -84,11 +190,20 @@ class GroupCommitter:
         external_id: str = "",
         *,
         caller: str = "",
+        deadline: float | None = None,
     ) -> tuple[str, bool]:
         """Returns (delivery_id, accepted). accepted is False for a repeated Idempotency-Key.
+        Raises :class:`CommitFailed` (at the latest at ``deadline``, loop time; default now +
+        INTAKE_DEADLINE_SECONDS) or the request's :class:`InputError`.
 
         An Idempotency-Key is scoped to the sending token and the page: one caller cannot learn
         another's delivery ids by guessing their keys."""
+        if len(self._buffer) + self._committing >= self._max_pending:
+            self._shed.note(pending=self._max_pending)
+            raise Overloaded(
+                f"{self._max_pending} requests are waiting for the queue (INTAKE_MAX_PENDING); "
+                "nothing was stored: retry later"
+            )
         loop = asyncio.get_running_loop()
         now = loop.time()
         gap = min(now - self._last_arrival, 1.0)
@@ -96,9 +211,18 @@ class GroupCommitter:
         self._last_arrival = now
         scoped = f"{caller}:{request.page_id}:{idempotency_key}" if idempotency_key else ""
         item = _Item(
-            ids.new_delivery_id(), request, scoped, request_id, external_id, loop.create_future(), caller
+            ids.new_delivery_id(),
+            request,
+            scoped,
+            request_id,
+            external_id,
+            loop.create_future(),
+            now + self._deadline if deadline is None else deadline,
+            caller,
         )
         self._buffer.append(item)
+        if self._reaper is None:
+            self._reaper = loop.call_at(item.deadline, self._reap)
         if self._inflight == 0 or (  # a second commit only for a batch that needs no company
             self._inflight < self._max_inflight and len(self._buffer) >= self._target
         ):
@@ -109,6 +233,29 @@ class GroupCommitter:
         existing = await item.future
         return (existing, False) if existing else (item.delivery_id, True)
 
+    def _reap(self) -> None:
+        """Answers the waiting requests whose deadline passed before a commit took them: never
+        sent, so :class:`NotStored`. Re-armed for the earliest deadline still waiting (at most
+        every REAP_EVERY_SECONDS)."""
+        self._reaper = None
+        if not self._buffer:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        keep = [item for item in self._buffer if item.deadline > now]
+        expired = len(self._buffer) - len(keep)
+        if expired:
+            for item in self._buffer:
+                if item.deadline <= now and not item.future.done():
+                    item.future.set_exception(NotStored(_NOT_STORED))
+            self._buffer[:] = keep
+            log.warning(
+                "intake.deadline_passed", count=expired, waiting=len(keep), committing=self._committing
+            )
+        if keep:
+            earliest = min(item.deadline for item in keep)
+            self._reaper = loop.call_at(max(earliest, now + REAP_EVERY_SECONDS), self._reap)
+
     async def _drain(self) -> None:
         try:
             window = self._settings.batch_window_ms / 1000
@@ -117,7 +264,10 @@ class GroupCommitter:
                     await self._gather(window)
                 batch = self._buffer[: self._settings.batch_max]
                 del self._buffer[: self._settings.batch_max]
-                await self._commit(batch)
+                try:
+                    await self._commit(batch)
+                except Exception as exc:  # noqa: BLE001  # a bug here must not strand a caller
+                    self._fail([item for item in batch if not item.future.done()], exc)
         finally:
             self._inflight -= 1
 
@@ -140,7 +290,10 @@ class GroupCommitter:
         """One accept.lua call (a seam: tests hold it in flight)."""
         return await scripts.run(self._client, "accept", keys=keys, args=args)
 
-    async def _commit(self, batch: list[_Item]) -> None:
+    def _arguments(self, batch: list[_Item]) -> tuple[list[_Item], list[Any]]:
+        """The ACCEPT call's arguments for the requests of ``batch`` that go: not those already
+        answered, nor those too close to their deadline (answered NotStored), nor one that cannot
+        be encoded (answered with its InputError): each fails alone."""
         s = self._settings
         batch_id = ids.new_delivery_id()  # used only if this commit has to start a batch
         args: list[Any] = [
@@ -156,34 +309,60 @@ class GroupCommitter:
             math.ceil(s.sweep_after_seconds) + BATCH_TTL_MARGIN,
             9,
         ]
+        latest_start = asyncio.get_running_loop().time() + self._min_left
+        going: list[_Item] = []
         for item in batch:
+            if item.future.done():
+                continue
+            if item.deadline < latest_start:
+                item.future.set_exception(NotStored(_NOT_STORED))
+                continue
             req = item.request
+            try:
+                body = req.body_json or encode_body(req.body)
+                tags = orjson.dumps(req.fallback_tags)
+            except (InputError, TypeError, ValueError) as exc:
+                item.future.set_exception(
+                    exc if isinstance(exc, InputError) else InputError(422, "invalid_body", str(exc))
+                )
+                continue
             args += [
                 item.delivery_id,
                 item.idempotency_key,
                 req.page_id,
                 req.psid,
-                orjson.dumps(req.body),
+                body,
                 item.caller,
-                orjson.dumps(req.fallback_tags),
+                tags,
                 item.request_id,
                 item.external_id,
             ]
-        try:
-            started = time.perf_counter()
-            results = await self._accept(
-                keys=[self._keys.pending, self._keys.queue, self._keys.open, self._keys.gather], args=args
-            )
-            elapsed = time.perf_counter() - started
-            for _ in batch:
-                metrics.INTAKE_ENQUEUE.observe(elapsed)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            going.append(item)
+        return going, args
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        items, args = self._arguments(batch)
+        if not items:
             return
+        self._committing += len(items)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(min(item.deadline for item in items)):
+                results = await self._accept(
+                    keys=[self._keys.pending, self._keys.queue, self._keys.open, self._keys.gather], args=args
+                )
+        except BaseException as exc:  # every caller is answered, whatever happened
+            self._fail(items, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self._committing -= len(items)
+        elapsed = time.perf_counter() - started
+        for _ in items:
+            metrics.INTAKE_ENQUEUE.observe(elapsed)
         accepted: list[str] = []
-        for item, result in zip(batch, results, strict=True):
+        for item, result in zip(items, results, strict=True):
             existing = result.decode() if isinstance(result, bytes) else str(result)
             if not existing:
                 accepted.append(item.delivery_id)
@@ -196,3 +375,18 @@ class GroupCommitter:
                 delivery_ids=accepted,
                 enqueue_ms=round(elapsed * 1000, 2),
             )
+
+    def _fail(self, items: list[_Item], exc: BaseException) -> None:
+        """Answers every request of a commit that raised: NotStored when Redis provably did not
+        run the script, else MaybeStored (its ids are logged: they may be in Redis)."""
+        maybe = not never_ran(exc)
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(MaybeStored(_MAYBE_STORED) if maybe else NotStored(_NOT_STORED))
+        log.warning(
+            "intake.commit_failed",
+            count=len(items),
+            maybe_stored=maybe,
+            error=type(exc).__name__,
+            delivery_ids=[item.delivery_id for item in items] if maybe else None,
+        )

@@ -5,6 +5,9 @@ Every refusal has one shape, ``{"error": {"code": ..., "message": ...}}``, with 
 ``code``. A route refuses by raising :class:`~worker.messenger.validation.InputError` (4xx); a Redis
 failure (``RedisError`` or ``OSError``) propagates to the app's handler and becomes
 ``503 unavailable`` with ``Retry-After``, so no route repeats try/except around its Redis calls.
+The group commit's refusals (:class:`~worker.intake.committer.CommitFailed`: ``overloaded``,
+``unavailable``, ``unavailable_maybe_stored``) are 503 with ``Retry-After`` too, each with its code
+(the committer logs them, once per commit or per second, not per request).
 The per-route request counter (:func:`counted`) records the status those handlers answer with
 (:func:`status_of`), so a refused request is counted like an answered one.
 """
@@ -22,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from worker import metrics
+from worker.intake.committer import CommitFailed
 from worker.logging import get_logger
 from worker.messenger.validation import MAX_BODY_BYTES, InputError
 
@@ -86,7 +90,7 @@ def status_of(exc: BaseException) -> int:
         return exc.status
     if isinstance(exc, HTTPException):
         return exc.status_code
-    if isinstance(exc, STORE_ERRORS):
+    if isinstance(exc, (CommitFailed, *STORE_ERRORS)):
         return 503
     return 500
 
@@ -130,6 +134,11 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     return unavailable()
 
 
+async def _commit_failed(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CommitFailed)
+    return error(503, exc.code, exc.message, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
 async def _not_found(_request: Request, _exc: Exception) -> Response:
     return error(404, "not_found", "no such route")
 
@@ -139,9 +148,10 @@ async def _method_not_allowed(_request: Request, _exc: Exception) -> Response:
 
 
 def exception_handlers() -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
-    """What the app registers: refusals, Redis failures, unknown routes and methods."""
+    """What the app registers: refusals, the commit's and Redis failures, unknown routes and methods."""
     return {
         InputError: _input_error,
+        CommitFailed: _commit_failed,
         **dict.fromkeys(STORE_ERRORS, _store_error),
         404: _not_found,
         405: _method_not_allowed,

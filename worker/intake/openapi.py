@@ -14,12 +14,22 @@ from typing import Any
 from worker.intake.routes.admin import ACTIONS, MAX_LIMIT
 from worker.intake.routes.send import MAX_EXTERNAL_ID
 from worker.intake.routes.webhook import WEBHOOK_MAX_BYTES
-from worker.messenger.validation import MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY, MAX_QUICK_REPLIES, MAX_TEXT
+from worker.messenger.validation import (
+    MAX_BODY_BYTES,
+    MAX_DEPTH,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_QUICK_REPLIES,
+    MAX_TEXT,
+)
 from worker.states import State
 
 #: The codes of a 422 from the send route (:mod:`worker.messenger.validation` and the headers).
 SEND_422_CODES = (
     "invalid_body",
+    "unknown_field",
+    "token_in_body",
+    "invalid_field",
+    "too_deep",
     "missing_recipient",
     "invalid_recipient",
     "invalid_message",
@@ -34,6 +44,9 @@ SEND_422_CODES = (
     "invalid_idempotency_key",
     "invalid_external_id",
 )
+
+#: The codes of a 503 from the send route (each with Retry-After; Braze retries).
+SEND_503_CODES = ("unavailable", "unavailable_maybe_stored", "overloaded", "redis_full")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -129,9 +142,12 @@ def _send_operation(operation_id: str, path_params: list[dict[str, Any]]) -> dic
             "415": _error("the body is not application/json", "unsupported_media_type"),
             "422": _error("the message cannot be sent as it is", *SEND_422_CODES),
             "503": _error(
-                "Redis is unavailable, or at or above REDIS_MEMORY_HEADROOM of its maxmemory (redis_full)",
-                "unavailable",
-                "redis_full",
+                "not stored, retry later: unavailable (Redis did not answer within "
+                "INTAKE_DEADLINE_SECONDS or refused; nothing stored), unavailable_maybe_stored (the "
+                "commit was sent and not confirmed: a retry with the same Idempotency-Key is answered "
+                "200 duplicate if it was stored), overloaded (INTAKE_MAX_PENDING requests waiting), "
+                "redis_full (at or above REDIS_MEMORY_HEADROOM of maxmemory)",
+                *SEND_503_CODES,
                 retry_after=True,
             ),
         },
@@ -312,8 +328,13 @@ def _message_schemas() -> dict[str, Any]:
     return {
         "SendBody": {
             "type": "object",
-            "description": "Exactly one of message or sender_action. A tag needs messaging_type MESSAGE_TAG.",
+            "description": (
+                "Exactly one of message or sender_action. A tag needs messaging_type MESSAGE_TAG. Only "
+                "these fields (422 unknown_field; access_token or appsecret_proof: 422 token_in_body), "
+                f"nested at most {MAX_DEPTH} levels (422 too_deep)."
+            ),
             "required": ["recipient"],
+            "additionalProperties": False,
             "properties": {
                 "recipient": {
                     "type": "object",
@@ -332,6 +353,9 @@ def _message_schemas() -> dict[str, Any]:
                     },
                 },
                 "sender_action": {"type": "string", "enum": ["typing_on", "typing_off", "mark_seen"]},
+                "notification_type": {"type": "string", "description": "REGULAR, SILENT_PUSH or NO_PUSH"},
+                "persona_id": {"type": "string", "description": "a persona's id (a number is accepted too)"},
+                "reply_to": {"type": "object", "properties": {"mid": {"type": "string"}}},
             },
         },
         "Accepted": {

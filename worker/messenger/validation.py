@@ -3,12 +3,18 @@
 Pure functions, no I/O: :func:`validate` turns raw bytes plus the request's page context into a
 normalised :class:`SendRequest` or raises :class:`InputError` carrying the HTTP status and the
 machine code the intake answers with. Every rule here has a unit test.
+
+Only the Send API's top-level fields (:data:`BODY_FIELDS`) pass; a credential in the body is
+refused, never forwarded or dropped silently. The validated body is encoded once, here
+(:func:`encode_body`): those bytes are what the intake stores, and a body that nests deeper than
+the encoder serialises (:data:`MAX_DEPTH`) is refused with 422 ``too_deep`` instead of failing
+later in the group commit or in the worker, which re-encodes it the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -21,6 +27,32 @@ MAX_QUICK_REPLIES = 13
 MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 255
 MEDIA_TYPES = frozenset({"audio", "video"})
+#: orjson serialises at most this many nested objects/arrays (3.13: the 255th raises "Recursion
+#: limit reached"; it parses up to 1024). A stored body is re-encoded by the worker.
+MAX_DEPTH = 254
+
+#: The Send API's top-level body fields (Graph reference "Page Messages"; messenger-platform.md
+#: §1.3), the one table of what a body may carry to Graph. Each maps to the JSON types it may
+#: have, or to None where a check of its own below owns it. Any other field is refused: 422
+#: ``token_in_body`` for a credential (:data:`CREDENTIAL_FIELDS`), else 422 ``unknown_field``. To
+#: pass a new field (e.g. ``payload`` with sender_action react/unreact), add it here with its check.
+BODY_FIELDS: Final[dict[str, tuple[type, ...] | None]] = {
+    "recipient": None,  # recipient.id, in validate(); the body keeps only the id
+    "messaging_type": None,  # _normalise_tag
+    "tag": None,  # _normalise_tag
+    "message": None,  # _check_message
+    "sender_action": None,  # SENDER_ACTIONS
+    "notification_type": (str,),
+    "persona_id": (str, int),
+    "reply_to": (dict,),
+}
+_FIELD_NAMES: Final = frozenset(BODY_FIELDS)
+_TYPED_FIELDS: Final = tuple((name, types) for name, types in BODY_FIELDS.items() if types is not None)
+_CHECKED_BELOW: Final = frozenset(name for name, types in BODY_FIELDS.items() if types is None)
+_TYPE_NAMES: Final[dict[type, str]] = {dict: "an object", str: "a string", int: "an integer"}
+#: Credentials Graph takes as parameters: never in a body Braze sends (the intake holds the page
+#: tokens and adds appsecret_proof itself).
+CREDENTIAL_FIELDS = frozenset({"access_token", "appsecret_proof", "appsecret_time"})
 
 
 class InputError(Exception):
@@ -40,6 +72,8 @@ class SendRequest:
     body: dict[str, Any]
     fallback_tags: list[str] = field(default_factory=list)
     stripped_tag: str | None = None
+    #: ``body`` encoded by :func:`validate` (what is stored); b"" = encode ``body`` when stored.
+    body_json: bytes = b""
 
     @property
     def kind(self) -> str:
@@ -135,6 +169,41 @@ def _normalise_tag(body: dict[str, Any], settings: Settings) -> str | None:
     return None
 
 
+def _check_fields(body: dict[str, Any]) -> None:
+    """Only :data:`BODY_FIELDS`, each of its type where the table gives one."""
+    if _CHECKED_BELOW.issuperset(body):  # the usual body: one set operation
+        return
+    if not _FIELD_NAMES.issuperset(body):
+        for name in body:
+            if name in CREDENTIAL_FIELDS:
+                raise _fail(
+                    "token_in_body",
+                    f"{name} does not belong in the body: the intake holds the page tokens "
+                    "(PAGE_ACCESS_TOKENS, or ?access_token= in the URL) and adds appsecret_proof itself",
+                )
+            if name not in BODY_FIELDS:
+                shown = name if len(name) <= 64 else name[:64] + "..."
+                raise _fail(
+                    "unknown_field",
+                    f"{shown!r} is not a Send API body field (allowed: {', '.join(BODY_FIELDS)})",
+                )
+    for name, types in _TYPED_FIELDS:
+        if name in body and type(body[name]) not in types:
+            kinds = " or ".join(_TYPE_NAMES[t] for t in types)
+            raise _fail("invalid_field", f"{name} must be {kinds}")
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """``body`` as stored and sent (orjson), or InputError 422 ``too_deep`` when it nests deeper
+    than orjson serialises (:data:`MAX_DEPTH`)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        if "recursion" in str(exc).lower():
+            raise _fail("too_deep", f"the body nests deeper than {MAX_DEPTH} levels") from None
+        raise _fail("invalid_body", "the body cannot be encoded as JSON") from None
+
+
 def resolve_page(
     settings: Settings,
     *,
@@ -199,11 +268,14 @@ def validate(
         raise _fail("body_too_large", f"body is larger than {MAX_BODY_BYTES} bytes", 413)
     try:
         parsed: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # valid JSON, nested deeper than orjson parses (1024)
+            raise _fail("too_deep", f"the body nests deeper than {MAX_DEPTH} levels") from None
         raise _fail("invalid_json", "body is not valid JSON", 400) from None
     if not isinstance(parsed, dict):
         raise _fail("invalid_body", "body must be a JSON object")
     body: dict[str, Any] = parsed
+    _check_fields(body)
     recipient = body.get("recipient")
     psid = recipient.get("id") if isinstance(recipient, dict) else None
     if isinstance(psid, int) and not isinstance(psid, bool):
@@ -226,7 +298,6 @@ def validate(
     elif not isinstance(body["sender_action"], str) or body["sender_action"] not in SENDER_ACTIONS:
         raise _fail("invalid_sender_action", "sender_action must be typing_on, typing_off or mark_seen")
     stripped = _normalise_tag(body, settings)
-    body.pop("access_token", None)  # a form-style token inside the body is never forwarded raw
     fallback = parse_tags(fallback_header) or list(settings.fallback_tags)
     page_id = resolve_page(
         settings, path_page_id=path_page_id, query_token=query_token, query_page_id=query_page_id, pages=pages
@@ -237,4 +308,5 @@ def validate(
         body=body,
         fallback_tags=fallback,
         stripped_tag=stripped,
+        body_json=encode_body(body),
     )

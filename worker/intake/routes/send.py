@@ -9,12 +9,21 @@ answer is 202 only after the commit that carries it returned, so a 202 means the
 Redis; 200 means a repeated ``Idempotency-Key`` (nothing enqueued); anything else means nothing
 was enqueued.
 
+Every answer comes within ``INTAKE_DEADLINE_SECONDS`` whatever Redis does: the memory gate's
+Redis read and the commit share that deadline, and the committer sheds load beyond
+``INTAKE_MAX_PENDING`` (:mod:`worker.intake.committer`: 503 ``overloaded``, ``unavailable``,
+``unavailable_maybe_stored``). A request without ``Idempotency-Key`` is accepted, with a warning
+(``intake.no_idempotency_key``, at most once a minute with a count): a Braze retry of it after a
+``unavailable_maybe_stored`` cannot be recognised and may be sent twice.
+
 This is the benchmarked hot path: headers are read in one pass over the ASGI list, the memory
 check is one attribute read (the guard is asked once a second), the request counter's children
 are cached, and there is no middleware.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,7 +32,10 @@ from starlette.routing import Route
 from worker.config import Settings
 from worker.intake import state
 from worker.intake.auth import Role, authed, caller_of
+from worker.intake.committer import NotStored
+from worker.intake.guard import MemoryGate
 from worker.intake.http import JSONResponse, counted, read_body, redis_full
+from worker.intake.notices import Throttled
 from worker.logging import get_logger, recipient_ref
 from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, validate
 from worker.states import State
@@ -32,6 +44,8 @@ from worker.store import ids
 log = get_logger("worker.intake")
 MAX_EXTERNAL_ID = 200
 _QUEUED = State.QUEUED.value  # the status a 202 reports
+#: Requests without Idempotency-Key: one warning line a minute at most, with their count.
+NO_KEY_WARNING = Throttled("intake.no_idempotency_key", every=60.0)
 
 _SEND_HEADERS = frozenset(
     (b"x-request-id", b"content-type", b"idempotency-key", b"x-braze-external-id", b"x-fallback-tags")
@@ -46,6 +60,18 @@ def _send_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
         if name in _SEND_HEADERS and name not in out:
             out[name] = value.decode("latin-1")
     return out
+
+
+async def _admit(memory: MemoryGate, seconds: float) -> tuple[float, bool]:
+    """The memory gate's slow path (an INFO read at most once a second) within the request's
+    deadline: (the deadline, loop time; whether Redis has room). A stalled read is answered 503
+    ``unavailable`` at the deadline; nothing was submitted."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    try:
+        async with asyncio.timeout_at(deadline):
+            return deadline, await memory.admit()
+    except TimeoutError:
+        raise NotStored("Redis did not answer in time; nothing was stored: retry later") from None
 
 
 async def send(request: Request) -> Response:
@@ -80,10 +106,15 @@ async def send(request: Request) -> Response:
             403, "page_not_allowed", f"this intake token may not send as page {send_request.page_id}"
         )
     memory = intake.memory
-    if not memory.open and not await memory.admit():  # a bad request still gets its 4xx above
-        return redis_full(memory.guard.ratio, memory.guard.headroom)
+    deadline = None
+    if not memory.open:  # a bad request still gets its 4xx above
+        deadline, room = await _admit(memory, settings.intake_deadline_seconds)
+        if not room:
+            return redis_full(memory.guard.ratio, memory.guard.headroom)
+    if not idem:
+        NO_KEY_WARNING.note(request_id=request_id, page_id=send_request.page_id)
     delivery_id, accepted = await intake.committer.submit(
-        send_request, idem, request_id, external_id, caller=caller.id
+        send_request, idem, request_id, external_id, caller=caller.id, deadline=deadline
     )
     if not accepted:
         log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id)
