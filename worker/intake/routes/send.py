@@ -37,7 +37,7 @@ from worker.intake.guard import MemoryGate
 from worker.intake.http import JSONResponse, counted, read_body, redis_full
 from worker.intake.notices import Throttled
 from worker.logging import get_logger, recipient_ref
-from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, validate
+from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, SendHeaders, validate
 from worker.states import State
 from worker.store import ids
 
@@ -46,9 +46,19 @@ MAX_EXTERNAL_ID = 200
 _QUEUED = State.QUEUED.value  # the status a 202 reports
 #: Requests without Idempotency-Key: one warning line a minute at most, with their count.
 NO_KEY_WARNING = Throttled("intake.no_idempotency_key", every=60.0)
+#: Removed tags skipped from X-Fallback-Tags / FALLBACK_TAGS (DEPRECATED_TAG_POLICY=strip).
+TAG_SKIPPED = Throttled("intake.fallback_tag_skipped", every=60.0)
 
 _SEND_HEADERS = frozenset(
-    (b"x-request-id", b"content-type", b"idempotency-key", b"x-braze-external-id", b"x-fallback-tags")
+    (
+        b"x-request-id",
+        b"content-type",
+        b"idempotency-key",
+        b"x-braze-external-id",
+        b"x-fallback-tags",
+        b"x-utility-template",
+        b"x-utility-parameters",
+    )
 )
 
 
@@ -97,9 +107,15 @@ async def send(request: Request) -> Response:
         path_page_id=request.path_params.get("page_id"),
         query_token=request.query_params.get("access_token"),
         query_page_id=request.query_params.get("page_id"),
-        fallback_header=headers.get(b"x-fallback-tags"),
         pages=intake.pages,
+        headers=SendHeaders(
+            fallback_tags=headers.get(b"x-fallback-tags"),
+            utility_template=headers.get(b"x-utility-template"),
+            utility_parameters=headers.get(b"x-utility-parameters"),
+        ),
     )
+    if send_request.skipped_tags:
+        TAG_SKIPPED.note(tags=list(send_request.skipped_tags), page_id=send_request.page_id)
     caller = caller_of(request)
     if not caller.may_send_as(send_request.page_id):
         raise InputError(
