@@ -72,6 +72,17 @@ def _send_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
     return out
 
 
+def _utf8(value: str | None, name: str) -> str | None:
+    """A header Braze fills with profile data, as the UTF-8 it was sent in (ASGI hands over
+    bytes; ``_send_headers`` decoded them as latin-1)."""
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(422, "invalid_utility_parameters", f"{name} is not UTF-8") from None
+
+
 async def _admit(memory: MemoryGate, seconds: float) -> tuple[float, bool]:
     """The memory gate's slow path (an INFO read at most once a second) within the request's
     deadline: (the deadline, loop time; whether Redis has room). A stalled read is answered 503
@@ -111,7 +122,7 @@ async def send(request: Request) -> Response:
         headers=SendHeaders(
             fallback_tags=headers.get(b"x-fallback-tags"),
             utility_template=headers.get(b"x-utility-template"),
-            utility_parameters=headers.get(b"x-utility-parameters"),
+            utility_parameters=_utf8(headers.get(b"x-utility-parameters"), "X-Utility-Parameters"),
         ),
     )
     if send_request.skipped_tags:
