@@ -80,6 +80,7 @@ def test_the_delivery_schema_has_every_field_of_the_public_view() -> None:
         "sent_at": "3.5",
         "error": records.error_fields("graph", 2, None, "temporary").decode(),
         "delivered_tag": "HUMAN_AGENT",
+        "delivered_via": "tag:HUMAN_AGENT",
         "first_created_at": "0.5",
         "replays": "1",
         "not_before": "9.5",
