@@ -73,6 +73,8 @@ def cmd_intake(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=30,
         server_header=False,
+        # longer than the load balancer's idle timeout (README "Configuration")
+        timeout_keep_alive=settings.intake_keepalive_seconds,
         # beyond it uvicorn answers 503 itself, plain text without Retry-After (README)
         limit_concurrency=settings.intake_limit_concurrency or None,
     )

@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     #: uvicorn's limit_concurrency: connections or requests in progress beyond which uvicorn
     #: itself answers 503 (plain text, no Retry-After); 0 = no limit.
     intake_limit_concurrency: int = Field(default=4_000, ge=0)
+    #: uvicorn's keep-alive: seconds an idle HTTP/1.1 connection stays open. Keep it longer than
+    #: the load balancer's idle timeout, or the balancer reuses a connection the intake is closing
+    #: (a 502 that Braze retries); idle connections count towards INTAKE_LIMIT_CONCURRENCY.
+    intake_keepalive_seconds: int = Field(default=75, ge=1, le=3_600)
     queue_name: str = "messenger"
     key_prefix: str = "bmw"
     #: The cyclic collector's young-generation threshold once a process has started (after
