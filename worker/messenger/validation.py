@@ -19,6 +19,7 @@ from typing import Any, Final
 import orjson
 
 from worker.config import CURRENT_TAGS, DEPRECATED_TAGS, DeprecatedTagPolicy, PageTokens, Settings
+from worker.messenger.errors import InputError
 
 MESSAGING_TYPES = frozenset({"RESPONSE", "UPDATE", "MESSAGE_TAG"})
 SENDER_ACTIONS = frozenset({"typing_on", "typing_off", "mark_seen"})
@@ -53,16 +54,6 @@ _TYPE_NAMES: Final[dict[type, str]] = {dict: "an object", str: "a string", int: 
 #: Credentials Graph takes as parameters: never in a body Braze sends (the intake holds the page
 #: tokens and adds appsecret_proof itself).
 CREDENTIAL_FIELDS = frozenset({"access_token", "appsecret_proof", "appsecret_time"})
-
-
-class InputError(Exception):
-    """A request we refuse. ``status`` is the HTTP status, ``code`` the stable machine code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@
     P:ext:{page}:{psid}     string  Braze external_id learned from a signed m.me ref (400 days)
     P:mid:{page}:{mid}      string  a Messenger message id already recorded: webhook retries
                                     and replays of it are ignored (1 day)
+    P:tpl:{page}            hash    the page's utility templates, "{name}|{language}" -> JSON
+                                    (status, parameters, buttons; worker/templates)
+    P:tpl:synced            zset    page -> when its template catalogue was last read from Graph
     P:pause:{page}          hash    page pause: until, reason, code, token fingerprint, probe
     P:paused                zset    paused pages -> until
     P:rl:{page}:{class}     hash    the page's GCRA bucket (worker/ratelimit.py)
@@ -146,6 +149,13 @@ class Keys:
         return f"{self.prefix}:mid:{page_id}:{mid}"
 
     # --- pages --------------------------------------------------------------------------------
+    def templates(self, page_id: str) -> str:
+        return f"{self.prefix}:tpl:{page_id}"
+
+    @property
+    def templates_synced(self) -> str:
+        return f"{self.prefix}:tpl:synced"
+
     def pause(self, page_id: str) -> str:
         return f"{self.prefix}:pause:{page_id}"
 
