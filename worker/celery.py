@@ -138,9 +138,9 @@ CONSUMER_WAKE_SECONDS = 0.01
 def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
     from worker.delivery.engine import process_engine
 
-    process_engine(get_settings)
+    engine = process_engine(get_settings)
     _wake_consumer(sender)
-    _serve_metrics()
+    metrics_port = _serve_health(sender, engine)
     from worker import __version__
     from worker.gc_tuning import tune
     from worker.logging import get_logger
@@ -159,22 +159,81 @@ def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
         concurrency=getattr(getattr(sender, "controller", None), "concurrency", None),
         queue=settings.queue_name,
         version=__version__,
-        metrics_port=settings.metrics_port or None,
+        metrics_port=metrics_port,
         gc_gen0_threshold=settings.gc_gen0_threshold if tuned else None,
     )
 
 
-def _serve_metrics() -> None:
-    """Each worker process serves /metrics on METRICS_PORT (0 = off); see worker/metrics.py."""
-    from prometheus_client import start_http_server
+#: The health server of this process (one per worker process).
+_HEALTH: dict[str, Any] = {}
+
+
+def _serve_health(consumer: Any, engine: Any) -> int | None:
+    """Each worker process serves /metrics, /healthz and /readyz on METRICS_PORT (0 = off), or the
+    next free port after it (worker/health.py); returns the port."""
+    from prometheus_client import REGISTRY, generate_latest
 
     from worker import __version__
+    from worker.health import HealthServer
     from worker.metrics import BUILD_INFO
 
-    port = get_settings().metrics_port
     BUILD_INFO.labels(__version__).set(1)
-    if port:
-        start_http_server(port, addr="0.0.0.0")  # noqa: S104  # scraped from other hosts/pods
+    port = get_settings().metrics_port
+    if not port:
+        return None
+    server = HealthServer(worker_health(consumer, engine, get_settings()), lambda: generate_latest(REGISTRY))
+    _HEALTH["server"] = server
+    return server.start(port)
+
+
+def worker_health(consumer: Any, engine: Any, settings: Settings) -> Any:
+    """The probes of a worker process: the Celery consumer, the engine's loop, the scheduler."""
+    import asyncio
+    import time
+
+    from celery import bootsteps
+
+    from worker.health import LOOP_TIMEOUT_S, READY_MAX_LAG_S, Health
+
+    stale_after = max(10.0, 100 * settings.scheduler_interval_seconds)
+    terminated = getattr(bootsteps, "TERMINATE", 3)  # not in celery-types' stubs
+
+    def loop_lag() -> float | None:
+        started = time.monotonic()
+        try:
+            engine.submit(asyncio.sleep(0)).result(timeout=LOOP_TIMEOUT_S)
+        except TimeoutError:
+            return None
+        return time.monotonic() - started
+
+    def loop_alive() -> tuple[bool, dict[str, Any]]:
+        lag = loop_lag()
+        return lag is not None, {"lag_s": None if lag is None else round(lag, 4)}
+
+    def loop_ready() -> tuple[bool, dict[str, Any]]:
+        lag = loop_lag()
+        return lag is not None and lag < READY_MAX_LAG_S, {"lag_s": lag, "max_s": READY_MAX_LAG_S}
+
+    def consumer_alive() -> tuple[bool, dict[str, Any]]:
+        state = getattr(getattr(consumer, "blueprint", None), "state", None)
+        return state != terminated, {"state": state}
+
+    def consumer_connected() -> tuple[bool, dict[str, Any]]:
+        connection = getattr(consumer, "connection", None)
+        connected = bool(connection is not None and connection.connected)
+        return connected, {"connected": connected}
+
+    def scheduler_recent() -> tuple[bool, dict[str, Any]]:
+        scheduler = getattr(engine, "scheduler", None)
+        if scheduler is None:
+            return True, {"running": False}
+        age = time.monotonic() - scheduler.last_ok
+        return age < stale_after, {"last_ok_s_ago": round(age, 3), "stale_after_s": stale_after}
+
+    return Health(
+        live={"engine_loop": loop_alive, "celery_consumer": consumer_alive},
+        ready={"broker": consumer_connected, "loop_lag": loop_ready, "scheduler": scheduler_recent},
+    )
 
 
 def _wake_consumer(consumer: Any) -> None:
@@ -197,4 +256,7 @@ def _noop() -> None:
 def _stop_engine(**_kwargs: Any) -> None:
     from worker.delivery.engine import stop_process_engine
 
+    server = _HEALTH.pop("server", None)
+    if server is not None:
+        server.stop()
     stop_process_engine()

@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     #: uvicorn's limit_concurrency: connections or requests in progress beyond which uvicorn
     #: itself answers 503 (plain text, no Retry-After); 0 = no limit.
     intake_limit_concurrency: int = Field(default=4_000, ge=0)
+    #: uvicorn's keep-alive: seconds an idle HTTP/1.1 connection stays open. Keep it longer than
+    #: the load balancer's idle timeout, or the balancer reuses a connection the intake is closing
+    #: (a 502 that Braze retries); idle connections count towards INTAKE_LIMIT_CONCURRENCY.
+    intake_keepalive_seconds: int = Field(default=75, ge=1, le=3_600)
     queue_name: str = "messenger"
     key_prefix: str = "bmw"
     #: The cyclic collector's young-generation threshold once a process has started (after
@@ -401,21 +405,31 @@ class Settings(BaseSettings):
         if value is not None:
             raw = value.get_secret_value()
             if not raw or _PLACEHOLDER.match(raw):
-                raise ValueError("a configured secret is empty or a placeholder (e.g. 'changeme')")
+                raise ValueError(
+                    "LINK_SECRET: a configured secret is empty or a placeholder (e.g. 'changeme')"
+                )
             if len(raw) < MIN_LINK_SECRET:
                 raise ValueError(f"LINK_SECRET must be at least {MIN_LINK_SECRET} characters")
         return value
 
     @model_validator(mode="after")
     def _no_placeholders(self) -> Settings:
-        secrets = [*self.intake_tokens, *self.admin_tokens, *self.page_access_tokens.values()]
-        for optional in (self.app_secret, self.braze_api_key, self.messenger_verify_token):
+        named: list[tuple[str, SecretStr]] = [
+            *(("INTAKE_TOKENS", t) for t in self.intake_tokens),
+            *(("ADMIN_TOKENS", t) for t in self.admin_tokens),
+            *(("PAGE_ACCESS_TOKENS", t) for t in self.page_access_tokens.values()),
+        ]
+        for name, optional in (
+            ("APP_SECRET", self.app_secret),
+            ("BRAZE_API_KEY", self.braze_api_key),
+            ("MESSENGER_VERIFY_TOKEN", self.messenger_verify_token),
+        ):
             if optional is not None:
-                secrets.append(optional)
-        for secret in secrets:
+                named.append((name, optional))
+        for name, secret in named:
             raw = secret.get_secret_value()
-            if not raw or _PLACEHOLDER.match(raw):
-                raise ValueError("a configured secret is empty or a placeholder (e.g. 'changeme')")
+            if not raw or _PLACEHOLDER.match(raw):  # the variable's name, never its value
+                raise ValueError(f"{name}: a configured secret is empty or a placeholder (e.g. 'changeme')")
         return self
 
     @model_validator(mode="after")

@@ -4,7 +4,8 @@ and its readiness all read it from here, so they agree on every number.
 Definitions:
 
 * **open**: accepted and not final (``P:open``; ``P:pending`` holds the same members);
-* **oldest_open_age_s**: how long the oldest open delivery has waited since it was accepted;
+* **oldest_open_age_s**: how long the oldest open delivery that is not parked (parked ones wait
+  for their user on purpose) has waited since it was accepted;
 * **queue_depth**: Celery messages waiting (each names a batch of up to QUEUE_BATCH_MAX ids);
 * **in_flight_batches**: Celery messages delivered to workers and not yet acknowledged;
 * **scheduled**: open deliveries waiting for a due time (retries, rate limits, paused pages,
@@ -38,6 +39,8 @@ from worker.states import State
 from worker.store import Keys, records, text
 
 RATE_MINUTES = 5
+#: Open deliveries looked at, oldest first, to find the oldest that is not parked.
+OLDEST_SCAN = 64
 #: Page rows read at most (the most recently used buckets), however many pages were ever used.
 MAX_PAGE_ROWS = 1000
 _RATE_STATES = (State.SENT, State.FAILED, State.DEAD, State.EXPIRED)
@@ -71,6 +74,9 @@ class Status:
     scheduled: int
     parked: int
     dead_letters: int
+    #: Redis's used_memory and maxmemory (0: no limit), bytes: the memory alert and sizing.
+    redis_used_memory: int = 0
+    redis_maxmemory: int = 0
     #: How long dead letters are kept (None: until replayed or purged) and final records are.
     dead_letter_retention_s: int | None = None
     record_retention_s: int = 0
@@ -114,14 +120,15 @@ def read(
     pipe.llen(keys.queue)
     pipe.hlen(keys.unacked)
     pipe.zcard(keys.open)
-    pipe.zrange(keys.open, 0, 0, withscores=True)
+    pipe.zrange(keys.open, 0, OLDEST_SCAN - 1, withscores=True)
     pipe.zcard(keys.sched)
     pipe.zcard(keys.parked)
     pipe.zcard(keys.dead)
     pipe.zrangebyscore(keys.paused, now, "+inf", withscores=True)
     pipe.mget(stat_keys)
     pipe.zrevrange(keys.buckets, 0, (max_pages if max_pages is not None else MAX_PAGE_ROWS) - 1)
-    depth, unacked, open_, oldest, sched, parked, dead, paused, stats, buckets = pipe.execute()
+    pipe.info("memory")
+    depth, unacked, open_, oldest, sched, parked, dead, paused, stats, buckets, memory = pipe.execute()
     members = sorted(text(m) for m in buckets)  # the most recently used, in a stable order
     paused_ids = [text(m) for m, _ in paused]
     pipe = client.pipeline(transaction=False)
@@ -130,7 +137,14 @@ def read(
     pages_of_buckets = sorted({m.rpartition(":")[0] for m in members} | set(paused_ids))
     for page in pages_of_buckets:
         pipe.hgetall(keys.pause(page))
-    res = pipe.execute() if members or pages_of_buckets else []
+    if parked and oldest:  # parked deliveries wait for their user on purpose: not a backlog
+        pipe.zmscore(keys.parked, [m for m, _ in oldest])
+    res = pipe.execute() if members or pages_of_buckets or (parked and oldest) else []
+    if parked and oldest:
+        in_park = res.pop()
+        # the oldest open delivery that is not parked; if the OLDEST_SCAN oldest are all parked,
+        # the last of them (an upper bound of the real age)
+        oldest = [o for o, score in zip(oldest, in_park, strict=True) if score is None][:1] or oldest[-1:]
     pauses = {p: records.decode(r) for p, r in zip(pages_of_buckets, res[len(members) :], strict=True)}
     rows = [
         _page_row(settings, member, records.decode(raw), pauses, now)
@@ -141,6 +155,8 @@ def read(
         in_flight_batches=int(unacked),
         open=int(open_),
         oldest_open_age_s=round(max(0.0, now - float(oldest[0][1])), 1) if oldest else 0.0,
+        redis_used_memory=int(memory.get("used_memory") or 0),
+        redis_maxmemory=int(memory.get("maxmemory") or 0),
         scheduled=int(sched),
         parked=int(parked),
         dead_letters=int(dead),
@@ -205,7 +221,13 @@ _GAUGES = (
         "in_flight_batches",
     ),
     ("bmw_open_deliveries", "Accepted deliveries not yet in a final state", "open"),
-    ("bmw_oldest_open_age_seconds", "Age of the oldest accepted, not final delivery", "oldest_open_age_s"),
+    (
+        "bmw_oldest_open_age_seconds",
+        "Age of the oldest accepted, not final delivery that is not parked",
+        "oldest_open_age_s",
+    ),
+    ("bmw_redis_used_memory_bytes", "Redis used_memory (INFO memory)", "redis_used_memory"),
+    ("bmw_redis_maxmemory_bytes", "Redis maxmemory (0: no limit)", "redis_maxmemory"),
     (
         "bmw_scheduled",
         "Deliveries waiting for a retry, a rate-limit wait, a paused page or a slot",

@@ -294,7 +294,7 @@ def test_health_checks(compose: dict[str, Any]) -> None:
     assert "/readyz" in intake_check
     assert ":8080/" in intake_check
     worker_check = " ".join(service(compose, "worker")["healthcheck"]["test"])
-    assert ":9808/metrics" in worker_check
+    assert ":9808/healthz" in worker_check
     for name in ("intake", "worker"):
         test = service(compose, name)["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "-c"], "no curl in the slim image: use python"

@@ -32,12 +32,13 @@ def test_multi_stage_with_a_slim_runtime() -> None:
     names = [re.search(r"\bAS\s+(\S+)", s[0].args, re.I) for s in all_stages]
     assert names[0] is not None
     assert names[0].group(1) == "builder"
-    runtime_from = all_stages[-1][0].args
-    assert re.match(r"python:\$\{PYTHON_VERSION\}-slim\b|python:3\.11-slim\b", runtime_from), runtime_from
+    for stage in all_stages:
+        assert stage[0].args.startswith("${PYTHON_IMAGE} "), stage[0].args
     arg = next(
-        i for i in dockerfile_instructions() if i.keyword == "ARG" and i.args.startswith("PYTHON_VERSION=")
+        i for i in dockerfile_instructions() if i.keyword == "ARG" and i.args.startswith("PYTHON_IMAGE=")
     )
-    assert arg.args == "PYTHON_VERSION=3.11", "the image runs the Python the project targets"
+    # the Python the project targets, slim, pinned by digest (never a floating tag alone)
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", arg.args), arg.args
 
 
 def test_runtime_copies_the_venv_from_the_builder(final: list[Instruction]) -> None:
@@ -54,7 +55,10 @@ def test_no_dev_dependencies_installed() -> None:
         assert not re.search(r"\.\[", run), f"no extras in the image: {run}"
         for tool in ("pytest", "mypy", "ruff"):
             assert tool not in run, run
-    assert any(re.search(r"pip install (--\S+ )*\.(\s|$)", run) for run in runs), runs
+    assert any(re.search(r"pip install (--\S+ )*\.(\s|$)", run) and "--no-deps" in run for run in runs), runs
+    assert any("--require-hashes -r requirements/runtime.lock" in run for run in runs), (
+        "install from the lock"
+    )
 
 
 def test_non_root_user(final: list[Instruction]) -> None:

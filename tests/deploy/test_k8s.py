@@ -226,11 +226,14 @@ def test_worker_probes_and_graceful_stop(objects: list[dict[str, Any]]) -> None:
     ctr = container(dep)
     config = one(objects, "ConfigMap", "messenger-worker-config")["data"]
     metrics_port = int(config["METRICS_PORT"])
-    for probe in ("livenessProbe", "startupProbe"):
+    for probe, path in (
+        ("livenessProbe", "/healthz"),
+        ("startupProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
         get = ctr[probe]["httpGet"]
-        assert get["path"] == "/metrics"
+        assert get["path"] == path
         assert port_number(ctr, get["port"]) == metrics_port
-    assert "readinessProbe" not in ctr
     grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     read_timeout = float(
         config.get("GRAPH_READ_TIMEOUT", Settings.model_fields["graph_read_timeout"].default)

@@ -162,8 +162,12 @@ def test_dashboard_shape() -> None:
         "bmw_intake_enqueue_seconds_bucket",
         "bmw_possible_duplicates_total",
         "bmw_braze_objects_total",  # by result: sent, dropped, held
+        "process_cpu_seconds_total",  # worker CPU
+        "process_resident_memory_bytes",  # worker memory
     ):
         assert metric in everything, f"no panel shows {metric}"
+    titles = {title for title, _expr in dashboard_queries()}
+    assert {"Failures by class per page", "Dead letters over time"} <= titles
     for _title, expr in dashboard_queries():
         for gauge in ("bmw_queue_depth", "bmw_dead_letters", "bmw_oldest_open_age_seconds", "bmw_scheduled"):
             if re.search(rf"\b{gauge}\b", expr):

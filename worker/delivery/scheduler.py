@@ -64,6 +64,8 @@ class Scheduler:
         self._hold_off = 2 * settings.lease_renew_seconds
         #: A Redis call slower than this is a stall (holders may not have renewed meanwhile).
         self._stall = settings.lease_renew_seconds / 4
+        #: When a round last succeeded (monotonic): the worker's /readyz (worker/health.py).
+        self.last_ok = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set (never cancelled mid-command: a cancelled Redis call can
@@ -74,6 +76,7 @@ class Scheduler:
             try:
                 await self.tick()
                 failures = 0
+                self.last_ok = time.monotonic()
             except (redis.exceptions.RedisError, OSError) as exc:
                 failures += 1
                 if failures == 1 or failures % 100 == 0:  # once, then every ~10 s of trouble

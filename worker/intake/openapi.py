@@ -344,67 +344,71 @@ def _operations_paths() -> dict[str, Any]:
     }
 
 
+def _send_body_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": (
+            "Exactly one of message or sender_action. A tag needs messaging_type MESSAGE_TAG. Only "
+            "these fields (422 unknown_field; appsecret_proof: 422 token_in_body; an access_token "
+            "selects the page as one in the URL does and is removed), "
+            f"nested at most {MAX_DEPTH} levels (422 too_deep). Recipients, refused bodies and "
+            "utility sends: docs/reach.md."
+        ),
+        "required": ["recipient"],
+        "additionalProperties": False,
+        "properties": {
+            "recipient": {
+                "type": "object",
+                "description": "exactly one of these keys (name only with phone_number)",
+                "minProperties": 1,
+                "properties": {
+                    "id": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "phone_number": {"type": "string", "maxLength": 32},
+                    "name": {"type": "object"},
+                    "user_ref": {"type": "string", "maxLength": 512},
+                    "notification_messages_token": {"type": "string", "maxLength": 1024},
+                    "one_time_notif_token": {"type": "string", "maxLength": 1024},
+                    "comment_id": {"type": "string", "maxLength": 128},
+                    "post_id": {"type": "string", "maxLength": 128},
+                },
+            },
+            "access_token": {"type": "string", "description": "selects the page; never forwarded"},
+            "messaging_type": {
+                "type": "string",
+                "enum": ["RESPONSE", "UPDATE", "MESSAGE_TAG", "UTILITY"],
+            },
+            "tag": {"type": "string"},
+            "message": {
+                "type": "object",
+                "description": "one of text, attachment or sticker_id; a UTILITY send: template only",
+                "properties": {
+                    "text": {"type": "string", "maxLength": MAX_TEXT - 1},
+                    "attachment": {"type": "object"},
+                    "sticker_id": {"type": "integer"},
+                    "quick_replies": {"type": "array", "maxItems": MAX_QUICK_REPLIES},
+                    "metadata": {"type": "string", "maxLength": 999},
+                    "template": {
+                        "type": "object",
+                        "description": "a utility template (messaging_type UTILITY)",
+                    },
+                },
+            },
+            "sender_action": {"type": "string", "enum": sorted(SENDER_ACTIONS)},
+            "payload": {
+                "type": "object",
+                "description": "react: message_id and reaction; unreact: message_id",
+                "properties": {"message_id": {"type": "string"}, "reaction": {"type": "string"}},
+            },
+            "notification_type": {"type": "string", "enum": ["REGULAR", "SILENT_PUSH", "NO_PUSH"]},
+            "persona_id": {"type": "string", "description": "a persona's id (a number is accepted too)"},
+            "reply_to": {"type": "object", "properties": {"mid": {"type": "string"}}},
+        },
+    }
+
+
 def _message_schemas() -> dict[str, Any]:
     return {
-        "SendBody": {
-            "type": "object",
-            "description": (
-                "Exactly one of message or sender_action. A tag needs messaging_type MESSAGE_TAG. Only "
-                "these fields (422 unknown_field; appsecret_proof: 422 token_in_body; an access_token "
-                "selects the page as one in the URL does and is removed), "
-                f"nested at most {MAX_DEPTH} levels (422 too_deep). Recipients, refused bodies and "
-                "utility sends: docs/reach.md."
-            ),
-            "required": ["recipient"],
-            "additionalProperties": False,
-            "properties": {
-                "recipient": {
-                    "type": "object",
-                    "description": "exactly one of these keys (name only with phone_number)",
-                    "minProperties": 1,
-                    "properties": {
-                        "id": {"type": "string", "minLength": 1, "maxLength": 128},
-                        "phone_number": {"type": "string", "maxLength": 32},
-                        "name": {"type": "object"},
-                        "user_ref": {"type": "string", "maxLength": 512},
-                        "notification_messages_token": {"type": "string", "maxLength": 1024},
-                        "one_time_notif_token": {"type": "string", "maxLength": 1024},
-                        "comment_id": {"type": "string", "maxLength": 128},
-                        "post_id": {"type": "string", "maxLength": 128},
-                    },
-                },
-                "access_token": {"type": "string", "description": "selects the page; never forwarded"},
-                "messaging_type": {
-                    "type": "string",
-                    "enum": ["RESPONSE", "UPDATE", "MESSAGE_TAG", "UTILITY"],
-                },
-                "tag": {"type": "string"},
-                "message": {
-                    "type": "object",
-                    "description": "one of text, attachment or sticker_id; a UTILITY send: template only",
-                    "properties": {
-                        "text": {"type": "string", "maxLength": MAX_TEXT - 1},
-                        "attachment": {"type": "object"},
-                        "sticker_id": {"type": "integer"},
-                        "quick_replies": {"type": "array", "maxItems": MAX_QUICK_REPLIES},
-                        "metadata": {"type": "string", "maxLength": 999},
-                        "template": {
-                            "type": "object",
-                            "description": "a utility template (messaging_type UTILITY)",
-                        },
-                    },
-                },
-                "sender_action": {"type": "string", "enum": sorted(SENDER_ACTIONS)},
-                "payload": {
-                    "type": "object",
-                    "description": "react: message_id and reaction; unreact: message_id",
-                    "properties": {"message_id": {"type": "string"}, "reaction": {"type": "string"}},
-                },
-                "notification_type": {"type": "string", "enum": ["REGULAR", "SILENT_PUSH", "NO_PUSH"]},
-                "persona_id": {"type": "string", "description": "a persona's id (a number is accepted too)"},
-                "reply_to": {"type": "object", "properties": {"mid": {"type": "string"}}},
-            },
-        },
+        "SendBody": _send_body_schema(),
         "Accepted": {
             "type": "object",
             "required": ["delivery_id", "status"],

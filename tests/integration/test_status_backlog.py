@@ -1,0 +1,34 @@
+"""The read model's backlog age leaves parked deliveries out, and it reports Redis's memory: the
+two inputs of the backlog and memory alerts (deploy/prometheus/alerts.yml). Real redis-server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+def test_parked_deliveries_are_not_an_old_backlog(redis_server: RedisServer) -> None:
+    from worker import status
+    from worker.config import Settings
+    from worker.store import Keys
+
+    settings = Settings(_env_file=None, key_prefix="t" + uuid.uuid4().hex[:8])
+    keys = Keys.of(settings)
+    client = redis_server.client()
+    now = time.time()
+    client.zadd(keys.open, {"parked-old": now - 5_000, "waiting": now - 30})
+    client.zadd(keys.parked, {"parked-old": now - 5_000})
+    current = status.read(client, settings, now=now)
+    assert 29 <= current.oldest_open_age_s <= 31, current.oldest_open_age_s
+    assert current.parked == 1
+    assert current.redis_used_memory > 0
+    client.zrem(keys.open, "waiting")
+    only_parked = status.read(client, settings, now=now)
+    assert only_parked.oldest_open_age_s >= 4_999, "all scanned are parked: the bound, not zero"
+    client.delete(keys.open, keys.parked)

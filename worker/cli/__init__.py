@@ -1,0 +1,200 @@
+"""Deliver Braze webhook campaigns to Facebook Messenger: the intake, the workers, and their tools.
+
+The command line of braze-messenger-worker. Commands: ``intake``, ``worker``, ``up``, ``sandbox``
+(:mod:`worker.cli.services`, :mod:`worker.cli.up`) and ``send``, ``status``, ``pages``,
+``dead-letters``, ``link-ref`` (:mod:`worker.cli.ops`). The operator's commands run from the
+directory of a running ``up`` take its Redis, intake and dev tokens from its state file; a
+connection failure is one line on stderr and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from worker import __version__
+from worker.cli import state
+from worker.cli.common import configured
+from worker.cli.ops import cmd_dead_letters, cmd_link_ref, cmd_pages, cmd_send, cmd_status
+from worker.cli.services import cmd_intake, cmd_sandbox, cmd_worker
+from worker.cli.up import cmd_up
+
+__all__ = [
+    "build_parser",
+    "cmd_dead_letters",
+    "cmd_intake",
+    "cmd_link_ref",
+    "cmd_pages",
+    "cmd_sandbox",
+    "cmd_send",
+    "cmd_status",
+    "cmd_up",
+    "cmd_worker",
+    "main",
+]
+
+#: Commands that may take a running ``up``'s settings from its state file.
+_OPERATOR_COMMANDS = {"send", "status", "pages", "dead-letters"}
+_DATA_DIR = ".data"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """A meaningful default shown after an option's help; descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if text and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text, formatter_class=_Formatter
+    )
+    return parser
+
+
+def _add_services(sub: Any) -> None:
+    p = _parser(sub, "intake", "the HTTP intake Braze posts to (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=8080, help="port Braze (or the load balancer) calls")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn processes sharing the port")
+    p.add_argument("--insecure-no-auth", action="store_true", help="accept requests without a bearer token")
+    p.set_defaults(func=cmd_intake)
+
+    p = _parser(sub, "worker", "a Celery worker with the project's defaults (threads pool)")
+    p.add_argument(
+        "--concurrency", type=int, default=32, help="batches in progress per process (threads only wait)"
+    )
+    p.add_argument("--hostname", default=None, help="Celery node name (default: celery@<host>)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of /metrics, /healthz and /readyz (default METRICS_PORT; taken: the next free one)",
+    )
+    p.set_defaults(func=cmd_worker)
+
+    p = _parser(sub, "up", "the whole stack on this machine: Redis, worker, intake (and the sandbox)")
+    p.add_argument("--sandbox", action="store_true", help="also run the Messenger sandbox and send to it")
+    p.add_argument("--port", type=int, default=None, help="intake port (default: last run's, else 8080)")
+    p.add_argument("--concurrency", type=int, default=32, help="the worker's --concurrency")
+    p.add_argument("--data-dir", default=_DATA_DIR, help="embedded Redis data, lock and state file")
+    p.set_defaults(func=cmd_up)
+
+    p = _parser(sub, "sandbox", "the Messenger Send API sandbox (a local double of Graph)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
+    p.add_argument("--port", type=int, default=8081, help="port to listen on")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
+    p.set_defaults(func=cmd_sandbox)
+
+
+def _add_operations(sub: Any) -> None:
+    p = _parser(sub, "send", "one test message through the whole pipeline; prints its final record")
+    p.add_argument("--page", required=True, help="page id (the sandbox's: 1234567890)")
+    p.add_argument("--psid", required=True, help="recipient PSID (sandbox fault PSIDs: README)")
+    p.add_argument("--text", required=True, help="message text")
+    p.add_argument("--intake", default=None, help="intake URL (default: a running up's, else :8080)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a final status")
+    p.add_argument("--data-dir", default=_DATA_DIR, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_send)
+
+    p = _parser(sub, "status", "queue depth, in flight, scheduled retries, dead letters, paused pages")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = _parser(sub, "pages", "page pauses")
+    psub = p.add_subparsers(dest="pages_command", required=True)
+    r = psub.add_parser("resume", help="lift a page's pause and release its waiting messages")
+    r.add_argument("page", help="page id")
+    r.set_defaults(func=cmd_pages)
+
+    p = _parser(sub, "dead-letters", "list, replay or purge dead letters (newest first)")
+    p.add_argument("action", choices=["list", "replay", "purge"], help="what to do")
+    p.add_argument("--page", default=None, help="only this page's")
+    p.add_argument("--code", type=int, default=None, help="only those with this Graph error code")
+    p.add_argument("--older-than", type=float, default=None, help="only those dead for this many seconds")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many")
+    p.add_argument(
+        "--id", dest="ids", action="append", default=None, help="a dead letter's delivery id (repeatable)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="show what replay/purge would act on; change nothing"
+    )
+    p.add_argument("--yes", action="store_true", help="replay/purge without a filter without asking")
+    p.set_defaults(func=cmd_dead_letters)
+
+    p = _parser(sub, "link-ref", "a signed m.me ref, as the Braze template builds it (needs LINK_SECRET)")
+    p.add_argument("--page", required=True, help="the page's numeric id")
+    p.add_argument("--external-id", required=True, help="the Braze user's external id")
+    p.add_argument("--expires", type=int, default=None, help="Unix time (Braze's link_expires)")
+    p.add_argument("--ttl", type=int, default=30 * 86_400, help="seconds from now, without --expires")
+    p.set_defaults(func=cmd_link_ref)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="messenger-worker",
+        description="Deliver Braze webhook campaigns to Facebook Messenger.\n\n"
+        "First run: messenger-worker up --sandbox   (README: Quick start)",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_services(sub)
+    _add_operations(sub)
+    return parser
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password, for an error line."""
+    parts = []
+    for part in url.split(";"):
+        split = urlsplit(part)
+        if split.password:
+            host = split.hostname or ""
+            netloc = f"{split.username or ''}:***@{host}" + (f":{split.port}" if split.port else "")
+            parts.append(split._replace(netloc=netloc).geturl())
+        else:
+            parts.append(part)
+    return ";".join(parts)
+
+
+def _connection_error(exc: BaseException) -> str | None:
+    """One line for an unreachable Redis or intake; None for any other error."""
+    import os
+
+    import httpx
+    import redis.exceptions
+
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        url = _redacted(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        return (
+            f"cannot reach Redis at {url}: {exc}. Is the stack up (messenger-worker up), or REDIS_URL right?"
+        )
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return f"Redis refused the credentials in REDIS_URL: {exc}"
+    if isinstance(exc, httpx.TransportError):
+        return f"cannot reach the intake: {type(exc).__name__}: {exc}. Is it running, and --intake right?"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in _OPERATOR_COMMANDS:
+        state.apply_to_environment(
+            state.running_state(Path(getattr(args, "data_dir", _DATA_DIR))), configured
+        )
+    try:
+        result: int = args.func(args)
+    except Exception as exc:
+        line = _connection_error(exc)
+        if line is None:
+            raise
+        print(f"messenger-worker {args.command}: {line}", file=sys.stderr)
+        return 1
+    return result

@@ -1,0 +1,42 @@
+"""What the CLI's commands share: settings loading that prints a line instead of a traceback,
+whether a variable is configured, and the sandbox's page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+SANDBOX_PAGE = "1234567890"
+
+
+def settings(**overrides: object) -> Any:
+    from worker.config import load_settings
+
+    try:
+        return load_settings(**overrides)
+    except ValueError as exc:  # pydantic ValidationError: print the message, not a traceback
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
+def service_settings(**overrides: object) -> Any:
+    """Settings for a service process (the intake, a worker): also :func:`check_service`'s
+    requirements (RECIPIENT_HASH_SALT)."""
+    from worker.config import check_service
+
+    loaded = settings(**overrides)
+    try:
+        check_service(loaded)
+    except ValueError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    return loaded
+
+
+def configured(name: str) -> bool:
+    """Whether ``name`` is set in the environment or in ./.env."""
+    if os.environ.get(name):
+        return True
+    env_file = Path(".env")
+    return env_file.is_file() and any(
+        line.strip().startswith(f"{name}=") for line in env_file.read_text(encoding="utf-8").splitlines()
+    )
