@@ -232,6 +232,10 @@ class Settings(BaseSettings):
     link_conflict_policy: str = Field(default="keep", pattern="^(keep|replace)$")
     #: How long an inbound interaction is remembered per (page, PSID) (the 24 h window, HUMAN_AGENT's 7 days).
     window_memory_seconds: int = Field(default=8 * 86_400, gt=0)
+    #: How often one worker (a Redis lock) re-reads every page's utility templates from Graph
+    #: (``/{page-id}/message_templates``) into the catalogue; 0 = never (``messenger-worker
+    #: templates sync`` and the message_template_status_update webhook still update it).
+    template_sync_seconds: float = Field(default=3_600.0, ge=0)
     #: Braze REST API (write-back): https://rest.<instance>.braze.com and a key with users.track.
     braze_rest_url: str | None = None
     braze_api_key: SecretStr | None = None
