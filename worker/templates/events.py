@@ -16,7 +16,8 @@ inbound events as dicts of kind :data:`TEMPLATE_STATUS`; the inbound task hands 
 :func:`apply_status_events`, which sets the template's status in the page's catalogue. A
 template the catalogue does not hold is inserted with that status (an APPROVED event before the
 first sync counts). Applying an event twice changes nothing more; an event older than what the
-catalogue learned since (a sync, a later event) is ignored.
+catalogue learned since (a sync, a later event; by a second or more: events carry whole seconds)
+is ignored.
 
 ``REINSTATED`` is stored as APPROVED; events that are not statuses (``FLAGGED``, ``LOCKED``,
 ``UNARCHIVED``, quality and category changes) are logged and left to the next sync.
@@ -47,6 +48,8 @@ FIELD: Final = "message_template_status_update"
 _EVENT_STATUS: Final[Mapping[str, str]] = {"REINSTATED": "APPROVED"}
 _MAX: Final = 512
 _WATCH_RETRIES: Final = 10
+#: An event's time is whole seconds: one stamped in the second a sync read Graph is not older.
+_TIME_GRAIN: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +144,7 @@ async def _apply(client: aioredis.Redis, keys: Keys, e: StatusEvent, status: str
                 await pipe.watch(key)
                 raw = await pipe.hget(key, hash_field)  # type: ignore[misc]  # watching: executes at once
                 current = TemplateInfo.from_json(raw) if raw is not None else None
-                if current is not None and current.updated_at > at:
+                if current is not None and current.updated_at >= at + _TIME_GRAIN:
                     await pipe.reset()  # type: ignore[no-untyped-call]  # redis-py's stubs
                     return False  # the catalogue learned something newer since
                 if current is None:
@@ -149,7 +152,7 @@ async def _apply(client: aioredis.Redis, keys: Keys, e: StatusEvent, status: str
                         e.name, e.language, status, reason=e.reason, template_id=e.template_id, updated_at=at
                     )
                 else:
-                    new = current.with_status(status, e.reason, at)
+                    new = current.with_status(status, e.reason, max(at, current.updated_at))
                 pipe.multi()  # type: ignore[no-untyped-call]  # redis-py's stubs
                 pipe.hset(key, mapping={hash_field: new.to_json()})
                 await pipe.execute()
@@ -181,7 +184,7 @@ async def apply_status_events(client: aioredis.Redis, keys: Keys, events: list[d
         status = _EVENT_STATUS.get(e.event, e.event)
         if status not in STATUSES:
             metrics.TEMPLATE_EVENTS.labels("ignored").inc()
-            log.info("templates.event_ignored", page_id=e.page_id, template=e.name, event=e.event)
+            log.info("templates.event_ignored", page_id=e.page_id, template=e.name, webhook_event=e.event)
             continue
         if await _apply(client, keys, e, status, now):
             applied += 1
