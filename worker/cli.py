@@ -1,4 +1,4 @@
-"""Process entry points: ``messenger-worker intake|worker|up|sandbox|send|status|pages|dead-letters|link-ref``."""
+"""Process entry points: ``messenger-worker intake|worker|up|sandbox|send|status|pages|dead-letters|link-ref|templates``."""
 
 from __future__ import annotations
 
@@ -461,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_dead_letters)
     _add_link_ref(sub)
+    _add_templates(sub)
     return parser
 
 
@@ -471,6 +472,55 @@ def _add_link_ref(sub: Any) -> None:
     p.add_argument("--expires", type=int, default=None, help="Unix time (Braze's link_expires)")
     p.add_argument("--ttl", type=int, default=30 * 86_400, help="seconds from now, without --expires")
     p.set_defaults(func=cmd_link_ref)
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    """``templates sync``: read the pages' utility templates from Graph into the catalogue (exit 1
+    if a page failed; its old catalogue stays); ``templates list``: what the catalogue holds."""
+    from worker.logging import configure_logging
+    from worker.store import Keys, connections
+    from worker.templates import page_templates, synced_pages
+
+    settings = _settings()
+    configure_logging(settings, stream=sys.stderr)  # stdout is the command's answer
+
+    async def run() -> int:
+        client, keys = connections.async_client(settings), Keys.of(settings)
+        try:
+            if args.templates_command == "sync":
+                from worker.templates.sync import sync_all
+
+                async with httpx.AsyncClient() as http:
+                    done = await sync_all(client, settings, http, pages=[args.page] if args.page else None)
+                print(json.dumps({"synced": done}))
+                return 0 if None not in done.values() else 1
+            synced = await synced_pages(client, keys)
+            out: dict[str, Any] = {}
+            for page in [args.page] if args.page else sorted(set(settings.page_access_tokens) | set(synced)):
+                rows = [t.as_dict() for t in await page_templates(client, keys, page)]
+                out[page] = {"synced_at": synced.get(page), "templates": rows}
+        finally:
+            await client.aclose()
+        if args.json:
+            print(json.dumps(out, indent=2))
+            return 0
+        for page, catalogue in out.items():
+            when = time.ctime(catalogue["synced_at"]) if catalogue["synced_at"] else "never synced"
+            print(f"page {page} ({when})")
+            for t in catalogue["templates"]:
+                params = ",".join(t["parameter_names"]) or t["parameter_count"]
+                print(f"  {t['name']:<32} {t['language']:<8} {t['status']:<12} params={params}")
+        return 0
+
+    return asyncio.run(run())
+
+
+def _add_templates(sub: Any) -> None:
+    p = sub.add_parser("templates", help="the pages' utility-template catalogue: sync from Graph, list")
+    p.add_argument("templates_command", choices=["sync", "list"])
+    p.add_argument("--page", default=None, help="one page id (default: every configured page)")
+    p.add_argument("--json", action="store_true", help="list: JSON")
+    p.set_defaults(func=cmd_templates)
 
 
 def main(argv: list[str] | None = None) -> int:
