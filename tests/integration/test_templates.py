@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import PAGE, RedisServer, Sandbox, wait_until
 from worker import metrics
-from worker.config import Settings
+from worker.config import PageTokens, Settings
 from worker.messenger.errors import InputError
 from worker.messenger.utility import UtilityTemplate, utility_body
 from worker.sandbox import sandbox_token
@@ -37,7 +37,7 @@ from worker.templates import (
     template_state,
 )
 from worker.templates.events import TEMPLATE_STATUS
-from worker.templates.sync import PAGE_LIMIT, SyncError, sync_all, sync_page
+from worker.templates.sync import PAGE_LIMIT, SyncError, TemplateRefresher, sync_all, sync_page
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -322,3 +322,26 @@ def test_the_sandbox_refuses_each_state_over_http(
     )
     assert resp.json().get("error", {}).get("code") == expected
     assert resp.status_code == (200 if expected is None else 400)
+
+
+def test_one_refresher_takes_the_turn_and_concurrent_checks_share_a_read(
+    redis_server: RedisServer, sandbox: Sandbox, page: str
+) -> None:
+    settings = settings_for(redis_server, sandbox, page, template_sync_seconds=120)
+    keys = Keys.of(settings)
+    tokens = PageTokens(settings)
+
+    async def turns(client: aioredis.Redis) -> list[bool]:
+        return [await TemplateRefresher(client, settings, tokens).due() for _ in range(3)]
+
+    assert run(turns, settings) == [True, False, False]  # the lock lasts the interval
+    assert 110 < redis_server.client().ttl(keys.templates_lock) <= 120
+    sync(settings, page)
+    cache = TemplateCache()
+    wanted = UtilityTemplate("order_update", "en_US", ("a", "b"))
+
+    async def many(client: aioredis.Redis) -> None:
+        await asyncio.gather(*(check_request(client, keys, page, wanted, cache) for _ in range(50)))
+
+    run(many, settings)
+    assert cache.reads == 1
