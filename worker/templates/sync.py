@@ -187,6 +187,8 @@ class TemplateRefresher:
                         await self._sync(http, stop)
                 except (redis.exceptions.RedisError, OSError) as exc:
                     log.warning("templates.refresh_error", error=type(exc).__name__)
+                except Exception:  # a bug here must not end the periodic sync for good
+                    log.exception("templates.refresh_failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), check)
 
