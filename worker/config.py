@@ -208,7 +208,16 @@ class Settings(BaseSettings):
     pace_recovery_per_second: float = Field(default=0.01, gt=0)
     pace_min_factor: float = Field(default=0.1, gt=0, le=1)
 
+    #: Tags tried outside the window when a request has no X-Fallback-Tags (a removed tag is
+    #: skipped, logged, under DEPRECATED_TAG_POLICY=strip, refused at start under reject).
     fallback_tags: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: The order of the routes outside the window: "utility" (the request's X-Utility-Template)
+    #: and "tags" (its fallback tags, in order).
+    fallback_order: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["utility", "tags"])
+    #: X-Utility-Template's language when it names none (and UTILITY_TEMPLATES gives none).
+    utility_default_language: str = Field(default="en_US", pattern=r"^[a-z]{2,3}(_[A-Za-z]{2,4}){0,2}$")
+    #: Defaults per utility template (JSON): {"<name>": {"language": "en_US", "parameters": [...]}}.
+    utility_templates: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(default_factory=dict)
     deprecated_tag_policy: DeprecatedTagPolicy = DeprecatedTagPolicy.STRIP
     window_policy: WindowPolicy = WindowPolicy.FAIL
     suppression_ttl: int = Field(default=30 * 86_400, gt=0)
@@ -232,6 +241,12 @@ class Settings(BaseSettings):
     link_conflict_policy: str = Field(default="keep", pattern="^(keep|replace)$")
     #: How long an inbound interaction is remembered per (page, PSID) (the 24 h window, HUMAN_AGENT's 7 days).
     window_memory_seconds: int = Field(default=8 * 86_400, gt=0)
+    #: The longest a closed window is believed without asking Graph again: after it, the next
+    #: send to the PSID is tried (a user may have written where no webhook told us).
+    window_recheck_seconds: int = Field(default=3_600, ge=60, le=7 * 86_400)
+    #: A utility template Meta paused (132015) and no other route left: the message waits this
+    #: long before it is tried again (Meta unpauses after hours), dead at MESSAGE_TTL.
+    template_pause_retry_seconds: int = Field(default=1_800, ge=60)
     #: How often one worker (a Redis lock) re-reads every page's utility templates from Graph
     #: (``/{page-id}/message_templates``) into the catalogue; 0 = never (``messenger-worker
     #: templates sync`` and the message_template_status_update webhook still update it).
@@ -277,7 +292,7 @@ class Settings(BaseSettings):
         data = {k: v for k, v in data.items() if k not in ("intake_tokens", "INTAKE_TOKENS")}
         return {**data, "intake_tokens": list(scoped), "intake_token_pages": pages}
 
-    @field_validator("intake_tokens", "admin_tokens", "fallback_tags", mode="before")
+    @field_validator("intake_tokens", "admin_tokens", "fallback_tags", "fallback_order", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -286,12 +301,45 @@ class Settings(BaseSettings):
     @classmethod
     def _tags_known(cls, value: list[str]) -> list[str]:
         tags = [tag.upper() for tag in value]
-        for tag in tags:
-            if tag in DEPRECATED_TAGS:
-                raise ValueError(f"FALLBACK_TAGS: {tag} was removed by Meta on {DEPRECATED_TAGS[tag]}")
-            if tag not in CURRENT_TAGS:
+        for tag in tags:  # a removed tag: skipped or refused per DEPRECATED_TAG_POLICY (below)
+            if tag not in CURRENT_TAGS and tag not in DEPRECATED_TAGS:
                 raise ValueError(f"FALLBACK_TAGS: unknown tag {tag}")
         return tags
+
+    @field_validator("fallback_order")
+    @classmethod
+    def _order_known(cls, value: list[str]) -> list[str]:
+        steps = [step.lower() for step in value]
+        if not set(steps) <= {"utility", "tags"} or len(set(steps)) != len(steps):
+            raise ValueError('FALLBACK_ORDER lists "utility" and "tags", each at most once')
+        return steps
+
+    @field_validator("utility_templates", mode="before")
+    @classmethod
+    def _utility_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ValueError("UTILITY_TEMPLATES is a JSON object: template name -> defaults")  # noqa: TRY004  # pydantic turns only ValueError into a validation error
+        for name, entry in value.items():
+            if not re.fullmatch(r"[a-z0-9_]{1,512}", str(name)) or not isinstance(entry, dict):
+                raise ValueError(f"UTILITY_TEMPLATES: {str(name)[:64]!r} needs a template name and an object")
+            if set(entry) - {"language", "parameters"} or not isinstance(
+                entry.get("parameters", []), list | dict
+            ):
+                raise ValueError(
+                    f"UTILITY_TEMPLATES[{name}] holds language and parameters (a list or an object)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _removed_fallback_tags(self) -> Settings:
+        removed = [tag for tag in self.fallback_tags if tag in DEPRECATED_TAGS]
+        if removed and self.deprecated_tag_policy == DeprecatedTagPolicy.REJECT:
+            raise ValueError(
+                f"FALLBACK_TAGS: {removed[0]} was removed by Meta on {DEPRECATED_TAGS[removed[0]]}"
+            )
+        return self
 
     @field_validator("page_access_tokens", mode="before")
     @classmethod

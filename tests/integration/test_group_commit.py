@@ -55,7 +55,7 @@ def test_a_second_commit_starts_only_for_a_batch_that_needs_no_company(redis_ser
         # below take, however loaded the machine
         async def held(**kwargs: Any) -> Any:
             nonlocal running, most
-            sizes.append((len(kwargs["args"]) - 11) // 9)
+            sizes.append((len(kwargs["args"]) - 11) // kwargs["args"][10])
             running += 1
             most = max(most, running)
             await asyncio.sleep(0.5)
@@ -204,7 +204,7 @@ def test_an_item_that_cannot_be_encoded_fails_alone_and_never_the_batch(redis_se
         real = committer._accept
 
         async def spy(**kwargs: Any) -> Any:
-            sizes.append((len(kwargs["args"]) - 11) // 9)
+            sizes.append((len(kwargs["args"]) - 11) // kwargs["args"][10])
             return await real(**kwargs)
 
         committer._accept = spy  # type: ignore[method-assign]  # counts the items of each call

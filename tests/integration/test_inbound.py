@@ -19,8 +19,9 @@ import redis.asyncio as aioredis
 from tests.conftest import RedisServer
 from worker import metrics
 from worker.config import Settings
-from worker.delivery.inbound import MID_MEMORY_SECONDS, record_events
+from worker.delivery.inbound import MID_MEMORY_SECONDS, record_events, window_closed
 from worker.messenger.refs import sign_ref
+from worker.messenger.webhook import AD_WINDOW_SECONDS, WINDOW_SECONDS, event_to_dict, parse_events
 from worker.store import Keys
 
 pytestmark = pytest.mark.integration
@@ -170,9 +171,10 @@ def test_the_same_link_again_and_a_second_psid_for_one_user(redis_server: RedisS
 
 
 def window(redis_server: RedisServer, settings: Settings, psid: str) -> float:
+    """When the PSID's window closes, minus the standard window: its last interaction."""
     value = redis_server.client().get(Keys.of(settings).window(PAGE, psid))
     assert value is not None
-    return float(value)
+    return float(value) - WINDOW_SECONDS
 
 
 def test_a_late_event_never_moves_the_last_interaction_back(redis_server: RedisServer) -> None:
@@ -187,10 +189,73 @@ def test_a_late_event_never_moves_the_last_interaction_back(redis_server: RedisS
 
 def test_a_learned_closed_window_is_opened_by_a_new_interaction(redis_server: RedisServer) -> None:
     settings = make_settings(redis_server)
-    redis_server.client().set(Keys.of(settings).window(PAGE, "psid-1"), "0")
+    client, keys = redis_server.client(), Keys.of(settings)
     now = time.time()
+    client.set(keys.window_closed(PAGE, "psid-1"), repr(now - 60), ex=settings.window_recheck_seconds)
+
+    def state() -> bool | None:
+        until, closed = (
+            client.get(keys.window(PAGE, "psid-1")),
+            client.get(keys.window_closed(PAGE, "psid-1")),
+        )
+        return window_closed(
+            None if until is None else until.decode(),
+            None if closed is None else closed.decode(),
+            time.time(),
+            settings.window_recheck_seconds,
+        )
+
+    assert state() is True  # Graph said closed a minute ago
     record(settings, event("psid-1", at=now - 1))
     assert window(redis_server, settings, "psid-1") == pytest.approx(now - 1)
+    assert state() is False  # the user wrote since
+
+
+def test_standby_and_ad_referral_events_open_the_window(redis_server: RedisServer) -> None:
+    """A user who writes while another app holds the thread (standby) reopens the window; one
+    from a Click-to-Messenger ad opens the 7-day window."""
+    settings = make_settings(redis_server)
+    now = time.time()
+    payload = {
+        "object": "page",
+        "entry": [
+            {
+                "id": PAGE,
+                "time": int(now * 1000),
+                "standby": [
+                    {
+                        "sender": {"id": "psid-s"},
+                        "recipient": {"id": PAGE},
+                        "timestamp": int(now * 1000),
+                        "message": {"mid": "m_s", "text": "hi"},
+                    }
+                ],
+                "messaging": [
+                    {
+                        "sender": {"id": "psid-ad"},
+                        "recipient": {"id": PAGE},
+                        "timestamp": int(now * 1000),
+                        "message": {"mid": "m_ad", "text": "hi"},
+                        "referral": {"source": "ADS", "type": "OPEN_THREAD", "ad_id": "1"},
+                    }
+                ],
+            }
+        ],
+    }
+    events = [event_to_dict(e) for e in parse_events(payload)]
+    assert [(e["psid"], e["standby"], e["window_seconds"]) for e in events] == [
+        ("psid-ad", False, AD_WINDOW_SECONDS),
+        ("psid-s", True, WINDOW_SECONDS),
+    ]
+    assert record(settings, *events)["engaged"] == 2
+    assert window(redis_server, settings, "psid-s") == pytest.approx(now, abs=1)
+    assert window(redis_server, settings, "psid-ad") == pytest.approx(
+        now + AD_WINDOW_SECONDS - WINDOW_SECONDS, abs=1
+    )
+    record(settings, event("psid-ad", at=now + 0.5))  # a plain message does not shorten it
+    assert window(redis_server, settings, "psid-ad") == pytest.approx(
+        now + AD_WINDOW_SECONDS - WINDOW_SECONDS, abs=1
+    )
 
 
 def test_a_future_timestamp_is_taken_as_now(redis_server: RedisServer) -> None:

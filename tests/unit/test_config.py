@@ -156,10 +156,12 @@ def test_fallback_tags_parsed_and_upper_cased(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(
     ("tag", "date"), [("ACCOUNT_UPDATE", "2026-04-27"), ("SHIPPING_UPDATE", "2020-03-04")]
 )
-def test_fallback_tags_deprecated_rejected_with_date(
+def test_fallback_tags_deprecated_rejected_with_date_under_reject(
     monkeypatch: pytest.MonkeyPatch, tag: str, date: str
 ) -> None:
     monkeypatch.setenv("FALLBACK_TAGS", f"HUMAN_AGENT,{tag}")
+    assert from_env().fallback_tags == ["HUMAN_AGENT", tag]  # strip (default): skipped when used
+    monkeypatch.setenv("DEPRECATED_TAG_POLICY", "reject")
     with pytest.raises(ValidationError) as caught:
         from_env()
     assert tag in str(caught.value)
@@ -341,3 +343,20 @@ def test_load_shedding_settings_from_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("INTAKE_DEADLINE_SECONDS", "90")  # past Braze's 90 s timeout
     with pytest.raises(ValueError, match="intake_deadline_seconds"):
         Settings(_env_file=None)
+
+
+def test_fallback_order_and_utility_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert from_env().fallback_order == ["utility", "tags"]
+    monkeypatch.setenv("FALLBACK_ORDER", "TAGS, utility")
+    monkeypatch.setenv("UTILITY_TEMPLATES", '{"order_update": {"language": "en_GB", "parameters": ["-"]}}')
+    settings = from_env()
+    assert settings.fallback_order == ["tags", "utility"]
+    assert settings.utility_templates == {"order_update": {"language": "en_GB", "parameters": ["-"]}}
+    for bad in ("utility,utility", "tags,HUMAN_AGENT"):
+        monkeypatch.setenv("FALLBACK_ORDER", bad)
+        with pytest.raises(ValidationError, match="FALLBACK_ORDER"):
+            from_env()
+    monkeypatch.setenv("FALLBACK_ORDER", "utility")
+    monkeypatch.setenv("UTILITY_TEMPLATES", '{"Order Update": {}}')
+    with pytest.raises(ValidationError, match="UTILITY_TEMPLATES"):
+        from_env()

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from worker.config import Settings
 from worker.intake import create_app
 from worker.intake.openapi import openapi_document
-from worker.messenger import validation
+from worker.messenger import content, recipients, utility, validation
 from worker.states import State
 from worker.store import records
 
@@ -80,6 +80,7 @@ def test_the_delivery_schema_has_every_field_of_the_public_view() -> None:
         "sent_at": "3.5",
         "error": records.error_fields("graph", 2, None, "temporary").decode(),
         "delivered_tag": "HUMAN_AGENT",
+        "delivered_via": "tag:HUMAN_AGENT",
         "first_created_at": "0.5",
         "replays": "1",
         "not_before": "9.5",
@@ -93,8 +94,15 @@ def test_the_delivery_schema_has_every_field_of_the_public_view() -> None:
 
 
 def _codes_raised_by_validation() -> set[str]:
-    """Every ``_fail("code", ...)`` in worker.messenger.validation."""
-    tree = ast.parse(inspect.getsource(validation))
+    """Every ``_fail("code", ...)`` in the intake's input checks (worker.messenger)."""
+    tree = ast.Module(
+        body=[
+            node
+            for module in (validation, content, recipients, utility)
+            for node in ast.parse(inspect.getsource(module)).body
+        ],
+        type_ignores=[],
+    )
     return {
         node.args[0].value
         for node in ast.walk(tree)

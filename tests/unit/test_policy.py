@@ -47,8 +47,8 @@ def run(
     settings: Settings = SETTINGS,
     failures: int = 1,
     age: float = 0.0,
-    fallback_tags: list[str] | None = None,
-    tags_tried: list[str] | None = None,
+    fallbacks: list[str] | None = None,
+    tried: list[str] | None = None,
     tag_suppressed: bool = False,
     seed: int = 0,
 ) -> Decision:
@@ -57,8 +57,8 @@ def run(
         error,
         failures=failures,
         age=age,
-        fallback_tags=fallback_tags or [],
-        tags_tried=tags_tried or [],
+        fallbacks=fallbacks or [],
+        tried=tried or [],
         tag_suppressed=tag_suppressed,
         rng=random.Random(seed),
     )
@@ -155,9 +155,9 @@ def test_rate_limited_past_the_ttl_is_dead() -> None:
 
 @pytest.mark.parametrize("cls", [WindowClosedError, TagRejectedError])
 def test_untried_fallback_tag_is_used(cls: type[GraphError]) -> None:
-    decision = run(err(cls, 10), fallback_tags=["HUMAN_AGENT"])
+    decision = run(err(cls, 10), fallbacks=["tag:HUMAN_AGENT"])
     assert decision.action is Action.RETAG
-    assert decision.next_tag == "HUMAN_AGENT"
+    assert decision.next_route == "tag:HUMAN_AGENT"
     assert decision.reason == cls.reason
     assert decision.delay == 0.0
 
@@ -166,19 +166,19 @@ def test_untried_fallback_tag_is_used(cls: type[GraphError]) -> None:
 def test_next_fallback_tag_in_order(cls: type[GraphError]) -> None:
     decision = run(
         err(cls, 100),
-        fallback_tags=["CUSTOMER_FEEDBACK", "HUMAN_AGENT", "NON_PROMOTIONAL_SUBSCRIPTION"],
-        tags_tried=["CUSTOMER_FEEDBACK"],
+        fallbacks=["tag:CUSTOMER_FEEDBACK", "tag:HUMAN_AGENT", "tag:NON_PROMOTIONAL_SUBSCRIPTION"],
+        tried=["tag:CUSTOMER_FEEDBACK"],
     )
-    assert (decision.action, decision.next_tag) == (Action.RETAG, "HUMAN_AGENT")
+    assert (decision.action, decision.next_route) == (Action.RETAG, "tag:HUMAN_AGENT")
 
 
 @pytest.mark.parametrize("cls", [WindowClosedError, TagRejectedError])
 @pytest.mark.parametrize(
     "state",
     [
-        {"fallback_tags": []},
-        {"fallback_tags": ["HUMAN_AGENT"], "tags_tried": ["HUMAN_AGENT"]},
-        {"fallback_tags": ["HUMAN_AGENT"], "tag_suppressed": True},
+        {"fallbacks": []},
+        {"fallbacks": ["tag:HUMAN_AGENT"], "tried": ["tag:HUMAN_AGENT"]},
+        {"fallbacks": ["tag:HUMAN_AGENT"], "tag_suppressed": True},
     ],
     ids=["no-fallback", "all-tried", "tag-suppressed"],
 )
@@ -186,7 +186,7 @@ def test_no_fallback_left_fails_outside_window(cls: type[GraphError], state: dic
     decision = run(err(cls, 10), **state)
     assert decision.action is Action.FAIL
     assert decision.reason == "outside_window"
-    assert decision.next_tag is None
+    assert decision.next_route is None
 
 
 def test_window_policy_park() -> None:
@@ -196,7 +196,7 @@ def test_window_policy_park() -> None:
     assert decision.reason == "outside_window"
     # A fallback tag still comes first.
     assert (
-        run(err(WindowClosedError, 10), settings=park, fallback_tags=["HUMAN_AGENT"]).action is Action.RETAG
+        run(err(WindowClosedError, 10), settings=park, fallbacks=["tag:HUMAN_AGENT"]).action is Action.RETAG
     )
 
 
@@ -210,7 +210,7 @@ def test_unreachable_fails_and_suppresses() -> None:
 
 
 def test_tag_abuse_fails_and_suppresses_tagged_sends() -> None:
-    decision = run(err(TagAbuseError, 613), fallback_tags=["HUMAN_AGENT"])
+    decision = run(err(TagAbuseError, 613), fallbacks=["tag:HUMAN_AGENT"])
     assert decision == Decision(Action.FAIL, "tag_abuse", suppress_tagged=True)
 
 
@@ -231,7 +231,7 @@ def test_page_restricted_waits_and_pauses_the_page_longer() -> None:
 
 
 def test_permanent_fails() -> None:
-    decision = run(err(PermanentError, 100), fallback_tags=["HUMAN_AGENT"])
+    decision = run(err(PermanentError, 100), fallbacks=["tag:HUMAN_AGENT"])
     assert decision == Decision(Action.FAIL, "permanent")
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from worker.config import PageTokens, Settings
@@ -17,6 +19,7 @@ from worker.delivery.leases import Leases
 from worker.delivery.model import Delivery, Outcome
 from worker.delivery.observers import Observer
 from worker.graph import GraphClient, GraphError, SendResult
+from worker.messenger.utility import UtilityTemplate
 from worker.ratelimit import Grant, Limiter
 from worker.states import State
 
@@ -47,12 +50,12 @@ class Attempts(Observer):
     def attempted(
         self,
         delivery: Delivery,
-        tag: str | None,
+        route: str | None,
         result: SendResult | None,
         error: GraphError | None,
         latency_s: float,
     ) -> None:
-        self.calls.append((tag, "sent" if error is None else error.reason))
+        self.calls.append((route, "sent" if error is None else error.reason))
 
 
 def settings(**kw: Any) -> Settings:
@@ -143,21 +146,93 @@ def test_closed_window_retags_at_once_and_each_tag_is_tried_once() -> None:
     bodies: list[dict[str, Any]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        import orjson
-
         body = orjson.loads(request.content)
         bodies.append(body)
         if body.get("tag") == "HUMAN_AGENT":
             return httpx.Response(200, json={"message_id": "m_tagged"})
         return graph_error(10, 2018278, "(#10) outside of allowed window")
 
-    d = delivery(fallback_tags=["HUMAN_AGENT"])
+    d = delivery(fallbacks=["tag:HUMAN_AGENT"])
     outcome, observer, _ = run(handler, d)
     assert isinstance(outcome, Outcome)
-    assert (outcome.status, outcome.delivered_tag) == (State.SENT, "HUMAN_AGENT")
+    assert (outcome.status, outcome.delivered_via) == (State.SENT, "tag:HUMAN_AGENT")
     assert [b.get("tag") for b in bodies] == [None, "HUMAN_AGENT"]
     assert d.window_closed_seen
-    assert observer.calls == [(None, "outside_window"), ("HUMAN_AGENT", "sent")]
+    assert observer.calls == [(None, "outside_window"), ("tag:HUMAN_AGENT", "sent")]
+
+
+ORDER_UPDATE = UtilityTemplate("order_update", "en_US", ("Ada", "#42"))
+
+
+def test_closed_window_sends_the_utility_template_before_the_tags() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        bodies.append(body)
+        if body.get("messaging_type") == "UTILITY":
+            return httpx.Response(200, json={"message_id": "m_utility"})
+        return graph_error(10, 2018278, "(#10) outside of allowed window")
+
+    d = delivery(fallbacks=["utility:order_update", "tag:HUMAN_AGENT"], utility=ORDER_UPDATE)
+    outcome, observer, _ = run(handler, d)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, outcome.delivered_via) == (State.SENT, "utility:order_update")
+    assert bodies[1] == {
+        "recipient": {"id": "p1"},
+        "messaging_type": "UTILITY",
+        "message": {
+            "template": {
+                "name": "order_update",
+                "language": {"code": "en_US"},
+                "components": [
+                    {
+                        "type": "body",
+                        "parameters": [{"type": "text", "text": "Ada"}, {"type": "text", "text": "#42"}],
+                    }
+                ],
+            }
+        },
+    }
+    assert observer.calls == [(None, "outside_window"), ("utility:order_update", "sent")]
+
+
+def test_a_rejected_template_moves_on_to_the_next_route() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        if body.get("messaging_type") == "UTILITY":
+            return graph_error(132000, None, "(#132000) Number of parameters does not match")
+        if body.get("tag") == "HUMAN_AGENT":
+            return httpx.Response(200, json={"message_id": "m_tagged"})
+        return graph_error(10, 2018278, "(#10) outside of allowed window")
+
+    d = delivery(fallbacks=["utility:order_update", "tag:HUMAN_AGENT"], utility=ORDER_UPDATE)
+    outcome, observer, _ = run(handler, d)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, outcome.delivered_via) == (State.SENT, "tag:HUMAN_AGENT")
+    assert d.routes_tried == ["utility:order_update"]
+    assert [call[0] for call in observer.calls] == [None, "utility:order_update", "tag:HUMAN_AGENT"]
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "reason"),
+    [(132016, State.FAILED, "template_rejected"), (132015, State.SCHEDULED, "template_paused")],
+)
+def test_a_template_with_no_route_left_fails_or_waits_when_paused(
+    code: int, status: State, reason: str
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if orjson.loads(request.content).get("messaging_type") == "UTILITY":
+            return graph_error(code, None, f"(#{code}) Template")
+        return graph_error(10, 2018278, "(#10) outside of allowed window")
+
+    d = delivery(fallbacks=["utility:order_update"], utility=ORDER_UPDATE)
+    outcome, _, _ = run(handler, d)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, outcome.reason) == (status, reason)
+    if status is State.SCHEDULED:
+        assert outcome.delay == settings().template_pause_retry_seconds
+        assert d.failures == 0  # a paused template burns no attempt
 
 
 def test_a_transient_error_burns_an_attempt_and_retries() -> None:

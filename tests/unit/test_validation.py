@@ -77,7 +77,7 @@ def test_valid_body_is_normalised() -> None:
     req = check(body())
     assert req.page_id == PAGE
     assert req.psid == "psid-1"
-    assert req.fallback_tags == []
+    assert req.fallbacks == []
     assert req.stripped_tag is None
     assert req.body == {
         "recipient": {"id": "psid-1"},
@@ -143,10 +143,12 @@ def test_integer_recipient_id_is_accepted_as_string() -> None:
     assert req.body["recipient"] == {"id": "1234567890123456"}
 
 
-def test_recipient_id_is_stripped_and_extra_fields_dropped() -> None:
-    req = check(body(recipient={"id": "  psid-2 ", "extra": 1}))
+def test_recipient_id_is_stripped_and_an_unknown_recipient_field_refused() -> None:
+    req = check(body(recipient={"id": "  psid-2 "}))
     assert req.psid == "psid-2"
     assert req.body["recipient"] == {"id": "psid-2"}
+    err = refused(body(recipient={"id": "psid-2", "extra": 1}))
+    assert (err.code, "recipient.extra" in err.message) == ("invalid_recipient", True)
 
 
 def test_recipient_id_over_128_chars_is_refused() -> None:
@@ -297,7 +299,7 @@ def test_fallback_header_keeps_order_and_dedupes() -> None:
     header = " customer_feedback, HUMAN_AGENT ,,CUSTOMER_FEEDBACK"
     assert parse_tags(header) == ["CUSTOMER_FEEDBACK", "HUMAN_AGENT"]
     req = check(body(), fallback_header=header)
-    assert req.fallback_tags == ["CUSTOMER_FEEDBACK", "HUMAN_AGENT"]
+    assert req.fallbacks == ["tag:CUSTOMER_FEEDBACK", "tag:HUMAN_AGENT"]
 
 
 def test_fallback_header_unknown_tag() -> None:
@@ -306,24 +308,35 @@ def test_fallback_header_unknown_tag() -> None:
     assert "BOGUS_TAG" in err.message
 
 
-def test_fallback_header_deprecated_tag() -> None:
-    err = refused(body(), fallback_header="ACCOUNT_UPDATE")
+def test_a_removed_fallback_tag_is_skipped_under_strip_and_refused_under_reject() -> None:
+    req = check(body(), fallback_header="ACCOUNT_UPDATE,HUMAN_AGENT")  # strip: the default
+    assert (req.fallbacks, req.skipped_tags) == (["tag:HUMAN_AGENT"], ("ACCOUNT_UPDATE",))
+    reject = make_settings(deprecated_tag_policy=DeprecatedTagPolicy.REJECT)
+    err = refused(body(), reject, fallback_header="ACCOUNT_UPDATE,HUMAN_AGENT")
     assert (err.status, err.code) == (422, "deprecated_tag")
     assert "ACCOUNT_UPDATE" in err.message
     assert "2026-04-27" in err.message
 
 
+def test_a_removed_tag_in_fallback_tags_is_skipped_under_strip() -> None:
+    settings = make_settings(fallback_tags=["ACCOUNT_UPDATE", "HUMAN_AGENT"])
+    req = check(body(), settings)
+    assert (req.fallbacks, req.skipped_tags) == (["tag:HUMAN_AGENT"], ("ACCOUNT_UPDATE",))
+    with pytest.raises(ValueError, match="ACCOUNT_UPDATE"):
+        make_settings(fallback_tags=["ACCOUNT_UPDATE"], deprecated_tag_policy=DeprecatedTagPolicy.REJECT)
+
+
 @pytest.mark.parametrize("header", [None, "", " , "], ids=["absent", "empty", "only-commas"])
 def test_settings_fallback_tags_used_without_header(header: str | None) -> None:
     settings = make_settings(fallback_tags=["HUMAN_AGENT"])
-    assert check(body(), settings, fallback_header=header).fallback_tags == ["HUMAN_AGENT"]
-    assert check(body(), fallback_header=header).fallback_tags == []
+    assert check(body(), settings, fallback_header=header).fallbacks == ["tag:HUMAN_AGENT"]
+    assert check(body(), fallback_header=header).fallbacks == []
 
 
 def test_fallback_header_overrides_settings() -> None:
     settings = make_settings(fallback_tags=["HUMAN_AGENT"])
     req = check(body(), settings, fallback_header="CUSTOMER_FEEDBACK")
-    assert req.fallback_tags == ["CUSTOMER_FEEDBACK"]
+    assert req.fallbacks == ["tag:CUSTOMER_FEEDBACK"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -446,7 +459,7 @@ def test_a_credential_in_the_body_is_refused_never_forwarded(name: str) -> None:
     assert PAGE_TOKEN not in err.message
 
 
-@pytest.mark.parametrize("name", ["metadata", "thread_control", "payload", "messaging_product", "Recipient"])
+@pytest.mark.parametrize("name", ["metadata", "thread_control", "messaging_product", "Recipient"])
 def test_a_field_outside_the_send_api_table_is_refused_by_name(name: str) -> None:
     err = refused(body(**{name: "x"}))
     assert (err.status, err.code) == (422, "unknown_field")
@@ -469,7 +482,6 @@ def test_every_field_of_the_table_passes_and_nothing_else_reaches_the_stored_bod
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("notification_type", 1),
         ("persona_id", True),
         ("persona_id", 1.5),
         ("reply_to", "m_1"),
@@ -536,9 +548,9 @@ def test_kind(message: dict[str, Any], kind: str) -> None:
     assert check(body(message=message)).kind == kind
 
 
-def test_kind_never_raises_for_a_validated_body() -> None:
-    req = check(body(message={"attachment": {"type": ["audio"], "payload": {}}}))
-    assert req.kind == "text"
+def test_an_attachment_of_no_known_type_is_refused() -> None:
+    err = refused(body(message={"attachment": {"type": ["audio"], "payload": {}}}))
+    assert (err.status, err.code) == (422, "invalid_attachment")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,13 +5,14 @@
 
 1. **precheck** without a call: past MESSAGE_TTL (expired, or dead if it was retrying), the
    recipient suppressed, no page token, the page paused, the window known to be closed with no
-   fallback tag left;
+   fallback route left;
 2. **pace**: await this send's slot on the event loop, or defer the delivery with its
    reservation when the slot is further than PACE_MAX_HOLD_SECONDS;
 3. **call** Graph, within GRAPH_DEADLINE_SECONDS and only while the claim's lease outlives that
    deadline (:meth:`~worker.delivery.leases.Leases.safe_to_send`);
-4. **decide** with :func:`worker.delivery.policy.decide`: send again at once with the next
-   fallback tag, or end the round with the decision's event.
+4. **decide** with :func:`worker.delivery.policy.decide`: send again at once on the next
+   fallback route (:mod:`worker.delivery.routes`: a tag, a utility template), or end the round
+   with the decision's event.
 
 A batch's reads (suppressions, windows, Braze ids, pauses) are one round trip
 (:meth:`Sender.context`), and its first send to each recipient reserves its slot in one call per
@@ -29,7 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from worker.config import PageTokens, Settings
-from worker.delivery import policy
+from worker.delivery import policy, routes
 from worker.delivery.deadlines import Deadlines
 from worker.delivery.inbound import window_closed
 from worker.delivery.leases import Leases
@@ -37,14 +38,26 @@ from worker.delivery.model import Delivery, Outcome, PauseRequest
 from worker.delivery.observers import Observer
 from worker.delivery.pauses import PagePause
 from worker.delivery.policy import Action, Decision
-from worker.graph import AmbiguousError, ErrorInfo, GraphClient, GraphError, SendResult
+from worker.graph import (
+    AmbiguousError,
+    ErrorInfo,
+    GraphClient,
+    GraphError,
+    SendResult,
+    TagRejectedError,
+    TemplateRejectedError,
+    WindowClosedError,
+)
 from worker.logging import get_logger
-from worker.messenger.validation import message_kind
+from worker.messenger.content import message_kind
+from worker.messenger.recipients import is_psid
 from worker.ratelimit import Limiter, is_free
 from worker.states import Event, State
 from worker.store import Keys, records, text
 
 log = get_logger("worker.delivery")
+#: Errors that end a route, not the delivery: the next fallback route is tried.
+ROUTE_ERRORS = (WindowClosedError, TagRejectedError, TemplateRejectedError)
 #: The policy's actions as state-machine events (RETAG is not an event: it sends again at once).
 EVENT_OF: dict[Action, Event] = {
     Action.RETRY: Event.RETRY,
@@ -64,8 +77,8 @@ class BatchContext:
     tag_suppressed: dict[str, bool] = field(default_factory=dict)
     window_closed: dict[str, bool | None] = field(default_factory=dict)
     pauses: dict[str, PagePause] = field(default_factory=dict)
-    #: A delivery whose window is known to be closed starts with this fallback tag.
-    first_tag: dict[str, str] = field(default_factory=dict)
+    #: A delivery whose window is known to be closed starts with this fallback route.
+    first_route: dict[str, str] = field(default_factory=dict)
 
 
 class Released(Exception):
@@ -118,6 +131,7 @@ class Sender:
             + [keys.tag_suppressed(d.page_id, d.psid) for d in claimed]
             + [keys.window(d.page_id, d.psid) for d in claimed]
             + [keys.external(d.page_id, d.psid) for d in claimed]
+            + [keys.window_closed(d.page_id, d.psid) for d in claimed]
         )
         for page in pages:
             pipe.hgetall(keys.pause(page))
@@ -127,8 +141,14 @@ class Sender:
         for i, d in enumerate(claimed):
             ctx.suppressed[d.id] = values[i] is not None
             ctx.tag_suppressed[d.id] = values[n + i] is not None
-            w = values[2 * n + i]
-            ctx.window_closed[d.id] = window_closed(None if w is None else text(w), now)
+            until, closed = values[2 * n + i], values[4 * n + i]
+            if is_psid(d.psid):  # only a PSID has a window we track
+                ctx.window_closed[d.id] = window_closed(
+                    None if until is None else text(until),
+                    None if closed is None else text(closed),
+                    now,
+                    self._s.window_recheck_seconds,
+                )
             e = values[3 * n + i]
             if not d.external_id and e is not None:
                 d.external_id = text(e)
@@ -168,59 +188,63 @@ class Sender:
         pause = ctx.pauses.get(d.page_id)
         if pause is not None and not pause.lifted_by(token):
             return Outcome(d, Event.WAIT, reason="page_paused", delay=max(0.05, pause.until - time.time()))
-        if not d.active_tag and ctx.window_closed.get(d.id) and d.body.get("messaging_type") != "MESSAGE_TAG":
+        if not d.active_route and ctx.window_closed.get(d.id) and not routes.outside_window_capable(d.body):
             # the window is known to be closed: no doomed call, straight to the fallback path
-            tag = policy.next_fallback(d.fallback_tags, d.tags_tried, tag_suppressed)
-            if tag is None:
+            route = routes.next_route(d.fallbacks, d.routes_tried, tag_suppressed=tag_suppressed)
+            if route is None:
                 return self.outcome(d, policy.window_outcome(s), None)
-            ctx.first_tag[d.id] = tag
+            ctx.first_route[d.id] = route
         return None
 
     async def deliver(self, d: Delivery, ctx: BatchContext) -> Outcome:
-        """Pace, call and decide, trying each fallback tag at most once (never a loop)."""
+        """Pace, call and decide, trying each fallback route at most once (never a loop)."""
         token = self.token_for(d)
         if token is None:  # checked in precheck; the token file may have been reloaded since
             return Outcome(d, Event.FAIL, reason="no_page_token")
-        tag: str | None = d.active_tag or ctx.first_tag.get(d.id)
-        for _ in range(len(d.fallback_tags) + 1):
-            body = d.body if tag is None else {**d.body, "messaging_type": "MESSAGE_TAG", "tag": tag}
-            deferral = await self._pace(d, body, tag)
+        route = d.active_route or ctx.first_route.get(d.id, routes.AS_GIVEN)
+        for _ in range(len(d.fallbacks) + 1):
+            body = routes.body_for(d.body, route, d.utility)
+            deferral = await self._pace(d, body, route)
             if deferral is not None:
                 return deferral
             try:
-                result, error = await self._call(d, token, body, tag)
+                result, error = await self._call(d, token, body, route)
             except PastTtl:  # checked again at the last moment: never a send after the TTL
                 return self.outcome(d, policy.past_ttl(d.failures, d.last_reason), None)
             if error is None:
                 if result is not None and (result.usage_pct or 0) >= self._s.usage_slowdown_threshold:
                     await self._slow_down(d.page_id)
-                return Outcome(d, Event.SEND_OK, result=result, delivered_tag=body.get("tag"))
-            decision = self._decide(d, error, tag, ctx.tag_suppressed.get(d.id, False))
-            if decision.action is Action.RETAG and decision.next_tag is not None:
-                tag = decision.next_tag
+                via = routes.delivered_via(d.body, d.psid, route)
+                return Outcome(d, Event.SEND_OK, result=result, delivered_via=via)
+            decision = self._decide(d, error, route, ctx.tag_suppressed.get(d.id, False))
+            if decision.action is Action.RETAG and decision.next_route is not None:
+                route = decision.next_route
                 continue
-            d.active_tag = tag or ""
+            d.active_route = route
             if decision.pause_page is not None and error.reason == "rate_limited":
                 await self._slow_down(d.page_id)
             return self.outcome(d, decision, error)
         return Outcome(d, Event.FAIL, reason="outside_window")
 
-    def _decide(self, d: Delivery, error: GraphError, tag: str | None, tag_suppressed: bool) -> Decision:
-        if error.reason == "outside_window":
+    def _decide(self, d: Delivery, error: GraphError, route: str, tag_suppressed: bool) -> Decision:
+        if error.reason == "outside_window" and route == routes.AS_GIVEN and is_psid(d.psid):
             d.window_closed_seen = True
-        if tag is not None and error.reason in ("outside_window", "tag_rejected"):
-            d.tags_tried.append(tag)
+        if route and isinstance(error, ROUTE_ERRORS):
+            d.routes_tried.append(route)
         if error.reason in ("transient", "ambiguous"):
             d.failures += 1
-        return policy.decide(
+        decision = policy.decide(
             self._s,
             error,
             failures=d.failures,
             age=time.time() - d.created_at,
-            fallback_tags=d.fallback_tags,
-            tags_tried=d.tags_tried,
+            fallbacks=d.fallbacks,
+            tried=d.routes_tried,
             tag_suppressed=tag_suppressed,
         )
+        if decision.action is Action.PARK and not is_psid(d.psid):  # no webhook can release it
+            return Decision(Action.FAIL, decision.reason)
+        return decision
 
     def outcome(self, d: Delivery, decision: Decision, error: GraphError | None) -> Outcome:
         pause = None
@@ -238,7 +262,7 @@ class Sender:
             possible_duplicate=decision.possible_duplicate,
         )
 
-    async def _pace(self, d: Delivery, body: dict[str, Any], tag: str | None) -> Outcome | None:
+    async def _pace(self, d: Delivery, body: dict[str, Any], route: str) -> Outcome | None:
         """Wait for this send's slot, or defer the delivery (with its reservation) to the schedule."""
         if self.draining:
             raise Released("shutdown")
@@ -255,7 +279,7 @@ class Sender:
                 # the last groups of a big batch find their slots stale (a round trip each).
                 await asyncio.sleep(0)
             return None
-        d.active_tag = tag or ""
+        d.active_route = route
         if not grant.granted:  # the page is paused: nothing reserved
             return Outcome(d, Event.WAIT, reason="paced", delay=grant.delay)
         # released back to a worker the lookahead before its slot, to await it on the loop
@@ -264,7 +288,7 @@ class Sender:
         return Outcome(d, Event.WAIT, reason="paced", delay=max(0.0, grant.at - time.time() - lookahead))
 
     async def _call(
-        self, d: Delivery, token: str, body: dict[str, Any], tag: str | None
+        self, d: Delivery, token: str, body: dict[str, Any], route: str
     ) -> tuple[SendResult | None, GraphError | None]:
         async with self._inflight:
             if self.draining:
@@ -279,7 +303,7 @@ class Sender:
             try:
                 result = await self._graph.send(d.page_id, token, body)
             except GraphError as exc:
-                self._observer.attempted(d, tag, None, exc, time.perf_counter() - started)
+                self._observer.attempted(d, route or None, None, exc, time.perf_counter() - started)
                 return None, exc
             except asyncio.CancelledError:
                 if not self._deadlines.leave(task) or task.uncancel() > 0:
@@ -289,11 +313,11 @@ class Sender:
                         code=None, subcode=None, message="deadline: no answer within GRAPH_DEADLINE_SECONDS"
                     )
                 )
-                self._observer.attempted(d, tag, None, late, time.perf_counter() - started)
+                self._observer.attempted(d, route or None, None, late, time.perf_counter() - started)
                 return None, late
             finally:
                 self._deadlines.leave(task)
-        self._observer.attempted(d, tag, result, None, result.latency_ms / 1000)
+        self._observer.attempted(d, route or None, result, None, result.latency_ms / 1000)
         return result, None
 
     async def _slow_down(self, page_id: str) -> None:

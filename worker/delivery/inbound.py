@@ -8,11 +8,14 @@ Messenger calls ``/messenger/webhook`` on the intake; verified events reach the 
   retries a webhook it thinks was lost, and a captured body could be replayed; the mid is
   remembered for :data:`MID_MEMORY_SECONDS` once the event is applied (so a task that fails half
   way and is requeued applies it again rather than losing it: everything below is idempotent);
-* remembers each (page, PSID)'s last interaction, only ever forward (``touch_window.lua``: an
-  event that arrives late, or a replay, cannot move it back) — the 24-hour window, known in
-  advance: a delivery to a PSID whose window is known to be closed goes straight to its fallback
-  tags, or to the window outcome, without a doomed Graph call; a window-closed answer teaches
-  the same;
+* remembers when each (page, PSID)'s window closes, only ever later (``touch_window.lua``: an
+  event that arrives late, or a replay, cannot move it back): the interaction's time + 24 hours,
+  + 7 days after a Click-to-Messenger ad; ``standby`` events (another app holds the thread)
+  count as ``messaging`` ones. A delivery to a PSID whose window is known to be closed goes
+  straight to its fallback routes, or to the window outcome, without a doomed Graph call; a
+  window-closed answer from Graph teaches the same. Neither is believed for longer than it can
+  be true (:func:`window_closed`): after ``WINDOW_RECHECK_SECONDS`` without a newer event Graph
+  is asked again (a user may have written where no webhook told us, or no webhook is set up);
 * releases the deliveries parked for that PSID (``WINDOW_POLICY=park``), oldest first, when the
   last interaction moved forward;
 * links the PSID to a Braze user when the event carries a ref that proves it was issued by us
@@ -38,8 +41,8 @@ header given at the intake, else the mapping learned from a ref) gets ``messenge
 final outcome also becomes a ``messenger_delivery`` custom event. Writes go through the durable
 outbox of :mod:`worker.braze`; one worker at a time drains it (a Redis lock).
 
-Keys (:class:`worker.store.Keys`): ``win`` (last interaction, epoch s; "0": learned closed;
-WINDOW_MEMORY_SECONDS), ``ext`` (the Braze external_id learned from a ref; 400 days), ``mid``
+Keys (:class:`worker.store.Keys`): ``wu`` (when the window closes, epoch s;
+WINDOW_MEMORY_SECONDS), ``wcl`` (when Graph last said it is closed; WINDOW_RECHECK_SECONDS), ``ext`` (the Braze external_id learned from a ref; 400 days), ``mid``
 (message ids recorded; 1 day), ``park`` and ``parked`` (deliveries parked until their recipient
 writes).
 """
@@ -57,26 +60,40 @@ from worker.braze import BrazeOutbox, braze_config, psid_attribute_item
 from worker.config import Settings
 from worker.logging import get_logger, recipient_ref
 from worker.messenger.refs import check_ref
+from worker.messenger.webhook import AD_WINDOW_SECONDS, WINDOW_SECONDS
 from worker.store import Keys, envelope, scripts, text
 from worker.templates import TEMPLATE_STATUS, apply_status_events
 
 log = get_logger("worker.inbound")
-WINDOW_SECONDS = 24 * 3600
 EXTERNAL_ID_TTL = 400 * 86_400
 #: How long a recorded message id is remembered: Meta retries a webhook it could not deliver
 #: for hours, not days; a replay after this cannot move a window back anyway (touch_window.lua).
 MID_MEMORY_SECONDS = 86_400
 
 
-def window_closed(value: str | None, now: float) -> bool | None:
-    """True/False when the window's state is known from the last interaction, None when unknown."""
-    if value is None:
-        return None
+def _epoch(value: str | None) -> float | None:
     try:
-        last = float(value)
+        return None if value is None else float(value)
     except ValueError:
         return None
-    return now - last > WINDOW_SECONDS
+
+
+def window_closed(until: str | None, closed_at: str | None, now: float, recheck: float) -> bool | None:
+    """Whether the PSID's window is known to be closed (skip the call), open, or unknown (None).
+
+    ``until`` is when the window its last interaction opened closes (``wu``), ``closed_at`` when
+    Graph last said it is closed (``wcl``, kept WINDOW_RECHECK_SECONDS). Open while ``until`` is
+    ahead (an interaction after Graph's answer reopens it); closed while Graph's answer is
+    remembered, or for ``recheck`` seconds after ``until``; after that nothing blocks: the next
+    send asks Graph, and its answer teaches again."""
+    end = _epoch(until)
+    if end is not None and end > now:
+        return False
+    if _epoch(closed_at) is not None:
+        return True
+    if end is not None:
+        return True if now < end + recheck else None
+    return None
 
 
 async def record_events(
@@ -96,7 +113,8 @@ async def record_events(
             continue
         at = _seconds(event.get("timestamp"), now)
         if event.get("opens_window"):
-            engaged[(page, psid)] = max(at, engaged.get((page, psid), 0.0))
+            until = at + _window_length(event.get("window_seconds"))
+            engaged[(page, psid)] = max(until, engaged.get((page, psid), 0.0))
         external_id = _verified(settings, page, psid, event.get("ref"), now)
         if external_id is not None:
             links.append((page, psid, external_id))
@@ -116,6 +134,17 @@ async def record_events(
         "braze": len(braze_items),
         "templates": templates,
     }
+
+
+def _window_length(value: object) -> int:
+    """The event's window (24 h, or 7 days after an ad); anything else: 24 h."""
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value in (WINDOW_SECONDS, AD_WINDOW_SECONDS)
+    ):
+        return value
+    return WINDOW_SECONDS
 
 
 def _seconds(value: object, now: float) -> float:
@@ -167,7 +196,7 @@ async def _remember_mids(client: aioredis.Redis, keys: Keys, events: list[dict[s
 async def _touch_windows(
     client: aioredis.Redis, settings: Settings, keys: Keys, engaged: dict[tuple[str, str], float]
 ) -> list[tuple[str, str]]:
-    """Set each last interaction if it is newer (touch_window.lua); the (page, PSID)s that moved."""
+    """Set each window's end if it is later (touch_window.lua); the (page, PSID)s that moved."""
     if not engaged:
         return []
     pairs = list(engaged)

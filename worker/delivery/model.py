@@ -11,7 +11,9 @@ from typing import Any
 
 import orjson
 
+from worker.delivery import routes
 from worker.graph import GraphError, SendResult
+from worker.messenger.utility import UtilityTemplate, from_json
 from worker.states import FINAL, Event, State, apply, parse
 from worker.store import records
 
@@ -28,13 +30,16 @@ class Delivery:
     created_at: float = 0.0
     attempts: int = 0
     failures: int = 0
-    fallback_tags: list[str] = field(default_factory=list)
-    tags_tried: list[str] = field(default_factory=list)
+    #: Routes tried when the window is closed (worker/delivery/routes.py), and those tried so far.
+    fallbacks: list[str] = field(default_factory=list)
+    routes_tried: list[str] = field(default_factory=list)
     #: The status before this claim (IN_FLIGHT: a reclaim, its previous holder stopped renewing).
     previous: State = State.QUEUED
     request_id: str = ""
-    #: The fallback tag in use when it was deferred or scheduled ("" = the body as accepted).
-    active_tag: str = ""
+    #: The route in use when it was deferred or scheduled ("" = the body as accepted).
+    active_route: str = ""
+    #: The utility template of the ``utility:`` route (or of a direct utility body).
+    utility: UtilityTemplate | None = None
     #: A pacing slot reserved when it was deferred (Redis clock, epoch s; 0 = none).
     slot_at: float = 0.0
     #: The Braze user (X-Braze-External-Id at the intake, or learned from a Messenger ref).
@@ -60,11 +65,13 @@ class Delivery:
             created_at=records.number(rec, "created_at"),
             attempts=int(rec.get("attempts") or 0),
             failures=int(rec.get("failures") or 0),
-            fallback_tags=orjson.loads(rec.get("fallback_tags") or "[]"),
-            tags_tried=orjson.loads(rec.get("tags_tried") or "[]"),
+            fallbacks=_routes(rec, "fallbacks", "fallback_tags"),
+            routes_tried=_routes(rec, "routes_tried", "tags_tried"),
             previous=_previous(rec, claim),
             request_id=rec.get("request_id", ""),
-            active_tag=rec.get("active_tag", ""),
+            active_route=rec.get("active_route")
+            or (routes.TAG + rec["active_tag"] if rec.get("active_tag") else ""),
+            utility=from_json(orjson.loads(rec["utility"])) if rec.get("utility") else None,
             slot_at=records.number(rec, "slot_at"),
             external_id=rec.get("external_id", ""),
             last_reason=_reason(rec.get("error")),
@@ -76,6 +83,13 @@ def _previous(rec: dict[str, str], claim: str) -> State:
     if rec.get("claim") == claim and rec.get("previous"):
         return parse(rec["previous"])
     return parse(rec.get("status") or State.QUEUED)
+
+
+def _routes(rec: dict[str, str], name: str, legacy: str) -> list[str]:
+    """A JSON list of routes; a record accepted before routes holds tag names under ``legacy``."""
+    if name in rec:
+        return list(orjson.loads(rec[name] or "[]"))
+    return routes.from_legacy([tag for tag in orjson.loads(rec.get(legacy) or "[]") if tag])
 
 
 def _reason(error: str | None) -> str:
@@ -105,7 +119,8 @@ class Outcome:
     delay: float = 0.0
     result: SendResult | None = None
     error: GraphError | None = None
-    delivered_tag: str | None = None
+    #: How it was sent (routes.delivered_via): window, tag:<TAG>, utility:<name>, a recipient kind.
+    delivered_via: str | None = None
     suppress: bool = False
     suppress_tagged: bool = False
     pause: PauseRequest | None = None

@@ -42,7 +42,7 @@ class Observer:
     def attempted(
         self,
         delivery: Delivery,
-        tag: str | None,
+        route: str | None,
         result: SendResult | None,
         error: GraphError | None,
         latency_s: float,
@@ -79,12 +79,12 @@ class Observers(Observer):
     def attempted(
         self,
         delivery: Delivery,
-        tag: str | None,
+        route: str | None,
         result: SendResult | None,
         error: GraphError | None,
         latency_s: float,
     ) -> None:
-        self._each("attempted", delivery, tag, result, error, latency_s)
+        self._each("attempted", delivery, route, result, error, latency_s)
 
     def writes(self, outcomes: Sequence[Outcome], pipe: Any) -> None:
         self._each("writes", outcomes, pipe)
@@ -123,7 +123,7 @@ class MetricsObserver(Observer):
     def attempted(
         self,
         delivery: Delivery,
-        tag: str | None,
+        route: str | None,
         result: SendResult | None,
         error: GraphError | None,
         latency_s: float,
@@ -195,7 +195,7 @@ class LogObserver(Observer):
     def attempted(
         self,
         delivery: Delivery,
-        tag: str | None,
+        route: str | None,
         result: SendResult | None,
         error: GraphError | None,
         latency_s: float,
@@ -212,7 +212,7 @@ class LogObserver(Observer):
             error_code=error.info.code,
             error_subcode=error.info.subcode,
             fbtrace_id=error.info.fbtrace_id,
-            tag=tag,
+            route=route,
             latency_ms=round(latency_s * 1000, 1),
             possible_duplicate=error.reason == "ambiguous",
         )
@@ -260,7 +260,7 @@ class LogObserver(Observer):
                 http_status=o.result.http_status,
                 latency_ms=round(o.result.latency_ms, 1),
                 sent_at=round(o.result.started_at, 4),
-                tag=o.delivered_tag,
+                delivered_via=o.delivered_via,
                 accept_to_send_ms=round((now - d.created_at) * 1000, 1),
             )
         elif o.paced:

@@ -10,8 +10,12 @@ TransientError          retry after capped, jittered exponential backoff; burns 
                         ``dead`` when MAX_ATTEMPTS is used up or the wait would pass MESSAGE_TTL
 AmbiguousError          the same, and the attempt is logged/counted as a possible duplicate
 RateLimitedError        wait (server estimate, else backoff) without burning an attempt; page paused
-WindowClosedError       next untried fallback tag, sent at once; none left -> window policy
-TagRejectedError        next untried fallback tag; none left -> window policy (never a loop)
+WindowClosedError       next untried fallback route (tag:<TAG>, utility:<name>), sent at once;
+                        none left -> window policy
+TagRejectedError        next untried fallback route; none left -> window policy (never a loop)
+TemplateRejectedError   next untried fallback route; none left -> ``failed`` (template_rejected)
+TemplatePausedError     next untried fallback route; none left -> wait
+                        TEMPLATE_PAUSE_RETRY_SECONDS (no attempt burnt), dead at MESSAGE_TTL
 RecipientUnreachable    ``failed``; PSID suppressed for SUPPRESSION_TTL
 TagAbuseError           ``failed``; tagged sends to the PSID suppressed 24 h
 TokenInvalidError       page paused until its token changes or an operator resumes it; message waits
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from worker.config import Settings, WindowPolicy
+from worker.delivery import routes
 from worker.graph import (
     AmbiguousError,
     GraphError,
@@ -35,6 +40,8 @@ from worker.graph import (
     RecipientUnreachableError,
     TagAbuseError,
     TagRejectedError,
+    TemplatePausedError,
+    TemplateRejectedError,
     TokenInvalidError,
     TransientError,
     WindowClosedError,
@@ -56,7 +63,8 @@ class Decision:
     action: Action
     reason: str
     delay: float = 0.0
-    next_tag: str | None = None
+    #: RETAG: the fallback route to send at once (routes.py)
+    next_route: str | None = None
     suppress: bool = False
     suppress_tagged: bool = False
     pause_page: float | None = None  # seconds; None = no page pause
@@ -68,15 +76,6 @@ def backoff(settings: Settings, failures: int, rng: random.Random | None = None)
     step = min(settings.retry_cap_seconds, settings.retry_base_seconds * (2 ** max(0, failures - 1)))
     jitter = rng.uniform(0, step / 2) if rng is not None else random.uniform(0, step / 2)  # noqa: S311
     return float(step / 2 + jitter)
-
-
-def next_fallback(fallback_tags: list[str], tried: list[str], tag_suppressed: bool) -> str | None:
-    if tag_suppressed:
-        return None
-    for tag in fallback_tags:
-        if tag not in tried:
-            return tag
-    return None
 
 
 #: Waits that are the page's trouble, not the message's: a message whose TTL passes in one of them
@@ -104,12 +103,13 @@ def decide(
     *,
     failures: int,
     age: float,
-    fallback_tags: list[str],
-    tags_tried: list[str],
+    fallbacks: list[str],
+    tried: list[str],
     tag_suppressed: bool,
     rng: random.Random | None = None,
 ) -> Decision:
-    """``failures`` counts attempts burnt so far including this one; ``age`` is seconds since accept."""
+    """``failures`` counts attempts burnt so far including this one; ``age`` is seconds since
+    accept; ``tried`` the fallback routes tried, this round's included."""
     remaining_ttl = settings.message_ttl - age
     if isinstance(error, TransientError):
         dup = isinstance(error, AmbiguousError)
@@ -125,10 +125,17 @@ def decide(
         if wait >= remaining_ttl:
             return Decision(Action.DEAD, "ttl_while_rate_limited")
         return Decision(Action.WAIT, error.reason, delay=wait, pause_page=wait)
-    if isinstance(error, WindowClosedError | TagRejectedError):
-        tag = next_fallback(fallback_tags, tags_tried, tag_suppressed)
-        if tag is not None:
-            return Decision(Action.RETAG, error.reason, next_tag=tag)
+    if isinstance(error, WindowClosedError | TagRejectedError | TemplateRejectedError):
+        route = routes.next_route(fallbacks, tried, tag_suppressed=tag_suppressed)
+        if route is not None:
+            return Decision(Action.RETAG, error.reason, next_route=route)
+        if isinstance(error, TemplatePausedError):
+            wait = settings.template_pause_retry_seconds
+            if wait >= remaining_ttl:
+                return Decision(Action.DEAD, "ttl_while_template_paused")
+            return Decision(Action.WAIT, error.reason, delay=wait)
+        if isinstance(error, TemplateRejectedError):
+            return Decision(Action.FAIL, error.reason)
         return window_outcome(settings)
     if isinstance(error, RecipientUnreachableError):
         return Decision(Action.FAIL, error.reason, suppress=True)

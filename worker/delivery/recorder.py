@@ -27,6 +27,7 @@ import redis.exceptions
 
 from worker import metrics
 from worker.config import PageTokens, Settings
+from worker.delivery import routes
 from worker.delivery.model import Outcome
 from worker.delivery.observers import Observer
 from worker.delivery.pauses import queue_lift, queue_pause
@@ -45,8 +46,8 @@ def record_fields(o: Outcome, now: float) -> dict[str, Any]:
     d = o.delivery
     fields: dict[str, Any] = {"attempts": d.attempts, "failures": d.failures}
     if o.status not in FINAL:
-        fields["tags_tried"] = orjson.dumps(d.tags_tried)
-        fields["active_tag"] = d.active_tag
+        fields["routes_tried"] = orjson.dumps(d.routes_tried)
+        fields["active_route"] = d.active_route
         fields["slot_at"] = repr(d.slot_at)
         if o.status is not State.PARKED:
             fields["not_before"] = repr(now + o.delay)
@@ -54,8 +55,10 @@ def record_fields(o: Outcome, now: float) -> dict[str, Any]:
         if o.result.message_id:
             fields["message_id"] = o.result.message_id
         fields["sent_at"] = repr(o.result.started_at)
-    if o.delivered_tag:
-        fields["delivered_tag"] = o.delivered_tag
+    if o.delivered_via:
+        fields["delivered_via"] = o.delivered_via
+        if routes.is_tag(o.delivered_via):  # the field readers had before routes
+            fields["delivered_tag"] = o.delivered_via[len(routes.TAG) :]
     if o.status is not State.SENT and not o.paced and (o.error is not None or o.reason):
         info = o.error.info if o.error is not None else None
         fields["error"] = records.error_fields(
@@ -170,8 +173,8 @@ class Recorder:
         """What Graph's answer taught about the recipient or the page (not fenced: true whoever
         holds the delivery now)."""
         s, keys, d = self._settings, self._keys, o.delivery
-        if d.window_closed_seen:  # the next message to this PSID skips the doomed call
-            pipe.set(keys.window(d.page_id, d.psid), "0", nx=True, ex=s.window_memory_seconds)
+        if d.window_closed_seen:  # the next messages to this PSID skip the doomed call, a while
+            pipe.set(keys.window_closed(d.page_id, d.psid), repr(time.time()), ex=s.window_recheck_seconds)
         if o.suppress:
             pipe.set(keys.suppressed(d.page_id, d.psid), o.reason or "unreachable", ex=s.suppression_ttl)
         if o.suppress_tagged:

@@ -19,6 +19,13 @@ classify on ``error.code`` / ``error_subcode`` (messenger-platform.md §3.3), ne
     ├── RecipientUnreachableError   551, 551/1545041, 200/1545041, 10/2018108, 100/2018001: failed,
     │                               never retried, PSID suppressed
     ├── TagAbuseError               613/2018338: failed, tagged sends to this PSID suppressed 24 h
+    ├── TemplateRejectedError       a utility template Graph will not send: 132000 (parameters),
+    │   │                           132001 (no such name/language, or not approved), 132005,
+    │   │                           132007, 132012 (parameter format), 132016 (disabled),
+    │   │                           100/2018416 (a button type utility templates refuse): the
+    │   │                           next route, else failed
+    │   └── TemplatePausedError     132015: paused by Meta (it unpauses after hours): the next
+    │                               route, else the message waits (TEMPLATE_PAUSE_RETRY_SECONDS)
     ├── PagePausedError             the page cannot send at all; its messages wait
     │   ├── TokenInvalidError       190 with any subcode
     │   └── PageRestrictedError     368, 10/1893063 (long pause)
@@ -87,6 +94,18 @@ class TagAbuseError(GraphError):
     reason = "tag_abuse"
 
 
+class TemplateRejectedError(GraphError):
+    """A utility template Graph will not send. The 1320xx codes are those of Meta's template
+    system as the WhatsApp Cloud API documents them; Messenger's own list is not published
+    (messenger-platform.md §2.5), so this mapping is an assumption the sandbox shares."""
+
+    reason = "template_rejected"
+
+
+class TemplatePausedError(TemplateRejectedError):
+    reason = "template_paused"
+
+
 class PagePausedError(GraphError):
     reason = "page_paused"
 
@@ -135,9 +154,17 @@ _BY_CODE: dict[tuple[int, int | None], type[GraphError]] = {
     (100, 2018001): RecipientUnreachableError,
     (190, None): TokenInvalidError,
     (368, None): PageRestrictedError,
+    (132000, None): TemplateRejectedError,
+    (132001, None): TemplateRejectedError,
+    (132005, None): TemplateRejectedError,
+    (132007, None): TemplateRejectedError,
+    (132012, None): TemplateRejectedError,
+    (132015, None): TemplatePausedError,
+    (132016, None): TemplateRejectedError,
+    (100, 2018416): TemplateRejectedError,
 }
 # Codes whose every subcode maps like the bare code (190: 458-467, 492 ...; throttling subcodes).
-_ANY_SUBCODE = frozenset({190, 4, 17, 32, 80001, 80006, 368, 551})
+_ANY_SUBCODE = frozenset({190, 4, 17, 32, 80001, 80006, 368, 551, 132000, 132001, 132012, 132015, 132016})
 _TAG_MARKERS = ("invalid tag", "messaging type should be message_tag", "tag is required", "message tag")
 
 

@@ -307,7 +307,7 @@ class GroupCommitter:
             batch_id,
             s.queue_batch_max,
             math.ceil(s.sweep_after_seconds) + BATCH_TTL_MARGIN,
-            9,
+            10,
         ]
         latest_start = asyncio.get_running_loop().time() + self._min_left
         going: list[_Item] = []
@@ -320,7 +320,8 @@ class GroupCommitter:
             req = item.request
             try:
                 body = req.body_json or encode_body(req.body)
-                tags = orjson.dumps(req.fallback_tags)
+                tags = orjson.dumps(req.fallbacks)
+                template = orjson.dumps(req.utility.as_json()) if req.utility is not None else b""
             except (InputError, TypeError, ValueError) as exc:
                 item.future.set_exception(
                     exc if isinstance(exc, InputError) else InputError(422, "invalid_body", str(exc))
@@ -336,6 +337,7 @@ class GroupCommitter:
                 tags,
                 item.request_id,
                 item.external_id,
+                template,
             ]
             going.append(item)
         return going, args

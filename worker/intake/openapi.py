@@ -20,6 +20,7 @@ from worker.messenger.validation import (
     MAX_IDEMPOTENCY_KEY,
     MAX_QUICK_REPLIES,
     MAX_TEXT,
+    SENDER_ACTIONS,
 )
 from worker.states import State
 
@@ -36,6 +37,13 @@ SEND_422_CODES = (
     "text_too_long",
     "too_many_quick_replies",
     "invalid_sender_action",
+    "invalid_payload",
+    "text_and_attachment",
+    "invalid_attachment",
+    "invalid_quick_reply",
+    "invalid_notification_type",
+    "invalid_utility_template",
+    "invalid_utility_parameters",
     "invalid_messaging_type",
     "missing_tag",
     "invalid_tag",
@@ -118,6 +126,18 @@ def _send_operation(operation_id: str, path_params: list[dict[str, Any]]) -> dic
                 "header",
                 {"type": "string"},
                 "comma-separated message tags to try outside the 24-hour window",
+            ),
+            _param(
+                "X-Utility-Template",
+                "header",
+                {"type": "string"},
+                "a utility template to send outside the 24-hour window: <name>; lang=<code> (docs/reach.md)",
+            ),
+            _param(
+                "X-Utility-Parameters",
+                "header",
+                {"type": "string"},
+                "the template's body parameters: a JSON array (in order) or object (named), UTF-8",
             ),
             _param("X-Request-Id", "header", {"type": "string"}, "logged with the delivery"),
             _param(
@@ -330,30 +350,57 @@ def _message_schemas() -> dict[str, Any]:
             "type": "object",
             "description": (
                 "Exactly one of message or sender_action. A tag needs messaging_type MESSAGE_TAG. Only "
-                "these fields (422 unknown_field; access_token or appsecret_proof: 422 token_in_body), "
-                f"nested at most {MAX_DEPTH} levels (422 too_deep)."
+                "these fields (422 unknown_field; appsecret_proof: 422 token_in_body; an access_token "
+                "selects the page as one in the URL does and is removed), "
+                f"nested at most {MAX_DEPTH} levels (422 too_deep). Recipients, refused bodies and "
+                "utility sends: docs/reach.md."
             ),
             "required": ["recipient"],
             "additionalProperties": False,
             "properties": {
                 "recipient": {
                     "type": "object",
-                    "required": ["id"],
-                    "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 128}},
+                    "description": "exactly one of these keys (name only with phone_number)",
+                    "minProperties": 1,
+                    "properties": {
+                        "id": {"type": "string", "minLength": 1, "maxLength": 128},
+                        "phone_number": {"type": "string", "maxLength": 32},
+                        "name": {"type": "object"},
+                        "user_ref": {"type": "string", "maxLength": 512},
+                        "notification_messages_token": {"type": "string", "maxLength": 1024},
+                        "one_time_notif_token": {"type": "string", "maxLength": 1024},
+                        "comment_id": {"type": "string", "maxLength": 128},
+                        "post_id": {"type": "string", "maxLength": 128},
+                    },
                 },
-                "messaging_type": {"type": "string", "enum": ["RESPONSE", "UPDATE", "MESSAGE_TAG"]},
+                "access_token": {"type": "string", "description": "selects the page; never forwarded"},
+                "messaging_type": {
+                    "type": "string",
+                    "enum": ["RESPONSE", "UPDATE", "MESSAGE_TAG", "UTILITY"],
+                },
                 "tag": {"type": "string"},
                 "message": {
                     "type": "object",
-                    "description": "text or attachment",
+                    "description": "one of text, attachment or sticker_id; a UTILITY send: template only",
                     "properties": {
                         "text": {"type": "string", "maxLength": MAX_TEXT - 1},
                         "attachment": {"type": "object"},
+                        "sticker_id": {"type": "integer"},
                         "quick_replies": {"type": "array", "maxItems": MAX_QUICK_REPLIES},
+                        "metadata": {"type": "string", "maxLength": 999},
+                        "template": {
+                            "type": "object",
+                            "description": "a utility template (messaging_type UTILITY)",
+                        },
                     },
                 },
-                "sender_action": {"type": "string", "enum": ["typing_on", "typing_off", "mark_seen"]},
-                "notification_type": {"type": "string", "description": "REGULAR, SILENT_PUSH or NO_PUSH"},
+                "sender_action": {"type": "string", "enum": sorted(SENDER_ACTIONS)},
+                "payload": {
+                    "type": "object",
+                    "description": "react: message_id and reaction; unreact: message_id",
+                    "properties": {"message_id": {"type": "string"}, "reaction": {"type": "string"}},
+                },
+                "notification_type": {"type": "string", "enum": ["REGULAR", "SILENT_PUSH", "NO_PUSH"]},
                 "persona_id": {"type": "string", "description": "a persona's id (a number is accepted too)"},
                 "reply_to": {"type": "object", "properties": {"mid": {"type": "string"}}},
             },
@@ -403,6 +450,11 @@ def _delivery_schema() -> dict[str, Any]:
             "message_id": {"type": "string", "description": "Graph's message_id, once sent"},
             "sent_at": time(),
             "delivered_tag": {"type": "string", "description": "the message tag it was sent with"},
+            "delivered_via": {
+                "type": "string",
+                "description": "how it was sent: window, tag:<TAG>, utility:<name>, or the recipient "
+                "kind (phone_number, user_ref, one_time_notif_token, ...)",
+            },
             "next_attempt_at": time("when a retrying or scheduled delivery is due"),
             "first_created_at": time("first acceptance, for a replayed dead letter"),
             "replays": {"type": "integer", "description": "how often it was replayed"},

@@ -19,15 +19,31 @@ from typing import Any, Final
 import orjson
 
 from worker.config import CURRENT_TAGS, DEPRECATED_TAGS, DeprecatedTagPolicy, PageTokens, Settings
+from worker.messenger import content, recipients, utility
+from worker.messenger.content import MAX_QUICK_REPLIES, MAX_TEXT, SENDER_ACTIONS, message_kind
 from worker.messenger.errors import InputError
+from worker.messenger.utility import UTILITY_TYPE, UtilityTemplate
 
-MESSAGING_TYPES = frozenset({"RESPONSE", "UPDATE", "MESSAGE_TAG"})
-SENDER_ACTIONS = frozenset({"typing_on", "typing_off", "mark_seen"})
-MAX_TEXT = 2000  # Graph: text must be UTF-8 and "less than 2000 characters"
-MAX_QUICK_REPLIES = 13
+__all__ = [  # the intake's one import for input checks (content's limits re-exported)
+    "BODY_FIELDS",
+    "MAX_BODY_BYTES",
+    "MAX_IDEMPOTENCY_KEY",
+    "MAX_QUICK_REPLIES",
+    "MAX_TEXT",
+    "SENDER_ACTIONS",
+    "InputError",
+    "SendHeaders",
+    "SendRequest",
+    "encode_body",
+    "message_kind",
+    "resolve_page",
+    "usable_tags",
+    "validate",
+]
+
+MESSAGING_TYPES = frozenset({"RESPONSE", "UPDATE", "MESSAGE_TAG", UTILITY_TYPE})
 MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 255
-MEDIA_TYPES = frozenset({"audio", "video"})
 #: orjson serialises at most this many nested objects/arrays (3.13: the 255th raises "Recursion
 #: limit reached"; it parses up to 1024). A stored body is re-encoded by the worker.
 MAX_DEPTH = 254
@@ -38,12 +54,13 @@ MAX_DEPTH = 254
 #: ``token_in_body`` for a credential (:data:`CREDENTIAL_FIELDS`), else 422 ``unknown_field``. To
 #: pass a new field (e.g. ``payload`` with sender_action react/unreact), add it here with its check.
 BODY_FIELDS: Final[dict[str, tuple[type, ...] | None]] = {
-    "recipient": None,  # recipient.id, in validate(); the body keeps only the id
+    "recipient": None,  # recipients.normalise: one of the Send API's recipient kinds
     "messaging_type": None,  # _normalise_tag
     "tag": None,  # _normalise_tag
     "message": None,  # _check_message
-    "sender_action": None,  # SENDER_ACTIONS
-    "notification_type": (str,),
+    "sender_action": None,  # content.check_action
+    "payload": None,  # content.check_action (react / unreact)
+    "notification_type": None,  # content.check_notification_type
     "persona_id": (str, int),
     "reply_to": (dict,),
 }
@@ -51,9 +68,9 @@ _FIELD_NAMES: Final = frozenset(BODY_FIELDS)
 _TYPED_FIELDS: Final = tuple((name, types) for name, types in BODY_FIELDS.items() if types is not None)
 _CHECKED_BELOW: Final = frozenset(name for name, types in BODY_FIELDS.items() if types is None)
 _TYPE_NAMES: Final[dict[type, str]] = {dict: "an object", str: "a string", int: "an integer"}
-#: Credentials Graph takes as parameters: never in a body Braze sends (the intake holds the page
-#: tokens and adds appsecret_proof itself).
-CREDENTIAL_FIELDS = frozenset({"access_token", "appsecret_proof", "appsecret_time"})
+#: Credentials Graph takes as parameters. ``access_token`` in the body selects the page as one in
+#: the URL does (and is removed); the others are refused: the intake adds appsecret_proof itself.
+CREDENTIAL_FIELDS = frozenset({"appsecret_proof", "appsecret_time"})
 
 
 @dataclass(frozen=True)
@@ -61,8 +78,14 @@ class SendRequest:
     page_id: str
     psid: str
     body: dict[str, Any]
-    fallback_tags: list[str] = field(default_factory=list)
+    #: Routes tried in order when the window is closed: ``tag:<TAG>``, ``utility:<name>``.
+    fallbacks: list[str] = field(default_factory=list)
     stripped_tag: str | None = None
+    #: The utility template named by X-Utility-Template (the ``utility:`` route), or the direct
+    #: UTILITY body's template.
+    utility: UtilityTemplate | None = None
+    #: Removed tags left out of X-Fallback-Tags / FALLBACK_TAGS (DEPRECATED_TAG_POLICY=strip).
+    skipped_tags: tuple[str, ...] = ()
     #: ``body`` encoded by :func:`validate` (what is stored); b"" = encode ``body`` when stored.
     body_json: bytes = b""
 
@@ -71,61 +94,35 @@ class SendRequest:
         return message_kind(self.body)
 
 
-def message_kind(body: dict[str, Any]) -> str:
-    """``media`` for audio/video attachments (10/s per page), else ``text`` (300/s)."""
-    message = body.get("message")
-    if isinstance(message, dict):
-        attachment = message.get("attachment")
-        kind = attachment.get("type") if isinstance(attachment, dict) else None
-        if isinstance(kind, str) and kind in MEDIA_TYPES:
-            return "media"
-    return "text"
-
-
 def _fail(code: str, message: str, status: int = 422) -> InputError:
     return InputError(status, code, message)
 
 
-def parse_tags(header: str | None) -> list[str]:
+def parse_tags(header: str | None, policy: DeprecatedTagPolicy = DeprecatedTagPolicy.REJECT) -> list[str]:
     """``X-Fallback-Tags: HUMAN_AGENT, CUSTOMER_FEEDBACK`` -> validated, ordered, de-duplicated."""
-    if not header:
-        return []
-    tags: list[str] = []
-    for part in header.split(","):
+    return usable_tags(header.split(",") if header else [], policy, "X-Fallback-Tags")[0]
+
+
+def usable_tags(
+    tags: list[str], policy: DeprecatedTagPolicy, where: str
+) -> tuple[list[str], tuple[str, ...]]:
+    """(the tags to try, the removed tags skipped). A tag Meta removed is skipped under
+    DEPRECATED_TAG_POLICY=strip, 422 ``deprecated_tag`` under reject; an unknown tag is 422."""
+    kept: list[str] = []
+    skipped: list[str] = []
+    for part in tags:
         tag = part.strip().upper()
-        if not tag:
+        if not tag or tag in kept or tag in skipped:
             continue
         if tag in DEPRECATED_TAGS:
-            raise _fail(
-                "deprecated_tag", f"X-Fallback-Tags: {tag} was removed by Meta on {DEPRECATED_TAGS[tag]}"
-            )
-        if tag not in CURRENT_TAGS:
-            raise _fail("invalid_tag", f"X-Fallback-Tags: unknown message tag {tag}")
-        if tag not in tags:
-            tags.append(tag)
-    return tags
-
-
-def _check_message(message: object) -> None:
-    if not isinstance(message, dict):
-        raise _fail("invalid_message", "message must be an object")
-    text = message.get("text")
-    attachment = message.get("attachment")
-    if text is None and attachment is None:
-        raise _fail("invalid_message", "message needs text or an attachment")
-    if text is not None:
-        if not isinstance(text, str) or not text.strip():
-            raise _fail("invalid_message", "message.text must be a non-empty string")
-        if len(text) >= MAX_TEXT:
-            raise _fail("text_too_long", f"message.text must be shorter than {MAX_TEXT} characters")
-    if attachment is not None and not isinstance(attachment, dict):
-        raise _fail("invalid_message", "message.attachment must be an object")
-    quick = message.get("quick_replies")
-    if quick is not None:
-        if not isinstance(quick, list):
-            raise _fail("invalid_message", "message.quick_replies must be a list")
-        if len(quick) > MAX_QUICK_REPLIES:
-            raise _fail("too_many_quick_replies", f"at most {MAX_QUICK_REPLIES} quick replies are allowed")
+            if policy == DeprecatedTagPolicy.REJECT:
+                raise _fail("deprecated_tag", f"{where}: {tag} was removed by Meta on {DEPRECATED_TAGS[tag]}")
+            skipped.append(tag)
+        elif tag not in CURRENT_TAGS:
+            raise _fail("invalid_tag", f"{where}: unknown message tag {tag}")
+        else:
+            kept.append(tag)
+    return kept, tuple(skipped)
 
 
 def _normalise_tag(body: dict[str, Any], settings: Settings) -> str | None:
@@ -137,7 +134,9 @@ def _normalise_tag(body: dict[str, Any], settings: Settings) -> str | None:
     if mtype is None:
         mtype = "MESSAGE_TAG" if tag else "UPDATE"  # old templates carry no messaging_type
     if not isinstance(mtype, str) or mtype.upper() not in MESSAGING_TYPES:
-        raise _fail("invalid_messaging_type", "messaging_type must be RESPONSE, UPDATE or MESSAGE_TAG")
+        raise _fail(
+            "invalid_messaging_type", "messaging_type must be RESPONSE, UPDATE, MESSAGE_TAG or UTILITY"
+        )
     mtype = mtype.upper()
     body["messaging_type"] = mtype
     if mtype == "MESSAGE_TAG" and not tag:
@@ -244,17 +243,16 @@ def resolve_page(
     )
 
 
-def validate(
-    raw: bytes,
-    settings: Settings,
-    *,
-    path_page_id: str | None = None,
-    query_token: str | None = None,
-    query_page_id: str | None = None,
-    fallback_header: str | None = None,
-    pages: PageTokens | None = None,
-) -> SendRequest:
-    """Validate one Send API body. Raises InputError; never anything else for any input."""
+@dataclass(frozen=True, slots=True)
+class SendHeaders:
+    """The request headers that shape a send (all optional)."""
+
+    fallback_tags: str | None = None  # X-Fallback-Tags
+    utility_template: str | None = None  # X-Utility-Template
+    utility_parameters: str | None = None  # X-Utility-Parameters
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_BODY_BYTES:
         raise _fail("body_too_large", f"body is larger than {MAX_BODY_BYTES} bytes", 413)
     try:
@@ -265,39 +263,95 @@ def validate(
         raise _fail("invalid_json", "body is not valid JSON", 400) from None
     if not isinstance(parsed, dict):
         raise _fail("invalid_body", "body must be a JSON object")
-    body: dict[str, Any] = parsed
+    return parsed
+
+
+def _body_token(body: dict[str, Any], query_token: str | None) -> str | None:
+    """``access_token`` in the JSON body (as Graph reads a form field): removed from the body; it
+    selects the page like one in the URL, and must agree with it when both are given."""
+    if "access_token" not in body:
+        return query_token
+    token = body.pop("access_token")
+    if not isinstance(token, str) or not token:
+        raise _fail("invalid_field", "access_token in the body must be a string")
+    if query_token and token != query_token:
+        raise _fail("page_token_mismatch", "the access_token in the body is not the one in the URL", 403)
+    return token
+
+
+def fallback_routes(
+    settings: Settings, tags: list[str], template: UtilityTemplate | None, to_psid: bool
+) -> list[str]:
+    """The routes tried, in FALLBACK_ORDER, when the window is closed: ``utility:<name>`` for the
+    request's template, ``tag:<TAG>`` for each fallback tag. Only a PSID has a window and can
+    take them."""
+    if not to_psid:
+        return []
+    routes: list[str] = []
+    for step in settings.fallback_order:
+        if step == "utility" and template is not None:
+            routes.append(template.route)
+        elif step == "tags":
+            routes += [f"tag:{tag}" for tag in tags]
+    return routes
+
+
+def validate(
+    raw: bytes,
+    settings: Settings,
+    *,
+    path_page_id: str | None = None,
+    query_token: str | None = None,
+    query_page_id: str | None = None,
+    fallback_header: str | None = None,
+    pages: PageTokens | None = None,
+    headers: SendHeaders | None = None,
+) -> SendRequest:
+    """Validate one Send API body. Raises InputError; never anything else for any input."""
+    body = _parse(raw)
+    token = _body_token(body, query_token)
     _check_fields(body)
-    recipient = body.get("recipient")
-    psid = recipient.get("id") if isinstance(recipient, dict) else None
-    if isinstance(psid, int) and not isinstance(psid, bool):
-        psid = str(psid)
-    if not isinstance(psid, str) or not psid.strip():
-        raise _fail(
-            "missing_recipient",
-            "recipient.id (the user's PSID) is missing or empty; check the Braze custom attribute",
-        )
-    psid = psid.strip()
-    if len(psid) > 128:
-        raise _fail("invalid_recipient", "recipient.id is too long")
-    body["recipient"] = {"id": psid}
+    body["recipient"], psid = recipients.normalise(body.get("recipient"))
+    to_psid = recipients.is_psid(psid)
     has_message = body.get("message") is not None
     has_action = body.get("sender_action") is not None
     if has_message == has_action:
         raise _fail("invalid_message", "send exactly one of message or sender_action")
-    if has_message:
-        _check_message(body["message"])
-    elif not isinstance(body["sender_action"], str) or body["sender_action"] not in SENDER_ACTIONS:
-        raise _fail("invalid_sender_action", "sender_action must be typing_on, typing_off or mark_seen")
+    content.check_notification_type(body)
+    direct = utility.template_of(body)
+    if has_action:
+        content.check_action(body, to_psid)
+    elif "payload" in body:
+        raise _fail("invalid_payload", "payload goes with sender_action react or unreact")
+    elif direct is None:
+        content.check_message(body["message"])
     stripped = _normalise_tag(body, settings)
-    fallback = parse_tags(fallback_header) or list(settings.fallback_tags)
-    page_id = resolve_page(
-        settings, path_page_id=path_page_id, query_token=query_token, query_page_id=query_page_id, pages=pages
+    head = headers or SendHeaders(fallback_tags=fallback_header)
+    header_tags = [tag for tag in (head.fallback_tags or "").split(",") if tag.strip()]
+    tags, skipped = usable_tags(
+        header_tags or list(settings.fallback_tags),
+        settings.deprecated_tag_policy,
+        "X-Fallback-Tags" if header_tags else "FALLBACK_TAGS",
     )
+    template = utility.from_headers(
+        head.utility_template,
+        head.utility_parameters,
+        default_language=settings.utility_default_language,
+        defaults=settings.utility_templates,
+    )
+    if template is not None and not to_psid:
+        raise _fail("invalid_utility_template", "X-Utility-Template needs a PSID recipient (recipient.id)")
+    page_id = resolve_page(
+        settings, path_page_id=path_page_id, query_token=token, query_page_id=query_page_id, pages=pages
+    )
+    routes = [] if direct is not None else fallback_routes(settings, tags, template, to_psid)
     return SendRequest(
         page_id=page_id,
         psid=psid,
         body=body,
-        fallback_tags=fallback,
+        fallbacks=routes,
         stripped_tag=stripped,
+        utility=direct or (template if template is not None and template.route in routes else None),
+        skipped_tags=skipped,
         body_json=encode_body(body),
     )

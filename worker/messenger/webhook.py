@@ -17,9 +17,14 @@ Handshake
 
 Events and the 24-hour window (messenger-platform.md §2.1)
     Every ``entry`` and every item of its ``messaging`` array is read (Braze's 2016 sample bot read
-    only ``entry[0]``, losing events Meta batches together). ``standby`` arrays (handover protocol:
-    another app owns the thread) are not read. Items that do not have the shape below are skipped,
-    never raised on, whatever JSON value arrives.
+    only ``entry[0]``, losing events Meta batches together), and so is every item of its
+    ``standby`` array (handover protocol: another app owns the thread, but the user wrote to the
+    page all the same: the window opens as for ``messaging``). Items that do not have the shape
+    below are skipped, never raised on, whatever JSON value arrives.
+
+    A window lasts 24 hours from the interaction, 7 days after one that came from a
+    Click-to-Messenger ad (a ``referral`` with ``source: ADS``, on the item, its postback or its
+    message; messenger-platform.md §2.6): ``window_seconds``.
 
     ============  ===============================================  ============
     kind          from                                             opens window
@@ -99,6 +104,17 @@ _OPENS_WINDOW: Final[frozenset[EventKind]] = frozenset(
     {"message", "postback", "referral", "optin", "reaction"}
 )
 _MARKETING_OPTIN: Final = "notification_messages"
+#: The standard window, and the one after a Click-to-Messenger ad ("may last up to 7 days").
+WINDOW_SECONDS: Final = 24 * 3600
+AD_WINDOW_SECONDS: Final = 7 * 86_400
+
+
+def _from_ad(item: dict[object, object]) -> bool:
+    """A referral from a Click-to-Messenger ad, on the item itself, its postback or its message."""
+    return any(
+        _str_at(item, *path, "source") == "ADS"
+        for path in (("referral",), ("postback", "referral"), ("message", "referral"))
+    )
 
 
 def _signature_hex(header: object) -> str | None:
@@ -156,6 +172,10 @@ class InboundEvent:
     opens_window: bool
     mid: str | None = None
     """Meta's message id (messages and postbacks): the same on every retry of the event."""
+    window_seconds: int = WINDOW_SECONDS
+    """How long the window it opens lasts (AD_WINDOW_SECONDS after a Click-to-Messenger ad)."""
+    standby: bool = False
+    """From ``standby`` (another app holds the thread)."""
 
 
 def _id(value: object) -> str | None:
@@ -192,7 +212,9 @@ def _kind(item: dict[object, object]) -> EventKind:
     return "other"
 
 
-def _event(item: object, entry_page: str | None, entry_time: float | None) -> InboundEvent | None:
+def _event(
+    item: object, entry_page: str | None, entry_time: float | None, standby: bool = False
+) -> InboundEvent | None:
     if not isinstance(item, dict):
         return None
     kind = _kind(item)
@@ -222,7 +244,15 @@ def _event(item: object, entry_page: str | None, entry_time: float | None) -> In
     if mid is not None and len(mid) > MAX_MID:
         mid = None
     return InboundEvent(
-        page_id=page_id, psid=psid, timestamp=timestamp, kind=kind, ref=ref, opens_window=opens, mid=mid
+        page_id=page_id,
+        psid=psid,
+        timestamp=timestamp,
+        kind=kind,
+        ref=ref,
+        opens_window=opens,
+        mid=mid,
+        window_seconds=AD_WINDOW_SECONDS if opens and _from_ad(item) else WINDOW_SECONDS,
+        standby=standby,
     )
 
 
@@ -237,15 +267,16 @@ def parse_events(payload: object) -> list[InboundEvent]:
     for entry in entries:
         if not isinstance(entry, dict):
             continue
-        items = entry.get("messaging")
-        if not isinstance(items, list):
-            continue
         page = _id(entry.get("id"))
         entry_time = _seconds(entry.get("time"))
-        for item in items:
-            event = _event(item, page, entry_time)
-            if event is not None:
-                events.append(event)
+        for field, standby in (("messaging", False), ("standby", True)):
+            items = entry.get(field)
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                event = _event(item, page, entry_time, standby)
+                if event is not None:
+                    events.append(event)
     return events
 
 
@@ -259,4 +290,6 @@ def event_to_dict(event: InboundEvent) -> dict[str, Any]:
         "ref": event.ref,
         "opens_window": event.opens_window,
         "mid": event.mid,
+        "window_seconds": event.window_seconds,
+        "standby": event.standby,
     }

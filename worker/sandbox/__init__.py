@@ -21,16 +21,22 @@ echoed in the ``facebook-api-version`` header of every answer).
 * Body: ``application/json``, or ``application/x-www-form-urlencoded`` where ``recipient`` and
   ``message`` are JSON-encoded strings (single-quoted pseudo-JSON as in Meta's curl samples is
   accepted). Unparseable JSON gives 100 "Invalid JSON".
-* Validation, in this order, all code 100 (HTTP 400): recipient (one of ``id``, ``user_ref``,
-  ``notification_messages_token``, ``one_time_notif_token``, ``post_id``, ``comment_id``);
+* Validation, in this order, all code 100 (HTTP 400): recipient (one of ``id``, ``phone_number``,
+  ``user_ref``, ``notification_messages_token``, ``one_time_notif_token``, ``post_id``,
+  ``comment_id``; the fault rules below read whichever is given; a ``phone_number`` whose digits
+  end in ``0000`` matches nobody: 100/2018001, as Customer Matching answers);
   ``messaging_type`` present (not required for a ``sender_action``-only request, as on Graph) and in
   RESPONSE/UPDATE/MESSAGE_TAG/UTILITY (UTILITY: see "Utility templates"); ``tag`` only with MESSAGE_TAG; MESSAGE_TAG needs a tag; deprecated
   tags (:data:`DEPRECATED_TAGS`, error 100 since 2026-04-27) give "(#100) Invalid parameter"; other
   tags not in :data:`VALID_TAGS` give "(#100) Invalid tag."; not both ``message`` and
   ``sender_action`` (100/2018014); one of them; ``message`` is an object with ``text``,
   ``attachment`` or ``sticker_id`` (100/2018034); ``message.text`` shorter than 2000 characters; at
-  most 13 ``quick_replies``; ``sender_action`` in typing_on/typing_off/mark_seen/react/unreact.
-* Success: ``{"recipient_id": <psid>, "message_id": "m_..."}``; ``{"recipient_id": <psid>}`` for a
+  most 13 ``quick_replies``, each ``text`` one with a title and a payload; only one of text,
+  attachment and sticker_id; ``notification_type`` REGULAR/SILENT_PUSH/NO_PUSH; ``sender_action``
+  in typing_on/typing_off/mark_seen/react/unreact (react needs ``payload.message_id`` and
+  ``payload.reaction``, unreact the message id). The intake refuses the same bodies (422) first.
+* Success: ``{"recipient_id": <psid>, "message_id": "m_..."}`` (no ``recipient_id`` for a
+  ``user_ref`` or ``phone_number`` recipient, as on Graph); ``{"recipient_id": <psid>}`` for a
   sender action.
 * Errors: ``{"error": {"message", "type": "OAuthException", "code", "error_subcode" (if any),
   "fbtrace_id", "is_transient"}}``. HTTP 500 for codes 1, 2 and 1200 (transient), HTTP 400 otherwise;

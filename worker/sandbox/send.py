@@ -120,11 +120,23 @@ class SendEndpoint:
             validate(body, mtype, tag)
         extra_ms = apply_rule(state, psid, mtype, page_id) if psid is not None and "-" in psid else 0.0
 
+        recipient = body.get("recipient")
+        by_id = isinstance(recipient, dict) and recipient.get("id") is not None
+        if not by_id and isinstance(recipient, dict) and recipient.get("phone_number"):
+            _match_phone(str(recipient["phone_number"]))
         recipient_id = psid if psid is not None else ""
         if body.get("message") is None:  # a sender action
             return Answer(200, orjson.dumps({"recipient_id": recipient_id})), extra_ms
         message_id = state.next_message_id()
-        payload = orjson.dumps({"recipient_id": recipient_id, "message_id": message_id})
+        # "the Send API does not include recipient_id ... for recipient.user_ref or recipient.phone_number"
+        if (
+            by_id
+            or not isinstance(recipient, dict)
+            or not (recipient.get("user_ref") or recipient.get("phone_number"))
+        ):
+            payload = orjson.dumps({"recipient_id": recipient_id, "message_id": message_id})
+        else:
+            payload = orjson.dumps({"message_id": message_id})
         return Answer(200, payload, message_id=message_id), extra_ms
 
     def _page_for(self, token: str | None, path_page: str) -> str:
@@ -142,6 +154,17 @@ class SendEndpoint:
         if path_page not in ("me", page_id):
             raise Refusal(graph_error(190, None, "(#190) The access token does not belong to this page"))
         return page_id
+
+
+def _match_phone(number: str) -> None:
+    """Customer Matching: a number ending in 0000 matches nobody (Graph's 100/2018001)."""
+    digits = "".join(c for c in number if c.isdigit())
+    if len(digits) < 5:
+        raise Refusal(
+            graph_error(100, None, "(#100) Param recipient[phone_number] must be a valid phone number")
+        )
+    if digits.endswith("0000"):
+        raise Refusal(graph_error(100, 2018001, "(#100) No matching user found"))
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -48,6 +48,7 @@ from starlette.responses import Response
 from worker.messenger.errors import InputError
 from worker.messenger.utility import template_of
 from worker.sandbox.errors import Refusal, graph_error, refuse
+from worker.sandbox.validation import _RECIPIENT_KEYS as RECIPIENT_KEYS
 from worker.sandbox.validation import token_and_proof
 
 UTILITY: Final = "UTILITY"
@@ -153,7 +154,7 @@ def _fields(t: SandboxTemplate) -> dict[str, Any]:
 def check_utility_send(templates: Templates, body: Mapping[str, Any], page_id: str, tag: str | None) -> None:
     """Refuse (:class:`Refusal`) a UTILITY send as the module docstring's table says."""
     recipient = body.get("recipient")
-    if not isinstance(recipient, dict) or not recipient.get("id"):
+    if not isinstance(recipient, dict) or not any(recipient.get(key) for key in RECIPIENT_KEYS):
         refuse("(#100) The parameter recipient is required")
     if tag is not None:
         refuse("(#100) Messaging type should be MESSAGE_TAG for tagged messages.")

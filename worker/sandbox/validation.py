@@ -26,6 +26,7 @@ _MESSAGING_TYPES: Final = frozenset({"RESPONSE", "UPDATE", "MESSAGE_TAG", "UTILI
 _SENDER_ACTIONS: Final = frozenset({"typing_on", "typing_off", "mark_seen", "react", "unreact"})
 _RECIPIENT_KEYS: Final = (
     "id",
+    "phone_number",
     "user_ref",
     "notification_messages_token",
     "one_time_notif_token",
@@ -33,6 +34,7 @@ _RECIPIENT_KEYS: Final = (
     "comment_id",
 )
 _MAX_TEXT: Final = 2000
+_NOTIFICATION_TYPES: Final = frozenset({"REGULAR", "SILENT_PUSH", "NO_PUSH"})
 _MAX_QUICK_REPLIES: Final = 13
 
 _DEPRECATED_TAG_USER_MSG: Final = (
@@ -103,9 +105,15 @@ def token_and_proof(scope: Scope, body: Mapping[str, object], auth: bytes | None
 
 
 def request_fields(body: Mapping[str, object]) -> tuple[str | None, str | None, str | None]:
-    """(psid, messaging_type, tag) as sent, for the record and the checks."""
+    """(recipient, messaging_type, tag) as sent, for the record and the checks. The recipient is
+    ``recipient.id`` (a PSID), else the value of its other key (a phone number, a user_ref, a
+    token, a comment or post id): the fault rules below read it the same way."""
     recipient = body.get("recipient")
-    psid_value = recipient.get("id") if isinstance(recipient, dict) else None
+    psid_value: object = None
+    if isinstance(recipient, dict):
+        psid_value = recipient.get("id")
+        if psid_value is None:
+            psid_value = next((recipient[key] for key in _RECIPIENT_KEYS if recipient.get(key)), None)
     psid = str(psid_value) if isinstance(psid_value, str | int) and psid_value != "" else None
     mtype = body.get("messaging_type")
     tag = body.get("tag")
@@ -129,10 +137,19 @@ def validate(body: Mapping[str, object], mtype: str | None, tag: str | None) -> 
         refuse("(#100) Cannot send both message and state", 2018014)
     if message is None and action is None:
         refuse("(#100) Must send either message or state")
+    notification = body.get("notification_type")
+    if notification is not None and notification not in _NOTIFICATION_TYPES:
+        refuse("(#100) Param notification_type must be one of {REGULAR, SILENT_PUSH, NO_PUSH}")
     if message is not None:
         _validate_message(message)
     elif action not in _SENDER_ACTIONS:
         refuse("(#100) Param sender_action must be one of {typing_on, typing_off, mark_seen, react, unreact}")
+    elif action in ("react", "unreact"):
+        payload = body.get("payload")
+        if not isinstance(payload, dict) or not payload.get("message_id"):
+            refuse("(#100) Param payload[message_id] is required")
+        if action == "react" and not payload.get("reaction"):
+            refuse("(#100) Param payload[reaction] is required")
 
 
 def _validate_type_and_tag(mtype: str | None, tag: str | None, *, needs_type: bool) -> None:
@@ -159,10 +176,24 @@ def _validate_message(message: object) -> None:
         refuse("(#100) Param message must be a JSON object")
     text = message.get("text")
     has_text = isinstance(text, str) and text != ""
-    if not has_text and not message.get("attachment") and not message.get("sticker_id"):
+    given = sum(
+        1
+        for present in (has_text, bool(message.get("attachment")), bool(message.get("sticker_id")))
+        if present
+    )
+    if not given:
         refuse("(#100) Message cannot be empty, must provide valid attachment or text", 2018034)
+    if given > 1:
+        refuse("(#100) Only one of text, attachment or sticker_id can be set in param message")
     if isinstance(text, str) and len(text) >= _MAX_TEXT:
         refuse("(#100) Length of param message[text] must be less than or equal to 2000")
     replies = message.get("quick_replies")
     if isinstance(replies, list) and len(replies) > _MAX_QUICK_REPLIES:
         refuse("(#100) param message[quick_replies] must have at most 13 items")
+    for i, reply in enumerate(replies if isinstance(replies, list) else []):
+        if isinstance(reply, dict) and reply.get("content_type") == "text":
+            for name in ("title", "payload"):
+                if not reply.get(name):
+                    refuse(
+                        f"(#100) param message[quick_replies][{i}][{name}] must be a non-empty UTF-8 encoded string"
+                    )

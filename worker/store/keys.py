@@ -24,7 +24,11 @@
     P:gather:{queue}        string  the queue's newest batch id (commits append to it)
     P:supp:{page}:{psid}    string  recipient unreachable (SUPPRESSION_TTL)
     P:supptag:{page}:{psid} string  tagged sends suppressed after a tag-abuse warning
-    P:win:{page}:{psid}     string  last interaction, epoch s ("0": learned closed)
+    P:wu:{page}:{psid}      string  when the PSID's window closes (epoch s): its last interaction
+                                    + 24 h, or + 7 days after a Click-to-Messenger ad
+                                    (WINDOW_MEMORY_SECONDS). Before routes: P:win, left to expire
+    P:wcl:{page}:{psid}     string  when Graph last said the window is closed (epoch s;
+                                    WINDOW_RECHECK_SECONDS)
     P:ext:{page}:{psid}     string  Braze external_id learned from a signed m.me ref (400 days)
     P:mid:{page}:{mid}      string  a Messenger message id already recorded: webhook retries
                                     and replays of it are ignored (1 day)
@@ -139,8 +143,13 @@ class Keys:
     def tag_suppressed(self, page_id: str, psid: str) -> str:
         return f"{self.prefix}:supptag:{page_id}:{psid}"
 
+    def window_closed(self, page_id: str, psid: str) -> str:
+        """When Graph last answered that the window is closed (worker/delivery/inbound.py)."""
+        return f"{self.prefix}:wcl:{page_id}:{psid}"
+
     def window(self, page_id: str, psid: str) -> str:
-        return f"{self.prefix}:win:{page_id}:{psid}"
+        """When the PSID's window closes (``wu``: the value changed meaning from ``win``'s)."""
+        return f"{self.prefix}:wu:{page_id}:{psid}"
 
     def external(self, page_id: str, psid: str) -> str:
         return f"{self.prefix}:ext:{page_id}:{psid}"

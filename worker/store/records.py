@@ -4,17 +4,18 @@ API shows, and what a final record keeps.
 Fields, by who writes them::
 
     accept (intake)   status, page_id, psid, body (JSON), caller (the sending intake token's
-                      public id: who may read it), fallback_tags (JSON list), request_id,
+                      public id: who may read it), fallbacks (JSON list of routes:
+                      worker/delivery/routes.py), utility (JSON, if any), request_id,
                       idempotency_key, external_id, created_at, updated_at, attempts
     claim             status (in_flight), previous (the status it was claimed from), claim (the
                       fence token), lease_until
-    record (engine)   status, updated_at, attempts, failures, tags_tried (JSON), active_tag,
-                      slot_at, not_before, message_id, sent_at, delivered_tag, error (JSON),
+    record (engine)   status, updated_at, attempts, failures, routes_tried (JSON), active_route,
+                      slot_at, not_before, message_id, sent_at, delivered_via, delivered_tag, error (JSON),
                       done (the last claim whose outcome was written), parked_at
     replay            first_created_at, replays
 
 A final record that is not a dead letter keeps a compact outcome: status, page_id, times,
-attempts, failures, request_id, message_id, sent_at, delivered_tag, error, done, first_created_at,
+attempts, failures, request_id, message_id, sent_at, delivered_via, delivered_tag, error, done, first_created_at,
 replays, caller (about 300 bytes). :data:`COMPACT_DROP` goes: the body, the PSID, the Braze user
 and the working fields (and the ``token`` field that records written before tokens stopped being
 stored may hold). No record ever holds a page token now. It then expires after ``RECORD_RETENTION``. A dead letter
@@ -35,6 +36,10 @@ COMPACT_DROP: Final = (
     "body",
     "psid",
     "token",
+    "fallbacks",
+    "routes_tried",
+    "active_route",
+    "utility",
     "fallback_tags",
     "tags_tried",
     "active_tag",
@@ -103,6 +108,8 @@ def public_view(delivery_id: str, rec: dict[str, str]) -> dict[str, Any]:
         view["sent_at"] = number(rec, "sent_at")
     if rec.get("error"):
         view["error"] = orjson.loads(rec["error"])
+    if rec.get("delivered_via"):
+        view["delivered_via"] = rec["delivered_via"]
     if rec.get("delivered_tag"):
         view["delivered_tag"] = rec["delivered_tag"]
     if rec.get("first_created_at"):

@@ -24,7 +24,7 @@ from worker.config import Settings
 from worker.intake import state
 from worker.intake.auth import Role, authed
 from worker.intake.http import JSONResponse, counted, read_body
-from worker.messenger.validation import InputError
+from worker.messenger.errors import InputError
 from worker.store import deadletters
 
 ACTIONS = ("replay", "purge")

@@ -16,7 +16,7 @@ from worker.config import Settings
 from worker.intake import state
 from worker.intake.auth import Role, authed, caller_of
 from worker.intake.http import JSONResponse, counted
-from worker.messenger.validation import InputError
+from worker.messenger.errors import InputError
 from worker.store import records
 
 #: Longer path values are not ids we issued: refused without a Redis call.

@@ -37,7 +37,7 @@ from worker.intake.guard import MemoryGate
 from worker.intake.http import JSONResponse, counted, read_body, redis_full
 from worker.intake.notices import Throttled
 from worker.logging import get_logger, recipient_ref
-from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, validate
+from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, SendHeaders, validate
 from worker.states import State
 from worker.store import ids
 
@@ -46,9 +46,19 @@ MAX_EXTERNAL_ID = 200
 _QUEUED = State.QUEUED.value  # the status a 202 reports
 #: Requests without Idempotency-Key: one warning line a minute at most, with their count.
 NO_KEY_WARNING = Throttled("intake.no_idempotency_key", every=60.0)
+#: Removed tags skipped from X-Fallback-Tags / FALLBACK_TAGS (DEPRECATED_TAG_POLICY=strip).
+TAG_SKIPPED = Throttled("intake.fallback_tag_skipped", every=60.0)
 
 _SEND_HEADERS = frozenset(
-    (b"x-request-id", b"content-type", b"idempotency-key", b"x-braze-external-id", b"x-fallback-tags")
+    (
+        b"x-request-id",
+        b"content-type",
+        b"idempotency-key",
+        b"x-braze-external-id",
+        b"x-fallback-tags",
+        b"x-utility-template",
+        b"x-utility-parameters",
+    )
 )
 
 
@@ -60,6 +70,17 @@ def _send_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
         if name in _SEND_HEADERS and name not in out:
             out[name] = value.decode("latin-1")
     return out
+
+
+def _utf8(value: str | None, name: str) -> str | None:
+    """A header Braze fills with profile data, as the UTF-8 it was sent in (ASGI hands over
+    bytes; ``_send_headers`` decoded them as latin-1)."""
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(422, "invalid_utility_parameters", f"{name} is not UTF-8") from None
 
 
 async def _admit(memory: MemoryGate, seconds: float) -> tuple[float, bool]:
@@ -97,9 +118,15 @@ async def send(request: Request) -> Response:
         path_page_id=request.path_params.get("page_id"),
         query_token=request.query_params.get("access_token"),
         query_page_id=request.query_params.get("page_id"),
-        fallback_header=headers.get(b"x-fallback-tags"),
         pages=intake.pages,
+        headers=SendHeaders(
+            fallback_tags=headers.get(b"x-fallback-tags"),
+            utility_template=headers.get(b"x-utility-template"),
+            utility_parameters=_utf8(headers.get(b"x-utility-parameters"), "X-Utility-Parameters"),
+        ),
     )
+    if send_request.skipped_tags:
+        TAG_SKIPPED.note(tags=list(send_request.skipped_tags), page_id=send_request.page_id)
     caller = caller_of(request)
     if not caller.may_send_as(send_request.page_id):
         raise InputError(

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from worker.config import Settings
 from worker.intake import state
 from worker.intake.http import JSONResponse, counted, error, read_body
-from worker.messenger.validation import InputError
+from worker.messenger.errors import InputError
 from worker.messenger.webhook import (
     event_to_dict,
     parse_events,

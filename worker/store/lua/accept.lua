@@ -7,8 +7,10 @@
 -- ARGV[8] the new batch's id, ARGV[9] QUEUE_BATCH_MAX, ARGV[10] a batch list's TTL (s),
 -- ARGV[11] fields per item (F), then from ARGV[12] F values per item:
 --   id, idempotency key ('' for none; scoped by the intake to the caller and the page), page_id,
---   psid, body, caller (the sending token's public id: who may read the delivery), fallback tags
---   (JSON list), request id, Braze external_id ('' for none). No token is ever stored.
+--   psid (the recipient's store key: worker/messenger/recipients.py), body, caller (the sending
+--   token's public id: who may read the delivery), fallbacks (JSON list of routes: tag:<TAG>,
+--   utility:<name>), request id, Braze external_id ('' for none), the utility template (JSON, ''
+--   for none). No token is ever stored.
 -- Each accepted item becomes a QUEUED record, in pending (deadline now + sweep_after) and open.
 -- Returns, per item, '' when accepted or the existing delivery id for a repeated idempotency key.
 -- The accepted ids join the queue's newest batch while it is still queued (its list exists: no
@@ -40,9 +42,10 @@ while i <= #ARGV do
   else
     redis.call('HSET', ARGV[5] .. id,
       'status', S.QUEUED, 'page_id', ARGV[i + 2], 'psid', ARGV[i + 3], 'body', ARGV[i + 4],
-      'caller', ARGV[i + 5], 'fallback_tags', ARGV[i + 6], 'request_id', ARGV[i + 7],
+      'caller', ARGV[i + 5], 'fallbacks', ARGV[i + 6], 'request_id', ARGV[i + 7],
       'idempotency_key', idem, 'external_id', ARGV[i + 8], 'created_at', now, 'updated_at', now,
       'attempts', 0)
+    if ARGV[i + 9] ~= '' then redis.call('HSET', ARGV[5] .. id, 'utility', ARGV[i + 9]) end
     redis.call('ZADD', KEYS[1], deadline, id)
     redis.call('ZADD', KEYS[3], now, id)
     table.insert(accepted, id)

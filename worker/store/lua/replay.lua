@@ -1,6 +1,6 @@
 -- REPLAY: dead letters back to the queue (DEAD -> QUEUED). KEYS[1] dead, KEYS[2] pending,
 -- KEYS[3] open. ARGV[1] now, ARGV[2] sweep_after, ARGV[3] delivery key prefix (P:d:),
--- ARGV[4..] ids. Attempts, failures and tags start afresh, the TTL clock restarts (the first
+-- ARGV[4..] ids. Attempts, failures and routes tried start afresh, the TTL clock restarts (the first
 -- acceptance is kept in first_created_at) and the error stays until a new outcome replaces it.
 -- Only a delivery that is still DEAD is touched, so replaying twice sends nothing twice.
 -- Returns the ids replayed.
@@ -13,7 +13,8 @@ for i = 4, #ARGV do
     local first = redis.call('HGET', key, 'first_created_at') or redis.call('HGET', key, 'created_at')
     redis.call('HSET', key, 'status', S.QUEUED, 'attempts', 0, 'failures', 0, 'not_before', 0,
       'lease_until', 0, 'claim', '', 'created_at', now, 'first_created_at', first,
-      'updated_at', now, 'active_tag', '', 'tags_tried', '[]')
+      'updated_at', now, 'active_route', '', 'routes_tried', '[]')
+    redis.call('HDEL', key, 'active_tag', 'tags_tried')
     redis.call('HINCRBY', key, 'replays', 1)
     redis.call('PERSIST', key)
     redis.call('ZREM', KEYS[1], id)
