@@ -251,6 +251,10 @@ class Settings(BaseSettings):
     #: A utility template Meta paused (132015) and no other route left: the message waits this
     #: long before it is tried again (Meta unpauses after hours), dead at MESSAGE_TTL.
     template_pause_retry_seconds: int = Field(default=1_800, ge=60)
+    #: How often one worker (a Redis lock) re-reads every page's utility templates from Graph
+    #: (``/{page-id}/message_templates``) into the catalogue; 0 = never (``messenger-worker
+    #: templates sync`` and the message_template_status_update webhook still update it).
+    template_sync_seconds: float = Field(default=3_600.0, ge=0)
     #: Braze REST API (write-back): https://rest.<instance>.braze.com and a key with users.track.
     braze_rest_url: str | None = None
     braze_api_key: SecretStr | None = None

@@ -103,6 +103,18 @@ INBOUND_DUPLICATES = Counter(
     "bmw_inbound_duplicates_total",
     "Messenger webhook events ignored because their message id (mid) was already recorded",
 )
+TEMPLATE_SYNCS = Counter(
+    "bmw_template_syncs_total",
+    "Reads of a page's utility templates from Graph (worker/templates/sync.py) by result: ok, error "
+    "(the page's old catalogue is kept)",
+    ["result"],
+)
+TEMPLATE_EVENTS = Counter(
+    "bmw_template_events_total",
+    "message_template_status_update webhook events applied to the catalogue, by the status they set "
+    "(approved, paused, ...), or ignored (events that are not statuses)",
+    ["status"],
+)
 WORKER_BATCHES = Counter("bmw_worker_batches_total", "Celery batches processed by this worker process")
 BUILD_INFO = Gauge("bmw_build_info", "Service version", ["version"])
 

@@ -214,7 +214,7 @@ def test_invalid_json(client: TestClient) -> None:
         ({"messaging_type": None}, "(#100) Param messaging_type is required", None),
         (
             {"messaging_type": "PROMO"},
-            "(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}",
+            "(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG, UTILITY}",
             None,
         ),
         ({"tag": "HUMAN_AGENT"}, "(#100) Messaging type should be MESSAGE_TAG for tagged messages.", None),

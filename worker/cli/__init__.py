@@ -2,7 +2,7 @@
 
 The command line of braze-messenger-worker. Commands: ``intake``, ``worker``, ``up``, ``sandbox``
 (:mod:`worker.cli.services`, :mod:`worker.cli.up`) and ``send``, ``status``, ``pages``,
-``dead-letters``, ``link-ref`` (:mod:`worker.cli.ops`). The operator's commands run from the
+``dead-letters``, ``link-ref`` (:mod:`worker.cli.ops`), ``templates`` (:mod:`worker.cli.templates`). The operator's commands run from the
 directory of a running ``up`` take its Redis, intake and dev tokens from its state file; a
 connection failure is one line on stderr and exit code 1, never a traceback.
 """
@@ -20,6 +20,7 @@ from worker.cli import state
 from worker.cli.common import configured
 from worker.cli.ops import cmd_dead_letters, cmd_link_ref, cmd_pages, cmd_send, cmd_status
 from worker.cli.services import cmd_intake, cmd_sandbox, cmd_worker
+from worker.cli.templates import cmd_templates
 from worker.cli.up import cmd_up
 
 __all__ = [
@@ -31,13 +32,14 @@ __all__ = [
     "cmd_sandbox",
     "cmd_send",
     "cmd_status",
+    "cmd_templates",
     "cmd_up",
     "cmd_worker",
     "main",
 ]
 
 #: Commands that may take a running ``up``'s settings from its state file.
-_OPERATOR_COMMANDS = {"send", "status", "pages", "dead-letters"}
+_OPERATOR_COMMANDS = {"send", "status", "pages", "dead-letters", "templates"}
 _DATA_DIR = ".data"
 
 
@@ -134,6 +136,12 @@ def _add_operations(sub: Any) -> None:
     p.add_argument("--expires", type=int, default=None, help="Unix time (Braze's link_expires)")
     p.add_argument("--ttl", type=int, default=30 * 86_400, help="seconds from now, without --expires")
     p.set_defaults(func=cmd_link_ref)
+
+    p = _parser(sub, "templates", "the pages' utility-template catalogue: sync from Graph, list")
+    p.add_argument("templates_command", choices=["sync", "list"], help="sync: read from Graph; list: show")
+    p.add_argument("--page", default=None, help="one page id (default: every configured page)")
+    p.add_argument("--json", action="store_true", help="list: JSON")
+    p.set_defaults(func=cmd_templates)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,6 +52,7 @@ from worker.logging import get_logger
 from worker.ratelimit import Limiter
 from worker.states import Event
 from worker.store import Keys, connections, ids, records, scripts, text
+from worker.templates.sync import TemplateRefresher
 
 log = get_logger("worker.delivery")
 T = TypeVar("T")
@@ -182,6 +183,9 @@ class Engine:
                 self._drainer = OutboxDrainer(client, self.keys, config, self.worker_id)
             self.scheduler = Scheduler(client, s, self.tokens, self._drainer)
             self._background.append(asyncio.create_task(self.scheduler.run(self._stop)))
+            # the utility-template catalogues' periodic sync (TEMPLATE_SYNC_SECONDS; one worker a turn)
+            refresher = TemplateRefresher(client, s, self.tokens)
+            self._background.append(asyncio.create_task(refresher.run(self._stop)))
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         if self._loop is None:

@@ -1,7 +1,8 @@
 """The Braze ⇄ Messenger loop: what inbound Messenger events change, and what goes back to Braze.
 
 Messenger calls ``/messenger/webhook`` on the intake; verified events reach the task
-``worker.inbound`` and :func:`record_events`, which
+``worker.inbound`` and :func:`record_events`, which hands template status changes to
+:func:`worker.templates.apply_status_events` and, for the users' events,
 
 * ignores an event whose message id (``mid``: messages and postbacks) was already recorded — Meta
   retries a webhook it thinks was lost, and a captured body could be replayed; the mid is
@@ -61,6 +62,7 @@ from worker.logging import get_logger, recipient_ref
 from worker.messenger.refs import check_ref
 from worker.messenger.webhook import AD_WINDOW_SECONDS, WINDOW_SECONDS
 from worker.store import Keys, envelope, scripts, text
+from worker.templates import TEMPLATE_STATUS, apply_status_events
 
 log = get_logger("worker.inbound")
 EXTERNAL_ID_TTL = 400 * 86_400
@@ -100,6 +102,8 @@ async def record_events(
     """Apply inbound events (see the module docstring). Returns counts for the task's result."""
     keys = Keys.of(settings)
     now = time.time()
+    statuses = [e for e in events if e.get("kind") == TEMPLATE_STATUS]
+    templates = await apply_status_events(client, keys, statuses) if statuses else 0
     fresh = await _unseen(client, keys, events)
     engaged: dict[tuple[str, str], float] = {}
     links: list[tuple[str, str, str]] = []  # (page, PSID, external_id)
@@ -128,6 +132,7 @@ async def record_events(
         "engaged": len(engaged),
         "released": released,
         "braze": len(braze_items),
+        "templates": templates,
     }
 
 

@@ -26,7 +26,7 @@ echoed in the ``facebook-api-version`` header of every answer).
   ``comment_id``; the fault rules below read whichever is given; a ``phone_number`` whose digits
   end in ``0000`` matches nobody: 100/2018001, as Customer Matching answers);
   ``messaging_type`` present (not required for a ``sender_action``-only request, as on Graph) and in
-  RESPONSE/UPDATE/MESSAGE_TAG; ``tag`` only with MESSAGE_TAG; MESSAGE_TAG needs a tag; deprecated
+  RESPONSE/UPDATE/MESSAGE_TAG/UTILITY (UTILITY: see "Utility templates"); ``tag`` only with MESSAGE_TAG; MESSAGE_TAG needs a tag; deprecated
   tags (:data:`DEPRECATED_TAGS`, error 100 since 2026-04-27) give "(#100) Invalid parameter"; other
   tags not in :data:`VALID_TAGS` give "(#100) Invalid tag."; not both ``message`` and
   ``sender_action`` (100/2018014); one of them; ``message`` is an object with ``text``,
@@ -45,6 +45,27 @@ echoed in the ``facebook-api-version`` header of every answer).
 
 Order of checks: body parsing, token, page-wide faults (``/__sandbox/faults``), validation, reserved
 PSIDs. ``latency_ms`` (plus any ``slow`` delay) is added before every answer, errors included.
+
+Utility templates (``messaging_type: UTILITY``; :mod:`worker.sandbox.templates`)
+--------------------------------------------------------------------------------
+Every page has a catalogue, at first these en_US templates: ``order_update`` (APPROVED, 2
+positional parameters), ``appointment_reminder`` (APPROVED, named ``name`` and ``time``),
+``pending_template`` (PENDING), ``paused_template`` (PAUSED), ``quick_reply_template`` (APPROVED,
+a QUICK_REPLY button). ``GET /{version}/{page_id}/message_templates`` lists it as Graph does
+(``data``; ``paging.cursors`` and, beyond ``limit`` (default 25), ``paging.next`` with an
+``after`` cursor), the token checked as for a send. A UTILITY send body is read with the
+product's ``worker.messenger.utility.template_of`` (the one place that knows its shape: the
+sandbox's one import of the product) and refused, HTTP 400, in this order: malformed 100;
+unknown name/language 132001 "(#132001) Template name does not exist in the translation";
+PAUSED 132015 "(#132015) Template is paused"; DISABLED 132016 "(#132016) Template is
+disabled"; any other status but APPROVED (PENDING, REJECTED) 132001 saying it is not approved;
+a QUICK_REPLY button 100/2018416; parameters of another count or other names 132000 "(#132000)
+Number of parameters does not match the expected number of params". **These codes are the
+sandbox's convention, not confirmed Meta codes for Messenger**: modelled on the WhatsApp Cloud
+API's template errors (Meta's template system is shared) and the one observed Messenger refusal
+(2018416, messenger-platform.md §2.5). A UTILITY send is not bound by the 24-hour window
+(``outside-`` PSIDs get it); the rest (token, recipient, reserved PSIDs, faults, the record) is as
+for any send.
 
 Reserved PSIDs (fault injection by ``recipient.id``)
 ----------------------------------------------------
@@ -90,13 +111,20 @@ Control endpoints (JSON, no auth)
 * ``POST /__sandbox/faults {"page_id", "code", "subcode", "count", "regain_minutes"}``: the next
   ``count`` sends for that page (all of them if ``count`` is null) fail with that error;
   ``GET /__sandbox/faults`` lists them; ``DELETE /__sandbox/faults[?page_id=]`` clears them.
+* ``GET /__sandbox/templates?page_id=`` -> ``{"page_id", "templates": [{"name", "language",
+  "status", "parameters" (a count, or the list of names), "buttons", "category", "id"}]}``;
+  ``POST /__sandbox/templates {"page_id", "templates": [...]}`` replaces a page's catalogue,
+  ``{"page_id", "name", "language", "status", "parameters", "buttons"}`` adds or changes one
+  template (omitted fields keep their value); ``DELETE /__sandbox/templates[?page_id=]`` resets
+  pages to the default catalogue.
 * ``GET /healthz`` -> ``{"ok": true}``.
 
 Modules
 -------
 ``config`` (:class:`SandboxConfig`, the token convention), ``errors`` (Graph error bodies),
 ``validation`` (body and token parsing, the checks in Graph's order), ``rules`` (reserved PSIDs),
-``state`` (the record, counters and faults), ``send`` (the raw ASGI send endpoint), ``control``
+``state`` (the record, counters and faults), ``send`` (the raw ASGI send endpoint), ``templates``
+(the pages' utility templates, their listing and the UTILITY send's checks), ``control``
 (``/__sandbox/*`` and ``/healthz``), ``app`` (:func:`create_app`, :func:`serve`). The names in
 ``__all__`` here are the sandbox's interface; the modules' other names are implementation details.
 """

@@ -1,7 +1,7 @@
 """The sandbox as an ASGI app, and the server that runs it.
 
-Owns :func:`create_app` (the route table: the send endpoint, ``/healthz`` and the control
-endpoints, all over one :class:`~worker.sandbox.state.SandboxState`) and :func:`serve` (uvicorn,
+Owns :func:`create_app` (the route table: the send endpoint, the template listing, ``/healthz``
+and the control endpoints, all over one :class:`~worker.sandbox.state.SandboxState`) and :func:`serve` (uvicorn,
 no access log, as ``messenger-worker sandbox`` and ``up --sandbox`` run it). The app is Starlette,
 remembering the server's own ``send`` in the scope so that a ``drop-`` PSID can close the
 connection. What the sandbox does is documented in the package docstring (:mod:`worker.sandbox`).
@@ -19,6 +19,7 @@ from worker.sandbox.config import SandboxConfig
 from worker.sandbox.control import Control, healthz
 from worker.sandbox.send import RAW_SEND_KEY, SendEndpoint
 from worker.sandbox.state import SandboxState
+from worker.sandbox.templates import TemplateControl, TemplateListing
 
 __all__ = ["create_app", "serve"]
 
@@ -35,8 +36,15 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     """The sandbox as an ASGI app (each app has its own record, counters and faults)."""
     state = SandboxState(config or SandboxConfig())
     control = Control(state)
+    send = SendEndpoint(state)
+    templates = TemplateControl(state.templates)
     routes = [
-        Route("/{version}/{page_id}/messages", SendEndpoint(state), methods=["POST"]),
+        Route("/{version}/{page_id}/messages", send, methods=["POST"]),
+        Route(
+            "/{version}/{page_id}/message_templates",
+            TemplateListing(state.templates, send._page_for).endpoint,
+            methods=["GET"],
+        ),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/__sandbox/calls", control.calls, methods=["GET"]),
         Route("/__sandbox/calls", control.clear_calls, methods=["DELETE"]),
@@ -47,6 +55,9 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         Route("/__sandbox/faults", control.add_fault, methods=["POST"]),
         Route("/__sandbox/faults", control.clear_faults, methods=["DELETE"]),
         Route("/__sandbox/window", control.open_window, methods=["POST"]),
+        Route("/__sandbox/templates", templates.get, methods=["GET"]),
+        Route("/__sandbox/templates", templates.post, methods=["POST"]),
+        Route("/__sandbox/templates", templates.delete, methods=["DELETE"]),
     ]
     app = _SandboxApp(routes=routes)
     app.state.sandbox = state

@@ -17,6 +17,8 @@ from worker.sandbox.errors import Answer, Refusal, graph_error
 from worker.sandbox.state import SandboxState
 
 _HTML_502: Final = b"<html><body>Bad Gateway</body></html>"
+#: Sends the 24-hour window does not bind: a valid tag, a utility template.
+_WINDOW_FREE: Final = frozenset({"MESSAGE_TAG", "UTILITY"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ def apply_rule(state: SandboxState, psid: str, mtype: str | None, page_id: str) 
         if seen <= rule.number:
             raise Refusal(graph_error(rule.code, rule.subcode, page_id=page_id))
     elif kind == "outside":
-        if mtype != "MESSAGE_TAG" and psid not in state.opened:
+        if mtype not in _WINDOW_FREE and psid not in state.opened:
             raise Refusal(graph_error(10, 2018278))
     elif kind == "throttle":
         raise Refusal(graph_error(80006, None, page_id=page_id, regain_minutes=rule.number))

@@ -1,7 +1,7 @@
 """The Send API endpoint, ``POST /{version}/{page_id}/messages``: the hot path, as raw ASGI.
 
 Owns reading the request, deciding the answer in the documented order (body parsing, token,
-page-wide faults, validation, reserved PSIDs), the added latency, recording the call, and writing
+page-wide faults, validation (a UTILITY send's: :mod:`worker.sandbox.templates`), reserved PSIDs), the added latency, recording the call, and writing
 the answer (with ``facebook-api-version`` and, on throttling, ``X-Business-Use-Case-Usage``), or,
 for a ``drop-`` PSID, closing the connection without one (:class:`ConnectionDropped` where that
 cannot be done). The path is deliberately lean: no Starlette request or response objects, orjson,
@@ -21,6 +21,7 @@ from worker.sandbox.config import EXPIRED_TOKEN_PREFIX, SANDBOX_TOKEN_PREFIX
 from worker.sandbox.errors import Answer, Refusal, graph_error, invalid
 from worker.sandbox.rules import apply_rule
 from worker.sandbox.state import Call, SandboxState
+from worker.sandbox.templates import UTILITY, check_utility_send
 from worker.sandbox.validation import (
     BadJSON,
     is_form_encoded,
@@ -113,7 +114,10 @@ class SendEndpoint:
         state = self.state
         if state.faults:
             state.raise_page_fault(page_id)
-        validate(body, mtype, tag)
+        if mtype == UTILITY:  # the one comparison the regular path pays for utility sends
+            check_utility_send(state.templates, body, page_id, tag)
+        else:
+            validate(body, mtype, tag)
         extra_ms = apply_rule(state, psid, mtype, page_id) if psid is not None and "-" in psid else 0.0
 
         recipient = body.get("recipient")

@@ -1,6 +1,7 @@
 """What a sandbox remembers: recorded calls, counters, ``flaky`` counters, page faults, open windows.
 
-Owns :class:`SandboxState` (one per app, shared by the send endpoint and the control endpoints),
+Owns :class:`SandboxState` (one per app, shared by the send endpoint and the control endpoints;
+it holds the pages' utility templates too),
 :class:`Call` (one recorded send call, as ``GET /__sandbox/calls`` lists it) and :class:`PageFault`
 (a page-wide fault armed by ``POST /__sandbox/faults``).
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from worker.sandbox.config import SandboxConfig
 from worker.sandbox.errors import Answer, Refusal, graph_error
+from worker.sandbox.templates import Templates
 from worker.sandbox.validation import BadJSON, parse_body
 
 
@@ -95,6 +97,8 @@ class SandboxState:
         self.faults: dict[str, PageFault] = {}
         #: ``outside-`` PSIDs whose user re-engaged (POST /__sandbox/window): their window is open.
         self.opened: set[str] = set()
+        #: Every page's utility templates (worker/sandbox/templates.py).
+        self.templates = Templates()
 
     def clear(self) -> None:
         self.records.clear()

@@ -21,7 +21,8 @@ from worker.sandbox.errors import Refusal, graph_error, refuse
 
 VALID_TAGS: Final = frozenset({"HUMAN_AGENT", "CUSTOMER_FEEDBACK", "NON_PROMOTIONAL_SUBSCRIPTION"})
 DEPRECATED_TAGS: Final = frozenset({"CONFIRMED_EVENT_UPDATE", "ACCOUNT_UPDATE", "POST_PURCHASE_UPDATE"})
-_MESSAGING_TYPES: Final = frozenset({"RESPONSE", "UPDATE", "MESSAGE_TAG"})
+#: UTILITY sends are checked by worker/sandbox/templates.py (send.py routes them there).
+_MESSAGING_TYPES: Final = frozenset({"RESPONSE", "UPDATE", "MESSAGE_TAG", "UTILITY"})
 _SENDER_ACTIONS: Final = frozenset({"typing_on", "typing_off", "mark_seen", "react", "unreact"})
 _RECIPIENT_KEYS: Final = (
     "id",
@@ -156,7 +157,7 @@ def _validate_type_and_tag(mtype: str | None, tag: str | None, *, needs_type: bo
         if needs_type:
             refuse("(#100) Param messaging_type is required")
     elif mtype not in _MESSAGING_TYPES:
-        refuse("(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG}")
+        refuse("(#100) Param messaging_type must be one of {RESPONSE, UPDATE, MESSAGE_TAG, UTILITY}")
     if tag is not None and mtype != "MESSAGE_TAG":
         refuse("(#100) Messaging type should be MESSAGE_TAG for tagged messages.")
     if mtype == "MESSAGE_TAG":

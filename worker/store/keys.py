@@ -35,6 +35,7 @@
     P:tpl:{page}            hash    the page's utility templates, "{name}|{language}" -> JSON
                                     (status, parameters, buttons; worker/templates)
     P:tpl:synced            zset    page -> when its template catalogue was last read from Graph
+    P:tpl:lock              string  the periodic catalogue sync's turn (TEMPLATE_SYNC_SECONDS TTL)
     P:pause:{page}          hash    page pause: until, reason, code, token fingerprint, probe
     P:paused                zset    paused pages -> until
     P:rl:{page}:{class}     hash    the page's GCRA bucket (worker/ratelimit.py)
@@ -164,6 +165,11 @@ class Keys:
     @property
     def templates_synced(self) -> str:
         return f"{self.prefix}:tpl:synced"
+
+    @property
+    def templates_lock(self) -> str:
+        """Held (SET NX EX) by the worker whose turn it is to sync the catalogues (worker/templates/sync.py)."""
+        return f"{self.prefix}:tpl:lock"
 
     def pause(self, page_id: str) -> str:
         return f"{self.prefix}:pause:{page_id}"

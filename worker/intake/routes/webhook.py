@@ -4,7 +4,8 @@
 Not behind the bearer check: Meta signs each POST with ``X-Hub-Signature-256`` (HMAC-SHA256 of
 the raw body with ``APP_SECRET``), checked before the body is parsed. Valid events are queued as
 one Celery message for the workers (:mod:`worker.delivery.inbound`) and answered 200 at once, as
-Meta expects.
+Meta expects: ``messaging`` items (:mod:`worker.messenger.webhook`) and template status changes
+(``changes`` of the ``message_template_status_update`` field, :mod:`worker.templates.events`).
 
 What an unsigned caller can cost us is bounded, in this order, before any byte of the body is
 read: no ``X-Hub-Signature-256`` is 401 ``missing_signature``; a header that is not
@@ -41,6 +42,7 @@ from worker.messenger.webhook import (
     verify_signature,
 )
 from worker.store import envelope
+from worker.templates import parse_status_events
 
 WEBHOOK_MAX_BYTES = 1024 * 1024  # Messenger batches many events per POST
 
@@ -75,6 +77,7 @@ async def webhook_events(request: Request) -> Response:
     except orjson.JSONDecodeError:
         raise InputError(400, "invalid_json", "body is not valid JSON") from None
     events = [event_to_dict(e) for e in parse_events(payload)]
+    events += [e.as_dict() for e in parse_status_events(payload)]  # message_template_status_update
     if events:
         message = envelope.celery_message(events, settings.queue_name, task=envelope.INBOUND_TASK)
         await intake.redis.lpush(settings.queue_name, message)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
