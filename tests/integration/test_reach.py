@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import RedisServer, Sandbox, Stack, base_env
+from tests.conftest import RedisServer, Sandbox, Stack, base_env, wait_until
 
 pytestmark = pytest.mark.integration
 APP_SECRET = "reach-app-secret-0123456789"
@@ -189,3 +189,48 @@ def test_a_direct_utility_body_is_sent(stack: Stack) -> None:
     }
     record = final(stack, accepted(stack, body))
     assert (record["status"], record["delivered_via"]) == ("sent", "utility:order_update")
+
+
+def catalogue_synced(stack: Stack, page: str = PAGE) -> None:
+    """The worker syncs every page's catalogue when it starts (TEMPLATE_SYNC_SECONDS)."""
+    assert wait_until(lambda: stack.redis().zscore(stack.keys.templates_synced, page) is not None, 20)
+
+
+def test_the_intake_refuses_a_template_the_catalogue_knows_it_cannot_send(stack: Stack) -> None:
+    catalogue_synced(stack)
+    body = text({"id": "outside-catalogue-" + uuid.uuid4().hex[:8]})
+    before = stack.redis().llen(stack.queue)
+    for header, params, code in (
+        ("no_such_template", '["a"]', "unknown_utility_template"),
+        ("pending_template", '["a"]', "utility_template_not_approved"),
+        ("order_update", '["only one"]', "utility_template_parameters"),
+    ):
+        resp = stack.post(body, headers={"X-Utility-Template": header, "X-Utility-Parameters": params})
+        assert (resp.status_code, resp.json()["error"]["code"]) == (422, code)
+        assert header in resp.json()["error"]["message"]
+    assert stack.redis().llen(stack.queue) == before  # nothing enqueued
+
+
+def test_a_template_paused_after_acceptance_is_skipped_without_a_call(stack: Stack) -> None:
+    """Accepted while approved, paused (a webhook event or a sync) before it is sent: the worker
+    moves on to the next route without a doomed utility call."""
+    catalogue_synced(stack)
+    keys = stack.keys
+    field = "order_update|en_US"
+    raw = stack.redis().hget(keys.templates(PAGE), field)
+    headers = {
+        "X-Utility-Template": "order_update",
+        "X-Utility-Parameters": '["Ada", "#1"]',
+        "X-Fallback-Tags": "HUMAN_AGENT",
+    }
+    # the intake reads the catalogue at most every 5 s: this request leaves "approved" in its
+    # cache, so the next one is accepted although the template is paused in between
+    accepted(stack, text({"id": "outside-prime-" + uuid.uuid4().hex[:8]}), headers)
+    stack.redis().hset(keys.templates(PAGE), field, orjson.dumps({**orjson.loads(raw), "status": "PAUSED"}))
+    try:
+        psid = "outside-paused-" + uuid.uuid4().hex[:8]
+        record = final(stack, accepted(stack, text({"id": psid}), headers))
+        assert (record["status"], record["delivered_via"]) == ("sent", "tag:HUMAN_AGENT")
+        assert [c["messaging_type"] for c in stack.sandbox.calls(psid=psid)] == ["UPDATE", "MESSAGE_TAG"]
+    finally:
+        stack.redis().hset(keys.templates(PAGE), field, raw)

@@ -340,3 +340,34 @@ def test_a_ttl_that_passes_while_waiting_for_a_connection_sends_nothing() -> Non
     assert (outcome.status, outcome.reason) == (State.EXPIRED, "ttl")
     assert calls == []
     assert observer.calls == []
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "reason", "calls"),
+    [
+        ("pending", State.SCHEDULED, "template_pending", ["UPDATE"]),
+        ("disabled", State.SENT, None, ["UPDATE", "MESSAGE_TAG"]),
+        ("approved", State.SENT, None, ["UPDATE", "UTILITY"]),
+    ],
+)
+def test_the_catalogue_decides_a_utility_route_before_any_call(
+    state: str, status: State, reason: str | None, calls: list[str]
+) -> None:
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        sent.append(body["messaging_type"])
+        if body["messaging_type"] == "UPDATE":
+            return graph_error(10, 2018278, "(#10) outside of allowed window")
+        return httpx.Response(200, json={"message_id": "m"})
+
+    d = delivery(fallbacks=["utility:order_update", "tag:HUMAN_AGENT"], utility=ORDER_UPDATE)
+    ctx = BatchContext(template_state={d.id: state})
+    outcome, _, _ = run(handler, d, ctx=ctx)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, sent) == (status, calls)
+    if reason is not None:
+        assert outcome.reason == reason
+    if state == "disabled":
+        assert (outcome.delivered_via, d.routes_tried) == ("tag:HUMAN_AGENT", ["utility:order_update"])

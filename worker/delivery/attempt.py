@@ -45,15 +45,19 @@ from worker.graph import (
     GraphError,
     SendResult,
     TagRejectedError,
+    TemplatePausedError,
     TemplateRejectedError,
     WindowClosedError,
 )
 from worker.logging import get_logger
 from worker.messenger.content import message_kind
 from worker.messenger.recipients import is_psid
+from worker.messenger.utility import UTILITY_TYPE
 from worker.ratelimit import Limiter, is_free
 from worker.states import Event, State
 from worker.store import Keys, records, text
+from worker.templates import TemplateInfo, template_state
+from worker.templates.catalogue import field_name
 
 log = get_logger("worker.delivery")
 #: Errors that end a route, not the delivery: the next fallback route is tried.
@@ -79,6 +83,9 @@ class BatchContext:
     pauses: dict[str, PagePause] = field(default_factory=dict)
     #: A delivery whose window is known to be closed starts with this fallback route.
     first_route: dict[str, str] = field(default_factory=dict)
+    #: The catalogue's word on a delivery's utility template (worker.templates.template_state):
+    #: approved, pending, paused, disabled, rejected or unknown (not in the catalogue).
+    template_state: dict[str, str] = field(default_factory=dict)
 
 
 class Released(Exception):
@@ -135,6 +142,10 @@ class Sender:
         )
         for page in pages:
             pipe.hgetall(keys.pause(page))
+        templated = [d for d in claimed if d.utility is not None]
+        for d in templated:  # the utility templates' states, in the same round trip
+            assert d.utility is not None
+            pipe.hget(keys.templates(d.page_id), field_name(d.utility.name, d.utility.language))
         res = await pipe.execute()
         values, now = res[0], time.time()
         ctx = BatchContext()
@@ -156,6 +167,10 @@ class Sender:
             pause = PagePause.from_record(records.decode(res[1 + j]) if res[1 + j] else {}, now)
             if pause is not None:
                 ctx.pauses[page] = pause
+        for d, raw in zip(templated, res[1 + len(pages) :], strict=True):
+            ctx.template_state[d.id] = template_state(
+                TemplateInfo.from_json(raw) if raw is not None else None
+            )
         return ctx
 
     async def reserve(self, heads: Sequence[Delivery]) -> None:
@@ -204,13 +219,19 @@ class Sender:
         route = d.active_route or ctx.first_route.get(d.id, routes.AS_GIVEN)
         for _ in range(len(d.fallbacks) + 1):
             body = routes.body_for(d.body, route, d.utility)
-            deferral = await self._pace(d, body, route)
-            if deferral is not None:
-                return deferral
-            try:
-                result, error = await self._call(d, token, body, route)
-            except PastTtl:  # checked again at the last moment: never a send after the TTL
-                return self.outcome(d, policy.past_ttl(d.failures, d.last_reason), None)
+            verdict = self._catalogue(d, ctx, route, body)
+            if isinstance(verdict, Outcome):
+                return verdict
+            result: SendResult | None = None
+            error: GraphError | None = verdict  # set: the catalogue knows Graph would refuse it
+            if error is None:
+                deferral = await self._pace(d, body, route)
+                if deferral is not None:
+                    return deferral
+                try:
+                    result, error = await self._call(d, token, body, route)
+                except PastTtl:  # checked again at the last moment: never a send after the TTL
+                    return self.outcome(d, policy.past_ttl(d.failures, d.last_reason), None)
             if error is None:
                 if result is not None and (result.usage_pct or 0) >= self._s.usage_slowdown_threshold:
                     await self._slow_down(d.page_id)
@@ -225,6 +246,26 @@ class Sender:
                 await self._slow_down(d.page_id)
             return self.outcome(d, decision, error)
         return Outcome(d, Event.FAIL, reason="outside_window")
+
+    def _catalogue(
+        self, d: Delivery, ctx: BatchContext, route: str, body: dict[str, Any]
+    ) -> Outcome | GraphError | None:
+        """What the template catalogue says of a utility send before any call: wait for a
+        template pending approval; a paused, disabled or rejected one is answered as Graph
+        would answer it (the next route, or the policy's outcome); else None: send."""
+        if d.utility is None or body.get("messaging_type") != UTILITY_TYPE:
+            return None
+        state = ctx.template_state.get(d.id, "unknown")
+        name = d.utility.name
+        if state == "pending":
+            d.active_route = route
+            return Outcome(d, Event.WAIT, reason="template_pending", delay=policy.TEMPLATE_PENDING_WAIT)
+        info = ErrorInfo(code=None, subcode=None, message=f"utility template {name} is {state} (catalogue)")
+        if state == "paused":
+            return TemplatePausedError(info)
+        if state in ("disabled", "rejected"):
+            return TemplateRejectedError(info)
+        return None
 
     def _decide(self, d: Delivery, error: GraphError, route: str, tag_suppressed: bool) -> Decision:
         if error.reason == "outside_window" and route == routes.AS_GIVEN and is_psid(d.psid):

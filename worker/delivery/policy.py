@@ -80,7 +80,12 @@ def backoff(settings: Settings, failures: int, rng: random.Random | None = None)
 
 #: Waits that are the page's trouble, not the message's: a message whose TTL passes in one of them
 #: is a dead letter (replayable once the page is fixed), not merely expired.
-PAGE_WAITS = frozenset({"page_paused", "token_invalid", "page_restricted", "rate_limited"})
+PAGE_WAITS = frozenset(
+    {"page_paused", "token_invalid", "page_restricted", "rate_limited", "template_pending", "template_paused"}
+)
+#: A utility template the catalogue holds as pending approval: the message waits this long, again
+#: and again (no attempt burnt), until it is approved or MESSAGE_TTL makes it a dead letter.
+TEMPLATE_PENDING_WAIT = 60.0
 
 
 def past_ttl(failures: int, last_reason: str) -> Decision:

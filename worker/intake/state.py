@@ -7,7 +7,7 @@ opens a connection, so building the app needs no Redis.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -17,6 +17,7 @@ from worker.config import PageTokens, Settings
 from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
 from worker.store import Keys
+from worker.templates import TemplateCache
 
 
 @dataclass(slots=True)
@@ -31,6 +32,8 @@ class IntakeState:
     memory: MemoryGate
     #: PAGE_ACCESS_TOKENS, reloaded when it names a file that changes (as the workers do).
     pages: PageTokens
+    #: What the utility-template catalogue said, for a few seconds (worker.templates.check).
+    templates: TemplateCache = field(default_factory=TemplateCache)
 
 
 def of(request: Request) -> IntakeState:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 
+import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -37,9 +38,10 @@ from worker.intake.guard import MemoryGate
 from worker.intake.http import JSONResponse, counted, read_body, redis_full
 from worker.intake.notices import Throttled
 from worker.logging import get_logger, recipient_ref
-from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, SendHeaders, validate
+from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, SendHeaders, SendRequest, validate
 from worker.states import State
 from worker.store import ids
+from worker.templates import check_request
 
 log = get_logger("worker.intake")
 MAX_EXTERNAL_ID = 200
@@ -81,6 +83,17 @@ def _utf8(value: str | None, name: str) -> str | None:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(422, "invalid_utility_parameters", f"{name} is not UTF-8") from None
+
+
+async def _check_template(intake: state.IntakeState, request: SendRequest) -> None:
+    """A utility template the page's catalogue knows it cannot send is refused (422, naming
+    it) before Braze's send is lost downstream; one Redis read per template per few seconds."""
+    assert request.utility is not None
+    try:
+        async with asyncio.timeout(intake.settings.intake_deadline_seconds):
+            await check_request(intake.redis, intake.keys, request.page_id, request.utility, intake.templates)
+    except (TimeoutError, redis.exceptions.RedisError):
+        raise NotStored("Redis did not answer in time; nothing was stored: retry later") from None
 
 
 async def _admit(memory: MemoryGate, seconds: float) -> tuple[float, bool]:
@@ -132,6 +145,8 @@ async def send(request: Request) -> Response:
         raise InputError(
             403, "page_not_allowed", f"this intake token may not send as page {send_request.page_id}"
         )
+    if send_request.utility is not None:
+        await _check_template(intake, send_request)
     memory = intake.memory
     deadline = None
     if not memory.open:  # a bad request still gets its 4xx above
