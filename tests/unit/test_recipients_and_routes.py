@@ -330,3 +330,33 @@ def test_route_bodies_and_what_is_reported() -> None:
 )
 def test_window_closed(until: str | None, closed_at: str | None, now: float, expected: bool | None) -> None:
     assert window_closed(until, closed_at, now, 3600) is expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"recipient": {"id": "1"}, "message": {"text": "hi"}, "notification_type": []},
+        {"recipient": {"id": "1"}, "message": {"text": "hi", "quick_replies": [{"content_type": ["text"]}]}},
+        {
+            "recipient": {"id": "1"},
+            "messaging_type": "UTILITY",
+            "message": {"template": {"name": "a", "language": {"code": "en"}, "components": 5}},
+        },
+        {
+            "recipient": {"id": "1"},
+            "messaging_type": "UTILITY",
+            "message": {
+                "template": {
+                    "name": "a",
+                    "language": "en",
+                    "components": [{"type": "body", "parameters": [{"parameter_name": ["x"], "text": "v"}]}],
+                }
+            },
+        },
+        {"recipient": {"id": "1"}, "sender_action": ["react"]},
+        {"recipient": {"id": ["1"]}, "message": {"text": "hi"}},
+        {"recipient": {"phone_number": {"n": 1}}, "message": {"text": "hi"}},
+    ],
+)
+def test_values_of_the_wrong_json_type_are_a_422_never_a_crash(body: dict[str, Any]) -> None:
+    assert refused(body).status == 422

@@ -90,7 +90,7 @@ def _check_quick_replies(quick: object) -> None:
         if not isinstance(reply, dict):
             raise _fail("invalid_quick_reply", f"{where} must be an object")
         kind = reply.get("content_type")
-        if kind not in QUICK_REPLY_TYPES:
+        if not isinstance(kind, str) or kind not in QUICK_REPLY_TYPES:
             raise _fail(
                 "invalid_quick_reply",
                 f"{where}.content_type must be one of {', '.join(sorted(QUICK_REPLY_TYPES))}",
@@ -135,7 +135,7 @@ def check_action(body: dict[str, Any], to_psid: bool) -> None:
 
 def check_notification_type(body: dict[str, Any]) -> None:
     value = body.get("notification_type")
-    if value is not None and value not in NOTIFICATION_TYPES:
+    if value is not None and (not isinstance(value, str) or value not in NOTIFICATION_TYPES):
         raise _fail(
             "invalid_notification_type",
             f"notification_type must be one of {', '.join(sorted(NOTIFICATION_TYPES))}",

@@ -214,12 +214,19 @@ def template_of(body: Mapping[str, Any]) -> UtilityTemplate | None:
         raise _fail("invalid_utility_template", "message.template needs name and language.code")
     check_name(name, code, "message.template")
     values: list[Any] = []
-    for component in template.get("components") or []:
+    components = template.get("components") or []
+    if not isinstance(components, list):
+        raise _fail("invalid_utility_template", "message.template.components must be a list")
+    for component in components:
         if not isinstance(component, dict) or not isinstance(component.get("parameters", []), list):
             raise _fail("invalid_utility_template", "message.template.components must be objects")
         if component.get("type") == "body":
             values += component.get("parameters", [])
-    named = bool(values) and all(isinstance(v, dict) and "parameter_name" in v for v in values)
+    named = bool(values) and all(
+        isinstance(v, dict) and isinstance(v.get("parameter_name"), str) for v in values
+    )
+    if not named and any(isinstance(v, dict) and "parameter_name" in v for v in values):
+        raise _fail("invalid_utility_parameters", "named parameters: every one needs a parameter_name string")
     raw: object = (
         {v["parameter_name"]: v.get("text") for v in values}
         if named
