@@ -138,11 +138,13 @@ def validate(body: Mapping[str, object], mtype: str | None, tag: str | None) -> 
     if message is None and action is None:
         refuse("(#100) Must send either message or state")
     notification = body.get("notification_type")
-    if notification is not None and notification not in _NOTIFICATION_TYPES:
+    if notification is not None and (
+        not isinstance(notification, str) or notification not in _NOTIFICATION_TYPES
+    ):
         refuse("(#100) Param notification_type must be one of {REGULAR, SILENT_PUSH, NO_PUSH}")
     if message is not None:
         _validate_message(message)
-    elif action not in _SENDER_ACTIONS:
+    elif not isinstance(action, str) or action not in _SENDER_ACTIONS:
         refuse("(#100) Param sender_action must be one of {typing_on, typing_off, mark_seen, react, unreact}")
     elif action in ("react", "unreact"):
         payload = body.get("payload")
