@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.intake.openapi_lookups import lookup_paths
 from worker.intake.routes.admin import ACTIONS, MAX_LIMIT
 from worker.intake.routes.send import MAX_EXTERNAL_ID
 from worker.intake.routes.webhook import WEBHOOK_MAX_BYTES
@@ -584,5 +585,6 @@ def openapi_document() -> dict[str, Any]:
             **_dead_letter_paths(),
             **_webhook_paths(),
             **_operations_paths(),
+            **lookup_paths(_param, _json, _error, _unauthorized, _unavailable),
         },
     }

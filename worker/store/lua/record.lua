@@ -2,8 +2,12 @@
 -- KEYS[1] pending, KEYS[2] open, KEYS[3] sched, KEYS[4] dead, KEYS[5] parked (zsets).
 -- ARGV[1] now, ARGV[2] delivery key prefix (P:d:), ARGV[3] park key prefix (P:park:),
 -- ARGV[4] stats key prefix (P:stats:), ARGV[5] final record retention (s), ARGV[6] this minute,
--- then per delivery: id, fence token, status, due ('' = none), pending deadline ('' = none), n,
--- and n field/value pairs for its record.
+-- ARGV[7] history key prefix (P:hist:), ARGV[8] a history's TTL (s), ARGV[9] its entries kept,
+-- then per delivery: id, fence token, status, due ('' = none), pending deadline ('' = none),
+-- a history entry ('' = none), a failure class ('' = none: "{status}:{reason}" counted in
+-- P:stats:{minute}:reasons), n, and n field/value pairs for its record.
+-- The history entry and the failure class are written only with a fresh write (never twice,
+-- whatever retries the call: the caller re-sends a pipeline whose answer it lost).
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
 -- `done` remembers the token, so a retried call (its answer lost) is recognised, not refused.
 -- By status (worker/states.py):
@@ -19,15 +23,27 @@
 local now = tonumber(ARGV[1])
 local counts = {}
 local out = {}
-local i = 7
+local reasons = ARGV[4] .. ARGV[6] .. ':reasons'
+local i = 10
 while i <= #ARGV do
   local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local due, deadline, n = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
+  local due, deadline, n = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 7])
+  local entry, class = ARGV[i + 5], ARGV[i + 6]
   local key = ARGV[2] .. id
   local held = redis.call('HMGET', key, 'claim', 'done')
   if held[1] == token then
     redis.call('HSET', key, 'claim', '', 'lease_until', 0, 'done', token, 'status', status,
-      'updated_at', ARGV[1], unpack(ARGV, i + 6, i + 5 + 2 * n))
+      'updated_at', ARGV[1], unpack(ARGV, i + 8, i + 7 + 2 * n))
+    if entry ~= '' then
+      local h = ARGV[7] .. id
+      redis.call('RPUSH', h, entry)
+      redis.call('LTRIM', h, -tonumber(ARGV[9]), -1)
+      redis.call('EXPIRE', h, tonumber(ARGV[8]))
+    end
+    if class ~= '' then
+      redis.call('HINCRBY', reasons, class, 1)
+      redis.call('EXPIRE', reasons, 3600)
+    end
     if FINAL[status] then
       local rec = redis.call('HMGET', key, 'parked_at', 'page_id', 'psid')
       if rec[1] then
@@ -64,7 +80,7 @@ while i <= #ARGV do
   else
     table.insert(out, 0)
   end
-  i = i + 6 + 2 * n
+  i = i + 8 + 2 * n
 end
 for status, count in pairs(counts) do
   local k = ARGV[4] .. ARGV[6] .. ':' .. status
