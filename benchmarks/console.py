@@ -67,7 +67,9 @@ def make_dead(redis: Any, keys: Keys, n: int) -> str:
     now = time.time()
     for i, delivery_id in enumerate(ids):
         error = orjson.dumps({"reason": "max_attempts", "code": 2 if i % 2 else 100, "message": "x"})
-        pipe.hset(keys.delivery(delivery_id), mapping={"status": State.DEAD.value, "error": error, "attempts": 8})
+        pipe.hset(
+            keys.delivery(delivery_id), mapping={"status": State.DEAD.value, "error": error, "attempts": 8}
+        )
         pipe.zadd(keys.dead, {delivery_id: now - i})
         pipe.zrem(keys.open, delivery_id)
         pipe.zrem(keys.pending, delivery_id)
