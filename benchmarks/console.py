@@ -22,6 +22,7 @@ from tests.conftest import ADMIN_TOKEN, PAGE
 from worker.config import load_settings
 from worker.intake.committer import GroupCommitter
 from worker.intake.console import session
+from worker.logging import configure_logging
 from worker.messenger.validation import validate
 from worker.states import State
 from worker.store import Keys, connections
@@ -39,6 +40,8 @@ def accept(env: dict[str, str], n: int, tag: str) -> None:
         _env_file=None,
     )
     body = orjson.dumps({"recipient": {"id": "1"}, "messaging_type": "UPDATE", "message": {"text": "hello"}})
+
+    configure_logging(load_settings(log_level="WARNING", _env_file=None))  # not a line per commit
 
     async def main() -> None:
         client = connections.async_client(settings)
