@@ -66,10 +66,38 @@ class Sizes:
     baseline_n: int
     intake_rounds: int
     delivery_rounds: int
+    #: 8. Redis cost: deliveries per round, rounds, deliveries of the attribution round (SLOWLOG)
+    redis_n: int = 10_000
+    redis_rounds: int = 3
+    attribution_n: int = 2_000
+    #: 9. status and /metrics: the small and the large number of open deliveries
+    scale_small: int = 1_000
+    scale_large: int = 1_000_000
+    #: 10. many pages: pages, messages per page
+    pages: int = 1_000
+    pages_per_page: int = 10
 
 
 FULL = Sizes(2.0, 10.0, 10_000, 120.0, 10.0, 10_000, 6.0, 12.0, 6_000, 3, 3)
-QUICK = Sizes(1.0, 3.0, 3_000, 45.0, 4.0, 2_500, 4.0, 5.0, 2_000, 2, 1)
+QUICK = Sizes(
+    1.0,
+    3.0,
+    3_000,
+    45.0,
+    4.0,
+    2_500,
+    4.0,
+    5.0,
+    2_000,
+    2,
+    1,
+    redis_n=3_000,
+    redis_rounds=1,
+    attribution_n=1_000,
+    scale_large=100_000,
+    pages=200,
+    pages_per_page=10,
+)
 
 
 @dataclass

@@ -44,7 +44,9 @@ Nothing is pinned: the load generator, the sandbox, redis-server and the service
 Each step reports the CPU other processes of the machine used meanwhile ("others"); a run where
 that is not ~0 is disturbed and its figures are not comparable.
 
-Writes ``benchmarks/results/latest.json`` and prints the table.
+Writes every run's JSON to ``benchmarks/results/history/<UTC time>-<commit>.json`` (never
+overwritten; ``benchmarks/history.py``), a full run also to ``benchmarks/results/latest.json``,
+and prints the table.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from pathlib import Path
 
 import orjson
 
+from benchmarks import history
 from benchmarks.common import machine
 from benchmarks.harness import FULL, QUICK, RESULTS, Row, Run, table
 from benchmarks.steps.baseline import measure_baseline
@@ -68,6 +71,7 @@ from benchmarks.steps.delivery import measure_delivery
 from benchmarks.steps.intake import measure_intake
 from benchmarks.steps.latency import measure_latency
 from benchmarks.steps.pacing import measure_pacing
+from benchmarks.steps.redis import measure_redis
 
 STEPS: dict[str, Callable[[Run], None]] = {
     "intake": measure_intake,
@@ -76,6 +80,7 @@ STEPS: dict[str, Callable[[Run], None]] = {
     "pacing": measure_pacing,
     "baseline": measure_baseline,
     "console": measure_console,
+    "redis": measure_redis,
 }
 
 
@@ -83,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller sizes: under 3 minutes")
     p.add_argument("--only", choices=list(STEPS), action="append", help="run only these steps")
-    p.add_argument("--output", default=str(RESULTS / "latest.json"))
+    p.add_argument(
+        "--output",
+        help="also write the JSON here (it always goes to results/history/; latest.json: full runs)",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep the work dir (process logs)")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -91,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         " " + shlex.join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""
     )
     info = machine()
+    git = history.git_commit()
     work = Path(tempfile.mkdtemp(prefix="bmw-bench-"))
     run = Run(sizes, work)
     started = time.monotonic()
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - started
         report = {
             "command": command,
+            "git": git,
             "quick": args.quick,
             "machine": info,
             "note": "2 cores shared by load generator, sandbox, redis-server and the service; nothing pinned",
@@ -131,9 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             "other_processes_cores": run.others,
             "work_dir": str(work) if args.keep_logs else None,
         }
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str))
+        written = history.write(report, RESULTS, full=not args.quick and not args.only)
+        if args.output:
+            out = Path(args.output)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str))
+            written.append(out)
         print()
         print(table(run.rows))
         print()
@@ -148,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{info['cores']}; not the benchmark's): "
                 + ", ".join(f"{k} {v:.2f}" for k, v in run.others.items())
             )
-        print(f"command: {command}   elapsed: {elapsed:.0f}s   results: {out}")
+        print(f"command: {command}   elapsed: {elapsed:.0f}s")
+        print(
+            f"commit: {git['commit'][:12]}{' (dirty)' if git['dirty'] else ''}   results: {', '.join(map(str, written))}"
+        )
         if not args.keep_logs:
             import shutil
 
