@@ -56,7 +56,7 @@ def free_path(directory: Path, name: str) -> Path:
 
 def write(report: dict[str, Any], results: Path, *, full: bool) -> list[Path]:
     """Write the run to the history (always) and to ``latest.json`` (a full run only)."""
-    data = orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str)
+    data = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str)
     history = results / "history"
     history.mkdir(parents=True, exist_ok=True)
     git = report.get("git", {})

@@ -72,6 +72,7 @@ from benchmarks.steps.intake import measure_intake
 from benchmarks.steps.latency import measure_latency
 from benchmarks.steps.pacing import measure_pacing
 from benchmarks.steps.redis import measure_redis
+from benchmarks.steps.scale import measure_scale
 
 STEPS: dict[str, Callable[[Run], None]] = {
     "intake": measure_intake,
@@ -81,6 +82,7 @@ STEPS: dict[str, Callable[[Run], None]] = {
     "baseline": measure_baseline,
     "console": measure_console,
     "redis": measure_redis,
+    "scale": measure_scale,
 }
 
 
