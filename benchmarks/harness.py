@@ -264,10 +264,14 @@ def loadgen(mode: str, args: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
-def post_backlog(stack: Stack, n: int, tag: int, page: str = PAGE) -> dict[str, Any]:
+def post_backlog(stack: Stack, n: int, tag: int, page: str = PAGE, pages: int = 1) -> dict[str, Any]:
+    """``n`` messages through the intake, 64 in flight; over ``pages`` pages from ``page`` on."""
     res = loadgen(
         "count",
-        ["--url", stack.intake_url, "--page", page, "--n", str(n), "--tag", str(tag), "--concurrency", "64"],
+        [
+            *("--url", stack.intake_url, "--page", page, "--n", str(n), "--tag", str(tag)),
+            *("--concurrency", "64", "--pages", str(pages)),
+        ],
         timeout=n / 200 + 60,
     )
     if res["ok"] != n:

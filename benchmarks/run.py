@@ -71,6 +71,7 @@ from benchmarks.steps.delivery import measure_delivery
 from benchmarks.steps.intake import measure_intake
 from benchmarks.steps.latency import measure_latency
 from benchmarks.steps.pacing import measure_pacing
+from benchmarks.steps.pages import measure_pages
 from benchmarks.steps.redis import measure_redis
 from benchmarks.steps.scale import measure_scale
 
@@ -83,6 +84,7 @@ STEPS: dict[str, Callable[[Run], None]] = {
     "console": measure_console,
     "redis": measure_redis,
     "scale": measure_scale,
+    "pages": measure_pages,
 }
 
 
