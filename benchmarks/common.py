@@ -360,3 +360,9 @@ def spread(values: Sequence[float]) -> dict[str, float]:
         "max": max(values),
         "n": len(values),
     }
+
+
+def median_round(rounds: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round whose ``key`` is the median (of an even number, the upper of the middle two)."""
+    ordered = sorted(rounds, key=lambda r: float(r[key]))
+    return ordered[len(ordered) // 2]

@@ -6,9 +6,11 @@ fresh redis-server (free port, AOF everysec as the embedded default) and its own
 stops them in a ``finally``.
 
 1. Intake: requests/s and p50/p99 of ~300-byte Send API POSTs (Bearer + Idempotency-Key), 64
-   connections, one intake process, against a bare Starlette app on the same uvicorn stack that
-   parses the body and LPUSHes it (``benchmarks/ceiling.py``). Bar: >= 0.8x. Ceiling and intake
-   alternate (ABBAAB, 3 rounds each; ``--quick`` 2); each side's best round counts. The load
+   connections, one intake process, against a ceiling on the same stack (``benchmarks/ceiling.py``):
+   a bare Starlette app on the same uvicorn, with the intake's Redis client (hiredis packing), its
+   GC settings and a group commit like the intake's (one LPUSH of up to 50 bodies, two in flight),
+   that parses the body and stores it. Bar: >= 0.8x. Ceiling and intake alternate (ABBAAB, 3
+   rounds each; ``--quick`` 2); each side's median round counts, the range is shown. The load
    comes from wrk (one thread, ``benchmarks/wrk_post.lua``) when it is installed, else from the
    Python load generator, which takes most of a core of the two the server needs (the JSON's
    ``loadgen`` says which).
@@ -19,10 +21,12 @@ stops them in a ``finally``.
    raw aiohttp client (on uvloop, like the engine's loop) sending the same bodies to the same
    sandbox with WORKER_MAX_INFLIGHT (100) in flight. Bar: >= 0.5x. The backlog is parked under
    another key while the worker starts, so the worker's start-up is outside the measurement.
-   Three rounds (``--quick``: one), each on fresh processes; each side's best rate counts.
+   Three rounds (``--quick``: one), each on fresh processes; each side's median counts.
 3. Cost: CPU seconds (``/proc/<pid>/stat`` utime+stime, children included) of intake + redis while
    the backlog is posted, plus worker + redis while it drains, per 1,000 delivered, against the
-   raw client's own CPU per 1,000 requests. Bar: <= 5x. Each side's cheapest round of (2) counts.
+   raw client's own CPU per 1,000 requests. Bar: <= 5x. Each side's median round of (2) counts.
+   The same cost with live traffic (step 4's stack): intake + redis + worker while traffic arrives
+   at 50% and at 100% of the rate of (2) and is delivered (info rows).
 4. Latency: an open-loop paced sender at 50% of the rate of (2) posts to the intake with one
    worker running; accept = the client receiving the 202. Reported: accept -> Graph request
    arrival (the sandbox's ``at``), accept -> Graph answer (``at`` + the 50 ms latency), and the
@@ -34,11 +38,19 @@ stops them in a ``finally``.
    A's backlog is posted through the intake while the workers are SIGSTOPped, so it is a backlog
    when they resume. The same figures from the workers' side (a ``delivery.attempt`` line's
    timestamp minus its latency) are in the JSON, to tell pacing apart from arrival jitter.
-6. Baseline: one Celery task per message, sync ``httpx.Client``, threads pool of 32
+6. Baseline: one Celery task per message, sync ``httpx.Client``, threads pool of 100 (the worker's
+   in-flight limit)
    (``benchmarks/baseline.py``, Celery's defaults otherwise), publishing N tasks with
    ``send_task`` and draining them from the same kind of sandbox. No bar: it shows the gain.
 7. Console: each operator-console page's p95 with 100,000 open deliveries against the same page
    at 1,000 (``benchmarks/console.py``). Bar: every p95 under 100 ms.
+8. Redis: redis-server CPU per delivered message and bytes per open and per finished delivery,
+   each against a floor measured in the same round; INFO commandstats per phase and a per-script
+   SLOWLOG attribution (``benchmarks/steps/redis.py``). Goals: <= 30 us; body + 400 B; 250 B.
+9. Scale: the status read model and a /metrics scrape at 1,000 and 1,000,000 open deliveries
+   (``benchmarks/steps/scale.py``). Bar: p50 at 1,000,000 within 1.5x + 1 ms of the one at 1,000.
+10. Pages: one backlog on one page and over 1,000 pages: CPU per message (<= 1.2x) and fairness
+   across pages (slowest page's p50 <= 2x the median page's) (``benchmarks/steps/pages.py``).
 
 Nothing is pinned: the load generator, the sandbox, redis-server and the service share the cores.
 Each step reports the CPU other processes of the machine used meanwhile ("others"); a run where

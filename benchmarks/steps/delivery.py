@@ -9,7 +9,9 @@ from typing import Any
 from benchmarks.common import (
     CpuMeter,
     graph_url,
+    median_round,
     sandbox_calls,
+    spread,
     window_rate,
 )
 from benchmarks.harness import (
@@ -117,26 +119,44 @@ def _delivery_round(run: Run) -> dict[str, Any]:
     }
 
 
+def _median(rounds: list[dict[str, Any]], name: str) -> float:
+    return spread([float(r["cost"][name]) for r in rounds])["median"]
+
+
 def measure_delivery(run: Run) -> None:
-    """``delivery_rounds`` rounds (fresh Redis, sandbox and processes each). The rate is each
-    side's best round and the cost each side's cheapest, as the intake takes each side's best: on
-    a shared machine the least disturbed round is the closest to what the code costs."""
+    """``delivery_rounds`` rounds (fresh Redis, sandbox and processes each). Each figure is the
+    median of its rounds (the range is shown beside it)."""
     rounds = [_delivery_round(run) for _ in range(run.sizes.delivery_rounds)]
-    fast = max(rounds, key=lambda r: float(r["rate"]))
-    raw_fast = max(rounds, key=lambda r: float(r["raw_rate"]))
-    cheap = min(rounds, key=lambda r: float(r["cost"]["per_1000_s"]))
-    raw_cheap = min(rounds, key=lambda r: float(r["cost"]["raw_per_1000_s"]))
+    fast = median_round(rounds, "rate")
+    raw_fast = median_round(rounds, "raw_rate")
+    cheap = min(rounds, key=lambda r: abs(float(r["cost"]["per_1000_s"]) - _median(rounds, "per_1000_s")))
     complete = all(r["delivered"] == r["n"] for r in rounds)
-    run.details["delivery"] = {**fast, "best_of": len(rounds), "rounds": rounds}
-    rate, raw_rate = float(fast["rate"]), float(raw_fast["raw_rate"])
-    per_1000, raw_per_1000 = float(cheap["cost"]["per_1000_s"]), float(raw_cheap["cost"]["raw_per_1000_s"])
-    run.details["cost"] = {"service": cheap["cost"], "raw_per_1000_s": raw_per_1000}
+    rates = spread([float(r["rate"]) for r in rounds])
+    raw_rates = spread([float(r["raw_rate"]) for r in rounds])
+    costs = spread([float(r["cost"]["per_1000_s"]) for r in rounds])
+    raw_costs = spread([float(r["cost"]["raw_per_1000_s"]) for r in rounds])
+    run.details["delivery"] = {
+        **fast,
+        "rate_spread": rates,
+        "raw_rate_spread": raw_rates,
+        "rounds_n": len(rounds),
+        "rounds": rounds,
+    }
+    rate, raw_rate = rates["median"], raw_rates["median"]
+    per_1000, raw_per_1000 = costs["median"], raw_costs["median"]
+    run.details["cost"] = {
+        "service": cheap["cost"],
+        "per_1000_s": costs,
+        "raw_per_1000_s": raw_per_1000,
+        "raw_per_1000_spread": raw_costs,
+    }
     drain_cores = fast["drain_cores"]
     raw_sandbox = raw_fast["raw_sandbox_cores"]
     ratio = rate / raw_rate
     run.rows.append(
         Row(
-            "2. delivery msg/s (1 worker, c=8)",
+            f"2. delivery msg/s (1 worker, c=8; {rates['min']:,.0f}-{rates['max']:,.0f} / "
+            f"{raw_rates['min']:,.0f}-{raw_rates['max']:,.0f})",
             rate,
             raw_rate,
             ratio,
@@ -159,7 +179,8 @@ def measure_delivery(run: Run) -> None:
     cost_ratio = per_1000 / raw_per_1000
     run.rows.append(
         Row(
-            "3. CPU s per 1,000 delivered",
+            f"3. CPU s per 1,000 delivered, backlog ({costs['min']:.3f}-{costs['max']:.3f} / "
+            f"{raw_costs['min']:.3f}-{raw_costs['max']:.3f})",
             per_1000,
             raw_per_1000,
             cost_ratio,

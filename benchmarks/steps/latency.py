@@ -25,6 +25,7 @@ from benchmarks.harness import (
     start_sandbox,
     wait_drained,
 )
+from tests.conftest import Stack
 
 # --- 4. accept-to-send latency --------------------------------------------------------------------
 
@@ -64,7 +65,7 @@ def measure_latency(run: Run) -> None:
             s.latency_duration + 60,
         )
         drained = wait_drained(stack, 60)
-        meter.stop()
+        cpu50 = meter.stop()
         run.note_others("latency", meter)
         calls = {c["psid"]: float(c["at"]) for c in sandbox_calls(sandbox.url) if c["status"] == 200}
         records = orjson.loads(records_path.read_bytes())
@@ -79,6 +80,11 @@ def measure_latency(run: Run) -> None:
             for line in stack.logs()
             if line.get("event") == "delivery.sent" and line.get("accept_to_send_ms") is not None
         ]
+        pids = {"intake": pid_of(intake), "worker": pid_of(worker), "redis": pid_of(redis_server)}
+        live = {
+            "50%": _cost(cpu50, sum(1 for r in accepted if r[0] in calls), rate),
+            "100%": _live_round(run, stack, pids, sandbox.url, round(sustainable, 1)),
+        }
     to_arrival = [(calls[r[0]] - r[2]) * 1000 for r in accepted if r[0] in calls]
     from_created = [
         (calls[r[0]] - float(cr)) * 1000
@@ -108,6 +114,7 @@ def measure_latency(run: Run) -> None:
         },
         "intake_post_ms": {"p50": percentile(post_latency, 50), "p99": percentile(post_latency, 99)},
         "cores": meter.cores(),
+        "live_cost": live,
     }
     run.details["latency"] = summary
     bar = GRAPH_LATENCY_MS + 20
@@ -140,3 +147,48 @@ def measure_latency(run: Run) -> None:
             "ms",
         )
     )
+    raw = run.details.get("cost", {}).get("raw_per_1000_s", math.nan)
+    for share, cost in live.items():
+        per_1000 = cost["per_1000_s"]
+        run.rows.append(
+            Row(
+                f"3. CPU s per 1,000, live traffic at {share} of (2) = {cost['rate']:.0f}/s "
+                f"(intake {cost['intake']:.2f} + redis {cost['redis']:.2f} + worker {cost['worker']:.2f})",
+                per_1000,
+                raw,
+                per_1000 / raw,
+                "info (<= 5x at the backlog)",
+                None,
+                "cpu-s",
+            )
+        )
+
+
+def _cost(cpu: dict[str, float], sent: int, rate: float) -> dict[str, float]:
+    """CPU seconds per 1,000 sent of intake, redis and worker (and their sum) at ``rate``."""
+    per = {k: cpu[k] / sent * 1000 if sent else math.nan for k in ("intake", "redis", "worker")}
+    return {**per, "per_1000_s": sum(per.values()), "sent": sent, "rate": rate}
+
+
+def _live_round(
+    run: Run, stack: Stack, pids: dict[str, int], sandbox_url: str, rate: float
+) -> dict[str, float]:
+    """Traffic at ``rate`` for half of ``latency_duration`` while the worker runs, metered from the
+    first POST until every delivery is final."""
+    n = int(rate * run.sizes.latency_duration / 2)
+    meter = CpuMeter(dict(pids)).start()
+    loadgen(
+        "paced",
+        [
+            *("--url", stack.intake_url, "--rate", str(rate), "--concurrency", "256"),
+            *("--n", str(n), "--tag", "42", "--records", str(run.work / "live-100.json")),
+        ],
+        run.sizes.latency_duration + 60,
+    )
+    drained = wait_drained(stack, 60)
+    cpu = meter.stop()
+    run.note_others("latency", meter)
+    sent = sum(
+        1 for c in sandbox_calls(sandbox_url) if c["status"] == 200 and str(c["psid"]).startswith("42")
+    )
+    return {**_cost(cpu, sent, rate), "drained": float(drained), "wall_s": meter.wall}
