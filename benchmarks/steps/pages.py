@@ -5,7 +5,13 @@ API POSTs (message i to page ``BASE + i % pages``: every page has a backlog, int
 several campaigns arriving at once would be), the queue parked, one worker (``--concurrency 8``)
 started, the queue released and drained. PAGE_RATE_LIMIT is 1e6: the limiter runs for every
 send (one ``acquire_many`` per page group of a batch) but never makes a send wait, so both sides
-do the same sends and differ only in how many pages they span.
+do the same sends and differ only in how many pages they span. Both sides configure the same
+1,000 page tokens, and the hourly template sync is off (TEMPLATE_SYNC_SECONDS=0: a worker that
+starts runs it at once, one Graph request per configured page, a cost per hour and per page, not
+per message). Found on the way: with 1,000 page tokens configured, the worker spends about 1.5x
+the CPU per message of the same one-page drain with two tokens configured (459 against 306 us in
+one pair of rounds; 0.57 against 0.33 ms across runs), template sync off in both; the cause is not
+found yet (docs/benchmarks.md).
 
 Figures: CPU per message of the worker and of redis-server while draining (the limiter's and the
 scheduler's calls are part of both), the 1,000-page side against the one-page side (bar: within
@@ -62,7 +68,13 @@ def _round(run: Run, pages: int) -> dict[str, Any]:
         redis_server = start_redis(c, run.work, f"pages-{pages}-{time.monotonic_ns()}")
         sandbox = start_sandbox(c, log_dir)
         stack = stack_for(
-            c, redis_server, sandbox, log_dir, PAGE_RATE_LIMIT="1000000", PAGE_ACCESS_TOKENS=_tokens(s.pages)
+            c,
+            redis_server,
+            sandbox,
+            log_dir,
+            PAGE_RATE_LIMIT="1000000",
+            PAGE_ACCESS_TOKENS=_tokens(s.pages),
+            TEMPLATE_SYNC_SECONDS="0",  # see the module docstring
         )
         intake = stack.start_intake()
         post_backlog(stack, n, tag=90, page=str(BASE), pages=pages)
