@@ -96,6 +96,10 @@ class Released(Exception):
         self.reason = reason
 
 
+class Stopped(Exception):
+    """Its campaign was stopped (seen by the engine's watch) before its call started."""
+
+
 class PastTtl(Exception):
     """MESSAGE_TTL passed while the delivery waited for its slot or a free connection."""
 
@@ -123,6 +127,9 @@ class Sender:
         self._slowed: dict[str, float] = {}
         #: Set on shutdown: no new call starts; deliveries not yet sent are handed back.
         self.draining = False
+        #: The stopped campaigns, as the engine last read them (every STOP_WATCH_SECONDS): no
+        #: call starts for their deliveries (worker/campaigns.py: the window of a stop).
+        self.stopped: frozenset[str] = frozenset()
 
     def token_for(self, d: Delivery) -> str | None:
         return self._tokens.get(d.page_id)
@@ -200,6 +207,8 @@ class Sender:
         token = self.token_for(d)
         if token is None:
             return Outcome(d, Event.FAIL, reason="no_page_token")
+        if self.stopped and d.campaign in self.stopped:
+            return Outcome(d, Event.CANCEL, reason="campaign_stopped")
         pause = ctx.pauses.get(d.page_id)
         if pause is not None and not pause.lifted_by(token):
             return Outcome(d, Event.WAIT, reason="page_paused", delay=max(0.05, pause.until - time.time()))
@@ -230,6 +239,8 @@ class Sender:
                     return deferral
                 try:
                     result, error = await self._call(d, token, body, route)
+                except Stopped:
+                    return Outcome(d, Event.CANCEL, reason="campaign_stopped")
                 except PastTtl:  # checked again at the last moment: never a send after the TTL
                     return self.outcome(d, policy.past_ttl(d.failures, d.last_reason), None)
             if error is None:
@@ -338,6 +349,8 @@ class Sender:
                 raise Released("lease_at_risk")
             if time.time() - d.created_at > self._s.message_ttl:
                 raise PastTtl
+            if self.stopped and d.campaign in self.stopped:
+                raise Stopped
             d.attempts += 1
             started = time.perf_counter()
             task = self._deadlines.enter()
