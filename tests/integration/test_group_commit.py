@@ -16,9 +16,9 @@ from worker.intake.committer import GATHER_TARGET, GroupCommitter
 from worker.messenger.validation import validate
 from worker.states import State
 from worker.store import Keys, campaign_ctx, scripts
-from worker.store.campaign_ctx import CONTEXT_ARGS
 from worker.store import connections as redisconn
 from worker.store import envelope as broker
+from worker.store.campaign_ctx import CONTEXT_ARGS
 
 
 def _settings(redis: RedisServer, **extra: Any) -> Settings:
@@ -176,11 +176,17 @@ def test_a_claim_by_ids_still_works_and_reports_what_it_looked_at(redis_server: 
     assert [flat[0].decode()] == ["a"]
     assert len(flat) == 2
     other = scripts.run_sync(
-        sync, "claim", keys=[keys.pending], args=[now, 60, keys.delivery_prefix, "t2", 90, *_ctx(settings), "a"]
+        sync,
+        "claim",
+        keys=[keys.pending],
+        args=[now, 60, keys.delivery_prefix, "t2", 90, *_ctx(settings), "a"],
     )
     assert other == [1]  # held under t1 now: another claim gets nothing
     retried = scripts.run_sync(
-        sync, "claim", keys=[keys.pending], args=[now, 60, keys.delivery_prefix, "t1", 90, *_ctx(settings), "a"]
+        sync,
+        "claim",
+        keys=[keys.pending],
+        args=[now, 60, keys.delivery_prefix, "t1", 90, *_ctx(settings), "a"],
     )
     assert retried[0] == 1
     assert retried[1].decode() == "a"

@@ -28,6 +28,7 @@ next claim is a reclaim, counted), and ambiguous calls (counted).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -242,10 +243,8 @@ class Engine:
         a Redis error keeps the last answer: claim.lua and record.lua check atomically anyway)."""
         key = self.keys.campaigns_stopped
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
                 self.sender.stopped = frozenset(text(m) for m in await self.redis.zrange(key, 0, -1))
-            except (redis.exceptions.RedisError, OSError):
-                pass
             try:
                 await asyncio.wait_for(self._stop.wait(), STOP_WATCH_SECONDS)
             except TimeoutError:

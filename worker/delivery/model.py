@@ -148,6 +148,7 @@ class Outcome:
         self.status = apply(State.IN_FLIGHT, Event.CANCEL)
         self.reason = "cancelled"
         self.delay = 0.0
+
     @property
     def paced(self) -> bool:
         """Deferred for pacing (a slot later, or the page paused before the call)."""

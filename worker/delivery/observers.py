@@ -313,7 +313,9 @@ class BrazeFeedbackObserver(Observer):
                 items.append(unreachable_item(d.external_id, mode, self._psid_attribute))
             if s.braze_outcome_events and o.final:
                 items.append(
-                    outcome_event_item(d.external_id, o.status.value, d.id, o.reason, attribution=d.attribution)
+                    outcome_event_item(
+                        d.external_id, o.status.value, d.id, o.reason, attribution=d.attribution
+                    )
                 )
         if items:
             queue_items(pipe, self._keys, items)

@@ -49,10 +49,7 @@ class Script:
 def _prelude() -> str:
     drop = ", ".join(f"'{field}'" for field in records.COMPACT_DROP)
     attribution = ", ".join(f"'{field}'" for field in records.ATTRIBUTION)
-    return (
-        f"{states.lua_prelude()}local COMPACT_DROP = {{{drop}}}\n"
-        f"local ATTRIBUTION = {{{attribution}}}\n"
-    )
+    return f"{states.lua_prelude()}local COMPACT_DROP = {{{drop}}}\nlocal ATTRIBUTION = {{{attribution}}}\n"
 
 
 def _read(name: str) -> str:

@@ -114,7 +114,9 @@ def attribution(headers: dict[bytes, str]) -> tuple[str, ...]:
     for key, name in zip(_ATTRIBUTION_KEYS, ATTRIBUTION_HEADERS, strict=True):
         value = headers.get(key, "").strip()
         if len(value) > MAX_ATTRIBUTION:
-            raise InputError(422, "invalid_attribution", f"{name} is longer than {MAX_ATTRIBUTION} characters")
+            raise InputError(
+                422, "invalid_attribution", f"{name} is longer than {MAX_ATTRIBUTION} characters"
+            )
         if value and not all("!" <= c <= "~" for c in value):
             raise InputError(
                 422, "invalid_attribution", f"{name} must be printable ASCII without spaces (a Braze id)"
