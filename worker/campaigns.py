@@ -44,6 +44,7 @@ Service functions (``client`` is a ``redis.asyncio.Redis``; ``keys`` a
     cancel_delivery(client, settings, delivery_id) -> bool      True: it is cancelled now
     pause_page(client, settings, page_id, seconds) -> float     seconds None: until resumed
     resume_page(client, settings, page_id) -> int               deliveries released
+    purge_queue(client, settings) -> dict[str, int]             the queue emptied, its deliveries cancelled
 
 A campaign's object (:func:`campaign`): ``campaign_id`` and the counters ``accepted``, ``sent``,
 ``failed``, ``expired``, ``dead``, ``cancelled``, ``delivered``, ``read`` (always present),
@@ -61,6 +62,7 @@ import redis.asyncio as aioredis
 from worker.config import Settings
 from worker.store import Keys, campaign_ctx, records, scripts, text
 from worker.store import pages as _pages
+from worker.store import purge as _purge
 
 __all__ = [
     "COUNTERS",
@@ -69,6 +71,7 @@ __all__ = [
     "cancel_delivery",
     "list_campaigns",
     "pause_page",
+    "purge_queue",
     "resume",
     "resume_page",
     "stop",
@@ -214,3 +217,9 @@ async def pause_page(
 async def resume_page(client: aioredis.Redis, settings: Settings, page_id: str) -> int:
     """Lift a page's pause; its waiting deliveries are due now. Returns how many were released."""
     return await _pages.resume_page(client, Keys.of(settings), page_id)
+
+
+async def purge_queue(client: aioredis.Redis, settings: Settings) -> dict[str, int]:
+    """Empty the Celery queue, cancelling the deliveries its messages named and clearing the
+    gather pointer (:mod:`worker.store.purge`; what ``celery purge`` would leave half done)."""
+    return await _purge.purge_queue(client, settings)
