@@ -60,6 +60,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from worker.config import Settings
+from worker.states import State
 from worker.store import Keys, campaign_ctx, records, scripts, text
 from worker.store import pages as _pages
 from worker.store import purge as _purge
@@ -78,7 +79,12 @@ __all__ = [
 ]
 
 #: The counters every campaign object carries (0 when none happened).
-COUNTERS = ("accepted", "sent", "failed", "expired", "dead", "cancelled", "delivered", "read")
+COUNTERS = (
+    "accepted",
+    *(s.value for s in (State.SENT, State.FAILED, State.EXPIRED, State.DEAD, State.CANCELLED)),
+    "delivered",
+    "read",
+)
 #: Other counters, shown when present.
 EXTRA_COUNTERS = ("replayed", "sent_after_stop")
 #: The longest campaign id (the intake refuses longer X-Braze-* values).
@@ -202,7 +208,7 @@ async def cancel_delivery(client: aioredis.Redis, settings: Settings, delivery_i
     """Cancel one open delivery. True: it is CANCELLED now. False: it is final already, unknown,
     or a worker holds it; a held one is marked, so that its next outcome is CANCELLED unless
     its call had started (then it is recorded as what Graph answered)."""
-    cancelled, _held, _ = await _cancel(client, settings, "cancelled", "ids", delivery_id)
+    cancelled, _held, _ = await _cancel(client, settings, "operator", "ids", delivery_id)
     return cancelled == 1
 
 

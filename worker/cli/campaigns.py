@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from worker.cli.common import settings as _settings
+from worker.states import State
+
+_CANCELLED = State.CANCELLED.value
 
 
 def _run(work: Callable[[Any, Any], Awaitable[Any]]) -> Any:
@@ -52,7 +55,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
     if action == "stop":
         by = f"cli:{getpass.getuser()}"
         cancelled = _run(lambda c, s: campaigns.stop(c, s, args.id, by=by))
-        _print({"campaign_id": args.id, "stopped": True, "cancelled": cancelled})
+        _print({"campaign_id": args.id, "stopped": True, _CANCELLED: cancelled})
         return 0
     resumed = _run(lambda c, s: campaigns.resume(c, s, args.id))
     _print({"campaign_id": args.id, "resumed": resumed})
@@ -63,7 +66,7 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     from worker import campaigns
 
     cancelled = _run(lambda c, s: campaigns.cancel_delivery(c, s, args.id))
-    _print({"delivery_id": args.id, "cancelled": cancelled})
+    _print({"delivery_id": args.id, _CANCELLED: cancelled})
     return 0 if cancelled else 1
 
 

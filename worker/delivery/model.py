@@ -146,7 +146,7 @@ class Outcome:
         was held, and this outcome was not final."""
         self.event = Event.CANCEL
         self.status = apply(State.IN_FLIGHT, Event.CANCEL)
-        self.reason = "cancelled"
+        self.reason = "campaign_stopped"
         self.delay = 0.0
 
     @property

@@ -38,6 +38,7 @@ from worker.config import Settings
 from worker.intake.notices import Throttled
 from worker.logging import get_logger
 from worker.messenger.validation import InputError, SendRequest, encode_body
+from worker.states import State
 from worker.store import Keys, envelope, ids, scripts
 from worker.store.campaign_ctx import of_settings as campaign_context
 from worker.store.records import ATTRIBUTION
@@ -97,7 +98,7 @@ class MaybeStored(CommitFailed):
 
 
 #: What a submit answers (the send route's ``status``), and accept.lua's answer for a cancelled item.
-QUEUED, CANCELLED, DUPLICATE = "queued", "cancelled", "duplicate"
+QUEUED, CANCELLED, DUPLICATE = State.QUEUED.value, State.CANCELLED.value, "duplicate"
 CANCELLED_MARK = "-"
 
 _NOT_STORED = "the queue is unavailable; nothing was stored: retry later"

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from worker.states import State
 from worker.store import campaign_ctx, envelope, scripts
 from worker.store.keys import Keys, text
 
@@ -75,4 +76,9 @@ async def purge_queue(client: aioredis.Redis, settings: Any) -> dict[str, int]:
     if kept:
         await client.rpush(keys.queue, *kept)  # type: ignore[misc]
     cancelled = await _cancel(client, keys, settings, ids)
-    return {"messages": messages, "deliveries": len(ids), "cancelled": cancelled, "kept_inbound": len(kept)}
+    return {
+        "messages": messages,
+        "deliveries": len(ids),
+        State.CANCELLED.value: cancelled,
+        "kept_inbound": len(kept),
+    }

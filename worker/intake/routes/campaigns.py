@@ -24,8 +24,10 @@ from worker.intake import state
 from worker.intake.auth import Role, authed, caller_of
 from worker.intake.http import Handler, JSONResponse, counted, read_body
 from worker.messenger.errors import InputError
+from worker.states import State
 from worker.store import text
 
+_CANCELLED = State.CANCELLED.value  # the answers' count (or flag) of cancelled deliveries
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_ID = 128
@@ -63,7 +65,7 @@ async def campaign_stop(request: Request) -> Response:
     cid = _id(request, "campaign_id")
     by = f"api:{caller_of(request).id[:12]}"
     cancelled = await campaigns.stop(intake.redis, intake.settings, cid, by=by)
-    return JSONResponse({"campaign_id": cid, "stopped": True, "cancelled": cancelled})
+    return JSONResponse({"campaign_id": cid, "stopped": True, _CANCELLED: cancelled})
 
 
 async def campaign_resume(request: Request) -> Response:
@@ -80,7 +82,7 @@ async def delivery_cancel(request: Request) -> Response:
     status = await intake.redis.hget(intake.keys.delivery(delivery_id), "status")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
     if status is None:
         raise InputError(404, "not_found", "no such delivery")
-    return JSONResponse({"delivery_id": delivery_id, "cancelled": cancelled, "status": text(status)})
+    return JSONResponse({"delivery_id": delivery_id, _CANCELLED: cancelled, "status": text(status)})
 
 
 async def page_pause(request: Request) -> Response:

@@ -1,6 +1,6 @@
 -- CANCEL: open deliveries end CANCELLED without a Graph call (an operator: `campaigns stop`,
 -- `deliveries cancel`). ARGV[1..15] the campaign context (_campaign.lua), ARGV[16] the reason
--- (campaign_stopped, cancelled), ARGV[17] the mode:
+-- (campaign_stopped, operator, purged), ARGV[17] the mode:
 --   'campaign': ARGV[18] the campaign id, ARGV[19] offset, ARGV[20] limit: looks at that slice of
 --               the campaign's open index (P:campopen:{id}, oldest first);
 --   'ids':      ARGV[18..] delivery ids.

@@ -42,7 +42,7 @@ for _, id in ipairs(ids) do
     table.insert(out, redis.call('HGETALL', key))
   elseif st[1] and CLAIMABLE[st[1]] and tonumber(st[3] or '0') <= now
       and (st[7] == '1' or (camp and camp_stopped(camp))) then
-    camp_cancel(id, st[7] == '1' and 'cancelled' or 'campaign_stopped')
+    camp_cancel(id, st[7] == '1' and 'operator' or 'campaign_stopped')
   elseif st[1] and CLAIMABLE[st[1]] and tonumber(st[2] or '0') <= now and tonumber(st[3] or '0') <= now then
     table.insert(out, id)
     table.insert(out, redis.call('HGETALL', key))

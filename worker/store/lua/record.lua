@@ -77,7 +77,7 @@ while i <= #ARGV do
       end
       table.insert(out, 1)
     elseif held[5] == '1' or (camp and camp_stopped(camp)) then
-      camp_cancel(id, held[5] == '1' and 'cancelled' or 'campaign_stopped')
+      camp_cancel(id, held[5] == '1' and 'operator' or 'campaign_stopped')
       table.insert(out, 3)
     else
       if status == S.PARKED then
