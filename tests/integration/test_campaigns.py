@@ -253,3 +253,39 @@ def test_cancel_one_delivery_pause_a_page_and_purge_the_queue(stack: Stack) -> N
     assert stack.wait_final([after], 30)[after]["status"] == State.SENT.value
     for i in queued:
         assert not [c for c in stack.sandbox.calls(page_id=PAGE) if c["psid"] == f"q{run}-{queued.index(i)}"]
+
+
+def test_the_sandbox_sends_receipts_for_what_it_accepted(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`up --sandbox`'s loop without Facebook: a sandbox with --receipts-webhook posts signed
+    delivery and read receipts to the intake for the sends it accepted; they show in the status
+    API and the campaign's counters."""
+    import os
+
+    from tests.conftest import free_port, start_process, wait_port
+
+    intake_port, sandbox_port = free_port(), free_port()
+    log_dir = tmp_path_factory.mktemp("receipts")
+    env = {**os.environ, "SANDBOX_RECEIPTS_SECRET": APP_SECRET}
+    args = ["sandbox", "--port", str(sandbox_port), "--receipts-share", "1", "--receipts-delay-ms", "200"]
+    args += ["--receipts-webhook", f"http://127.0.0.1:{intake_port}/messenger/webhook"]
+    proc = start_process("sandbox-receipts", args, env, log_dir)
+    try:
+        assert wait_port(sandbox_port), proc.tail()
+        own = Sandbox(sandbox_port, proc)
+        s = Stack(base_env(redis_server.url, own.url, APP_SECRET=APP_SECRET), own, redis_server.url, log_dir)
+        s.start_intake(intake_port)
+        s.start_worker()
+        try:
+            camp = f"camp-r-{uuid.uuid4().hex[:6]}"
+            ids = [post(s, f"r-{i}", camp).json()["delivery_id"] for i in range(3)]
+            s.wait_final(ids)
+            assert wait_until(lambda: all("read_at" in s.delivery(i) for i in ids), 30)
+            view = admin(s, "GET", f"/v1/campaigns/{camp}").json()
+            assert (view["sent"], view["delivered"], view["read"]) == (3, 3, 3)
+            assert all(s.delivery(i)["sent_at"] <= s.delivery(i)["delivered_at"] for i in ids)
+        finally:
+            s.stop()
+    finally:
+        proc.stop()

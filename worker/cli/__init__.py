@@ -107,6 +107,12 @@ def _add_services(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=8081, help="port to listen on")
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
+    p.add_argument("--receipts-webhook", default=None, help="post delivery/read receipts to this webhook URL")
+    p.add_argument(
+        "--receipts-secret", default=None, help="app secret to sign them with (or SANDBOX_RECEIPTS_SECRET)"
+    )
+    p.add_argument("--receipts-share", type=float, default=0.8, help="share of sends that get receipts")
+    p.add_argument("--receipts-delay-ms", type=float, default=1000.0, help="delay of each receipt")
     p.set_defaults(func=cmd_sandbox)
 
 
