@@ -211,6 +211,13 @@ def test_a_stopped_campaign_sends_nothing_more_the_other_is_untouched_and_receip
     time.sleep(1)
     assert admin(stack, "GET", f"/v1/campaigns/{camp_b}").json()["read"] == 10
 
+    # the CLI reads the same counters (the service functions the API and the console call)
+    assert (
+        orjson.loads(stack.cli("campaigns", "show", camp_b).stdout)
+        == admin(stack, "GET", f"/v1/campaigns/{camp_b}").json()
+    )
+    assert camp_a in {c["campaign_id"] for c in orjson.loads(stack.cli("campaigns", "list").stdout)}
+
     # nothing unbounded in /metrics: no campaign label, no campaign id
     metrics = httpx.get(stack.intake_metrics_url, timeout=10).text
     assert not re.search(r"[{,](campaign|canvas)[a-z_]*=", metrics)

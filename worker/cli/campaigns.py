@@ -33,8 +33,9 @@ def _run(work: Callable[[Any, Any], Awaitable[Any]]) -> Any:
     return asyncio.run(run())
 
 
-def _print(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+def _print(value: Any, *, indent: int | None = None) -> None:
+    """One JSON line (what scripts parse), or indented for the listings."""
+    print(json.dumps(value, indent=indent))
 
 
 def cmd_campaigns(args: argparse.Namespace) -> int:
@@ -43,14 +44,14 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
 
     action = args.campaigns_command
     if action == "list":
-        _print(_run(lambda c, s: campaigns.list_campaigns(c, Keys.of(s), limit=args.limit)))
+        _print(_run(lambda c, s: campaigns.list_campaigns(c, Keys.of(s), limit=args.limit)), indent=2)
         return 0
     if action == "show":
         view = _run(lambda c, s: campaigns.campaign(c, Keys.of(s), args.id))
         if view is None:
             print(f"no campaign {args.id} (never seen, or older than CAMPAIGN_RETENTION)", file=sys.stderr)
             return 1
-        _print(view)
+        _print(view, indent=2)
         return 0
     if action == "stop":
         by = f"cli:{getpass.getuser()}"
