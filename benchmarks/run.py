@@ -37,6 +37,8 @@ stops them in a ``finally``.
 6. Baseline: one Celery task per message, sync ``httpx.Client``, threads pool of 32
    (``benchmarks/baseline.py``, Celery's defaults otherwise), publishing N tasks with
    ``send_task`` and draining them from the same kind of sandbox. No bar: it shows the gain.
+7. Console: each operator-console page's p95 with 100,000 open deliveries against the same page
+   at 1,000 (``benchmarks/console.py``). Bar: every p95 under 100 ms.
 
 Nothing is pinned: the load generator, the sandbox, redis-server and the service share the cores.
 Each step reports the CPU other processes of the machine used meanwhile ("others"); a run where
@@ -1054,12 +1056,49 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def measure_console(run: Run) -> None:
+    from benchmarks import console
+
+    with cleanup() as c:
+        redis_server = start_redis(c, run.work, "console")
+        sandbox = start_sandbox(c, run.log_dir("console"))
+        stack = stack_for(c, redis_server, sandbox, run.log_dir("console"))
+        stack.start_intake()
+        console.accept(stack.env, console.SMALL + console.DEAD, "a")
+        dead_id = console.make_dead(stack.redis(), stack.keys, console.DEAD)
+        paths, cookie = console.console_paths(dead_id), console.cookie_for()
+        small = console.time_pages(stack.intake_url, cookie, paths)
+        console.accept(stack.env, console.LARGE - console.SMALL, "b")
+        large = console.time_pages(stack.intake_url, cookie, paths)
+        assert open_count(stack) >= console.LARGE, open_count(stack)
+    run.details["console"] = {
+        "open_small": console.SMALL,
+        "open_large": console.LARGE,
+        "small": small,
+        "large": large,
+    }
+    for path in paths:
+        big, base = large[path]["p95_ms"], small[path]["p95_ms"]
+        run.rows.append(
+            Row(
+                f"7. Console {path} p95 at 100,000 open (at 1,000)",
+                big,
+                base,
+                big / base,
+                "< 100 ms",
+                big < console.BAR_MS,
+                "ms",
+            )
+        )
+
+
 STEPS: dict[str, Callable[[Run], None]] = {
     "intake": measure_intake,
     "delivery": measure_delivery,
     "latency": measure_latency,
     "pacing": measure_pacing,
     "baseline": measure_baseline,
+    "console": measure_console,
 }
 
 

@@ -230,6 +230,8 @@ class Settings(BaseSettings):
     suppression_ttl: int = Field(default=30 * 86_400, gt=0)
     tag_abuse_suppression_ttl: int = Field(default=86_400, gt=0)
 
+    #: How long an operator console session lasts (its signed cookie's lifetime).
+    console_session_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 86_400)
     #: Worker processes serve /metrics on this port (0 = off).
     metrics_port: int = Field(default=9808, ge=0, le=65535)
     #: The intake serves /metrics on this port, a listener of its own that is not the public one
@@ -546,6 +548,11 @@ class PageTokens:
             if hmac.compare_digest(given, expected.encode()):
                 found = page
         return found
+
+    def page_ids(self) -> list[str]:
+        """The configured pages, in order."""
+        self._maybe_reload()
+        return sorted(self._tokens)
 
     def only_page(self) -> str | None:
         """The page, when exactly one is configured."""

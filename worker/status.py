@@ -173,6 +173,39 @@ def read(
     )
 
 
+def last_hour(
+    client: Any, settings: Settings, *, minutes: int = 60, now: float | None = None
+) -> dict[str, Any]:
+    """Final outcomes per minute over the last hour (the console's chart), failures by class
+    (``{status}:{reason}`` -> count) and possible duplicates: one round trip of bounded reads."""
+    keys = Keys.of(settings)
+    now = time.time() if now is None else now
+    last = int(now // 60)
+    span = range(last - minutes + 1, last + 1)
+    pipe = client.pipeline(transaction=False)
+    pipe.mget([keys.stats(m, st.value) for m in span for st in _RATE_STATES])
+    for m in span:
+        pipe.hgetall(keys.stats(m, "reasons"))
+    counts, *reasons = pipe.execute()
+    per_minute = [
+        {
+            "minute": m * 60,
+            **{st.value: int(counts[i * len(_RATE_STATES) + j] or 0) for j, st in enumerate(_RATE_STATES)},
+        }
+        for i, m in enumerate(span)
+    ]
+    classes: dict[str, int] = {}
+    for minute in reasons:
+        for name, count in records.decode(minute).items():
+            classes[name] = classes.get(name, 0) + int(count)
+    duplicates = classes.pop("possible_duplicate", 0)
+    return {
+        "minutes": per_minute,
+        "failures": dict(sorted(classes.items(), key=lambda kv: -kv[1])),
+        "possible_duplicates": duplicates,
+    }
+
+
 def _rates(values: list[Any]) -> dict[str, float]:
     totals = dict.fromkeys(_RATE_STATES, 0)
     for i, value in enumerate(values):

@@ -19,10 +19,11 @@ import redis.asyncio as aioredis
 from tests.conftest import RedisServer
 from worker import metrics
 from worker.config import Settings
-from worker.delivery.inbound import MID_MEMORY_SECONDS, record_events, window_closed
+from worker.delivery.inbound import MID_MEMORY_SECONDS, record_events
 from worker.messenger.refs import sign_ref
 from worker.messenger.webhook import AD_WINDOW_SECONDS, WINDOW_SECONDS, event_to_dict, parse_events
 from worker.store import Keys
+from worker.store.windows import window_closed
 
 pytestmark = pytest.mark.integration
 

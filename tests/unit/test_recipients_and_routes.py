@@ -10,10 +10,10 @@ import pytest
 
 from worker.config import Settings
 from worker.delivery import routes
-from worker.delivery.inbound import window_closed
 from worker.messenger import recipients, utility
 from worker.messenger.errors import InputError
 from worker.messenger.validation import SendHeaders, SendRequest, validate
+from worker.store.windows import window_closed
 
 PAGE = "100"
 PAGE_TOKEN = "tok-page-100-abcdef"

@@ -2,7 +2,7 @@
 
 The command line of braze-messenger-worker. Commands: ``intake``, ``worker``, ``up``, ``sandbox``
 (:mod:`worker.cli.services`, :mod:`worker.cli.up`) and ``send``, ``status``, ``pages``,
-``dead-letters``, ``link-ref`` (:mod:`worker.cli.ops`), ``templates`` (:mod:`worker.cli.templates`),
+``dead-letters``, ``link-ref`` (:mod:`worker.cli.ops`), ``templates`` (:mod:`worker.cli.templates`), ``lookup`` (:mod:`worker.cli.lookup`),
 ``campaigns``, ``deliveries``, ``pages``, ``queue`` (:mod:`worker.cli.campaigns`). The operator's commands run from the
 directory of a running ``up`` take its Redis, intake and dev tokens from its state file; a
 connection failure is one line on stderr and exit code 1, never a traceback.
@@ -21,6 +21,7 @@ from worker.cli import state
 from worker.cli.campaigns import add_parsers as add_campaign_parsers
 from worker.cli.campaigns import cmd_campaigns, cmd_deliveries, cmd_pages, cmd_queue
 from worker.cli.common import configured
+from worker.cli.lookup import cmd_lookup
 from worker.cli.ops import cmd_dead_letters, cmd_link_ref, cmd_send, cmd_status
 from worker.cli.services import cmd_intake, cmd_sandbox, cmd_worker
 from worker.cli.templates import cmd_templates
@@ -33,6 +34,7 @@ __all__ = [
     "cmd_deliveries",
     "cmd_intake",
     "cmd_link_ref",
+    "cmd_lookup",
     "cmd_pages",
     "cmd_queue",
     "cmd_sandbox",
@@ -54,6 +56,7 @@ _OPERATOR_COMMANDS = {
     "campaigns",
     "deliveries",
     "queue",
+    "lookup",
 }
 _DATA_DIR = ".data"
 
@@ -151,6 +154,12 @@ def _add_operations(sub: Any) -> None:
     p.add_argument("--expires", type=int, default=None, help="Unix time (Braze's link_expires)")
     p.add_argument("--ttl", type=int, default=30 * 86_400, help="seconds from now, without --expires")
     p.set_defaults(func=cmd_link_ref)
+
+    p = _parser(sub, "lookup", "a delivery's whole story, or a recipient's state on a page (JSON)")
+    p.add_argument("what", choices=["delivery", "recipient"], help="delivery ID, or recipient --page P PSID")
+    p.add_argument("id", help="the delivery id, or the recipient (PSID, or phone:..., uref:...)")
+    p.add_argument("--page", default=None, help="recipient: the page id")
+    p.set_defaults(func=cmd_lookup)
 
     p = _parser(sub, "templates", "the pages' utility-template catalogue: sync from Graph, list")
     p.add_argument("templates_command", choices=["sync", "list"], help="sync: read from Graph; list: show")

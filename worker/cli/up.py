@@ -132,6 +132,7 @@ def _banner(iport: int, page: str, token: str, admin: str, state_path: Path) -> 
         '    -d \'{"recipient":{"id":"1000001"},"messaging_type":"UPDATE","message":{"text":"hello"}}\'\n\n'
         f"then: curl -sS -H 'Authorization: Bearer {token}' http://127.0.0.1:{iport}/v1/deliveries/<delivery_id>\n"
         f"admin (dead letters): curl -sS -H 'Authorization: Bearer {admin}' http://127.0.0.1:{iport}/v1/dead-letters\n"
+        f"operator console: http://127.0.0.1:{iport}/console/ (sign in with the admin token {admin})\n"
         "from another shell in this directory: messenger-worker status | send | dead-letters list\n"
         f"  (they read {state_path}, mode 0600: it holds these dev tokens)\n"
         "Ctrl-C stops everything.\n"

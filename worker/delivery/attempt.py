@@ -32,7 +32,6 @@ import redis.asyncio as aioredis
 from worker.config import PageTokens, Settings
 from worker.delivery import policy, routes
 from worker.delivery.deadlines import Deadlines
-from worker.delivery.inbound import window_closed
 from worker.delivery.leases import Leases
 from worker.delivery.model import Delivery, Outcome, PauseRequest
 from worker.delivery.observers import Observer
@@ -56,6 +55,7 @@ from worker.messenger.utility import UTILITY_TYPE
 from worker.ratelimit import Limiter, is_free
 from worker.states import Event, State
 from worker.store import Keys, records, text
+from worker.store.windows import window_closed
 from worker.templates import TemplateInfo, template_state
 from worker.templates.catalogue import field_name
 

@@ -74,31 +74,6 @@ EXTERNAL_ID_TTL = 400 * 86_400
 MID_MEMORY_SECONDS = 86_400
 
 
-def _epoch(value: str | None) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except ValueError:
-        return None
-
-
-def window_closed(until: str | None, closed_at: str | None, now: float, recheck: float) -> bool | None:
-    """Whether the PSID's window is known to be closed (skip the call), open, or unknown (None).
-
-    ``until`` is when the window its last interaction opened closes (``wu``), ``closed_at`` when
-    Graph last said it is closed (``wcl``, kept WINDOW_RECHECK_SECONDS). Open while ``until`` is
-    ahead (an interaction after Graph's answer reopens it); closed while Graph's answer is
-    remembered, or for ``recheck`` seconds after ``until``; after that nothing blocks: the next
-    send asks Graph, and its answer teaches again."""
-    end = _epoch(until)
-    if end is not None and end > now:
-        return False
-    if _epoch(closed_at) is not None:
-        return True
-    if end is not None:
-        return True if now < end + recheck else None
-    return None
-
-
 async def record_events(
     client: aioredis.Redis, settings: Settings, events: list[dict[str, Any]]
 ) -> dict[str, int]:

@@ -41,6 +41,49 @@ RETRY_BASE = 0.05
 RETRY_CAP = 2.0
 #: record.lua's answer for an open outcome written as CANCELLED (its campaign stopped meanwhile).
 CANCELLED_INSTEAD = 3
+#: A delivery's history keeps its last entries only.
+HISTORY_ENTRIES = 20
+
+
+_BAD_ENDS = (State.FAILED, State.DEAD, State.EXPIRED)
+
+
+def _notes(o: Outcome) -> tuple[bytes | str, str]:
+    """(the history entry, the failure class) record.lua writes with a fresh write only.
+
+    No history for a round deferred for pacing, nor for a first-try send (its record says it
+    all: the happy path writes none). The class of a bad end is ``{status}:{reason}``; a possible
+    duplicate that did not end badly is counted as ``possible_duplicate``."""
+    entry: bytes | str = ""
+    if not o.paced and not (o.status is State.SENT and o.delivery.attempts <= 1):
+        entry = history_entry(o)
+    cls = ""
+    if o.status in _BAD_ENDS:
+        cls = f"{o.status.value}:{o.reason or 'unknown'}"
+    elif o.possible_duplicate:
+        cls = "possible_duplicate"
+    return entry, cls
+
+
+def history_entry(o: Outcome) -> bytes:
+    """One line of a delivery's history (``P:hist:{id}``; the console's and the status API's
+    look-up): when, what became of it, why, Graph's code, the route and the attempt."""
+    info = o.error.info if o.error is not None else None
+    entry: dict[str, Any] = {
+        "at": round(time.time(), 3),
+        "status": o.status.value,
+        "attempt": o.delivery.attempts,
+    }
+    if o.reason:
+        entry["reason"] = o.reason
+    if info is not None and info.code is not None:
+        entry["code"], entry["subcode"] = info.code, info.subcode
+    route = o.delivered_via or o.delivery.active_route
+    if route:
+        entry["route"] = route
+    if o.possible_duplicate:
+        entry["possible_duplicate"] = True
+    return orjson.dumps(entry)
 
 
 def record_fields(o: Outcome, now: float) -> dict[str, Any]:
@@ -154,6 +197,9 @@ class Recorder:
             keys.stats_prefix,
             s.record_retention,
             int(now // 60),
+            keys.history_prefix,
+            int(s.message_ttl) + s.record_retention,
+            HISTORY_ENTRIES,
             keys.sent_mid_prefix,
             keys.unread_prefix,
             "1" if s.braze_receipt_events else "0",
@@ -168,7 +214,15 @@ class Recorder:
             elif o.status not in FINAL:
                 due = repr(now + o.delay)
                 deadline = repr(now + o.delay + s.sweep_after_seconds)
-            args += [o.delivery.id, o.delivery.claim, o.status.value, due, deadline, o.reason or ""]
+            args += [
+                o.delivery.id,
+                o.delivery.claim,
+                o.status.value,
+                due,
+                deadline,
+                *_notes(o),
+                o.reason or "",
+            ]
             args.append(len(fields))
             for name, value in fields.items():
                 args += [name, value]

@@ -31,12 +31,13 @@ from starlette.routing import BaseRoute
 
 from worker import gc_tuning
 from worker.config import PageTokens, Settings
+from worker.intake import console
 from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
 from worker.intake.http import exception_handlers
 from worker.intake.metrics_server import MetricsServer
 from worker.intake.notices import ThrottledRecords
-from worker.intake.routes import admin, campaigns, deliveries, health, send, webhook
+from worker.intake.routes import admin, campaigns, deliveries, health, lookups, send, webhook
 from worker.intake.state import IntakeState
 from worker.logging import get_logger
 from worker.status import MemoryGuard
@@ -58,8 +59,10 @@ def build_routes(settings: Settings) -> list[BaseRoute]:
         *deliveries.routes(settings),
         *admin.routes(settings),
         *campaigns.routes(settings),
+        *lookups.routes(settings),
         *webhook.routes(settings),
         *health.routes(settings),
+        *console.routes(settings),
     ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.intake import openapi_campaigns as doc
+from worker.intake.openapi_lookups import lookup_paths
 from worker.intake.routes.admin import ACTIONS, MAX_LIMIT
 from worker.intake.routes.send import MAX_EXTERNAL_ID
 from worker.intake.routes.webhook import WEBHOOK_MAX_BYTES
@@ -159,10 +160,7 @@ def _send_operation(operation_id: str, path_params: list[dict[str, Any]]) -> dic
         "responses": {
             "202": _json("accepted: stored in Redis and queued for delivery", _ref("Accepted")),
             "200": _json(
-                "duplicate: a repeated Idempotency-Key (the earlier delivery_id, nothing enqueued); "
-                "cancelled: its campaign (X-Braze-Campaign-Id, else X-Braze-Canvas-Id) is stopped: "
-                "recorded cancelled, never sent (a 2xx: Braze does not retry it)",
-                _ref("Accepted"),
+                "duplicate (repeated Idempotency-Key) or cancelled (campaign stopped)", _ref("Accepted")
             ),
             "400": _error("the body is not JSON", "invalid_json"),
             "401": _unauthorized(),
@@ -596,5 +594,6 @@ def openapi_document() -> dict[str, Any]:
             **_webhook_paths(),
             **_operations_paths(),
             **doc.campaign_paths(),
+            **lookup_paths(_param, _json, _error, _unauthorized, _unavailable),
         },
     }

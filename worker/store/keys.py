@@ -18,6 +18,9 @@
     P:dead                  zset    dead letters -> time of death
     P:parked                zset    every parked delivery -> accepted at
     P:park:{page}:{psid}    zset    the deliveries parked for one recipient -> accepted at
+    P:hist:{id}             list    a delivery's history: one JSON entry per round that did not
+                                    end in a first-try send (the last 20; MESSAGE_TTL +
+                                    RECORD_RETENTION)
     P:idem:{key}            string  Idempotency-Key -> delivery id (IDEMPOTENCY_TTL)
     P:batch:{bid}           list    ids gathered for one ``worker.deliver_batch`` message while it
                                     waits in the queue (taken whole by the claim)
@@ -42,6 +45,8 @@
     P:rl:r:{page}:{psid}    hash    a recipient's bucket (RECIPIENT_RATE_LIMIT)
     P:rl:used               zset    "{page}:{class}" -> its last use (status; pruned after a day)
     P:stats:{minute}:{st}   string  final outcomes per minute (status rates; 1 h TTL)
+    P:stats:{minute}:reasons hash   failed/dead/expired outcomes per "{status}:{reason}", and
+                                    possible duplicates, per minute (the console; 1 h TTL)
     P:camp:{id}             hash    a campaign's (or Canvas's) counters: accepted, sent, failed,
                                     failed:{reason}, expired, dead, cancelled, delivered, read,
                                     replayed, sent_after_stop; first_at, last_at, kind, stopped_at,
@@ -121,6 +126,14 @@ class Keys:
     @property
     def park_prefix(self) -> str:
         return f"{self.prefix}:park:"
+
+    def history(self, delivery_id: str) -> str:
+        """A delivery's history (worker/delivery/recorder.py writes it, worker/lookup.py reads it)."""
+        return f"{self.prefix}:hist:{delivery_id}"
+
+    @property
+    def history_prefix(self) -> str:
+        return f"{self.prefix}:hist:"
 
     def idem(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"

@@ -2,17 +2,21 @@
 -- KEYS[1] pending, KEYS[2] open, KEYS[3] sched, KEYS[4] dead, KEYS[5] parked (zsets).
 -- ARGV[1] now, ARGV[2] delivery key prefix (P:d:), ARGV[3] park key prefix (P:park:),
 -- ARGV[4] stats key prefix (P:stats:), ARGV[5] final record retention (s), ARGV[6] this minute,
--- ARGV[7] sent-mid prefix (P:mid2d:), ARGV[8] unread prefix (P:unread:), ARGV[9] '1' to keep a
--- sent record's external_id (BRAZE_RECEIPT_EVENTS), ARGV[10..24] the campaign context
+-- ARGV[7] history key prefix (P:hist:), ARGV[8] a history's TTL (s), ARGV[9] its entries kept,
+-- ARGV[10] sent-mid prefix (P:mid2d:), ARGV[11] unread prefix (P:unread:), ARGV[12] '1' to keep
+-- a sent record's external_id (BRAZE_RECEIPT_EVENTS), ARGV[13..27] the campaign context
 -- (_campaign.lua), then per delivery: id, fence token, status, due ('' = none), pending deadline
--- ('' = none), reason ('' = none), n, and n field/value pairs for its record.
+-- ('' = none), a history entry ('' = none), a failure class ('' = none: "{status}:{reason}"
+-- counted in P:stats:{minute}:reasons), reason ('' = none), n, and n field/value pairs.
+-- The history entry and the failure class are written only with a fresh write (never twice,
+-- whatever retries the call: the caller re-sends a pipeline whose answer it lost).
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
 -- `done` remembers the token, so a retried call (its answer lost) is recognised, not refused.
 -- By status (worker/states.py):
 --   FINAL      leaves pending, open, sched, any park and its campaign's open index; counted per
 --              minute (`P:stats:`) and in its campaign (status, failed:{reason}); a dead letter
 --              joins `dead` and keeps its body (replayable) with no expiry; any other final
---              record is compacted (COMPACT_DROP, and the Braze user unless ARGV[9]) and expires
+--              record is compacted (COMPACT_DROP, and the Braze user unless ARGV[12]) and expires
 --              after the retention; a sent record drops an earlier error, and its message id
 --              (P:mid2d) and its place among its recipient's unread deliveries (P:unread) are
 --              written for the receipts (both expire with the record). Sent while its campaign
@@ -27,19 +31,31 @@
 --!include _campaign.lua
 local now = tonumber(ARGV[1])
 local retention = tonumber(ARGV[5])
-camp_init(10)
+camp_init(13)
 local counts = {}
 local out = {}
-local i = 25
+local reasons = ARGV[4] .. ARGV[6] .. ':reasons'
+local i = 28
 while i <= #ARGV do
   local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local due, deadline, reason, n = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6])
+  local due, deadline = ARGV[i + 3], ARGV[i + 4]
+  local entry, class, reason, n = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
   local key = ARGV[2] .. id
   local held = redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel')
   local camp = camp_of(held[3], held[4])
   if held[1] == token then
     redis.call('HSET', key, 'claim', '', 'lease_until', 0, 'done', token, 'status', status,
-      'updated_at', ARGV[1], unpack(ARGV, i + 7, i + 6 + 2 * n))
+      'updated_at', ARGV[1], unpack(ARGV, i + 9, i + 8 + 2 * n))
+    if entry ~= '' then
+      local h = ARGV[7] .. id
+      redis.call('RPUSH', h, entry)
+      redis.call('LTRIM', h, -tonumber(ARGV[9]), -1)
+      redis.call('EXPIRE', h, tonumber(ARGV[8]))
+    end
+    if class ~= '' then
+      redis.call('HINCRBY', reasons, class, 1)
+      redis.call('EXPIRE', reasons, 3600)
+    end
     if FINAL[status] then
       local rec = redis.call('HMGET', key, 'parked_at', 'page_id', 'psid', 'message_id', 'sent_at')
       if rec[1] then
@@ -52,8 +68,8 @@ while i <= #ARGV do
       if status == S.SENT then
         redis.call('HDEL', key, 'error')
         if rec[4] and rec[4] ~= '' and rec[3] then
-          redis.call('SET', ARGV[7] .. rec[2] .. ':' .. rec[4], id, 'EX', retention)
-          local unread = ARGV[8] .. rec[2] .. ':' .. rec[3]
+          redis.call('SET', ARGV[10] .. rec[2] .. ':' .. rec[4], id, 'EX', retention)
+          local unread = ARGV[11] .. rec[2] .. ':' .. rec[3]
           redis.call('ZADD', unread, tonumber(rec[5] or ARGV[1]), id)
           redis.call('ZREMRANGEBYSCORE', unread, '-inf', now - retention)
           redis.call('EXPIRE', unread, retention)
@@ -65,7 +81,7 @@ while i <= #ARGV do
         redis.call('PERSIST', key)
       else
         redis.call('HDEL', key, unpack(COMPACT_DROP))
-        if not (status == S.SENT and ARGV[9] == '1') then redis.call('HDEL', key, 'external_id') end
+        if not (status == S.SENT and ARGV[12] == '1') then redis.call('HDEL', key, 'external_id') end
         redis.call('EXPIRE', key, retention)
       end
       counts[status] = (counts[status] or 0) + 1
@@ -96,7 +112,7 @@ while i <= #ARGV do
   else
     table.insert(out, 0)
   end
-  i = i + 7 + 2 * n
+  i = i + 9 + 2 * n
 end
 for status, count in pairs(counts) do
   local k = ARGV[4] .. ARGV[6] .. ':' .. status

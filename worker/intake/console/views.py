@@ -1,0 +1,194 @@
+"""The console's pages and actions: overview, pages, campaigns, dead letters, look-ups.
+
+Every number comes from the read models the CLI and the admin API use (:mod:`worker.status`,
+:mod:`worker.lookup`, :mod:`worker.store.deadletters`, :mod:`worker.campaigns`), and every
+action calls the same function as its admin API route and CLI command: the console adds no
+power the API lacks. Reads are bounded (pipelined, a fixed number of keys, at most
+:data:`DEAD_SHOWN` dead letters), so a page answers in the same time with 100 or 100,000 open
+deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from worker import lookup, status
+from worker.intake import state
+from worker.intake.console import session as sessions
+from worker.intake.console.render import HEADERS, page, sparkline
+from worker.intake.http import read_body
+from worker.ratelimit import page_rate
+from worker.states import State
+from worker.store import deadletters
+
+#: Dead letters shown (and acted on without a selection) per console page.
+DEAD_SHOWN = 50
+#: A console form is small: a token, a CSRF token, a selection of ids.
+FORM_LIMIT = 64 * 1024
+
+
+async def form(request: Request) -> list[tuple[str, str]]:
+    """The urlencoded form of a POST (bounded), as (name, value) pairs in order."""
+    raw = await read_body(request, FORM_LIMIT)
+    return parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def redirect(to: str) -> Response:
+    return RedirectResponse(to, status_code=303, headers=HEADERS)
+
+
+async def overview(request: Request, s: sessions.Session) -> Response:
+    intake = state.of(request)
+    now, sync = time.time(), intake.sync_redis
+    current, hour = await asyncio.gather(
+        asyncio.to_thread(status.read, sync, intake.settings, now=now),
+        asyncio.to_thread(status.last_hour, sync, intake.settings, now=now),
+    )
+    sent = [m[State.SENT.value] for m in hour["minutes"]]
+    bad = (State.FAILED.value, State.DEAD.value, State.EXPIRED.value)
+    failed = sum(m[name] for m in hour["minutes"] for name in bad)
+    return page(
+        "overview",
+        s,
+        status=current,
+        hour=hour,
+        chart=sparkline(sent),
+        sent_hour=sum(sent),
+        failed_hour=failed,
+    )
+
+
+async def pages(request: Request, s: sessions.Session) -> Response:
+    intake = state.of(request)
+    settings = intake.settings
+    current = await asyncio.to_thread(status.read, intake.sync_redis, settings)
+    rows: dict[str, dict[str, Any]] = {}
+    for page_id in intake.pages.page_ids():
+        rows[page_id] = _page_row(settings, page_id, configured=True)
+    for row in current.pages:
+        entry = rows.setdefault(row.page_id, _page_row(settings, row.page_id, configured=False))
+        entry[f"{row.kind}_rate"] = row.effective_rate
+        if row.kind == "text":
+            entry["factor"] = row.effective_rate / row.rate_limit if row.rate_limit else 1.0
+        if row.paused_until:
+            entry["paused_until"], entry["pause_reason"] = row.paused_until, row.pause_reason
+    for paused in current.paused_pages:
+        entry = rows.setdefault(paused.page_id, _page_row(settings, paused.page_id, configured=False))
+        entry["paused_until"], entry["pause_reason"] = paused.paused_until, paused.reason
+    return page("pages", s, pages=[rows[k] for k in sorted(rows)], notice=request.query_params.get("done"))
+
+
+def _page_row(settings: Any, page_id: str, *, configured: bool) -> dict[str, Any]:
+    text_limit, media_limit = page_rate(settings, page_id, "text"), page_rate(settings, page_id, "media")
+    return {
+        "page_id": page_id,
+        "configured": configured,
+        "text_limit": text_limit,
+        "text_rate": text_limit,
+        "media_limit": media_limit,
+        "media_rate": media_limit,
+        "factor": 1.0,
+        "paused_until": None,
+        "pause_reason": None,
+    }
+
+
+def _dead_filter(params: Any) -> deadletters.Filter:
+    def number(name: str) -> float | None:
+        value = (params.get(name) or "").strip()
+        try:
+            return float(value) if value else None
+        except ValueError:
+            return None
+
+    code = number("code")
+    return deadletters.Filter(
+        page_id=(params.get("page") or "").strip() or None,
+        error_code=int(code) if code is not None else None,
+        older_than=number("older_than"),
+        limit=DEAD_SHOWN + 1,
+    )
+
+
+def _filter_fields(flt: deadletters.Filter) -> list[tuple[str, str]]:
+    fields = [("page", flt.page_id or ""), ("code", "" if flt.error_code is None else str(flt.error_code))]
+    return [*fields, ("older_than", "" if flt.older_than is None else str(int(flt.older_than)))]
+
+
+async def dead_letters(request: Request, s: sessions.Session) -> Response:
+    intake = state.of(request)
+    flt = _dead_filter(request.query_params)
+    rows = await deadletters.list_dead(intake.redis, intake.settings, flt)
+    total = await intake.redis.zcard(intake.keys.dead)
+    return page(
+        "dead_letters",
+        s,
+        rows=rows[:DEAD_SHOWN],
+        more=len(rows) > DEAD_SHOWN,
+        total=total,
+        flt=flt,
+        filter_fields=_filter_fields(flt),
+        notice=request.query_params.get("done"),
+    )
+
+
+async def dead_action(request: Request, s: sessions.Session, fields: list[tuple[str, str]]) -> Response:
+    """Replay or purge the selected dead letters (or the filter's, up to DEAD_SHOWN): first a
+    confirmation page that says how many, then the action."""
+    intake = state.of(request)
+    params = dict(fields)
+    action = params.get("action")
+    if action not in ("replay", "purge"):
+        return redirect("/console/dead-letters")
+    flt = _dead_filter(params)
+    chosen = [value for name, value in fields if name == "id"]
+    targets = await deadletters.select(intake.redis, intake.settings, chosen or None, flt)
+    ids = [t["delivery_id"] for t in targets][:DEAD_SHOWN]
+    if params.get("confirmed") != "1":
+        what = "the selected" if chosen else "the newest matching"
+        return page(
+            "confirm",
+            s,
+            heading=f"{action.capitalize()} dead letters",
+            question=f"{action.capitalize()} {len(ids)} dead letter{'s' if len(ids) != 1 else ''} ({what})?"
+            + (" Purged messages cannot be replayed." if action == "purge" else " They are sent again."),
+            action="/console/dead-letters",
+            fields=[("action", action), *[("id", i) for i in ids], *_filter_fields(flt)],
+            button=f"{action.capitalize()} {len(ids)}",
+            back="/console/dead-letters",
+        )
+    if action == "replay":
+        done = len(await deadletters.replay(intake.redis, intake.settings, ids))
+    else:
+        done = await deadletters.purge(intake.redis, intake.settings, ids)
+    return redirect(f"/console/dead-letters?done={action}ed+{done}")
+
+
+async def lookups(request: Request, s: sessions.Session) -> Response:
+    intake = state.of(request)
+    params = request.query_params
+    delivery_id = (params.get("delivery") or "").strip()[:64]
+    page_id, psid = (params.get("page") or "").strip()[:64], (params.get("psid") or "").strip()[:600]
+    story = recipient = None
+    missing = ""
+    if delivery_id:
+        story = await lookup.delivery_story(intake.redis, intake.settings, delivery_id)
+        missing = "" if story else f"No delivery {delivery_id} (unknown, or past RECORD_RETENTION)."
+    elif page_id and psid:
+        recipient = await lookup.recipient_state(intake.redis, intake.settings, page_id, psid)
+    return page(
+        "lookup",
+        s,
+        story=story,
+        recipient=recipient,
+        missing=missing,
+        delivery_id=delivery_id,
+        page_id=page_id,
+        psid=psid,
+    )
