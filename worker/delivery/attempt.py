@@ -253,8 +253,10 @@ class Sender:
                 except PastTtl:  # checked again at the last moment: never a send after the TTL
                     return self.outcome(d, policy.past_ttl(d.failures, d.last_reason), None)
             if error is None:
-                if result is not None and (result.usage_pct or 0) >= self._s.usage_slowdown_threshold:
-                    await self._slow_down(d.page_id)
+                if result is not None and result.usage_pct is not None:
+                    await self._limiter.note_usage(d.page_id, result.usage_pct)
+                    if result.usage_pct >= self._s.usage_slowdown_threshold:
+                        await self._slow_down(d.page_id)
                 via = routes.delivered_via(d.body, d.psid, route)
                 return Outcome(d, Event.SEND_OK, result=result, delivered_via=via)
             decision = self._decide(d, error, route, ctx.tag_suppressed.get(d.id, False))

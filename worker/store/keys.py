@@ -43,6 +43,8 @@
     P:paused                zset    paused pages -> until
     P:rl:{page}:{class}     hash    the page's GCRA bucket (worker/ratelimit.py)
     P:rl:r:{page}:{psid}    hash    a recipient's bucket (RECIPIENT_RATE_LIMIT)
+    P:rl:usage              hash    page -> "{percent}:{epoch s}": Graph's last usage header
+                                    (X-Business-Use-Case-Usage; written at most every 5 s)
     P:rl:used               zset    "{page}:{class}" -> its last use (status; pruned after a day)
     P:stats:{minute}:{st}   string  final outcomes per minute (status rates; 1 h TTL)
     P:stats:{minute}:reasons hash   failed/dead/expired outcomes per "{status}:{reason}", and
@@ -211,6 +213,11 @@ class Keys:
     def bucket_of(self, member: str) -> str:
         """The bucket of a ``P:rl:used`` member (``{page}:{class}``)."""
         return f"{self.prefix}:rl:{member}"
+
+    @property
+    def page_usage(self) -> str:
+        """Each page's last usage percentage from Graph (worker/ratelimit.py; the console reads it)."""
+        return f"{self.prefix}:rl:usage"
 
     def recipient_bucket(self, page_id: str, psid: str) -> str:
         return f"{self.prefix}:rl:r:{page_id}:{psid}"
