@@ -148,6 +148,10 @@ def test_dead_letters_are_filtered_confirmed_and_replayed(stack: Stack, page: An
     assert page.locator("#no-dead").count() == 1
     page.get_by_label("Error code").fill("2")
     page.get_by_role("button", name="Filter").click()
+    listed = admin(stack, "/v1/dead-letters?code=2")["dead_letters"]
+    rows = page.locator("#dead-letters tbody tr")
+    assert rows.count() == len(listed)  # the same dead letters as the API, newest first
+    assert rows.first.locator("a").inner_text() == listed[0]["delivery_id"]
     shot(page, "dead-letters")
     page.get_by_label(f"Select {dead}").check()
     page.get_by_role("button", name="Replay…").click()
@@ -237,6 +241,21 @@ def test_a_page_is_paused_a_campaign_stopped_and_both_resumed(stack: Stack, page
     assert page.get_by_role("status").inner_text() == f"stopped {campaign}: 3 cancelled"
     counters = admin(stack, f"/v1/campaigns/{campaign}")
     assert (counters["cancelled"], counters["open"], counters["stopped"]) == (3, 0, True)
+    cells = page.locator(f"#campaign-{campaign} td.num").all_inner_texts()  # the page reads the API's numbers
+    assert cells == [
+        str(counters[name])
+        for name in (
+            "accepted",
+            "open",
+            "sent",
+            "delivered",
+            "read",
+            "failed",
+            "expired",
+            "dead",
+            "cancelled",
+        )
+    ]
 
     page.goto(f"{stack.intake_url}/console/pages")
     page.get_by_role("button", name="Resume page 401").click()
