@@ -27,7 +27,7 @@ import redis.exceptions
 
 from worker import metrics
 from worker.config import PageTokens, Settings
-from worker.delivery import routes
+from worker.delivery import policy, routes
 from worker.delivery.model import Outcome
 from worker.delivery.observers import Observer
 from worker.delivery.pauses import queue_lift, queue_pause
@@ -41,6 +41,8 @@ RETRY_BASE = 0.05
 RETRY_CAP = 2.0
 #: record.lua's answer for an open outcome written as CANCELLED (its campaign stopped meanwhile).
 CANCELLED_INSTEAD = 3
+#: A page's index of waiting deliveries outlives the longest wait in it by this much.
+PAGE_WAIT_MARGIN = 3600
 #: A delivery's history keeps its last entries only.
 HISTORY_ENTRIES = 20
 
@@ -237,6 +239,11 @@ class Recorder:
         """What Graph's answer taught about the recipient or the page (not fenced: true whoever
         holds the delivery now)."""
         s, keys, d = self._settings, self._keys, o.delivery
+        if o.status is State.SCHEDULED and o.reason in policy.PAGE_WAITS:
+            # waiting for its page: indexed, so that resuming the page releases it without a scan
+            key = keys.page_waits(d.page_id)
+            pipe.zadd(key, {d.id: time.time() + o.delay})
+            pipe.expire(key, int(o.delay) + PAGE_WAIT_MARGIN)
         if d.window_closed_seen:  # the next messages to this PSID skip the doomed call, a while
             pipe.set(keys.window_closed(d.page_id, d.psid), repr(time.time()), ex=s.window_recheck_seconds)
         if o.suppress:

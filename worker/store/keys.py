@@ -39,6 +39,8 @@
                                     (status, parameters, buttons; worker/templates)
     P:tpl:synced            zset    page -> when its template catalogue was last read from Graph
     P:tpl:lock              string  the periodic catalogue sync's turn (TEMPLATE_SYNC_SECONDS TTL)
+    P:pwait:{page}          zset    deliveries waiting for their page (paused, throttled, token,
+                                    restricted) -> due: a resume releases them without a scan
     P:pause:{page}          hash    page pause: until, reason, code, token fingerprint, probe
     P:paused                zset    paused pages -> until
     P:rl:{page}:{class}     hash    the page's GCRA bucket (worker/ratelimit.py)
@@ -199,6 +201,10 @@ class Keys:
     def templates_lock(self) -> str:
         """Held (SET NX EX) by the worker whose turn it is to sync the catalogues (worker/templates/sync.py)."""
         return f"{self.prefix}:tpl:lock"
+
+    def page_waits(self, page_id: str) -> str:
+        """The deliveries waiting for their page (worker/delivery/recorder.py; store/pages.py)."""
+        return f"{self.prefix}:pwait:{page_id}"
 
     def pause(self, page_id: str) -> str:
         return f"{self.prefix}:pause:{page_id}"

@@ -38,7 +38,10 @@ async def resume_page(client: aioredis.Redis, keys: Keys, page_id: str) -> int:
     """Lift a page pause and make its waiting deliveries due now. Returns how many were released."""
     await client.delete(keys.pause(page_id))
     await client.zrem(keys.paused, page_id)
-    ids = [text(i) for i in await client.zrange(keys.sched, 0, -1)]
+    # the deliveries that waited for this page (the recorder indexes them), not the whole schedule
+    index = keys.page_waits(page_id)
+    ids = [text(i) for i in await client.zrange(index, 0, -1)]
+    await client.delete(index)
     released = 0
     for start in range(0, len(ids), 1000):
         chunk = ids[start : start + 1000]
@@ -47,6 +50,11 @@ async def resume_page(client: aioredis.Redis, keys: Keys, page_id: str) -> int:
             pipe.hget(keys.delivery(i), "page_id")
         pages = await pipe.execute()
         mine = [i for i, p in zip(chunk, pages, strict=True) if p is not None and text(p) == page_id]
+        if mine:  # still waiting (a stale member was claimed meanwhile: not in the schedule)
+            pipe = client.pipeline(transaction=False)
+            for i in mine:
+                pipe.zscore(keys.sched, i)
+            mine = [i for i, due in zip(mine, await pipe.execute(), strict=True) if due is not None]
         if mine:
             pipe = client.pipeline(transaction=True)
             for i in mine:
