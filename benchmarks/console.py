@@ -105,6 +105,7 @@ def console_paths(dead_id: str) -> list[str]:
     return [
         "/console/",
         "/console/pages",
+        "/console/campaigns",
         "/console/dead-letters",
         "/console/dead-letters?code=2",
         f"/console/lookup?delivery={dead_id}",

@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     #: Dead letters (whole records, replayable) older than this are purged by the scheduler;
     #: 0 keeps them until they are replayed or purged.
     dead_letter_retention: int = Field(default=0, ge=0)
+    #: A campaign's counters, its open-delivery index and its stop are kept this long after its
+    #: last activity (worker/campaigns.py); ``campaigns list`` shows those still kept.
+    campaign_retention: int = Field(default=30 * 86_400, gt=0)
     #: A claim's lease. The holder renews it every third of this while it works on the delivery
     #: (waiting for a pacing slot, a free connection or Graph's answer); the sweeper takes only a
     #: delivery whose holder stopped renewing it (dead, or cut off from Redis) for this long.
@@ -265,6 +268,10 @@ class Settings(BaseSettings):
     braze_feedback: str = Field(default="flag", pattern="^(flag|clear|off)$")
     #: Also send each final outcome as a Braze custom event ``messenger_delivery``.
     braze_outcome_events: bool = False
+    #: Also send ``messenger_delivered`` / ``messenger_read`` custom events when Messenger's
+    #: delivery and read receipts arrive (the Braze user id is then kept on a sent record for
+    #: RECORD_RETENTION, until its read receipt).
+    braze_receipt_events: bool = False
     braze_batch_size: int = Field(default=50, ge=1, le=75)
 
     log_format: LogFormat = LogFormat.JSON

@@ -103,6 +103,20 @@ INBOUND_DUPLICATES = Counter(
     "bmw_inbound_duplicates_total",
     "Messenger webhook events ignored because their message id (mid) was already recorded",
 )
+RECEIPTS = Counter(
+    "bmw_receipts_total",
+    "Sent deliveries newly marked by Messenger's receipts, by kind: delivered, read (no campaign "
+    "label: per-campaign counts are in the status API, GET /v1/campaigns/{id})",
+    ["kind"],
+)
+#: From the send to Messenger's receipt: seconds to hours (a read may come a day later).
+RECEIPT_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86_400)
+DELIVERED_LATENCY = Histogram(
+    "bmw_delivered_latency_seconds", "From the send to its delivery receipt", buckets=RECEIPT_BUCKETS
+)
+READ_LATENCY = Histogram(
+    "bmw_read_latency_seconds", "From the send to its read receipt", buckets=RECEIPT_BUCKETS
+)
 TEMPLATE_SYNCS = Counter(
     "bmw_template_syncs_total",
     "Reads of a page's utility templates from Graph (worker/templates/sync.py) by result: ok, error "

@@ -54,6 +54,8 @@ SLOT_GRACE_SECONDS = 0.01
 MAX_LATE_RETRIES = 5
 #: After a page pause, one probe send goes first; the others wait this long for its answer.
 PROBE_SECONDS = 10.0
+#: A page's last usage percentage is written at most this often per process.
+USAGE_NOTE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,16 @@ class Limiter:
         self._settings = settings
         self._keys = Keys.of(settings)
         self.clock = RedisClock()
+        self._usage_noted: dict[str, float] = {}
+
+    async def note_usage(self, page_id: str, pct: int) -> None:
+        """Remember Graph's last ``X-Business-Use-Case-Usage`` percentage for the page (the
+        console's pages view): at most one write per page per USAGE_NOTE_SECONDS per process."""
+        now = time.monotonic()
+        if now - self._usage_noted.get(page_id, -USAGE_NOTE_SECONDS) < USAGE_NOTE_SECONDS:
+            return
+        self._usage_noted[page_id] = now
+        await self._client.hset(self._keys.page_usage, page_id, f"{pct}:{int(time.time())}")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
 
     def bucket(self, page_id: str, kind: str) -> str:
         return self._keys.bucket(page_id, kind)

@@ -15,11 +15,16 @@ This module is the only place where a status is spelled. Policy decides what sho
         └──> QUEUED         └─ retry -> RETRYING, wait -> SCHEDULED, park -> PARKED,
                                release -> QUEUED (handed back unsent)
 
+      any open state ── cancel ──> CANCELLED   (an operator: campaign stopped, delivery cancelled)
+
 * **Open** states are in the ``pending`` index (the sweeper's safety net) and ``open`` (the
   backlog's age); **final** states have left both.
 * Only ``IN_FLIGHT`` is held by a worker. A claim hands out a fence token; every write that
   changes a claimed delivery carries it, and a worker whose lease ended (it stopped renewing:
   dead, or cut off from Redis) can no longer write (``store/lua/record.lua``).
+* ``CANCELLED`` is final: an operator stopped its campaign (``messenger-worker campaigns stop``)
+  or cancelled it (``deliveries cancel``); it never reaches Graph after that (a claimed delivery
+  is cancelled by its worker before the call: worker/campaigns.py says where the window is).
 * ``DEAD`` is final but replayable: a dead letter keeps its body until replayed or purged.
 """
 
@@ -40,6 +45,7 @@ class State(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     DEAD = "dead"
+    CANCELLED = "cancelled"  # an operator stopped its campaign or cancelled it: never sent
 
 
 class Event(StrEnum):
@@ -55,6 +61,7 @@ class Event(StrEnum):
     RELEASE = "release"  # handed back unsent (shutdown, an engine error in its group)
     UNPARK = "unpark"  # the user wrote: parked deliveries go back to the queue
     REPLAY = "replay"  # an operator replays a dead letter
+    CANCEL = "cancel"  # an operator stopped its campaign or cancelled it (any open state)
 
 
 _OPEN_WAITING = (State.QUEUED, State.SCHEDULED, State.RETRYING, State.PARKED)
@@ -68,6 +75,7 @@ _OUTCOMES_OF_A_CLAIM = {
     Event.PARK: State.PARKED,
     Event.RELEASE: State.QUEUED,
     Event.RECLAIM: State.IN_FLIGHT,
+    Event.CANCEL: State.CANCELLED,
 }
 
 #: (state, event) -> next state. Anything not in this table is illegal.
@@ -77,10 +85,11 @@ TRANSITIONS: Final = MappingProxyType(
         **{(State.IN_FLIGHT, event): target for event, target in _OUTCOMES_OF_A_CLAIM.items()},
         (State.PARKED, Event.UNPARK): State.QUEUED,
         (State.DEAD, Event.REPLAY): State.QUEUED,
+        **{(state, Event.CANCEL): State.CANCELLED for state in (*_OPEN_WAITING, State.IN_FLIGHT)},
     }
 )
 
-FINAL: Final = frozenset({State.SENT, State.FAILED, State.EXPIRED, State.DEAD})
+FINAL: Final = frozenset({State.SENT, State.FAILED, State.EXPIRED, State.DEAD, State.CANCELLED})
 OPEN: Final = frozenset(State) - FINAL
 #: States a claim may take (IN_FLIGHT only once its lease has ended: RECLAIM).
 CLAIMABLE: Final = frozenset(s for (s, e) in TRANSITIONS if e in (Event.CLAIM, Event.RECLAIM))

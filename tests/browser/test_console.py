@@ -27,6 +27,7 @@ from tests.conftest import (
     Sandbox,
     Stack,
     base_env,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -147,6 +148,10 @@ def test_dead_letters_are_filtered_confirmed_and_replayed(stack: Stack, page: An
     assert page.locator("#no-dead").count() == 1
     page.get_by_label("Error code").fill("2")
     page.get_by_role("button", name="Filter").click()
+    listed = admin(stack, "/v1/dead-letters?code=2")["dead_letters"]
+    rows = page.locator("#dead-letters tbody tr")
+    assert rows.count() == len(listed)  # the same dead letters as the API, newest first
+    assert rows.first.locator("a").inner_text() == listed[0]["delivery_id"]
     shot(page, "dead-letters")
     page.get_by_label(f"Select {dead}").check()
     page.get_by_role("button", name="Replay…").click()
@@ -204,3 +209,59 @@ def test_actions_without_the_form_token_or_from_elsewhere_are_refused(stack: Sta
     assert bearer.status_code == 303  # no cookie, no session: to the login form
     assert bearer.headers["location"] == "/console/login"
     assert stack.record(dead)["status"] == "dead"  # nothing was purged
+
+
+def test_a_page_is_paused_a_campaign_stopped_and_both_resumed(stack: Stack, page: Any) -> None:
+    campaign = f"camp-{uuid.uuid4().hex[:8]}"
+    sign_in(stack, page)
+    page.goto(f"{stack.intake_url}/console/pages")
+    page.get_by_role("button", name="Pause page 401").click()
+    assert page.locator("#confirm-text").inner_text().startswith("Pause page 401?")
+    page.get_by_role("button", name="Pause the page").click()
+    assert page.get_by_role("status").inner_text() == "paused 401"
+    assert "paused" in page.locator("#page-401 .state").inner_text()
+    assert "401" in [p["page_id"] for p in json.loads(stack.cli("status", "--json").stdout)["paused"]]
+    shot(page, "pages")
+
+    psids = [f"camp-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for psid in psids:  # they wait for the paused page
+        resp = stack.post(
+            {"recipient": {"id": psid}, "messaging_type": "UPDATE", "message": {"text": "sale"}},
+            path="/v25.0/401/messages",
+            headers={"X-Braze-Campaign-Id": campaign},
+        )
+        assert resp.status_code == 202, resp.text
+    assert wait_until(lambda: admin(stack, f"/v1/campaigns/{campaign}")["open"] == 3, 10)
+    page.goto(f"{stack.intake_url}/console/campaigns")
+    assert page.locator(f"#campaign-{campaign}").count() == 1
+    shot(page, "campaigns")
+    page.get_by_role("button", name=f"Stop campaign {campaign}").click()
+    assert "Its 3 open messages end cancelled" in page.locator("#confirm-text").inner_text()
+    page.get_by_role("button", name="Stop the campaign").click()
+    assert page.get_by_role("status").inner_text() == f"stopped {campaign}: 3 cancelled"
+    counters = admin(stack, f"/v1/campaigns/{campaign}")
+    assert (counters["cancelled"], counters["open"], counters["stopped"]) == (3, 0, True)
+    cells = page.locator(f"#campaign-{campaign} td.num").all_inner_texts()  # the page reads the API's numbers
+    assert cells == [
+        str(counters[name])
+        for name in (
+            "accepted",
+            "open",
+            "sent",
+            "delivered",
+            "read",
+            "failed",
+            "expired",
+            "dead",
+            "cancelled",
+        )
+    ]
+
+    page.goto(f"{stack.intake_url}/console/pages")
+    page.get_by_role("button", name="Resume page 401").click()
+    assert page.get_by_role("status").inner_text().startswith("resumed 401")
+    page.goto(f"{stack.intake_url}/console/campaigns")
+    page.get_by_role("button", name=f"Resume campaign {campaign}").click()
+    assert page.get_by_role("status").inner_text() == f"resumed {campaign}"
+    assert admin(stack, f"/v1/campaigns/{campaign}")["stopped"] is False
+    assert all(stack.sandbox.calls(psid=p) == [] for p in psids)  # none of them reached Graph

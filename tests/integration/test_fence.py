@@ -24,7 +24,7 @@ from worker.delivery.observers import Observer
 from worker.delivery.recorder import Recorder
 from worker.graph import SendResult
 from worker.states import Event, State
-from worker.store import Keys, deadletters, records, scripts
+from worker.store import Keys, campaign_ctx, deadletters, records, scripts
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -77,6 +77,11 @@ async def accept(client: aioredis.Redis, s: Settings, ids: list[str], **fields: 
         await client.zadd(keys.open, {i: now})
 
 
+def ctx(keys: Keys, s: Settings, at: float) -> list[Any]:
+    """claim.lua's campaign context (worker/store/campaign_ctx.py)."""
+    return campaign_ctx.of_settings(keys, s, at)
+
+
 async def claim(
     client: aioredis.Redis, s: Settings, token: str, ids: list[str], now: float | None = None
 ) -> list[Delivery]:
@@ -86,7 +91,7 @@ async def claim(
         client,
         "claim",
         keys=[keys.pending],
-        args=[repr(at), s.delivery_lease_seconds, keys.delivery_prefix, token, 90, *ids],
+        args=[repr(at), s.delivery_lease_seconds, keys.delivery_prefix, token, 90, *ctx(keys, s, at), *ids],
     )
     return [
         Delivery.from_record(raw[i].decode(), token, records.decode(raw[i + 1]))

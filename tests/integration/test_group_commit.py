@@ -15,9 +15,10 @@ from worker.config import Settings
 from worker.intake.committer import GATHER_TARGET, GroupCommitter
 from worker.messenger.validation import validate
 from worker.states import State
-from worker.store import Keys, scripts
+from worker.store import Keys, campaign_ctx, scripts
 from worker.store import connections as redisconn
 from worker.store import envelope as broker
+from worker.store.campaign_ctx import CONTEXT_ARGS
 
 
 def _settings(redis: RedisServer, **extra: Any) -> Settings:
@@ -55,7 +56,7 @@ def test_a_second_commit_starts_only_for_a_batch_that_needs_no_company(redis_ser
         # below take, however loaded the machine
         async def held(**kwargs: Any) -> Any:
             nonlocal running, most
-            sizes.append((len(kwargs["args"]) - 11) // kwargs["args"][10])
+            sizes.append((len(kwargs["args"]) - 11 - CONTEXT_ARGS) // kwargs["args"][10])
             running += 1
             most = max(most, running)
             await asyncio.sleep(0.5)
@@ -134,7 +135,7 @@ def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
         sync,
         "claim",
         keys=[keys.pending, keys.batch(newest), keys.gather, keys.batch_taken(newest, "t1")],
-        args=[repr(time.time()), 60, keys.delivery_prefix, "t1", 90, newest],
+        args=[repr(time.time()), 60, keys.delivery_prefix, "t1", 90, *_ctx(settings), newest],
     )
     assert looked_at == 1
     assert flat[0].decode() == third[0]  # claimed, with its record
@@ -151,6 +152,11 @@ def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
     assert settings.sweep_after_seconds < ttl <= settings.sweep_after_seconds + 60
 
 
+def _ctx(settings: Settings) -> list[Any]:
+    """claim.lua's campaign context (worker/store/campaign_ctx.py)."""
+    return campaign_ctx.of_settings(Keys.of(settings), settings, time.time())
+
+
 def test_a_claim_by_ids_still_works_and_reports_what_it_looked_at(redis_server: RedisServer) -> None:
     """worker.deliver(ids) (the scheduler's and sweeper's messages): only open, due, unleased ids
     are claimed; the count of ids looked at comes first."""
@@ -164,17 +170,23 @@ def test_a_claim_by_ids_still_works_and_reports_what_it_looked_at(redis_server: 
         sync,
         "claim",
         keys=[keys.pending],
-        args=[now, 60, keys.delivery_prefix, "t1", 90, "a", "b", "missing"],
+        args=[now, 60, keys.delivery_prefix, "t1", 90, *_ctx(settings), "a", "b", "missing"],
     )
     assert looked_at == 3
     assert [flat[0].decode()] == ["a"]
     assert len(flat) == 2
     other = scripts.run_sync(
-        sync, "claim", keys=[keys.pending], args=[now, 60, keys.delivery_prefix, "t2", 90, "a"]
+        sync,
+        "claim",
+        keys=[keys.pending],
+        args=[now, 60, keys.delivery_prefix, "t2", 90, *_ctx(settings), "a"],
     )
     assert other == [1]  # held under t1 now: another claim gets nothing
     retried = scripts.run_sync(
-        sync, "claim", keys=[keys.pending], args=[now, 60, keys.delivery_prefix, "t1", 90, "a"]
+        sync,
+        "claim",
+        keys=[keys.pending],
+        args=[now, 60, keys.delivery_prefix, "t1", 90, *_ctx(settings), "a"],
     )
     assert retried[0] == 1
     assert retried[1].decode() == "a"
@@ -204,7 +216,7 @@ def test_an_item_that_cannot_be_encoded_fails_alone_and_never_the_batch(redis_se
         real = committer._accept
 
         async def spy(**kwargs: Any) -> Any:
-            sizes.append((len(kwargs["args"]) - 11) // kwargs["args"][10])
+            sizes.append((len(kwargs["args"]) - 11 - CONTEXT_ARGS) // kwargs["args"][10])
             return await real(**kwargs)
 
         committer._accept = spy  # type: ignore[method-assign]  # counts the items of each call

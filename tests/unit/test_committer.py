@@ -20,6 +20,7 @@ from worker.intake import committer as committer_module
 from worker.intake import notices
 from worker.intake.committer import GroupCommitter, MaybeStored, NotStored, Overloaded, never_ran
 from worker.messenger.validation import InputError, SendRequest, validate
+from worker.store.campaign_ctx import CONTEXT_ARGS
 
 PAGE = "100"
 
@@ -48,7 +49,7 @@ class Stub:
         self.calls: list[int] = []
 
     async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
-        n = (len(args) - 11) // args[10]
+        n = (len(args) - 11 - CONTEXT_ARGS) // args[10]
         self.calls.append(n)
         await self.release.wait()
         return [b""] * n
@@ -148,7 +149,7 @@ def test_a_commit_that_breaks_after_the_call_answers_its_callers_and_the_committ
             nonlocal calls
             calls += 1
             return (
-                None if calls == 1 else [b""] * ((len(args) - 11) // args[10])
+                None if calls == 1 else [b""] * ((len(args) - 11 - CONTEXT_ARGS) // args[10])
             )  # the first answer is no list
 
         committer = committer_with(s, wrong)

@@ -65,6 +65,18 @@ def test_anything_outside_the_table_is_refused(state: State, event: Event) -> No
             apply(state, event)
 
 
+def test_cancel_ends_every_open_state_and_nothing_final() -> None:
+    """An operator's cancel (a stopped campaign, `deliveries cancel`) takes any open delivery,
+    held ones included (by their worker), to CANCELLED, which is final; a final one stays."""
+    for state in OPEN:
+        assert apply(state, Event.CANCEL) is State.CANCELLED
+    for state in FINAL:
+        with pytest.raises(IllegalTransition):
+            apply(state, Event.CANCEL)
+    assert State.CANCELLED in FINAL
+    assert State.CANCELLED not in CLAIMABLE
+
+
 def test_stored_values_parse_and_are_the_public_status_names() -> None:
     assert [s.value for s in State] == [
         "queued",
@@ -76,6 +88,7 @@ def test_stored_values_parse_and_are_the_public_status_names() -> None:
         "failed",
         "expired",
         "dead",
+        "cancelled",
     ]
     assert all(states.parse(s.value) is s for s in State)
     with pytest.raises(ValueError, match="'bogus'"):

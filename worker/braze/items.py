@@ -20,6 +20,9 @@ from typing import Any, Final, Literal
 
 #: The custom event recorded for every final delivery outcome.
 OUTCOME_EVENT: Final = "messenger_delivery"
+#: The custom events of Messenger's delivery and read receipts (BRAZE_RECEIPT_EVENTS).
+DELIVERED_EVENT: Final = "messenger_delivered"
+READ_EVENT: Final = "messenger_read"
 
 
 def psid_attribute_item(psid_attribute: str, external_id: str, page_id: str, psid: str) -> dict[str, Any]:
@@ -53,10 +56,18 @@ def _iso(at: float) -> str:
 
 
 def outcome_event_item(
-    external_id: str, status: str, delivery_id: str, reason: str | None, *, at: float | None = None
+    external_id: str,
+    status: str,
+    delivery_id: str,
+    reason: str | None,
+    *,
+    at: float | None = None,
+    attribution: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A ``messenger_delivery`` custom event: the final status of one delivery (``at``: epoch s)."""
-    properties: dict[str, Any] = {"status": status, "delivery_id": delivery_id}
+    """A ``messenger_delivery`` custom event: the final status of one delivery (``at``: epoch s),
+    with its campaign fields (campaign_id, canvas_id, canvas_step_id, variation_id, send_id: those
+    the webhook gave), so Braze can report and segment on them."""
+    properties: dict[str, Any] = {"status": status, "delivery_id": delivery_id, **(attribution or {})}
     if reason is not None:
         properties["reason"] = reason
     return {
@@ -65,6 +76,19 @@ def outcome_event_item(
         "name": OUTCOME_EVENT,
         "time": _iso(time.time() if at is None else at),
         "properties": properties,
+    }
+
+
+def receipt_event_item(
+    external_id: str, name: str, delivery_id: str, at: float, attribution: Mapping[str, str]
+) -> dict[str, Any]:
+    """A ``messenger_delivered`` or ``messenger_read`` custom event (``at``: the receipt's time)."""
+    return {
+        "type": "event",
+        "external_id": external_id,
+        "name": name,
+        "time": _iso(at),
+        "properties": {"delivery_id": delivery_id, **attribution},
     }
 
 

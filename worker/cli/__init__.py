@@ -2,7 +2,8 @@
 
 The command line of braze-messenger-worker. Commands: ``intake``, ``worker``, ``up``, ``sandbox``
 (:mod:`worker.cli.services`, :mod:`worker.cli.up`) and ``send``, ``status``, ``pages``,
-``dead-letters``, ``link-ref`` (:mod:`worker.cli.ops`), ``templates`` (:mod:`worker.cli.templates`), ``lookup`` (:mod:`worker.cli.lookup`). The operator's commands run from the
+``dead-letters``, ``link-ref`` (:mod:`worker.cli.ops`), ``templates`` (:mod:`worker.cli.templates`), ``lookup`` (:mod:`worker.cli.lookup`),
+``campaigns``, ``deliveries``, ``pages``, ``queue`` (:mod:`worker.cli.campaigns`). The operator's commands run from the
 directory of a running ``up`` take its Redis, intake and dev tokens from its state file; a
 connection failure is one line on stderr and exit code 1, never a traceback.
 """
@@ -17,20 +18,25 @@ from urllib.parse import urlsplit
 
 from worker import __version__
 from worker.cli import state
+from worker.cli.campaigns import add_parsers as add_campaign_parsers
+from worker.cli.campaigns import cmd_campaigns, cmd_deliveries, cmd_pages, cmd_queue
 from worker.cli.common import configured
 from worker.cli.lookup import cmd_lookup
-from worker.cli.ops import cmd_dead_letters, cmd_link_ref, cmd_pages, cmd_send, cmd_status
+from worker.cli.ops import cmd_dead_letters, cmd_link_ref, cmd_send, cmd_status
 from worker.cli.services import cmd_intake, cmd_sandbox, cmd_worker
 from worker.cli.templates import cmd_templates
 from worker.cli.up import cmd_up
 
 __all__ = [
     "build_parser",
+    "cmd_campaigns",
     "cmd_dead_letters",
+    "cmd_deliveries",
     "cmd_intake",
     "cmd_link_ref",
     "cmd_lookup",
     "cmd_pages",
+    "cmd_queue",
     "cmd_sandbox",
     "cmd_send",
     "cmd_status",
@@ -41,7 +47,17 @@ __all__ = [
 ]
 
 #: Commands that may take a running ``up``'s settings from its state file.
-_OPERATOR_COMMANDS = {"send", "status", "pages", "dead-letters", "templates", "lookup"}
+_OPERATOR_COMMANDS = {
+    "send",
+    "status",
+    "pages",
+    "dead-letters",
+    "templates",
+    "campaigns",
+    "deliveries",
+    "queue",
+    "lookup",
+}
 _DATA_DIR = ".data"
 
 
@@ -94,6 +110,12 @@ def _add_services(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=8081, help="port to listen on")
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
+    p.add_argument("--receipts-webhook", default=None, help="post delivery/read receipts to this webhook URL")
+    p.add_argument(
+        "--receipts-secret", default=None, help="app secret to sign them with (or SANDBOX_RECEIPTS_SECRET)"
+    )
+    p.add_argument("--receipts-share", type=float, default=0.8, help="share of sends that get receipts")
+    p.add_argument("--receipts-delay-ms", type=float, default=1000.0, help="delay of each receipt")
     p.set_defaults(func=cmd_sandbox)
 
 
@@ -110,12 +132,6 @@ def _add_operations(sub: Any) -> None:
     p = _parser(sub, "status", "queue depth, in flight, scheduled retries, dead letters, paused pages")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
-
-    p = _parser(sub, "pages", "page pauses")
-    psub = p.add_subparsers(dest="pages_command", required=True)
-    r = psub.add_parser("resume", help="lift a page's pause and release its waiting messages")
-    r.add_argument("page", help="page id")
-    r.set_defaults(func=cmd_pages)
 
     p = _parser(sub, "dead-letters", "list, replay or purge dead letters (newest first)")
     p.add_argument("action", choices=["list", "replay", "purge"], help="what to do")
@@ -150,6 +166,8 @@ def _add_operations(sub: Any) -> None:
     p.add_argument("--page", default=None, help="one page id (default: every configured page)")
     p.add_argument("--json", action="store_true", help="list: JSON")
     p.set_defaults(func=cmd_templates)
+
+    add_campaign_parsers(sub, _parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The operator's commands: ``send``, ``status``, ``pages``, ``dead-letters``, ``link-ref``.
+"""The operator's commands: ``send``, ``status``, ``dead-letters``, ``link-ref``.
 
 Run from the directory of a running ``messenger-worker up``, they find its Redis, intake and dev
 tokens in its state file (:mod:`worker.cli.state`; applied in :func:`worker.cli.main`).
@@ -81,24 +81,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     for p in current.paused_pages:
         print(f"{'paused':>20}: page {p.page_id} until {time.ctime(p.paused_until)} ({p.reason})")
     return 0
-
-
-def cmd_pages(args: argparse.Namespace) -> int:
-    from worker.delivery.pauses import resume_page
-    from worker.store import Keys, connections
-
-    settings = _settings()
-
-    async def run() -> int:
-        client = connections.async_client(settings)
-        try:
-            released = await resume_page(client, Keys.of(settings), args.page)
-        finally:
-            await client.aclose()
-        print(json.dumps({"page_id": args.page, "resumed": True, "released": released}))
-        return 0
-
-    return asyncio.run(run())
 
 
 def _confirmed(args: argparse.Namespace, count: int) -> bool:

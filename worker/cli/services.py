@@ -78,5 +78,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from worker.sandbox import serve
 
-    serve(host=args.host, port=args.port, latency_ms=args.latency_ms)
+    secret = args.receipts_secret or os.environ.get("SANDBOX_RECEIPTS_SECRET", "")
+    receipts = {
+        "webhook": args.receipts_webhook,
+        "secret": secret,
+        "share": args.receipts_share,
+        "delay_ms": args.receipts_delay_ms,
+    }
+    serve(host=args.host, port=args.port, latency_ms=args.latency_ms, receipts=receipts)
     return 0

@@ -107,10 +107,15 @@ def _start_redis(stack: Stack, data_dir: Path, env: dict[str, str], ports: dict[
     print(f"embedded Redis: {name} on 127.0.0.1:{port}, data in {data_dir}", flush=True)
 
 
-def _start_sandbox(stack: Stack, env: dict[str, str], ports: dict[str, int]) -> None:
+def _start_sandbox(stack: Stack, env: dict[str, str], ports: dict[str, int], intake_port: int) -> None:
+    """The sandbox, posting delivery and read receipts for what it accepts to the intake's webhook,
+    signed with APP_SECRET (generated for the dev stack when it is not configured)."""
     sport = free_port(ports.get("sandbox", 8081))
     py = sys.executable
-    stack.add("sandbox", subprocess.Popen([py, "-m", "worker", "sandbox", "--port", str(sport)], env=env))
+    webhook = f"http://127.0.0.1:{intake_port}/messenger/webhook"
+    args = [py, "-m", "worker", "sandbox", "--port", str(sport), "--receipts-webhook", webhook]
+    sandbox_env = {**env, "SANDBOX_RECEIPTS_SECRET": env.get("APP_SECRET", "")}  # not on the command line
+    stack.add("sandbox", subprocess.Popen(args, env=sandbox_env))
     if not wait_port(sport):
         raise SystemExit("the sandbox did not start")
     env["GRAPH_API_URL"] = f"http://127.0.0.1:{sport}"
@@ -127,6 +132,7 @@ def _banner(iport: int, page: str, token: str, admin: str, state_path: Path) -> 
         '    -d \'{"recipient":{"id":"1000001"},"messaging_type":"UPDATE","message":{"text":"hello"}}\'\n\n'
         f"then: curl -sS -H 'Authorization: Bearer {token}' http://127.0.0.1:{iport}/v1/deliveries/<delivery_id>\n"
         f"admin (dead letters): curl -sS -H 'Authorization: Bearer {admin}' http://127.0.0.1:{iport}/v1/dead-letters\n"
+        f"operator console: http://127.0.0.1:{iport}/console/ (sign in with the admin token {admin})\n"
         "from another shell in this directory: messenger-worker status | send | dead-letters list\n"
         f"  (they read {state_path}, mode 0600: it holds these dev tokens)\n"
         "Ctrl-C stops everything.\n"
@@ -183,8 +189,13 @@ def _run(
     if not configured("REDIS_URL"):
         _start_redis(stack, data_dir, env, ports)
         recorded["REDIS_URL"] = env["REDIS_URL"]
+    iport = free_port(args.port if args.port is not None else ports.get("intake", 8080))
     if args.sandbox:
-        _start_sandbox(stack, env, ports)
+        if not configured("APP_SECRET"):  # the sandbox signs its receipts with it; the intake checks
+            env["APP_SECRET"] = recorded["APP_SECRET"] = previous.get("env", {}).get(
+                "APP_SECRET"
+            ) or secrets.token_urlsafe(32)
+        _start_sandbox(stack, env, ports, iport)
         recorded["GRAPH_API_URL"] = env["GRAPH_API_URL"]
         if "PAGE_ACCESS_TOKENS" in env and not configured("PAGE_ACCESS_TOKENS"):
             recorded["PAGE_ACCESS_TOKENS"] = env["PAGE_ACCESS_TOKENS"]
@@ -195,7 +206,6 @@ def _run(
         "worker",
         subprocess.Popen([py, "-m", "worker", "worker", "--concurrency", str(args.concurrency)], env=env),
     )
-    iport = free_port(args.port if args.port is not None else ports.get("intake", 8080))
     stack.add("intake", subprocess.Popen([py, "-m", "worker", "intake", "--port", str(iport)], env=env))
     if not wait_port(iport):
         raise SystemExit("the intake did not start")

@@ -60,6 +60,8 @@ from worker.templates import TemplateInfo, template_state
 from worker.templates.catalogue import field_name
 
 log = get_logger("worker.delivery")
+#: A delivery whose campaign looked stopped but was resumed is due again this much later.
+STOPPED_RECHECK_SECONDS = 1.0
 #: Errors that end a route, not the delivery: the next fallback route is tried.
 ROUTE_ERRORS = (WindowClosedError, TagRejectedError, TemplateRejectedError)
 #: The policy's actions as state-machine events (RETAG is not an event: it sends again at once).
@@ -96,6 +98,10 @@ class Released(Exception):
         self.reason = reason
 
 
+class Stopped(Exception):
+    """Its campaign was stopped (seen by the engine's watch) before its call started."""
+
+
 class PastTtl(Exception):
     """MESSAGE_TTL passed while the delivery waited for its slot or a free connection."""
 
@@ -123,6 +129,9 @@ class Sender:
         self._slowed: dict[str, float] = {}
         #: Set on shutdown: no new call starts; deliveries not yet sent are handed back.
         self.draining = False
+        #: The stopped campaigns, as the engine last read them (every STOP_WATCH_SECONDS): no
+        #: call starts for their deliveries (worker/campaigns.py: the window of a stop).
+        self.stopped: frozenset[str] = frozenset()
 
     def token_for(self, d: Delivery) -> str | None:
         return self._tokens.get(d.page_id)
@@ -200,6 +209,8 @@ class Sender:
         token = self.token_for(d)
         if token is None:
             return Outcome(d, Event.FAIL, reason="no_page_token")
+        if self.stopped and d.campaign in self.stopped:
+            return self.stopped_outcome(d)
         pause = ctx.pauses.get(d.page_id)
         if pause is not None and not pause.lifted_by(token):
             return Outcome(d, Event.WAIT, reason="page_paused", delay=max(0.05, pause.until - time.time()))
@@ -210,6 +221,13 @@ class Sender:
                 return self.outcome(d, policy.window_outcome(s), None)
             ctx.first_route[d.id] = route
         return None
+
+    @staticmethod
+    def stopped_outcome(d: Delivery) -> Outcome:
+        """Its campaign is stopped, as this worker last read: no call. Handed to record.lua as a
+        short wait, which it writes CANCELLED when the campaign is still stopped (atomically: a
+        resume since the last read lets it go on)."""
+        return Outcome(d, Event.WAIT, reason="campaign_stopped", delay=STOPPED_RECHECK_SECONDS)
 
     async def deliver(self, d: Delivery, ctx: BatchContext) -> Outcome:
         """Pace, call and decide, trying each fallback route at most once (never a loop)."""
@@ -230,11 +248,15 @@ class Sender:
                     return deferral
                 try:
                     result, error = await self._call(d, token, body, route)
+                except Stopped:
+                    return self.stopped_outcome(d)
                 except PastTtl:  # checked again at the last moment: never a send after the TTL
                     return self.outcome(d, policy.past_ttl(d.failures, d.last_reason), None)
             if error is None:
-                if result is not None and (result.usage_pct or 0) >= self._s.usage_slowdown_threshold:
-                    await self._slow_down(d.page_id)
+                if result is not None and result.usage_pct is not None:
+                    await self._limiter.note_usage(d.page_id, result.usage_pct)
+                    if result.usage_pct >= self._s.usage_slowdown_threshold:
+                        await self._slow_down(d.page_id)
                 via = routes.delivered_via(d.body, d.psid, route)
                 return Outcome(d, Event.SEND_OK, result=result, delivered_via=via)
             decision = self._decide(d, error, route, ctx.tag_suppressed.get(d.id, False))
@@ -338,6 +360,8 @@ class Sender:
                 raise Released("lease_at_risk")
             if time.time() - d.created_at > self._s.message_ttl:
                 raise PastTtl
+            if self.stopped and d.campaign in self.stopped:
+                raise Stopped
             d.attempts += 1
             started = time.perf_counter()
             task = self._deadlines.enter()

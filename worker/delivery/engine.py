@@ -28,6 +28,7 @@ next claim is a reclaim, counted), and ambiguous calls (counted).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -51,7 +52,7 @@ from worker.graph import GraphClient
 from worker.logging import get_logger
 from worker.ratelimit import Limiter
 from worker.states import Event
-from worker.store import Keys, connections, ids, records, scripts, text
+from worker.store import Keys, campaign_ctx, connections, ids, records, scripts, text
 from worker.templates.sync import TemplateRefresher
 
 log = get_logger("worker.delivery")
@@ -65,6 +66,9 @@ CLAIM_RETRY_SECONDS = 60.0
 TAKEN_LIST_SECONDS = int(CLAIM_RETRY_SECONDS) + 30
 #: On shutdown, how long the outcomes still queued may take to be written.
 FLUSH_SECONDS = 30.0
+#: How often the engine reads the stopped campaigns (P:campstop): a delivery it holds whose
+#: campaign was stopped starts no Graph call once this has passed (worker/campaigns.py).
+STOP_WATCH_SECONDS = 0.5
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -178,6 +182,7 @@ class Engine:
         )
         self._stop = asyncio.Event()
         self._background.append(asyncio.create_task(self.leases.run(self._stop)))
+        self._background.append(asyncio.create_task(self._watch_stops()))
         if with_scheduler:
             if config is not None:
                 self._drainer = OutboxDrainer(client, self.keys, config, self.worker_id)
@@ -233,6 +238,18 @@ class Engine:
         if self._redis is not None:
             await self._redis.aclose()
 
+    async def _watch_stops(self) -> None:
+        """Keep the Sender's set of stopped campaigns fresh (one ZRANGE every STOP_WATCH_SECONDS;
+        a Redis error keeps the last answer: claim.lua and record.lua check atomically anyway)."""
+        key = self.keys.campaigns_stopped
+        while not self._stop.is_set():
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                self.sender.stopped = frozenset(text(m) for m in await self.redis.zrange(key, 0, -1))
+            try:
+                await asyncio.wait_for(self._stop.wait(), STOP_WATCH_SECONDS)
+            except TimeoutError:
+                continue
+
     @property
     def redis(self) -> aioredis.Redis:
         if self._redis is None:
@@ -274,17 +291,19 @@ class Engine:
         token = f"{self.worker_id}.{next(self._claims):x}"
         keys = [self.keys.pending]
         args: list[Any] = [s.delivery_lease_seconds, self.keys.delivery_prefix, token, TAKEN_LIST_SECONDS]
+        named: list[str] = ids
         if batch is not None:  # the list is taken whole (and the gather pointer cleared)
             keys += [self.keys.batch(batch), self.keys.gather, self.keys.batch_taken(batch, token)]
-            args.append(batch)
-        else:
-            args += ids
+            named = [batch]
         give_up = time.monotonic() + CLAIM_RETRY_SECONDS
         failures = 0
         while True:
             now = time.time()
+            context = campaign_ctx.of_settings(self.keys, s, now)
             try:
-                raw = await scripts.run(self.redis, "claim", keys=keys, args=[repr(now), *args])
+                raw = await scripts.run(
+                    self.redis, "claim", keys=keys, args=[repr(now), *args, *context, *named]
+                )
                 break
             except (redis.exceptions.RedisError, OSError) as exc:
                 failures += 1

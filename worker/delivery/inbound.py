@@ -18,6 +18,8 @@ Messenger calls ``/messenger/webhook`` on the intake; verified events reach the 
   is asked again (a user may have written where no webhook told us, or no webhook is set up);
 * releases the deliveries parked for that PSID (``WINDOW_POLICY=park``), oldest first, when the
   last interaction moved forward;
+* marks the deliveries a ``read`` or ``delivery`` receipt names ``read_at`` / ``delivered_at``
+  (:mod:`worker.delivery.receipts`);
 * links the PSID to a Braze user when the event carries a ref that proves it was issued by us
   (``braze_<external_id>.<expires>.<mac>``, HMAC under ``LINK_SECRET``, bound to the page:
   :mod:`worker.messenger.refs`): writes the PSID to Braze (``BRAZE_PSID_ATTRIBUTE``) and remembers
@@ -58,6 +60,7 @@ import redis.asyncio as aioredis
 from worker import metrics
 from worker.braze import BrazeOutbox, braze_config, psid_attribute_item
 from worker.config import Settings
+from worker.delivery.receipts import apply_receipts
 from worker.logging import get_logger, recipient_ref
 from worker.messenger.refs import check_ref
 from worker.messenger.webhook import AD_WINDOW_SECONDS, WINDOW_SECONDS
@@ -101,7 +104,9 @@ async def record_events(
     if braze_items:
         await BrazeOutbox(keys).enqueue(client, braze_items)
     await _remember_mids(client, keys, fresh)
+    receipts = await apply_receipts(client, settings, fresh)
     return {
+        "receipts": receipts,
         "events": len(events),
         "duplicates": len(events) - len(fresh),
         "engaged": len(engaged),

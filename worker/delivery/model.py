@@ -46,6 +46,8 @@ class Delivery:
     external_id: str = ""
     #: Why its last round ended unsent ("" = none): a retry's error, a page pause ...
     last_reason: str = ""
+    #: The X-Braze-* attribution given at the intake (records.ATTRIBUTION names, those set).
+    attribution: dict[str, str] = field(default_factory=dict)
     # --- this round only (not stored) ---------------------------------------------------------
     #: slot_at was free when reserved (this batch's reservation, not a deferral).
     slot_free: bool = False
@@ -75,7 +77,13 @@ class Delivery:
             slot_at=records.number(rec, "slot_at"),
             external_id=rec.get("external_id", ""),
             last_reason=_reason(rec.get("error")),
+            attribution={name: rec[name] for name in records.ATTRIBUTION if rec.get(name)},
         )
+
+    @property
+    def campaign(self) -> str:
+        """The campaign it counts towards: its campaign id, else its Canvas id ("" = none)."""
+        return self.attribution.get("campaign_id") or self.attribution.get("canvas_id") or ""
 
 
 def _previous(rec: dict[str, str], claim: str) -> State:
@@ -132,6 +140,14 @@ class Outcome:
 
     def __post_init__(self) -> None:
         self.status = apply(State.IN_FLIGHT, self.event)
+
+    def cancel_instead(self) -> None:
+        """record.lua wrote it CANCELLED: its campaign was stopped (or it was cancelled) while it
+        was held, and this outcome was not final."""
+        self.event = Event.CANCEL
+        self.status = apply(State.IN_FLIGHT, Event.CANCEL)
+        self.reason = "campaign_stopped"
+        self.delay = 0.0
 
     @property
     def paced(self) -> bool:

@@ -185,6 +185,7 @@ class LogObserver(Observer):
             "recipient": recipient_ref(self._settings, d.psid),
             "attempt": d.attempts,
             "request_id": d.request_id or None,
+            **d.attribution,  # campaign_id, canvas_id, ... (those given at the intake)
         }
 
     def claimed(self, deliveries: Sequence[Delivery]) -> None:
@@ -281,6 +282,8 @@ class LogObserver(Observer):
             log.warning("delivery.dead_lettered", **common, reason=o.reason)
         elif o.status is State.EXPIRED:
             log.info("delivery.expired", **common, reason=o.reason)
+        elif o.status is State.CANCELLED:
+            log.info("delivery.cancelled", **common, reason=o.reason)
         else:
             log.info("delivery.failed", **common, reason=o.reason)
 
@@ -309,7 +312,11 @@ class BrazeFeedbackObserver(Observer):
                 mode: Literal["flag", "clear"] = "flag" if s.braze_feedback == "flag" else "clear"
                 items.append(unreachable_item(d.external_id, mode, self._psid_attribute))
             if s.braze_outcome_events and o.final:
-                items.append(outcome_event_item(d.external_id, o.status.value, d.id, o.reason))
+                items.append(
+                    outcome_event_item(
+                        d.external_id, o.status.value, d.id, o.reason, attribution=d.attribution
+                    )
+                )
         if items:
             queue_items(pipe, self._keys, items)
 

@@ -22,6 +22,9 @@ from worker.config import PageTokens, Settings
 from worker.delivery.model import PauseRequest
 from worker.logging import get_logger
 from worker.store import Keys, records, scripts, text
+from worker.store.pages import resume_page
+
+__all__ = ["PagePause", "PauseKeeper", "queue_lift", "queue_pause", "resume_page", "token_fingerprint"]
 
 log = get_logger("worker.delivery")
 
@@ -80,29 +83,6 @@ def queue_lift(pipe: Any, keys: Keys, page_id: str) -> None:
     """The probe was answered: the page is open again for everyone."""
     pipe.delete(keys.pause(page_id))
     pipe.zrem(keys.paused, page_id)
-
-
-async def resume_page(client: aioredis.Redis, keys: Keys, page_id: str) -> int:
-    """Lift a page pause and make its waiting deliveries due now. Returns how many were released."""
-    await client.delete(keys.pause(page_id))
-    await client.zrem(keys.paused, page_id)
-    ids = [text(i) for i in await client.zrange(keys.sched, 0, -1)]
-    released = 0
-    for start in range(0, len(ids), 1000):
-        chunk = ids[start : start + 1000]
-        pipe = client.pipeline(transaction=False)
-        for i in chunk:
-            pipe.hget(keys.delivery(i), "page_id")
-        pages = await pipe.execute()
-        mine = [i for i, p in zip(chunk, pages, strict=True) if p is not None and text(p) == page_id]
-        if mine:
-            pipe = client.pipeline(transaction=True)
-            for i in mine:
-                pipe.hset(keys.delivery(i), "not_before", "0")
-                pipe.zadd(keys.sched, {i: 0})
-            await pipe.execute()
-            released += len(mine)
-    return released
 
 
 class PauseKeeper:

@@ -27,18 +27,22 @@ import redis.exceptions
 
 from worker import metrics
 from worker.config import PageTokens, Settings
-from worker.delivery import routes
+from worker.delivery import policy, routes
 from worker.delivery.model import Outcome
 from worker.delivery.observers import Observer
 from worker.delivery.pauses import queue_lift, queue_pause
 from worker.logging import get_logger
 from worker.states import FINAL, State
-from worker.store import Keys, records, scripts
+from worker.store import Keys, campaign_ctx, records, scripts
 
 log = get_logger("worker.delivery")
 #: Backoff of a failed write: doubles from BASE to CAP (seconds), with jitter.
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0
+#: record.lua's answer for an open outcome written as CANCELLED (its campaign stopped meanwhile).
+CANCELLED_INSTEAD = 3
+#: A page's index of waiting deliveries outlives the longest wait in it by this much.
+PAGE_WAIT_MARGIN = 3600
 #: A delivery's history keeps its last entries only.
 HISTORY_ENTRIES = 20
 
@@ -174,6 +178,9 @@ class Recorder:
                 await asyncio.sleep(wait)
         for o, written in zip(outcomes, results[0], strict=True):
             o.written = int(written)
+            if o.written == CANCELLED_INSTEAD:  # its campaign was stopped meanwhile
+                o.written = 1
+                o.cancel_instead()
         metrics.OUTCOME_WRITES.labels("written").inc()
         metrics.OUTCOME_WRITE_SIZE.observe(len(outcomes))
         if failures:
@@ -195,6 +202,10 @@ class Recorder:
             keys.history_prefix,
             int(s.message_ttl) + s.record_retention,
             HISTORY_ENTRIES,
+            keys.sent_mid_prefix,
+            keys.unread_prefix,
+            "1" if s.braze_receipt_events else "0",
+            *campaign_ctx.of_settings(keys, s, now),
         ]
         for o in outcomes:
             fields = record_fields(o, now)
@@ -205,7 +216,16 @@ class Recorder:
             elif o.status not in FINAL:
                 due = repr(now + o.delay)
                 deadline = repr(now + o.delay + s.sweep_after_seconds)
-            args += [o.delivery.id, o.delivery.claim, o.status.value, due, deadline, *_notes(o), len(fields)]
+            args += [
+                o.delivery.id,
+                o.delivery.claim,
+                o.status.value,
+                due,
+                deadline,
+                *_notes(o),
+                o.reason or "",
+            ]
+            args.append(len(fields))
             for name, value in fields.items():
                 args += [name, value]
         scripts.queue(
@@ -219,6 +239,11 @@ class Recorder:
         """What Graph's answer taught about the recipient or the page (not fenced: true whoever
         holds the delivery now)."""
         s, keys, d = self._settings, self._keys, o.delivery
+        if o.status is State.SCHEDULED and o.reason in policy.PAGE_WAITS:
+            # waiting for its page: indexed, so that resuming the page releases it without a scan
+            key = keys.page_waits(d.page_id)
+            pipe.zadd(key, {d.id: time.time() + o.delay})
+            pipe.expire(key, int(o.delay) + PAGE_WAIT_MARGIN)
         if d.window_closed_seen:  # the next messages to this PSID skip the doomed call, a while
             pipe.set(keys.window_closed(d.page_id, d.psid), repr(time.time()), ex=s.window_recheck_seconds)
         if o.suppress:

@@ -37,7 +37,7 @@ from worker.intake.guard import MemoryGate
 from worker.intake.http import exception_handlers
 from worker.intake.metrics_server import MetricsServer
 from worker.intake.notices import ThrottledRecords
-from worker.intake.routes import admin, deliveries, health, lookups, send, webhook
+from worker.intake.routes import admin, campaigns, deliveries, health, lookups, send, webhook
 from worker.intake.state import IntakeState
 from worker.logging import get_logger
 from worker.status import MemoryGuard
@@ -58,6 +58,7 @@ def build_routes(settings: Settings) -> list[BaseRoute]:
         *send.routes(settings),
         *deliveries.routes(settings),
         *admin.routes(settings),
+        *campaigns.routes(settings),
         *lookups.routes(settings),
         *webhook.routes(settings),
         *health.routes(settings),

@@ -38,7 +38,10 @@ from worker.config import Settings
 from worker.intake.notices import Throttled
 from worker.logging import get_logger
 from worker.messenger.validation import InputError, SendRequest, encode_body
+from worker.states import State
 from worker.store import Keys, envelope, ids, scripts
+from worker.store.campaign_ctx import of_settings as campaign_context
+from worker.store.records import ATTRIBUTION
 
 log = get_logger("worker.intake")
 #: A batch this big is committed without waiting for company (BATCH_MAX caps it).
@@ -94,6 +97,10 @@ class MaybeStored(CommitFailed):
     code = "unavailable_maybe_stored"
 
 
+#: What a submit answers (the send route's ``status``), and accept.lua's answer for a cancelled item.
+QUEUED, CANCELLED, DUPLICATE = State.QUEUED.value, State.CANCELLED.value, "duplicate"
+CANCELLED_MARK = "-"
+
 _NOT_STORED = "the queue is unavailable; nothing was stored: retry later"
 _MAYBE_STORED = (
     "the queue did not confirm in time; the message may have been stored: retry with the same "
@@ -127,6 +134,8 @@ class _Item:
     deadline: float
     #: The sending token's public id (``worker.config.token_id``): who may read the delivery.
     caller: str = ""
+    #: The X-Braze-* attribution, in records.ATTRIBUTION's order ("" = not given).
+    attribution: tuple[str, ...] = ("",) * len(ATTRIBUTION)
 
 
 class GroupCommitter:
@@ -192,8 +201,26 @@ class GroupCommitter:
         caller: str = "",
         deadline: float | None = None,
     ) -> tuple[str, bool]:
-        """Returns (delivery_id, accepted). accepted is False for a repeated Idempotency-Key.
-        Raises :class:`CommitFailed` (at the latest at ``deadline``, loop time; default now +
+        """Returns (delivery_id, accepted). accepted is False for a repeated Idempotency-Key."""
+        delivery_id, status = await self.submit_with_status(
+            request, idempotency_key, request_id, external_id, caller=caller, deadline=deadline
+        )
+        return delivery_id, status != DUPLICATE
+
+    async def submit_with_status(
+        self,
+        request: SendRequest,
+        idempotency_key: str,
+        request_id: str,
+        external_id: str = "",
+        *,
+        caller: str = "",
+        deadline: float | None = None,
+        attribution: tuple[str, ...] | None = None,
+    ) -> tuple[str, str]:
+        """Returns (delivery_id, status): ``queued``, ``cancelled`` (its campaign is stopped:
+        recorded, never sent) or ``duplicate`` (a repeated Idempotency-Key: the first delivery's
+        id). Raises :class:`CommitFailed` (at the latest at ``deadline``, loop time; default now +
         INTAKE_DEADLINE_SECONDS) or the request's :class:`InputError`.
 
         An Idempotency-Key is scoped to the sending token and the page: one caller cannot learn
@@ -219,6 +246,7 @@ class GroupCommitter:
             loop.create_future(),
             now + self._deadline if deadline is None else deadline,
             caller,
+            attribution or ("",) * len(ATTRIBUTION),
         )
         self._buffer.append(item)
         if self._reaper is None:
@@ -231,7 +259,9 @@ class GroupCommitter:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         existing = await item.future
-        return (existing, False) if existing else (item.delivery_id, True)
+        if existing == CANCELLED_MARK:
+            return item.delivery_id, CANCELLED
+        return (existing, DUPLICATE) if existing else (item.delivery_id, QUEUED)
 
     def _reap(self) -> None:
         """Answers the waiting requests whose deadline passed before a commit took them: never
@@ -296,8 +326,9 @@ class GroupCommitter:
         be encoded (answered with its InputError): each fails alone."""
         s = self._settings
         batch_id = ids.new_delivery_id()  # used only if this commit has to start a batch
+        now = time.time()
         args: list[Any] = [
-            repr(time.time()),
+            repr(now),
             s.idempotency_ttl,
             s.sweep_after_seconds,
             self._keys.idem_prefix,
@@ -307,7 +338,8 @@ class GroupCommitter:
             batch_id,
             s.queue_batch_max,
             math.ceil(s.sweep_after_seconds) + BATCH_TTL_MARGIN,
-            10,
+            10 + len(ATTRIBUTION),
+            *campaign_context(self._keys, s, now),
         ]
         latest_start = asyncio.get_running_loop().time() + self._min_left
         going: list[_Item] = []
@@ -338,6 +370,7 @@ class GroupCommitter:
                 item.request_id,
                 item.external_id,
                 template,
+                *item.attribution,
             ]
             going.append(item)
         return going, args
@@ -366,7 +399,7 @@ class GroupCommitter:
         accepted: list[str] = []
         for item, result in zip(items, results, strict=True):
             existing = result.decode() if isinstance(result, bytes) else str(result)
-            if not existing:
+            if not existing or existing == CANCELLED_MARK:
                 accepted.append(item.delivery_id)
             if not item.future.done():
                 item.future.set_result(existing)

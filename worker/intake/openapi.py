@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.intake import openapi_campaigns as doc
 from worker.intake.openapi_lookups import lookup_paths
 from worker.intake.routes.admin import ACTIONS, MAX_LIMIT
 from worker.intake.routes.send import MAX_EXTERNAL_ID
@@ -55,6 +56,7 @@ SEND_422_CODES = (
     "no_page_token",
     "invalid_idempotency_key",
     "invalid_external_id",
+    "invalid_attribution",
 )
 
 #: The codes of a 503 from the send route (each with Retry-After; Braze retries).
@@ -150,6 +152,7 @@ def _send_operation(operation_id: str, path_params: list[dict[str, Any]]) -> dic
                 {"type": "string", "maxLength": MAX_EXTERNAL_ID},
                 "the Braze user, for feedback to Braze",
             ),
+            *doc.attribution_params(),
             _param("access_token", "query", {"type": "string"}, "a page token, as in the Send API URL"),
             _param("page_id", "query", {"type": "string"}, "the sending page, when the path has none"),
         ],
@@ -157,7 +160,7 @@ def _send_operation(operation_id: str, path_params: list[dict[str, Any]]) -> dic
         "responses": {
             "202": _json("accepted: stored in Redis and queued for delivery", _ref("Accepted")),
             "200": _json(
-                "repeated Idempotency-Key: the earlier delivery_id, nothing enqueued", _ref("Accepted")
+                "duplicate (repeated Idempotency-Key) or cancelled (campaign stopped)", _ref("Accepted")
             ),
             "400": _error("the body is not JSON", "invalid_json"),
             "401": _unauthorized(),
@@ -418,7 +421,10 @@ def _message_schemas() -> dict[str, Any]:
             "required": ["delivery_id", "status"],
             "properties": {
                 "delivery_id": {"type": "string"},
-                "status": {"type": "string", "enum": [State.QUEUED.value, "duplicate"]},
+                "status": {
+                    "type": "string",
+                    "enum": [State.QUEUED.value, "duplicate", State.CANCELLED.value],
+                },
             },
         },
         "MessengerWebhook": {
@@ -466,6 +472,7 @@ def _delivery_schema() -> dict[str, Any]:
             "next_attempt_at": time("when a retrying or scheduled delivery is due"),
             "first_created_at": time("first acceptance, for a replayed dead letter"),
             "replays": {"type": "integer", "description": "how often it was replayed"},
+            **doc.delivery_campaign_properties(),
             "error": {
                 "type": "object",
                 "description": "why the last attempt did not send",
@@ -541,6 +548,7 @@ def _schemas() -> dict[str, Any]:
         **_message_schemas(),
         "Delivery": _delivery_schema(),
         **_admin_schemas(),
+        **doc.campaign_schemas(),
         "Health": {
             "type": "object",
             "required": ["ok"],
@@ -585,6 +593,7 @@ def openapi_document() -> dict[str, Any]:
             **_dead_letter_paths(),
             **_webhook_paths(),
             **_operations_paths(),
+            **doc.campaign_paths(),
             **lookup_paths(_param, _json, _error, _unauthorized, _unavailable),
         },
     }

@@ -57,6 +57,10 @@ Events and the 24-hour window (messenger-platform.md §2.1)
     opt-ins, reactions, receipts carry none of their own). Ids longer than 512 characters are
     dropped (they only name a Redis key).
 
+    ``read`` and ``delivery`` receipts carry ``watermark`` (every message sent before it was read,
+    or delivered; epoch s) and a delivery its ``mids`` (at most MAX_RECEIPT_MIDS): the worker
+    marks the deliveries it sent ``delivered_at`` / ``read_at`` (:mod:`worker.delivery.inbound`).
+
 m.me links that tie a Messenger user to a Braze user
     ``https://m.me/<PAGE_USERNAME>?ref=braze_<external_id>.<expires>.<mac>``: what a ref must
     carry to link anything, and its check, are in :mod:`worker.messenger.refs`. The parser only
@@ -176,6 +180,27 @@ class InboundEvent:
     """How long the window it opens lasts (AD_WINDOW_SECONDS after a Click-to-Messenger ad)."""
     standby: bool = False
     """From ``standby`` (another app holds the thread)."""
+    watermark: float | None = None
+    """``read`` and ``delivery``: every message sent before this (epoch s) was read / delivered."""
+    mids: tuple[str, ...] = ()
+    """``delivery``: the message ids delivered (Meta may omit them; the watermark covers them)."""
+
+
+#: At most this many mids of one delivery receipt are kept (Meta sends a handful).
+MAX_RECEIPT_MIDS: Final = 100
+
+
+def _receipt(item: dict[object, object], kind: EventKind) -> tuple[float | None, tuple[str, ...]]:
+    """A read or delivery receipt's watermark (epoch s) and, for a delivery, its mids."""
+    body = item.get(kind)
+    if not isinstance(body, dict):
+        return None, ()
+    watermark = _seconds(body.get("watermark"))
+    mids: tuple[str, ...] = ()
+    raw = body.get("mids")
+    if kind == "delivery" and isinstance(raw, list):
+        mids = tuple(m for m in raw[:MAX_RECEIPT_MIDS] if isinstance(m, str) and m and len(m) <= MAX_MID)
+    return watermark, mids
 
 
 def _id(value: object) -> str | None:
@@ -243,6 +268,7 @@ def _event(
         opens = _str_at(item, "optin", "type") != _MARKETING_OPTIN
     if mid is not None and len(mid) > MAX_MID:
         mid = None
+    watermark, mids = _receipt(item, kind) if kind in ("read", "delivery") else (None, ())
     return InboundEvent(
         page_id=page_id,
         psid=psid,
@@ -253,6 +279,8 @@ def _event(
         mid=mid,
         window_seconds=AD_WINDOW_SECONDS if opens and _from_ad(item) else WINDOW_SECONDS,
         standby=standby,
+        watermark=watermark,
+        mids=mids,
     )
 
 
@@ -292,4 +320,6 @@ def event_to_dict(event: InboundEvent) -> dict[str, Any]:
         "mid": event.mid,
         "window_seconds": event.window_seconds,
         "standby": event.standby,
+        "watermark": event.watermark,
+        "mids": list(event.mids),
     }

@@ -119,6 +119,11 @@ Control endpoints (JSON, no auth)
   pages to the default catalogue.
 * ``GET /healthz`` -> ``{"ok": true}``.
 
+Receipts (``SandboxConfig.receipts_*``; ``messenger-worker sandbox --receipts-webhook URL
+--receipts-secret S``, wired by ``up --sandbox``): signed ``message_deliveries`` and
+``message_reads`` webhook events for a share of the accepted sends, after a delay
+(:mod:`worker.sandbox.receipts`).
+
 Modules
 -------
 ``config`` (:class:`SandboxConfig`, the token convention), ``errors`` (Graph error bodies),

@@ -69,11 +69,14 @@ def serve(
     port: int = 8081,
     latency_ms: float = 0.0,
     tokens: Mapping[str, str] | None = None,
+    receipts: Mapping[str, object] | None = None,
 ) -> None:
-    """Run the sandbox with uvicorn until SIGINT/SIGTERM."""
+    """Run the sandbox with uvicorn until SIGINT/SIGTERM (``receipts``: SandboxConfig's
+    receipts_* fields, without the prefix: webhook, secret, share, delay_ms)."""
     import uvicorn
 
-    config = SandboxConfig(latency_ms=latency_ms, tokens=dict(tokens or {}))
+    extra = {f"receipts_{k}": v for k, v in (receipts or {}).items() if v is not None}
+    config = SandboxConfig(latency_ms=latency_ms, tokens=dict(tokens or {}), **extra)  # type: ignore[arg-type]
     uvicorn.Server(
         uvicorn.Config(
             create_app(config),

@@ -28,3 +28,12 @@ class SandboxConfig:
     """Explicit token -> page id, checked before the ``sandbox-token-<page_id>`` convention."""
     record_limit: int = 1_000_000
     """Maximum number of recorded calls kept (oldest dropped first)."""
+    receipts_webhook: str | None = None
+    """The intake's ``/messenger/webhook``: signed delivery and read receipts are posted there for
+    the messages the sandbox accepted (:mod:`worker.sandbox.receipts`); None: none are."""
+    receipts_secret: str = ""
+    """The app secret the receipts are signed with (the intake's ``APP_SECRET``)."""
+    receipts_share: float = 0.8
+    """The share of accepted sends that get a delivery receipt (and of those, a read receipt)."""
+    receipts_delay_ms: float = 1000.0
+    """From the send to its delivery receipt, and from that to its read receipt."""

@@ -73,6 +73,8 @@ class SendEndpoint:
         if delay > 0:
             await asyncio.sleep(delay / 1000.0)
         state.record(call, answer)
+        if state.receipts is not None and answer.message_id is not None and call.psid and call.page_id:
+            state.receipts.sent(call.page_id, call.psid, answer.message_id)
 
         if answer.drop:
             await _drop_connection(scope)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from worker.sandbox.config import SandboxConfig
 from worker.sandbox.errors import Answer, Refusal, graph_error
+from worker.sandbox.receipts import Receipts
 from worker.sandbox.templates import Templates
 from worker.sandbox.validation import BadJSON, parse_body
 
@@ -99,6 +100,17 @@ class SandboxState:
         self.opened: set[str] = set()
         #: Every page's utility templates (worker/sandbox/templates.py).
         self.templates = Templates()
+        #: Delivery and read receipts for accepted sends (worker/sandbox/receipts.py), if configured.
+        self.receipts = (
+            Receipts(
+                config.receipts_webhook,
+                config.receipts_secret,
+                config.receipts_share,
+                config.receipts_delay_ms,
+            )
+            if config.receipts_webhook
+            else None
+        )
 
     def clear(self) -> None:
         self.records.clear()

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from worker.config import Settings
 from worker.states import State
-from worker.store import envelope, records, scripts
+from worker.store import campaign_ctx, envelope, records, scripts
 from worker.store.keys import Keys, text
 
 #: Records read per round trip while listing.
@@ -120,11 +120,18 @@ async def replay(client: aioredis.Redis, settings: Settings, ids: list[str]) -> 
     done: list[str] = []
     for start in range(0, len(ids), settings.batch_max):
         chunk = ids[start : start + settings.batch_max]
+        now = time.time()
         res = await scripts.run(
             client,
             "replay",
             keys=[keys.dead, keys.pending, keys.open],
-            args=[repr(time.time()), settings.sweep_after_seconds, keys.delivery_prefix, *chunk],
+            args=[
+                repr(now),
+                settings.sweep_after_seconds,
+                keys.delivery_prefix,
+                *campaign_ctx.of_settings(keys, settings, now),
+                *chunk,
+            ],
         )
         replayed = [text(i) for i in res]
         await envelope.publish(client, settings.queue_name, replayed, settings.batch_max)

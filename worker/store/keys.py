@@ -39,14 +39,32 @@
                                     (status, parameters, buttons; worker/templates)
     P:tpl:synced            zset    page -> when its template catalogue was last read from Graph
     P:tpl:lock              string  the periodic catalogue sync's turn (TEMPLATE_SYNC_SECONDS TTL)
+    P:pwait:{page}          zset    deliveries waiting for their page (paused, throttled, token,
+                                    restricted) -> due: a resume releases them without a scan
     P:pause:{page}          hash    page pause: until, reason, code, token fingerprint, probe
     P:paused                zset    paused pages -> until
     P:rl:{page}:{class}     hash    the page's GCRA bucket (worker/ratelimit.py)
     P:rl:r:{page}:{psid}    hash    a recipient's bucket (RECIPIENT_RATE_LIMIT)
+    P:rl:usage              hash    page -> "{percent}:{epoch s}": Graph's last usage header
+                                    (X-Business-Use-Case-Usage; written at most every 5 s)
     P:rl:used               zset    "{page}:{class}" -> its last use (status; pruned after a day)
     P:stats:{minute}:{st}   string  final outcomes per minute (status rates; 1 h TTL)
     P:stats:{minute}:reasons hash   failed/dead/expired outcomes per "{status}:{reason}", and
                                     possible duplicates, per minute (the console; 1 h TTL)
+    P:camp:{id}             hash    a campaign's (or Canvas's) counters: accepted, sent, failed,
+                                    failed:{reason}, expired, dead, cancelled, delivered, read,
+                                    replayed, sent_after_stop; first_at, last_at, kind, stopped_at,
+                                    stopped_by (CAMPAIGN_RETENTION, refreshed on activity)
+    P:campopen:{id}         zset    the campaign's open deliveries -> accepted at (what a stop
+                                    cancels; members leave as they end; CAMPAIGN_RETENTION)
+    P:camps                 zset    campaigns -> last activity (``campaigns list``; pruned by
+                                    CAMPAIGN_RETENTION)
+    P:campstop              zset    stopped campaigns -> stopped at (claim.lua, accept.lua and the
+                                    workers read it; resume removes; pruned by CAMPAIGN_RETENTION)
+    P:mid2d:{page}:{mid}    string  a sent message's Graph message id -> its delivery id (delivery
+                                    receipts; RECORD_RETENTION)
+    P:unread:{page}:{psid}  zset    sent deliveries not yet read -> sent at (delivery and read
+                                    watermarks; RECORD_RETENTION, pruned on every send)
     P:braze:outbox … :lock          the Braze outbox (worker/braze/outbox.py)
     {QUEUE_NAME}            list    the Celery queue (kombu's Redis layout); ``unacked`` is kombu's
 """
@@ -184,6 +202,10 @@ class Keys:
         """Held (SET NX EX) by the worker whose turn it is to sync the catalogues (worker/templates/sync.py)."""
         return f"{self.prefix}:tpl:lock"
 
+    def page_waits(self, page_id: str) -> str:
+        """The deliveries waiting for their page (worker/delivery/recorder.py; store/pages.py)."""
+        return f"{self.prefix}:pwait:{page_id}"
+
     def pause(self, page_id: str) -> str:
         return f"{self.prefix}:pause:{page_id}"
 
@@ -197,6 +219,11 @@ class Keys:
     def bucket_of(self, member: str) -> str:
         """The bucket of a ``P:rl:used`` member (``{page}:{class}``)."""
         return f"{self.prefix}:rl:{member}"
+
+    @property
+    def page_usage(self) -> str:
+        """Each page's last usage percentage from Graph (worker/ratelimit.py; the console reads it)."""
+        return f"{self.prefix}:rl:usage"
 
     def recipient_bucket(self, page_id: str, psid: str) -> str:
         return f"{self.prefix}:rl:r:{page_id}:{psid}"
@@ -215,6 +242,46 @@ class Keys:
     @property
     def stats_prefix(self) -> str:
         return f"{self.prefix}:stats:"
+
+    # --- campaigns (worker/campaigns.py) ---------------------------------------------------------
+    def campaign(self, campaign_id: str) -> str:
+        return f"{self.prefix}:camp:{campaign_id}"
+
+    @property
+    def campaign_prefix(self) -> str:
+        return f"{self.prefix}:camp:"
+
+    def campaign_open(self, campaign_id: str) -> str:
+        return f"{self.prefix}:campopen:{campaign_id}"
+
+    @property
+    def campaign_open_prefix(self) -> str:
+        return f"{self.prefix}:campopen:"
+
+    @property
+    def campaigns(self) -> str:
+        return f"{self.prefix}:camps"
+
+    @property
+    def campaigns_stopped(self) -> str:
+        return f"{self.prefix}:campstop"
+
+    # --- receipts ------------------------------------------------------------------------------
+    def sent_mid(self, page_id: str, mid: str) -> str:
+        """A sent message's Graph id -> its delivery id (delivery receipts by mid)."""
+        return f"{self.prefix}:mid2d:{page_id}:{mid}"
+
+    @property
+    def sent_mid_prefix(self) -> str:
+        return f"{self.prefix}:mid2d:"
+
+    def unread(self, page_id: str, psid: str) -> str:
+        """The recipient's sent, unread deliveries -> sent at (delivery and read watermarks)."""
+        return f"{self.prefix}:unread:{page_id}:{psid}"
+
+    @property
+    def unread_prefix(self) -> str:
+        return f"{self.prefix}:unread:"
 
     # --- Braze --------------------------------------------------------------------------------
     @property

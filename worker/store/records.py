@@ -13,10 +13,14 @@ Fields, by who writes them::
                       slot_at, not_before, message_id, sent_at, delivered_via, delivered_tag, error (JSON),
                       done (the last claim whose outcome was written), parked_at
     replay            first_created_at, replays
+    accept (intake)   also campaign_id, canvas_id, canvas_step_id, variation_id, send_id (those given)
+    cancel            cancel (1: cancel it when its worker writes its next outcome)
+    receipts          delivered_at, read_at (Messenger's delivery and read webhooks)
 
 A final record that is not a dead letter keeps a compact outcome: status, page_id, times,
 attempts, failures, request_id, message_id, sent_at, delivered_via, delivered_tag, error, done, first_created_at,
-replays, caller (about 300 bytes). :data:`COMPACT_DROP` goes: the body, the PSID, the Braze user
+replays, caller, the attribution fields, delivered_at, read_at (about 300 bytes, plus the
+attribution's ids). :data:`COMPACT_DROP` goes: the body, the PSID, the Braze user
 and the working fields (and the ``token`` field that records written before tokens stopped being
 stored may hold). No record ever holds a page token now. It then expires after ``RECORD_RETENTION``. A dead letter
 keeps everything (it can be replayed) and does not expire (``DEAD_LETTER_RETENTION``).
@@ -49,9 +53,22 @@ COMPACT_DROP: Final = (
     "previous",
     "lease_until",
     "idempotency_key",
-    "external_id",
     "parked_at",
+    "cancel",
 )
+#: The Braze user is dropped too (record.lua, _campaign.lua), except from a sent record while
+#: BRAZE_RECEIPT_EVENTS needs it for its receipts (dropped again once it is read).
+EXTERNAL_ID: Final = "external_id"
+
+#: Attribution (the Braze webhook's X-Braze-* headers): stored on the record, kept when it is
+#: compacted, shown by the status API and written on every outcome line. A delivery belongs to
+#: its campaign, or to its Canvas when it has no campaign id (:func:`owner`).
+ATTRIBUTION: Final = ("campaign_id", "canvas_id", "canvas_step_id", "variation_id", "send_id")
+
+
+def owner(rec: dict[str, str]) -> str:
+    """The campaign a record counts towards: its campaign id, else its Canvas id ("" = none)."""
+    return rec.get("campaign_id") or rec.get("canvas_id") or ""
 
 
 def decode(raw: Sequence[Any] | dict[Any, Any]) -> dict[str, str]:
@@ -115,6 +132,12 @@ def public_view(delivery_id: str, rec: dict[str, str]) -> dict[str, Any]:
     if rec.get("first_created_at"):
         view["first_created_at"] = number(rec, "first_created_at")
         view["replays"] = int(rec.get("replays", "0") or 0)
+    for name in ATTRIBUTION:
+        if rec.get(name):
+            view[name] = rec[name]
+    for name in ("delivered_at", "read_at"):
+        if rec.get(name):
+            view[name] = number(rec, name)
     if status in (State.RETRYING, State.SCHEDULED) and rec.get("not_before"):
         view["next_attempt_at"] = number(rec, "not_before")
     return view

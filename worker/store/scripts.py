@@ -48,7 +48,8 @@ class Script:
 
 def _prelude() -> str:
     drop = ", ".join(f"'{field}'" for field in records.COMPACT_DROP)
-    return f"{states.lua_prelude()}local COMPACT_DROP = {{{drop}}}\n"
+    attribution = ", ".join(f"'{field}'" for field in records.ATTRIBUTION)
+    return f"{states.lua_prelude()}local COMPACT_DROP = {{{drop}}}\nlocal ATTRIBUTION = {{{attribution}}}\n"
 
 
 def _read(name: str) -> str:

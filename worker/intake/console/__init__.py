@@ -30,8 +30,8 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from worker.config import Settings, token_id
 from worker.intake import state
+from worker.intake.console import actions, views
 from worker.intake.console import session as sessions
-from worker.intake.console import views
 from worker.intake.console.render import HEADERS, page
 from worker.logging import get_logger
 
@@ -126,6 +126,9 @@ def routes(settings: Settings) -> list[BaseRoute]:
                 Route("/login", login, methods=["POST"]),
                 Route("/logout", checked(logout), methods=["POST"]),
                 Route("/pages", signed_in(views.pages), methods=["GET"]),
+                Route("/pages/{page_id}/{verb}", checked(actions.page_action), methods=["POST"]),
+                Route("/campaigns", signed_in(actions.campaigns), methods=["GET"]),
+                Route("/campaigns/{campaign_id}/{verb}", checked(actions.campaign_action), methods=["POST"]),
                 Route("/dead-letters", signed_in(views.dead_letters), methods=["GET"]),
                 Route("/dead-letters", checked(views.dead_action), methods=["POST"]),
                 Route("/lookup", signed_in(views.lookups), methods=["GET"]),

@@ -81,6 +81,11 @@ async def pages(request: Request, s: sessions.Session) -> Response:
     for paused in current.paused_pages:
         entry = rows.setdefault(paused.page_id, _page_row(settings, paused.page_id, configured=False))
         entry["paused_until"], entry["pause_reason"] = paused.paused_until, paused.reason
+    usage = await intake.redis.hmget(intake.keys.page_usage, list(rows)) if rows else []  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    for page_id, raw in zip(list(rows), usage, strict=True):
+        if raw is not None:
+            pct, _, at = raw.decode().partition(":")
+            rows[page_id]["usage_pct"], rows[page_id]["usage_at"] = int(pct), float(at or 0)
     return page("pages", s, pages=[rows[k] for k in sorted(rows)], notice=request.query_params.get("done"))
 
 
@@ -96,6 +101,8 @@ def _page_row(settings: Any, page_id: str, *, configured: bool) -> dict[str, Any
         "factor": 1.0,
         "paused_until": None,
         "pause_reason": None,
+        "usage_pct": None,
+        "usage_at": None,
     }
 
 

@@ -3,6 +3,8 @@
 * :mod:`.send`: the Send API drop-in Braze posts to (``/me/messages`` and versioned paths);
 * :mod:`.deliveries`: a delivery's status (``/v1/deliveries/{delivery_id}``);
 * :mod:`.admin`: dead letters: list, replay, purge (``/v1/dead-letters``);
+* :mod:`.campaigns`: campaigns (list, counters, stop, resume), cancelling a delivery, pausing and
+  resuming a page (``/v1/campaigns``, ``/v1/deliveries/{id}/cancel``, ``/v1/pages/{id}/...``);
 * :mod:`.webhook`: Messenger's webhook: the subscription handshake and signed events;
 * :mod:`.health`: ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``.
 

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from worker.config import Settings
 from worker.intake import state
 from worker.intake.auth import Role, authed, caller_of
-from worker.intake.committer import NotStored
+from worker.intake.committer import CANCELLED, DUPLICATE, NotStored
 from worker.intake.guard import MemoryGate
 from worker.intake.http import JSONResponse, counted, read_body, redis_full
 from worker.intake.notices import Throttled
@@ -41,6 +41,7 @@ from worker.logging import get_logger, recipient_ref
 from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, SendHeaders, SendRequest, validate
 from worker.states import State
 from worker.store import ids
+from worker.store.records import ATTRIBUTION
 from worker.templates import check_request
 
 log = get_logger("worker.intake")
@@ -60,8 +61,25 @@ _SEND_HEADERS = frozenset(
         b"x-fallback-tags",
         b"x-utility-template",
         b"x-utility-parameters",
+        b"x-braze-campaign-id",
+        b"x-braze-canvas-id",
+        b"x-braze-canvas-step-id",
+        b"x-braze-message-variation-id",
+        b"x-braze-send-id",
     )
 )
+#: The attribution headers, in records.ATTRIBUTION's order (campaign_id, canvas_id, ...).
+ATTRIBUTION_HEADERS = (
+    "X-Braze-Campaign-Id",
+    "X-Braze-Canvas-Id",
+    "X-Braze-Canvas-Step-Id",
+    "X-Braze-Message-Variation-Id",
+    "X-Braze-Send-Id",
+)
+_ATTRIBUTION_KEYS = tuple(name.lower().encode() for name in ATTRIBUTION_HEADERS)
+#: An attribution value: Braze's ids are 36-character UUIDs or 24-hex ids; this leaves room.
+MAX_ATTRIBUTION = 128
+_NO_ATTRIBUTION = ("",) * len(ATTRIBUTION_HEADERS)
 
 
 def _send_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
@@ -83,6 +101,28 @@ def _utf8(value: str | None, name: str) -> str | None:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(422, "invalid_utility_parameters", f"{name} is not UTF-8") from None
+
+
+def attribution(headers: dict[bytes, str]) -> tuple[str, ...]:
+    """The X-Braze-* ids (campaign, Canvas, step, variation, send), "" for those absent or empty
+    (Liquid renders ``{{campaign.${api_id}}}`` empty in a Canvas). A value longer than
+    MAX_ATTRIBUTION or with anything but printable ASCII without spaces is 422
+    ``invalid_attribution``: it names Redis keys and log fields."""
+    if not any(key in headers for key in _ATTRIBUTION_KEYS):
+        return _NO_ATTRIBUTION
+    out = []
+    for key, name in zip(_ATTRIBUTION_KEYS, ATTRIBUTION_HEADERS, strict=True):
+        value = headers.get(key, "").strip()
+        if len(value) > MAX_ATTRIBUTION:
+            raise InputError(
+                422, "invalid_attribution", f"{name} is longer than {MAX_ATTRIBUTION} characters"
+            )
+        if value and not all("!" <= c <= "~" for c in value):
+            raise InputError(
+                422, "invalid_attribution", f"{name} must be printable ASCII without spaces (a Braze id)"
+            )
+        out.append(value)
+    return tuple(out)
 
 
 async def _check_template(intake: state.IntakeState, request: SendRequest) -> None:
@@ -125,6 +165,7 @@ async def send(request: Request) -> Response:
         raise InputError(
             422, "invalid_external_id", f"X-Braze-External-Id is longer than {MAX_EXTERNAL_ID} characters"
         )
+    braze_ids = attribution(headers)
     send_request = validate(
         await read_body(request),
         settings,
@@ -155,12 +196,28 @@ async def send(request: Request) -> Response:
             return redis_full(memory.guard.ratio, memory.guard.headroom)
     if not idem:
         NO_KEY_WARNING.note(request_id=request_id, page_id=send_request.page_id)
-    delivery_id, accepted = await intake.committer.submit(
-        send_request, idem, request_id, external_id, caller=caller.id, deadline=deadline
+    delivery_id, status = await intake.committer.submit_with_status(
+        send_request,
+        idem,
+        request_id,
+        external_id,
+        caller=caller.id,
+        deadline=deadline,
+        attribution=braze_ids,
     )
-    if not accepted:
+    if status == DUPLICATE:
         log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id)
-        return JSONResponse({"delivery_id": delivery_id, "status": "duplicate"}, status_code=200)
+        return JSONResponse({"delivery_id": delivery_id, "status": DUPLICATE}, status_code=200)
+    if status == CANCELLED:  # its campaign is stopped: 2xx, so Braze does not retry it
+        log.info(
+            "delivery.cancelled",
+            delivery_id=delivery_id,
+            page_id=send_request.page_id,
+            request_id=request_id,
+            reason="campaign_stopped",
+            **_attribution_fields(braze_ids),
+        )
+        return JSONResponse({"delivery_id": delivery_id, "status": CANCELLED}, status_code=200)
     if send_request.stripped_tag:
         log.info(
             "delivery.tag_stripped",
@@ -171,6 +228,10 @@ async def send(request: Request) -> Response:
             tag=send_request.stripped_tag,
         )
     return JSONResponse({"delivery_id": delivery_id, "status": _QUEUED}, status_code=202)
+
+
+def _attribution_fields(values: tuple[str, ...]) -> dict[str, str]:
+    return {name: value for name, value in zip(ATTRIBUTION, values, strict=True) if value}
 
 
 def routes(settings: Settings) -> list[Route]:

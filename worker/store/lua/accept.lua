@@ -5,19 +5,26 @@
 -- (P:idem:), ARGV[5] delivery key prefix (P:d:), ARGV[6] batch key prefix (P:batch:),
 -- ARGV[7] the Celery message of a new batch (`worker.deliver_batch(ARGV[8])`, serialised),
 -- ARGV[8] the new batch's id, ARGV[9] QUEUE_BATCH_MAX, ARGV[10] a batch list's TTL (s),
--- ARGV[11] fields per item (F), then from ARGV[12] F values per item:
+-- ARGV[11] fields per item (F), ARGV[12..26] the campaign context (_campaign.lua), then from
+-- ARGV[27] F values per item:
 --   id, idempotency key ('' for none; scoped by the intake to the caller and the page), page_id,
 --   psid (the recipient's store key: worker/messenger/recipients.py), body, caller (the sending
 --   token's public id: who may read the delivery), fallbacks (JSON list of routes: tag:<TAG>,
 --   utility:<name>), request id, Braze external_id ('' for none), the utility template (JSON, ''
---   for none). No token is ever stored.
+--   for none), then the attribution (ATTRIBUTION: campaign_id, canvas_id, canvas_step_id,
+--   variation_id, send_id; '' for none). No token is ever stored.
+-- A delivery of a campaign that is stopped (P:campstop) is not queued: its record is written
+-- CANCELLED (compact, RECORD_RETENTION) and its item's answer is '-'. Every other item with a
+-- campaign joins the campaign's open index; both are counted (accepted, cancelled).
 -- Each accepted item becomes a QUEUED record, in pending (deadline now + sweep_after) and open.
--- Returns, per item, '' when accepted or the existing delivery id for a repeated idempotency key.
+-- Returns, per item, '' when accepted, '-' when cancelled (its campaign is stopped), or the
+-- existing delivery id for a repeated idempotency key.
 -- The accepted ids join the queue's newest batch while it is still queued (its list exists: no
 -- worker has taken it) and has room for them all; otherwise they start a new batch and its
 -- message is pushed. A backlog thus travels in messages of up to QUEUE_BATCH_MAX ids, while an
 -- idle queue still gets one message per commit. The list outlives sweep_after, so a message
 -- that is lost leaves its ids to the sweeper (their pending deadline), never to nobody.
+--!include _campaign.lua
 local now = ARGV[1]
 local idem_ttl = tonumber(ARGV[2])
 local deadline = tonumber(now) + tonumber(ARGV[3])
@@ -26,7 +33,8 @@ local ttl = tonumber(ARGV[10])
 local per = tonumber(ARGV[11])
 local out = {}
 local accepted = {}
-local i = 12
+camp_init(12)
+local i = 27
 while i <= #ARGV do
   local id = ARGV[i]
   local idem = ARGV[i + 1]
@@ -37,14 +45,37 @@ while i <= #ARGV do
       existing = redis.call('GET', key)
     end
   end
+  local attr = {}
+  for k, name in ipairs(ATTRIBUTION) do
+    local v = ARGV[i + 9 + k]
+    if v ~= '' then
+      table.insert(attr, name)
+      table.insert(attr, v)
+    end
+  end
+  local camp = camp_of(ARGV[i + 10], ARGV[i + 11])
   if existing then
     table.insert(out, existing)
+  elseif camp and camp_stopped(camp) then
+    local key = ARGV[5] .. id
+    redis.call('HSET', key, 'status', S.CANCELLED, 'page_id', ARGV[i + 2], 'caller', ARGV[i + 5],
+      'request_id', ARGV[i + 7], 'created_at', now, 'updated_at', now, 'attempts', 0,
+      'error', '{"reason":"campaign_stopped","code":null,"subcode":null,"message":"campaign_stopped","fbtrace_id":null}',
+      unpack(attr))
+    redis.call('EXPIRE', key, CAMP.record_retention)
+    camp_count(camp, 'accepted')
+    camp_count(camp, S.CANCELLED)
+    table.insert(out, '-')
   else
+    if camp then
+      redis.call('ZADD', CAMP.open .. camp, now, id)
+      camp_count(camp, 'accepted')
+    end
     redis.call('HSET', ARGV[5] .. id,
       'status', S.QUEUED, 'page_id', ARGV[i + 2], 'psid', ARGV[i + 3], 'body', ARGV[i + 4],
       'caller', ARGV[i + 5], 'fallbacks', ARGV[i + 6], 'request_id', ARGV[i + 7],
       'idempotency_key', idem, 'external_id', ARGV[i + 8], 'created_at', now, 'updated_at', now,
-      'attempts', 0)
+      'attempts', 0, unpack(attr))
     if ARGV[i + 9] ~= '' then redis.call('HSET', ARGV[5] .. id, 'utility', ARGV[i + 9]) end
     redis.call('ZADD', KEYS[1], deadline, id)
     redis.call('ZADD', KEYS[3], now, id)
@@ -69,4 +100,5 @@ if #accepted > 0 then
   redis.call('RPUSH', batch, unpack(accepted))
   redis.call('EXPIRE', batch, ttl)
 end
+camp_flush()
 return out

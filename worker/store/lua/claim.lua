@@ -2,20 +2,24 @@
 -- KEYS[1] pending zset; for a `worker.deliver_batch` message also KEYS[2] its batch list,
 -- KEYS[3] the queue's gather pointer and KEYS[4] where this claim keeps the list it took.
 -- ARGV[1] now, ARGV[2] lease seconds, ARGV[3] delivery key prefix (P:d:), ARGV[4] the claim's
--- fence token, ARGV[5] how long a taken list is kept (s), ARGV[6..] the ids (`worker.deliver`)
--- or the batch id (`worker.deliver_batch`).
+-- fence token, ARGV[5] how long a taken list is kept (s), ARGV[6..20] the campaign context
+-- (_campaign.lua), ARGV[21..] the ids (`worker.deliver`) or the batch id (`worker.deliver_batch`).
 -- A batch list is taken whole (renamed to KEYS[4]; the gather pointer is cleared, so later
 -- commits start a new batch); a second copy of the message finds nothing to take.
 -- A delivery is claimed when it is CLAIMABLE, due (not_before <= now) and not held (no lease, or
 -- a lease that ended: its holder stopped renewing it). It becomes IN_FLIGHT with claim = the
 -- token, previous = its status before, lease_until = now + lease, and its pending deadline just
 -- after the lease.
+-- A claimable delivery of a stopped campaign (P:campstop), or one an operator asked to cancel
+-- while it was held (`cancel`), is not claimed: it ends CANCELLED here, without a Graph call.
 -- The same call sent again with the same token (its answer was lost) takes back the same
 -- deliveries: a delivery whose claim is already this token is returned again.
 -- Returns {ids looked at, id, its fields before this claim (HGETALL), ...}.
+--!include _campaign.lua
 local now = tonumber(ARGV[1])
 local lease = now + tonumber(ARGV[2])
 local token = ARGV[4]
+camp_init(6)
 local ids
 if #KEYS == 4 then
   if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -23,17 +27,22 @@ if #KEYS == 4 then
     redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
   end
   ids = redis.call('LRANGE', KEYS[4], 0, -1)
-  if redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end
+  if redis.call('GET', KEYS[3]) == ARGV[21] then redis.call('DEL', KEYS[3]) end
 else
-  ids = {unpack(ARGV, 6)}
+  ids = {unpack(ARGV, 21)}
 end
 local out = {#ids}
 for _, id in ipairs(ids) do
   local key = ARGV[3] .. id
-  local st = redis.call('HMGET', key, 'status', 'not_before', 'lease_until', 'claim')
+  local st = redis.call('HMGET', key, 'status', 'not_before', 'lease_until', 'claim', 'campaign_id',
+    'canvas_id', 'cancel')
+  local camp = camp_of(st[5], st[6])
   if st[4] == token and st[1] == S.IN_FLIGHT then
     table.insert(out, id)
     table.insert(out, redis.call('HGETALL', key))
+  elseif st[1] and CLAIMABLE[st[1]] and tonumber(st[3] or '0') <= now
+      and (st[7] == '1' or (camp and camp_stopped(camp))) then
+    camp_cancel(id, st[7] == '1' and 'operator' or 'campaign_stopped')
   elseif st[1] and CLAIMABLE[st[1]] and tonumber(st[2] or '0') <= now and tonumber(st[3] or '0') <= now then
     table.insert(out, id)
     table.insert(out, redis.call('HGETALL', key))
@@ -41,4 +50,5 @@ for _, id in ipairs(ids) do
     redis.call('ZADD', KEYS[1], lease + 1, id)
   end
 end
+camp_flush()
 return out

@@ -3,37 +3,49 @@
 -- ARGV[1] now, ARGV[2] delivery key prefix (P:d:), ARGV[3] park key prefix (P:park:),
 -- ARGV[4] stats key prefix (P:stats:), ARGV[5] final record retention (s), ARGV[6] this minute,
 -- ARGV[7] history key prefix (P:hist:), ARGV[8] a history's TTL (s), ARGV[9] its entries kept,
--- then per delivery: id, fence token, status, due ('' = none), pending deadline ('' = none),
--- a history entry ('' = none), a failure class ('' = none: "{status}:{reason}" counted in
--- P:stats:{minute}:reasons), n, and n field/value pairs for its record.
+-- ARGV[10] sent-mid prefix (P:mid2d:), ARGV[11] unread prefix (P:unread:), ARGV[12] '1' to keep
+-- a sent record's external_id (BRAZE_RECEIPT_EVENTS), ARGV[13..27] the campaign context
+-- (_campaign.lua), then per delivery: id, fence token, status, due ('' = none), pending deadline
+-- ('' = none), a history entry ('' = none), a failure class ('' = none: "{status}:{reason}"
+-- counted in P:stats:{minute}:reasons), reason ('' = none), n, and n field/value pairs.
 -- The history entry and the failure class are written only with a fresh write (never twice,
 -- whatever retries the call: the caller re-sends a pipeline whose answer it lost).
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
 -- `done` remembers the token, so a retried call (its answer lost) is recognised, not refused.
 -- By status (worker/states.py):
---   FINAL      leaves pending, open, sched and any park; counted per minute (`P:stats:`); a dead
---              letter joins `dead` and keeps its body (replayable) with no expiry; any other
---              final record is compacted (COMPACT_DROP: body, recipient, token, tags, working
---              fields) and expires after the retention; a sent record drops an earlier error
+--   FINAL      leaves pending, open, sched, any park and its campaign's open index; counted per
+--              minute (`P:stats:`) and in its campaign (status, failed:{reason}); a dead letter
+--              joins `dead` and keeps its body (replayable) with no expiry; any other final
+--              record is compacted (COMPACT_DROP, and the Braze user unless ARGV[12]) and expires
+--              after the retention; a sent record drops an earlier error, and its message id
+--              (P:mid2d) and its place among its recipient's unread deliveries (P:unread) are
+--              written for the receipts (both expire with the record). Sent while its campaign
+--              is stopped (a call that started before the worker saw the stop): sent_after_stop
+--   open, while its campaign is stopped or an operator cancelled it (`cancel`): CANCELLED
+--              instead (_campaign.lua's camp_cancel), answered 3
 --   PARKED     joins the recipient's park and `parked` (score: accepted at)
 --   otherwise  waits in sched until `due` when one is given
 --   open       pending deadline = the given one
--- Returns per delivery: 1 written, 2 already written under this token, 0 refused (the claim is
--- another worker's now: this one's lease ended).
+-- Returns per delivery: 1 written, 3 written as CANCELLED, 2 already written under this token,
+-- 0 refused (the claim is another worker's now: this one's lease ended).
+--!include _campaign.lua
 local now = tonumber(ARGV[1])
+local retention = tonumber(ARGV[5])
+camp_init(13)
 local counts = {}
 local out = {}
 local reasons = ARGV[4] .. ARGV[6] .. ':reasons'
-local i = 10
+local i = 28
 while i <= #ARGV do
   local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local due, deadline, n = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 7])
-  local entry, class = ARGV[i + 5], ARGV[i + 6]
+  local due, deadline = ARGV[i + 3], ARGV[i + 4]
+  local entry, class, reason, n = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
   local key = ARGV[2] .. id
-  local held = redis.call('HMGET', key, 'claim', 'done')
+  local held = redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel')
+  local camp = camp_of(held[3], held[4])
   if held[1] == token then
     redis.call('HSET', key, 'claim', '', 'lease_until', 0, 'done', token, 'status', status,
-      'updated_at', ARGV[1], unpack(ARGV, i + 8, i + 7 + 2 * n))
+      'updated_at', ARGV[1], unpack(ARGV, i + 9, i + 8 + 2 * n))
     if entry ~= '' then
       local h = ARGV[7] .. id
       redis.call('RPUSH', h, entry)
@@ -45,7 +57,7 @@ while i <= #ARGV do
       redis.call('EXPIRE', reasons, 3600)
     end
     if FINAL[status] then
-      local rec = redis.call('HMGET', key, 'parked_at', 'page_id', 'psid')
+      local rec = redis.call('HMGET', key, 'parked_at', 'page_id', 'psid', 'message_id', 'sent_at')
       if rec[1] then
         redis.call('ZREM', KEYS[5], id)
         redis.call('ZREM', ARGV[3] .. rec[2] .. ':' .. rec[3], id)
@@ -53,16 +65,36 @@ while i <= #ARGV do
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZREM', KEYS[2], id)
       redis.call('ZREM', KEYS[3], id)
-      if status == S.SENT then redis.call('HDEL', key, 'error') end
+      if status == S.SENT then
+        redis.call('HDEL', key, 'error')
+        if rec[4] and rec[4] ~= '' and rec[3] then
+          redis.call('SET', ARGV[10] .. rec[2] .. ':' .. rec[4], id, 'EX', retention)
+          local unread = ARGV[11] .. rec[2] .. ':' .. rec[3]
+          redis.call('ZADD', unread, tonumber(rec[5] or ARGV[1]), id)
+          redis.call('ZREMRANGEBYSCORE', unread, '-inf', now - retention)
+          redis.call('EXPIRE', unread, retention)
+        end
+      end
       if KEEPS_BODY[status] then
         redis.call('ZADD', KEYS[4], now, id)
         redis.call('HDEL', key, 'parked_at', 'not_before', 'slot_at')
         redis.call('PERSIST', key)
       else
         redis.call('HDEL', key, unpack(COMPACT_DROP))
-        redis.call('EXPIRE', key, tonumber(ARGV[5]))
+        if not (status == S.SENT and ARGV[12] == '1') then redis.call('HDEL', key, 'external_id') end
+        redis.call('EXPIRE', key, retention)
       end
       counts[status] = (counts[status] or 0) + 1
+      if camp then
+        redis.call('ZREM', CAMP.open .. camp, id)
+        camp_count(camp, status)
+        if status == S.FAILED and reason ~= '' then camp_count(camp, 'failed:' .. reason) end
+        if status == S.SENT and camp_stopped(camp) then camp_count(camp, 'sent_after_stop') end
+      end
+      table.insert(out, 1)
+    elseif held[5] == '1' or (camp and camp_stopped(camp)) then
+      camp_cancel(id, held[5] == '1' and 'operator' or 'campaign_stopped')
+      table.insert(out, 3)
     else
       if status == S.PARKED then
         local rec = redis.call('HMGET', key, 'page_id', 'psid', 'created_at')
@@ -73,18 +105,19 @@ while i <= #ARGV do
         redis.call('ZADD', KEYS[3], tonumber(due), id)
       end
       if deadline ~= '' then redis.call('ZADD', KEYS[1], tonumber(deadline), id) end
+      table.insert(out, 1)
     end
-    table.insert(out, 1)
   elseif held[2] == token then
     table.insert(out, 2)
   else
     table.insert(out, 0)
   end
-  i = i + 8 + 2 * n
+  i = i + 9 + 2 * n
 end
 for status, count in pairs(counts) do
   local k = ARGV[4] .. ARGV[6] .. ':' .. status
   redis.call('INCRBY', k, count)
   redis.call('EXPIRE', k, 3600)
 end
+camp_flush()
 return out

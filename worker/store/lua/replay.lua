@@ -1,12 +1,16 @@
 -- REPLAY: dead letters back to the queue (DEAD -> QUEUED). KEYS[1] dead, KEYS[2] pending,
 -- KEYS[3] open. ARGV[1] now, ARGV[2] sweep_after, ARGV[3] delivery key prefix (P:d:),
--- ARGV[4..] ids. Attempts, failures and routes tried start afresh, the TTL clock restarts (the first
+-- ARGV[4..18] the campaign context (_campaign.lua), ARGV[19..] ids. A replayed delivery of a
+-- campaign rejoins its open index and moves from its campaign's `dead` to `replayed` (so the
+-- counters still add up); a stopped campaign's delivery is cancelled when it is claimed. Attempts, failures and routes tried start afresh, the TTL clock restarts (the first
 -- acceptance is kept in first_created_at) and the error stays until a new outcome replaces it.
 -- Only a delivery that is still DEAD is touched, so replaying twice sends nothing twice.
 -- Returns the ids replayed.
+--!include _campaign.lua
 local now = tonumber(ARGV[1])
+camp_init(4)
 local out = {}
-for i = 4, #ARGV do
+for i = 19, #ARGV do
   local id = ARGV[i]
   local key = ARGV[3] .. id
   if redis.call('HGET', key, 'status') == S.DEAD then
@@ -20,7 +24,14 @@ for i = 4, #ARGV do
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
     redis.call('ZADD', KEYS[3], now, id)
+    local camp = camp_of(redis.call('HGET', key, 'campaign_id'), redis.call('HGET', key, 'canvas_id'))
+    if camp then
+      redis.call('ZADD', CAMP.open .. camp, now, id)
+      camp_count(camp, S.DEAD, -1)
+      camp_count(camp, 'replayed')
+    end
     table.insert(out, id)
   end
 end
+camp_flush()
 return out

@@ -1,0 +1,298 @@
+"""Issue 16, black-box, through the intake, a real worker, redis-server and the sandbox: messages
+of two campaigns flowing; one stopped mid-flight; none of its open messages reaches Graph after
+the stop's window, the other untouched, the counters add up; delivery and read receipts for sent
+messages show in the status API and the counters; nothing unbounded in /metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import (
+    ADMIN_HEADERS,
+    INTAKE_TOKEN,
+    PAGE,
+    RedisServer,
+    Sandbox,
+    Stack,
+    base_env,
+    wait_until,
+)
+from worker.states import State
+
+pytestmark = pytest.mark.integration
+APP_SECRET = "campaigns-app-secret-0123456789"
+PER_CAMPAIGN = 120
+#: The workers read the stops every 0.5 s; a call started before that may still be answered.
+STOP_WINDOW_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def stack(
+    redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    # 25 calls/s for the page: the two campaigns take a few seconds, so a stop lands mid-flight
+    env = base_env(redis_server.url, sandbox.url, APP_SECRET=APP_SECRET, PAGE_RATE_LIMIT="25")
+    s = Stack(env, sandbox, redis_server.url, tmp_path_factory.mktemp("campaigns"))
+    s.start_intake()
+    s.start_worker()
+    yield s
+    s.stop()
+
+
+def admin(stack: Stack, method: str, path: str, **kw: Any) -> httpx.Response:
+    return httpx.request(method, f"{stack.intake_url}{path}", headers=ADMIN_HEADERS, timeout=30, **kw)
+
+
+def body(psid: str) -> dict[str, Any]:
+    return {"recipient": {"id": psid}, "messaging_type": "UPDATE", "message": {"text": "hi"}}
+
+
+def post(stack: Stack, psid: str, campaign: str) -> httpx.Response:
+    return stack.post(body(psid), headers={"X-Braze-Campaign-Id": campaign, "X-Braze-Send-Id": "s1"})
+
+
+def post_many(stack: Stack, items: list[tuple[str, str]]) -> list[str]:
+    """POST them concurrently (as Braze does); the delivery ids in order."""
+    import asyncio
+
+    async def main() -> list[str]:
+        sem = asyncio.Semaphore(16)
+        headers = {"Authorization": f"Bearer {INTAKE_TOKEN}"}
+        async with httpx.AsyncClient(base_url=stack.intake_url, headers=headers, timeout=30) as client:
+
+            async def one(psid: str, camp: str) -> str:
+                async with sem:
+                    resp = await client.post(
+                        f"/v25.0/{PAGE}/messages",
+                        json=body(psid),
+                        headers={"X-Braze-Campaign-Id": camp, "X-Braze-Send-Id": "s1"},
+                    )
+                    assert resp.status_code == 202, resp.text
+                    delivery_id: str = resp.json()["delivery_id"]
+                    return delivery_id
+
+            return list(await asyncio.gather(*(one(p, c) for p, c in items)))
+
+    return asyncio.run(main())
+
+
+def sandbox_sends(stack: Stack, prefix: str) -> list[dict[str, Any]]:
+    return [c for c in stack.sandbox.calls(page_id=PAGE) if (c["psid"] or "").startswith(prefix)]
+
+
+def webhook(stack: Stack, items: list[dict[str, Any]]) -> None:
+    raw = orjson.dumps(
+        {"object": "page", "entry": [{"id": PAGE, "time": int(time.time() * 1000), "messaging": items}]}
+    )
+    signature = "sha256=" + hmac.new(APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    resp = httpx.post(
+        f"{stack.intake_url}/messenger/webhook",
+        content=raw,
+        headers={"Content-Type": "application/json", "X-Hub-Signature-256": signature},
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+
+
+def add_up(view: dict[str, Any]) -> None:
+    ended = sum(view[k] for k in ("sent", "failed", "expired", "dead", "cancelled"))
+    assert view["accepted"] == ended + view["open"], view
+
+
+def test_a_stopped_campaign_sends_nothing_more_the_other_is_untouched_and_receipts_count(
+    stack: Stack,
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    camp_a, camp_b = f"camp-a-{run}", f"camp-b-{run}"
+    bodies = []
+    for i in range(PER_CAMPAIGN):  # interleaved, as two campaigns running at once
+        bodies += [(f"a{run}-{i}", camp_a), (f"b{run}-{i}", camp_b)]
+    ids: dict[str, list[str]] = {camp_a: [], camp_b: []}
+    posted = post_many(stack, bodies)
+    for (_psid, camp), delivery_id in zip(bodies, posted, strict=True):
+        ids[camp].append(delivery_id)
+
+    # campaign A is stopped once some of it went out
+    assert wait_until(lambda: len(sandbox_sends(stack, f"a{run}-")) >= 10, 30)
+    resp = admin(stack, "POST", f"/v1/campaigns/{camp_a}/stop")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["stopped"] is True
+    assert resp.json()["cancelled"] > 0
+    time.sleep(STOP_WINDOW_SECONDS)
+    after_window = len(sandbox_sends(stack, f"a{run}-"))
+
+    # a new request of the stopped campaign: 200 cancelled (Braze does not retry a 2xx)
+    late = post(stack, f"a{run}-late", camp_a)
+    assert late.status_code == 200, late.text
+    assert late.json()["status"] == State.CANCELLED.value
+    assert stack.delivery(late.json()["delivery_id"])["status"] == State.CANCELLED.value
+
+    records = stack.wait_final(ids[camp_a] + ids[camp_b], timeout=60)
+    # nothing of A reached Graph after the window; everything of B did, once
+    a_calls = sandbox_sends(stack, f"a{run}-")
+    assert len(a_calls) == after_window
+    assert len({c["psid"] for c in sandbox_sends(stack, f"b{run}-")}) == PER_CAMPAIGN
+    a_status = [records[i]["status"] for i in ids[camp_a]]
+    assert set(a_status) <= {State.SENT.value, State.CANCELLED.value}
+    assert a_status.count(State.SENT.value) == len({c["psid"] for c in a_calls if c["status"] == 200})
+    assert all(records[i]["status"] == State.SENT.value for i in ids[camp_b])
+
+    # the counters add up, per campaign
+    view_a = admin(stack, "GET", f"/v1/campaigns/{camp_a}").json()
+    view_b = admin(stack, "GET", f"/v1/campaigns/{camp_b}").json()
+    assert view_a["accepted"] == PER_CAMPAIGN + 1  # the late one counts, cancelled
+    assert view_a["sent"] == a_status.count(State.SENT.value)
+    assert view_a["cancelled"] == a_status.count(State.CANCELLED.value) + 1
+    assert view_a["stopped"] is True
+    assert view_a["sent_after_stop"] <= view_a["sent"]
+    assert (view_b["accepted"], view_b["sent"], view_b["cancelled"], view_b["stopped"]) == (
+        PER_CAMPAIGN,
+        PER_CAMPAIGN,
+        0,
+        False,
+    )
+    for view in (view_a, view_b):
+        assert view["open"] == 0
+        add_up(view)
+    listed = {c["campaign_id"] for c in admin(stack, "GET", "/v1/campaigns").json()["campaigns"]}
+    assert {camp_a, camp_b} <= listed
+    view = stack.delivery(ids[camp_b][0])
+    assert (view["campaign_id"], view["send_id"]) == (camp_b, "s1")
+
+    # resume: A's new requests are queued again
+    assert admin(stack, "POST", f"/v1/campaigns/{camp_a}/resume").json()["resumed"] is True
+    again = post(stack, f"a{run}-again", camp_a)
+    assert again.status_code == 202, again.text
+    assert stack.wait_final([again.json()["delivery_id"]])[again.json()["delivery_id"]]["status"] == "sent"
+
+    # receipts: B's first message delivered by mid, its first ten read by watermark
+    first = stack.record(ids[camp_b][0])
+    now_ms = int(time.time() * 1000)
+    webhook(
+        stack,
+        [
+            {
+                "sender": {"id": f"b{run}-0"},
+                "recipient": {"id": PAGE},
+                "timestamp": now_ms,
+                "delivery": {"mids": [first["message_id"]], "watermark": now_ms},
+            },
+            *(
+                {
+                    "sender": {"id": f"b{run}-{i}"},
+                    "recipient": {"id": PAGE},
+                    "timestamp": now_ms,
+                    "read": {"watermark": now_ms},
+                }
+                for i in range(10)
+            ),
+        ],
+    )
+    assert wait_until(lambda: admin(stack, "GET", f"/v1/campaigns/{camp_b}").json()["read"] == 10, 20)
+    view_b = admin(stack, "GET", f"/v1/campaigns/{camp_b}").json()
+    assert view_b["delivered"] == 10  # a read message was delivered
+    shown = stack.delivery(ids[camp_b][0])
+    assert shown["delivered_at"] <= shown["read_at"] <= time.time() + 1
+    assert "read_at" not in stack.delivery(ids[camp_b][10])
+    # a replayed webhook changes nothing
+    webhook(
+        stack, [{"sender": {"id": f"b{run}-0"}, "recipient": {"id": PAGE}, "read": {"watermark": now_ms}}]
+    )
+    time.sleep(1)
+    assert admin(stack, "GET", f"/v1/campaigns/{camp_b}").json()["read"] == 10
+
+    # the CLI reads the same counters (the service functions the API and the console call)
+    assert (
+        orjson.loads(stack.cli("campaigns", "show", camp_b).stdout)
+        == admin(stack, "GET", f"/v1/campaigns/{camp_b}").json()
+    )
+    assert camp_a in {c["campaign_id"] for c in orjson.loads(stack.cli("campaigns", "list").stdout)}
+
+    # nothing unbounded in /metrics: no campaign label, no campaign id
+    metrics = httpx.get(stack.intake_metrics_url, timeout=10).text
+    assert not re.search(r"[{,](campaign|canvas)[a-z_]*=", metrics)
+    assert camp_a not in metrics
+    assert camp_b not in metrics
+
+
+def test_cancel_one_delivery_pause_a_page_and_purge_the_queue(stack: Stack) -> None:
+    run = uuid.uuid4().hex[:6]
+    page = "777"
+    resp = admin(stack, "POST", f"/v1/pages/{page}/pause")
+    assert resp.status_code == 200, resp.text
+    path = f"/v25.0/{page}/messages"
+    posted = [stack.post(body(f"p{run}-{i}"), path=path) for i in range(3)]
+    held = [r.json()["delivery_id"] for r in posted]
+    assert wait_until(lambda: stack.record(held[0]).get("status") == State.SCHEDULED.value, 20)
+    cancel = admin(stack, "POST", f"/v1/deliveries/{held[0]}/cancel")
+    assert cancel.json() == {"delivery_id": held[0], "cancelled": True, "status": State.CANCELLED.value}
+    assert admin(stack, "POST", f"/v1/deliveries/{held[0]}/cancel").json()["cancelled"] is False
+    assert admin(stack, "POST", "/v1/deliveries/nope/cancel").status_code == 404
+    assert admin(stack, "POST", f"/v1/pages/{page}/resume").json()["released"] >= 1
+    records = stack.wait_final(held, 30)
+    assert [records[i]["status"] for i in held] == ["cancelled", "sent", "sent"]
+    assert not [c for c in stack.sandbox.calls(page_id=page) if c["psid"] == f"p{run}-0"]
+
+    # queue purge: with no worker, queued messages are cancelled and the gather pointer cleared
+    worker = next(p for p in stack.procs if p.name == "worker")
+    worker.stop()
+    try:
+        queued = [stack.post(body(f"q{run}-{i}")).json()["delivery_id"] for i in range(5)]
+        out = orjson.loads(stack.cli("queue", "purge", "--yes").stdout)
+        assert out["cancelled"] == 5
+        assert {stack.record(i)["status"] for i in queued} == {State.CANCELLED.value}
+        redis = stack.redis()
+        assert redis.llen(stack.queue) == 0
+        assert not redis.exists(stack.keys.gather)
+    finally:
+        stack.start_worker()
+    after = stack.post(body(f"q{run}-after")).json()["delivery_id"]
+    assert stack.wait_final([after], 30)[after]["status"] == State.SENT.value
+    for i in queued:
+        assert not [c for c in stack.sandbox.calls(page_id=PAGE) if c["psid"] == f"q{run}-{queued.index(i)}"]
+
+
+def test_the_sandbox_sends_receipts_for_what_it_accepted(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`up --sandbox`'s loop without Facebook: a sandbox with --receipts-webhook posts signed
+    delivery and read receipts to the intake for the sends it accepted; they show in the status
+    API and the campaign's counters."""
+    import os
+
+    from tests.conftest import free_port, start_process, wait_port
+
+    intake_port, sandbox_port = free_port(), free_port()
+    log_dir = tmp_path_factory.mktemp("receipts")
+    env = {**os.environ, "SANDBOX_RECEIPTS_SECRET": APP_SECRET}
+    args = ["sandbox", "--port", str(sandbox_port), "--receipts-share", "1", "--receipts-delay-ms", "200"]
+    args += ["--receipts-webhook", f"http://127.0.0.1:{intake_port}/messenger/webhook"]
+    proc = start_process("sandbox-receipts", args, env, log_dir)
+    try:
+        assert wait_port(sandbox_port), proc.tail()
+        own = Sandbox(sandbox_port, proc)
+        s = Stack(base_env(redis_server.url, own.url, APP_SECRET=APP_SECRET), own, redis_server.url, log_dir)
+        s.start_intake(intake_port)
+        s.start_worker()
+        try:
+            camp = f"camp-r-{uuid.uuid4().hex[:6]}"
+            ids = [post(s, f"r-{i}", camp).json()["delivery_id"] for i in range(3)]
+            s.wait_final(ids)
+            assert wait_until(lambda: all("read_at" in s.delivery(i) for i in ids), 30)
+            view = admin(s, "GET", f"/v1/campaigns/{camp}").json()
+            assert (view["sent"], view["delivered"], view["read"]) == (3, 3, 3)
+            assert all(s.delivery(i)["sent_at"] <= s.delivery(i)["delivered_at"] for i in ids)
+        finally:
+            s.stop()
+    finally:
+        proc.stop()

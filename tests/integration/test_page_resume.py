@@ -1,0 +1,47 @@
+"""Resuming a page releases the deliveries waiting for it from its own index, never a scan of the
+whole schedule (worker/store/pages.py, worker/delivery/recorder.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import RedisServer
+from worker.store import Keys
+from worker.store.pages import resume_page
+
+pytestmark = pytest.mark.integration
+
+
+def hget_calls(client: object) -> int:
+    stats = client.info("commandstats")  # type: ignore[attr-defined]
+    return int(stats.get("cmdstat_hget", {}).get("calls", 0))
+
+
+def test_resume_reads_the_page_s_index_not_the_schedule(redis_server: RedisServer) -> None:
+    keys = Keys("r" + uuid.uuid4().hex[:8], "q")
+    sync = redis_server.client()
+    others = {f"other-{i}": 100.0 + i for i in range(5_000)}  # a big schedule of other pages' waits
+    sync.zadd(keys.sched, others)
+    sync.hset(keys.delivery("mine"), mapping={"page_id": "100", "status": "scheduled", "not_before": "9e9"})
+    sync.zadd(keys.sched, {"mine": 9e9})
+    sync.zadd(keys.page_waits("100"), {"mine": 9e9, "claimed-meanwhile": 9e9})  # the second is stale
+    sync.hset(keys.delivery("claimed-meanwhile"), mapping={"page_id": "100", "status": "in_flight"})
+    before = hget_calls(sync)
+
+    async def main() -> int:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            return await resume_page(client, keys, "100")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == 1
+    assert hget_calls(sync) - before == 2  # the two indexed ids, not 5,000
+    assert sync.zscore(keys.sched, "mine") == 0
+    assert sync.hget(keys.delivery("mine"), "not_before") == b"0"
+    assert sync.zscore(keys.sched, "claimed-meanwhile") is None  # not put back in the schedule
+    assert sync.exists(keys.page_waits("100")) == 0

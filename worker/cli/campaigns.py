@@ -1,0 +1,137 @@
+"""The campaign commands: ``campaigns list|show|stop|resume``, ``deliveries cancel``,
+``pages pause|resume`` and ``queue purge``: thin wrappers around :mod:`worker.campaigns` (the
+same functions the admin API and the console call), printing JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from worker.cli.common import settings as _settings
+from worker.states import State
+
+_CANCELLED = State.CANCELLED.value
+
+
+def _run(work: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+    from worker.store import connections
+
+    settings = _settings()
+
+    async def run() -> Any:
+        client = connections.async_client(settings)
+        try:
+            return await work(client, settings)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def _print(value: Any, *, indent: int | None = None) -> None:
+    """One JSON line (what scripts parse), or indented for the listings."""
+    print(json.dumps(value, indent=indent))
+
+
+def cmd_campaigns(args: argparse.Namespace) -> int:
+    from worker import campaigns
+    from worker.store import Keys
+
+    action = args.campaigns_command
+    if action == "list":
+        _print(_run(lambda c, s: campaigns.list_campaigns(c, Keys.of(s), limit=args.limit)), indent=2)
+        return 0
+    if action == "show":
+        view = _run(lambda c, s: campaigns.campaign(c, Keys.of(s), args.id))
+        if view is None:
+            print(f"no campaign {args.id} (never seen, or older than CAMPAIGN_RETENTION)", file=sys.stderr)
+            return 1
+        _print(view, indent=2)
+        return 0
+    if action == "stop":
+        by = f"cli:{getpass.getuser()}"
+        cancelled = _run(lambda c, s: campaigns.stop(c, s, args.id, by=by))
+        _print({"campaign_id": args.id, "stopped": True, _CANCELLED: cancelled})
+        return 0
+    resumed = _run(lambda c, s: campaigns.resume(c, s, args.id))
+    _print({"campaign_id": args.id, "resumed": resumed})
+    return 0
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    from worker import campaigns
+
+    cancelled = _run(lambda c, s: campaigns.cancel_delivery(c, s, args.id))
+    _print({"delivery_id": args.id, _CANCELLED: cancelled})
+    return 0 if cancelled else 1
+
+
+def cmd_pages(args: argparse.Namespace) -> int:
+    from worker import campaigns
+
+    if args.pages_command == "pause":
+        until = _run(lambda c, s: campaigns.pause_page(c, s, args.page, args.seconds))
+        _print({"page_id": args.page, "paused_until": until})
+        return 0
+    released = _run(lambda c, s: campaigns.resume_page(c, s, args.page))
+    _print({"page_id": args.page, "resumed": True, "released": released})
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from worker import campaigns
+
+    if not args.yes and not sys.stdin.isatty():
+        print("refusing to purge the queue without --yes", file=sys.stderr)
+        return 1
+    if not args.yes and input("purge the queue, cancelling its deliveries? [y/N] ").strip().lower() not in (
+        "y",
+        "yes",
+    ):
+        return 1
+    _print(_run(campaigns.purge_queue))
+    return 0
+
+
+def add_parsers(sub: Any, parser: Callable[[Any, str, str], argparse.ArgumentParser]) -> None:
+    """The commands above, on the CLI's subparsers (``parser`` is the CLI's own factory)."""
+    p = parser(
+        sub, "campaigns", "per-campaign counters; stop a campaign (cancel its open messages), resume it"
+    )
+    csub = p.add_subparsers(dest="campaigns_command", required=True)
+    c = csub.add_parser("list", help="campaigns by last activity, with their counters")
+    c.add_argument("--limit", type=int, default=100, help="at most this many")
+    for name, text in (
+        ("show", "one campaign's counters"),
+        ("stop", "cancel every open message of the campaign; new ones are answered cancelled"),
+        ("resume", "accept the campaign's new messages again"),
+    ):
+        c = csub.add_parser(name, help=text)
+        c.add_argument("id", help="the campaign id (X-Braze-Campaign-Id, or the Canvas id)")
+    p.set_defaults(func=cmd_campaigns)
+
+    p = parser(sub, "deliveries", "one delivery")
+    dsub = p.add_subparsers(dest="deliveries_command", required=True)
+    d = dsub.add_parser("cancel", help="cancel an open delivery (never sent afterwards)")
+    d.add_argument("id", help="delivery id")
+    p.set_defaults(func=cmd_deliveries)
+
+    p = parser(sub, "pages", "page pauses")
+    psub = p.add_subparsers(dest="pages_command", required=True)
+    r = psub.add_parser("resume", help="lift a page's pause and release its waiting messages")
+    r.add_argument("page", help="page id")
+    r = psub.add_parser("pause", help="pause a page: its messages wait, unsent (until resumed)")
+    r.add_argument("page", help="page id")
+    r.add_argument("--seconds", type=float, default=None, help="pause this long (default: until resumed)")
+    p.set_defaults(func=cmd_pages)
+
+    p = parser(sub, "queue", "the Celery queue")
+    qsub = p.add_subparsers(dest="queue_command", required=True)
+    q = qsub.add_parser("purge", help="empty the queue, cancelling the messages it held (not celery purge)")
+    q.add_argument("--yes", action="store_true", help="do not ask")
+    p.set_defaults(func=cmd_queue)

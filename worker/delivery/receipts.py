@@ -1,0 +1,77 @@
+"""Messenger's delivery and read receipts: sent deliveries marked ``delivered_at`` / ``read_at``.
+
+The webhook's ``message_deliveries`` (mids and a watermark) and ``message_reads`` (a watermark)
+events reach :func:`apply_receipts` from the inbound task. ``receipts.lua`` finds the deliveries
+by mid (``P:mid2d:{page}:{mid}``, written when a send succeeds) and, for a watermark, among the
+recipient's sent, unread deliveries (``P:unread:{page}:{psid}``, by sent time); both expire with
+the delivery records (RECORD_RETENTION), so memory stays bounded. Each delivery is marked once;
+its campaign counts it (delivered, read) in the same call. Then ``bmw_receipts_total{kind}`` and
+the latency histograms, and with BRAZE_RECEIPT_EVENTS a ``messenger_delivered`` /
+``messenger_read`` custom event for the delivery's Braze user (with its campaign fields), so Braze
+can retarget readers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from worker import metrics
+from worker.braze import BrazeOutbox
+from worker.braze.items import DELIVERED_EVENT, READ_EVENT, receipt_event_item
+from worker.config import Settings
+from worker.store import Keys, campaign_ctx, scripts
+
+RECEIPT_KINDS = ("delivery", "read")
+#: Events per receipts.lua call.
+CHUNK = 200
+
+
+def _args(event: dict[str, Any], now: float) -> list[Any] | None:
+    page, psid = str(event.get("page_id") or ""), str(event.get("psid") or "")
+    if not page or not psid:
+        return None
+    watermark = event.get("watermark")
+    wm = (
+        repr(float(watermark))
+        if isinstance(watermark, int | float) and not isinstance(watermark, bool)
+        else ""
+    )
+    at = event.get("timestamp")
+    when = (
+        repr(min(float(at), now)) if isinstance(at, int | float) and not isinstance(at, bool) else repr(now)
+    )
+    raw_mids = event.get("mids")
+    mids = [m for m in raw_mids if isinstance(m, str) and m] if isinstance(raw_mids, list) else []
+    return [event.get("kind"), page, psid, wm, when, len(mids), *mids]
+
+
+async def apply_receipts(client: aioredis.Redis, settings: Settings, events: list[dict[str, Any]]) -> int:
+    """Mark what the receipts among ``events`` say; returns how many marks were new."""
+    keys = Keys.of(settings)
+    now = time.time()
+    receipts = [a for a in (_args(e, now) for e in events if e.get("kind") in RECEIPT_KINDS) if a]
+    marks: list[Any] = []
+    for start in range(0, len(receipts), CHUNK):
+        args = [*campaign_ctx.of_settings(keys, settings, now), keys.sent_mid_prefix, keys.unread_prefix]
+        for item in receipts[start : start + CHUNK]:
+            args += item
+        parsed = orjson.loads(await scripts.run(client, "receipts", args=args))
+        marks += parsed if isinstance(parsed, list) else []  # cjson encodes an empty list as {}
+    items: list[dict[str, Any]] = []
+    for delivery_id, kind, latency, external_id, attribution in marks:
+        metrics.RECEIPTS.labels(kind).inc()
+        (metrics.READ_LATENCY if kind == "read" else metrics.DELIVERED_LATENCY).observe(float(latency))
+        if settings.braze_receipt_events and external_id:
+            name = READ_EVENT if kind == "read" else DELIVERED_EVENT
+            items.append(
+                receipt_event_item(
+                    external_id, name, delivery_id, now, attribution if isinstance(attribution, dict) else {}
+                )
+            )
+    if items:
+        await BrazeOutbox(keys).enqueue(client, items)
+    return len(marks)

@@ -1,0 +1,134 @@
+"""Campaign control over HTTP (admin tokens only): the service functions of
+:mod:`worker.campaigns` behind the admin role.
+
+* ``GET /v1/campaigns`` (``limit``, default 100, at most 1000): campaigns by last activity;
+* ``GET /v1/campaigns/{campaign_id}``: its counters object (404 ``not_found`` when unknown);
+* ``POST /v1/campaigns/{campaign_id}/stop`` and ``/resume``;
+* ``POST /v1/deliveries/{delivery_id}/cancel``;
+* ``POST /v1/pages/{page_id}/pause`` (optional body ``{"seconds": n}``; none: until resumed) and
+  ``/resume``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from worker import campaigns
+from worker.config import Settings
+from worker.intake import state
+from worker.intake.auth import Role, authed, caller_of
+from worker.intake.http import Handler, JSONResponse, counted, read_body
+from worker.messenger.errors import InputError
+from worker.states import State
+from worker.store import text
+
+_CANCELLED = State.CANCELLED.value  # the answers' count (or flag) of cancelled deliveries
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_ID = 128
+
+
+def _id(request: Request, name: str) -> str:
+    value: str = request.path_params[name]
+    if not value or len(value) > MAX_ID:
+        raise InputError(404, "not_found", f"no such {name.removesuffix('_id')}")
+    return value
+
+
+async def campaign_list(request: Request) -> Response:
+    intake = state.of(request)
+    raw = request.query_params.get("limit") or str(DEFAULT_LIMIT)
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InputError(422, "invalid_filter", "limit must be an integer") from None
+    limit = max(1, min(limit, MAX_LIMIT))
+    items = await campaigns.list_campaigns(intake.redis, intake.keys, limit=limit)
+    return JSONResponse({"campaigns": items, "count": len(items)})
+
+
+async def campaign_get(request: Request) -> Response:
+    intake = state.of(request)
+    view = await campaigns.campaign(intake.redis, intake.keys, _id(request, "campaign_id"))
+    if view is None:
+        raise InputError(404, "not_found", "no such campaign (never seen, or older than CAMPAIGN_RETENTION)")
+    return JSONResponse(view)
+
+
+async def campaign_stop(request: Request) -> Response:
+    intake = state.of(request)
+    cid = _id(request, "campaign_id")
+    by = f"api:{caller_of(request).id[:12]}"
+    cancelled = await campaigns.stop(intake.redis, intake.settings, cid, by=by)
+    return JSONResponse({"campaign_id": cid, "stopped": True, _CANCELLED: cancelled})
+
+
+async def campaign_resume(request: Request) -> Response:
+    intake = state.of(request)
+    cid = _id(request, "campaign_id")
+    resumed = await campaigns.resume(intake.redis, intake.settings, cid)
+    return JSONResponse({"campaign_id": cid, "resumed": resumed})
+
+
+async def delivery_cancel(request: Request) -> Response:
+    intake = state.of(request)
+    delivery_id = _id(request, "delivery_id")
+    cancelled = await campaigns.cancel_delivery(intake.redis, intake.settings, delivery_id)
+    status = await intake.redis.hget(intake.keys.delivery(delivery_id), "status")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    if status is None:
+        raise InputError(404, "not_found", "no such delivery")
+    return JSONResponse({"delivery_id": delivery_id, _CANCELLED: cancelled, "status": text(status)})
+
+
+async def page_pause(request: Request) -> Response:
+    intake = state.of(request)
+    page_id = _id(request, "page_id")
+    raw = await read_body(request)
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise InputError(400, "invalid_json", "body is not valid JSON") from None
+    seconds = body.get("seconds") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or (
+        seconds is not None
+        and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds <= 0
+        )
+    ):
+        raise InputError(
+            422, "invalid_body", 'body is {"seconds": a positive number} or empty (until resumed)'
+        )
+    until = await campaigns.pause_page(intake.redis, intake.settings, page_id, seconds)
+    return JSONResponse({"page_id": page_id, "paused_until": until})
+
+
+async def page_resume(request: Request) -> Response:
+    intake = state.of(request)
+    page_id = _id(request, "page_id")
+    released = await campaigns.resume_page(intake.redis, intake.settings, page_id)
+    return JSONResponse({"page_id": page_id, "resumed": True, "released": released})
+
+
+def routes(settings: Settings) -> list[Route]:
+    def admin(name: str, handler: Handler) -> Handler:
+        return counted(name, authed(settings, handler, Role.ADMIN))
+
+    return [
+        Route("/v1/campaigns", admin("campaigns", campaign_list), methods=["GET"]),
+        Route("/v1/campaigns/{campaign_id}", admin("campaigns", campaign_get), methods=["GET"]),
+        Route("/v1/campaigns/{campaign_id}/stop", admin("campaigns", campaign_stop), methods=["POST"]),
+        Route("/v1/campaigns/{campaign_id}/resume", admin("campaigns", campaign_resume), methods=["POST"]),
+        Route(
+            "/v1/deliveries/{delivery_id}/cancel", admin("delivery_cancel", delivery_cancel), methods=["POST"]
+        ),
+        Route("/v1/pages/{page_id}/pause", admin("pages", page_pause), methods=["POST"]),
+        Route("/v1/pages/{page_id}/resume", admin("pages", page_resume), methods=["POST"]),
+    ]

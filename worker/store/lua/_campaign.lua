@@ -1,0 +1,92 @@
+-- Campaign counters and cancellation, shared by accept, claim, record, cancel, replay, receipts
+-- (included with --!include; not a script itself). The including script calls camp_init(i)
+-- with the index of the 15 context arguments in ARGV (worker/store/campaign_ctx.py):
+-- campaign prefix (P:camp:), open-index prefix (P:campopen:), the campaigns index (P:camps),
+-- the stopped campaigns (P:campstop), CAMPAIGN_RETENTION, RECORD_RETENTION, delivery prefix
+-- (P:d:), park prefix (P:park:), pending, open, sched, parked (zsets), stats prefix (P:stats:),
+-- this minute, now. Counters are gathered per call and written by camp_flush(): one HINCRBY per
+-- counter and campaign, whatever the number of deliveries.
+local CAMP = {}
+local camp_counts = {}
+local camp_stop_cache = {}
+
+local function camp_init(i)
+  CAMP.prefix, CAMP.open, CAMP.index, CAMP.stopped = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  CAMP.retention, CAMP.record_retention = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  CAMP.d, CAMP.park = ARGV[i + 6], ARGV[i + 7]
+  CAMP.pending, CAMP.open_all, CAMP.sched, CAMP.parked = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
+  CAMP.stats, CAMP.minute, CAMP.now = ARGV[i + 12], ARGV[i + 13], ARGV[i + 14]
+end
+
+-- A delivery belongs to its campaign, or to its Canvas when it has no campaign id.
+local function camp_of(campaign_id, canvas_id)
+  if campaign_id and campaign_id ~= '' then return campaign_id end
+  if canvas_id and canvas_id ~= '' then return canvas_id end
+  return nil
+end
+
+local function camp_count(camp, field, n)
+  local c = camp_counts[camp]
+  if not c then
+    c = {}
+    camp_counts[camp] = c
+  end
+  c[field] = (c[field] or 0) + (n or 1)
+end
+
+local function camp_stopped(camp)
+  local v = camp_stop_cache[camp]
+  if v == nil then
+    v = redis.call('ZSCORE', CAMP.stopped, camp) ~= false
+    camp_stop_cache[camp] = v
+  end
+  return v
+end
+
+-- Writes the gathered counters; refreshes each campaign's retention and its place in the index.
+local function camp_flush()
+  local any = false
+  for camp, c in pairs(camp_counts) do
+    any = true
+    local key = CAMP.prefix .. camp
+    for field, n in pairs(c) do redis.call('HINCRBY', key, field, n) end
+    redis.call('HSETNX', key, 'first_at', CAMP.now)
+    redis.call('HSET', key, 'last_at', CAMP.now)
+    redis.call('EXPIRE', key, CAMP.retention)
+    redis.call('EXPIRE', CAMP.open .. camp, CAMP.retention)
+    redis.call('ZADD', CAMP.index, tonumber(CAMP.now), camp)
+  end
+  if any then
+    local horizon = tonumber(CAMP.now) - CAMP.retention
+    redis.call('ZREMRANGEBYSCORE', CAMP.index, '-inf', horizon)
+    redis.call('ZREMRANGEBYSCORE', CAMP.stopped, '-inf', horizon)
+  end
+end
+
+-- Ends an open delivery CANCELLED (the caller checked that it may: an open state, not held by a
+-- live claim): it leaves every index, its record is compacted and expires, it is counted.
+local function camp_cancel(id, reason)
+  local key = CAMP.d .. id
+  local rec = redis.call('HMGET', key, 'parked_at', 'page_id', 'psid', 'campaign_id', 'canvas_id')
+  if rec[1] then
+    redis.call('ZREM', CAMP.parked, id)
+    redis.call('ZREM', CAMP.park .. rec[2] .. ':' .. rec[3], id)
+  end
+  redis.call('ZREM', CAMP.pending, id)
+  redis.call('ZREM', CAMP.open_all, id)
+  redis.call('ZREM', CAMP.sched, id)
+  redis.call('HSET', key, 'status', S.CANCELLED, 'updated_at', CAMP.now, 'claim', '', 'lease_until', 0,
+    'error', '{"reason":"' .. reason .. '","code":null,"subcode":null,"message":"' .. reason ..
+    '","fbtrace_id":null}')
+  redis.call('HDEL', key, unpack(COMPACT_DROP))
+  redis.call('HDEL', key, 'external_id')
+  redis.call('EXPIRE', key, CAMP.record_retention)
+  local camp = camp_of(rec[4], rec[5])
+  if camp then
+    redis.call('ZREM', CAMP.open .. camp, id)
+    camp_count(camp, S.CANCELLED)
+  end
+  local stats = CAMP.stats .. CAMP.minute .. ':' .. S.CANCELLED
+  redis.call('INCRBY', stats, 1)
+  redis.call('EXPIRE', stats, 3600)
+end

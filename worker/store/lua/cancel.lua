@@ -1,0 +1,43 @@
+-- CANCEL: open deliveries end CANCELLED without a Graph call (an operator: `campaigns stop`,
+-- `deliveries cancel`). ARGV[1..15] the campaign context (_campaign.lua), ARGV[16] the reason
+-- (campaign_stopped, operator, purged), ARGV[17] the mode:
+--   'campaign': ARGV[18] the campaign id, ARGV[19] offset, ARGV[20] limit: looks at that slice of
+--               the campaign's open index (P:campopen:{id}, oldest first);
+--   'ids':      ARGV[18..] delivery ids.
+-- A delivery in an open state that no live claim holds is cancelled (camp_cancel: it leaves
+-- pending, open, sched, parks and its campaign's index; compact record, RECORD_RETENTION). One a
+-- worker holds (IN_FLIGHT, lease not ended) is left to that worker: in 'ids' mode it is marked
+-- `cancel`, so record.lua and claim.lua cancel it at its next outcome unless it was sent; in
+-- 'campaign' mode the stop itself (P:campstop) does that. An index member whose record is gone
+-- or final leaves the index.
+-- Returns {cancelled, held, looked at}.
+--!include _campaign.lua
+camp_init(1)
+local reason, mode = ARGV[16], ARGV[17]
+local now = tonumber(CAMP.now)
+local ids
+local camp_index = nil
+if mode == 'campaign' then
+  camp_index = CAMP.open .. ARGV[18]
+  local offset = tonumber(ARGV[19])
+  ids = redis.call('ZRANGE', camp_index, offset, offset + tonumber(ARGV[20]) - 1)
+else
+  ids = {unpack(ARGV, 18)}
+end
+local cancelled, held = 0, 0
+for _, id in ipairs(ids) do
+  local st = redis.call('HMGET', CAMP.d .. id, 'status', 'lease_until')
+  if st[1] and OPEN[st[1]] then
+    if st[1] == S.IN_FLIGHT and tonumber(st[2] or '0') > now then
+      held = held + 1
+      if mode == 'ids' then redis.call('HSET', CAMP.d .. id, 'cancel', '1') end
+    else
+      camp_cancel(id, reason)
+      cancelled = cancelled + 1
+    end
+  elseif camp_index then
+    redis.call('ZREM', camp_index, id)
+  end
+end
+camp_flush()
+return {cancelled, held, #ids}

@@ -1,0 +1,65 @@
+"""Page pauses as an operator sets and lifts them (the delivery engine's own pauses are
+:mod:`worker.delivery.pauses`): shared by the CLI, the admin API and the scheduler, so it lives in
+the store layer that all of them may import."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from worker.store import scripts
+from worker.store.keys import Keys, text
+
+#: An operator's pause without an end: until resumed (a year, renewed by pausing again).
+UNTIL_RESUMED_SECONDS = 365 * 86_400
+
+
+async def pause_page(client: aioredis.Redis, keys: Keys, page_id: str, seconds: float | None) -> float:
+    """Pause ``page_id`` (reason ``operator``) for ``seconds``, or until resumed (None). Its
+    deliveries wait, unsent, no attempt burnt; a pause never shortens an existing one. Returns the
+    pause's end (epoch s)."""
+    args: list[Any] = [
+        repr(time.time()),
+        UNTIL_RESUMED_SECONDS if seconds is None else seconds,
+        "operator",
+        "0",
+        "",
+        "0",
+        0,
+        page_id,
+    ]
+    until = await scripts.run(client, "pause", keys=[keys.pause(page_id), keys.paused], args=args)
+    return float(text(until))
+
+
+async def resume_page(client: aioredis.Redis, keys: Keys, page_id: str) -> int:
+    """Lift a page pause and make its waiting deliveries due now. Returns how many were released."""
+    await client.delete(keys.pause(page_id))
+    await client.zrem(keys.paused, page_id)
+    # the deliveries that waited for this page (the recorder indexes them), not the whole schedule
+    index = keys.page_waits(page_id)
+    ids = [text(i) for i in await client.zrange(index, 0, -1)]
+    await client.delete(index)
+    released = 0
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        pipe = client.pipeline(transaction=False)
+        for i in chunk:
+            pipe.hget(keys.delivery(i), "page_id")
+        pages = await pipe.execute()
+        mine = [i for i, p in zip(chunk, pages, strict=True) if p is not None and text(p) == page_id]
+        if mine:  # still waiting (a stale member was claimed meanwhile: not in the schedule)
+            pipe = client.pipeline(transaction=False)
+            for i in mine:
+                pipe.zscore(keys.sched, i)
+            mine = [i for i, due in zip(mine, await pipe.execute(), strict=True) if due is not None]
+        if mine:
+            pipe = client.pipeline(transaction=True)
+            for i in mine:
+                pipe.hset(keys.delivery(i), "not_before", "0")
+                pipe.zadd(keys.sched, {i: 0})
+            await pipe.execute()
+            released += len(mine)
+    return released
