@@ -22,12 +22,13 @@ import time
 from typing import Any
 
 from benchmarks import rediscost
-from benchmarks.common import spread
+from benchmarks.common import CpuMeter, spread
 from benchmarks.harness import (
     DELIVERY_CONCURRENCY,
     Row,
     Run,
     cleanup,
+    pid_of,
     post_backlog,
     stack_for,
     start_redis,
@@ -56,6 +57,15 @@ def _open_samples(client: Any, stack: Stack, n: int) -> dict[str, Any]:
     }
 
 
+def _finished_samples(client: Any, stack: Stack) -> dict[str, Any]:
+    return {
+        "record_finished": rediscost.memory_samples(client, f"{stack.prefix}:d:*"),
+        "idempotency_key_after_drain": rediscost.memory_samples(client, f"{stack.prefix}:idem:*"),
+        "receipt_index_key": rediscost.memory_samples(client, f"{stack.prefix}:mid2d:*"),
+        "unread_zset_key": rediscost.memory_samples(client, f"{stack.prefix}:unread:*"),
+    }
+
+
 def _idle(client: Any) -> dict[str, float]:
     """Redis CPU while the worker has nothing to do (after its last outcome's side writes)."""
     time.sleep(0.3)
@@ -78,6 +88,7 @@ def _round(run: Run, n: int, attribution: bool) -> dict[str, Any]:
             client.config_set("slowlog-log-slower-than", 0)
         client.slowlog_reset()
         client.config_resetstat()
+        meter = CpuMeter({"redis": pid_of(redis_server)}).start()  # for "others" only
         mem0, cpu0 = rediscost.used_memory(client), rediscost.redis_cpu(client)
         post_backlog(stack, n, tag=81)
         cpu1, mem1 = rediscost.redis_cpu(client), rediscost.used_memory(client)
@@ -100,13 +111,13 @@ def _round(run: Run, n: int, attribution: bool) -> dict[str, Any]:
         client.config_set("slowlog-log-slower-than", 10_000)
         idle = _idle(client)
         worker.stop(timeout=20)
-        mem2 = rediscost.used_memory(client)
-        finished_record = rediscost.memory_samples(client, f"{stack.prefix}:d:*")
-        finished_idem = rediscost.memory_samples(client, f"{stack.prefix}:idem:*")
+        mem2, finished = rediscost.used_memory(client), _finished_samples(client, stack)
         delivered = n + 50 - int(client.zcard(stack.keys.pending))
 
         floor_server = start_redis(c, run.work, f"floor-{time.monotonic_ns()}")
         floor = rediscost.floor(floor_server.client(), n)
+        meter.stop()
+        run.note_others("redis", meter)
 
     accept_cpu, drain_cpu = rediscost.cpu_delta(cpu0, cpu1), rediscost.cpu_delta(cpu2, cpu3)
     total = accept_cpu["total"] + drain_cpu["total"]
@@ -126,8 +137,7 @@ def _round(run: Run, n: int, attribution: bool) -> dict[str, Any]:
             "bytes_per_open": (mem1 - mem0) / n,
             "bytes_per_finished": (mem2 - mem0) / n,
             **opened,
-            "record_finished": finished_record,
-            "idempotency_key_after_drain": finished_idem,
+            **finished,
         },
         "commandstats": {
             "accept": rediscost.per_delivery(accept_stats, n),

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 
 from benchmarks import console
-from benchmarks.common import percentile
-from benchmarks.harness import Row, Run, cleanup, open_count, stack_for, start_redis, start_sandbox
+from benchmarks.common import CpuMeter, percentile
+from benchmarks.harness import Row, Run, cleanup, open_count, pid_of, stack_for, start_redis, start_sandbox
 from worker import status
 from worker.config import load_settings
 
@@ -86,6 +86,7 @@ def measure_scale(run: Run) -> None:
             if filled < size:
                 raise RuntimeError(f"only {filled} of {size} open deliveries")
             read = status.read(client, settings)
+            meter = CpuMeter({"redis": pid_of(redis_server)}).start()  # for "others" only
             sizes[str(size)] = {
                 "open": filled,
                 "fill_s": round(fill_s, 1),
@@ -94,6 +95,8 @@ def measure_scale(run: Run) -> None:
                 "status_read": _time(lambda: status.read(client, settings)),
                 "metrics_scrape": _time(scrape),
             }
+            meter.stop()
+            run.note_others("scale", meter)
     run.details["scale"] = {"rounds": ROUNDS, "sizes": sizes}
     small, large = sizes[str(s.scale_small)], sizes[str(s.scale_large)]
     for name, what in (("status_read", "status read"), ("metrics_scrape", "/metrics scrape")):
