@@ -16,9 +16,21 @@ from worker.intake import state
 from worker.intake.console import session as sessions
 from worker.intake.console.render import page
 from worker.intake.console.views import redirect
+from worker.states import State
 
-#: The columns of the campaigns table, in the order a campaign's life goes.
-COUNTERS = ("accepted", "open", "sent", "delivered", "read", "failed", "expired", "dead", "cancelled")
+#: The columns of the campaigns table, in the order a campaign's life goes (the final states'
+#: counters are named by their state).
+COUNTERS = (
+    "accepted",
+    "open",
+    State.SENT.value,
+    "delivered",
+    "read",
+    State.FAILED.value,
+    State.EXPIRED.value,
+    State.DEAD.value,
+    State.CANCELLED.value,
+)
 #: Campaigns listed: the most recently active.
 SHOWN = 100
 
