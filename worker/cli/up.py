@@ -29,7 +29,11 @@ _ROOT_WARNING = "ignore:You're running the worker with superuser privileges"
 
 
 def free_port(preferred: int) -> int:
+    """``preferred`` if a server can listen on it now, else a free port. SO_REUSEADDR as the
+    servers bind (uvicorn, redis-server): a port whose connections linger in TIME_WAIT after a
+    restart is free for them, so it is for this check too."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", preferred))
         except OSError:
