@@ -348,3 +348,21 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "loadavg_at_start": load,
     }
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and count of rounds: what a figure over rounds is reported with."""
+    if not values:
+        return {"median": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    return {
+        "median": percentile(values, 50),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def median_round(rounds: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round whose ``key`` is the median (of an even number, the upper of the middle two)."""
+    ordered = sorted(rounds, key=lambda r: float(r[key]))
+    return ordered[len(ordered) // 2]

@@ -4,7 +4,8 @@ Modes (every loop is bounded by a count or a deadline):
 
 * ``closed``  — ``--concurrency`` connections post back-to-back for ``--warmup`` + ``--duration``
   seconds; requests/s and latency percentiles over the measured part only.
-* ``count``   — post ``--n`` messages with ``--concurrency`` in flight (a backlog for the workers).
+* ``count``   — post ``--n`` messages with ``--concurrency`` in flight (a backlog for the workers;
+  ``--pages K`` spreads them round-robin over K pages from ``--page`` on).
 * ``paced``   — open loop: message i is posted at ``t0 + i / rate`` whatever the answers do;
   writes ``[psid, t_post, t_answer, status, delivery_id]`` per message to ``--records``.
 * ``raw``     — the delivery ceiling: ``--n`` Send API bodies straight to the Graph URL with
@@ -107,7 +108,12 @@ async def count(args: argparse.Namespace) -> dict[str, Any]:
         async def worker() -> None:
             for i in next_index:
                 psid = psid_for(args.tag, args.offset + i)
-                status = await _post(session, url, send_body(psid), intake_headers(f"bench:{args.run}:{i}"))
+                to = (
+                    url
+                    if args.pages <= 1
+                    else f"{args.url}{intake_path(str(int(args.page) + i % args.pages))}"
+                )
+                status = await _post(session, to, send_body(psid), intake_headers(f"bench:{args.run}:{i}"))
                 statuses[status] += 1
 
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
@@ -208,6 +214,9 @@ def parser() -> argparse.ArgumentParser:
     closed_p.add_argument("--warmup", type=float, default=2.0)
     closed_p.add_argument("--expect", type=int, default=202)
     sub.choices["count"].add_argument("--n", type=int, required=True)
+    sub.choices["count"].add_argument(
+        "--pages", type=int, default=1, help="message i goes to page (--page + i %% pages), round-robin"
+    )
     paced_p = sub.choices["paced"]
     paced_p.add_argument("--n", type=int, required=True)
     paced_p.add_argument("--rate", type=float, required=True)

@@ -1,0 +1,210 @@
+"""Redis's side of a delivery, read from redis-server itself: CPU (``INFO cpu``), command time
+(``INFO commandstats``), per-script attribution (``SLOWLOG`` at 0 µs) and memory (``INFO memory``,
+``MEMORY USAGE``); and the floors they are measured against.
+
+The floor of the CPU is what a delivery minimally needs of Redis, pipelined, in batches of 100
+(like a Celery message of the service): on accept, its record (page, recipient, status, time:
+a small hash, which Redis keeps compact), its body (a string of its own) and its place in a
+deadline index; a queue entry; on claim, its status; on the outcome, its status and message id,
+the body and recipient dropped, an expiry, and out of the index. The
+memory floors are what those writes leave: an open delivery's record and index entry, a finished
+delivery's compacted record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+from benchmarks.common import psid_for, send_body
+from worker.store import scripts
+
+FLOOR_BATCH = 100
+#: The benchmark's own reads (the drain polls ZCARD; the samples SCAN, HSTRLEN, MEMORY USAGE).
+OWN_COMMANDS = ("info", "config", "slowlog", "memory", "scan", "hstrlen", "zcard", "rename")
+
+
+def redis_cpu(client: Any) -> dict[str, float]:
+    """redis-server's CPU seconds so far: all threads, and the main thread (commands, I/O)."""
+    info = client.info("cpu")
+    return {
+        "total": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+        "main": float(info.get("used_cpu_user_main_thread", 0))
+        + float(info.get("used_cpu_sys_main_thread", 0)),
+    }
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in before}
+
+
+def used_memory(client: Any) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def commandstats(client: Any) -> dict[str, dict[str, float]]:
+    """``INFO commandstats`` as {command: {calls, usec}} (commands run by scripts included)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, stat in client.info("commandstats").items():
+        command = name.removeprefix("cmdstat_")
+        if command.startswith(OWN_COMMANDS[:6]):  # ZCARD and RENAME are the service's too
+            continue  # the benchmark's own reads
+        out[command] = {"calls": float(stat["calls"]), "usec": float(stat["usec"])}
+    return out
+
+
+def per_delivery(stats: dict[str, dict[str, float]], n: int) -> list[dict[str, Any]]:
+    """Each command's calls and µs per delivery, the most expensive first."""
+    rows = [
+        {
+            "command": cmd,
+            "calls": int(s["calls"]),
+            "usec": int(s["usec"]),
+            "usec_per_call": round(s["usec"] / s["calls"], 2) if s["calls"] else 0.0,
+            "calls_per_delivery": round(s["calls"] / n, 3),
+            "usec_per_delivery": round(s["usec"] / n, 3),
+        }
+        for cmd, s in stats.items()
+    ]
+    return sorted(rows, key=lambda r: -float(r["usec"]))
+
+
+def sha_names() -> dict[str, str]:
+    return {scripts.script(name).sha: name for name in scripts.names()}
+
+
+def attribute(entries: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Per-script time from a SLOWLOG taken at 0 µs: a script's entry is logged when it ends, so
+    the commands the Lua client (address ``?:0``) ran since the previous top-level entry are its
+    own. Returns, per script (or top-level command), calls, µs, µs per delivery and the µs of the
+    commands it ran, by command; ``lua`` is what the script took beyond its commands."""
+    names = sha_names()
+    by: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"calls": 0, "usec": 0, "inner": Counter(), "inner_calls": Counter()}
+    )
+    inner_usec: Counter[str] = Counter()
+    inner_calls: Counter[str] = Counter()
+    for entry in sorted(entries, key=lambda e: int(e["id"])):
+        command = entry["command"]
+        words = (command.decode(errors="replace") if isinstance(command, bytes) else str(command)).split()
+        verb = words[0].upper() if words else "?"
+        address = entry.get("client_address", b"")
+        if address in (b"?:0", "?:0"):
+            inner_usec[verb] += int(entry["duration"])
+            inner_calls[verb] += 1
+            continue
+        if verb.lower().startswith(OWN_COMMANDS):
+            inner_usec.clear()
+            inner_calls.clear()
+            continue
+        name = verb.lower()
+        if verb == "EVALSHA" and len(words) > 1:
+            name = names.get(words[1], f"evalsha {words[1][:8]}")
+        elif verb == "EVAL":
+            name = "eval (script load)"
+        row = by[name]
+        row["calls"] += 1
+        row["usec"] += int(entry["duration"])
+        row["inner"].update(inner_usec)
+        row["inner_calls"].update(inner_calls)
+        inner_usec.clear()
+        inner_calls.clear()
+    out = {}
+    for name, row in sorted(by.items(), key=lambda kv: -int(kv[1]["usec"])):
+        inner_total = sum(row["inner"].values())
+        out[name] = {
+            "calls": row["calls"],
+            "usec": row["usec"],
+            "usec_per_delivery": round(row["usec"] / n, 2),
+            "usec_per_call": round(row["usec"] / row["calls"], 1),
+            "lua_usec_per_delivery": round((row["usec"] - inner_total) / n, 2),
+            "commands_per_delivery": {
+                cmd: {
+                    "calls": round(row["inner_calls"][cmd] / n, 2),
+                    "usec": round(usec / n, 2),
+                }
+                for cmd, usec in row["inner"].most_common()
+            },
+        }
+    return out
+
+
+def memory_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, float]:
+    """``MEMORY USAGE`` (exact: SAMPLES 0) of up to ``limit`` keys matching ``pattern``."""
+    keys: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        keys.append(key)
+        if len(keys) >= limit:
+            break
+    if not keys:
+        return {"keys": 0, "mean_bytes": 0.0}
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+    sizes = [int(s or 0) for s in pipe.execute()]
+    return {"keys": len(keys), "mean_bytes": round(sum(sizes) / len(sizes), 1)}
+
+
+def body_bytes(client: Any, pattern: str, limit: int = 50) -> float:
+    """Mean stored size of the ``body`` field of records matching ``pattern``."""
+    lengths = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        length = client.hstrlen(key, "body")
+        if length:
+            lengths.append(int(length))
+        if len(lengths) >= limit:
+            break
+    return sum(lengths) / len(lengths) if lengths else 0.0
+
+
+def floor(client: Any, n: int) -> dict[str, Any]:
+    """The minimal commands of ``n`` deliveries, pipelined in batches of 100, on a fresh
+    redis-server: Redis CPU per delivery and the memory an open and a finished one leave."""
+    now = time.time()
+    ids = [f"f{i:09d}" for i in range(n)]
+    bodies = [send_body(psid_for(9, i)) for i in range(FLOOR_BATCH)]
+    batches = [ids[i : i + FLOOR_BATCH] for i in range(0, n, FLOOR_BATCH)]
+    mem0, cpu0 = used_memory(client), redis_cpu(client)
+    for b, batch in enumerate(batches):  # accept
+        pipe = client.pipeline(transaction=False)
+        for j, delivery_id in enumerate(batch):
+            pipe.hset(
+                f"fl:d:{delivery_id}",
+                mapping={"page_id": "100", "psid": psid_for(9, j), "status": "queued", "created_at": now},
+            )
+            pipe.set(f"fl:b:{delivery_id}", bodies[j])
+            pipe.zadd("fl:pending", {delivery_id: now + 600})
+        pipe.rpush(f"fl:batch:{b}", *batch)
+        pipe.execute()
+    cpu1, mem1 = redis_cpu(client), used_memory(client)
+    open_record = memory_samples(client, "fl:d:*")
+    cpu1b = redis_cpu(client)  # the sampling above is not the floor's
+    for b, batch in enumerate(batches):  # claim, send, record
+        pipe = client.pipeline(transaction=False)
+        pipe.lrange(f"fl:batch:{b}", 0, -1)
+        pipe.delete(f"fl:batch:{b}")
+        for delivery_id in batch:
+            pipe.hset(f"fl:d:{delivery_id}", "status", "in_flight")
+        pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        for delivery_id in batch:
+            key = f"fl:d:{delivery_id}"
+            pipe.hset(key, mapping={"status": "sent", "message_id": f"m_{delivery_id}", "sent_at": now})
+            pipe.hdel(key, "psid")
+            pipe.delete(f"fl:b:{delivery_id}")
+            pipe.expire(key, 86_400)
+            pipe.zrem("fl:pending", delivery_id)
+        pipe.execute()
+    cpu2, mem2 = redis_cpu(client), used_memory(client)
+    accept, finish = cpu_delta(cpu0, cpu1), cpu_delta(cpu1b, cpu2)
+    return {
+        "n": n,
+        "cpu_s": {"accept": accept, "claim_and_record": finish},
+        "cpu_us_per_delivery": (accept["total"] + finish["total"]) / n * 1e6,
+        "bytes_per_open": (mem1 - mem0) / n,
+        "bytes_per_finished": (mem2 - mem0) / n,
+        "record_open_bytes": open_record,
+        "record_finished_bytes": memory_samples(client, "fl:d:*"),
+        "body_bytes": len(bodies[0]),
+    }

@@ -1,0 +1,213 @@
+"""8. Redis's cost per delivery: redis-server CPU per delivered message and memory per open and
+per finished delivery, each against its floor measured in the same round (``benchmarks/rediscost.py``).
+
+A round: a fresh redis-server, the sandbox (50 ms), an intake; N Send API POSTs through the intake
+(64 connections, the intake's own group commit), then one worker (``--concurrency 8``) drains
+them, started with the queue parked as in (2). Redis's CPU is read from redis-server
+(``INFO cpu``: all threads; the AOF's fsync thread included) from before the first POST to the
+last outcome; memory from ``used_memory`` before the POSTs, after them (open) and after the drain
+(finished, kept for RECORD_RETENTION), with ``MEMORY USAGE`` of sampled keys for the breakdown.
+The worker's idle Redis CPU (scheduler ticks, heartbeats, Celery's polls) is measured for 2 s after
+the drain and reported beside: it is paid per second, not per message.
+
+Then the floor on a second fresh redis-server (``rediscost.floor``). Rounds: ``redis_rounds``
+(median and range). One more round of ``attribution_n`` deliveries runs with ``SLOWLOG`` at 0 µs
+to attribute the command time to each script and each command a script runs (SLOWLOG's own cost
+is in that round only, whose CPU figure is not used).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from benchmarks import rediscost
+from benchmarks.common import CpuMeter, spread
+from benchmarks.harness import (
+    DELIVERY_CONCURRENCY,
+    Row,
+    Run,
+    cleanup,
+    pid_of,
+    post_backlog,
+    stack_for,
+    start_redis,
+    start_sandbox,
+    wait_drained,
+)
+from tests.conftest import Stack
+
+#: Goals of issue 18: Redis CPU per delivered message; bytes per open delivery beyond its body;
+#: bytes per finished delivery.
+CPU_GOAL_US = 30.0
+OPEN_OVER_BODY_GOAL = 400.0
+FINISHED_GOAL = 250.0
+IDLE_SECONDS = 2.0
+
+
+def _open_samples(client: Any, stack: Stack, n: int) -> dict[str, Any]:
+    """What an open delivery is made of: its record, its idempotency key, its index entries."""
+    sample = f"{stack.prefix}:d:*"
+    zsets = {k: int(client.memory_usage(k, samples=0) or 0) for k in (stack.keys.pending, stack.keys.open)}
+    return {
+        "body_bytes_stored": rediscost.body_bytes(client, sample),
+        "record_open": rediscost.memory_samples(client, sample),
+        "idempotency_key": rediscost.memory_samples(client, f"{stack.prefix}:idem:*"),
+        "index_zsets_bytes_per_delivery": {k.rpartition(":")[2]: v / n for k, v in zsets.items()},
+    }
+
+
+def _finished_samples(client: Any, stack: Stack) -> dict[str, Any]:
+    return {
+        "record_finished": rediscost.memory_samples(client, f"{stack.prefix}:d:*"),
+        "idempotency_key_after_drain": rediscost.memory_samples(client, f"{stack.prefix}:idem:*"),
+        "receipt_index_key": rediscost.memory_samples(client, f"{stack.prefix}:mid2d:*"),
+        "unread_zset_key": rediscost.memory_samples(client, f"{stack.prefix}:unread:*"),
+    }
+
+
+def _idle(client: Any) -> dict[str, float]:
+    """Redis CPU while the worker has nothing to do (after its last outcome's side writes)."""
+    time.sleep(0.3)
+    before = rediscost.redis_cpu(client)
+    time.sleep(IDLE_SECONDS)
+    return rediscost.cpu_delta(before, rediscost.redis_cpu(client))
+
+
+def _round(run: Run, n: int, attribution: bool) -> dict[str, Any]:
+    log_dir = run.log_dir("redis")
+    with cleanup() as c:
+        redis_server = start_redis(c, run.work, f"redis-{time.monotonic_ns()}")
+        sandbox = start_sandbox(c, log_dir)
+        stack = stack_for(c, redis_server, sandbox, log_dir, PAGE_RATE_LIMIT="1000000")
+        client = stack.redis()
+        intake = stack.start_intake()
+        post_backlog(stack, 50, tag=80)  # loads the scripts, warms the intake up
+        if attribution:
+            client.config_set("slowlog-max-len", 500_000)
+            client.config_set("slowlog-log-slower-than", 0)
+        client.slowlog_reset()
+        client.config_resetstat()
+        meter = CpuMeter({"redis": pid_of(redis_server)}).start()  # for "others" only
+        mem0, cpu0 = rediscost.used_memory(client), rediscost.redis_cpu(client)
+        post_backlog(stack, n, tag=81)
+        cpu1, mem1 = rediscost.redis_cpu(client), rediscost.used_memory(client)
+        accept_stats = rediscost.commandstats(client)
+        intake.stop(timeout=15)
+        opened = _open_samples(client, stack, n)
+        hold = f"{stack.queue}:bench-hold"
+        client.rename(stack.queue, hold)
+        worker = stack.start_worker(concurrency=DELIVERY_CONCURRENCY)
+        time.sleep(0.5)
+        client.config_resetstat()
+        cpu2 = rediscost.redis_cpu(client)
+        started = time.monotonic()
+        client.rename(hold, stack.queue)
+        drained = wait_drained(stack, run.sizes.drain_timeout)
+        drain_s = time.monotonic() - started
+        cpu3 = rediscost.redis_cpu(client)
+        drain_stats = rediscost.commandstats(client)
+        entries = client.slowlog_get(500_000) if attribution else []
+        client.config_set("slowlog-log-slower-than", 10_000)
+        idle = _idle(client)
+        worker.stop(timeout=20)
+        mem2, finished = rediscost.used_memory(client), _finished_samples(client, stack)
+        delivered = n + 50 - int(client.zcard(stack.keys.pending))
+
+        floor_server = start_redis(c, run.work, f"floor-{time.monotonic_ns()}")
+        floor = rediscost.floor(floor_server.client(), n)
+        meter.stop()
+        run.note_others("redis", meter)
+
+    accept_cpu, drain_cpu = rediscost.cpu_delta(cpu0, cpu1), rediscost.cpu_delta(cpu2, cpu3)
+    total = accept_cpu["total"] + drain_cpu["total"]
+    idle_per_s = idle["total"] / IDLE_SECONDS
+    out: dict[str, Any] = {
+        "n": n,
+        "drained": drained,
+        "delivered": delivered,
+        "drain_s": drain_s,
+        "cpu_s": {"accept": accept_cpu, "drain": drain_cpu},
+        "cpu_us_per_delivery": total / n * 1e6,
+        "accept_cpu_us_per_delivery": accept_cpu["total"] / n * 1e6,
+        "drain_cpu_us_per_delivery": drain_cpu["total"] / n * 1e6,
+        "idle_cpu_us_per_s": idle_per_s * 1e6,
+        "idle_share_of_drain_us_per_delivery": idle_per_s * drain_s / n * 1e6,
+        "memory": {
+            "bytes_per_open": (mem1 - mem0) / n,
+            "bytes_per_finished": (mem2 - mem0) / n,
+            **opened,
+            **finished,
+        },
+        "commandstats": {
+            "accept": rediscost.per_delivery(accept_stats, n),
+            "drain": rediscost.per_delivery(drain_stats, n),
+        },
+        "floor": floor,
+    }
+    if attribution:
+        out["slowlog_entries"] = len(entries)
+        out["by_script"] = rediscost.attribute(entries, n)
+    return out
+
+
+def measure_redis(run: Run) -> None:
+    s = run.sizes
+    rounds = [_round(run, s.redis_n, attribution=False) for _ in range(s.redis_rounds)]
+    attributed = _round(run, s.attribution_n, attribution=True)
+    complete = all(r["drained"] for r in rounds)
+    cpu = spread([r["cpu_us_per_delivery"] for r in rounds])
+    floor_cpu = spread([r["floor"]["cpu_us_per_delivery"] for r in rounds])
+    opened = spread([r["memory"]["bytes_per_open"] for r in rounds])
+    finished = spread([r["memory"]["bytes_per_finished"] for r in rounds])
+    floor_open = spread([r["floor"]["bytes_per_open"] for r in rounds])
+    floor_finished = spread([r["floor"]["bytes_per_finished"] for r in rounds])
+    body = rounds[-1]["memory"]["body_bytes_stored"]
+    run.details["redis"] = {
+        "cpu_us_per_delivery": cpu,
+        "floor_cpu_us_per_delivery": floor_cpu,
+        "accept_cpu_us_per_delivery": spread([r["accept_cpu_us_per_delivery"] for r in rounds]),
+        "drain_cpu_us_per_delivery": spread([r["drain_cpu_us_per_delivery"] for r in rounds]),
+        "idle_cpu_us_per_s": spread([r["idle_cpu_us_per_s"] for r in rounds]),
+        "bytes_per_open": opened,
+        "bytes_per_finished": finished,
+        "floor_bytes_per_open": floor_open,
+        "floor_bytes_per_finished": floor_finished,
+        "body_bytes_stored": body,
+        "rounds": rounds,
+        "attribution": attributed,
+    }
+    med = cpu["median"]
+    run.rows.append(
+        Row(
+            f"8. Redis CPU µs per delivered msg (median of {cpu['n']}, {cpu['min']:.0f}-{cpu['max']:.0f})",
+            med,
+            floor_cpu["median"],
+            med / floor_cpu["median"],
+            f"<= {CPU_GOAL_US:.0f} µs (goal)",
+            med <= CPU_GOAL_US and complete,
+            "µs",
+        )
+    )
+    run.rows.append(
+        Row(
+            f"   Redis bytes per open delivery (body {body:.0f} B; {opened['min']:.0f}-{opened['max']:.0f})",
+            opened["median"],
+            floor_open["median"],
+            opened["median"] / floor_open["median"],
+            f"<= body + {OPEN_OVER_BODY_GOAL:.0f}",
+            opened["median"] <= body + OPEN_OVER_BODY_GOAL,
+            "bytes",
+        )
+    )
+    run.rows.append(
+        Row(
+            f"   Redis bytes per finished delivery ({finished['min']:.0f}-{finished['max']:.0f})",
+            finished["median"],
+            floor_finished["median"],
+            finished["median"] / floor_finished["median"],
+            f"<= {FINISHED_GOAL:.0f}",
+            finished["median"] <= FINISHED_GOAL,
+            "bytes",
+        )
+    )

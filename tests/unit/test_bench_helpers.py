@@ -1,0 +1,30 @@
+"""The benchmark's pure helpers: history file names and the spread of rounds (no timing here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.common import percentile, spread
+from benchmarks.history import free_path, history_name
+
+
+def test_history_name_has_the_time_and_the_commit() -> None:
+    name = history_name("2026-12-06T06:47:04Z", "e429133a1b2c3d4e5f", dirty=False)
+    assert name == "2026-12-06T064704Z-e429133a1b2c.json"
+    assert history_name("2026-12-06T06:47:04Z", "abc", dirty=True).endswith("-abc-dirty.json")
+
+
+def test_a_taken_history_name_is_never_overwritten(tmp_path: Path) -> None:
+    first = free_path(tmp_path, "run.json")
+    first.write_text("{}")
+    second = free_path(tmp_path, "run.json")
+    assert second.name == "run.2.json"
+    second.write_text("{}")
+    assert free_path(tmp_path, "run.json").name == "run.3.json"
+
+
+def test_spread_is_the_median_and_the_range() -> None:
+    assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert spread([1.0, 2.0])["median"] == 1.5
+    assert spread([])["n"] == 0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
