@@ -278,3 +278,35 @@ def test_dead_letters_by_id_however_old_and_purge_only_the_dead(redis_server: Re
         assert await deadletters.purge_expired(client, s, now=now + 3600) == deadletters.RETENTION_CHUNK
 
     run(s, go)
+
+
+def test_the_sweeper_leaves_a_queued_delivery_waiting_in_a_backlog(redis_server: RedisServer) -> None:
+    """A QUEUED delivery past its deadline while messages wait in the queue is merely waiting in a
+    backlog: no second message for it (the backlog is not amplified); once the queue is empty, a
+    lost message's ids are re-enqueued."""
+    s = make_settings(redis_server)
+    keys = Keys.of(s)
+
+    async def sweep(client: aioredis.Redis, at: float) -> list[str]:
+        swept = await scripts.run(
+            client,
+            "sweep",
+            keys=[keys.pending, keys.sched, keys.open, keys.queue],
+            args=[repr(at), 100, s.sweep_after_seconds, keys.delivery_prefix],
+        )
+        return [i.decode() for i in swept]
+
+    async def go(client: aioredis.Redis) -> tuple[list[str], float, list[str]]:
+        await accept(client, s, ["old"])
+        await client.delete(keys.queue)
+        await client.rpush(keys.queue, "a message ahead of it")  # type: ignore[misc]
+        later = time.time() + s.sweep_after_seconds + 1
+        waiting = await sweep(client, later)
+        deadline = await client.zscore(keys.pending, "old")
+        await client.delete(keys.queue)  # the backlog drained, and "old" was never claimed: lost
+        return waiting, float(deadline or 0), await sweep(client, later + s.sweep_after_seconds + 1)
+
+    waiting, deadline, lost = run(s, go)
+    assert waiting == []
+    assert deadline > time.time() + s.sweep_after_seconds - 5  # postponed, not dropped
+    assert lost == ["old"]

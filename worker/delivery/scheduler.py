@@ -110,7 +110,7 @@ class Scheduler:
             swept = await scripts.run(
                 self._client,
                 "sweep",
-                keys=[keys.pending, keys.sched, keys.open],
+                keys=[keys.pending, keys.sched, keys.open, keys.queue],
                 args=[repr(time.time()), CHUNK, s.sweep_after_seconds, keys.delivery_prefix],
             )
         ids = [text(i) for i in [*released, *swept]]
