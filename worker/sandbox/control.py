@@ -15,20 +15,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from worker.sandbox.replies import BadRequest, bad, json_payload, json_response
 from worker.sandbox.rules import parse_digits
 from worker.sandbox.state import PageFault, SandboxState
-
-
-def _json(payload: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
-
-
-def _bad(message: str) -> Response:
-    return _json({"error": message}, 400)
-
-
-class _BadRequest(Exception):
-    """A control request the sandbox refuses (answered 400 ``{"error": <message>}``)."""
 
 
 def _optional_int(payload: Mapping[str, object], key: str) -> int | None:
@@ -36,30 +25,20 @@ def _optional_int(payload: Mapping[str, object], key: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _BadRequest(f"{key} must be an integer or null")
+        raise BadRequest(f"{key} must be an integer or null")
     return value
-
-
-async def _json_payload(request: Request) -> dict[str, object]:
-    try:
-        payload = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        payload = None
-    if not isinstance(payload, dict):
-        raise _BadRequest("body must be a JSON object")
-    return payload
 
 
 def _parse_fault(payload: Mapping[str, object]) -> tuple[str, PageFault]:
     page_id = payload.get("page_id")
     if isinstance(page_id, bool) or not isinstance(page_id, str | int) or page_id == "":
-        raise _BadRequest("page_id is required")
+        raise BadRequest("page_id is required")
     code = _optional_int(payload, "code")
     if code is None:
-        raise _BadRequest("code is required")
+        raise BadRequest("code is required")
     count = _optional_int(payload, "count")
     if count is not None and count < 1:
-        raise _BadRequest("count must be >= 1 or null")
+        raise BadRequest("count must be >= 1 or null")
     regain = _optional_int(payload, "regain_minutes") or 0
     return str(page_id), PageFault(code, _optional_int(payload, "subcode"), count, regain)
 
@@ -79,7 +58,7 @@ class Control:
         if since_text:
             parsed = parse_digits(since_text)
             if parsed is None:
-                return _bad("since must be a non-negative integer")
+                return bad("since must be a non-negative integer")
             since = parsed
         selected = [
             call.as_json()
@@ -88,57 +67,57 @@ class Control:
             and (page_id is None or call.page_id == page_id)
             and (psid is None or call.psid == psid)
         ]
-        return _json({"calls": selected})
+        return json_response({"calls": selected})
 
     async def clear_calls(self, request: Request) -> Response:
         self.state.clear()
-        return _json({"ok": True})
+        return json_response({"ok": True})
 
     async def stats(self, request: Request) -> Response:
         state = self.state
-        return _json({"calls": state.calls, "sent": state.sent, "errors": state.errors})
+        return json_response({"calls": state.calls, "sent": state.sent, "errors": state.errors})
 
     async def get_config(self, request: Request) -> Response:
-        return _json({"latency_ms": self.state.latency_ms})
+        return json_response({"latency_ms": self.state.latency_ms})
 
     async def set_config(self, request: Request) -> Response:
         try:
-            payload = await _json_payload(request)
-        except _BadRequest as exc:
-            return _bad(str(exc))
+            payload = await json_payload(request)
+        except BadRequest as exc:
+            return bad(str(exc))
         if "latency_ms" in payload:
             latency = payload["latency_ms"]
             if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
-                return _bad("latency_ms must be a non-negative number")
+                return bad("latency_ms must be a non-negative number")
             self.state.latency_ms = float(latency)
-        return _json({"latency_ms": self.state.latency_ms})
+        return json_response({"latency_ms": self.state.latency_ms})
 
     async def get_faults(self, request: Request) -> Response:
         faults = [fault.as_json(page_id) for page_id, fault in self.state.faults.items()]
-        return _json({"faults": faults})
+        return json_response({"faults": faults})
 
     async def add_fault(self, request: Request) -> Response:
         try:
-            page_id, fault = _parse_fault(await _json_payload(request))
-        except _BadRequest as exc:
-            return _bad(str(exc))
+            page_id, fault = _parse_fault(await json_payload(request))
+        except BadRequest as exc:
+            return bad(str(exc))
         self.state.faults[page_id] = fault
-        return _json(fault.as_json(page_id))
+        return json_response(fault.as_json(page_id))
 
     async def open_window(self, request: Request) -> Response:
         """``{"psid": "outside-x", "open": true}``: the user re-engaged (or, false, left again)."""
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
-            return _json({"error": "invalid JSON"}, 400)
+            return json_response({"error": "invalid JSON"}, 400)
         psid = body.get("psid") if isinstance(body, dict) else None
         if not isinstance(psid, str):
-            return _json({"error": "psid is required"}, 400)
+            return json_response({"error": "psid is required"}, 400)
         if body.get("open", True):
             self.state.opened.add(psid)
         else:
             self.state.opened.discard(psid)
-        return _json({"psid": psid, "open": psid in self.state.opened})
+        return json_response({"psid": psid, "open": psid in self.state.opened})
 
     async def clear_faults(self, request: Request) -> Response:
         page_id = request.query_params.get("page_id")
@@ -146,9 +125,9 @@ class Control:
             self.state.faults.pop(page_id, None)
         else:
             self.state.faults.clear()
-        return _json({"ok": True})
+        return json_response({"ok": True})
 
 
 async def healthz(request: Request) -> Response:
     """``GET /healthz``: ``{"ok": true}``."""
-    return _json({"ok": True})
+    return json_response({"ok": True})

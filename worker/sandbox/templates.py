@@ -48,6 +48,7 @@ from starlette.responses import Response
 from worker.messenger.errors import InputError
 from worker.messenger.utility import template_of
 from worker.sandbox.errors import Refusal, graph_error, refuse
+from worker.sandbox.replies import BadRequest, bad, json_payload, json_response
 from worker.sandbox.validation import _RECIPIENT_KEYS as RECIPIENT_KEYS
 from worker.sandbox.validation import token_and_proof
 
@@ -254,46 +255,24 @@ class TemplateListing:
 
 
 # --- /__sandbox/templates -----------------------------------------------------------------------
-class _BadRequest(Exception):
-    """A control request the sandbox refuses (400 ``{"error": <message>}``, as control.py answers)."""
-
-
-def _json(payload: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
-
-
-def _bad(message: str) -> Response:
-    return _json({"error": message}, 400)
-
-
-async def _json_payload(request: Request) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        payload = None
-    if not isinstance(payload, dict):
-        raise _BadRequest("body must be a JSON object")
-    return payload
-
-
 def _spec(payload: Mapping[str, Any], base: SandboxTemplate | None) -> SandboxTemplate:
     """A template from a control request (fields it omits: ``base``'s, else the defaults)."""
     name = payload.get("name")
     if not isinstance(name, str) or not name:
-        raise _BadRequest("name is required")
+        raise BadRequest("name is required")
     language = payload.get("language", base.language if base else "en_US")
     status = payload.get("status", base.status if base else "APPROVED")
     params = payload.get("parameters", (list(base.names) or base.parameters) if base else 0)
     buttons = payload.get("buttons", list(base.buttons) if base else [])
     if not isinstance(language, str) or not isinstance(status, str):
-        raise _BadRequest("language and status must be strings")
+        raise BadRequest("language and status must be strings")
     if isinstance(params, bool) or not (
         (isinstance(params, int) and params >= 0)
         or (isinstance(params, list) and all(isinstance(n, str) for n in params))
     ):
-        raise _BadRequest("parameters must be a count or a list of names")
+        raise BadRequest("parameters must be a count or a list of names")
     if not isinstance(buttons, list) or not all(isinstance(b, str) for b in buttons):
-        raise _BadRequest("buttons must be a list of button types")
+        raise BadRequest("buttons must be a list of button types")
     return SandboxTemplate(
         name=name,
         language=language,
@@ -309,10 +288,10 @@ def _post_payload(payload: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | 
     """(page, the templates that replace its catalogue or None, the payload)."""
     page_id = payload.get("page_id")
     if isinstance(page_id, bool) or not isinstance(page_id, str | int) or page_id == "":
-        raise _BadRequest("page_id is required")
+        raise BadRequest("page_id is required")
     rows = payload.get("templates")
     if rows is not None and (not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows)):
-        raise _BadRequest("templates must be a list of objects")
+        raise BadRequest("templates must be a list of objects")
     return str(page_id), rows, payload
 
 
@@ -336,12 +315,12 @@ class TemplateControl:
     async def get(self, request: Request) -> Response:
         page_id = request.query_params.get("page_id")
         if page_id:
-            return _json(self._page(page_id))
-        return _json({"pages": [self._page(p) for p in sorted(self.templates.pages)]})
+            return json_response(self._page(page_id))
+        return json_response({"pages": [self._page(p) for p in sorted(self.templates.pages)]})
 
     async def post(self, request: Request) -> Response:
         try:
-            page, rows, one = _post_payload(await _json_payload(request))
+            page, rows, one = _post_payload(await json_payload(request))
             if rows is not None:
                 specs = [_spec(r, None) for r in rows]
                 self.templates.pages[page] = {}
@@ -350,9 +329,9 @@ class TemplateControl:
             else:
                 base = self.templates.of(page).get((str(one.get("name")), str(one.get("language", "en_US"))))
                 self.templates.put(page, _spec(one, base))
-        except _BadRequest as exc:
-            return _bad(str(exc))
-        return _json(self._page(page))
+        except BadRequest as exc:
+            return bad(str(exc))
+        return json_response(self._page(page))
 
     async def delete(self, request: Request) -> Response:
         page_id = request.query_params.get("page_id")
@@ -360,4 +339,4 @@ class TemplateControl:
             self.templates.pages.pop(page_id, None)
         else:
             self.templates.pages.clear()
-        return _json({"ok": True})
+        return json_response({"ok": True})
