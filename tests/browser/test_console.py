@@ -144,6 +144,8 @@ def test_dead_letters_are_filtered_confirmed_and_replayed(stack: Stack, page: An
     dead = send(stack, f"err-2-dl{uuid.uuid4().hex[:6]}")
     stack.wait_final([dead])
     sign_in(stack, page)
+    page.goto(f"{stack.intake_url}/console/dead-letters?older_than=nan")
+    assert page.get_by_role("status").inner_text() == "older_than must be a finite number"  # as the API says
     page.goto(f"{stack.intake_url}/console/dead-letters?code=999")
     assert page.locator("#no-dead").count() == 1
     page.get_by_label("Error code").fill("2")

@@ -11,6 +11,7 @@ deliveries.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -23,6 +24,8 @@ from worker.intake import state
 from worker.intake.console import session as sessions
 from worker.intake.console.render import HEADERS, page, sparkline
 from worker.intake.http import read_body
+from worker.intake.routes import admin
+from worker.messenger.errors import InputError
 from worker.ratelimit import page_rate
 from worker.states import State
 from worker.store import deadletters
@@ -107,20 +110,14 @@ def _page_row(settings: Any, page_id: str, *, configured: bool) -> dict[str, Any
 
 
 def _dead_filter(params: Any) -> deadletters.Filter:
-    def number(name: str) -> float | None:
-        value = (params.get(name) or "").strip()
-        try:
-            return float(value) if value else None
-        except ValueError:
-            return None
+    """The console form's filter, read by the admin API's own parser (InputError 422
+    ``invalid_filter`` for a value that is not a finite number), at most DEAD_SHOWN + 1 rows."""
+    fields = {name: (params.get(form) or "").strip() for form, name in _FILTER_FIELDS}
+    return dataclasses.replace(admin.dead_filter(fields), limit=DEAD_SHOWN + 1)
 
-    code = number("code")
-    return deadletters.Filter(
-        page_id=(params.get("page") or "").strip() or None,
-        error_code=int(code) if code is not None else None,
-        older_than=number("older_than"),
-        limit=DEAD_SHOWN + 1,
-    )
+
+#: The console's filter fields and the admin API's names for them.
+_FILTER_FIELDS = (("page", "page_id"), ("code", "code"), ("older_than", "older_than"))
 
 
 def _filter_fields(flt: deadletters.Filter) -> list[tuple[str, str]]:
@@ -130,7 +127,11 @@ def _filter_fields(flt: deadletters.Filter) -> list[tuple[str, str]]:
 
 async def dead_letters(request: Request, s: sessions.Session) -> Response:
     intake = state.of(request)
-    flt = _dead_filter(request.query_params)
+    notice = request.query_params.get("done")
+    try:
+        flt = _dead_filter(request.query_params)
+    except InputError as exc:  # the same refusal as the API's; the page shows it, unfiltered
+        flt, notice = deadletters.Filter(limit=DEAD_SHOWN + 1), exc.message
     rows = await deadletters.list_dead(intake.redis, intake.settings, flt)
     total = await intake.redis.zcard(intake.keys.dead)
     return page(
@@ -141,7 +142,7 @@ async def dead_letters(request: Request, s: sessions.Session) -> Response:
         total=total,
         flt=flt,
         filter_fields=_filter_fields(flt),
-        notice=request.query_params.get("done"),
+        notice=notice,
     )
 
 
@@ -153,7 +154,10 @@ async def dead_action(request: Request, s: sessions.Session, fields: list[tuple[
     action = params.get("action")
     if action not in ("replay", "purge"):
         return redirect("/console/dead-letters")
-    flt = _dead_filter(params)
+    try:
+        flt = _dead_filter(params)
+    except InputError:
+        return redirect("/console/dead-letters")
     chosen = [value for name, value in fields if name == "id"]
     targets = await deadletters.select(intake.redis, intake.settings, chosen or None, flt)
     ids = [t["delivery_id"] for t in targets][:DEAD_SHOWN]
