@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from tests.conftest import INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env
 from worker.config import Settings
 from worker.intake.openapi import openapi_document
-from worker.messenger.validation import BODY_FIELDS, MAX_TEXT, InputError, validate
+from worker.messenger.validation import BODY_FIELDS, MAX_TEXT, InputError, SendHeaders, validate
 
 pytestmark = pytest.mark.reliability
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "60"))
@@ -134,7 +134,9 @@ def test_validation_accepts_only_sendable_bodies(
 
     error: InputError | None = None
     try:
-        result = validate(orjson.dumps(body), SETTINGS, path_page_id=page, fallback_header=header)
+        result = validate(
+            orjson.dumps(body), SETTINGS, path_page_id=page, headers=SendHeaders(fallback_tags=header)
+        )
     except InputError as exc:
         error = exc
     if error is not None:

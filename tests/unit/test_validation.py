@@ -19,6 +19,7 @@ from worker.messenger.validation import (
     MAX_BODY_BYTES,
     MAX_DEPTH,
     InputError,
+    SendHeaders,
     SendRequest,
     parse_tags,
     resolve_page,
@@ -298,21 +299,21 @@ def test_deprecated_tag_is_rejected_with_policy_reject() -> None:
 def test_fallback_header_keeps_order_and_dedupes() -> None:
     header = " customer_feedback, HUMAN_AGENT ,,CUSTOMER_FEEDBACK"
     assert parse_tags(header) == ["CUSTOMER_FEEDBACK", "HUMAN_AGENT"]
-    req = check(body(), fallback_header=header)
+    req = check(body(), headers=SendHeaders(fallback_tags=header))
     assert req.fallbacks == ["tag:CUSTOMER_FEEDBACK", "tag:HUMAN_AGENT"]
 
 
 def test_fallback_header_unknown_tag() -> None:
-    err = refused(body(), fallback_header="HUMAN_AGENT, BOGUS_TAG")
+    err = refused(body(), headers=SendHeaders(fallback_tags="HUMAN_AGENT, BOGUS_TAG"))
     assert (err.status, err.code) == (422, "invalid_tag")
     assert "BOGUS_TAG" in err.message
 
 
 def test_a_removed_fallback_tag_is_skipped_under_strip_and_refused_under_reject() -> None:
-    req = check(body(), fallback_header="ACCOUNT_UPDATE,HUMAN_AGENT")  # strip: the default
+    req = check(body(), headers=SendHeaders(fallback_tags="ACCOUNT_UPDATE,HUMAN_AGENT"))  # strip: the default
     assert (req.fallbacks, req.skipped_tags) == (["tag:HUMAN_AGENT"], ("ACCOUNT_UPDATE",))
     reject = make_settings(deprecated_tag_policy=DeprecatedTagPolicy.REJECT)
-    err = refused(body(), reject, fallback_header="ACCOUNT_UPDATE,HUMAN_AGENT")
+    err = refused(body(), reject, headers=SendHeaders(fallback_tags="ACCOUNT_UPDATE,HUMAN_AGENT"))
     assert (err.status, err.code) == (422, "deprecated_tag")
     assert "ACCOUNT_UPDATE" in err.message
     assert "2026-04-27" in err.message
@@ -329,13 +330,13 @@ def test_a_removed_tag_in_fallback_tags_is_skipped_under_strip() -> None:
 @pytest.mark.parametrize("header", [None, "", " , "], ids=["absent", "empty", "only-commas"])
 def test_settings_fallback_tags_used_without_header(header: str | None) -> None:
     settings = make_settings(fallback_tags=["HUMAN_AGENT"])
-    assert check(body(), settings, fallback_header=header).fallbacks == ["tag:HUMAN_AGENT"]
-    assert check(body(), fallback_header=header).fallbacks == []
+    assert check(body(), settings, headers=SendHeaders(fallback_tags=header)).fallbacks == ["tag:HUMAN_AGENT"]
+    assert check(body(), headers=SendHeaders(fallback_tags=header)).fallbacks == []
 
 
 def test_fallback_header_overrides_settings() -> None:
     settings = make_settings(fallback_tags=["HUMAN_AGENT"])
-    req = check(body(), settings, fallback_header="CUSTOMER_FEEDBACK")
+    req = check(body(), settings, headers=SendHeaders(fallback_tags="CUSTOMER_FEEDBACK"))
     assert req.fallbacks == ["tag:CUSTOMER_FEEDBACK"]
 
 

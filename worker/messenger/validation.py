@@ -303,7 +303,6 @@ def validate(
     path_page_id: str | None = None,
     query_token: str | None = None,
     query_page_id: str | None = None,
-    fallback_header: str | None = None,
     pages: PageTokens | None = None,
     headers: SendHeaders | None = None,
 ) -> SendRequest:
@@ -326,7 +325,7 @@ def validate(
     elif direct is None:
         content.check_message(body["message"])
     stripped = _normalise_tag(body, settings)
-    head = headers or SendHeaders(fallback_tags=fallback_header)
+    head = headers or SendHeaders()
     header_tags = [tag for tag in (head.fallback_tags or "").split(",") if tag.strip()]
     tags, skipped = usable_tags(
         header_tags or list(settings.fallback_tags),
