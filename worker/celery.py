@@ -49,7 +49,10 @@ VISIBILITY_TIMEOUT = 3600
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return load_settings()
+    settings = load_settings()
+    if settings.redis_shards and settings.shard_index is None:  # which broker? Never a guess
+        raise SystemExit("REDIS_SHARDS is set: give each worker its shard (SHARD_INDEX, or worker --shard N)")
+    return settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -158,6 +161,7 @@ def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
         hostname=getattr(sender, "hostname", None),
         concurrency=getattr(getattr(sender, "controller", None), "concurrency", None),
         queue=settings.queue_name,
+        shard=settings.shard_index,
         version=__version__,
         metrics_port=metrics_port,
         gc_gen0_threshold=settings.gc_gen0_threshold if tuned else None,

@@ -206,6 +206,74 @@ def last_hour(
     }
 
 
+def read_all(
+    shards: list[tuple[Settings, Any]], *, max_pages: int | None = None, now: float | None = None
+) -> Status:
+    """:func:`read` of every shard, merged (sync clients, one shard after another)."""
+    return merge([read(client, s, max_pages=max_pages, now=now) for s, client in shards])
+
+
+def last_hour_all(shards: list[tuple[Settings, Any]], *, now: float | None = None) -> dict[str, Any]:
+    return merge_hours([last_hour(client, s, now=now) for s, client in shards])
+
+
+def merge(statuses: list[Status]) -> Status:
+    """Several shards' statuses as one (REDIS_SHARDS): counts and rates summed, the oldest age
+    the largest, Redis memory summed (per shard: /metrics' ``shard`` label), pages listed."""
+    if len(statuses) == 1:
+        return statuses[0]
+    counts = {
+        name: sum(getattr(s, name) for s in statuses)
+        for name in (
+            "queue_depth",
+            "in_flight_batches",
+            "open",
+            "scheduled",
+            "parked",
+            "dead_letters",
+            "redis_used_memory",
+            "redis_maxmemory",
+        )
+    }
+    rates = {
+        name: round(sum(s.rates.get(name, 0.0) for s in statuses), 2)
+        for name in statuses[0].rates
+        if name != "failure_ratio"
+    }
+    final = sum(rates.get(f"{st.value}_per_s", 0.0) for st in _RATE_STATES)
+    failed = rates.get(f"{State.FAILED.value}_per_s", 0.0) + rates.get(f"{State.DEAD.value}_per_s", 0.0)
+    rates["failure_ratio"] = round(failed / final, 4) if final else 0.0
+    return Status(
+        **counts,
+        oldest_open_age_s=max(s.oldest_open_age_s for s in statuses),
+        dead_letter_retention_s=statuses[0].dead_letter_retention_s,
+        record_retention_s=statuses[0].record_retention_s,
+        paused_pages=[p for s in statuses for p in s.paused_pages],
+        rates=rates,
+        pages=sorted((row for s in statuses for row in s.pages), key=lambda r: (r.page_id, r.kind)),
+    )
+
+
+def merge_hours(hours: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several shards' :func:`last_hour` as one: per-minute counts and failure classes summed."""
+    if len(hours) == 1:
+        return hours[0]
+    minutes = [dict(m) for m in hours[0]["minutes"]]
+    classes: dict[str, int] = dict(hours[0]["failures"])
+    for hour in hours[1:]:
+        for mine, theirs in zip(minutes, hour["minutes"], strict=True):
+            for name, value in theirs.items():
+                if name != "minute":
+                    mine[name] += value
+        for name, n in hour["failures"].items():
+            classes[name] = classes.get(name, 0) + n
+    return {
+        "minutes": minutes,
+        "failures": dict(sorted(classes.items(), key=lambda kv: -kv[1])),
+        "possible_duplicates": sum(h["possible_duplicates"] for h in hours),
+    }
+
+
 def _rates(values: list[Any]) -> dict[str, float]:
     totals = dict.fromkeys(_RATE_STATES, 0)
     for i, value in enumerate(values):
@@ -272,30 +340,41 @@ _GAUGES = (
 
 
 class RedisStateCollector(Collector):
-    """The read model as Prometheus gauges, read at scrape time (served by the intake)."""
+    """The read model as Prometheus gauges, read at scrape time (served by the intake). With
+    REDIS_SHARDS, one series per shard (label ``shard``) for the shard-wide gauges."""
 
-    def __init__(self, settings: Settings, client: Any) -> None:
-        self._settings = settings
-        self._client = client
+    def __init__(
+        self, settings: Settings, client: Any, shards: list[tuple[Settings, Any]] | None = None
+    ) -> None:
+        self._shards = shards or [(settings, client)]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("bmw_redis_up", "Whether the intake could read Redis at scrape time")
-        try:
-            status = read(self._client, self._settings, max_pages=self._settings.metrics_max_pages)
-        except Exception:  # noqa: BLE001  # a scrape must not fail because Redis is down
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        labelled = len(self._shards) > 1
+        names = ["shard"] if labelled else []
+        up = GaugeMetricFamily(
+            "bmw_redis_up", "Whether the intake could read Redis at scrape time", labels=names
+        )
+        gauges = {attr: GaugeMetricFamily(name, doc, labels=names) for name, doc, attr in _GAUGES}
+        paused_n = GaugeMetricFamily("bmw_pages_paused", "Pages currently paused", labels=names)
+        read_ok: list[Status] = []
+        for index, (settings, client) in enumerate(self._shards):
+            labels = [str(index)] if labelled else []
+            try:
+                status = read(client, settings, max_pages=settings.metrics_max_pages)
+            except Exception:  # noqa: BLE001  # a scrape must not fail because Redis is down
+                up.add_metric(labels, 0)
+                continue
+            up.add_metric(labels, 1)
+            read_ok.append(status)
+            for _name, _doc, attr in _GAUGES:
+                gauges[attr].add_metric(labels, float(getattr(status, attr)))
+            paused_n.add_metric(labels, len(status.paused_pages))
         yield up
-        for name, doc, attr in _GAUGES:
-            g = GaugeMetricFamily(name, doc)
-            g.add_metric([], float(getattr(status, attr)))
-            yield g
-        paused_n = GaugeMetricFamily("bmw_pages_paused", "Pages currently paused")
-        paused_n.add_metric([], len(status.paused_pages))
+        if not read_ok:
+            return
+        yield from gauges.values()
         yield paused_n
-        yield from _page_gauges(status)
+        yield from _page_gauges(merge(read_ok))
 
 
 def _page_gauges(status: Status) -> Iterator[GaugeMetricFamily]:
@@ -317,7 +396,9 @@ def _page_gauges(status: Status) -> Iterator[GaugeMetricFamily]:
     yield from (paused_g, rate_g, eff_g, tokens_g)
 
 
-def render_metrics(settings: Settings, redis_client: Any | None) -> bytes:
+def render_metrics(
+    settings: Settings, redis_client: Any | None, shards: list[tuple[Settings, Any]] | None = None
+) -> bytes:
     """The intake's /metrics body: this process (or all, in multiprocess mode) plus Redis state."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -331,7 +412,7 @@ def render_metrics(settings: Settings, redis_client: Any | None) -> bytes:
     body = generate_latest(registry)
     if redis_client is not None:
         state = CollectorRegistry()
-        state.register(RedisStateCollector(settings, redis_client))
+        state.register(RedisStateCollector(settings, redis_client, shards))
         body += generate_latest(state)
     return body
 
@@ -356,4 +437,16 @@ class MemoryGuard:
         return self.headroom >= 1 or self.ratio < self.headroom
 
 
-__all__ = ["MemoryGuard", "PageRow", "PausedPage", "RedisStateCollector", "Status", "read", "render_metrics"]
+__all__ = [
+    "MemoryGuard",
+    "PageRow",
+    "PausedPage",
+    "RedisStateCollector",
+    "Status",
+    "last_hour_all",
+    "merge",
+    "merge_hours",
+    "read",
+    "read_all",
+    "render_metrics",
+]

@@ -237,7 +237,7 @@ def test_app_services_set_only_real_settings(raw: dict[str, Any]) -> None:
     for name in (*APP_SERVICES, "sandbox"):
         env = environment(raw["services"][name])
         unknown = sorted(set(env) - fields)
-        assert not unknown, f"{name}: not Settings fields (worker/config.py): {unknown}"
+        assert not unknown, f"{name}: not Settings fields (worker/config/__init__.py): {unknown}"
 
 
 def test_compose_defaults_equal_the_settings_defaults(

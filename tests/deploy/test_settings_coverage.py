@@ -1,6 +1,6 @@
 """Every setting reaches the containers: the list comes from the Settings model, not from a copy.
 
-A field added to ``worker/config.py`` Settings fails these tests until it is in deploy/env.example,
+A field added to ``worker/config/__init__.py`` Settings fails these tests until it is in deploy/env.example,
 the compose file's shared environment, the Kubernetes ConfigMap or Secret template, and the
 README's configuration table; a name there that is no longer a field fails them too.
 """
@@ -19,11 +19,12 @@ from tests.deploy.common import COMPOSE_FILE, ENV_EXAMPLE, K8S, ROOT, load_yaml,
 NOT_DEPLOYED = {
     "INTAKE_TOKEN_PAGES": "derived from INTAKE_TOKENS' JSON form, never set on its own",
     "INTAKE_INSECURE_NO_AUTH": "set only by `messenger-worker intake --insecure-no-auth` (development)",
+    "SHARD_INDEX": "per worker (`messenger-worker worker --shard N`), never shared by every process",
 }
 #: Secret settings whose ConfigMap value is a path to a mounted Secret, not the secret itself.
 SECRET_AS_FILE = {"PAGE_ACCESS_TOKENS"}
 #: Not SecretStr, but credentials all the same (a Redis URL carries the password).
-SECRET_BY_NATURE = {"REDIS_URL"}
+SECRET_BY_NATURE = {"REDIS_URL", "REDIS_SHARDS"}
 
 
 def _is_secret(annotation: Any) -> bool:

@@ -92,6 +92,12 @@ def _add_services(sub: Any) -> None:
     )
     p.add_argument("--hostname", default=None, help="Celery node name (default: celery@<host>)")
     p.add_argument(
+        "--shard",
+        type=int,
+        default=None,
+        help="with REDIS_SHARDS: the shard this worker serves (SHARD_INDEX)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=None,

@@ -5,32 +5,16 @@ same functions the admin API and the console call), printing JSON."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from worker.cli.common import settings as _settings
+from worker.cli.common import with_fleet
 from worker.states import State
 
 _CANCELLED = State.CANCELLED.value
-
-
-def _run(work: Callable[[Any, Any], Awaitable[Any]]) -> Any:
-    from worker.store import connections
-
-    settings = _settings()
-
-    async def run() -> Any:
-        client = connections.async_client(settings)
-        try:
-            return await work(client, settings)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
 
 
 def _print(value: Any, *, indent: int | None = None) -> None:
@@ -39,15 +23,12 @@ def _print(value: Any, *, indent: int | None = None) -> None:
 
 
 def cmd_campaigns(args: argparse.Namespace) -> int:
-    from worker import campaigns
-    from worker.store import Keys
-
     action = args.campaigns_command
     if action == "list":
-        _print(_run(lambda c, s: campaigns.list_campaigns(c, Keys.of(s), limit=args.limit)), indent=2)
+        _print(with_fleet(lambda f: f.list_campaigns(limit=args.limit)), indent=2)
         return 0
     if action == "show":
-        view = _run(lambda c, s: campaigns.campaign(c, Keys.of(s), args.id))
+        view = with_fleet(lambda f: f.campaign(args.id))
         if view is None:
             print(f"no campaign {args.id} (never seen, or older than CAMPAIGN_RETENTION)", file=sys.stderr)
             return 1
@@ -55,37 +36,31 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
         return 0
     if action == "stop":
         by = f"cli:{getpass.getuser()}"
-        cancelled = _run(lambda c, s: campaigns.stop(c, s, args.id, by=by))
+        cancelled = with_fleet(lambda f: f.stop_campaign(args.id, by=by))
         _print({"campaign_id": args.id, "stopped": True, _CANCELLED: cancelled})
         return 0
-    resumed = _run(lambda c, s: campaigns.resume(c, s, args.id))
+    resumed = with_fleet(lambda f: f.resume_campaign(args.id))
     _print({"campaign_id": args.id, "resumed": resumed})
     return 0
 
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
-    from worker import campaigns
-
-    cancelled = _run(lambda c, s: campaigns.cancel_delivery(c, s, args.id))
+    cancelled = with_fleet(lambda f: f.cancel_delivery(args.id))
     _print({"delivery_id": args.id, _CANCELLED: cancelled})
     return 0 if cancelled else 1
 
 
 def cmd_pages(args: argparse.Namespace) -> int:
-    from worker import campaigns
-
     if args.pages_command == "pause":
-        until = _run(lambda c, s: campaigns.pause_page(c, s, args.page, args.seconds))
+        until = with_fleet(lambda f: f.pause_page(args.page, args.seconds))
         _print({"page_id": args.page, "paused_until": until})
         return 0
-    released = _run(lambda c, s: campaigns.resume_page(c, s, args.page))
+    released = with_fleet(lambda f: f.resume_page(args.page))
     _print({"page_id": args.page, "resumed": True, "released": released})
     return 0
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from worker import campaigns
-
     if not args.yes and not sys.stdin.isatty():
         print("refusing to purge the queue without --yes", file=sys.stderr)
         return 1
@@ -94,7 +69,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         "yes",
     ):
         return 1
-    _print(_run(campaigns.purge_queue))
+    _print(with_fleet(lambda f: f.purge_queue()))
     return 0
 
 

@@ -4,8 +4,11 @@ whether a variable is configured, and the sandbox's page."""
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 SANDBOX_PAGE = "1234567890"
 
@@ -30,6 +33,25 @@ def service_settings(**overrides: object) -> Any:
     except ValueError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
     return loaded
+
+
+def with_fleet(work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(fleet)`` with a client per shard (:class:`worker.fleet.Fleet`), closed after."""
+    import asyncio
+
+    from worker.fleet import Fleet
+    from worker.store import connections
+
+    loaded = settings()
+
+    async def run() -> T:
+        fleet = Fleet.connect(loaded, connections.async_client)
+        try:
+            return await work(fleet)
+        finally:
+            await fleet.close()
+
+    return asyncio.run(run())
 
 
 def configured(name: str) -> bool:

@@ -7,7 +7,6 @@ tokens in its state file (:mod:`worker.cli.state`; applied in :func:`worker.cli.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 
 from worker.cli.common import settings as _settings
+from worker.cli.common import with_fleet
 from worker.states import FINAL as _FINAL
 from worker.states import State
 
@@ -53,17 +53,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if view.get("status") == _SENT else 1
 
 
-def _sync_redis() -> Any:
-    from worker.store import connections as redisconn
-
-    return redisconn.sync_client(_settings())
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from worker import status
+    from worker.store import connections, shards
 
-    settings = _settings()
-    current = status.read(_sync_redis(), settings)
+    every = [(s, connections.sync_client(s)) for s in shards.every(_settings())]
+    current = status.read_all(every)
     out = current.as_dict()
     if args.json:
         print(json.dumps(out, indent=2))
@@ -100,33 +95,29 @@ def _confirmed(args: argparse.Namespace, count: int) -> bool:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from worker.store import connections, deadletters
+    from worker.fleet import Fleet
+    from worker.store import deadletters
 
-    settings = _settings()
     flt = deadletters.Filter(
         page_id=args.page, error_code=args.code, older_than=args.older_than, limit=args.limit
     )
 
-    async def run() -> int:
-        client = connections.async_client(settings)
-        try:
-            items = await deadletters.select(client, settings, args.ids or None, flt)
-            ids = [i["delivery_id"] for i in items]
-            if args.action == "list":
-                print(json.dumps(items, indent=2))
-            elif args.dry_run:
-                print(json.dumps({"dry_run": True, f"would_{args.action}": len(ids), "delivery_ids": ids}))
-            elif not _confirmed(args, len(ids)):
-                return 1
-            elif args.action == "replay":
-                print(json.dumps({"replayed": await deadletters.replay(client, settings, ids)}))
-            else:
-                print(json.dumps({"purged": await deadletters.purge(client, settings, ids)}))
-        finally:
-            await client.aclose()
+    async def run(fleet: Fleet) -> int:
+        items = await fleet.select_dead(args.ids or None, flt)
+        ids = [i["delivery_id"] for i in items]
+        if args.action == "list":
+            print(json.dumps(items, indent=2))
+        elif args.dry_run:
+            print(json.dumps({"dry_run": True, f"would_{args.action}": len(ids), "delivery_ids": ids}))
+        elif not _confirmed(args, len(ids)):
+            return 1
+        elif args.action == "replay":
+            print(json.dumps({"replayed": await fleet.replay(ids)}))
+        else:
+            print(json.dumps({"purged": await fleet.purge_dead(ids)}))
         return 0
 
-    return asyncio.run(run())
+    return with_fleet(run)
 
 
 def cmd_link_ref(args: argparse.Namespace) -> int:

@@ -45,6 +45,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     metrics_port = getattr(args, "metrics_port", None)
     if metrics_port is not None:  # the Celery app reads its settings from the environment
         os.environ["METRICS_PORT"] = str(metrics_port)
+    if getattr(args, "shard", None) is not None:
+        os.environ["SHARD_INDEX"] = str(args.shard)
     settings = service_settings()
     from worker.celery import app
     from worker.logging import configure_logging

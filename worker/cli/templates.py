@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -12,35 +11,40 @@ from typing import Any
 import httpx
 
 from worker.cli.common import settings as _settings
+from worker.cli.common import with_fleet
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
     """``templates sync``: read the pages' utility templates from Graph into the catalogue (exit 1
     if a page failed; its old catalogue stays); ``templates list``: what the catalogue holds."""
+    from worker.fleet import Fleet
     from worker.logging import configure_logging
-    from worker.store import Keys, connections
     from worker.templates import page_templates, synced_pages
 
     settings = _settings()
     configure_logging(settings, stream=sys.stderr)  # stdout is the command's answer
+    out: dict[str, Any] = {}
 
-    async def run() -> int:
-        client, keys = connections.async_client(settings), Keys.of(settings)
-        try:
-            if args.templates_command == "sync":
-                from worker.templates.sync import sync_all
+    async def run(fleet: Fleet) -> int:
+        if args.templates_command == "sync":
+            from worker.templates.sync import sync_all
 
-                async with httpx.AsyncClient() as http:
-                    done = await sync_all(client, settings, http, pages=[args.page] if args.page else None)
-                print(json.dumps({"synced": done}))
-                return 0 if None not in done.values() else 1
-            synced = await synced_pages(client, keys)
-            out: dict[str, Any] = {}
-            for page in [args.page] if args.page else sorted(set(settings.page_access_tokens) | set(synced)):
-                rows = [t.as_dict() for t in await page_templates(client, keys, page)]
-                out[page] = {"synced_at": synced.get(page), "templates": rows}
-        finally:
-            await client.aclose()
+            done: dict[str, int | None] = {}
+            async with httpx.AsyncClient() as http:
+                for shard in fleet.shards:  # each shard's pages into that shard's catalogue
+                    wanted = [args.page] if args.page else sorted(settings.page_access_tokens)
+                    mine = [p for p in wanted if fleet.for_page(p) is shard]
+                    if mine:
+                        done |= await sync_all(shard.redis, shard.settings, http, pages=mine)
+            print(json.dumps({"synced": done}))
+            return 0 if None not in done.values() else 1
+        synced: dict[str, float] = {}
+        for shard in fleet.shards:
+            synced |= await synced_pages(shard.redis, shard.keys)
+        for page in [args.page] if args.page else sorted(set(settings.page_access_tokens) | set(synced)):
+            shard = fleet.for_page(page)
+            rows = [t.as_dict() for t in await page_templates(shard.redis, shard.keys, page)]
+            out[page] = {"synced_at": synced.get(page), "templates": rows}
         if args.json:
             print(json.dumps(out, indent=2))
             return 0
@@ -52,4 +56,4 @@ def cmd_templates(args: argparse.Namespace) -> int:
                 print(f"  {t['name']:<32} {t['language']:<8} {t['status']:<12} params={params}")
         return 0
 
-    return asyncio.run(run())
+    return with_fleet(run)

@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute
 
 from worker import gc_tuning
 from worker.config import PageTokens, Settings
+from worker.fleet import Fleet
 from worker.intake import console
 from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
@@ -38,11 +39,11 @@ from worker.intake.http import exception_handlers
 from worker.intake.metrics_server import MetricsServer
 from worker.intake.notices import ThrottledRecords
 from worker.intake.routes import admin, campaigns, deliveries, health, lookups, send, webhook
-from worker.intake.state import IntakeState
+from worker.intake.state import IntakeState, ShardLink
 from worker.logging import get_logger
 from worker.status import MemoryGuard
-from worker.store import Keys
 from worker.store import connections as redisconn
+from worker.store import shards
 
 log = get_logger("worker.intake")
 #: What uvicorn logs for each request it refuses beyond INTAKE_LIMIT_CONCURRENCY (503, plain text).
@@ -75,23 +76,27 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis_client = client or make_async_redis(settings)
-        intake = IntakeState(
-            settings=settings,
-            keys=Keys.of(settings),
-            redis=redis_client,
-            sync_redis=redisconn.sync_client(settings, timeout=2),
-            committer=GroupCommitter(redis_client, settings),
-            memory=MemoryGate(MemoryGuard(settings.redis_memory_headroom), redis_client),
-            pages=PageTokens(settings),
+        if client is not None and shards.sharded(settings):
+            raise ValueError("an injected client serves one Redis: not with REDIS_SHARDS")
+        fleet = Fleet.connect(settings, lambda s: client or make_async_redis(s))
+        links = tuple(
+            ShardLink(
+                shard=shard,
+                sync_redis=redisconn.sync_client(shard.settings, timeout=2),
+                committer=GroupCommitter(shard.redis, shard.settings),
+                memory=MemoryGate(MemoryGuard(settings.redis_memory_headroom), shard.redis),
+            )
+            for shard in fleet.shards
         )
+        intake = IntakeState(settings=settings, fleet=fleet, links=links, pages=PageTokens(settings))
         app.state.intake = intake
-        metrics = MetricsServer(settings, intake.sync_redis)
+        metrics = MetricsServer(settings, intake.sync_clients())
         serving = metrics.start()
         tuned = tune_gc and gc_tuning.tune(settings)
         log.info(
             "intake.started",
             queue=settings.queue_name,
+            shards=len(links),
             auth=not settings.intake_insecure_no_auth,
             intake_tokens=len(settings.intake_tokens),
             admin_tokens=len(settings.admin_tokens),
@@ -103,11 +108,12 @@ def create_app(
             yield
         finally:
             metrics.stop()
-            intake.memory.close()
-            intake.committer.close()
-            intake.sync_redis.close()
+            for link in links:
+                link.memory.close()
+                link.committer.close()
+                link.sync_redis.close()
             if client is None:
-                await redis_client.aclose()
+                await fleet.close()
             log.info("intake.stopped")
 
     return Starlette(

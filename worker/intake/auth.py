@@ -1,6 +1,6 @@
 """Bearer-token authentication and roles for the intake's own API.
 
-Two powers, two kinds of token (``worker/config.py``; each at least 32 characters, and one
+Two powers, two kinds of token (``worker/config/__init__.py``; each at least 32 characters, and one
 token has one role):
 
 * **send** (``INTAKE_TOKENS``, the token every Braze webhook template carries): send as the

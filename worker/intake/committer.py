@@ -39,7 +39,7 @@ from worker.intake.notices import Throttled
 from worker.logging import get_logger
 from worker.messenger.validation import InputError, SendRequest, encode_body
 from worker.states import State
-from worker.store import Keys, envelope, ids, scripts
+from worker.store import Keys, envelope, ids, scripts, shards
 from worker.store.campaign_ctx import of_settings as campaign_context
 from worker.store.records import ATTRIBUTION
 
@@ -238,7 +238,7 @@ class GroupCommitter:
         self._last_arrival = now
         scoped = f"{caller}:{request.page_id}:{idempotency_key}" if idempotency_key else ""
         item = _Item(
-            ids.new_delivery_id(),
+            shards.new_delivery_id(self._settings),
             request,
             scoped,
             request_id,

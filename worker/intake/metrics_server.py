@@ -28,9 +28,14 @@ MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class MetricsServer:
-    def __init__(self, settings: Settings, client: Any, host: str = "0.0.0.0") -> None:  # noqa: S104  # scraped from other hosts/pods
+    def __init__(
+        self,
+        settings: Settings,
+        shards: list[tuple[Settings, Any]],
+        host: str = "0.0.0.0",  # noqa: S104  # scraped from other hosts/pods
+    ) -> None:
         self._settings = settings
-        self._client = client
+        self._shards = shards
         self._host = host
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -44,14 +49,14 @@ class MetricsServer:
         port = self._settings.intake_metrics_port
         if not port:
             return False
-        settings, client = self._settings, self._client
+        settings, shards = self._settings, self._shards
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # http.server's name
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404)
                     return
-                body = status.render_metrics(settings, client)
+                body = status.render_metrics(settings, shards[0][1], shards)
                 self.send_response(200)
                 self.send_header("Content-Type", MEDIA_TYPE)
                 self.send_header("Content-Length", str(len(body)))

@@ -14,26 +14,59 @@ import redis.asyncio as aioredis
 from starlette.requests import Request
 
 from worker.config import PageTokens, Settings
+from worker.fleet import Fleet, Shard
 from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
-from worker.store import Keys
+from worker.store import Keys, shards
 from worker.templates import TemplateCache
+
+
+@dataclass(slots=True)
+class ShardLink:
+    """What the intake holds for one shard (one Redis; :mod:`worker.store.shards`)."""
+
+    shard: Shard
+    #: /metrics and the console read the status model from a thread, with a client of their own.
+    sync_redis: Any
+    committer: GroupCommitter
+    memory: MemoryGate
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self.shard.redis
+
+    @property
+    def keys(self) -> Keys:
+        return self.shard.keys
+
+    @property
+    def settings(self) -> Settings:
+        """The shard's settings (its REDIS_URL and SHARD_INDEX)."""
+        return self.shard.settings
 
 
 @dataclass(slots=True)
 class IntakeState:
     settings: Settings
-    keys: Keys
-    #: The routes' client (a pool; injectable for tests).
-    redis: aioredis.Redis
-    #: /metrics reads the status model from a thread, with a client of its own.
-    sync_redis: Any
-    committer: GroupCommitter
-    memory: MemoryGate
+    #: Every shard's async client (a pool; injectable for tests) and the reads across them.
+    fleet: Fleet
+    #: One per shard, in index order: a page's requests go to its shard's committer.
+    links: tuple[ShardLink, ...]
     #: PAGE_ACCESS_TOKENS, reloaded when it names a file that changes (as the workers do).
     pages: PageTokens
     #: What the utility-template catalogue said, for a few seconds (worker.templates.check).
     templates: TemplateCache = field(default_factory=TemplateCache)
+
+    def for_page(self, page_id: str) -> ShardLink:
+        return self.links[shards.of_page(self.settings, page_id)]
+
+    def for_delivery(self, delivery_id: str) -> ShardLink | None:
+        index = shards.of_delivery(self.settings, delivery_id)
+        return None if index is None else self.links[index]
+
+    def sync_clients(self) -> list[tuple[Settings, Any]]:
+        """(shard settings, sync client) per shard: what the status read model is read from."""
+        return [(link.settings, link.sync_redis) for link in self.links]
 
 
 def of(request: Request) -> IntakeState:

@@ -38,7 +38,7 @@ from worker import metrics
 from worker.config import PageTokens, Settings
 from worker.graph.errors import from_response
 from worker.logging import get_logger
-from worker.store import Keys
+from worker.store import Keys, shards
 from worker.templates.catalogue import APPROVED, TemplateInfo, from_graph, replace_page
 
 log = get_logger("worker.templates")
@@ -146,6 +146,7 @@ async def sync_all(
     if tokens is None:
         tokens = PageTokens(settings)
     wanted = pages if pages is not None else sorted(settings.page_access_tokens)
+    wanted = [page for page in wanted if shards.owns_page(settings, page)]  # a worker: its shard's
     out: dict[str, int | None] = {}
     for page_id in wanted:
         token = tokens.get(page_id)

@@ -11,7 +11,6 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response
 
-from worker import campaigns as service
 from worker.intake import state
 from worker.intake.console import session as sessions
 from worker.intake.console.render import page
@@ -47,7 +46,7 @@ def _row(view: dict[str, Any]) -> dict[str, Any]:
 
 async def campaigns(request: Request, s: sessions.Session) -> Response:
     intake = state.of(request)
-    rows = [_row(v) for v in await service.list_campaigns(intake.redis, intake.keys, limit=SHOWN)]
+    rows = [_row(v) for v in await intake.fleet.list_campaigns(limit=SHOWN)]
     return page("campaigns", s, campaigns=rows, counters=COUNTERS, notice=request.query_params.get("done"))
 
 
@@ -56,14 +55,14 @@ async def campaign_action(request: Request, s: sessions.Session, fields: list[tu
     intake = state.of(request)
     campaign_id, verb = request.path_params["campaign_id"], request.path_params["verb"]
     if verb == "resume":
-        resumed = await service.resume(intake.redis, intake.settings, campaign_id)
+        resumed = await intake.fleet.resume_campaign(campaign_id)
         return redirect(
             f"/console/campaigns?done={quote('resumed ' + campaign_id if resumed else campaign_id + ' was not stopped')}"
         )
     if verb != "stop":
         return redirect("/console/campaigns")
     if dict(fields).get("confirmed") != "1":
-        view = await service.campaign(intake.redis, intake.keys, campaign_id)
+        view = await intake.fleet.campaign(campaign_id)
         open_now = int(view.get("open", 0)) if view else 0
         return page(
             "confirm",
@@ -76,7 +75,7 @@ async def campaign_action(request: Request, s: sessions.Session, fields: list[tu
             button="Stop the campaign",
             back="/console/campaigns",
         )
-    cancelled = await service.stop(intake.redis, intake.settings, campaign_id, by=f"console:{s.token_id}")
+    cancelled = await intake.fleet.stop_campaign(campaign_id, by=f"console:{s.token_id}")
     return redirect(f"/console/campaigns?done={quote(f'stopped {campaign_id}: {cancelled} cancelled')}")
 
 
@@ -85,7 +84,7 @@ async def page_action(request: Request, s: sessions.Session, fields: list[tuple[
     intake = state.of(request)
     page_id, verb = request.path_params["page_id"], request.path_params["verb"]
     if verb == "resume":
-        released = await service.resume_page(intake.redis, intake.settings, page_id)
+        released = await intake.fleet.resume_page(page_id)
         return redirect(f"/console/pages?done={quote(f'resumed {page_id}: {released} released')}")
     if verb != "pause":
         return redirect("/console/pages")
@@ -100,5 +99,5 @@ async def page_action(request: Request, s: sessions.Session, fields: list[tuple[
             button="Pause the page",
             back="/console/pages",
         )
-    await service.pause_page(intake.redis, intake.settings, page_id, None)
+    await intake.fleet.pause_page(page_id, None)
     return redirect(f"/console/pages?done={quote(f'paused {page_id}')}")

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from worker import lookup, status
+from worker import status
 from worker.intake import state
 from worker.intake.console import session as sessions
 from worker.intake.console.render import HEADERS, page, sparkline
@@ -48,10 +48,10 @@ def redirect(to: str) -> Response:
 
 async def overview(request: Request, s: sessions.Session) -> Response:
     intake = state.of(request)
-    now, sync = time.time(), intake.sync_redis
+    now, sync = time.time(), intake.sync_clients()
     current, hour = await asyncio.gather(
-        asyncio.to_thread(status.read, sync, intake.settings, now=now),
-        asyncio.to_thread(status.last_hour, sync, intake.settings, now=now),
+        asyncio.to_thread(status.read_all, sync, now=now),
+        asyncio.to_thread(status.last_hour_all, sync, now=now),
     )
     sent = [m[State.SENT.value] for m in hour["minutes"]]
     bad = (State.FAILED.value, State.DEAD.value, State.EXPIRED.value)
@@ -70,7 +70,7 @@ async def overview(request: Request, s: sessions.Session) -> Response:
 async def pages(request: Request, s: sessions.Session) -> Response:
     intake = state.of(request)
     settings = intake.settings
-    current = await asyncio.to_thread(status.read, intake.sync_redis, settings)
+    current = await asyncio.to_thread(status.read_all, intake.sync_clients())
     rows: dict[str, dict[str, Any]] = {}
     for page_id in intake.pages.page_ids():
         rows[page_id] = _page_row(settings, page_id, configured=True)
@@ -84,8 +84,15 @@ async def pages(request: Request, s: sessions.Session) -> Response:
     for paused in current.paused_pages:
         entry = rows.setdefault(paused.page_id, _page_row(settings, paused.page_id, configured=False))
         entry["paused_until"], entry["pause_reason"] = paused.paused_until, paused.reason
-    usage = await intake.redis.hmget(intake.keys.page_usage, list(rows)) if rows else []  # type: ignore[misc]  # redis-py: Awaitable[T] | T
-    for page_id, raw in zip(list(rows), usage, strict=True):
+    by_shard: dict[int, list[str]] = {}
+    for page_id in rows:  # one HMGET per shard
+        by_shard.setdefault(intake.for_page(page_id).shard.index, []).append(page_id)
+    usage: dict[str, Any] = {}
+    for index, wanted in by_shard.items():
+        link = intake.links[index]
+        values = await link.redis.hmget(link.keys.page_usage, wanted)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        usage.update(zip(wanted, values, strict=True))
+    for page_id, raw in usage.items():
         if raw is not None:
             pct, _, at = raw.decode().partition(":")
             rows[page_id]["usage_pct"], rows[page_id]["usage_at"] = int(pct), float(at or 0)
@@ -132,8 +139,8 @@ async def dead_letters(request: Request, s: sessions.Session) -> Response:
         flt = _dead_filter(request.query_params)
     except InputError as exc:  # the same refusal as the API's; the page shows it, unfiltered
         flt, notice = deadletters.Filter(limit=DEAD_SHOWN + 1), exc.message
-    rows = await deadletters.list_dead(intake.redis, intake.settings, flt)
-    total = await intake.redis.zcard(intake.keys.dead)
+    rows = await intake.fleet.list_dead(flt)
+    total = await intake.fleet.dead_count()
     return page(
         "dead_letters",
         s,
@@ -159,7 +166,7 @@ async def dead_action(request: Request, s: sessions.Session, fields: list[tuple[
     except InputError:
         return redirect("/console/dead-letters")
     chosen = [value for name, value in fields if name == "id"]
-    targets = await deadletters.select(intake.redis, intake.settings, chosen or None, flt)
+    targets = await intake.fleet.select_dead(chosen or None, flt)
     ids = [t["delivery_id"] for t in targets][:DEAD_SHOWN]
     if params.get("confirmed") != "1":
         what = "the selected" if chosen else "the newest matching"
@@ -175,9 +182,9 @@ async def dead_action(request: Request, s: sessions.Session, fields: list[tuple[
             back="/console/dead-letters",
         )
     if action == "replay":
-        done = len(await deadletters.replay(intake.redis, intake.settings, ids))
+        done = len(await intake.fleet.replay(ids))
     else:
-        done = await deadletters.purge(intake.redis, intake.settings, ids)
+        done = await intake.fleet.purge_dead(ids)
     return redirect(f"/console/dead-letters?done={action}ed+{done}")
 
 
@@ -189,10 +196,10 @@ async def lookups(request: Request, s: sessions.Session) -> Response:
     story = recipient = None
     missing = ""
     if delivery_id:
-        story = await lookup.delivery_story(intake.redis, intake.settings, delivery_id)
+        story = await intake.fleet.delivery_story(delivery_id)
         missing = "" if story else f"No delivery {delivery_id} (unknown, or past RECORD_RETENTION)."
     elif page_id and psid:
-        recipient = await lookup.recipient_state(intake.redis, intake.settings, page_id, psid)
+        recipient = await intake.fleet.recipient_state(page_id, psid)
     return page(
         "lookup",
         s,

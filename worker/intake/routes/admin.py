@@ -73,7 +73,7 @@ def parse_selection(raw: bytes) -> tuple[list[str] | None, deadletters.Filter]:
 async def dead_list(request: Request) -> Response:
     intake = state.of(request)
     flt = dead_filter(request.query_params)
-    items = await deadletters.list_dead(intake.redis, intake.settings, flt)
+    items = await intake.fleet.list_dead(flt)
     retention = intake.settings.dead_letter_retention or None  # None: kept until replayed or purged
     return JSONResponse({"dead_letters": items, "count": len(items), "retention_s": retention})
 
@@ -84,12 +84,12 @@ async def dead_action(request: Request) -> Response:
     if action not in ACTIONS:
         raise InputError(404, "not_found", "no such route")
     ids, flt = parse_selection(await read_body(request))
-    listed = await deadletters.select(intake.redis, intake.settings, ids, flt)
+    listed = await intake.fleet.select_dead(ids, flt)
     chosen = [item["delivery_id"] for item in listed]
     if action == "replay":
-        done = await deadletters.replay(intake.redis, intake.settings, chosen)
+        done = await intake.fleet.replay(chosen)
         return JSONResponse({"replayed": done, "count": len(done)})
-    return JSONResponse({"purged": await deadletters.purge(intake.redis, intake.settings, chosen)})
+    return JSONResponse({"purged": await intake.fleet.purge_dead(chosen)})
 
 
 def routes(settings: Settings) -> list[Route]:

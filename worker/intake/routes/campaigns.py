@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from worker import campaigns
 from worker.config import Settings
 from worker.intake import state
 from worker.intake.auth import Role, authed, caller_of
@@ -48,13 +47,13 @@ async def campaign_list(request: Request) -> Response:
     except ValueError:
         raise InputError(422, "invalid_filter", "limit must be an integer") from None
     limit = max(1, min(limit, MAX_LIMIT))
-    items = await campaigns.list_campaigns(intake.redis, intake.keys, limit=limit)
+    items = await intake.fleet.list_campaigns(limit=limit)
     return JSONResponse({"campaigns": items, "count": len(items)})
 
 
 async def campaign_get(request: Request) -> Response:
     intake = state.of(request)
-    view = await campaigns.campaign(intake.redis, intake.keys, _id(request, "campaign_id"))
+    view = await intake.fleet.campaign(_id(request, "campaign_id"))
     if view is None:
         raise InputError(404, "not_found", "no such campaign (never seen, or older than CAMPAIGN_RETENTION)")
     return JSONResponse(view)
@@ -64,22 +63,25 @@ async def campaign_stop(request: Request) -> Response:
     intake = state.of(request)
     cid = _id(request, "campaign_id")
     by = f"api:{caller_of(request).id[:12]}"
-    cancelled = await campaigns.stop(intake.redis, intake.settings, cid, by=by)
+    cancelled = await intake.fleet.stop_campaign(cid, by=by)
     return JSONResponse({"campaign_id": cid, "stopped": True, _CANCELLED: cancelled})
 
 
 async def campaign_resume(request: Request) -> Response:
     intake = state.of(request)
     cid = _id(request, "campaign_id")
-    resumed = await campaigns.resume(intake.redis, intake.settings, cid)
+    resumed = await intake.fleet.resume_campaign(cid)
     return JSONResponse({"campaign_id": cid, "resumed": resumed})
 
 
 async def delivery_cancel(request: Request) -> Response:
     intake = state.of(request)
     delivery_id = _id(request, "delivery_id")
-    cancelled = await campaigns.cancel_delivery(intake.redis, intake.settings, delivery_id)
-    status = await intake.redis.hget(intake.keys.delivery(delivery_id), "status")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    link = intake.for_delivery(delivery_id)
+    if link is None:
+        raise InputError(404, "not_found", "no such delivery")
+    cancelled = await intake.fleet.cancel_delivery(delivery_id)
+    status = await link.redis.hget(link.keys.delivery(delivery_id), "status")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
     if status is None:
         raise InputError(404, "not_found", "no such delivery")
     return JSONResponse({"delivery_id": delivery_id, _CANCELLED: cancelled, "status": text(status)})
@@ -106,14 +108,14 @@ async def page_pause(request: Request) -> Response:
         raise InputError(
             422, "invalid_body", 'body is {"seconds": a positive number} or empty (until resumed)'
         )
-    until = await campaigns.pause_page(intake.redis, intake.settings, page_id, seconds)
+    until = await intake.fleet.pause_page(page_id, seconds)
     return JSONResponse({"page_id": page_id, "paused_until": until})
 
 
 async def page_resume(request: Request) -> Response:
     intake = state.of(request)
     page_id = _id(request, "page_id")
-    released = await campaigns.resume_page(intake.redis, intake.settings, page_id)
+    released = await intake.fleet.resume_page(page_id)
     return JSONResponse({"page_id": page_id, "resumed": True, "released": released})
 
 

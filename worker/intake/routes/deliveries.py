@@ -26,9 +26,10 @@ MAX_DELIVERY_ID = 64
 async def delivery(request: Request) -> Response:
     intake = state.of(request)
     delivery_id = request.path_params["delivery_id"]
-    if len(delivery_id) > MAX_DELIVERY_ID:
+    link = intake.for_delivery(delivery_id)
+    if len(delivery_id) > MAX_DELIVERY_ID or link is None:
         raise InputError(404, "not_found", "no such delivery")
-    raw = await intake.redis.hgetall(intake.keys.delivery(delivery_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    raw = await link.redis.hgetall(link.keys.delivery(delivery_id))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
     rec = records.decode(raw) if raw else {}
     caller = caller_of(request)
     if not rec or (caller.role is Role.SEND and rec.get("caller", "") != caller.id):

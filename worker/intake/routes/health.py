@@ -35,11 +35,12 @@ async def healthz(_request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     intake = state.of(request)
-    await intake.redis.ping()
-    accepting = await intake.memory.check()
-    return JSONResponse(
-        {"ok": True, "accepting": accepting, "memory_ratio": round(intake.memory.guard.ratio, 4)}
-    )
+    accepting = True
+    for link in intake.links:  # ready when every shard answers; accepting while all have room
+        await link.redis.ping()
+        accepting = await link.memory.check() and accepting
+    ratio = max(link.memory.guard.ratio for link in intake.links)
+    return JSONResponse({"ok": True, "accepting": accepting, "memory_ratio": round(ratio, 4)})
 
 
 async def openapi(_request: Request) -> Response:

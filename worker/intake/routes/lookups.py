@@ -11,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from worker import lookup
 from worker.config import Settings
 from worker.intake import state
 from worker.intake.auth import Role, authed
@@ -24,7 +23,7 @@ MAX_ID = 600
 async def delivery_history(request: Request) -> Response:
     intake = state.of(request)
     delivery_id = request.path_params["delivery_id"][:MAX_ID]
-    story = await lookup.delivery_story(intake.redis, intake.settings, delivery_id)
+    story = await intake.fleet.delivery_story(delivery_id)
     if story is None:
         raise InputError(404, "not_found", "no such delivery (or past RECORD_RETENTION)")
     return JSONResponse(story)
@@ -33,7 +32,7 @@ async def delivery_history(request: Request) -> Response:
 async def recipient(request: Request) -> Response:
     intake = state.of(request)
     page_id, psid = request.path_params["page_id"][:MAX_ID], request.path_params["psid"][:MAX_ID]
-    return JSONResponse(await lookup.recipient_state(intake.redis, intake.settings, page_id, psid))
+    return JSONResponse(await intake.fleet.recipient_state(page_id, psid))
 
 
 def routes(settings: Settings) -> list[Route]:

@@ -125,13 +125,14 @@ def attribution(headers: dict[bytes, str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-async def _check_template(intake: state.IntakeState, request: SendRequest) -> None:
+async def _check_template(intake: state.IntakeState, link: state.ShardLink, request: SendRequest) -> None:
     """A utility template the page's catalogue knows it cannot send is refused (422, naming
     it) before Braze's send is lost downstream; one Redis read per template per few seconds."""
-    assert request.utility is not None
+    if request.utility is None:
+        return
     try:
         async with asyncio.timeout(intake.settings.intake_deadline_seconds):
-            await check_request(intake.redis, intake.keys, request.page_id, request.utility, intake.templates)
+            await check_request(link.redis, link.keys, request.page_id, request.utility, intake.templates)
     except (TimeoutError, redis.exceptions.RedisError):
         raise NotStored("Redis did not answer in time; nothing was stored: retry later") from None
 
@@ -186,9 +187,9 @@ async def send(request: Request) -> Response:
         raise InputError(
             403, "page_not_allowed", f"this intake token may not send as page {send_request.page_id}"
         )
-    if send_request.utility is not None:
-        await _check_template(intake, send_request)
-    memory = intake.memory
+    link = intake.for_page(send_request.page_id)
+    await _check_template(intake, link, send_request)
+    memory = link.memory
     deadline = None
     if not memory.open:  # a bad request still gets its 4xx above
         deadline, room = await _admit(memory, settings.intake_deadline_seconds)
@@ -196,7 +197,7 @@ async def send(request: Request) -> Response:
             return redis_full(memory.guard.ratio, memory.guard.headroom)
     if not idem:
         NO_KEY_WARNING.note(request_id=request_id, page_id=send_request.page_id)
-    delivery_id, status = await intake.committer.submit_with_status(
+    delivery_id, status = await link.committer.submit_with_status(
         send_request,
         idem,
         request_id,

@@ -78,9 +78,13 @@ async def webhook_events(request: Request) -> Response:
         raise InputError(400, "invalid_json", "body is not valid JSON") from None
     events = [event_to_dict(e) for e in parse_events(payload)]
     events += [e.as_dict() for e in parse_status_events(payload)]  # message_template_status_update
-    if events:
-        message = envelope.celery_message(events, settings.queue_name, task=envelope.INBOUND_TASK)
-        await intake.redis.lpush(settings.queue_name, message)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    by_shard: dict[int, list[dict[str, Any]]] = {}
+    for event in events:  # each page's events go to its shard's workers
+        by_shard.setdefault(intake.for_page(str(event.get("page_id", ""))).shard.index, []).append(event)
+    for index, part in by_shard.items():
+        link = intake.links[index]
+        message = envelope.celery_message(part, settings.queue_name, task=envelope.INBOUND_TASK)
+        await link.redis.lpush(settings.queue_name, message)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
     return JSONResponse({"status": "EVENT_RECEIVED", "events": len(events)})
 
 

@@ -8,11 +8,8 @@ One typed, frozen :class:`Settings` object, built from the process environment a
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
-import os
 import re
-import time
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +17,10 @@ from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.config.pages import PageTokens
+
+__all__ = ["PageTokens", "Settings", "check_service", "load_settings", "token_id"]
 
 #: Tags Meta removed: error 100 since 2026-04-27 (messenger-platform.md §0), and the pre-2020 set.
 DEPRECATED_TAGS: dict[str, str] = {
@@ -60,6 +61,9 @@ MIN_LINK_SECRET = 32
 DEFAULT_RECIPIENT_HASH_SALT = "braze-messenger-worker"
 MIN_SALT_LENGTH = 16
 
+#: REDIS_SHARDS holds at most this many (a delivery id's first byte names its shard).
+MAX_SHARDS = 64
+
 _PLACEHOLDER = re.compile(r"^(changeme|change-me|xxx+|todo|<.*>|your[_-].*)$", re.IGNORECASE)
 
 
@@ -76,6 +80,12 @@ class DeprecatedTagPolicy(StrEnum):
 class WindowPolicy(StrEnum):
     FAIL = "fail"
     PARK = "park"
+
+
+def _redis_url(value: str, name: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+        raise ValueError(f"{name} must be a redis://, rediss://, unix:// or sentinel:// URL")
+    return value
 
 
 def token_id(token: str) -> str:
@@ -104,6 +114,13 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Several independent Redis instances ("shards"; docs/scaling.md): comma-separated URLs.
+    #: Each page lives in one (its deliveries, limiter, queue); REDIS_URL is then not used.
+    redis_shards: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Pages pinned to shards, {"<page_id>": <index>} (JSON); the others by rendezvous hashing.
+    shard_pages: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    #: The shard a worker serves (0-based index into REDIS_SHARDS): its Redis and its pages.
+    shard_index: int | None = Field(default=None, ge=0)
     #: With REDIS_URL=sentinel://host:26379;sentinel://host2:26379/0: the monitored master's name.
     redis_sentinel_master: str = "mymaster"
     graph_api_url: str = "https://graph.facebook.com"
@@ -305,7 +322,9 @@ class Settings(BaseSettings):
         data = {k: v for k, v in data.items() if k not in ("intake_tokens", "INTAKE_TOKENS")}
         return {**data, "intake_tokens": list(scoped), "intake_token_pages": pages}
 
-    @field_validator("intake_tokens", "admin_tokens", "fallback_tags", "fallback_order", mode="before")
+    @field_validator(
+        "intake_tokens", "admin_tokens", "fallback_tags", "fallback_order", "redis_shards", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -377,7 +396,7 @@ class Settings(BaseSettings):
             return parsed
         return value
 
-    @field_validator("page_rate_overrides", mode="before")
+    @field_validator("page_rate_overrides", "shard_pages", mode="before")
     @classmethod
     def _overrides(cls, value: object) -> object:
         if isinstance(value, str):
@@ -386,7 +405,7 @@ class Settings(BaseSettings):
             try:
                 return json.loads(value)
             except json.JSONDecodeError:
-                raise ValueError("PAGE_RATE_OVERRIDES is not valid JSON") from None
+                raise ValueError("PAGE_RATE_OVERRIDES / SHARD_PAGES is not valid JSON") from None
         return value
 
     @field_validator("page_rate_overrides")
@@ -407,9 +426,24 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
-            raise ValueError("REDIS_URL must be a redis://, rediss://, unix:// or sentinel:// URL")
-        return value
+        return _redis_url(value, "REDIS_URL")
+
+    @model_validator(mode="after")
+    def _shards(self) -> Settings:
+        """REDIS_SHARDS: valid, distinct URLs; pins and SHARD_INDEX within them. A worker's
+        SHARD_INDEX makes that shard its REDIS_URL (what everything in the process connects to)."""
+        shards = self.redis_shards
+        for url in shards:
+            _redis_url(url, "REDIS_SHARDS")
+        if len(set(shards)) != len(shards) or len(shards) > MAX_SHARDS:
+            raise ValueError(f"REDIS_SHARDS: at most {MAX_SHARDS} URLs, each named once")
+        if any(not 0 <= i < len(shards) for i in self.shard_pages.values()):
+            raise ValueError("SHARD_PAGES: every index must name one of REDIS_SHARDS (from 0)")
+        if self.shard_index is not None:
+            if self.shard_index >= len(shards):
+                raise ValueError("SHARD_INDEX must name one of REDIS_SHARDS (from 0)")
+            object.__setattr__(self, "redis_url", shards[self.shard_index])  # frozen: set once, here
+        return self
 
     @field_validator("link_secret")
     @classmethod
@@ -495,72 +529,6 @@ class Settings(BaseSettings):
     @property
     def graph_base(self) -> str:
         return f"{self.graph_api_url.rstrip('/')}/{self.graph_api_version}"
-
-
-class PageTokens:
-    """The page tokens, reloaded when PAGE_ACCESS_TOKENS names a file that changes: the workers send
-    with them, the intake selects pages by them.
-
-    Replacing a page's token in that file (e.g. a Kubernetes Secret mounted as a file) lifts a
-    token-invalid pause without a restart: the pause remembers the fingerprint of the bad token.
-    """
-
-    def __init__(self, settings: Settings, source: str | None = None, check_every: float = 5.0) -> None:
-        self._tokens = {page: token.get_secret_value() for page, token in settings.page_access_tokens.items()}
-        raw = source if source is not None else os.environ.get("PAGE_ACCESS_TOKENS", "")
-        self._path = Path(raw).expanduser() if raw and not raw.strip().startswith("{") else None
-        self._mtime = self._stat()
-        self._check_every = check_every
-        self._checked = time.monotonic()
-
-    def _stat(self) -> float:
-        try:
-            return self._path.stat().st_mtime if self._path is not None else 0.0
-        except OSError:
-            return 0.0
-
-    def _maybe_reload(self) -> None:
-        if self._path is None or time.monotonic() - self._checked < self._check_every:
-            return
-        self._checked = time.monotonic()
-        mtime = self._stat()
-        if mtime == self._mtime:
-            return
-        try:
-            parsed = json.loads(self._path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return  # keep the tokens we have; a half-written file is retried at the next check
-        if isinstance(parsed, dict) and all(isinstance(v, str) for v in parsed.values()):
-            self._tokens = {str(k): v for k, v in parsed.items()}
-            self._mtime = mtime
-
-    def get(self, page_id: str) -> str | None:
-        self._maybe_reload()
-        return self._tokens.get(page_id)
-
-    def page_of(self, token: str) -> str | None:
-        """The configured page whose token ``token`` is, compared in constant time with every
-        configured token (the answer's timing does not tell how much of a token matched)."""
-        self._maybe_reload()
-        given = token.encode()
-        found: str | None = None
-        for page, expected in self._tokens.items():
-            if hmac.compare_digest(given, expected.encode()):
-                found = page
-        return found
-
-    def page_ids(self) -> list[str]:
-        """The configured pages, in order."""
-        self._maybe_reload()
-        return sorted(self._tokens)
-
-    def only_page(self) -> str | None:
-        """The page, when exactly one is configured."""
-        self._maybe_reload()
-        return next(iter(self._tokens)) if len(self._tokens) == 1 else None
-
-    def __repr__(self) -> str:
-        return f"PageTokens(pages={sorted(self._tokens)})"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,0 +1,188 @@
+"""Every shard at once: what the intake, the console and the CLI read and do across REDIS_SHARDS.
+
+A :class:`Fleet` holds one async client per shard (:mod:`worker.store.shards`). What belongs to
+one page or one delivery goes to its shard (:meth:`Fleet.for_page`, :meth:`Fleet.for_delivery`);
+what spans pages is asked of every shard and combined here, once, so that the HTTP API, the
+console and the CLI give the same answer:
+
+* campaigns: a campaign's deliveries are spread over the shards of its pages, so its counters
+  are the sums (and ``accepted = sent + failed + expired + dead + cancelled + open`` still
+  holds: it holds in each); a stop is written to every shard (a page of any shard may receive
+  the campaign's next request), and is reported stopped when any shard has it stopped;
+* dead letters: listed newest first across shards (each shard's list is newest first; a merge);
+  replayed and purged on the shard each id names;
+* the queue purge: every shard's queue.
+
+With one shard, every method is the single-Redis call it wraps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+
+from worker import campaigns, lookup
+from worker.config import Settings
+from worker.store import Keys, deadletters, shards
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    index: int
+    settings: Settings
+    keys: Keys
+    redis: aioredis.Redis
+
+
+class Fleet:
+    def __init__(self, settings: Settings, members: Sequence[Shard]) -> None:
+        if len(members) != shards.count(settings):
+            raise ValueError("a Fleet needs one client per shard")
+        self.settings = settings
+        self.shards: tuple[Shard, ...] = tuple(members)
+
+    @classmethod
+    def connect(cls, settings: Settings, make_client: Callable[[Settings], aioredis.Redis]) -> Fleet:
+        """One client per shard, from ``make_client(shard_settings)``."""
+        return cls(
+            settings,
+            [Shard(i, s, Keys.of(s), make_client(s)) for i, s in enumerate(shards.every(settings))],
+        )
+
+    async def close(self) -> None:
+        for shard in self.shards:
+            await shard.redis.aclose()
+
+    def for_page(self, page_id: str) -> Shard:
+        return self.shards[shards.of_page(self.settings, page_id)]
+
+    def for_delivery(self, delivery_id: str) -> Shard | None:
+        index = shards.of_delivery(self.settings, delivery_id)
+        return None if index is None else self.shards[index]
+
+    async def _each(self, call: Callable[[Shard], Awaitable[T]]) -> list[T]:
+        return list(await asyncio.gather(*(call(shard) for shard in self.shards)))
+
+    def _by_shard(self, ids: Iterable[str]) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for delivery_id in ids:
+            index = shards.of_delivery(self.settings, delivery_id)
+            if index is not None:
+                out.setdefault(index, []).append(delivery_id)
+        return out
+
+    # --- campaigns ------------------------------------------------------------------------------
+    async def campaign(self, campaign_id: str) -> dict[str, Any] | None:
+        views = [v for v in await self._each(lambda s: campaigns.campaign(s.redis, s.keys, campaign_id)) if v]
+        return merge_campaign(views) if views else None
+
+    async def list_campaigns(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The ``limit`` most recently active campaigns across shards, newest first."""
+        lists = await self._each(lambda s: campaigns.list_campaigns(s.redis, s.keys, limit=limit))
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for views in lists:
+            for view in views:
+                grouped.setdefault(view["campaign_id"], []).append(view)
+        merged = [merge_campaign(views) for views in grouped.values()]
+        merged.sort(key=lambda v: -(v.get("last_at") or 0.0))
+        return merged[:limit]
+
+    async def stop_campaign(self, campaign_id: str, *, by: str) -> int:
+        return sum(await self._each(lambda s: campaigns.stop(s.redis, s.settings, campaign_id, by=by)))
+
+    async def resume_campaign(self, campaign_id: str) -> bool:
+        return any(await self._each(lambda s: campaigns.resume(s.redis, s.settings, campaign_id)))
+
+    async def cancel_delivery(self, delivery_id: str) -> bool:
+        shard = self.for_delivery(delivery_id)
+        return shard is not None and await campaigns.cancel_delivery(shard.redis, shard.settings, delivery_id)
+
+    async def pause_page(self, page_id: str, seconds: float | None = None) -> float:
+        shard = self.for_page(page_id)
+        return await campaigns.pause_page(shard.redis, shard.settings, page_id, seconds)
+
+    async def resume_page(self, page_id: str) -> int:
+        shard = self.for_page(page_id)
+        return await campaigns.resume_page(shard.redis, shard.settings, page_id)
+
+    async def purge_queue(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for counts in await self._each(lambda s: campaigns.purge_queue(s.redis, s.settings)):
+            for name, n in counts.items():
+                totals[name] = totals.get(name, 0) + n
+        return totals
+
+    # --- dead letters ---------------------------------------------------------------------------
+    async def list_dead(self, flt: deadletters.Filter) -> list[dict[str, Any]]:
+        lists = await self._each(lambda s: deadletters.list_dead(s.redis, s.settings, flt))
+        return list(heapq.merge(*lists, key=lambda v: -float(v["dead_at"])))[: flt.limit]
+
+    async def select_dead(self, ids: list[str] | None, flt: deadletters.Filter) -> list[dict[str, Any]]:
+        if ids is None:
+            return await self.list_dead(flt)
+        found: list[dict[str, Any]] = []
+        for index, chunk in self._by_shard(ids).items():
+            shard = self.shards[index]
+            found += await deadletters.find_dead(shard.redis, shard.settings, chunk, flt)
+        return found[: flt.limit]
+
+    async def dead_count(self) -> int:
+        return sum(await self._each(lambda s: s.redis.zcard(s.keys.dead)))
+
+    async def replay(self, ids: list[str]) -> list[str]:
+        done: list[str] = []
+        for index, chunk in self._by_shard(ids).items():
+            shard = self.shards[index]
+            done += await deadletters.replay(shard.redis, shard.settings, chunk)
+        return done
+
+    async def purge_dead(self, ids: list[str]) -> int:
+        purged = 0
+        for index, chunk in self._by_shard(ids).items():
+            shard = self.shards[index]
+            purged += await deadletters.purge(shard.redis, shard.settings, chunk)
+        return purged
+
+    # --- look-ups -------------------------------------------------------------------------------
+    async def delivery_story(self, delivery_id: str) -> dict[str, Any] | None:
+        shard = self.for_delivery(delivery_id)
+        if shard is None:
+            return None
+        return await lookup.delivery_story(shard.redis, shard.settings, delivery_id)
+
+    async def recipient_state(self, page_id: str, psid: str) -> dict[str, Any]:
+        shard = self.for_page(page_id)
+        return await lookup.recipient_state(shard.redis, shard.settings, page_id, psid)
+
+
+def merge_campaign(views: list[dict[str, Any]]) -> dict[str, Any]:
+    """One campaign's views from several shards as one: counters summed, failure reasons summed,
+    stopped when any shard has it stopped (the earliest stop), first and last activity."""
+    if len(views) == 1:
+        return views[0]
+    out = dict(views[0])
+    for view in views[1:]:
+        for name, value in view.items():
+            if isinstance(value, int) and not isinstance(value, bool) and name in out:
+                out[name] = out[name] + value
+        reasons = dict(out["failed_reasons"])
+        for reason, n in view["failed_reasons"].items():
+            reasons[reason] = reasons.get(reason, 0) + n
+        out["failed_reasons"] = reasons
+    stops = [v for v in views if v.get("stopped")]
+    out["stopped"] = bool(stops)
+    if stops:
+        first = min(stops, key=lambda v: float(v["stopped_at"]))
+        out["stopped_at"], out["stopped_by"] = first["stopped_at"], first.get("stopped_by", "")
+    firsts = [v["first_at"] for v in views if v.get("first_at")]
+    lasts = [v["last_at"] for v in views if v.get("last_at")]
+    out["first_at"] = min(firsts) if firsts else None
+    out["last_at"] = max(lasts) if lasts else None
+    return out
