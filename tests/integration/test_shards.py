@@ -180,6 +180,7 @@ def test_pages_live_on_their_shards_and_are_paced_ordered_and_deduplicated(shard
     status = shards.cli("status", "--json")
     assert status["open"] == 0
     assert status["queue_depth"] == 0
+    assert [(row["shard"], row["open"]) for row in status["shards"]] == [(0, 0), (1, 0)]
     metrics = httpx.get(stack.intake_metrics_url, timeout=10).text
     assert 'bmw_redis_up{shard="0"} 1.0' in metrics
     assert 'bmw_redis_up{shard="1"} 1.0' in metrics
@@ -219,6 +220,9 @@ def test_a_shard_restarts_and_nothing_is_lost(shards: Shards) -> None:
     stopped_at = time.time()
     refused = stack.post(body(f"{run}-while-down"), path=path(PAGE_B))
     assert refused.status_code == 503, refused.text  # not stored: Braze retries it
+    ready = httpx.get(f"{stack.intake_url}/readyz", timeout=10)
+    assert ready.status_code == 200  # the intake stays in the balancer: shard 0's pages go on
+    assert [(x["shard"], x["up"]) for x in ready.json()["shards"]] == [(0, True), (1, False)]
     accepted_a = stack.post(body(f"{run}-a-while-down"), path=path(PAGE_A))
     assert accepted_a.status_code == 202  # the other shard takes requests meanwhile
     time.sleep(2.0)

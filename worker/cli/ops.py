@@ -53,20 +53,32 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if view.get("status") == _SENT else 1
 
 
+#: What ``status`` shows per shard with REDIS_SHARDS.
+_SHARD_FIELDS = ("open", "queue_depth", "oldest_open_age_s", "dead_letters", "redis_used_memory")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from worker import status
     from worker.store import connections, shards
 
     every = [(s, connections.sync_client(s)) for s in shards.every(_settings())]
-    current = status.read_all(every)
+    statuses = [status.read(client, s) for s, client in every]
+    current = status.merge(statuses)
     out = current.as_dict()
+    if len(statuses) > 1:  # which shard is behind: the totals above are sums
+        out["shards"] = [
+            {name: getattr(st, name) for name in _SHARD_FIELDS} | {"shard": i}
+            for i, st in enumerate(statuses)
+        ]
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print("last 5 minutes:")
     for key, value in out.items():
-        if key not in ("paused", "pages"):
+        if key not in ("paused", "pages", "shards"):
             print(f"{key:>20}: {value}")
+    for row in out.get("shards", []):
+        print(f"{'shard ' + str(row['shard']):>20}: " + ", ".join(f"{n} {row[n]}" for n in _SHARD_FIELDS))
     for row in current.pages:
         until = time.ctime(row.paused_until) if row.paused_until else "-"
         print(

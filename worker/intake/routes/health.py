@@ -11,12 +11,18 @@ not here: it has a listener of its own (:mod:`worker.intake.metrics_server`).
   intake that is out of the Service cannot serve what still works and what frees the memory:
   delivery status, Messenger events, and dead-letter purge and replay. Braze gets a 503 with
   Retry-After per message instead of connection errors. Watch ``accepting`` or the
-  ``intake.redis_full`` log event, not readiness.
+  ``intake.redis_full`` log event, not readiness. With REDIS_SHARDS: ready (200) while any shard
+  answers, with ``"shards": [{"shard", "up", "accepting", "memory_ratio"}]``; ``accepting`` is
+  true only when every shard is. A shard that is down fails its own pages' requests (503), not
+  the intake (docs/scaling.md).
 * ``/openapi.json``: :func:`worker.intake.openapi.openapi_document`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -35,12 +41,33 @@ async def healthz(_request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     intake = state.of(request)
-    accepting = True
-    for link in intake.links:  # ready when every shard answers; accepting while all have room
-        await link.redis.ping()
-        accepting = await link.memory.check() and accepting
-    ratio = max(link.memory.guard.ratio for link in intake.links)
-    return JSONResponse({"ok": True, "accepting": accepting, "memory_ratio": round(ratio, 4)})
+    if len(intake.links) == 1:
+        link = intake.links[0]
+        await link.redis.ping()  # a Redis error: 503 unavailable (the exception handler)
+        accepting = await link.memory.check()
+        return JSONResponse(
+            {"ok": True, "accepting": accepting, "memory_ratio": round(link.memory.guard.ratio, 4)}
+        )
+    # shards: ready while any shard answers (a shard that is down fails only its own pages'
+    # requests; taking every intake out of the balancer would fail all of them)
+    shards: list[dict[str, Any]] = []
+    for link in intake.links:
+        try:
+            await link.redis.ping()
+            room = await link.memory.check()
+            shards.append(
+                {
+                    "shard": link.shard.index,
+                    "up": True,
+                    "accepting": room,
+                    "memory_ratio": round(link.memory.guard.ratio, 4),
+                }
+            )
+        except redis.exceptions.RedisError:
+            shards.append({"shard": link.shard.index, "up": False, "accepting": False})
+    up = any(s["up"] for s in shards)
+    body = {"ok": up, "accepting": all(s["accepting"] for s in shards), "shards": shards}
+    return JSONResponse(body, status_code=200 if up else 503)
 
 
 async def openapi(_request: Request) -> Response:
