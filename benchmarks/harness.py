@@ -36,6 +36,7 @@ from tests.conftest import (
     wait_port,
     wait_until,
 )
+from worker.store import connections
 
 RESULTS = ROOT / "benchmarks" / "results"
 DELIVERY_CONCURRENCY = 8  # measurement 2 is specified for ``--concurrency 8``
@@ -180,8 +181,13 @@ def cleanup() -> Iterator[Cleanup]:
         c.close()
 
 
+#: redis-server's arguments: the README's RECOMMENDED_CONFIG (``run.py --redis-defaults``: none).
+REDIS_ARGS: list[str] = connections.server_args()
+
+
 def start_redis(c: Cleanup, work: Path, name: str) -> RedisServer:
-    server = RedisServer(free_port(), work / f"redis-{name}")
+    """A fresh redis-server with REDIS_ARGS."""
+    server = RedisServer(free_port(), work / f"redis-{name}", extra_args=list(REDIS_ARGS))
     c.add(server.stop)
     server.start()
     return server

@@ -74,7 +74,7 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks import history
+from benchmarks import harness, history
 from benchmarks.common import machine
 from benchmarks.harness import FULL, QUICK, RESULTS, Row, Run, table
 from benchmarks.steps.baseline import measure_baseline
@@ -86,6 +86,7 @@ from benchmarks.steps.pacing import measure_pacing
 from benchmarks.steps.pages import measure_pages
 from benchmarks.steps.redis import measure_redis
 from benchmarks.steps.scale import measure_scale
+from worker.store import connections
 
 STEPS: dict[str, Callable[[Run], None]] = {
     "intake": measure_intake,
@@ -109,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also write the JSON here (it always goes to results/history/; latest.json: full runs)",
     )
     p.add_argument("--keep-logs", action="store_true", help="keep the work dir (process logs)")
+    p.add_argument(
+        "--redis-defaults",
+        action="store_true",
+        help="run redis-server with its defaults, not the README's RECOMMENDED_CONFIG (memory figures)",
+    )
     args = p.parse_args(argv)
+    harness.REDIS_ARGS[:] = [] if args.redis_defaults else connections.server_args()
     sizes = QUICK if args.quick else FULL
     command = "python -m benchmarks.run" + (
         " " + shlex.join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": command,
             "git": git,
             "quick": args.quick,
+            "redis_config": "defaults" if args.redis_defaults else connections.RECOMMENDED_CONFIG,
             "machine": info,
             "note": "2 cores shared by load generator, sandbox, redis-server and the service; nothing pinned",
             "elapsed_s": round(elapsed, 1),

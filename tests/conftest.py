@@ -78,6 +78,8 @@ class RedisServer:
     proc: subprocess.Popen[bytes] | None = None
     #: AOF fsync policy: "everysec" (the embedded default) or "always" (nothing lost to a SIGKILL)
     appendfsync: str = "everysec"
+    #: More redis-server arguments (the benchmarks: worker.store.connections.server_args())
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -102,6 +104,7 @@ class RedisServer:
                 self.appendfsync,
                 "--save",
                 "",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
         )

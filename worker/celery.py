@@ -156,6 +156,7 @@ def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
             "inbound.linking_off",
             message="LINK_SECRET is not set: m.me refs open the window but link no PSID to a Braze user",
         )
+    _advise_redis_config(settings, log)
     log.info(
         "worker.ready",
         hostname=getattr(sender, "hostname", None),
@@ -166,6 +167,29 @@ def _start_engine(sender: Any = None, **_kwargs: Any) -> None:
         metrics_port=metrics_port,
         gc_gen0_threshold=settings.gc_gen0_threshold if tuned else None,
     )
+
+
+def _advise_redis_config(settings: Settings, log: Any) -> None:
+    """Once per worker start: say so when Redis runs below RECOMMENDED_CONFIG (records then take
+    about twice the memory: README "Redis memory"). Never fails the start."""
+    from worker.store import connections
+
+    try:
+        client = connections.sync_client(settings, timeout=2)
+        try:
+            advice = connections.config_advice(client)
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001  # advice only: a Redis that is down is reported elsewhere
+        return
+    for name, current in advice.items():
+        log.warning(
+            "redis.config_advice",
+            setting=name,
+            current=current,
+            recommended=connections.RECOMMENDED_CONFIG[name],
+            message="delivery records take about twice the memory: README 'Redis memory'",
+        )
 
 
 #: The health server of this process (one per worker process).

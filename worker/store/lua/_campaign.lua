@@ -6,6 +6,7 @@
 -- (P:d:), park prefix (P:park:), pending, open, sched, parked (zsets), stats prefix (P:stats:),
 -- this minute, now. Counters are gathered per call and written by camp_flush(): one HINCRBY per
 -- counter and campaign, whatever the number of deliveries.
+--!include _compact.lua
 local CAMP = {}
 local camp_counts = {}
 local camp_stop_cache = {}
@@ -78,9 +79,7 @@ local function camp_cancel(id, reason)
   redis.call('HSET', key, 'status', S.CANCELLED, 'updated_at', CAMP.now, 'claim', '', 'lease_until', 0,
     'error', '{"reason":"' .. reason .. '","code":null,"subcode":null,"message":"' .. reason ..
     '","fbtrace_id":null}')
-  redis.call('HDEL', key, unpack(COMPACT_DROP))
-  redis.call('HDEL', key, 'external_id')
-  redis.call('EXPIRE', key, CAMP.record_retention)
+  compact_record(key, false, CAMP.record_retention)
   local camp = camp_of(rec[4], rec[5])
   if camp then
     redis.call('ZREM', CAMP.open .. camp, id)

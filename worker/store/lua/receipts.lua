@@ -1,9 +1,11 @@
 -- RECEIPTS: Messenger's delivery and read webhooks mark sent deliveries delivered_at / read_at.
--- ARGV[1..15] the campaign context (_campaign.lua), ARGV[16] sent-mid prefix (P:mid2d:),
--- ARGV[17] unread prefix (P:unread:), then per event: kind ('delivery' or 'read'), page id,
--- PSID, watermark (epoch s, '' = none), its time (epoch s), n, and n message ids (mids).
--- delivery: each mid found in P:mid2d, and every delivery of the recipient's unread set sent
---           at or before the watermark, gets delivered_at (the watermark, else the event's time)
+-- ARGV[1..15] the campaign context (_campaign.lua), ARGV[16] unread prefix (P:unread:), then
+-- per event: kind ('delivery' or 'read'), page id, PSID, watermark (epoch s, '' = none), its
+-- time (epoch s), n, and n message ids (mids).
+-- delivery: each delivery of the recipient's unread set whose message_id is one of the mids
+--           (at most MID_SCAN of them looked at: a recipient's unread sends of the retention),
+--           and every one sent at or before the watermark, gets delivered_at (the watermark,
+--           else the event's time). No key per mid: the unread set is the index
 -- read:     every delivery of the unread set sent at or before the watermark gets delivered_at
 --           (if it had none) and read_at; they leave the unread set, and the Braze user kept for
 --           the receipt events is dropped from their record
@@ -30,15 +32,19 @@ local function mark(id, field, at)
   table.insert(out, {id, name, math.max(0, tonumber(at) - tonumber(rec[3] or at)), rec[4] or '', attribution})
 end
 
-local i = 18
+local MID_SCAN = 200
+local i = 17
 while i <= #ARGV do
   local kind, page, psid, wm, at, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
-  local unread = ARGV[17] .. page .. ':' .. psid
+  local unread = ARGV[16] .. page .. ':' .. psid
   local when = wm ~= '' and wm or at
   if kind == 'delivery' then
-    for j = 1, n do
-      local id = redis.call('GET', ARGV[16] .. page .. ':' .. ARGV[i + 5 + j])
-      if id then mark(id, 'delivered_at', when) end
+    if n > 0 then
+      local wanted = {}
+      for j = 1, n do wanted[ARGV[i + 5 + j]] = true end
+      for _, id in ipairs(redis.call('ZREVRANGE', unread, 0, MID_SCAN - 1)) do
+        if wanted[redis.call('HGET', CAMP.d .. id, 'message_id') or ''] then mark(id, 'delivered_at', when) end
+      end
     end
     if wm ~= '' then
       for _, id in ipairs(redis.call('ZRANGEBYSCORE', unread, '-inf', wm)) do mark(id, 'delivered_at', when) end

@@ -3,9 +3,8 @@
 -- ARGV[1] now, ARGV[2] delivery key prefix (P:d:), ARGV[3] park key prefix (P:park:),
 -- ARGV[4] stats key prefix (P:stats:), ARGV[5] final record retention (s), ARGV[6] this minute,
 -- ARGV[7] history key prefix (P:hist:), ARGV[8] a history's TTL (s), ARGV[9] its entries kept,
--- ARGV[10] sent-mid prefix (P:mid2d:), ARGV[11] unread prefix (P:unread:), ARGV[12] '1' to keep
--- a sent record's external_id (BRAZE_RECEIPT_EVENTS), ARGV[13..27] the campaign context
--- (_campaign.lua), then per delivery: id, fence token, status, due ('' = none), pending deadline
+-- ARGV[10] unread prefix (P:unread:), ARGV[11] '1' to keep a sent record's external_id
+-- (BRAZE_RECEIPT_EVENTS), ARGV[12..26] the campaign context (_campaign.lua), then per delivery: id, fence token, status, due ('' = none), pending deadline
 -- ('' = none), a history entry ('' = none), a failure class ('' = none: "{status}:{reason}"
 -- counted in P:stats:{minute}:reasons), reason ('' = none), n, and n field/value pairs.
 -- The history entry and the failure class are written only with a fresh write (never twice,
@@ -16,10 +15,10 @@
 --   FINAL      leaves pending, open, sched, any park and its campaign's open index; counted per
 --              minute (`P:stats:`) and in its campaign (status, failed:{reason}); a dead letter
 --              joins `dead` and keeps its body (replayable) with no expiry; any other final
---              record is compacted (COMPACT_DROP, and the Braze user unless ARGV[12]) and expires
---              after the retention; a sent record drops an earlier error, and its message id
---              (P:mid2d) and its place among its recipient's unread deliveries (P:unread) are
---              written for the receipts (both expire with the record). Sent while its campaign
+--              record is compacted (COMPACT_DROP, and the Braze user unless ARGV[11]) and expires
+--              after the retention; a sent record drops an earlier error, and joins its
+--              recipient's unread deliveries (P:unread) for the receipts (which find a receipt's
+--              mids there: no key per message id). Sent while its campaign
 --              is stopped (a call that started before the worker saw the stop): sent_after_stop
 --   open, while its campaign is stopped or an operator cancelled it (`cancel`): CANCELLED
 --              instead (_campaign.lua's camp_cancel), answered 3
@@ -31,11 +30,11 @@
 --!include _campaign.lua
 local now = tonumber(ARGV[1])
 local retention = tonumber(ARGV[5])
-camp_init(13)
+camp_init(12)
 local counts = {}
 local out = {}
 local reasons = ARGV[4] .. ARGV[6] .. ':reasons'
-local i = 28
+local i = 27
 while i <= #ARGV do
   local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local due, deadline = ARGV[i + 3], ARGV[i + 4]
@@ -68,8 +67,7 @@ while i <= #ARGV do
       if status == S.SENT then
         redis.call('HDEL', key, 'error')
         if rec[4] and rec[4] ~= '' and rec[3] then
-          redis.call('SET', ARGV[10] .. rec[2] .. ':' .. rec[4], id, 'EX', retention)
-          local unread = ARGV[11] .. rec[2] .. ':' .. rec[3]
+          local unread = ARGV[10] .. rec[2] .. ':' .. rec[3]
           redis.call('ZADD', unread, tonumber(rec[5] or ARGV[1]), id)
           redis.call('ZREMRANGEBYSCORE', unread, '-inf', now - retention)
           redis.call('EXPIRE', unread, retention)
@@ -80,9 +78,7 @@ while i <= #ARGV do
         redis.call('HDEL', key, 'parked_at', 'not_before', 'slot_at')
         redis.call('PERSIST', key)
       else
-        redis.call('HDEL', key, unpack(COMPACT_DROP))
-        if not (status == S.SENT and ARGV[12] == '1') then redis.call('HDEL', key, 'external_id') end
-        redis.call('EXPIRE', key, retention)
+        compact_record(key, status == S.SENT and ARGV[11] == '1', retention)
       end
       counts[status] = (counts[status] or 0) + 1
       if camp then
