@@ -40,7 +40,9 @@ while i <= #ARGV do
   local due, deadline = ARGV[i + 3], ARGV[i + 4]
   local entry, class, reason, n = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
   local key = ARGV[2] .. id
-  local held = redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel')
+  -- one read for the fence and for what the indexes below need (parked, receipts)
+  local held = redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel', 'parked_at',
+    'page_id', 'psid', 'message_id', 'sent_at', 'created_at')
   local camp = camp_of(held[3], held[4])
   if held[1] == token then
     redis.call('HSET', key, 'claim', '', 'lease_until', 0, 'done', token, 'status', status,
@@ -56,7 +58,10 @@ while i <= #ARGV do
       redis.call('EXPIRE', reasons, 3600)
     end
     if FINAL[status] then
-      local rec = redis.call('HMGET', key, 'parked_at', 'page_id', 'psid', 'message_id', 'sent_at')
+      local rec = {held[6], held[7], held[8], held[9], held[10]}
+      for j = i + 9, i + 8 + 2 * n, 2 do  -- this call's own message id and send time
+        if ARGV[j] == 'message_id' then rec[4] = ARGV[j + 1] elseif ARGV[j] == 'sent_at' then rec[5] = ARGV[j + 1] end
+      end
       if rec[1] then
         redis.call('ZREM', KEYS[5], id)
         redis.call('ZREM', ARGV[3] .. rec[2] .. ':' .. rec[3], id)
@@ -65,7 +70,6 @@ while i <= #ARGV do
       redis.call('ZREM', KEYS[2], id)
       redis.call('ZREM', KEYS[3], id)
       if status == S.SENT then
-        redis.call('HDEL', key, 'error')
         if rec[4] and rec[4] ~= '' and rec[3] then
           local unread = ARGV[10] .. rec[2] .. ':' .. rec[3]
           redis.call('ZADD', unread, tonumber(rec[5] or ARGV[1]), id)
@@ -78,7 +82,7 @@ while i <= #ARGV do
         redis.call('HDEL', key, 'parked_at', 'not_before', 'slot_at')
         redis.call('PERSIST', key)
       else
-        compact_record(key, status == S.SENT and ARGV[11] == '1', retention)
+        compact_record(key, status == S.SENT and ARGV[11] == '1', retention, status == S.SENT and 'error' or nil)
       end
       counts[status] = (counts[status] or 0) + 1
       if camp then
@@ -93,10 +97,9 @@ while i <= #ARGV do
       table.insert(out, 3)
     else
       if status == S.PARKED then
-        local rec = redis.call('HMGET', key, 'page_id', 'psid', 'created_at')
         redis.call('HSET', key, 'parked_at', ARGV[1])
-        redis.call('ZADD', ARGV[3] .. rec[1] .. ':' .. rec[2], tonumber(rec[3]), id)
-        redis.call('ZADD', KEYS[5], tonumber(rec[3]), id)
+        redis.call('ZADD', ARGV[3] .. held[7] .. ':' .. held[8], tonumber(held[11]), id)
+        redis.call('ZADD', KEYS[5], tonumber(held[11]), id)
       elseif due ~= '' then
         redis.call('ZADD', KEYS[3], tonumber(due), id)
       end
