@@ -42,7 +42,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -156,21 +158,31 @@ class Limiter:
         return self._grant(bool(int(res[0])), int(res[1]), bool(int(res[2])), int(res[3]))
 
     async def acquire_many(self, page_id: str, kind: str, count: int) -> list[Grant]:
-        """``count`` consecutive slots in one round trip; [] when the page has a pause hash (each
-        send then asks :meth:`acquire`, which runs the pause and probe logic) or when the
-        per-recipient pace is on (it needs each recipient's bucket)."""
+        """``count`` consecutive slots of one page's bucket (:meth:`acquire_pages` of one group)."""
+        return (await self.acquire_pages([(page_id, kind, count)]))[0]
+
+    async def acquire_pages(self, groups: Sequence[tuple[str, str, int]]) -> list[list[Grant]]:
+        """For each (page, class, count): ``count`` consecutive slots, all groups in one round
+        trip. A group gets [] when its page has a pause hash (each send then asks :meth:`acquire`,
+        which runs the pause and probe logic); every group does when the per-recipient pace is on
+        (it needs each recipient's bucket)."""
         s = self._settings
-        if count <= 0 or s.recipient_rate_limit > 0:
-            return []
-        rate = self.rate(page_id, kind)
-        res = await scripts.run(
-            self._client,
-            "acquire_many",
-            keys=[self.bucket(page_id, kind), self._keys.pause(page_id), self._keys.buckets],
-            args=[rate, self.burst(rate), f"{page_id}:{kind}", s.pace_recovery_per_second, count],
-        )
-        now_us = int(res[0])
-        return [self._grant(True, int(delay_us), False, now_us) for delay_us in res[1:]]
+        wanted = [g for g in groups if g[2] > 0]
+        if not wanted or s.recipient_rate_limit > 0:
+            return [[] for _ in groups]
+        args: list[Any] = [s.pace_recovery_per_second]
+        for page_id, kind, count in wanted:
+            rate = self.rate(page_id, kind)
+            args += [self.bucket(page_id, kind), self._keys.pause(page_id), rate, self.burst(rate)]
+            args += [f"{page_id}:{kind}", count]
+        res = await scripts.run(self._client, "acquire_many", keys=[self._keys.buckets], args=args)
+        now_us, at = int(res[0]), 1
+        granted: dict[tuple[str, str, int], list[Grant]] = {}
+        for group in wanted:
+            n = int(res[at])
+            granted[group] = [self._grant(True, int(d), False, now_us) for d in res[at + 1 : at + 1 + n]]
+            at += 1 + n
+        return [granted.get(g, []) for g in groups]
 
     async def wait_for_slot(
         self, page_id: str, kind: str, psid: str, reserved: float = 0.0, *, reserved_free: bool = False

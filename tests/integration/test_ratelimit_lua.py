@@ -235,6 +235,32 @@ def test_acquire_many_leaves_paused_pages_and_recipient_pace_to_acquire(redis_se
     assert run(redis_server.url, paced, lambda lim, _c: lim.acquire_many("m3", "text", 3)) == []
 
 
+def test_acquire_pages_takes_every_page_of_a_batch_in_one_call(redis_server: RedisServer) -> None:
+    """A batch spread over pages: one script call for all of them, each page's slots as its own
+    acquire_many would give, a paused page left to acquire()."""
+    s = settings(page_rate_limit=10, pace_burst=1, pace_max_hold_seconds=10)
+
+    async def go(lim: Limiter, c: aioredis.Redis) -> tuple[list[list[Grant]], int, list[Grant]]:
+        await c.hset(f"{s.key_prefix}:pause:g2", mapping={"until": repr(time.time() + 60)})  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        await lim.acquire_pages([("g0", "text", 1)])  # the script is loaded: count calls from here
+        before = (await c.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        groups = await lim.acquire_pages(
+            [("g1", "text", 3), ("g2", "text", 2), ("g3", "media", 2), ("g4", "text", 0)]
+        )
+        calls = (await c.info("commandstats"))["cmdstat_evalsha"]["calls"] - before
+        after = await lim.acquire_many("g1", "text", 1)
+        return groups, calls, after
+
+    groups, calls, after = run(redis_server.url, s, go)
+    assert calls == 1
+    g1, g2, g3, g4 = groups
+    assert [round(g.delay, 3) for g in g1] == [0.0, 0.1, 0.2]
+    assert g2 == []  # paused: each send asks acquire(), which runs the pause logic
+    assert len(g3) == 2
+    assert g4 == []
+    assert after[0].slot - g1[0].slot == pytest.approx(0.3, abs=1e-4)  # g1's bucket moved on by three
+
+
 def test_slots_convert_to_the_local_clock_never_early(redis_server: RedisServer) -> None:
     """The slot's local due time is at or after the moment Redis says it is (same host here)."""
     s = settings(page_rate_limit=50, pace_max_hold_seconds=10)

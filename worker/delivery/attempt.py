@@ -183,15 +183,16 @@ class Sender:
         return ctx
 
     async def reserve(self, heads: Sequence[Delivery]) -> None:
-        """Pacing slots for the first send to each recipient of the batch: one round trip per
-        (page, class). Later sends to the same recipient wait for the first's answer and ask on
+        """Pacing slots for the first send to each recipient of the batch: one round trip for
+        every (page, class) of the batch. Later sends to the same recipient wait for the first's answer and ask on
         their own; so does every send of a page with a pause."""
         wanting: dict[tuple[str, str], list[Delivery]] = {}
         for d in heads:
             if not d.slot_at:
                 wanting.setdefault((d.page_id, message_kind(d.body)), []).append(d)
-        for (page_id, kind), ds in wanting.items():
-            grants = await self._limiter.acquire_many(page_id, kind, len(ds))
+        groups = list(wanting.items())
+        granted = await self._limiter.acquire_pages([(page, kind, len(ds)) for (page, kind), ds in groups])
+        for (_, ds), grants in zip(groups, granted, strict=True):
             for d, grant in zip(ds, grants, strict=False):
                 d.slot_at, d.slot_free = grant.slot, is_free(grant)
 

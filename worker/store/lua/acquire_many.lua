@@ -1,25 +1,33 @@
--- ACQUIRE_MANY: `count` consecutive slots of the same GCRA as acquire.lua in one round trip (a
--- batch's first sends to each recipient, when RECIPIENT_RATE_LIMIT is off).
--- KEYS[1] page bucket, KEYS[2] page pause hash, KEYS[3] buckets in use (zset:
--- member -> its last use, Redis seconds).
--- ARGV[1] rate, ARGV[2] burst, ARGV[3] member for the buckets in use, ARGV[4] factor recovery per
--- second, ARGV[5] count.
--- Returns {now µs, delay µs for each of count}; just {now} when the page has a pause hash (each
+-- ACQUIRE_MANY: consecutive slots of the same GCRA as acquire.lua, for each (page, class) group of
+-- a batch in one round trip (a batch's first sends to each recipient, when RECIPIENT_RATE_LIMIT
+-- is off): a batch spread over many pages costs one call, not one per page.
+-- KEYS[1] buckets in use (zset: member -> its last use, Redis seconds).
+-- ARGV[1] factor recovery per second, then per group: its page bucket, its page pause hash, rate,
+-- burst, member for the buckets in use, count.
+-- Returns {now µs, then per group: n and n delays µs}; n = 0 when the page has a pause hash (each
 -- send then asks acquire.lua, which runs the pause and probe logic).
 --!include _gcra.lua
--- a pause hash (paused, or its probe pending or due): every send asks on its own (ACQUIRE)
-if redis.call('EXISTS', KEYS[2]) == 1 then return {now} end
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local recover = tonumber(ARGV[4])
-local count = tonumber(ARGV[5])
-local interval, tau, tat = bucket(KEYS[1], rate, burst, recover)
+local recover = tonumber(ARGV[1])
 local out = {now}
-for i = 1, count do
-  out[i + 1] = math.floor(math.max(tat - tau, now) - now)
-  tat = tat + interval
+local used = {}
+local i = 2
+while i <= #ARGV do
+  local key, pause, member, count = ARGV[i], ARGV[i + 1], ARGV[i + 4], tonumber(ARGV[i + 5])
+  if redis.call('EXISTS', pause) == 1 then
+    out[#out + 1] = 0
+  else
+    local interval, tau, tat = bucket(key, tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), recover)
+    out[#out + 1] = count
+    for _ = 1, count do
+      out[#out + 1] = math.floor(math.max(tat - tau, now) - now)
+      tat = tat + interval
+    end
+    redis.call('HSET', key, 'tat', string.format('%.0f', tat))
+    redis.call('PEXPIRE', key, 3600000 + math.floor((tat - now) / 1000))
+    used[#used + 1] = math.floor(now / 1000000)
+    used[#used + 1] = member
+  end
+  i = i + 6
 end
-redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat))
-redis.call('PEXPIRE', KEYS[1], 3600000 + math.floor((tat - now) / 1000))
-redis.call('ZADD', KEYS[3], math.floor(now / 1000000), ARGV[3])
+if #used > 0 then redis.call('ZADD', KEYS[1], unpack(used)) end
 return out
