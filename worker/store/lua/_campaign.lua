@@ -7,6 +7,7 @@
 -- this minute, now. Counters are gathered per call and written by camp_flush(): one HINCRBY per
 -- counter and campaign, whatever the number of deliveries.
 --!include _compact.lua
+--!include _bulk.lua
 local CAMP = {}
 local camp_counts = {}
 local camp_stop_cache = {}

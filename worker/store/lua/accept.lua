@@ -33,6 +33,7 @@ local ttl = tonumber(ARGV[10])
 local per = tonumber(ARGV[11])
 local out = {}
 local accepted = {}
+local pending, opened = {}, {}  -- ZADD members, sent once each (_bulk.lua)
 camp_init(12)
 local i = 27
 while i <= #ARGV do
@@ -77,14 +78,18 @@ while i <= #ARGV do
       'idempotency_key', idem, 'external_id', ARGV[i + 8], 'created_at', now, 'updated_at', now,
       'attempts', 0, unpack(attr))
     if ARGV[i + 9] ~= '' then redis.call('HSET', ARGV[5] .. id, 'utility', ARGV[i + 9]) end
-    redis.call('ZADD', KEYS[1], deadline, id)
-    redis.call('ZADD', KEYS[3], now, id)
+    pending[#pending + 1] = deadline
+    pending[#pending + 1] = id
+    opened[#opened + 1] = now
+    opened[#opened + 1] = id
     table.insert(accepted, id)
     table.insert(out, '')
   end
   i = i + per
 end
 if #accepted > 0 then
+  bulk('ZADD', KEYS[1], pending)
+  bulk('ZADD', KEYS[3], opened)
   local batch = nil
   local newest = redis.call('GET', KEYS[4])
   if newest then

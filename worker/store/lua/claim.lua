@@ -32,6 +32,7 @@ else
   ids = {unpack(ARGV, 21)}
 end
 local out = {#ids}
+local leased = {}  -- pending ZADD members, sent once (_bulk.lua)
 for _, id in ipairs(ids) do
   local key = ARGV[3] .. id
   local st = redis.call('HMGET', key, 'status', 'not_before', 'lease_until', 'claim', 'campaign_id',
@@ -47,8 +48,10 @@ for _, id in ipairs(ids) do
     table.insert(out, id)
     table.insert(out, redis.call('HGETALL', key))
     redis.call('HSET', key, 'status', S.IN_FLIGHT, 'previous', st[1], 'claim', token, 'lease_until', lease)
-    redis.call('ZADD', KEYS[1], lease + 1, id)
+    leased[#leased + 1] = lease + 1
+    leased[#leased + 1] = id
   end
 end
+bulk('ZADD', KEYS[1], leased)
 camp_flush()
 return out

@@ -33,6 +33,7 @@ local retention = tonumber(ARGV[5])
 camp_init(12)
 local counts = {}
 local out = {}
+local ended = {}  -- final deliveries: leave pending, open and sched in one ZREM each (_bulk.lua)
 local reasons = ARGV[4] .. ARGV[6] .. ':reasons'
 local i = 27
 while i <= #ARGV do
@@ -66,9 +67,7 @@ while i <= #ARGV do
         redis.call('ZREM', KEYS[5], id)
         redis.call('ZREM', ARGV[3] .. rec[2] .. ':' .. rec[3], id)
       end
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('ZREM', KEYS[3], id)
+      ended[#ended + 1] = id
       if status == S.SENT then
         if rec[4] and rec[4] ~= '' and rec[3] then
           local unread = ARGV[10] .. rec[2] .. ':' .. rec[3]
@@ -112,6 +111,11 @@ while i <= #ARGV do
     table.insert(out, 0)
   end
   i = i + 9 + 2 * n
+end
+if #ended > 0 then
+  bulk('ZREM', KEYS[1], ended)
+  bulk('ZREM', KEYS[2], ended)
+  bulk('ZREM', KEYS[3], ended)
 end
 for status, count in pairs(counts) do
   local k = ARGV[4] .. ARGV[6] .. ':' .. status
