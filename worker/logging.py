@@ -19,12 +19,13 @@ import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from worker.config import Settings
+from worker.config import DEFAULT_RECIPIENT_HASH_SALT, Settings
 
 _TOKEN_PATTERNS = (
     re.compile(r"(access_token=)[^&\s\"']+", re.IGNORECASE),
@@ -88,8 +89,27 @@ class Redactor:
 REDACTOR = Redactor()
 
 
+def redis_passwords(settings: Settings) -> list[str]:
+    """The passwords in REDIS_URL and REDIS_SHARDS (each URL, each Sentinel node of one)."""
+    found: list[str] = []
+    for url in (settings.redis_url, *settings.redis_shards):
+        for part in url.split(";"):
+            try:
+                password = urlsplit(part.strip()).password
+            except ValueError:  # not a URL we can read: nothing to take from it
+                continue
+            if password:
+                found.append(unquote(password))
+    return found
+
+
 def settings_secrets(settings: Settings) -> list[str]:
     secrets = [t.get_secret_value() for t in settings.intake_tokens]
+    secrets += [t.get_secret_value() for t in settings.admin_tokens]
+    secrets += redis_passwords(settings)
+    salt = settings.recipient_hash_salt.get_secret_value()
+    if salt != DEFAULT_RECIPIENT_HASH_SALT:  # the default is the project's name, and no secret
+        secrets.append(salt)
     secrets += [t.get_secret_value() for t in settings.page_access_tokens.values()]
     for optional in (settings.app_secret, settings.braze_api_key, settings.messenger_verify_token):
         if optional is not None:

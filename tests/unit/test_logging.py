@@ -276,3 +276,23 @@ def test_the_link_secret_is_masked(capture: Callable[..., io.StringIO]) -> None:
     get_logger().warning("oops", detail=f"key={link_secret}")
     assert_clean(stream, link_secret)
     assert lines(stream)[0]["detail"] == "key=***"
+
+
+def test_admin_tokens_and_redis_passwords_are_masked(capture: Callable[..., io.StringIO]) -> None:
+    admin = "admin-token-0123456789abcdef0123456789"
+    stream = capture(
+        admin_tokens=admin,
+        redis_url="redis://:url-pass%40word-1@10.0.0.1:6379/0",
+        redis_shards="redis://:shard-pass-0@h0:6379/0,rediss://user:shard-pass-1@h1:6380/0",
+        recipient_hash_salt="salt-0123456789abcdef",
+    )
+    get_logger().warning(
+        "oops",
+        detail=f"Authorization={admin}",
+        error="AuthenticationError: url-pass@word-1 shard-pass-0 shard-pass-1",
+        salt="salt-0123456789abcdef",
+    )
+    assert_clean(stream, admin)
+    for password in ("url-pass@word-1", "shard-pass-0", "shard-pass-1", "salt-0123456789abcdef"):
+        assert_clean(stream, password)
+    assert lines(stream)[0]["error"] == "AuthenticationError: *** *** ***"

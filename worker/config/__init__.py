@@ -18,9 +18,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.config.pages import PageTokens
-
-__all__ = ["PageTokens", "Settings", "check_service", "load_settings", "token_id"]
+from worker.config.pages import PageTokens as PageTokens  # re-exported: its home before the split
 
 #: Tags Meta removed: error 100 since 2026-04-27 (messenger-platform.md §0), and the pre-2020 set.
 DEPRECATED_TAGS: dict[str, str] = {
