@@ -139,3 +139,10 @@ def test_statuses_merge() -> None:
     assert merged.rates["sent_per_s"] == 19.0
     assert merged.rates["failure_ratio"] == 0.05
     assert [p.page_id for p in merged.paused_pages] == ["a", "b"]
+
+
+def test_redis_urls_stay_out_of_the_repr() -> None:
+    s = Settings(redis_url="redis://:url-secret-1@h:6379/0", redis_shards="redis://:shard-secret-2@h0/0")
+    shown = repr(s) + str(s) + repr(shards.settings_for(s, 0))
+    assert "url-secret-1" not in shown
+    assert "shard-secret-2" not in shown

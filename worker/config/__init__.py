@@ -111,10 +111,11 @@ class Settings(BaseSettings):
         env_ignore_empty=True,  # APP_SECRET= in a compose file means "not set"
     )
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Not in the repr (nor REDIS_SHARDS): a Redis URL carries its password.
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     #: Several independent Redis instances ("shards"; docs/scaling.md): comma-separated URLs.
     #: Each page lives in one (its deliveries, limiter, queue); REDIS_URL is then not used.
-    redis_shards: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_shards: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     #: Pages pinned to shards, {"<page_id>": <index>} (JSON); the others by rendezvous hashing.
     shard_pages: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     #: The shard a worker serves (0-based index into REDIS_SHARDS): its Redis and its pages.
