@@ -212,9 +212,10 @@ def test_dead_letters_are_listed_and_replayed_across_shards(shards: Shards) -> N
 
 def test_a_shard_restarts_and_nothing_is_lost(shards: Shards) -> None:
     stack, run = shards.stack, uuid.uuid4().hex[:6]
-    a_ids = stack.post_many([(path(PAGE_A), body(f"{run}-ra{i}")) for i in range(200)])
+    # B first, then a longer backlog for A: A still has about 6 s to send when B's Redis stops
     b_ids = stack.post_many([(path(PAGE_B), body(f"{run}-rb{i}")) for i in range(200)])
-    time.sleep(1.0)  # both pages sending (4 s of backlog each at the limit)
+    a_ids = stack.post_many([(path(PAGE_A), body(f"{run}-ra{i}")) for i in range(400)])
+    time.sleep(1.0)  # both pages sending (B: 4 s of backlog at the limit, A: 8 s)
     down = shards.servers[1]
     down.stop()  # SIGTERM: redis-server writes its AOF (appendfsync always) and exits
     stopped_at = time.time()
@@ -223,6 +224,8 @@ def test_a_shard_restarts_and_nothing_is_lost(shards: Shards) -> None:
     ready = httpx.get(f"{stack.intake_url}/readyz", timeout=10)
     assert ready.status_code == 200  # the intake stays in the balancer: shard 0's pages go on
     assert [(x["shard"], x["up"]) for x in ready.json()["shards"]] == [(0, True), (1, False)]
+    assert ready.json()["ok"] is True
+    assert isinstance(ready.json()["memory_ratio"], float)  # the answering shard's (the Ready schema)
     accepted_a = stack.post(body(f"{run}-a-while-down"), path=path(PAGE_A))
     assert accepted_a.status_code == 202  # the other shard takes requests meanwhile
     time.sleep(2.0)
@@ -231,11 +234,11 @@ def test_a_shard_restarts_and_nothing_is_lost(shards: Shards) -> None:
     a_during = [c for c in sent(stack.sandbox, PAGE_A, f"{run}-ra") if stopped_at < c["at"] < restarted_at]
     assert len(a_during) >= LIMIT, "shard 0 must keep sending while shard 1 is down"
     records = shards.wait_final([*a_ids, *b_ids, accepted_a.json()["delivery_id"]], timeout=120)
-    assert Counter(r["status"] for r in records.values()) == {"sent": 401}
+    assert Counter(r["status"] for r in records.values()) == {"sent": 601}
     per_psid = Counter(c["psid"] for page in (PAGE_A, PAGE_B) for c in sent(stack.sandbox, page, f"{run}-r"))
-    assert len(per_psid) == 400
+    assert len(per_psid) == 600
     duplicates = sum(n - 1 for n in per_psid.values())
-    print(f"shard restart: 400 sent, {duplicates} sent twice (ambiguous answers only)")
+    print(f"shard restart: 600 sent, {duplicates} sent twice (ambiguous answers only)")
     # a send is repeated only when its record could not be written (Redis down after Graph said
     # yes): the workers count it as a possible duplicate; nothing else may repeat
     assert duplicates <= 8

@@ -337,7 +337,7 @@ def _operations_paths() -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "operationId": "readyz",
-                "summary": "Readiness: Redis answers. Stays 200 while Redis is full (accepting: false)",
+                "summary": "Readiness: Redis answers (with shards: any). Stays 200 while Redis is full (accepting: false)",
                 "responses": {"200": _json("Redis answers", _ref("Ready")), "503": _unavailable()},
             }
         },
@@ -565,7 +565,21 @@ def _schemas() -> dict[str, Any]:
                 },
                 "memory_ratio": {
                     "type": "number",
-                    "description": "used_memory / maxmemory (0: no maxmemory)",
+                    "description": "used_memory / maxmemory (0: no maxmemory); with REDIS_SHARDS the fullest shard's",
+                },
+                "shards": {
+                    "type": "array",
+                    "description": "with REDIS_SHARDS only: each shard (ready while any answers; docs/scaling.md)",
+                    "items": {
+                        "type": "object",
+                        "required": ["shard", "up", "accepting", "memory_ratio"],
+                        "properties": {
+                            "shard": {"type": "integer"},
+                            "up": {"type": "boolean"},
+                            "accepting": {"type": "boolean"},
+                            "memory_ratio": {"type": "number", "nullable": True},
+                        },
+                    },
                 },
             },
         },

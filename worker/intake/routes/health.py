@@ -13,7 +13,8 @@ not here: it has a listener of its own (:mod:`worker.intake.metrics_server`).
   Retry-After per message instead of connection errors. Watch ``accepting`` or the
   ``intake.redis_full`` log event, not readiness. With REDIS_SHARDS: ready (200) while any shard
   answers, with ``"shards": [{"shard", "up", "accepting", "memory_ratio"}]``; ``accepting`` is
-  true only when every shard is. A shard that is down fails its own pages' requests (503), not
+  true only when every shard is, ``memory_ratio`` is the fullest answering shard's; 503
+  ``unavailable`` when none answers. A shard that is down fails its own pages' requests (503), not
   the intake (docs/scaling.md).
 * ``/openapi.json``: :func:`worker.intake.openapi.openapi_document`.
 """
@@ -51,6 +52,7 @@ async def readyz(request: Request) -> Response:
     # shards: ready while any shard answers (a shard that is down fails only its own pages'
     # requests; taking every intake out of the balancer would fail all of them)
     shards: list[dict[str, Any]] = []
+    failure: redis.exceptions.RedisError | None = None
     for link in intake.links:
         try:
             await link.redis.ping()
@@ -63,11 +65,15 @@ async def readyz(request: Request) -> Response:
                     "memory_ratio": round(link.memory.guard.ratio, 4),
                 }
             )
-        except redis.exceptions.RedisError:
-            shards.append({"shard": link.shard.index, "up": False, "accepting": False})
-    up = any(s["up"] for s in shards)
-    body = {"ok": up, "accepting": all(s["accepting"] for s in shards), "shards": shards}
-    return JSONResponse(body, status_code=200 if up else 503)
+        except redis.exceptions.RedisError as exc:
+            failure = exc
+            shards.append({"shard": link.shard.index, "up": False, "accepting": False, "memory_ratio": None})
+    answering = [s for s in shards if s["up"]]
+    if not answering and failure is not None:
+        raise failure  # none answers: 503 unavailable, as with one Redis
+    ratio = max(s["memory_ratio"] for s in answering)
+    accepting = all(s["accepting"] for s in shards)
+    return JSONResponse({"ok": True, "accepting": accepting, "memory_ratio": ratio, "shards": shards})
 
 
 async def openapi(_request: Request) -> Response:
