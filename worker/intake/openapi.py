@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.intake import openapi_campaigns as doc
+from worker.intake.openapi_health import health_schemas
 from worker.intake.openapi_lookups import lookup_paths
 from worker.intake.routes.admin import ACTIONS, MAX_LIMIT
 from worker.intake.routes.send import MAX_EXTERNAL_ID
@@ -549,40 +550,7 @@ def _schemas() -> dict[str, Any]:
         "Delivery": _delivery_schema(),
         **_admin_schemas(),
         **doc.campaign_schemas(),
-        "Health": {
-            "type": "object",
-            "required": ["ok"],
-            "properties": {"ok": {"type": "boolean", "enum": [True]}},
-        },
-        "Ready": {
-            "type": "object",
-            "required": ["ok", "accepting", "memory_ratio"],
-            "properties": {
-                "ok": {"type": "boolean", "enum": [True]},
-                "accepting": {
-                    "type": "boolean",
-                    "description": "false while Redis is at or above REDIS_MEMORY_HEADROOM (send answers 503 redis_full)",
-                },
-                "memory_ratio": {
-                    "type": "number",
-                    "description": "used_memory / maxmemory (0: no maxmemory); with REDIS_SHARDS the fullest shard's",
-                },
-                "shards": {
-                    "type": "array",
-                    "description": "with REDIS_SHARDS only: each shard (ready while any answers; docs/scaling.md)",
-                    "items": {
-                        "type": "object",
-                        "required": ["shard", "up", "accepting", "memory_ratio"],
-                        "properties": {
-                            "shard": {"type": "integer"},
-                            "up": {"type": "boolean"},
-                            "accepting": {"type": "boolean"},
-                            "memory_ratio": {"type": "number", "nullable": True},
-                        },
-                    },
-                },
-            },
-        },
+        **health_schemas(),
     }
 
 
