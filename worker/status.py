@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import redis.exceptions
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -214,7 +215,32 @@ def read_all(
 
 
 def last_hour_all(shards: list[tuple[Settings, Any]], *, now: float | None = None) -> dict[str, Any]:
-    return merge_hours([last_hour(client, s, now=now) for s, client in shards])
+    """:func:`last_hour` of every shard that answers, merged (raises when none does)."""
+    return merge_hours(_answering([lambda s=s, c=c: last_hour(c, s, now=now) for s, c in shards]))
+
+
+def read_each(shards: list[tuple[Settings, Any]], *, now: float | None = None) -> list[Status | None]:
+    """:func:`read` of each shard; None for a shard whose Redis does not answer (the console
+    shows it down and the others as they are)."""
+    out: list[Status | None] = []
+    for s, client in shards:
+        try:
+            out.append(read(client, s, now=now))
+        except (redis.exceptions.RedisError, OSError):
+            out.append(None)
+    return out
+
+
+def _answering(reads: list[Any]) -> list[Any]:
+    got, failure = [], None
+    for one in reads:
+        try:
+            got.append(one())
+        except (redis.exceptions.RedisError, OSError) as exc:
+            failure = exc
+    if not got and failure is not None:
+        raise failure
+    return got
 
 
 def merge(statuses: list[Status]) -> Status:
@@ -448,5 +474,6 @@ __all__ = [
     "merge_hours",
     "read",
     "read_all",
+    "read_each",
     "render_metrics",
 ]

@@ -29,6 +29,7 @@ from tests.conftest import (
     base_env,
     wait_until,
 )
+from tests.shards import PAGE_A, PAGE_B, Shards, two_shards
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -267,3 +268,36 @@ def test_a_page_is_paused_a_campaign_stopped_and_both_resumed(stack: Stack, page
     assert page.get_by_role("status").inner_text() == f"resumed {campaign}"
     assert admin(stack, f"/v1/campaigns/{campaign}")["stopped"] is False
     assert all(stack.sandbox.calls(psid=p) == [] for p in psids)  # none of them reached Graph
+
+
+@pytest.fixture
+def shards(sandbox: Sandbox, tmp_path: Path) -> Iterator[Shards]:
+    yield from two_shards(sandbox, tmp_path)
+
+
+def test_the_overview_shows_each_shard_and_one_that_is_down(shards: Shards, page: Any) -> None:
+    """With REDIS_SHARDS the overview lists each shard; a shard whose Redis stopped shows as down
+    and the page still answers with the other shards' figures (docs/scaling.md)."""
+    stack = shards.stack
+    msg = {
+        "recipient": {"id": f"sh-{uuid.uuid4().hex[:8]}"},
+        "messaging_type": "UPDATE",
+        "message": {"text": "hi"},
+    }
+    posted = [
+        stack.post(msg, path=f"/v25.0/{p}/messages") for p in (PAGE_A, PAGE_B)
+    ]  # sync: Playwright owns the loop
+    shards.wait_final([r.json()["delivery_id"] for r in posted])
+    sign_in(stack, page)
+    rows = page.locator("#shards tbody tr")
+    assert rows.count() == 2
+    assert [rows.nth(i).locator("td").nth(1).inner_text() for i in range(2)] == ["up", "up"]
+    shot(page, "overview-shards")
+    shards.servers[1].stop()
+    try:
+        page.reload()
+        row = page.locator("#shards tbody tr").nth(1)
+        assert row.locator("td").nth(1).inner_text() == "down"
+        assert page.locator("#open").inner_text() == "0"  # shard 0's figures
+    finally:
+        shards.servers[1].start()

@@ -49,10 +49,14 @@ def redirect(to: str) -> Response:
 async def overview(request: Request, s: sessions.Session) -> Response:
     intake = state.of(request)
     now, sync = time.time(), intake.sync_clients()
-    current, hour = await asyncio.gather(
-        asyncio.to_thread(status.read_all, sync, now=now),
+    each, hour = await asyncio.gather(
+        asyncio.to_thread(status.read_each, sync, now=now),
         asyncio.to_thread(status.last_hour_all, sync, now=now),
     )
+    answering = [s for s in each if s is not None]
+    if not answering:  # no Redis answers: the usual 503
+        await asyncio.to_thread(status.read_all, sync, now=now)
+    current = status.merge(answering)
     sent = [m[State.SENT.value] for m in hour["minutes"]]
     bad = (State.FAILED.value, State.DEAD.value, State.EXPIRED.value)
     failed = sum(m[name] for m in hour["minutes"] for name in bad)
@@ -60,6 +64,7 @@ async def overview(request: Request, s: sessions.Session) -> Response:
         "overview",
         s,
         status=current,
+        shards=each if len(each) > 1 else [],
         hour=hour,
         chart=sparkline(sent),
         sent_hour=sum(sent),
