@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.exceptions
 from prometheus_client import CollectorRegistry, generate_latest
@@ -39,6 +39,7 @@ from worker.ratelimit import burst_for, page_rate
 from worker.states import State
 from worker.store import Keys, records, text
 
+T = TypeVar("T")
 RATE_MINUTES = 5
 #: Open deliveries looked at, oldest first, to find the oldest that is not parked.
 OLDEST_SCAN = 64
@@ -216,30 +217,30 @@ def read_all(
 
 def last_hour_all(shards: list[tuple[Settings, Any]], *, now: float | None = None) -> dict[str, Any]:
     """:func:`last_hour` of every shard that answers, merged (raises when none does)."""
-    return merge_hours(_answering([lambda s=s, c=c: last_hour(c, s, now=now) for s, c in shards]))
+    return merge_hours(answering(_each(shards, lambda client, s: last_hour(client, s, now=now))))
 
 
 def read_each(shards: list[tuple[Settings, Any]], *, now: float | None = None) -> list[Status | None]:
     """:func:`read` of each shard; None for a shard whose Redis does not answer (the console
     shows it down and the others as they are)."""
-    out: list[Status | None] = []
+    return _each(shards, lambda client, s: read(client, s, now=now))
+
+
+def _each(shards: list[tuple[Settings, Any]], read_one: Callable[[Any, Settings], T]) -> list[T | None]:
+    out: list[T | None] = []
     for s, client in shards:
         try:
-            out.append(read(client, s, now=now))
+            out.append(read_one(client, s))
         except (redis.exceptions.RedisError, OSError):
             out.append(None)
     return out
 
 
-def _answering(reads: list[Any]) -> list[Any]:
-    got, failure = [], None
-    for one in reads:
-        try:
-            got.append(one())
-        except (redis.exceptions.RedisError, OSError) as exc:
-            failure = exc
-    if not got and failure is not None:
-        raise failure
+def answering(results: list[T | None]) -> list[T]:
+    """The shards' results that came back; a Redis ConnectionError (503 unavailable) when none did."""
+    got = [r for r in results if r is not None]
+    if results and not got:
+        raise redis.exceptions.ConnectionError("no shard's Redis answers")
     return got
 
 
@@ -369,10 +370,9 @@ class RedisStateCollector(Collector):
     """The read model as Prometheus gauges, read at scrape time (served by the intake). With
     REDIS_SHARDS, one series per shard (label ``shard``) for the shard-wide gauges."""
 
-    def __init__(
-        self, settings: Settings, client: Any, shards: list[tuple[Settings, Any]] | None = None
-    ) -> None:
-        self._shards = shards or [(settings, client)]
+    def __init__(self, shards: list[tuple[Settings, Any]]) -> None:
+        """``shards``: (settings, sync client) per shard, in index order (one without REDIS_SHARDS)."""
+        self._shards = shards
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labelled = len(self._shards) > 1
@@ -422,9 +422,7 @@ def _page_gauges(status: Status) -> Iterator[GaugeMetricFamily]:
     yield from (paused_g, rate_g, eff_g, tokens_g)
 
 
-def render_metrics(
-    settings: Settings, redis_client: Any | None, shards: list[tuple[Settings, Any]] | None = None
-) -> bytes:
+def render_metrics(shards: list[tuple[Settings, Any]] | None) -> bytes:
     """The intake's /metrics body: this process (or all, in multiprocess mode) plus Redis state."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -436,9 +434,9 @@ def render_metrics(
 
         registry = REGISTRY
     body = generate_latest(registry)
-    if redis_client is not None:
+    if shards:
         state = CollectorRegistry()
-        state.register(RedisStateCollector(settings, redis_client, shards))
+        state.register(RedisStateCollector(shards))
         body += generate_latest(state)
     return body
 
@@ -469,6 +467,7 @@ __all__ = [
     "PausedPage",
     "RedisStateCollector",
     "Status",
+    "answering",
     "last_hour_all",
     "merge",
     "merge_hours",

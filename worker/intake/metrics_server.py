@@ -49,14 +49,14 @@ class MetricsServer:
         port = self._settings.intake_metrics_port
         if not port:
             return False
-        settings, shards = self._settings, self._shards
+        shards = self._shards
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # http.server's name
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404)
                     return
-                body = status.render_metrics(settings, shards[0][1], shards)
+                body = status.render_metrics(shards)
                 self.send_response(200)
                 self.send_header("Content-Type", MEDIA_TYPE)
                 self.send_header("Content-Length", str(len(body)))

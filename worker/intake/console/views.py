@@ -53,10 +53,7 @@ async def overview(request: Request, s: sessions.Session) -> Response:
         asyncio.to_thread(status.read_each, sync, now=now),
         asyncio.to_thread(status.last_hour_all, sync, now=now),
     )
-    answering = [s for s in each if s is not None]
-    if not answering:  # no Redis answers: the usual 503
-        await asyncio.to_thread(status.read_all, sync, now=now)
-    current = status.merge(answering)
+    current = status.merge(status.answering(each))
     sent = [m[State.SENT.value] for m in hour["minutes"]]
     bad = (State.FAILED.value, State.DEAD.value, State.EXPIRED.value)
     failed = sum(m[name] for m in hour["minutes"] for name in bad)
