@@ -35,14 +35,15 @@ def service_settings(**overrides: object) -> Any:
     return loaded
 
 
-def with_fleet(work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``work(fleet)`` with a client per shard (:class:`worker.fleet.Fleet`), closed after."""
+def with_fleet(work: Callable[[Any], Awaitable[T]], loaded: Any = None) -> T:
+    """Run ``work(fleet)`` with a client per shard (:class:`worker.fleet.Fleet`), closed after;
+    ``loaded``: the command's settings when it has them already."""
     import asyncio
 
     from worker.fleet import Fleet
     from worker.store import connections
 
-    loaded = settings()
+    loaded = loaded if loaded is not None else settings()
 
     async def run() -> T:
         fleet = Fleet.connect(loaded, connections.async_client)

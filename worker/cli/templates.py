@@ -30,9 +30,9 @@ def cmd_templates(args: argparse.Namespace) -> int:
             from worker.templates.sync import sync_all
 
             done: dict[str, int | None] = {}
+            wanted = [args.page] if args.page else sorted(settings.page_access_tokens)
             async with httpx.AsyncClient() as http:
                 for shard in fleet.shards:  # each shard's pages into that shard's catalogue
-                    wanted = [args.page] if args.page else sorted(settings.page_access_tokens)
                     mine = [p for p in wanted if fleet.for_page(p) is shard]
                     if mine:
                         done |= await sync_all(shard.redis, shard.settings, http, pages=mine)
@@ -56,4 +56,4 @@ def cmd_templates(args: argparse.Namespace) -> int:
                 print(f"  {t['name']:<32} {t['language']:<8} {t['status']:<12} params={params}")
         return 0
 
-    return with_fleet(run)
+    return with_fleet(run, settings)
