@@ -146,6 +146,36 @@ def memory_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, flo
     return {"keys": len(keys), "mean_bytes": round(sum(sizes) / len(sizes), 1)}
 
 
+def bucket_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, Any]:
+    """Outcome buckets (``P:o:*``, worker/store/outcomes.py): their ``MEMORY USAGE``, how many
+    outcomes each holds, the bytes per outcome, and how Redis encodes them."""
+    keys: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        keys.append(key)
+        if len(keys) >= limit:
+            break
+    if not keys:
+        return {"keys": 0}
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+        pipe.hlen(key)
+        pipe.object("encoding", key)
+    res = pipe.execute()
+    sizes, lens = [int(r or 0) for r in res[0::3]], [int(r) for r in res[1::3]]
+    encodings: dict[str, int] = {}
+    for e in res[2::3]:
+        name = e.decode() if isinstance(e, bytes) else str(e)
+        encodings[name] = encodings.get(name, 0) + 1
+    return {
+        "keys": len(keys),
+        "mean_bytes": round(sum(sizes) / len(keys), 1),
+        "mean_outcomes": round(sum(lens) / len(keys), 1),
+        "bytes_per_outcome": round(sum(sizes) / max(1, sum(lens)), 1),
+        "encodings": encodings,
+    }
+
+
 def body_bytes(client: Any, pattern: str, limit: int = 50) -> float:
     """Mean stored size of the ``body`` field of records matching ``pattern``."""
     lengths = []

@@ -25,8 +25,9 @@ import httpx
 import pytest
 import redis
 
+from worker.config import Settings
 from worker.states import FINAL
-from worker.store import Keys
+from worker.store import Keys, outcomes
 
 PY = sys.executable
 INTAKE_TOKEN = "test-intake-token-0123456789abcdefgh"
@@ -293,6 +294,12 @@ class Stack:
         return Keys(self.prefix, self.queue)
 
     @property
+    def record_retention(self) -> int:
+        """RECORD_RETENTION as the stack runs (where a final record is looked for)."""
+        default: int = Settings.model_fields["record_retention"].default
+        return int(self.env.get("RECORD_RETENTION", default))
+
+    @property
     def intake_url(self) -> str:
         return f"http://127.0.0.1:{self.intake_port}"
 
@@ -404,8 +411,7 @@ class Stack:
         return view
 
     def record(self, delivery_id: str) -> dict[str, str]:
-        raw = self.redis().hgetall(self.keys.delivery(delivery_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return outcomes.read_sync(self.redis(), self.keys, delivery_id, self.record_retention)
 
     def wait_final(self, ids: list[str], timeout: float = 30) -> dict[str, dict[str, str]]:
         final = {s.value for s in FINAL}

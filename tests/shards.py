@@ -27,7 +27,7 @@ from tests.conftest import (
     wait_until,
 )
 from worker.states import FINAL
-from worker.store import Keys
+from worker.store import Keys, outcomes
 
 #: Pinned by SHARD_PAGES: page A on shard 0, page B on shard 1.
 PAGE_A, PAGE_B = "501", "601"
@@ -49,10 +49,9 @@ class Shards:
     def record(self, delivery_id: str) -> dict[str, str]:
         client = self.servers[self.index_of(delivery_id)].client()
         try:
-            raw = client.hgetall(self.keys().delivery(delivery_id))
+            return outcomes.read_sync(client, self.keys(), delivery_id, self.stack.record_retention)
         finally:
             client.close()
-        return {k.decode(): v.decode() for k, v in raw.items()}
 
     def wait_final(self, ids: list[str], timeout: float = 60) -> dict[str, dict[str, str]]:
         records: dict[str, dict[str, str]] = {}

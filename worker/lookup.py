@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from worker.config import Settings
 from worker.states import State
-from worker.store import Keys, records, text
+from worker.store import Keys, outcomes, records, text
 from worker.store.windows import window_closed
 
 #: Parked deliveries listed at most for one recipient (their count is always exact).
@@ -43,13 +43,10 @@ async def delivery_story(
     """The delivery's view with its recipient, routes and history; None when unknown (or past
     RECORD_RETENTION)."""
     keys = Keys.of(settings)
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(keys.delivery(delivery_id))
-    pipe.lrange(keys.history(delivery_id), 0, -1)
-    raw, history = await pipe.execute()
-    if not raw:
+    rec = await outcomes.read(client, keys, delivery_id, settings.record_retention)
+    if not rec:
         return None
-    rec = records.decode(raw)
+    history = await client.lrange(keys.history(delivery_id), 0, -1)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
     view = records.public_view(delivery_id, rec)
     if rec.get("psid"):  # kept while the delivery is open or dead (a final record drops it)
         view["recipient"] = rec["psid"]

@@ -60,8 +60,8 @@ def _open_samples(client: Any, stack: Stack, n: int) -> dict[str, Any]:
 def _finished_samples(client: Any, stack: Stack) -> dict[str, Any]:
     return {
         "record_finished": rediscost.memory_samples(client, f"{stack.prefix}:d:*"),
+        "outcome_buckets": rediscost.bucket_samples(client, f"{stack.prefix}:o:*"),
         "idempotency_key_after_drain": rediscost.memory_samples(client, f"{stack.prefix}:idem:*"),
-        "receipt_index_key": rediscost.memory_samples(client, f"{stack.prefix}:mid2d:*"),
         "unread_zset_key": rediscost.memory_samples(client, f"{stack.prefix}:unread:*"),
     }
 

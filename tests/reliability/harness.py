@@ -34,6 +34,7 @@ import httpx
 
 from tests.conftest import INTAKE_TOKEN, PAGE, Proc, RedisServer, Sandbox, Stack
 from worker.states import FINAL
+from worker.store import outcomes
 
 LONG = os.environ.get("RELIABILITY_LONG") == "1"
 FINAL_STATUSES = frozenset(s.value for s in FINAL)
@@ -316,15 +317,7 @@ class Supervisor:
 
 def read_records(stack: Stack, ids: Iterable[str]) -> dict[str, dict[str, str]]:
     """Every record in one pipelined round trip."""
-    ids = list(ids)
-    client = stack.redis()
-    pipe = client.pipeline(transaction=False)
-    for i in ids:
-        pipe.hgetall(stack.keys.delivery(i))
-    out = {}
-    for delivery_id, raw in zip(ids, pipe.execute(), strict=True):
-        out[delivery_id] = {k.decode(): v.decode() for k, v in raw.items()}
-    return out
+    return outcomes.read_many_sync(stack.redis(), stack.keys, list(ids), stack.record_retention)
 
 
 def wait_all_final(stack: Stack, ids: Iterable[str], timeout: float) -> dict[str, dict[str, str]]:

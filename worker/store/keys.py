@@ -4,9 +4,14 @@
 
     P:d:{id}                hash    a delivery: its status (worker/states.py), page, recipient,
                                     body, attempts, times, claim (fence token) and lease, error …
-                                    (fields: worker/store/records.py). A final record keeps only
-                                    a compact outcome and expires after RECORD_RETENTION; a dead
-                                    letter keeps its body until replayed or purged
+                                    (fields: worker/store/records.py). An open delivery or a
+                                    dead letter (which keeps its body until replayed or purged);
+                                    any other final delivery leaves it for P:o:
+    P:o:{hour}:{suffix}     hash    final records (sent, failed, expired, cancelled), one short
+                                    value each: id -> the outcome fields as a JSON array
+                                    (worker/store/outcomes.py); the bucket of the hour they ended
+                                    in and their id's last 4 characters; expires RECORD_RETENTION
+                                    after its hour. The Lua scripts build it from P:d: (P:o:)
     P:open                  zset    every open delivery -> its acceptance time (backlog age)
     P:pending               zset    every open delivery -> when it must have progressed; the
                                     sweeper re-enqueues members past it (lost Celery messages, a
@@ -129,6 +134,11 @@ class Keys:
     @property
     def park_prefix(self) -> str:
         return f"{self.prefix}:park:"
+
+    def outcome(self, hour: int, suffix: str) -> str:
+        """A bucket of final records (worker/store/outcomes.py): those that ended in that epoch
+        hour whose id ends with ``suffix``."""
+        return f"{self.prefix}:o:{hour}:{suffix}"
 
     def history(self, delivery_id: str) -> str:
         """A delivery's history (worker/delivery/recorder.py writes it, worker/lookup.py reads it)."""

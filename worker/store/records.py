@@ -1,12 +1,12 @@
-"""The delivery record (``P:d:{id}``, a Redis hash): its fields, how they decode, what the status
-API shows, and what a final record keeps.
+"""The delivery record (``P:d:{id}``, a Redis hash while it is open): its fields, how they
+decode, what the status API shows, and what a final record keeps.
 
 Fields, by who writes them::
 
     accept (intake)   status, page_id, psid, body (JSON), caller (the sending intake token's
-                      public id: who may read it), fallbacks (JSON list of routes:
-                      worker/delivery/routes.py), utility (JSON, if any), request_id,
-                      idempotency_key, external_id, created_at, updated_at, attempts
+                      public id: who may read it), request_id, created_at; when it has them,
+                      fallbacks (JSON list of routes: worker/delivery/routes.py), utility
+                      (JSON), external_id. A missing attempts is 0 and updated_at is created_at
     claim             status (in_flight), previous (the status it was claimed from), claim (the
                       fence token), lease_until
     record (engine)   status, updated_at, attempts, failures, routes_tried (JSON), active_route,
@@ -17,13 +17,14 @@ Fields, by who writes them::
     cancel            cancel (1: cancel it when its worker writes its next outcome)
     receipts          delivered_at, read_at (Messenger's delivery and read webhooks)
 
-A final record that is not a dead letter keeps a compact outcome: status, page_id, times,
-attempts, failures, request_id, message_id, sent_at, delivered_via, delivered_tag, error, done, first_created_at,
-replays, caller, the attribution fields, delivered_at, read_at (about 300 bytes, plus the
-attribution's ids). :data:`COMPACT_DROP` goes: the body, the PSID, the Braze user
-and the working fields (and the ``token`` field that records written before tokens stopped being
-stored may hold). No record ever holds a page token now. It then expires after ``RECORD_RETENTION``. A dead letter
-keeps everything (it can be replayed) and does not expire (``DEAD_LETTER_RETENTION``).
+A dead letter keeps its hash, everything in it (it can be replayed), with no expiry
+(``DEAD_LETTER_RETENTION``). Any other final delivery leaves its hash for an *outcome*
+(:mod:`worker.store.outcomes`): status, page_id, times, attempts, failures, request_id,
+message_id, sent_at, delivered_via, delivered_tag, error, done, first_created_at, replays, caller,
+the attribution fields, delivered_at, read_at, as one short value. Not the body, the PSID, the
+working fields, or the Braze user (kept on a sent one only while BRAZE_RECEIPT_EVENTS needs it
+for its receipts). No record ever holds a page token. Read a record, open or final, with
+:func:`worker.store.outcomes.read`.
 """
 
 from __future__ import annotations
@@ -35,33 +36,8 @@ import orjson
 
 from worker.states import State
 
-#: Dropped from a final record (status sent, failed or expired): content, identities, work state.
-COMPACT_DROP: Final = (
-    "body",
-    "psid",
-    "token",
-    "fallbacks",
-    "routes_tried",
-    "active_route",
-    "utility",
-    "fallback_tags",
-    "tags_tried",
-    "active_tag",
-    "slot_at",
-    "not_before",
-    "claim",
-    "previous",
-    "lease_until",
-    "idempotency_key",
-    "parked_at",
-    "cancel",
-)
-#: The Braze user is dropped too (record.lua, _campaign.lua), except from a sent record while
-#: BRAZE_RECEIPT_EVENTS needs it for its receipts (dropped again once it is read).
-EXTERNAL_ID: Final = "external_id"
-
-#: Attribution (the Braze webhook's X-Braze-* headers): stored on the record, kept when it is
-#: compacted, shown by the status API and written on every outcome line. A delivery belongs to
+#: Attribution (the Braze webhook's X-Braze-* headers): stored on the record, kept in its
+#: outcome, shown by the status API and written on every outcome line. A delivery belongs to
 #: its campaign, or to its Canvas when it has no campaign id (:func:`owner`).
 ATTRIBUTION: Final = ("campaign_id", "canvas_id", "canvas_step_id", "variation_id", "send_id")
 
@@ -117,7 +93,7 @@ def public_view(delivery_id: str, rec: dict[str, str]) -> dict[str, Any]:
         "attempts": int(rec.get("attempts", "0") or 0),
         "page_id": rec.get("page_id"),
         "created_at": number(rec, "created_at"),
-        "updated_at": number(rec, "updated_at"),
+        "updated_at": number(rec, "updated_at") or number(rec, "created_at"),
     }
     if rec.get("message_id"):
         view["message_id"] = rec["message_id"]

@@ -2,8 +2,8 @@
 
 Each script's contract (KEYS, ARGV, what it returns) is the comment at the top of its file.
 Every script is prefixed with the state names of :mod:`worker.states` (``S.QUEUED``, ``OPEN``,
-``FINAL``, ``CLAIMABLE``, ``KEEPS_BODY``) and the record fields a final record drops
-(``COMPACT_DROP``, :mod:`worker.store.records`), so no script spells a status or a field list of
+``FINAL``, ``CLAIMABLE``, ``KEEPS_BODY``) and the fields a final record keeps
+(``OUTCOME``, :mod:`worker.store.outcomes`), so no script spells a status or a field list of
 its own. A line ``--!include NAME.lua`` is replaced by that file (shared helpers whose name starts
 with ``_`` are not scripts themselves).
 
@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from worker import states
-from worker.store import records
+from worker.store import outcomes, records
 
 LUA_DIR: Final = Path(__file__).with_name("lua")
 _INCLUDE = re.compile(r"^--!include (\S+)$", re.M)
@@ -47,9 +47,12 @@ class Script:
 
 
 def _prelude() -> str:
-    drop = ", ".join(f"'{field}'" for field in records.COMPACT_DROP)
+    kept = ", ".join(f"'{field}'" for field in outcomes.FIELDS)
     attribution = ", ".join(f"'{field}'" for field in records.ATTRIBUTION)
-    return f"{states.lua_prelude()}local COMPACT_DROP = {{{drop}}}\nlocal ATTRIBUTION = {{{attribution}}}\n"
+    return (
+        f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\nlocal ATTRIBUTION = {{{attribution}}}\n"
+        f"local OUTCOME_SPAN, OUTCOME_SUFFIX = {outcomes.SPAN}, {outcomes.SUFFIX}\n"
+    )
 
 
 def _read(name: str) -> str:

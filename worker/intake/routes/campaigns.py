@@ -24,7 +24,7 @@ from worker.intake.auth import Role, authed, caller_of
 from worker.intake.http import Handler, JSONResponse, counted, read_body
 from worker.messenger.errors import InputError
 from worker.states import State
-from worker.store import text
+from worker.store import outcomes
 
 _CANCELLED = State.CANCELLED.value  # the answers' count (or flag) of cancelled deliveries
 DEFAULT_LIMIT = 100
@@ -81,10 +81,10 @@ async def delivery_cancel(request: Request) -> Response:
     if link is None:
         raise InputError(404, "not_found", "no such delivery")
     cancelled = await intake.fleet.cancel_delivery(delivery_id)
-    status = await link.redis.hget(link.keys.delivery(delivery_id), "status")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
-    if status is None:
+    rec = await outcomes.read(link.redis, link.keys, delivery_id, intake.settings.record_retention)
+    if not rec:
         raise InputError(404, "not_found", "no such delivery")
-    return JSONResponse({"delivery_id": delivery_id, _CANCELLED: cancelled, "status": text(status)})
+    return JSONResponse({"delivery_id": delivery_id, _CANCELLED: cancelled, "status": rec.get("status", "")})
 
 
 async def page_pause(request: Request) -> Response:

@@ -6,7 +6,7 @@
 -- (P:d:), park prefix (P:park:), pending, open, sched, parked (zsets), stats prefix (P:stats:),
 -- this minute, now. Counters are gathered per call and written by camp_flush(): one HINCRBY per
 -- counter and campaign, whatever the number of deliveries.
---!include _compact.lua
+--!include _outcome.lua
 --!include _bulk.lua
 local CAMP = {}
 local camp_counts = {}
@@ -66,22 +66,22 @@ local function camp_flush()
 end
 
 -- Ends an open delivery CANCELLED (the caller checked that it may: an open state, not held by a
--- live claim): it leaves every index, its record is compacted and expires, it is counted.
+-- live claim): it leaves every index, it becomes an outcome (_outcome.lua), it is counted.
 local function camp_cancel(id, reason)
   local key = CAMP.d .. id
-  local rec = redis.call('HMGET', key, 'parked_at', 'page_id', 'psid', 'campaign_id', 'canvas_id')
-  if rec[1] then
+  local rec = as_table(redis.call('HGETALL', key))
+  if rec.parked_at then
     redis.call('ZREM', CAMP.parked, id)
-    redis.call('ZREM', CAMP.park .. rec[2] .. ':' .. rec[3], id)
+    redis.call('ZREM', CAMP.park .. rec.page_id .. ':' .. rec.psid, id)
   end
   redis.call('ZREM', CAMP.pending, id)
   redis.call('ZREM', CAMP.open_all, id)
   redis.call('ZREM', CAMP.sched, id)
-  redis.call('HSET', key, 'status', S.CANCELLED, 'updated_at', CAMP.now, 'claim', '', 'lease_until', 0,
-    'error', '{"reason":"' .. reason .. '","code":null,"subcode":null,"message":"' .. reason ..
-    '","fbtrace_id":null}')
-  compact_record(key, false, CAMP.record_retention)
-  local camp = camp_of(rec[4], rec[5])
+  rec.status, rec.updated_at, rec.external_id = S.CANCELLED, CAMP.now, nil
+  rec.error = '{"reason":"' .. reason .. '","code":null,"subcode":null,"message":"' .. reason ..
+    '","fbtrace_id":null}'
+  outcome_write(CAMP.d, id, rec, tonumber(CAMP.now), CAMP.record_retention)
+  local camp = camp_of(rec.campaign_id, rec.canvas_id)
   if camp then
     redis.call('ZREM', CAMP.open .. camp, id)
     camp_count(camp, S.CANCELLED)

@@ -13,8 +13,8 @@
 --   utility:<name>), request id, Braze external_id ('' for none), the utility template (JSON, ''
 --   for none), then the attribution (ATTRIBUTION: campaign_id, canvas_id, canvas_step_id,
 --   variation_id, send_id; '' for none). No token is ever stored.
--- A delivery of a campaign that is stopped (P:campstop) is not queued: its record is written
--- CANCELLED (compact, RECORD_RETENTION) and its item's answer is '-'. Every other item with a
+-- A delivery of a campaign that is stopped (P:campstop) is not queued: it is written as a
+-- CANCELLED outcome (_outcome.lua) and its item's answer is '-'. Every other item with a
 -- campaign joins the campaign's open index; both are counted (accepted, cancelled).
 -- Each accepted item becomes a QUEUED record, in pending (deadline now + sweep_after) and open.
 -- Returns, per item, '' when accepted, '-' when cancelled (its campaign is stopped), or the
@@ -31,6 +31,7 @@ local deadline = tonumber(now) + tonumber(ARGV[3])
 local cap = tonumber(ARGV[9])
 local ttl = tonumber(ARGV[10])
 local per = tonumber(ARGV[11])
+local OPTIONAL = {fallbacks = 6, external_id = 8, utility = 9}  -- ARGV[i + n]; '' or [] = none
 local out = {}
 local accepted = {}
 local pending, opened = {}, {}  -- ZADD members, sent once each (_bulk.lua)
@@ -58,12 +59,11 @@ while i <= #ARGV do
   if existing then
     table.insert(out, existing)
   elseif camp and camp_stopped(camp) then
-    local key = ARGV[5] .. id
-    redis.call('HSET', key, 'status', S.CANCELLED, 'page_id', ARGV[i + 2], 'caller', ARGV[i + 5],
-      'request_id', ARGV[i + 7], 'created_at', now, 'updated_at', now, 'attempts', 0,
-      'error', '{"reason":"campaign_stopped","code":null,"subcode":null,"message":"campaign_stopped","fbtrace_id":null}',
-      unpack(attr))
-    redis.call('EXPIRE', key, CAMP.record_retention)
+    local rec = {status = S.CANCELLED, page_id = ARGV[i + 2], caller = ARGV[i + 5],
+      request_id = ARGV[i + 7], created_at = now, updated_at = now, attempts = '0',
+      error = '{"reason":"campaign_stopped","code":null,"subcode":null,"message":"campaign_stopped","fbtrace_id":null}'}
+    for k = 1, #attr, 2 do rec[attr[k]] = attr[k + 1] end
+    outcome_write(ARGV[5], id, rec, tonumber(now), CAMP.record_retention, true)
     camp_count(camp, 'accepted')
     camp_count(camp, S.CANCELLED)
     table.insert(out, '-')
@@ -72,12 +72,19 @@ while i <= #ARGV do
       redis.call('ZADD', CAMP.open .. camp, now, id)
       camp_count(camp, 'accepted')
     end
-    redis.call('HSET', ARGV[5] .. id,
-      'status', S.QUEUED, 'page_id', ARGV[i + 2], 'psid', ARGV[i + 3], 'body', ARGV[i + 4],
-      'caller', ARGV[i + 5], 'fallbacks', ARGV[i + 6], 'request_id', ARGV[i + 7],
-      'idempotency_key', idem, 'external_id', ARGV[i + 8], 'created_at', now, 'updated_at', now,
-      'attempts', 0, unpack(attr))
-    if ARGV[i + 9] ~= '' then redis.call('HSET', ARGV[5] .. id, 'utility', ARGV[i + 9]) end
+    -- only what the delivery has: no empty optional fields, no attempts (0) and no updated_at
+    -- (= created_at) until they change, and not the idempotency key (its own key holds it)
+    local rec = {'status', S.QUEUED, 'page_id', ARGV[i + 2], 'psid', ARGV[i + 3], 'body', ARGV[i + 4],
+      'caller', ARGV[i + 5], 'request_id', ARGV[i + 7], 'created_at', now}
+    for name, n in pairs(OPTIONAL) do
+      local v = ARGV[i + n]
+      if v ~= '' and v ~= '[]' then
+        rec[#rec + 1] = name
+        rec[#rec + 1] = v
+      end
+    end
+    for _, v in ipairs(attr) do rec[#rec + 1] = v end
+    redis.call('HSET', ARGV[5] .. id, unpack(rec))
     pending[#pending + 1] = deadline
     pending[#pending + 1] = id
     opened[#opened + 1] = now

@@ -9,6 +9,8 @@
 -- read:     every delivery of the unread set sent at or before the watermark gets delivered_at
 --           (if it had none) and read_at; they leave the unread set, and the Braze user kept for
 --           the receipt events is dropped from their record
+-- A sent delivery's record is its outcome (_outcome.lua), found in the buckets of the hours it
+-- may have ended in; a record written before outcomes is its compacted hash.
 -- Only SENT records are marked, each once (a replayed webhook changes nothing); each mark is
 -- counted in the delivery's campaign (delivered, read).
 -- Returns a JSON list of the new marks: [delivery id, 'delivered' or 'read', seconds since it was
@@ -17,19 +19,40 @@
 camp_init(1)
 local out = {}
 
-local function mark(id, field, at)
-  local key = CAMP.d .. id
-  local rec = redis.call('HMGET', key, 'status', field, 'sent_at', 'external_id', unpack(ATTRIBUTION))
-  if rec[1] ~= S.SENT or rec[2] then return end
-  redis.call('HSET', key, field, at)
-  local attribution = {}
-  for k, name in ipairs(ATTRIBUTION) do
-    if rec[4 + k] then attribution[name] = rec[4 + k] end
+-- A delivery's record for the receipts: its outcome (bucket key, fields), or for a record
+-- written before outcomes (a compacted hash: it expires with its retention) its hash.
+local function find(id)
+  local key, rec = outcome_find(CAMP.d, id, tonumber(CAMP.now), CAMP.record_retention)
+  if key then return key, rec end
+  local flat = redis.call('HGETALL', CAMP.d .. id)
+  if #flat > 0 then return nil, as_table(flat) end
+  return nil, nil
+end
+
+-- Marks one found record (bucket key or nil for a hash; its fields) and saves it. `forget` drops
+-- the Braze user kept for the receipt events (a read receipt: the last one).
+local function mark(id, key, rec, field, at, forget)
+  if not rec or rec.status ~= S.SENT then return end
+  local fresh = not rec[field]
+  if not fresh and not (forget and rec.external_id) then return end
+  if fresh then rec[field] = at end
+  local user = rec.external_id
+  if forget then rec.external_id = nil end
+  if key then
+    redis.call('HSET', key, id, outcome_pack(rec))
+  else
+    if fresh then redis.call('HSET', CAMP.d .. id, field, at) end
+    if forget then redis.call('HDEL', CAMP.d .. id, 'external_id') end
   end
-  local camp = camp_of(rec[5], rec[6])
+  if not fresh then return end
+  local attribution = {}
+  for _, name in ipairs(ATTRIBUTION) do
+    if rec[name] then attribution[name] = rec[name] end
+  end
+  local camp = camp_of(rec.campaign_id, rec.canvas_id)
   local name = field == 'read_at' and 'read' or 'delivered'
   if camp then camp_count(camp, name) end
-  table.insert(out, {id, name, math.max(0, tonumber(at) - tonumber(rec[3] or at)), rec[4] or '', attribution})
+  table.insert(out, {id, name, math.max(0, tonumber(at) - tonumber(rec.sent_at or at)), user or '', attribution})
 end
 
 local MID_SCAN = 200
@@ -43,17 +66,21 @@ while i <= #ARGV do
       local wanted = {}
       for j = 1, n do wanted[ARGV[i + 5 + j]] = true end
       for _, id in ipairs(redis.call('ZREVRANGE', unread, 0, MID_SCAN - 1)) do
-        if wanted[redis.call('HGET', CAMP.d .. id, 'message_id') or ''] then mark(id, 'delivered_at', when) end
+        local key, rec = find(id)
+        if rec and wanted[rec.message_id or ''] then mark(id, key, rec, 'delivered_at', when, false) end
       end
     end
     if wm ~= '' then
-      for _, id in ipairs(redis.call('ZRANGEBYSCORE', unread, '-inf', wm)) do mark(id, 'delivered_at', when) end
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', unread, '-inf', wm)) do
+        local key, rec = find(id)
+        mark(id, key, rec, 'delivered_at', when, false)
+      end
     end
   elseif kind == 'read' and wm ~= '' then
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', unread, '-inf', wm)) do
-      mark(id, 'delivered_at', when)
-      mark(id, 'read_at', when)
-      redis.call('HDEL', CAMP.d .. id, 'external_id')
+      local key, rec = find(id)
+      mark(id, key, rec, 'delivered_at', when, false)
+      mark(id, key, rec, 'read_at', when, true)
     end
     redis.call('ZREMRANGEBYSCORE', unread, '-inf', wm)
   end

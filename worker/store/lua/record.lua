@@ -15,8 +15,9 @@
 --   FINAL      leaves pending, open, sched, any park and its campaign's open index; counted per
 --              minute (`P:stats:`) and in its campaign (status, failed:{reason}); a dead letter
 --              joins `dead` and keeps its body (replayable) with no expiry; any other final
---              record is compacted (COMPACT_DROP, and the Braze user unless ARGV[11]) and expires
---              after the retention; a sent record drops an earlier error, and joins its
+--              delivery leaves its hash and becomes an outcome (_outcome.lua: the OUTCOME
+--              fields, not the Braze user unless ARGV[11]; RECORD_RETENTION after its hour);
+--              a sent one drops an earlier error, and joins its
 --              recipient's unread deliveries (P:unread) for the receipts (which find a receipt's
 --              mids there: no key per message id). Sent while its campaign
 --              is stopped (a call that started before the worker saw the stop): sent_after_stop
@@ -25,7 +26,8 @@
 --   PARKED     joins the recipient's park and `parked` (score: accepted at)
 --   otherwise  waits in sched until `due` when one is given
 --   open       pending deadline = the given one
--- Returns per delivery: 1 written, 3 written as CANCELLED, 2 already written under this token,
+-- Returns per delivery: 1 written, 3 written as CANCELLED, 2 already written under this token
+-- (its hash's `done`, or its outcome's),
 -- 0 refused (the claim is another worker's now: this one's lease ended).
 --!include _campaign.lua
 local now = tonumber(ARGV[1])
@@ -41,13 +43,26 @@ while i <= #ARGV do
   local due, deadline = ARGV[i + 3], ARGV[i + 4]
   local entry, class, reason, n = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
   local key = ARGV[2] .. id
-  -- one read for the fence and for what the indexes below need (parked, receipts)
-  local held = redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel', 'parked_at',
-    'page_id', 'psid', 'message_id', 'sent_at', 'created_at')
+  -- one read for the fence and for what the indexes below need (parked, receipts); a delivery
+  -- that ends here as an outcome reads its whole record, which the outcome is made of
+  local ends = FINAL[status] and not KEEPS_BODY[status]
+  local all = ends and as_table(redis.call('HGETALL', key)) or nil
+  local held = ends and {all.claim, all.done, all.campaign_id, all.canvas_id, all.cancel, all.parked_at,
+    all.page_id, all.psid, all.message_id, all.sent_at, all.created_at}
+    or redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel', 'parked_at',
+      'page_id', 'psid', 'message_id', 'sent_at', 'created_at')
   local camp = camp_of(held[3], held[4])
   if held[1] == token then
-    redis.call('HSET', key, 'claim', '', 'lease_until', 0, 'done', token, 'status', status,
-      'updated_at', ARGV[1], unpack(ARGV, i + 9, i + 8 + 2 * n))
+    if ends then
+      all.claim, all.lease_until, all.done, all.status, all.updated_at = nil, nil, token, status, ARGV[1]
+      for j = i + 9, i + 8 + 2 * n, 2 do all[ARGV[j]] = ARGV[j + 1] end
+      if status == S.SENT then all.error = nil end
+      if not (status == S.SENT and ARGV[11] == '1') then all.external_id = nil end
+      outcome_write(ARGV[2], id, all, now, retention)
+    else
+      redis.call('HSET', key, 'claim', '', 'lease_until', 0, 'done', token, 'status', status,
+        'updated_at', ARGV[1], unpack(ARGV, i + 9, i + 8 + 2 * n))
+    end
     if entry ~= '' then
       local h = ARGV[7] .. id
       redis.call('RPUSH', h, entry)
@@ -80,8 +95,6 @@ while i <= #ARGV do
         redis.call('ZADD', KEYS[4], now, id)
         redis.call('HDEL', key, 'parked_at', 'not_before', 'slot_at')
         redis.call('PERSIST', key)
-      else
-        compact_record(key, status == S.SENT and ARGV[11] == '1', retention, status == S.SENT and 'error' or nil)
       end
       counts[status] = (counts[status] or 0) + 1
       if camp then
@@ -107,6 +120,8 @@ while i <= #ARGV do
     end
   elseif held[2] == token then
     table.insert(out, 2)
+  elseif not held[11] and not held[7] and outcome_done(ARGV[2], id, now, retention) == token then
+    table.insert(out, 2)  -- it ended under this token: its hash is an outcome now
   else
     table.insert(out, 0)
   end

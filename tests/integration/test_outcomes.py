@@ -1,0 +1,102 @@
+"""Final records as outcomes (worker/store/outcomes.py) against a real redis-server: the
+receipts mark them, a record written before outcomes (a compacted hash) is still marked and read,
+and a reader finds an outcome exactly as long as its bucket's hour is within the retention."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
+from worker.config import Settings
+from worker.delivery.receipts import apply_receipts
+from worker.states import State
+from worker.store import Keys, outcomes
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(redis: RedisServer, **kw: Any) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return Settings(
+        redis_url=redis.url,
+        key_prefix=f"o{tag}",
+        queue_name=f"q{tag}",
+        page_access_tokens={PAGE: PAGE_TOKEN},
+        _env_file=None,
+        **kw,
+    )
+
+
+def _sent(at: float, **extra: str) -> dict[str, str]:
+    return {
+        "status": State.SENT.value,
+        "page_id": PAGE,
+        "created_at": repr(at - 2),
+        "updated_at": repr(at),
+        "attempts": "1",
+        "caller": "tok1",
+        "message_id": f"m_{uuid.uuid4().hex[:6]}",
+        "sent_at": repr(at),
+        "campaign_id": "camp-1",
+        **extra,
+    }
+
+
+def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: RedisServer) -> None:
+    s = _settings(redis_server, record_retention=7200)
+    keys = Keys.of(s)
+    now = time.time()
+    fresh, legacy = "a" * 28 + "0001", "b" * 28 + "0002"
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(s.redis_url)
+        try:
+            bucket = outcomes.bucket(keys, int(now // outcomes.SPAN), fresh)
+            await client.hset(bucket, fresh, outcomes.pack(_sent(now - 5, external_id="u1")))
+            await client.hset(keys.delivery(legacy), mapping=_sent(now - 4, external_id="u2"))
+            unread = f"{keys.unread_prefix}{PAGE}:psid-1"
+            await client.zadd(unread, {fresh: now - 5, legacy: now - 4})
+            read = {"kind": "read", "page_id": PAGE, "psid": "psid-1", "watermark": now, "timestamp": now}
+            assert await apply_receipts(client, s, [read]) == 4  # delivered and read, each
+            assert await apply_receipts(client, s, [read]) == 0  # a replayed webhook: nothing
+            for delivery_id in (fresh, legacy):
+                rec = await outcomes.read(client, keys, delivery_id, s.record_retention)
+                assert rec["status"] == State.SENT
+                assert float(rec["read_at"]) == pytest.approx(now)
+                assert float(rec["delivered_at"]) == pytest.approx(now)
+                assert "external_id" not in rec  # the Braze user goes with the read receipt
+            assert await client.exists(keys.delivery(fresh)) == 0  # still an outcome only
+            counters = await client.hgetall(keys.campaign("camp-1"))
+            assert counters[b"read"] == b"2"
+            assert counters[b"delivered"] == b"2"
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_an_outcome_is_read_while_its_bucket_is_within_the_retention(redis_server: RedisServer) -> None:
+    s = _settings(redis_server, record_retention=7200)
+    keys = Keys.of(s)
+    client = redis_server.client()
+    now = 1_800_000_000.0  # a fixed clock: hour 500,000
+    hour = int(now // outcomes.SPAN)
+    try:
+        for back, delivery_id in ((0, "x0000"), (1, "x0001"), (2, "x0002"), (3, "x0003")):
+            rec = _sent(now - back * outcomes.SPAN)
+            client.hset(outcomes.bucket(keys, hour - back, delivery_id), delivery_id, outcomes.pack(rec))
+        found = outcomes.read_many_sync(client, keys, ["x0000", "x0001", "x0002", "x0003", "nope"], 7200, now)
+        # retention 2 h: the buckets of the hours within it, and of the hour it began in
+        assert {d for d, rec in found.items() if rec} == {"x0000", "x0001", "x0002"}
+        assert found["x0001"]["sent_at"] == repr(now - outcomes.SPAN)
+        # an open hash wins over an outcome of the same id
+        client.hset(keys.delivery("x0000"), mapping={"status": State.QUEUED.value, "page_id": PAGE})
+        assert outcomes.read_sync(client, keys, "x0000", 7200, now)["status"] == State.QUEUED
+    finally:
+        client.close()

@@ -1,0 +1,64 @@
+-- Final records as outcomes (included by _campaign.lua, so by record.lua and every script that
+-- cancels or reads receipts; worker/store/outcomes.py has the layout and the reasons). A final
+-- delivery that is not a dead letter leaves its hash P:d:{id} and becomes one value, the
+-- OUTCOME fields in order as a JSON array ('' for a missing one, trailing ones cut), in the
+-- bucket P:o:{hour it ended}:{the id's last OUTCOME_SUFFIX characters}, which expires whole
+-- RECORD_RETENTION after its hour. The bucket prefix is the delivery prefix's sibling (P:d: ->
+-- P:o:; worker/store/keys.py builds the same names).
+local function outcome_prefix(dprefix) return string.sub(dprefix, 1, -3) .. 'o:' end
+
+local function outcome_pack(rec)
+  local values, last = {}, 0
+  for j, f in ipairs(OUTCOME) do
+    local v = rec[f]
+    if v == nil or v == false then v = '' end
+    values[j] = v
+    if v ~= '' then last = j end
+  end
+  return cjson.encode({unpack(values, 1, last)})
+end
+
+local function outcome_unpack(raw)
+  local rec = {}
+  for j, v in ipairs(cjson.decode(raw)) do
+    if v ~= '' then rec[OUTCOME[j]] = v end
+  end
+  return rec
+end
+
+-- A flat HGETALL reply -> field -> value.
+local function as_table(flat)
+  local t = {}
+  for j = 1, #flat, 2 do t[flat[j]] = flat[j + 1] end
+  return t
+end
+
+-- Writes the outcome of `rec` (field -> value) ended at `now`; deletes the open hash unless
+-- `no_hash` (a record that never had one). Two writes to the bucket: the value, and its expiry
+-- the first time (EXPIREAT NX: one expiry per bucket, not one per outcome).
+local function outcome_write(dprefix, id, rec, now, retention, no_hash)
+  local hour = math.floor(now / OUTCOME_SPAN)
+  local key = outcome_prefix(dprefix) .. hour .. ':' .. string.sub(id, -OUTCOME_SUFFIX)
+  redis.call('HSET', key, id, outcome_pack(rec))
+  redis.call('EXPIREAT', key, (hour + 1) * OUTCOME_SPAN + retention, 'NX')
+  if not no_hash then redis.call('DEL', dprefix .. id) end
+end
+
+-- The bucket and fields of a delivery's outcome, looking in the hours it may have ended in
+-- (newest first; one hour ahead for a writer's clock a little ahead); nil when there is none.
+local function outcome_find(dprefix, id, now, retention)
+  local p, suffix = outcome_prefix(dprefix), string.sub(id, -OUTCOME_SUFFIX)
+  for hour = math.floor(now / OUTCOME_SPAN) + 1, math.floor((now - retention) / OUTCOME_SPAN), -1 do
+    local key = p .. hour .. ':' .. suffix
+    local raw = redis.call('HGET', key, id)
+    if raw then return key, outcome_unpack(raw) end
+  end
+  return nil, nil
+end
+
+-- The claim a delivery ended under (`done`), when it is an outcome now (record.lua: a call sent
+-- again after its answer was lost is told "already written", not "refused").
+local function outcome_done(dprefix, id, now, retention)
+  local _, rec = outcome_find(dprefix, id, now, retention)
+  return rec and rec.done or nil
+end

@@ -1,0 +1,136 @@
+"""Final records ("outcomes"): what a delivery keeps once it is sent, failed, expired or cancelled.
+
+An open delivery is a hash, ``P:d:{id}`` (:mod:`worker.store.records`). When it ends (any final
+status but ``dead``: a dead letter keeps its hash, body included, to be replayed), the script
+that ends it deletes that hash and writes one short value instead: the :data:`FIELDS` below in
+their order, as a JSON array of strings ('' for a field it does not have, trailing ones cut). The
+value is a field of a bucket hash::
+
+    P:o:{hour}:{suffix}   hour = the epoch hour the delivery ended in (⌊t / 3600⌋),
+                          suffix = the delivery id's last SUFFIX characters (65,536 buckets an
+                          hour: about 55 outcomes each at 1,000 deliveries/s)
+
+A bucket expires as a whole, RECORD_RETENTION after its hour ends, so an outcome is kept at
+least RECORD_RETENTION and at most an hour more. Why buckets: a key of its own costs Redis about
+100 bytes before its value (the key, its object, its main-table and expiry-table entries), and a
+hash's field names are repeated in every record. In a bucket of up to ``hash-max-listpack-entries``
+(128 by default) outcomes Redis keeps them as one listpack: an outcome costs its id and value
+plus a few bytes. Above about 2,300 deliveries/s per shard the buckets pass 128 entries and Redis
+holds them as hashtables (about 60 bytes more per outcome); raise ``hash-max-listpack-entries``
+there (docs/scaling.md).
+
+Nothing stores where an outcome went: a reader looks for it in the buckets of the hours it may
+have ended in, newest first (:func:`hours`: the retention's hours plus the next, for clocks a
+little ahead), after the open hash. One pipeline, about 26 ``HGET``\\s with the default retention
+of a day. Receipts (``receipts.lua``) and a fenced write sent again (``record.lua``) look the same
+way in Lua (``store/lua/_outcome.lua``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Final
+
+import orjson
+
+from worker.store import records
+from worker.store.keys import Keys
+
+#: The fields an outcome keeps, in the order they are stored. What a final record keeps and
+#: nothing else: never the body, the PSID, the token or the working fields. ``external_id`` only
+#: on a sent delivery while BRAZE_RECEIPT_EVENTS needs it, until its read receipt.
+FIELDS: Final = (
+    "status",
+    "page_id",
+    "created_at",
+    "updated_at",
+    "attempts",
+    "caller",
+    "request_id",
+    "done",
+    "message_id",
+    "sent_at",
+    "delivered_via",
+    "delivered_at",
+    "read_at",
+    "error",
+    "failures",
+    "delivered_tag",
+    "external_id",
+    *records.ATTRIBUTION,
+    "first_created_at",
+    "replays",
+)
+#: Seconds per bucket generation (an hour).
+SPAN: Final = 3600
+#: The id's last characters that pick the bucket within an hour (16**4 buckets of hex ids).
+SUFFIX: Final = 4
+
+
+def unpack(raw: bytes | str) -> dict[str, str]:
+    """An outcome's stored value -> the record fields it holds (as the open hash would give them)."""
+    values = orjson.loads(raw)
+    return {name: str(v) for name, v in zip(FIELDS, values, strict=False) if v != ""}
+
+
+def pack(rec: dict[str, str]) -> bytes:
+    """The stored value of an outcome (as the Lua scripts write it; tests and tools use this)."""
+    values = [rec.get(name, "") for name in FIELDS]
+    while values and values[-1] == "":
+        values.pop()
+    return orjson.dumps(values)
+
+
+def hours(now: float, retention: int) -> range:
+    """The bucket hours an outcome readable at ``now`` may be in, newest first."""
+    return range(math.floor(now / SPAN) + 1, math.floor((now - retention) / SPAN) - 1, -1)
+
+
+def bucket(keys: Keys, hour: int, delivery_id: str) -> str:
+    return keys.outcome(hour, delivery_id[-SUFFIX:])
+
+
+def _queue(pipe: Any, keys: Keys, delivery_id: str, retention: int, now: float | None) -> None:
+    pipe.hgetall(keys.delivery(delivery_id))
+    for hour in hours(time.time() if now is None else now, retention):
+        pipe.hget(bucket(keys, hour, delivery_id), delivery_id)
+
+
+def _first(results: list[Any]) -> dict[str, str]:
+    if results[0]:
+        return records.decode(results[0])
+    for raw in results[1:]:
+        if raw is not None:
+            return unpack(raw)
+    return {}
+
+
+async def read(
+    client: Any, keys: Keys, delivery_id: str, retention: int, now: float | None = None
+) -> dict[str, str]:
+    """A delivery's record, open (its hash) or final (its outcome); {} when unknown or expired.
+    One round trip."""
+    pipe = client.pipeline(transaction=False)
+    _queue(pipe, keys, delivery_id, retention, now)
+    return _first(await pipe.execute())
+
+
+def read_sync(
+    client: Any, keys: Keys, delivery_id: str, retention: int, now: float | None = None
+) -> dict[str, str]:
+    """:func:`read` for a synchronous client (the CLI, tests)."""
+    return read_many_sync(client, keys, [delivery_id], retention, now)[delivery_id]
+
+
+def read_many_sync(
+    client: Any, keys: Keys, ids: list[str], retention: int, now: float | None = None
+) -> dict[str, dict[str, str]]:
+    """:func:`read_sync` for many ids in one round trip."""
+    at = time.time() if now is None else now
+    per = 1 + len(hours(at, retention))
+    pipe = client.pipeline(transaction=False)
+    for delivery_id in ids:
+        _queue(pipe, keys, delivery_id, retention, at)
+    results = pipe.execute()
+    return {d: _first(results[j * per : (j + 1) * per]) for j, d in enumerate(ids)}
