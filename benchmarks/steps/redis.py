@@ -36,6 +36,7 @@ from benchmarks.harness import (
     wait_drained,
 )
 from tests.conftest import Stack
+from worker.store import outcomes
 
 #: Goals of issue 18: Redis CPU per delivered message; bytes per open delivery beyond its body;
 #: bytes per finished delivery.
@@ -43,6 +44,8 @@ CPU_GOAL_US = 30.0
 OPEN_OVER_BODY_GOAL = 400.0
 FINISHED_GOAL = 250.0
 IDLE_SECONDS = 2.0
+#: Outcomes per bucket at 1,000 messages/s sustained: 3,600,000 an hour over 65,536 buckets.
+DENSE_PER_BUCKET = 3_600_000 // 16**outcomes.SUFFIX
 
 
 def _open_samples(client: Any, stack: Stack, n: int) -> dict[str, Any]:
@@ -61,6 +64,7 @@ def _finished_samples(client: Any, stack: Stack) -> dict[str, Any]:
     return {
         "record_finished": rediscost.memory_samples(client, f"{stack.prefix}:d:*"),
         "outcome_buckets": rediscost.bucket_samples(client, f"{stack.prefix}:o:*"),
+        "outcome_at_1000_per_s": rediscost.dense_outcomes(client, f"{stack.prefix}:o:*", DENSE_PER_BUCKET),
         "idempotency_key_after_drain": rediscost.memory_samples(client, f"{stack.prefix}:idem:*"),
         "unread_zset_key": rediscost.memory_samples(client, f"{stack.prefix}:unread:*"),
     }

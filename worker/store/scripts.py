@@ -51,7 +51,7 @@ def _prelude() -> str:
     attribution = ", ".join(f"'{field}'" for field in records.ATTRIBUTION)
     return (
         f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\nlocal ATTRIBUTION = {{{attribution}}}\n"
-        f"local OUTCOME_SPAN, OUTCOME_SUFFIX = {outcomes.SPAN}, {outcomes.SUFFIX}\n"
+        f"local OUTCOME_SPAN, OUTCOME_SUFFIX, OUTCOME_DONE = {outcomes.SPAN}, {outcomes.SUFFIX}, {outcomes.DONE}\n"
     )
 
 

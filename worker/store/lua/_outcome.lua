@@ -56,9 +56,13 @@ local function outcome_find(dprefix, id, now, retention)
   return nil, nil
 end
 
--- The claim a delivery ended under (`done`), when it is an outcome now (record.lua: a call sent
--- again after its answer was lost is told "already written", not "refused").
-local function outcome_done(dprefix, id, now, retention)
+-- An outcome keeps of the claim it ended under (`done`) only a digest: enough to recognise the
+-- same token (worker/store/outcomes.py, done_digest), 12 characters instead of the token's ~40.
+local function outcome_digest(token) return string.sub(redis.sha1hex(token), 1, OUTCOME_DONE) end
+
+-- Whether a delivery that is an outcome now ended under `token` (record.lua: a call sent again
+-- after its answer was lost is told "already written", not "refused").
+local function outcome_done(dprefix, id, now, retention, token)
   local _, rec = outcome_find(dprefix, id, now, retention)
-  return rec and rec.done or nil
+  return rec ~= nil and rec.done == outcome_digest(token)
 end

@@ -27,7 +27,7 @@
 --   otherwise  waits in sched until `due` when one is given
 --   open       pending deadline = the given one
 -- Returns per delivery: 1 written, 3 written as CANCELLED, 2 already written under this token
--- (its hash's `done`, or its outcome's),
+-- (its hash's `done`, or its outcome's digest of it),
 -- 0 refused (the claim is another worker's now: this one's lease ended).
 --!include _campaign.lua
 local now = tonumber(ARGV[1])
@@ -54,7 +54,8 @@ while i <= #ARGV do
   local camp = camp_of(held[3], held[4])
   if held[1] == token then
     if ends then
-      all.claim, all.lease_until, all.done, all.status, all.updated_at = nil, nil, token, status, ARGV[1]
+      all.claim, all.lease_until, all.status, all.updated_at = nil, nil, status, ARGV[1]
+      all.done = outcome_digest(token)
       for j = i + 9, i + 8 + 2 * n, 2 do all[ARGV[j]] = ARGV[j + 1] end
       if status == S.SENT then all.error = nil end
       if not (status == S.SENT and ARGV[11] == '1') then all.external_id = nil end
@@ -120,7 +121,7 @@ while i <= #ARGV do
     end
   elseif held[2] == token then
     table.insert(out, 2)
-  elseif not held[11] and not held[7] and outcome_done(ARGV[2], id, now, retention) == token then
+  elseif not held[11] and not held[7] and outcome_done(ARGV[2], id, now, retention, token) then
     table.insert(out, 2)  -- it ended under this token: its hash is an outcome now
   else
     table.insert(out, 0)
