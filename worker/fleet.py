@@ -1,7 +1,8 @@
 """Every shard at once: what the intake, the console and the CLI read and do across REDIS_SHARDS.
 
 A :class:`Fleet` holds one async client per shard (:mod:`worker.store.shards`). What belongs to
-one page or one delivery goes to its shard (:meth:`Fleet.for_page`, :meth:`Fleet.for_delivery`);
+one page or one delivery goes to its shard (:meth:`Fleet.for_page`, :meth:`Fleet.for_delivery`:
+a delivery id issued before shards is looked for in shard 0 after the shard it seems to name);
 what spans pages is asked of every shard and combined here, once, so that the HTTP API, the
 console and the CLI give the same answer:
 
@@ -28,7 +29,7 @@ import redis.asyncio as aioredis
 
 from worker import campaigns, lookup
 from worker.config import Settings
-from worker.store import Keys, deadletters, shards
+from worker.store import Keys, deadletters, outcomes, shards
 
 T = TypeVar("T")
 
@@ -63,19 +64,40 @@ class Fleet:
     def for_page(self, page_id: str) -> Shard:
         return self.shards[shards.of_page(self.settings, page_id)]
 
-    def for_delivery(self, delivery_id: str) -> Shard | None:
-        index = shards.of_delivery(self.settings, delivery_id)
-        return None if index is None else self.shards[index]
+    def for_delivery(self, delivery_id: str) -> list[Shard]:
+        """The shards that may hold the delivery, in the order to ask (:func:`shards.holders`:
+        its id's shard, then shard 0 for an id issued before shards)."""
+        return [self.shards[i] for i in shards.holders(self.settings, delivery_id)]
+
+    async def record(self, delivery_id: str) -> dict[str, str]:
+        """The delivery's record, open or final ({} when no shard has it)."""
+        for shard in self.for_delivery(delivery_id):
+            rec = await outcomes.read(shard.redis, shard.keys, delivery_id, shard.settings.record_retention)
+            if rec:
+                return rec
+        return {}
 
     async def _each(self, call: Callable[[Shard], Awaitable[T]]) -> list[T]:
         return list(await asyncio.gather(*(call(shard) for shard in self.shards)))
 
-    def _by_shard(self, ids: Iterable[str]) -> dict[int, list[str]]:
+    async def _by_shard(self, ids: Iterable[str]) -> dict[int, list[str]]:
+        """Dead letters (hashes) grouped by the shard that has them: each id's own shard, else
+        shard 0 for an id issued before shards; ids no shard has are left out."""
         out: dict[int, list[str]] = {}
+        asked: dict[int, list[str]] = {}
         for delivery_id in ids:
-            index = shards.of_delivery(self.settings, delivery_id)
-            if index is not None:
-                out.setdefault(index, []).append(delivery_id)
+            held = shards.holders(self.settings, delivery_id)
+            if len(held) == 1:
+                out.setdefault(held[0], []).append(delivery_id)
+            elif held:
+                asked.setdefault(held[0], []).append(delivery_id)
+        for index, chunk in asked.items():
+            shard = self.shards[index]
+            pipe = shard.redis.pipeline(transaction=False)
+            for delivery_id in chunk:
+                pipe.exists(shard.keys.delivery(delivery_id))
+            for delivery_id, there in zip(chunk, await pipe.execute(), strict=True):
+                out.setdefault(index if there else 0, []).append(delivery_id)
         return out
 
     # --- campaigns ------------------------------------------------------------------------------
@@ -101,8 +123,10 @@ class Fleet:
         return any(await self._each(lambda s: campaigns.resume(s.redis, s.settings, campaign_id)))
 
     async def cancel_delivery(self, delivery_id: str) -> bool:
-        shard = self.for_delivery(delivery_id)
-        return shard is not None and await campaigns.cancel_delivery(shard.redis, shard.settings, delivery_id)
+        for shard in self.for_delivery(delivery_id):
+            if await campaigns.cancel_delivery(shard.redis, shard.settings, delivery_id):
+                return True
+        return False
 
     async def pause_page(self, page_id: str, seconds: float | None = None) -> float:
         shard = self.for_page(page_id)
@@ -128,7 +152,7 @@ class Fleet:
         if ids is None:
             return await self.list_dead(flt)
         found: list[dict[str, Any]] = []
-        for index, chunk in self._by_shard(ids).items():
+        for index, chunk in (await self._by_shard(ids)).items():
             shard = self.shards[index]
             found += await deadletters.find_dead(shard.redis, shard.settings, chunk, flt)
         return found[: flt.limit]
@@ -138,24 +162,25 @@ class Fleet:
 
     async def replay(self, ids: list[str]) -> list[str]:
         done: list[str] = []
-        for index, chunk in self._by_shard(ids).items():
+        for index, chunk in (await self._by_shard(ids)).items():
             shard = self.shards[index]
             done += await deadletters.replay(shard.redis, shard.settings, chunk)
         return done
 
     async def purge_dead(self, ids: list[str]) -> int:
         purged = 0
-        for index, chunk in self._by_shard(ids).items():
+        for index, chunk in (await self._by_shard(ids)).items():
             shard = self.shards[index]
             purged += await deadletters.purge(shard.redis, shard.settings, chunk)
         return purged
 
     # --- look-ups -------------------------------------------------------------------------------
     async def delivery_story(self, delivery_id: str) -> dict[str, Any] | None:
-        shard = self.for_delivery(delivery_id)
-        if shard is None:
-            return None
-        return await lookup.delivery_story(shard.redis, shard.settings, delivery_id)
+        for shard in self.for_delivery(delivery_id):
+            story = await lookup.delivery_story(shard.redis, shard.settings, delivery_id)
+            if story is not None:
+                return story
+        return None
 
     async def recipient_state(self, page_id: str, psid: str) -> dict[str, Any]:
         shard = self.for_page(page_id)

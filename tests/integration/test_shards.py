@@ -7,6 +7,7 @@ sending meanwhile).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
@@ -19,8 +20,9 @@ import httpx
 import pytest
 
 from benchmarks.common import max_in_window
-from tests.conftest import ADMIN_HEADERS, PY, Sandbox
+from tests.conftest import ADMIN_HEADERS, PY, Sandbox, wait_until
 from tests.shards import LIMIT, PAGE_A, PAGE_B, Shards, two_shards
+from worker.store import outcomes
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +114,72 @@ def test_dead_letters_are_listed_and_replayed_across_shards(shards: Shards) -> N
     assert {r["status"] for r in records.values()} == {"sent"}
     listed = httpx.get(f"{stack.intake_url}/v1/dead-letters", headers=ADMIN_HEADERS, timeout=10).json()
     assert not {dead_a, dead_b} & {d["delivery_id"] for d in listed["dead_letters"]}
+
+
+def test_ids_issued_before_shards_are_found_in_shard_0(shards: Shards) -> None:
+    """docs/scaling.md: the Redis of before becomes shard 0, and its ids have random first bytes.
+    One that seems to name shard 1, and one that names no shard, are still read, and a dead
+    letter among them is replayed on shard 0 and sent."""
+    stack, run = shards.stack, uuid.uuid4().hex[:6]
+    keys, now = shards.keys(), time.time()
+    names_1, names_none = "01" + uuid.uuid4().hex[2:], "ab" + uuid.uuid4().hex[2:]
+    old = shards.servers[0].client()
+    try:
+        sent_before = {
+            "status": "sent",
+            "page_id": PAGE_A,
+            "created_at": repr(now - 60),
+            "updated_at": repr(now - 59),
+            "attempts": "1",
+            "message_id": "m_old",
+        }
+        old.hset(
+            outcomes.bucket(keys, int(now // outcomes.SPAN), names_none),
+            names_none,
+            outcomes.pack(sent_before),
+        )
+        old.hset(
+            keys.delivery(names_1),
+            mapping={
+                "status": "dead",
+                "page_id": PAGE_A,
+                "psid": f"{run}-old",
+                "caller": "",
+                "body": json.dumps(body(f"{run}-old")),
+                "request_id": "r-old",
+                "created_at": repr(now - 30),
+                "attempts": "3",
+            },
+        )
+        old.zadd(keys.dead, {names_1: now - 20})
+    finally:
+        old.close()
+    for delivery_id, status in ((names_none, "sent"), (names_1, "dead")):
+        view = httpx.get(f"{stack.intake_url}/v1/deliveries/{delivery_id}", headers=ADMIN_HEADERS, timeout=10)
+        assert view.status_code == 200, view.text
+        assert view.json()["status"] == status
+    replay = httpx.post(
+        f"{stack.intake_url}/v1/dead-letters/replay",
+        json={"delivery_ids": [names_1]},
+        headers=ADMIN_HEADERS,
+        timeout=10,
+    )
+    assert replay.json()["replayed"] == [names_1], replay.text
+    assert wait_until(
+        lambda: (
+            httpx.get(
+                f"{stack.intake_url}/v1/deliveries/{names_1}", headers=ADMIN_HEADERS, timeout=10
+            ).json()["status"]
+            == "sent"
+        ),
+        30,
+    )
+    assert len(sent(stack.sandbox, PAGE_A, f"{run}-old")) == 1
+    # an id no shard can hold is not looked for at all
+    assert (
+        httpx.get(f"{stack.intake_url}/v1/deliveries/zz{run}", headers=ADMIN_HEADERS, timeout=10).status_code
+        == 404
+    )
 
 
 def test_a_shard_restarts_and_nothing_is_lost(shards: Shards) -> None:

@@ -29,7 +29,7 @@ def test_one_redis_is_one_shard_and_ids_stay_random() -> None:
     assert shards.every(s) == [s]
     ids = {shards.new_delivery_id(s) for _ in range(200)}
     assert len({i[:2] for i in ids}) > 50  # the first byte is random, not a shard index
-    assert all(shards.of_delivery(s, i) == 0 for i in ids)
+    assert all(shards.holders(s, i) == [0] for i in ids)
 
 
 def test_pages_spread_over_shards_and_pins_win() -> None:
@@ -56,9 +56,10 @@ def test_a_delivery_id_names_its_shard() -> None:
         assert shard.redis_url == s.redis_shards[index]
         delivery_id = shards.new_delivery_id(shard)
         assert len(delivery_id) == 32
-        assert shards.of_delivery(s, delivery_id) == index
-    assert shards.of_delivery(s, "ff" + "0" * 30) is None  # no such shard
-    assert shards.of_delivery(s, "zz-not-hex") is None
+        # its shard first; then shard 0, which holds the ids issued before shards
+        assert shards.holders(s, delivery_id) == ([0] if index == 0 else [index, 0])
+    assert shards.holders(s, "ff" + "0" * 30) == [0]  # names no shard: an id of before shards
+    assert shards.holders(s, "zz-not-hex") == []  # not an id we issued
 
 
 def test_shard_index_selects_the_redis_and_the_pages() -> None:

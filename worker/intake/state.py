@@ -60,10 +60,6 @@ class IntakeState:
     def for_page(self, page_id: str) -> ShardLink:
         return self.links[shards.of_page(self.settings, page_id)]
 
-    def for_delivery(self, delivery_id: str) -> ShardLink | None:
-        index = shards.of_delivery(self.settings, delivery_id)
-        return None if index is None else self.links[index]
-
     def sync_clients(self) -> list[tuple[Settings, Any]]:
         """(shard settings, sync client) per shard: what the status read model is read from."""
         return [(link.settings, link.sync_redis) for link in self.links]

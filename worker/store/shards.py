@@ -9,8 +9,9 @@ and pacing, ordering and idempotency (keys scoped to a page) hold per shard as t
 * :func:`of_page`: a page pinned by SHARD_PAGES goes there; any other by rendezvous hashing
   (highest ``blake2b(shard index, page)``), stable across processes, and adding a shard moves only
   the pages the new shard wins (about 1/n of them), never a page between two old shards;
-* :func:`of_delivery`: a delivery id's first byte is its shard's index (:func:`new_delivery_id`;
-  the other 15 bytes stay random), so a read by id goes to one Redis, not to every one;
+* :func:`holders`: a delivery id's first byte is its shard's index (:func:`new_delivery_id`;
+  the other 15 bytes stay random), so a read by id goes to one Redis, not to every one; an id
+  issued before shards (a random first byte) is looked for in shard 0 after it;
 * :func:`settings_for`: the Settings of one shard (its REDIS_URL and SHARD_INDEX), which is all
   that the per-shard code (committer, worker, status read) needs.
 
@@ -51,15 +52,19 @@ def of_page(settings: Settings, page_id: str) -> int:
     return max(range(n), key=lambda i: _weight(i, page_id))
 
 
-def of_delivery(settings: Settings, delivery_id: str) -> int | None:
-    """The shard that holds the delivery; None for an id no shard can hold (not one we issued)."""
+def holders(settings: Settings, delivery_id: str) -> list[int]:
+    """The shards that may hold the delivery, in the order to ask; [] for an id no shard can hold
+    (not hex: not one we issued). Its id's first byte names its shard. An id issued before
+    REDIS_SHARDS has a random first byte and lives in shard 0, the Redis of before
+    (docs/scaling.md), so shard 0 is asked after the named one, and is the only one for a first
+    byte that names no shard. Without shards: shard 0."""
     if not sharded(settings):
-        return 0
+        return [0]
     try:
         index = int(delivery_id[:2], 16)
     except ValueError:
-        return None
-    return index if index < count(settings) else None
+        return []
+    return [index, 0] if 0 < index < count(settings) else [0]
 
 
 def owns_page(settings: Settings, page_id: str) -> bool:

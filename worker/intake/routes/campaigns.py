@@ -24,7 +24,6 @@ from worker.intake.auth import Role, authed, caller_of
 from worker.intake.http import Handler, JSONResponse, counted, read_body
 from worker.messenger.errors import InputError
 from worker.states import State
-from worker.store import outcomes
 
 _CANCELLED = State.CANCELLED.value  # the answers' count (or flag) of cancelled deliveries
 DEFAULT_LIMIT = 100
@@ -77,11 +76,8 @@ async def campaign_resume(request: Request) -> Response:
 async def delivery_cancel(request: Request) -> Response:
     intake = state.of(request)
     delivery_id = _id(request, "delivery_id")
-    link = intake.for_delivery(delivery_id)
-    if link is None:
-        raise InputError(404, "not_found", "no such delivery")
     cancelled = await intake.fleet.cancel_delivery(delivery_id)
-    rec = await outcomes.read(link.redis, link.keys, delivery_id, intake.settings.record_retention)
+    rec = await intake.fleet.record(delivery_id)
     if not rec:
         raise InputError(404, "not_found", "no such delivery")
     return JSONResponse({"delivery_id": delivery_id, _CANCELLED: cancelled, "status": rec.get("status", "")})

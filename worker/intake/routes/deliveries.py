@@ -17,7 +17,7 @@ from worker.intake import state
 from worker.intake.auth import Role, authed, caller_of
 from worker.intake.http import JSONResponse, counted
 from worker.messenger.errors import InputError
-from worker.store import outcomes, records
+from worker.store import records
 
 #: Longer path values are not ids we issued: refused without a Redis call.
 MAX_DELIVERY_ID = 64
@@ -26,10 +26,7 @@ MAX_DELIVERY_ID = 64
 async def delivery(request: Request) -> Response:
     intake = state.of(request)
     delivery_id = request.path_params["delivery_id"]
-    link = intake.for_delivery(delivery_id)
-    if len(delivery_id) > MAX_DELIVERY_ID or link is None:
-        raise InputError(404, "not_found", "no such delivery")
-    rec = await outcomes.read(link.redis, link.keys, delivery_id, intake.settings.record_retention)
+    rec = await intake.fleet.record(delivery_id) if len(delivery_id) <= MAX_DELIVERY_ID else {}
     caller = caller_of(request)
     if not rec or (caller.role is Role.SEND and rec.get("caller", "") != caller.id):
         raise InputError(404, "not_found", "no such delivery")
