@@ -14,6 +14,14 @@ console and the CLI give the same answer:
   replayed and purged on the shard each id names;
 * the queue purge: every shard's queue.
 
+**A shard that does not answer.** The listings across shards (campaigns, one campaign's counters,
+dead letters and their count) leave it out and name it: they return an :class:`Across`, whose
+``unavailable`` the API answers as ``unavailable_shards`` and the console and the CLI show as a
+warning. Everything else still needs every shard it touches: a stop or a resume is written to
+every shard (a 503 when one does not answer: retry it), and a dead-letter action chosen by a
+filter refuses (:class:`ShardUnavailable`) rather than replaying or purging only the answering
+shards' letters. When no shard answers, a listing raises as before.
+
 With one shard, every method is the single-Redis call it wraps.
 """
 
@@ -23,15 +31,34 @@ import asyncio
 import heapq
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from worker import campaigns, lookup
 from worker.config import Settings
 from worker.store import Keys, deadletters, outcomes, shards
 
 T = TypeVar("T")
+
+#: A shard whose call raises one of these has not answered: a listing leaves it out.
+SHARD_DOWN: tuple[type[Exception], ...] = (RedisError, OSError)
+
+
+class ShardUnavailable(RedisConnectionError):
+    """An action across shards that needs every shard found one that did not answer (a Redis
+    error: the intake answers 503, the CLI exits non-zero)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Across(Generic[T]):
+    """A read across shards: what the shards that answered gave, and the indexes of those that
+    did not (empty with one shard, or when all answered)."""
+
+    value: T
+    unavailable: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +107,25 @@ class Fleet:
     async def _each(self, call: Callable[[Shard], Awaitable[T]]) -> list[T]:
         return list(await asyncio.gather(*(call(shard) for shard in self.shards)))
 
+    async def _answering(self, call: Callable[[Shard], Awaitable[T]]) -> tuple[list[T], tuple[int, ...]]:
+        """``call`` on every shard at once: the results of the shards that answered, and the
+        indexes of those that did not (:data:`SHARD_DOWN`). Raises when none answered."""
+        results = await asyncio.gather(*(call(shard) for shard in self.shards), return_exceptions=True)
+        got: list[T] = []
+        down: list[int] = []
+        errors: list[BaseException] = []
+        for shard, result in zip(self.shards, results, strict=True):
+            if isinstance(result, SHARD_DOWN):
+                down.append(shard.index)
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                got.append(result)
+        if not got:
+            raise errors[0]
+        return got, tuple(down)
+
     async def _by_shard(self, ids: Iterable[str]) -> dict[int, list[str]]:
         """Dead letters (hashes) grouped by the shard that has them: each id's own shard, else
         shard 0 for an id issued before shards; ids no shard has are left out."""
@@ -101,20 +147,21 @@ class Fleet:
         return out
 
     # --- campaigns ------------------------------------------------------------------------------
-    async def campaign(self, campaign_id: str) -> dict[str, Any] | None:
-        views = [v for v in await self._each(lambda s: campaigns.campaign(s.redis, s.keys, campaign_id)) if v]
-        return merge_campaign(views) if views else None
+    async def campaign(self, campaign_id: str) -> Across[dict[str, Any] | None]:
+        found, down = await self._answering(lambda s: campaigns.campaign(s.redis, s.keys, campaign_id))
+        views = [v for v in found if v]
+        return Across(merge_campaign(views) if views else None, down)
 
-    async def list_campaigns(self, *, limit: int = 100) -> list[dict[str, Any]]:
+    async def list_campaigns(self, *, limit: int = 100) -> Across[list[dict[str, Any]]]:
         """The ``limit`` most recently active campaigns across shards, newest first."""
-        lists = await self._each(lambda s: campaigns.list_campaigns(s.redis, s.keys, limit=limit))
+        lists, down = await self._answering(lambda s: campaigns.list_campaigns(s.redis, s.keys, limit=limit))
         grouped: dict[str, list[dict[str, Any]]] = {}
         for views in lists:
             for view in views:
                 grouped.setdefault(view["campaign_id"], []).append(view)
         merged = [merge_campaign(views) for views in grouped.values()]
         merged.sort(key=lambda v: -(v.get("last_at") or 0.0))
-        return merged[:limit]
+        return Across(merged[:limit], down)
 
     async def stop_campaign(self, campaign_id: str, *, by: str) -> int:
         return sum(await self._each(lambda s: campaigns.stop(s.redis, s.settings, campaign_id, by=by)))
@@ -144,21 +191,27 @@ class Fleet:
         return totals
 
     # --- dead letters ---------------------------------------------------------------------------
-    async def list_dead(self, flt: deadletters.Filter) -> list[dict[str, Any]]:
-        lists = await self._each(lambda s: deadletters.list_dead(s.redis, s.settings, flt))
-        return list(heapq.merge(*lists, key=lambda v: -float(v["dead_at"])))[: flt.limit]
+    async def list_dead(self, flt: deadletters.Filter) -> Across[list[dict[str, Any]]]:
+        lists, down = await self._answering(lambda s: deadletters.list_dead(s.redis, s.settings, flt))
+        return Across(list(heapq.merge(*lists, key=lambda v: -float(v["dead_at"])))[: flt.limit], down)
 
     async def select_dead(self, ids: list[str] | None, flt: deadletters.Filter) -> list[dict[str, Any]]:
+        """The dead letters an action applies to: the ids given, or the filter's across every
+        shard (refused when a shard does not answer: its letters would be skipped unseen)."""
         if ids is None:
-            return await self.list_dead(flt)
+            listed = await self.list_dead(flt)
+            if listed.unavailable:
+                raise ShardUnavailable(f"shard {listed.unavailable[0]} did not answer; nothing was done")
+            return listed.value
         found: list[dict[str, Any]] = []
         for index, chunk in (await self._by_shard(ids)).items():
             shard = self.shards[index]
             found += await deadletters.find_dead(shard.redis, shard.settings, chunk, flt)
         return found[: flt.limit]
 
-    async def dead_count(self) -> int:
-        return sum(await self._each(lambda s: s.redis.zcard(s.keys.dead)))
+    async def dead_count(self) -> Across[int]:
+        counts, down = await self._answering(lambda s: s.redis.zcard(s.keys.dead))
+        return Across(sum(counts), down)
 
     async def replay(self, ids: list[str]) -> list[str]:
         done: list[str] = []

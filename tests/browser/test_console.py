@@ -299,5 +299,12 @@ def test_the_overview_shows_each_shard_and_one_that_is_down(shards: Shards, page
         row = page.locator("#shards tbody tr").nth(1)
         assert row.locator("td").nth(1).inner_text() == "down"
         assert page.locator("#open").inner_text() == "0"  # shard 0's figures
+        assert page.locator("#shards-down").count() == 0  # the overview's table says it already
+        # the listings across shards answer with shard 0's and say which shard they leave out
+        for name in ("campaigns", "pages", "dead-letters"):
+            page.goto(f"{stack.intake_url}/console/{name}")
+            assert page.locator("h1").count() == 1, name
+            assert page.locator("#shards-down").inner_text().startswith("Shard 1 did not answer"), name
+        shot(page, "dead-letters-shard-down")
     finally:
         shards.servers[1].start()

@@ -71,6 +71,8 @@ def test_pages_live_on_their_shards_and_are_paced_ordered_and_deduplicated(shard
     view = stack.delivery(ids[-1])
     assert view["status"] == "sent"
     assert view["page_id"] == PAGE_B
+    listed = httpx.get(f"{stack.intake_url}/v1/campaigns", headers=ADMIN_HEADERS, timeout=10).json()
+    assert "unavailable_shards" not in listed  # every shard answered: the body as with one Redis
     # pacing: each page on its own shard holds its own limit (and both ran at once)
     for page in (PAGE_A, PAGE_B):
         times = sorted(c["at"] for c in sent(stack.sandbox, page, f"{run}-{'a' if page == PAGE_A else 'b'}"))
@@ -200,7 +202,21 @@ def test_a_shard_restarts_and_nothing_is_lost(shards: Shards) -> None:
     assert isinstance(ready.json()["memory_ratio"], float)  # the answering shard's (the Ready schema)
     accepted_a = stack.post(body(f"{run}-a-while-down"), path=path(PAGE_A))
     assert accepted_a.status_code == 202  # the other shard takes requests meanwhile
-    time.sleep(2.0)
+    # listings across shards answer with the shards that answer, and name the one left out
+    for route, items in (("/v1/campaigns", "campaigns"), ("/v1/dead-letters", "dead_letters")):
+        listed = httpx.get(f"{stack.intake_url}{route}", headers=ADMIN_HEADERS, timeout=10)
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["unavailable_shards"] == [1]
+        assert isinstance(listed.json()[items], list)
+    # an action chosen by a filter would skip the silent shard's letters unseen: refused
+    refused_action = httpx.post(
+        f"{stack.intake_url}/v1/dead-letters/replay", json={}, headers=ADMIN_HEADERS, timeout=10
+    )
+    assert refused_action.status_code == 503, refused_action.text
+    status = shards.cli("status", "--json")  # the CLI: shard 0's figures, shard 1 named down
+    assert status["unavailable_shards"] == [1]
+    assert [(row["shard"], row["up"]) for row in status["shards"]] == [(0, True), (1, False)]
+    time.sleep(max(0.0, stopped_at + 2.0 - time.time()))
     down.start()  # same port, same AOF
     restarted_at = time.time()
     a_during = [c for c in sent(stack.sandbox, PAGE_A, f"{run}-ra") if stopped_at < c["at"] < restarted_at]

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from worker.cli.common import with_fleet
+from worker.cli.common import warn_partial, with_fleet
 from worker.states import State
 
 _CANCELLED = State.CANCELLED.value
@@ -25,10 +25,10 @@ def _print(value: Any, *, indent: int | None = None) -> None:
 def cmd_campaigns(args: argparse.Namespace) -> int:
     action = args.campaigns_command
     if action == "list":
-        _print(with_fleet(lambda f: f.list_campaigns(limit=args.limit)), indent=2)
+        _print(warn_partial(with_fleet(lambda f: f.list_campaigns(limit=args.limit))), indent=2)
         return 0
     if action == "show":
-        view = with_fleet(lambda f: f.campaign(args.id))
+        view = warn_partial(with_fleet(lambda f: f.campaign(args.id)))
         if view is None:
             print(f"no campaign {args.id} (never seen, or older than CAMPAIGN_RETENTION)", file=sys.stderr)
             return 1

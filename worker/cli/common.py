@@ -4,9 +4,13 @@ whether a variable is configured, and the sandbox's page."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # the CLI imports the service's modules only when a command needs them
+    from worker.fleet import Across
 
 T = TypeVar("T")
 
@@ -33,6 +37,14 @@ def service_settings(**overrides: object) -> Any:
     except ValueError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
     return loaded
+
+
+def warn_partial(read: Across[T]) -> T:
+    """A listing across shards' value; the shards it leaves out (they did not answer) on stderr."""
+    if read.unavailable:
+        names = ", ".join(str(i) for i in read.unavailable)
+        print(f"warning: shard {names} did not answer; these figures leave it out", file=sys.stderr)
+    return read.value
 
 
 def with_fleet(work: Callable[[Any], Awaitable[T]], loaded: Any = None) -> T:

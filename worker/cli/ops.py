@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from worker.cli.common import settings as _settings
-from worker.cli.common import with_fleet
+from worker.cli.common import warn_partial, with_fleet
 from worker.states import FINAL as _FINAL
 from worker.states import State
 
@@ -62,23 +62,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     from worker.store import connections, shards
 
     every = [(s, connections.sync_client(s)) for s in shards.every(_settings())]
-    statuses = [status.read(client, s) for s, client in every]
-    current = status.merge(statuses)
+    statuses = status.read_each(every)  # a shard that does not answer: None
+    current = status.merge(status.answering(statuses))
     out = current.as_dict()
     if len(statuses) > 1:  # which shard is behind: the totals above are sums
         out["shards"] = [
-            {name: getattr(st, name) for name in _SHARD_FIELDS} | {"shard": i}
+            {"shard": i, "up": False}
+            if st is None
+            else {name: getattr(st, name) for name in _SHARD_FIELDS} | {"shard": i, "up": True}
             for i, st in enumerate(statuses)
         ]
+        down = [i for i, st in enumerate(statuses) if st is None]
+        if down:
+            out["unavailable_shards"] = down
+            print(
+                f"warning: shard {', '.join(map(str, down))} did not answer; the totals leave it out",
+                file=sys.stderr,
+            )
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print("last 5 minutes:")
     for key, value in out.items():
-        if key not in ("paused", "pages", "shards"):
+        if key not in ("paused", "pages", "shards", "unavailable_shards"):
             print(f"{key:>20}: {value}")
     for row in out.get("shards", []):
-        print(f"{'shard ' + str(row['shard']):>20}: " + ", ".join(f"{n} {row[n]}" for n in _SHARD_FIELDS))
+        figures = (
+            ", ".join(f"{n} {row[n]}" for n in _SHARD_FIELDS) if row["up"] else "down: Redis does not answer"
+        )
+        print(f"{'shard ' + str(row['shard']):>20}: {figures}")
     for row in current.pages:
         until = time.ctime(row.paused_until) if row.paused_until else "-"
         print(
@@ -115,6 +127,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     )
 
     async def run(fleet: Fleet) -> int:
+        if args.action == "list" and not args.ids:  # a listing: the shards that answer
+            print(json.dumps(warn_partial(await fleet.list_dead(flt)), indent=2))
+            return 0
         items = await fleet.select_dead(args.ids or None, flt)
         ids = [i["delivery_id"] for i in items]
         if args.action == "list":

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from worker import metrics
+from worker.fleet import Across
 from worker.intake.committer import CommitFailed
 from worker.logging import get_logger
 from worker.messenger.validation import MAX_BODY_BYTES, InputError
@@ -46,6 +47,14 @@ class JSONResponse(Response):
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def across(body: dict[str, Any], read: Across[Any]) -> dict[str, Any]:
+    """A listing across shards: ``unavailable_shards`` names the shards it leaves out (only
+    when there are any: with one Redis, or all answering, the body is as it always was)."""
+    if read.unavailable:
+        body["unavailable_shards"] = list(read.unavailable)
+    return body
 
 
 def unavailable() -> JSONResponse:

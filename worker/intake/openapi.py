@@ -508,6 +508,7 @@ def _admin_schemas() -> dict[str, Any]:
                     "nullable": True,
                     "description": "DEAD_LETTER_RETENTION; null: kept until replayed or purged",
                 },
+                "unavailable_shards": doc.UNAVAILABLE_SHARDS,
             },
         },
         "DeadLetterSelection": {

@@ -168,6 +168,14 @@ def campaign_paths() -> dict[str, Any]:
     }
 
 
+#: With REDIS_SHARDS, the shards a listing leaves out because they did not answer (worker/fleet.py).
+UNAVAILABLE_SHARDS: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": "integer"},
+    "description": "only when some shard did not answer (REDIS_SHARDS): the figures leave those shards out",
+}
+
+
 def _obj(**props: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": list(props), "properties": props}
 
@@ -184,10 +192,13 @@ def campaign_schemas() -> dict[str, Any]:
         stopped_by=string,
         first_at={**number, "nullable": True},
         last_at={**number, "nullable": True},
+        unavailable_shards=UNAVAILABLE_SHARDS,
     )
+    campaign_list = _obj(campaigns={"type": "array", "items": _ref("Campaign")}, count=integer)
+    campaign_list["properties"]["unavailable_shards"] = UNAVAILABLE_SHARDS
     return {
         "Campaign": campaign,
-        "CampaignList": _obj(campaigns={"type": "array", "items": _ref("Campaign")}, count=integer),
+        "CampaignList": campaign_list,
         "CampaignStopped": _obj(campaign_id=string, stopped=boolean, cancelled=integer),
         "CampaignResumed": _obj(campaign_id=string, resumed=boolean),
         "DeliveryCancelled": _obj(

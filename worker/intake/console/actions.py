@@ -46,8 +46,15 @@ def _row(view: dict[str, Any]) -> dict[str, Any]:
 
 async def campaigns(request: Request, s: sessions.Session) -> Response:
     intake = state.of(request)
-    rows = [_row(v) for v in await intake.fleet.list_campaigns(limit=SHOWN)]
-    return page("campaigns", s, campaigns=rows, counters=COUNTERS, notice=request.query_params.get("done"))
+    listed = await intake.fleet.list_campaigns(limit=SHOWN)
+    return page(
+        "campaigns",
+        s,
+        campaigns=[_row(v) for v in listed.value],
+        counters=COUNTERS,
+        notice=request.query_params.get("done"),
+        unavailable=listed.unavailable,
+    )
 
 
 async def campaign_action(request: Request, s: sessions.Session, fields: list[tuple[str, str]]) -> Response:
@@ -62,7 +69,7 @@ async def campaign_action(request: Request, s: sessions.Session, fields: list[tu
     if verb != "stop":
         return redirect("/console/campaigns")
     if dict(fields).get("confirmed") != "1":
-        view = await intake.fleet.campaign(campaign_id)
+        view = (await intake.fleet.campaign(campaign_id)).value
         open_now = int(view.get("open", 0)) if view else 0
         return page(
             "confirm",

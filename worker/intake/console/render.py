@@ -81,6 +81,7 @@ def sparkline(points: list[int], width: int = 600, height: int = 60) -> dict[str
 def page(name: str, session: Session | None, status_code: int = 200, **context: Any) -> HTMLResponse:
     """A console page from ``templates/<name>.html`` with the navigation and the CSRF token."""
     context.setdefault("notice", None)
+    context.setdefault("unavailable", ())
     body = ENV.get_template(f"{name}.html").render(
         nav=NAV, active=name, csrf=session.csrf if session else "", signed_in=session is not None, **context
     )

@@ -72,7 +72,9 @@ async def overview(request: Request, s: sessions.Session) -> Response:
 async def pages(request: Request, s: sessions.Session) -> Response:
     intake = state.of(request)
     settings = intake.settings
-    current = await asyncio.to_thread(status.read_all, intake.sync_clients())
+    each = await asyncio.to_thread(status.read_each, intake.sync_clients())
+    current = status.merge(status.answering(each))
+    down = tuple(i for i, one in enumerate(each) if one is None)
     rows: dict[str, dict[str, Any]] = {}
     for page_id in intake.pages.page_ids():
         rows[page_id] = _page_row(settings, page_id, configured=True)
@@ -91,6 +93,8 @@ async def pages(request: Request, s: sessions.Session) -> Response:
         by_shard.setdefault(intake.for_page(page_id).shard.index, []).append(page_id)
     usage: dict[str, Any] = {}
     for index, wanted in by_shard.items():
+        if index in down:  # its pages are listed from the configuration, without figures
+            continue
         link = intake.links[index]
         values = await link.redis.hmget(link.keys.page_usage, wanted)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         usage.update(zip(wanted, values, strict=True))
@@ -98,7 +102,13 @@ async def pages(request: Request, s: sessions.Session) -> Response:
         if raw is not None:
             pct, _, at = raw.decode().partition(":")
             rows[page_id]["usage_pct"], rows[page_id]["usage_at"] = int(pct), float(at or 0)
-    return page("pages", s, pages=[rows[k] for k in sorted(rows)], notice=request.query_params.get("done"))
+    return page(
+        "pages",
+        s,
+        pages=[rows[k] for k in sorted(rows)],
+        notice=request.query_params.get("done"),
+        unavailable=down,
+    )
 
 
 def _page_row(settings: Any, page_id: str, *, configured: bool) -> dict[str, Any]:
@@ -141,14 +151,15 @@ async def dead_letters(request: Request, s: sessions.Session) -> Response:
         flt = _dead_filter(request.query_params)
     except InputError as exc:  # the same refusal as the API's; the page shows it, unfiltered
         flt, notice = deadletters.Filter(limit=DEAD_SHOWN + 1), exc.message
-    rows = await intake.fleet.list_dead(flt)
-    total = await intake.fleet.dead_count()
+    listed, total = await asyncio.gather(intake.fleet.list_dead(flt), intake.fleet.dead_count())
+    rows = listed.value
     return page(
         "dead_letters",
         s,
+        unavailable=listed.unavailable or total.unavailable,
         rows=rows[:DEAD_SHOWN],
         more=len(rows) > DEAD_SHOWN,
-        total=total,
+        total=total.value,
         flt=flt,
         filter_fields=_filter_fields(flt),
         notice=notice,

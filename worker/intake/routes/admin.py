@@ -23,7 +23,7 @@ from starlette.routing import Route
 from worker.config import Settings
 from worker.intake import state
 from worker.intake.auth import Role, authed
-from worker.intake.http import JSONResponse, counted, read_body
+from worker.intake.http import JSONResponse, across, counted, read_body
 from worker.messenger.errors import InputError
 from worker.store import deadletters
 
@@ -73,9 +73,11 @@ def parse_selection(raw: bytes) -> tuple[list[str] | None, deadletters.Filter]:
 async def dead_list(request: Request) -> Response:
     intake = state.of(request)
     flt = dead_filter(request.query_params)
-    items = await intake.fleet.list_dead(flt)
+    listed = await intake.fleet.list_dead(flt)
     retention = intake.settings.dead_letter_retention or None  # None: kept until replayed or purged
-    return JSONResponse({"dead_letters": items, "count": len(items), "retention_s": retention})
+    return JSONResponse(
+        across({"dead_letters": listed.value, "count": len(listed.value), "retention_s": retention}, listed)
+    )
 
 
 async def dead_action(request: Request) -> Response:

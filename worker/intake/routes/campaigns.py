@@ -19,9 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from worker.config import Settings
+from worker.fleet import ShardUnavailable
 from worker.intake import state
 from worker.intake.auth import Role, authed, caller_of
-from worker.intake.http import Handler, JSONResponse, counted, read_body
+from worker.intake.http import Handler, JSONResponse, across, counted, read_body
 from worker.messenger.errors import InputError
 from worker.states import State
 
@@ -46,16 +47,18 @@ async def campaign_list(request: Request) -> Response:
     except ValueError:
         raise InputError(422, "invalid_filter", "limit must be an integer") from None
     limit = max(1, min(limit, MAX_LIMIT))
-    items = await intake.fleet.list_campaigns(limit=limit)
-    return JSONResponse({"campaigns": items, "count": len(items)})
+    listed = await intake.fleet.list_campaigns(limit=limit)
+    return JSONResponse(across({"campaigns": listed.value, "count": len(listed.value)}, listed))
 
 
 async def campaign_get(request: Request) -> Response:
     intake = state.of(request)
-    view = await intake.fleet.campaign(_id(request, "campaign_id"))
-    if view is None:
+    found = await intake.fleet.campaign(_id(request, "campaign_id"))
+    if found.value is None and found.unavailable:  # it may be on the shard that did not answer
+        raise ShardUnavailable(f"shard {found.unavailable[0]} did not answer")
+    if found.value is None:
         raise InputError(404, "not_found", "no such campaign (never seen, or older than CAMPAIGN_RETENTION)")
-    return JSONResponse(view)
+    return JSONResponse(across(dict(found.value), found))
 
 
 async def campaign_stop(request: Request) -> Response:
