@@ -130,13 +130,19 @@ def attribute(entries: list[dict[str, Any]], n: int) -> dict[str, Any]:
     return out
 
 
-def memory_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, float]:
-    """``MEMORY USAGE`` (exact: SAMPLES 0) of up to ``limit`` keys matching ``pattern``."""
+def sample_keys(client: Any, pattern: str, limit: int) -> list[bytes]:
+    """Up to ``limit`` keys matching ``pattern`` (SCAN)."""
     keys: list[bytes] = []
     for key in client.scan_iter(match=pattern, count=1000):
         keys.append(key)
         if len(keys) >= limit:
             break
+    return keys
+
+
+def memory_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, float]:
+    """``MEMORY USAGE`` (exact: SAMPLES 0) of up to ``limit`` keys matching ``pattern``."""
+    keys = sample_keys(client, pattern, limit)
     if not keys:
         return {"keys": 0, "mean_bytes": 0.0}
     pipe = client.pipeline(transaction=False)
@@ -149,11 +155,7 @@ def memory_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, flo
 def bucket_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, Any]:
     """Outcome buckets (``P:o:*``, worker/store/outcomes.py): their ``MEMORY USAGE``, how many
     outcomes each holds, the bytes per outcome, and how Redis encodes them."""
-    keys: list[bytes] = []
-    for key in client.scan_iter(match=pattern, count=1000):
-        keys.append(key)
-        if len(keys) >= limit:
-            break
+    keys = sample_keys(client, pattern, limit)
     if not keys:
         return {"keys": 0}
     pipe = client.pipeline(transaction=False)
