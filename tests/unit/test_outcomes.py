@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import orjson
 
+from worker.delivery import recorder
+from worker.delivery.model import Delivery, Outcome
+from worker.graph import SendResult
+from worker.states import Event
 from worker.store import Keys, outcomes
 
 
@@ -20,3 +24,42 @@ def test_hours_cover_the_retention_newest_first() -> None:
     now = 10 * outcomes.SPAN + 100
     assert list(outcomes.hours(now, 2 * outcomes.SPAN)) == [11, 10, 9, 8]
     assert outcomes.bucket(Keys("bmw", "q"), 10, "abcdef0123") == "bmw:o:10:0123"
+
+
+def _claimed() -> Delivery:
+    rec = {
+        "status": "retrying",
+        "page_id": "1",
+        "psid": "p",
+        "body": '{"message": {"text": "secret"}}',
+        "caller": "tok1",
+        "created_at": "100.5",
+        "attempts": "1",
+        "external_id": "braze-user",
+        "campaign_id": "c1",
+        "error": '{"reason":"transient"}',
+        "claim": "w1.7",
+    }
+    return Delivery.from_record("d1", "w1.7", rec)
+
+
+def test_the_worker_builds_the_outcome_from_what_it_claimed() -> None:
+    sent = Outcome(_claimed(), Event.SEND_OK, result=SendResult("m_9", "p", 200, 50.0, started_at=101.0))
+    fields = recorder.record_fields(sent, 102.0)
+    rec = outcomes.unpack(recorder.outcome_value(sent, fields, 102.0, braze_receipts=False))
+    assert rec["status"] == "sent"
+    assert rec["message_id"] == "m_9"
+    assert rec["caller"] == "tok1"  # who may read it
+    assert rec["campaign_id"] == "c1"
+    assert rec["done"] == outcomes.done_digest("w1.7")
+    assert rec["updated_at"] == "102.0"
+    assert "error" not in rec  # a sent one: the earlier error goes
+    assert "external_id" not in rec  # no receipt events: the Braze user goes
+    assert not {"body", "psid", "claim"} & set(rec)
+    kept = outcomes.unpack(recorder.outcome_value(sent, fields, 102.0, braze_receipts=True))
+    assert kept["external_id"] == "braze-user"
+    failed = Outcome(_claimed(), Event.FAIL, reason="permanent")
+    rec = outcomes.unpack(recorder.outcome_value(failed, recorder.record_fields(failed, 103.0), 103.0, False))
+    assert rec["status"] == "failed"
+    assert orjson.loads(rec["error"])["reason"] == "permanent"
+    assert "external_id" not in rec

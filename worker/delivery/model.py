@@ -15,7 +15,7 @@ from worker.delivery import routes
 from worker.graph import GraphError, SendResult
 from worker.messenger.utility import UtilityTemplate, from_json
 from worker.states import FINAL, Event, State, apply, parse
-from worker.store import records
+from worker.store import outcomes, records
 
 
 @dataclass(slots=True, eq=False)
@@ -48,6 +48,10 @@ class Delivery:
     last_reason: str = ""
     #: The X-Braze-* attribution given at the intake (records.ATTRIBUTION names, those set).
     attribution: dict[str, str] = field(default_factory=dict)
+    #: The record's fields an outcome keeps (outcomes.FIELDS, those set) as claimed: what its
+    #: final record is built from (worker/delivery/recorder.py, outcome_value). Nothing else
+    #: writes them while it is held.
+    kept: dict[str, str] = field(default_factory=dict)
     # --- this round only (not stored) ---------------------------------------------------------
     #: slot_at was free when reserved (this batch's reservation, not a deferral).
     slot_free: bool = False
@@ -78,6 +82,7 @@ class Delivery:
             external_id=rec.get("external_id", ""),
             last_reason=_reason(rec.get("error")),
             attribution={name: rec[name] for name in records.ATTRIBUTION if rec.get(name)},
+            kept={name: rec[name] for name in outcomes.FIELDS if rec.get(name)},
         )
 
     @property

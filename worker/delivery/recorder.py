@@ -32,8 +32,8 @@ from worker.delivery.model import Outcome
 from worker.delivery.observers import Observer
 from worker.delivery.pauses import queue_lift, queue_pause
 from worker.logging import get_logger
-from worker.states import FINAL, State
-from worker.store import Keys, campaign_ctx, records, scripts
+from worker.states import FINAL, KEEPS_BODY, State
+from worker.store import Keys, campaign_ctx, outcomes, records, scripts
 
 log = get_logger("worker.delivery")
 #: Backoff of a failed write: doubles from BASE to CAP (seconds), with jitter.
@@ -116,6 +116,28 @@ def record_fields(o: Outcome, now: float) -> dict[str, Any]:
             info.fbtrace_id if info else None,
         )
     return fields
+
+
+def outcome_value(o: Outcome, fields: dict[str, Any], now: float, braze_receipts: bool) -> bytes:
+    """The final record of a delivery that ends here (not a dead letter), as record.lua stores it
+    (worker/store/outcomes.py): the kept fields as claimed, this outcome's fields, its status,
+    time and a digest of its claim; a sent one without an earlier error, and without its Braze
+    user unless BRAZE_RECEIPT_EVENTS needs it for the receipts. Built here, where the delivery is
+    already decoded, so that the script only stores it."""
+    rec = dict(o.delivery.kept)
+    rec.update(
+        {name: value.decode() if isinstance(value, bytes) else str(value) for name, value in fields.items()}
+    )
+    rec["status"], rec["updated_at"], rec["done"] = (
+        o.status.value,
+        repr(now),
+        outcomes.done_digest(o.delivery.claim),
+    )
+    if o.status is State.SENT:
+        rec.pop("error", None)
+    if not (o.status is State.SENT and braze_receipts):
+        rec.pop("external_id", None)
+    return outcomes.pack(rec)
 
 
 class Recorder:
@@ -223,6 +245,9 @@ class Recorder:
                 deadline,
                 *_notes(o),
                 o.reason or "",
+                outcome_value(o, fields, now, s.braze_receipt_events)
+                if o.status in FINAL and o.status not in KEEPS_BODY
+                else "",
             ]
             args.append(len(fields))
             for name, value in fields.items():

@@ -33,15 +33,21 @@ local function as_table(flat)
   return t
 end
 
--- Writes the outcome of `rec` (field -> value) ended at `now`; deletes the open hash unless
+-- Stores an outcome's value (packed) for a delivery ended at `now`; deletes the open hash unless
 -- `no_hash` (a record that never had one). Two writes to the bucket: the value, and its expiry
 -- the first time (EXPIREAT NX: one expiry per bucket, not one per outcome).
-local function outcome_write(dprefix, id, rec, now, retention, no_hash)
+local function outcome_store(dprefix, id, value, now, retention, no_hash)
   local hour = math.floor(now / OUTCOME_SPAN)
   local key = outcome_prefix(dprefix) .. hour .. ':' .. string.sub(id, -OUTCOME_SUFFIX)
-  redis.call('HSET', key, id, outcome_pack(rec))
+  redis.call('HSET', key, id, value)
   redis.call('EXPIREAT', key, (hour + 1) * OUTCOME_SPAN + retention, 'NX')
   if not no_hash then redis.call('DEL', dprefix .. id) end
+end
+
+-- The same for `rec` (field -> value), packed here (a cancel; record.lua gets its values packed
+-- by the worker, worker/delivery/recorder.py).
+local function outcome_write(dprefix, id, rec, now, retention, no_hash)
+  outcome_store(dprefix, id, outcome_pack(rec), now, retention, no_hash)
 end
 
 -- The bucket and fields of a delivery's outcome, looking in the hours it may have ended in

@@ -4,9 +4,12 @@
 -- ARGV[4] stats key prefix (P:stats:), ARGV[5] final record retention (s), ARGV[6] this minute,
 -- ARGV[7] history key prefix (P:hist:), ARGV[8] a history's TTL (s), ARGV[9] its entries kept,
 -- ARGV[10] unread prefix (P:unread:), ARGV[11] '1' to keep a sent record's external_id
--- (BRAZE_RECEIPT_EVENTS), ARGV[12..26] the campaign context (_campaign.lua), then per delivery: id, fence token, status, due ('' = none), pending deadline
--- ('' = none), a history entry ('' = none), a failure class ('' = none: "{status}:{reason}"
--- counted in P:stats:{minute}:reasons), reason ('' = none), n, and n field/value pairs.
+-- (BRAZE_RECEIPT_EVENTS), ARGV[12..26] the campaign context (_campaign.lua), then per delivery:
+-- id, fence token, status, due ('' = none), pending deadline ('' = none), a history entry
+-- ('' = none), a failure class ('' = none: "{status}:{reason}" counted in
+-- P:stats:{minute}:reasons), reason ('' = none), its outcome's value when it ends here as an
+-- outcome ('' = none: packed by the worker from the record it claimed, outcome_value in
+-- worker/delivery/recorder.py), n, and n field/value pairs.
 -- The history entry and the failure class are written only with a fresh write (never twice,
 -- whatever retries the call: the caller re-sends a pipeline whose answer it lost).
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
@@ -41,28 +44,20 @@ local i = 27
 while i <= #ARGV do
   local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local due, deadline = ARGV[i + 3], ARGV[i + 4]
-  local entry, class, reason, n = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
+  local entry, class, reason = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local value, n = ARGV[i + 8], tonumber(ARGV[i + 9])
+  local first, last = i + 10, i + 9 + 2 * n  -- the field/value pairs
   local key = ARGV[2] .. id
-  -- one read for the fence and for what the indexes below need (parked, receipts); a delivery
-  -- that ends here as an outcome reads its whole record, which the outcome is made of
-  local ends = FINAL[status] and not KEEPS_BODY[status]
-  local all = ends and as_table(redis.call('HGETALL', key)) or nil
-  local held = ends and {all.claim, all.done, all.campaign_id, all.canvas_id, all.cancel, all.parked_at,
-    all.page_id, all.psid, all.message_id, all.sent_at, all.created_at}
-    or redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel', 'parked_at',
-      'page_id', 'psid', 'message_id', 'sent_at', 'created_at')
+  -- one read for the fence and for what the indexes below need (parked, receipts)
+  local held = redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel', 'parked_at',
+    'page_id', 'psid', 'message_id', 'sent_at', 'created_at')
   local camp = camp_of(held[3], held[4])
   if held[1] == token then
-    if ends then
-      all.claim, all.lease_until, all.status, all.updated_at = nil, nil, status, ARGV[1]
-      all.done = outcome_digest(token)
-      for j = i + 9, i + 8 + 2 * n, 2 do all[ARGV[j]] = ARGV[j + 1] end
-      if status == S.SENT then all.error = nil end
-      if not (status == S.SENT and ARGV[11] == '1') then all.external_id = nil end
-      outcome_write(ARGV[2], id, all, now, retention)
+    if value ~= '' then  -- it ends as an outcome: the hash goes
+      outcome_store(ARGV[2], id, value, now, retention)
     else
       redis.call('HSET', key, 'claim', '', 'lease_until', 0, 'done', token, 'status', status,
-        'updated_at', ARGV[1], unpack(ARGV, i + 9, i + 8 + 2 * n))
+        'updated_at', ARGV[1], unpack(ARGV, first, last))
     end
     if entry ~= '' then
       local h = ARGV[7] .. id
@@ -76,7 +71,7 @@ while i <= #ARGV do
     end
     if FINAL[status] then
       local rec = {held[6], held[7], held[8], held[9], held[10]}
-      for j = i + 9, i + 8 + 2 * n, 2 do  -- this call's own message id and send time
+      for j = first, last, 2 do  -- this call's own message id and send time
         if ARGV[j] == 'message_id' then rec[4] = ARGV[j + 1] elseif ARGV[j] == 'sent_at' then rec[5] = ARGV[j + 1] end
       end
       if rec[1] then
@@ -126,7 +121,7 @@ while i <= #ARGV do
   else
     table.insert(out, 0)
   end
-  i = i + 9 + 2 * n
+  i = last + 1
 end
 if #ended > 0 then
   bulk('ZREM', KEYS[1], ended)
