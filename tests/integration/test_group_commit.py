@@ -12,13 +12,12 @@ import orjson
 
 from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
 from worker.config import Settings
-from worker.intake.committer import GATHER_TARGET, GroupCommitter
+from worker.intake.committer import GATHER_TARGET, GroupCommitter, accept_items
 from worker.messenger.validation import validate
 from worker.states import State
 from worker.store import Keys, campaign_ctx, scripts
 from worker.store import connections as redisconn
 from worker.store import envelope as broker
-from worker.store.campaign_ctx import CONTEXT_ARGS
 
 
 def _settings(redis: RedisServer, **extra: Any) -> Settings:
@@ -56,7 +55,7 @@ def test_a_second_commit_starts_only_for_a_batch_that_needs_no_company(redis_ser
         # below take, however loaded the machine
         async def held(**kwargs: Any) -> Any:
             nonlocal running, most
-            sizes.append((len(kwargs["args"]) - 11 - CONTEXT_ARGS) // kwargs["args"][10])
+            sizes.append(accept_items(kwargs["args"]))
             running += 1
             most = max(most, running)
             await asyncio.sleep(0.5)
@@ -216,7 +215,7 @@ def test_an_item_that_cannot_be_encoded_fails_alone_and_never_the_batch(redis_se
         real = committer._accept
 
         async def spy(**kwargs: Any) -> Any:
-            sizes.append((len(kwargs["args"]) - 11 - CONTEXT_ARGS) // kwargs["args"][10])
+            sizes.append(accept_items(kwargs["args"]))
             return await real(**kwargs)
 
         committer._accept = spy  # type: ignore[method-assign]  # counts the items of each call

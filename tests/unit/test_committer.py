@@ -18,9 +18,15 @@ import redis.exceptions as rexc
 from worker.config import Settings
 from worker.intake import committer as committer_module
 from worker.intake import notices
-from worker.intake.committer import GroupCommitter, MaybeStored, NotStored, Overloaded, never_ran
+from worker.intake.committer import (
+    GroupCommitter,
+    MaybeStored,
+    NotStored,
+    Overloaded,
+    accept_items,
+    never_ran,
+)
 from worker.messenger.validation import InputError, SendRequest, validate
-from worker.store.campaign_ctx import CONTEXT_ARGS
 
 PAGE = "100"
 
@@ -49,7 +55,7 @@ class Stub:
         self.calls: list[int] = []
 
     async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
-        n = (len(args) - 11 - CONTEXT_ARGS) // args[10]
+        n = accept_items(args)
         self.calls.append(n)
         await self.release.wait()
         return [b""] * n
@@ -148,9 +154,7 @@ def test_a_commit_that_breaks_after_the_call_answers_its_callers_and_the_committ
         async def wrong(*, keys: list[str], args: list[Any]) -> Any:
             nonlocal calls
             calls += 1
-            return (
-                None if calls == 1 else [b""] * ((len(args) - 11 - CONTEXT_ARGS) // args[10])
-            )  # the first answer is no list
+            return None if calls == 1 else [b""] * accept_items(args)  # the first answer is no list
 
         committer = committer_with(s, wrong)
         with pytest.raises(MaybeStored):

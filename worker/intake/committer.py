@@ -40,6 +40,7 @@ from worker.logging import get_logger
 from worker.messenger.validation import InputError, SendRequest, encode_body
 from worker.states import State
 from worker.store import Keys, envelope, ids, scripts, shards
+from worker.store.campaign_ctx import CONTEXT_ARGS
 from worker.store.campaign_ctx import of_settings as campaign_context
 from worker.store.records import ATTRIBUTION
 
@@ -136,6 +137,54 @@ class _Item:
     caller: str = ""
     #: The X-Braze-* attribution, in records.ATTRIBUTION's order ("" = not given).
     attribution: tuple[str, ...] = ("",) * len(ATTRIBUTION)
+
+    @property
+    def owner(self) -> str:
+        """The campaign it counts towards: its campaign id, else its Canvas id ("" = none)."""
+        given = dict(zip(ATTRIBUTION, self.attribution, strict=True))
+        return given["campaign_id"] or given["canvas_id"]
+
+
+#: accept.lua's arguments before the first request's (worker/store/lua/accept.lua).
+ACCEPT_HEAD = 10 + CONTEXT_ARGS
+
+
+def accept_items(args: list[Any]) -> int:
+    """How many requests an ACCEPT call's arguments carry (each: id, idempotency key, campaign,
+    n and n field/value pairs)."""
+    count, i = 0, ACCEPT_HEAD
+    while i < len(args):
+        count, i = count + 1, i + 4 + 2 * int(args[i + 3])
+    return count
+
+
+def _record(item: _Item, body: bytes | str, fallbacks: bytes, template: bytes) -> list[Any]:
+    """The new record's field/value pairs (accept.lua adds status and created_at): only what the
+    delivery has, so no empty field is stored; attempts (0) and updated_at (= created_at) are
+    written when they change, and the idempotency key lives in its own key only."""
+    req = item.request
+    pairs: list[Any] = [
+        "page_id",
+        req.page_id,
+        "psid",
+        req.psid,
+        "body",
+        body,
+        "caller",
+        item.caller,
+        "request_id",
+        item.request_id,
+    ]
+    optional: list[tuple[str, bytes | str]] = [
+        ("fallbacks", fallbacks if fallbacks != b"[]" else b""),
+        ("utility", template),
+        ("external_id", item.external_id),
+        *zip(ATTRIBUTION, item.attribution, strict=True),
+    ]
+    for name, value in optional:
+        if value:
+            pairs += [name, value]
+    return pairs
 
 
 class GroupCommitter:
@@ -338,7 +387,6 @@ class GroupCommitter:
             batch_id,
             s.queue_batch_max,
             math.ceil(s.sweep_after_seconds) + BATCH_TTL_MARGIN,
-            10 + len(ATTRIBUTION),
             *campaign_context(self._keys, s, now),
         ]
         latest_start = asyncio.get_running_loop().time() + self._min_left
@@ -359,19 +407,8 @@ class GroupCommitter:
                     exc if isinstance(exc, InputError) else InputError(422, "invalid_body", str(exc))
                 )
                 continue
-            args += [
-                item.delivery_id,
-                item.idempotency_key,
-                req.page_id,
-                req.psid,
-                body,
-                item.caller,
-                tags,
-                item.request_id,
-                item.external_id,
-                template,
-                *item.attribution,
-            ]
+            record = _record(item, body, tags, template)
+            args += [item.delivery_id, item.idempotency_key, item.owner, len(record) // 2, *record]
             going.append(item)
         return going, args
 

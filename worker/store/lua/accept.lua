@@ -5,14 +5,11 @@
 -- (P:idem:), ARGV[5] delivery key prefix (P:d:), ARGV[6] batch key prefix (P:batch:),
 -- ARGV[7] the Celery message of a new batch (`worker.deliver_batch(ARGV[8])`, serialised),
 -- ARGV[8] the new batch's id, ARGV[9] QUEUE_BATCH_MAX, ARGV[10] a batch list's TTL (s),
--- ARGV[11] fields per item (F), ARGV[12..26] the campaign context (_campaign.lua), then from
--- ARGV[27] F values per item:
---   id, idempotency key ('' for none; scoped by the intake to the caller and the page), page_id,
---   psid (the recipient's store key: worker/messenger/recipients.py), body, caller (the sending
---   token's public id: who may read the delivery), fallbacks (JSON list of routes: tag:<TAG>,
---   utility:<name>), request id, Braze external_id ('' for none), the utility template (JSON, ''
---   for none), then the attribution (ATTRIBUTION: campaign_id, canvas_id, canvas_step_id,
---   variation_id, send_id; '' for none). No token is ever stored.
+-- ARGV[11..25] the campaign context (_campaign.lua), then from ARGV[26] per item: id, idempotency key ('' for none; scoped by the intake to the
+-- caller and the page), its campaign ('' for none: the campaign id, else the Canvas id), n, and
+-- n field/value pairs: the record as the intake built it (worker/intake/committer.py: page_id,
+-- psid, body, caller, request_id, and those it has of fallbacks, utility, external_id and the
+-- attribution); this script adds status and created_at. No token is ever stored.
 -- A delivery of a campaign that is stopped (P:campstop) is not queued: it is written as a
 -- CANCELLED outcome (_outcome.lua) and its item's answer is '-'. Every other item with a
 -- campaign joins the campaign's open index; both are counted (accepted, cancelled).
@@ -30,16 +27,14 @@ local idem_ttl = tonumber(ARGV[2])
 local deadline = tonumber(now) + tonumber(ARGV[3])
 local cap = tonumber(ARGV[9])
 local ttl = tonumber(ARGV[10])
-local per = tonumber(ARGV[11])
-local OPTIONAL = {fallbacks = 6, external_id = 8, utility = 9}  -- ARGV[i + n]; '' or [] = none
 local out = {}
 local accepted = {}
 local pending, opened = {}, {}  -- ZADD members, sent once each (_bulk.lua)
-camp_init(12)
-local i = 27
+camp_init(11)
+local i = 26
 while i <= #ARGV do
-  local id = ARGV[i]
-  local idem = ARGV[i + 1]
+  local id, idem, owner, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local first, last = i + 4, i + 3 + 2 * n  -- the record's field/value pairs
   local existing = false
   if idem ~= '' then
     local key = ARGV[4] .. idem
@@ -47,22 +42,13 @@ while i <= #ARGV do
       existing = redis.call('GET', key)
     end
   end
-  local attr = {}
-  for k, name in ipairs(ATTRIBUTION) do
-    local v = ARGV[i + 9 + k]
-    if v ~= '' then
-      table.insert(attr, name)
-      table.insert(attr, v)
-    end
-  end
-  local camp = camp_of(ARGV[i + 10], ARGV[i + 11])
+  local camp = owner ~= '' and owner or nil
   if existing then
     table.insert(out, existing)
   elseif camp and camp_stopped(camp) then
-    local rec = {status = S.CANCELLED, page_id = ARGV[i + 2], caller = ARGV[i + 5],
-      request_id = ARGV[i + 7], created_at = now, updated_at = now, attempts = '0',
+    local rec = {status = S.CANCELLED, created_at = now, updated_at = now, attempts = '0',
       error = '{"reason":"campaign_stopped","code":null,"subcode":null,"message":"campaign_stopped","fbtrace_id":null}'}
-    for k = 1, #attr, 2 do rec[attr[k]] = attr[k + 1] end
+    for j = first, last, 2 do rec[ARGV[j]] = rec[ARGV[j]] or ARGV[j + 1] end
     outcome_write(ARGV[5], id, rec, tonumber(now), CAMP.record_retention, true)
     camp_count(camp, 'accepted')
     camp_count(camp, S.CANCELLED)
@@ -72,19 +58,7 @@ while i <= #ARGV do
       redis.call('ZADD', CAMP.open .. camp, now, id)
       camp_count(camp, 'accepted')
     end
-    -- only what the delivery has: no empty optional fields, no attempts (0) and no updated_at
-    -- (= created_at) until they change, and not the idempotency key (its own key holds it)
-    local rec = {'status', S.QUEUED, 'page_id', ARGV[i + 2], 'psid', ARGV[i + 3], 'body', ARGV[i + 4],
-      'caller', ARGV[i + 5], 'request_id', ARGV[i + 7], 'created_at', now}
-    for name, n in pairs(OPTIONAL) do
-      local v = ARGV[i + n]
-      if v ~= '' and v ~= '[]' then
-        rec[#rec + 1] = name
-        rec[#rec + 1] = v
-      end
-    end
-    for _, v in ipairs(attr) do rec[#rec + 1] = v end
-    redis.call('HSET', ARGV[5] .. id, unpack(rec))
+    redis.call('HSET', ARGV[5] .. id, 'status', S.QUEUED, 'created_at', now, unpack(ARGV, first, last))
     pending[#pending + 1] = deadline
     pending[#pending + 1] = id
     opened[#opened + 1] = now
@@ -92,7 +66,7 @@ while i <= #ARGV do
     table.insert(accepted, id)
     table.insert(out, '')
   end
-  i = i + per
+  i = last + 1
 end
 if #accepted > 0 then
   bulk('ZADD', KEYS[1], pending)
