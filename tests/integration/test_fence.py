@@ -376,3 +376,24 @@ def test_the_sweeper_leaves_a_queued_delivery_waiting_in_a_backlog(redis_server:
     assert waiting == []
     assert deadline > time.time() + s.sweep_after_seconds - 5  # postponed, not dropped
     assert lost == ["old"]
+
+
+def test_a_recipients_unread_set_drops_ids_past_the_retention_one_send_in_16(
+    redis_server: RedisServer,
+) -> None:
+    s = make_settings(redis_server, record_retention=3600)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        unread = keys.unread(PAGE, "same")
+        await client.zadd(unread, {"stale": time.time() - 7200})
+        await accept(client, s, ["d1", "d0"], psid="same")
+        (d1,) = await claim(client, s, "w1.1", ["d1"])
+        assert await write(client, s, sent(d1)) == [1]
+        assert await client.zscore(unread, "stale") is not None  # d1 does not prune
+        (d0,) = await claim(client, s, "w1.2", ["d0"])
+        assert await write(client, s, sent(d0)) == [1]
+        assert {m.decode() for m in await client.zrange(unread, 0, -1)} == {"d1", "d0"}
+        assert 3500 < await client.ttl(unread) <= 3600
+
+    run(s, go)

@@ -67,8 +67,9 @@
     P:campstop              zset    stopped campaigns -> stopped at (claim.lua, accept.lua and the
                                     workers read it; resume removes; pruned by CAMPAIGN_RETENTION)
     P:unread:{page}:{psid}  zset    sent deliveries not yet read -> sent at (delivery receipts by
-                                    mid and by watermark, read watermarks; RECORD_RETENTION,
-                                    pruned on every send). Before: also P:mid2d per message id
+                                    mid and by watermark, read watermarks; RECORD_RETENTION after
+                                    the last send, pruned on one send in 16). Before: also P:mid2d
+                                    per message id
     P:braze:outbox … :lock          the Braze outbox (worker/braze/outbox.py)
     {QUEUE_NAME}            list    the Celery queue (kombu's Redis layout); ``unacked`` is kombu's
 """

@@ -22,7 +22,8 @@
 --              fields, not the Braze user unless ARGV[11]; RECORD_RETENTION after its hour);
 --              a sent one drops an earlier error, and joins its
 --              recipient's unread deliveries (P:unread) for the receipts (which find a receipt's
---              mids there: no key per message id). Sent while its campaign
+--              mids there: no key per message id; members past the retention are pruned on one
+--              send in 16). Sent while its campaign
 --              is stopped (a call that started before the worker saw the stop): sent_after_stop
 --   open, while its campaign is stopped or an operator cancelled it (`cancel`): CANCELLED
 --              instead (_campaign.lua's camp_cancel), answered 3
@@ -83,7 +84,9 @@ while i <= #ARGV do
         if rec[4] and rec[4] ~= '' and rec[3] then
           local unread = ARGV[10] .. rec[2] .. ':' .. rec[3]
           redis.call('ZADD', unread, tonumber(rec[5] or ARGV[1]), id)
-          redis.call('ZREMRANGEBYSCORE', unread, '-inf', now - retention)
+          -- members past the retention go on one send in 16 (an id ending in 0): a recipient sent
+          -- to every day keeps a few stale ids at most, and the set expires with its last send
+          if string.byte(id, -1) % 16 == 0 then redis.call('ZREMRANGEBYSCORE', unread, '-inf', now - retention) end
           redis.call('EXPIRE', unread, retention)
         end
       end
