@@ -3,6 +3,8 @@
 * :mod:`~worker.store.keys`: every key name (one registry);
 * :mod:`~worker.store.scripts`: the Lua scripts (``store/lua/*.lua``), run by SHA;
 * :mod:`~worker.store.records`: the delivery record's fields, codec and public view;
+* :mod:`~worker.store.outcomes`: final records, one short value each in hour buckets, and the
+  read of a record by id whether it is open or final;
 * :mod:`~worker.store.envelope`: the Celery message written without Celery;
 * :mod:`~worker.store.connections`: clients from ``REDIS_URL`` (TLS, Sentinel);
 * :mod:`~worker.store.deadletters`: list, replay, purge and retention of dead letters;

@@ -5,7 +5,7 @@
 --               the campaign's open index (P:campopen:{id}, oldest first);
 --   'ids':      ARGV[18..] delivery ids.
 -- A delivery in an open state that no live claim holds is cancelled (camp_cancel: it leaves
--- pending, open, sched, parks and its campaign's index; compact record, RECORD_RETENTION). One a
+-- pending, open, sched, parks and its campaign's index; an outcome, RECORD_RETENTION). One a
 -- worker holds (IN_FLIGHT, lease not ended) is left to that worker: in 'ids' mode it is marked
 -- `cancel`, so record.lua and claim.lua cancel it at its next outcome unless it was sent; in
 -- 'campaign' mode the stop itself (P:campstop) does that. An index member whose record is gone
