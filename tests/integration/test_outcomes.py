@@ -95,6 +95,18 @@ def test_an_outcome_is_read_while_its_bucket_is_within_the_retention(redis_serve
         # retention 2 h: the buckets of the hours within it, and of the hour it began in
         assert {d for d, rec in found.items() if rec} == {"x0000", "x0001", "x0002"}
         assert found["x0001"]["sent_at"] == repr(now - outcomes.SPAN)
+
+        # one read: the newest hours first, the older ones in a second round trip
+        async def single(delivery_id: str) -> dict[str, str]:
+            aio = aioredis.Redis.from_url(s.redis_url)
+            try:
+                return await outcomes.read(aio, keys, delivery_id, 7200, now)
+            finally:
+                await aio.aclose()
+
+        assert asyncio.run(single("x0002")) == found["x0002"]  # 2 hours back: the second round
+        assert asyncio.run(single("x0001")) == found["x0001"]
+        assert asyncio.run(single("x0003")) == {}
         # an open hash wins over an outcome of the same id
         client.hset(keys.delivery("x0000"), mapping={"status": State.QUEUED.value, "page_id": PAGE})
         assert outcomes.read_sync(client, keys, "x0000", 7200, now)["status"] == State.QUEUED
