@@ -225,7 +225,6 @@ class Recorder:
             int(s.message_ttl) + s.record_retention,
             HISTORY_ENTRIES,
             keys.unread_prefix,
-            "1" if s.braze_receipt_events else "0",
             *campaign_ctx.of_settings(keys, s, now),
         ]
         for o in outcomes:

@@ -3,8 +3,8 @@
 -- ARGV[1] now, ARGV[2] delivery key prefix (P:d:), ARGV[3] park key prefix (P:park:),
 -- ARGV[4] stats key prefix (P:stats:), ARGV[5] final record retention (s), ARGV[6] this minute,
 -- ARGV[7] history key prefix (P:hist:), ARGV[8] a history's TTL (s), ARGV[9] its entries kept,
--- ARGV[10] unread prefix (P:unread:), ARGV[11] '1' to keep a sent record's external_id
--- (BRAZE_RECEIPT_EVENTS), ARGV[12..26] the campaign context (_campaign.lua), then per delivery:
+-- ARGV[10] unread prefix (P:unread:), ARGV[11..25] the campaign context (_campaign.lua), then
+-- per delivery:
 -- id, fence token, status, due ('' = none), pending deadline ('' = none), a history entry
 -- ('' = none), a failure class ('' = none: "{status}:{reason}" counted in
 -- P:stats:{minute}:reasons), reason ('' = none), its outcome's value when it ends here as an
@@ -18,8 +18,8 @@
 --   FINAL      leaves pending, open, sched, any park and its campaign's open index; counted per
 --              minute (`P:stats:`) and in its campaign (status, failed:{reason}); a dead letter
 --              joins `dead` and keeps its body (replayable) with no expiry; any other final
---              delivery leaves its hash and becomes an outcome (_outcome.lua: the OUTCOME
---              fields, not the Braze user unless ARGV[11]; RECORD_RETENTION after its hour);
+--              delivery leaves its hash and becomes the outcome the worker built (_outcome.lua;
+--              RECORD_RETENTION after its hour);
 --              a sent one drops an earlier error, and joins its
 --              recipient's unread deliveries (P:unread) for the receipts (which find a receipt's
 --              mids there: no key per message id; members past the retention are pruned on one
@@ -36,12 +36,12 @@
 --!include _campaign.lua
 local now = tonumber(ARGV[1])
 local retention = tonumber(ARGV[5])
-camp_init(12)
+camp_init(11)
 local counts = {}
 local out = {}
 local ended = {}  -- final deliveries: leave pending, open and sched in one ZREM each (_bulk.lua)
 local reasons = ARGV[4] .. ARGV[6] .. ':reasons'
-local i = 27
+local i = 26
 while i <= #ARGV do
   local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local due, deadline = ARGV[i + 3], ARGV[i + 4]
