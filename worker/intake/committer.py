@@ -42,7 +42,7 @@ from worker.states import State
 from worker.store import Keys, envelope, ids, scripts, shards
 from worker.store.campaign_ctx import CONTEXT_ARGS
 from worker.store.campaign_ctx import of_settings as campaign_context
-from worker.store.records import ATTRIBUTION
+from worker.store.records import ATTRIBUTION, owner
 
 log = get_logger("worker.intake")
 #: A batch this big is committed without waiting for company (BATCH_MAX caps it).
@@ -141,8 +141,7 @@ class _Item:
     @property
     def owner(self) -> str:
         """The campaign it counts towards: its campaign id, else its Canvas id ("" = none)."""
-        given = dict(zip(ATTRIBUTION, self.attribution, strict=True))
-        return given["campaign_id"] or given["canvas_id"]
+        return owner(dict(zip(ATTRIBUTION, self.attribution, strict=True)))
 
 
 #: accept.lua's arguments before the first request's (worker/store/lua/accept.lua).
