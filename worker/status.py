@@ -236,6 +236,11 @@ def _each(shards: list[tuple[Settings, Any]], read_one: Callable[[Any, Settings]
     return out
 
 
+def unavailable(results: list[T | None]) -> tuple[int, ...]:
+    """The indexes of the shards whose Redis did not answer (:func:`read_each`'s Nones)."""
+    return tuple(i for i, result in enumerate(results) if result is None)
+
+
 def answering(results: list[T | None]) -> list[T]:
     """The shards' results that came back; a Redis ConnectionError (503 unavailable) when none did."""
     got = [r for r in results if r is not None]

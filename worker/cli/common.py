@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,11 +39,16 @@ def service_settings(**overrides: object) -> Any:
     return loaded
 
 
-def warn_partial(read: Across[T]) -> T:
-    """A listing across shards' value; the shards it leaves out (they did not answer) on stderr."""
-    if read.unavailable:
-        names = ", ".join(str(i) for i in read.unavailable)
+def warn_unavailable(shards: Sequence[int]) -> None:
+    """The shards a listing or a status leaves out (they did not answer), on stderr."""
+    if shards:
+        names = ", ".join(str(i) for i in shards)
         print(f"warning: shard {names} did not answer; these figures leave it out", file=sys.stderr)
+
+
+def warn_partial(read: Across[T]) -> T:
+    """A listing across shards' value, after :func:`warn_unavailable` of what it leaves out."""
+    warn_unavailable(read.unavailable)
     return read.value
 
 

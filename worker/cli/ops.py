@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from worker.cli.common import settings as _settings
-from worker.cli.common import warn_partial, with_fleet
+from worker.cli.common import warn_partial, warn_unavailable, with_fleet
 from worker.states import FINAL as _FINAL
 from worker.states import State
 
@@ -72,13 +72,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             else {name: getattr(st, name) for name in _SHARD_FIELDS} | {"shard": i, "up": True}
             for i, st in enumerate(statuses)
         ]
-        down = [i for i, st in enumerate(statuses) if st is None]
+        down = status.unavailable(statuses)
         if down:
-            out["unavailable_shards"] = down
-            print(
-                f"warning: shard {', '.join(map(str, down))} did not answer; the totals leave it out",
-                file=sys.stderr,
-            )
+            out["unavailable_shards"] = list(down)
+            warn_unavailable(down)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0

@@ -74,7 +74,7 @@ async def pages(request: Request, s: sessions.Session) -> Response:
     settings = intake.settings
     each = await asyncio.to_thread(status.read_each, intake.sync_clients())
     current = status.merge(status.answering(each))
-    down = tuple(i for i, one in enumerate(each) if one is None)
+    down = status.unavailable(each)
     rows: dict[str, dict[str, Any]] = {}
     for page_id in intake.pages.page_ids():
         rows[page_id] = _page_row(settings, page_id, configured=True)
