@@ -153,8 +153,9 @@ def memory_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, flo
 
 
 def bucket_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, Any]:
-    """Outcome buckets (``P:o:*``, worker/store/outcomes.py): their ``MEMORY USAGE``, how many
-    outcomes each holds, the bytes per outcome, and how Redis encodes them."""
+    """Bucket hashes (outcomes ``P:o:*``, worker/store/outcomes.py; idempotency keys ``P:i:*``,
+    worker/store/idempotency.py): their ``MEMORY USAGE``, how many entries each holds, the bytes
+    per entry, and how Redis encodes them."""
     keys = sample_keys(client, pattern, limit)
     if not keys:
         return {"keys": 0}
@@ -172,17 +173,17 @@ def bucket_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, Any
     return {
         "keys": len(keys),
         "mean_bytes": round(sum(sizes) / len(keys), 1),
-        "mean_outcomes": round(sum(lens) / len(keys), 1),
-        "bytes_per_outcome": round(sum(sizes) / max(1, sum(lens)), 1),
+        "mean_entries": round(sum(lens) / len(keys), 1),
+        "bytes_per_entry": round(sum(sizes) / max(1, sum(lens)), 1),
         "encodings": encodings,
     }
 
 
-def dense_outcomes(client: Any, pattern: str, per_bucket: int, buckets: int = 20) -> dict[str, Any]:
-    """Bytes per outcome when the buckets are as full as a sustained rate fills them: the run's
-    own outcomes (their real ids and values, read from ``pattern``) written ``per_bucket`` to a
+def dense_buckets(client: Any, pattern: str, per_bucket: int, buckets: int = 20) -> dict[str, Any]:
+    """Bytes per entry when the buckets are as full as a sustained rate fills them: the run's
+    own entries (their real fields and values, read from ``pattern``) written ``per_bucket`` to a
     scratch hash, measured with ``MEMORY USAGE``, deleted. A run of 10,000 messages spreads
-    over 65,536 buckets an hour (about one outcome each: a key per outcome, as before
+    over 65,536 outcome buckets an hour (about one outcome each: a key per outcome, as before
     buckets); 1,000 messages/s for an hour puts 55 in each."""
     pairs: list[tuple[bytes, bytes]] = []
     for key in client.scan_iter(match=pattern, count=1000):
@@ -203,7 +204,7 @@ def dense_outcomes(client: Any, pattern: str, per_bucket: int, buckets: int = 20
     return {
         "buckets": full,
         "per_bucket": per_bucket,
-        "bytes_per_outcome": round(sum(sizes) / (full * per_bucket), 1),
+        "bytes_per_entry": round(sum(sizes) / (full * per_bucket), 1),
         "mean_value_bytes": round(
             sum(len(v) for _, v in pairs[: full * per_bucket]) / (full * per_bucket), 1
         ),

@@ -36,7 +36,7 @@ from benchmarks.harness import (
     wait_drained,
 )
 from tests.conftest import Stack
-from worker.store import outcomes
+from worker.store import idempotency, outcomes
 
 #: Goals of issue 18: Redis CPU per delivered message; bytes per open delivery beyond its body;
 #: bytes per finished delivery.
@@ -46,16 +46,19 @@ FINISHED_GOAL = 250.0
 IDLE_SECONDS = 2.0
 #: Outcomes per bucket at 1,000 messages/s sustained: 3,600,000 an hour over 65,536 buckets.
 DENSE_PER_BUCKET = 3_600_000 // 16**outcomes.SUFFIX
+#: Idempotency keys per bucket at 1,000 requests/s sustained with the default IDEMPOTENCY_TTL (a
+#: day): 86,400,000 a window over 16**5 buckets.
+IDEM_PER_BUCKET = 86_400_000 // 16**idempotency.SUFFIX
 
 
 def _open_samples(client: Any, stack: Stack, n: int) -> dict[str, Any]:
-    """What an open delivery is made of: its record, its idempotency key, its index entries."""
+    """What an open delivery is made of: its record, its idempotency key (bucketed), its index entries."""
     sample = f"{stack.prefix}:d:*"
     zsets = {k: int(client.memory_usage(k, samples=0) or 0) for k in (stack.keys.pending, stack.keys.open)}
     return {
         "body_bytes_stored": rediscost.body_bytes(client, sample),
         "record_open": rediscost.memory_samples(client, sample),
-        "idempotency_key": rediscost.memory_samples(client, f"{stack.prefix}:idem:*"),
+        "idempotency_buckets": rediscost.bucket_samples(client, f"{stack.prefix}:i:[0-9]*"),
         "index_zsets_bytes_per_delivery": {k.rpartition(":")[2]: v / n for k, v in zsets.items()},
     }
 
@@ -64,8 +67,10 @@ def _finished_samples(client: Any, stack: Stack) -> dict[str, Any]:
     return {
         "record_finished": rediscost.memory_samples(client, f"{stack.prefix}:d:*"),
         "outcome_buckets": rediscost.bucket_samples(client, f"{stack.prefix}:o:*"),
-        "outcome_at_1000_per_s": rediscost.dense_outcomes(client, f"{stack.prefix}:o:*", DENSE_PER_BUCKET),
-        "idempotency_key_after_drain": rediscost.memory_samples(client, f"{stack.prefix}:idem:*"),
+        "outcome_at_1000_per_s": rediscost.dense_buckets(client, f"{stack.prefix}:o:*", DENSE_PER_BUCKET),
+        "idempotency_at_1000_per_s": rediscost.dense_buckets(
+            client, f"{stack.prefix}:i:[0-9]*", IDEM_PER_BUCKET
+        ),
         "unread_zset_key": rediscost.memory_samples(client, f"{stack.prefix}:unread:*"),
     }
 

@@ -15,7 +15,7 @@ from worker.config import Settings
 from worker.intake.committer import GATHER_TARGET, GroupCommitter, accept_items
 from worker.messenger.validation import validate
 from worker.states import State
-from worker.store import Keys, campaign_ctx, scripts
+from worker.store import Keys, campaign_ctx, idempotency, scripts
 from worker.store import connections as redisconn
 from worker.store import envelope as broker
 
@@ -248,3 +248,81 @@ def test_an_item_that_cannot_be_encoded_fails_alone_and_never_the_batch(redis_se
     for delivery_id, _ in accepted:
         assert sync.hget(keys.delivery(delivery_id), "status") == b"queued"
     assert after[1] is True
+
+
+def _submit(settings: Settings, key: str, psid: str) -> tuple[str, bool]:
+    """One request with Idempotency-Key ``key`` through a committer of its own."""
+
+    async def go() -> tuple[str, bool]:
+        client = redisconn.async_client(settings)
+        try:
+            body = orjson.dumps({"recipient": {"id": psid}, "message": {"text": "hi"}})
+            return await GroupCommitter(client, settings).submit(
+                validate(body, settings, path_page_id=PAGE), key, "r"
+            )
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+#: An IDEMPOTENCY_TTL of 115 days: no test here runs across a window's edge.
+TTL = 10_000_000
+
+
+def test_an_idempotency_key_lives_in_its_windows_bucket_and_is_found_in_the_next_window(
+    redis_server: RedisServer,
+) -> None:
+    """A key is a field of the bucket of the Redis clock's window (IDEMPOTENCY_TTL long), which
+    expires at the end of the next window; a repeat finds it there or in the previous window's
+    bucket, and no longer two windows on. Nothing is written as a key of its own."""
+    settings = _settings(redis_server, idempotency_ttl=TTL)
+    keys, sync = Keys.of(settings), redis_server.client()
+    first, accepted = _submit(settings, "order-1", "ik-1")
+    assert accepted
+    window = idempotency.window(float(sync.time()[0]), TTL)
+    digest = idempotency.digest(idempotency.scoped("", PAGE, "order-1"))
+    bucket = idempotency.bucket(keys.idem_bucket_prefix, window, digest)
+    assert sync.hgetall(bucket) == {digest[idempotency.SUFFIX :].encode(): first.encode()}
+    assert sync.expiretime(bucket) == (window + 2) * TTL
+    assert sync.object("encoding", bucket) == b"listpack"
+    assert not list(sync.scan_iter(match=keys.idem("*")))
+
+    assert _submit(settings, "order-1", "ik-1") == (first, False)  # the same window
+
+    # written in the previous window: still a repeat
+    sync.delete(bucket)
+    sync.hset(
+        idempotency.bucket(keys.idem_bucket_prefix, window - 1, digest), digest[idempotency.SUFFIX :], first
+    )
+    assert _submit(settings, "order-1", "ik-1") == (first, False)
+    assert not sync.exists(bucket)  # a repeat writes nothing
+
+    # two windows back (its bucket would have expired): a new delivery
+    sync.delete(idempotency.bucket(keys.idem_bucket_prefix, window - 1, digest))
+    sync.hset(
+        idempotency.bucket(keys.idem_bucket_prefix, window - 2, digest), digest[idempotency.SUFFIX :], first
+    )
+    again, accepted = _submit(settings, "order-1", "ik-1")
+    assert accepted
+    assert again != first
+    assert sync.hget(bucket, digest[idempotency.SUFFIX :]) == again.encode()
+
+
+def test_keys_the_previous_version_stored_are_read_for_one_ttl_after_the_upgrade(
+    redis_server: RedisServer,
+) -> None:
+    """An upgrade: a P:idem: string written before buckets answers a repeat while the buckets are
+    younger than IDEMPOTENCY_TTL on this Redis (P:i:since), and is not read after."""
+    settings = _settings(redis_server, idempotency_ttl=TTL)
+    keys, sync = Keys.of(settings), redis_server.client()
+    sync.set(keys.idem(idempotency.scoped("", PAGE, "before-1")), "id-from-before", ex=3600)
+    assert _submit(settings, "before-1", "up-1") == ("id-from-before", False)
+    since = int(sync.get(keys.idem_bucket_prefix + "since") or 0)
+    assert abs(since - int(sync.time()[0])) <= 2  # set by the first accept
+
+    sync.set(keys.idem(idempotency.scoped("", PAGE, "before-2")), "id-from-before-2", ex=3600)
+    sync.set(keys.idem_bucket_prefix + "since", since - TTL - 1)
+    delivery_id, accepted = _submit(settings, "before-2", "up-2")
+    assert accepted
+    assert delivery_id != "id-from-before-2"

@@ -39,7 +39,7 @@ from worker.intake.notices import Throttled
 from worker.logging import get_logger
 from worker.messenger.validation import InputError, SendRequest, encode_body
 from worker.states import State
-from worker.store import Keys, envelope, ids, scripts, shards
+from worker.store import Keys, envelope, idempotency, ids, scripts, shards
 from worker.store.campaign_ctx import CONTEXT_ARGS
 from worker.store.campaign_ctx import of_settings as campaign_context
 from worker.store.records import ATTRIBUTION, owner
@@ -149,11 +149,11 @@ ACCEPT_HEAD = 10 + CONTEXT_ARGS
 
 
 def accept_items(args: list[Any]) -> int:
-    """How many requests an ACCEPT call's arguments carry (each: id, idempotency key, campaign,
-    n and n field/value pairs)."""
+    """How many requests an ACCEPT call's arguments carry (each: id, idempotency key digest,
+    the key as the previous version stored it, campaign, n and n field/value pairs)."""
     count, i = 0, ACCEPT_HEAD
     while i < len(args):
-        count, i = count + 1, i + 4 + 2 * int(args[i + 3])
+        count, i = count + 1, i + 5 + 2 * int(args[i + 4])
     return count
 
 
@@ -284,7 +284,7 @@ class GroupCommitter:
         gap = min(now - self._last_arrival, 1.0)
         self._gap = gap if self._gap == math.inf else 0.8 * self._gap + 0.2 * gap
         self._last_arrival = now
-        scoped = f"{caller}:{request.page_id}:{idempotency_key}" if idempotency_key else ""
+        scoped = idempotency.scoped(caller, request.page_id, idempotency_key)
         item = _Item(
             shards.new_delivery_id(self._settings),
             request,
@@ -379,7 +379,7 @@ class GroupCommitter:
             repr(now),
             s.idempotency_ttl,
             s.sweep_after_seconds,
-            self._keys.idem_prefix,
+            self._keys.idem_bucket_prefix,
             self._keys.delivery_prefix,
             self._keys.batch_prefix,
             envelope.celery_message(batch_id, s.queue_name, task=envelope.BATCH_TASK),
@@ -407,7 +407,9 @@ class GroupCommitter:
                 )
                 continue
             record = _record(item, body, tags, template)
-            args += [item.delivery_id, item.idempotency_key, item.owner, len(record) // 2, *record]
+            key = item.idempotency_key
+            digest, old = (idempotency.digest(key), self._keys.idem(key)) if key else ("", "")
+            args += [item.delivery_id, digest, old, item.owner, len(record) // 2, *record]
             going.append(item)
         return going, args
 

@@ -26,7 +26,13 @@
     P:hist:{id}             list    a delivery's history: one JSON entry per round that did not
                                     end in a first-try send (the last 20; MESSAGE_TTL +
                                     RECORD_RETENTION)
-    P:idem:{key}            string  Idempotency-Key -> delivery id (IDEMPOTENCY_TTL)
+    P:i:{window}:{suffix}   hash    Idempotency-Keys (a digest of caller:page:key) -> delivery id;
+                                    window = ⌊Redis time / IDEMPOTENCY_TTL⌋, expires at the end of
+                                    the next (worker/store/idempotency.py)
+    P:i:since               string  when the buckets above first ran on this shard: until one
+                                    IDEMPOTENCY_TTL later accept.lua also reads P:idem:
+    P:idem:{key}            string  before buckets: Idempotency-Key -> delivery id (IDEMPOTENCY_TTL;
+                                    read, never written, left to expire)
     P:batch:{bid}           list    ids gathered for one ``worker.deliver_batch`` message while it
                                     waits in the queue (taken whole by the claim)
     P:gather:{queue}        string  the queue's newest batch id (commits append to it)
@@ -150,11 +156,15 @@ class Keys:
         return f"{self.prefix}:hist:"
 
     def idem(self, key: str) -> str:
+        """An Idempotency-Key as the previous version kept it (a string of its own): read by
+        accept.lua for one IDEMPOTENCY_TTL after the buckets first ran, never written."""
         return f"{self.prefix}:idem:{key}"
 
     @property
-    def idem_prefix(self) -> str:
-        return f"{self.prefix}:idem:"
+    def idem_bucket_prefix(self) -> str:
+        """Idempotency-Key buckets (worker/store/idempotency.py); ``since`` after it names when
+        they first ran."""
+        return f"{self.prefix}:i:"
 
     # --- the queue ----------------------------------------------------------------------------
     def batch(self, batch_id: str) -> str:

@@ -1,15 +1,22 @@
 -- ACCEPT: the intake's group commit, one call per batch of requests.
 -- KEYS[1] pending zset, KEYS[2] Celery queue list, KEYS[3] open zset, KEYS[4] the queue's gather
 -- pointer (P:gather:{queue}).
--- ARGV[1] now, ARGV[2] idempotency ttl, ARGV[3] sweep_after, ARGV[4] idempotency key prefix
--- (P:idem:), ARGV[5] delivery key prefix (P:d:), ARGV[6] batch key prefix (P:batch:),
+-- ARGV[1] now, ARGV[2] IDEMPOTENCY_TTL, ARGV[3] sweep_after, ARGV[4] idempotency bucket prefix
+-- (P:i:), ARGV[5] delivery key prefix (P:d:), ARGV[6] batch key prefix (P:batch:),
 -- ARGV[7] the Celery message of a new batch (`worker.deliver_batch(ARGV[8])`, serialised),
 -- ARGV[8] the new batch's id, ARGV[9] QUEUE_BATCH_MAX, ARGV[10] a batch list's TTL (s),
--- ARGV[11..25] the campaign context (_campaign.lua), then from ARGV[26] per item: id, idempotency key ('' for none; scoped by the intake to the
--- caller and the page), its campaign ('' for none: the campaign id, else the Canvas id), n, and
--- n field/value pairs: the record as the intake built it (worker/intake/committer.py: page_id,
+-- ARGV[11..25] the campaign context (_campaign.lua), then from ARGV[26] per item: id, its
+-- idempotency key's digest ('' for none: worker/store/idempotency.py, of the key scoped by the
+-- intake to the caller and the page), the key as the previous version stored it (P:idem:...,
+-- '' for none), its campaign ('' for none: the campaign id, else the Canvas id), n, and n
+-- field/value pairs: the record as the intake built it (worker/intake/committer.py: page_id,
 -- psid, body, caller, request_id, and those it has of fallbacks, utility, external_id and the
 -- attribution); this script adds status and created_at. No token is ever stored.
+-- Idempotency: a digest is looked up in the bucket of the current window (Redis time /
+-- IDEMPOTENCY_TTL) and of the previous one, and written into the current one, which expires at
+-- the end of the next: a key is remembered at least IDEMPOTENCY_TTL, at most twice that. For one
+-- IDEMPOTENCY_TTL after buckets first ran on this Redis (P:i:since) the previous version's key
+-- is read too.
 -- A delivery of a campaign that is stopped (P:campstop) is not queued: it is written as a
 -- CANCELLED outcome (_outcome.lua) and its item's answer is '-'. Every other item with a
 -- campaign joins the campaign's open index; both are counted (accepted, cancelled).
@@ -29,17 +36,32 @@ local cap = tonumber(ARGV[9])
 local ttl = tonumber(ARGV[10])
 local out = {}
 local accepted = {}
+-- the idempotency window, by the server's clock (one clock for every intake)
+local clock = tonumber(redis.call('TIME')[1])
+local window = math.floor(clock / idem_ttl)
+local current, previous = ARGV[4] .. window .. ':', ARGV[4] .. (window - 1) .. ':'
+local forget_at = (window + 2) * idem_ttl
+local since = redis.call('GET', ARGV[4] .. 'since')
+if not since then
+  since = clock
+  redis.call('SET', ARGV[4] .. 'since', clock)
+end
+local legacy = clock < tonumber(since) + idem_ttl
 local pending, opened = {}, {}  -- ZADD members, sent once each (_bulk.lua)
 camp_init(11)
 local i = 26
 while i <= #ARGV do
-  local id, idem, owner, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local first, last = i + 4, i + 3 + 2 * n  -- the record's field/value pairs
+  local id, idem, old, owner, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+  local first, last = i + 5, i + 4 + 2 * n  -- the record's field/value pairs
   local existing = false
   if idem ~= '' then
-    local key = ARGV[4] .. idem
-    if redis.call('SET', key, id, 'NX', 'EX', idem_ttl) == false then
-      existing = redis.call('GET', key)
+    local suffix, field = string.sub(idem, 1, IDEM_SUFFIX), string.sub(idem, IDEM_SUFFIX + 1)
+    local bucket = current .. suffix
+    existing = redis.call('HGET', bucket, field) or redis.call('HGET', previous .. suffix, field)
+    if not existing and legacy and old ~= '' then existing = redis.call('GET', old) end
+    if not existing then
+      redis.call('HSET', bucket, field, id)
+      redis.call('EXPIREAT', bucket, forget_at, 'NX')
     end
   end
   local camp = owner ~= '' and owner or nil
