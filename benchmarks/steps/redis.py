@@ -36,7 +36,7 @@ from benchmarks.harness import (
     wait_drained,
 )
 from tests.conftest import Stack
-from worker.store import idempotency, outcomes
+from worker.store import idempotency, outcomes, unread
 
 #: Goals of issue 18: Redis CPU per delivered message; bytes per open delivery beyond its body;
 #: bytes per finished delivery.
@@ -49,6 +49,9 @@ DENSE_PER_BUCKET = 3_600_000 // 16**outcomes.SUFFIX
 #: Idempotency keys per bucket at 1,000 requests/s sustained with the default IDEMPOTENCY_TTL (a
 #: day): 86,400,000 a window over 16**5 buckets.
 IDEM_PER_BUCKET = 86_400_000 // 16**idempotency.SUFFIX
+#: Recipients per unread bucket at 1,000 messages/s to distinct recipients sustained with the
+#: default RECORD_RETENTION (a day).
+UNREAD_PER_BUCKET = 86_400_000 // 16**unread.SUFFIX
 
 
 def _open_samples(client: Any, stack: Stack, n: int) -> dict[str, Any]:
@@ -71,7 +74,10 @@ def _finished_samples(client: Any, stack: Stack) -> dict[str, Any]:
         "idempotency_at_1000_per_s": rediscost.dense_buckets(
             client, f"{stack.prefix}:i:[0-9]*", IDEM_PER_BUCKET
         ),
-        "unread_zset_key": rediscost.memory_samples(client, f"{stack.prefix}:unread:*"),
+        "unread_buckets": rediscost.bucket_samples(client, f"{stack.prefix}:u:[0-9]*"),
+        "unread_at_1000_per_s": rediscost.dense_buckets(
+            client, f"{stack.prefix}:u:[0-9]*", UNREAD_PER_BUCKET
+        ),
     }
 
 

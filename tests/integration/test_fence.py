@@ -25,7 +25,7 @@ from worker.delivery.observers import Observer
 from worker.delivery.recorder import Recorder
 from worker.graph import SendResult
 from worker.states import Event, State
-from worker.store import Keys, campaign_ctx, deadletters, outcomes, records, scripts
+from worker.store import Keys, campaign_ctx, deadletters, outcomes, records, scripts, unread
 from worker.store.connections import RECOMMENDED_CONFIG
 
 pytestmark = pytest.mark.integration
@@ -378,22 +378,33 @@ def test_the_sweeper_leaves_a_queued_delivery_waiting_in_a_backlog(redis_server:
     assert lost == ["old"]
 
 
-def test_a_recipients_unread_set_drops_ids_past_the_retention_one_send_in_16(
+def test_a_sent_delivery_joins_its_recipients_unread_field_in_the_bucket_of_its_window(
     redis_server: RedisServer,
 ) -> None:
-    s = make_settings(redis_server, record_retention=3600)
+    """Sends to one recipient append "{id},{sent_at},{outcome hour}" to its field of the unread
+    bucket of the window (RECORD_RETENTION long), which expires at the end of the next window; no
+    set of its own is written (P:unread: is only read, for the deliveries from before)."""
+    retention = 10_000_000  # 115 days: no test here runs across a window's edge
+    s = make_settings(redis_server, record_retention=retention)
     keys = Keys.of(s)
 
     async def go(client: aioredis.Redis) -> None:
-        unread = keys.unread(PAGE, "same")
-        await client.zadd(unread, {"stale": time.time() - 7200})
         await accept(client, s, ["d1", "d0"], psid="same")
         (d1,) = await claim(client, s, "w1.1", ["d1"])
         assert await write(client, s, sent(d1)) == [1]
-        assert await client.zscore(unread, "stale") is not None  # d1 does not prune
         (d0,) = await claim(client, s, "w1.2", ["d0"])
         assert await write(client, s, sent(d0)) == [1]
-        assert {m.decode() for m in await client.zrange(unread, 0, -1)} == {"d1", "d0"}
-        assert 3500 < await client.ttl(unread) <= 3600
+        now = time.time()
+        window = int(now // retention)
+        bucket = unread.bucket(keys.unread_bucket_prefix, window, PAGE, "same")
+        entries = unread.entries(await client.hget(bucket, f"{PAGE}:same"))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        assert [e[0] for e in entries] == ["d1", "d0"]
+        for delivery_id, sent_at, hour in entries:
+            rec = await fields(client, s, delivery_id)
+            assert float(rec["sent_at"]) == sent_at
+            assert await client.hexists(outcomes.bucket(keys, hour, delivery_id), delivery_id)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        assert await client.expiretime(bucket) == (window + 2) * retention  # type: ignore[misc]  # redis-py types it sync
+        assert await client.object("encoding", bucket) == b"listpack"
+        assert await client.exists(keys.unread(PAGE, "same")) == 0
 
     run(s, go)

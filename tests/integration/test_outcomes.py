@@ -16,7 +16,7 @@ from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
 from worker.config import Settings
 from worker.delivery.receipts import apply_receipts
 from worker.states import State
-from worker.store import Keys, outcomes
+from worker.store import Keys, outcomes, unread
 
 pytestmark = pytest.mark.integration
 
@@ -52,20 +52,29 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
     s = _settings(redis_server, record_retention=7200)
     keys = Keys.of(s)
     now = time.time()
-    fresh, legacy = "a" * 28 + "0001", "b" * 28 + "0002"
+    fresh, legacy, newest = "a" * 28 + "0001", "b" * 28 + "0002", "c" * 28 + "0003"
+    hour = int(now // outcomes.SPAN)
 
     async def go() -> None:
         client = aioredis.Redis.from_url(s.redis_url)
         try:
-            bucket = outcomes.bucket(keys, int(now // outcomes.SPAN), fresh)
-            await client.hset(bucket, fresh, outcomes.pack(_sent(now - 5, external_id="u1")))
+            await client.hset(
+                outcomes.bucket(keys, hour, fresh), fresh, outcomes.pack(_sent(now - 5, external_id="u1"))
+            )
             await client.hset(keys.delivery(legacy), mapping=_sent(now - 4, external_id="u2"))
-            unread = f"{keys.unread_prefix}{PAGE}:psid-1"
-            await client.zadd(unread, {fresh: now - 5, legacy: now - 4})
+            # the unread set from before buckets holds those two, the bucket the newest
+            unread_before = keys.unread(PAGE, "psid-1")
+            await client.zadd(unread_before, {fresh: now - 5, legacy: now - 4})
+            await client.hset(
+                outcomes.bucket(keys, hour, newest), newest, outcomes.pack(_sent(now - 3, external_id="u3"))
+            )
+            bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-1")
+            await client.hset(bucket, f"{PAGE}:psid-1", f"{newest},{now - 3!r},{hour}")
             read = {"kind": "read", "page_id": PAGE, "psid": "psid-1", "watermark": now, "timestamp": now}
-            assert await apply_receipts(client, s, [read]) == 4  # delivered and read, each
+            assert await apply_receipts(client, s, [read]) == 6  # delivered and read, each
             assert await apply_receipts(client, s, [read]) == 0  # a replayed webhook: nothing
-            for delivery_id in (fresh, legacy):
+            assert await client.exists(unread_before, bucket) == 0  # read: no longer unread
+            for delivery_id in (fresh, legacy, newest):
                 rec = await outcomes.read(client, keys, delivery_id, s.record_retention)
                 assert rec["status"] == State.SENT
                 assert float(rec["read_at"]) == pytest.approx(now)
@@ -73,8 +82,8 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
                 assert "external_id" not in rec  # the Braze user goes with the read receipt
             assert await client.exists(keys.delivery(fresh)) == 0  # still an outcome only
             counters = await client.hgetall(keys.campaign("camp-1"))
-            assert counters[b"read"] == b"2"
-            assert counters[b"delivered"] == b"2"
+            assert counters[b"read"] == b"3"
+            assert counters[b"delivered"] == b"3"
         finally:
             await client.aclose()
 

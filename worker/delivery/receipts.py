@@ -2,9 +2,10 @@
 
 The webhook's ``message_deliveries`` (mids and a watermark) and ``message_reads`` (a watermark)
 events reach :func:`apply_receipts` from the inbound task. ``receipts.lua`` finds the deliveries
-among the recipient's sent, unread deliveries (``P:unread:{page}:{psid}``, by sent time): by
-their message id (the mids) and by the watermark. The set expires with the delivery records
-(RECORD_RETENTION), so memory stays bounded; there is no key per message id. Each delivery is marked once;
+among the recipient's sent, unread deliveries (:mod:`worker.store.unread`, with their sent time
+and their outcome's hour): by their message id (the mids) and by the watermark. They expire with
+the delivery records (RECORD_RETENTION, at most twice that), so memory stays bounded; there is
+no key per message id. Each delivery is marked once;
 its campaign counts it (delivered, read) in the same call. Then ``bmw_receipts_total{kind}`` and
 the latency histograms, and with BRAZE_RECEIPT_EVENTS a ``messenger_delivered`` /
 ``messenger_read`` custom event for the delivery's Braze user (with its campaign fields), so Braze
@@ -56,7 +57,7 @@ async def apply_receipts(client: aioredis.Redis, settings: Settings, events: lis
     receipts = [a for a in (_args(e, now) for e in events if e.get("kind") in RECEIPT_KINDS) if a]
     marks: list[Any] = []
     for start in range(0, len(receipts), CHUNK):
-        args = [*campaign_ctx.of_settings(keys, settings, now), keys.unread_prefix]
+        args = [*campaign_ctx.of_settings(keys, settings, now), keys.unread_bucket_prefix, keys.unread_prefix]
         for item in receipts[start : start + CHUNK]:
             args += item
         parsed = orjson.loads(await scripts.run(client, "receipts", args=args))

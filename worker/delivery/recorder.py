@@ -224,7 +224,7 @@ class Recorder:
             keys.history_prefix,
             int(s.message_ttl) + s.record_retention,
             HISTORY_ENTRIES,
-            keys.unread_prefix,
+            keys.unread_bucket_prefix,
             *campaign_ctx.of_settings(keys, s, now),
         ]
         for o in outcomes:

@@ -72,10 +72,13 @@
                                     CAMPAIGN_RETENTION)
     P:campstop              zset    stopped campaigns -> stopped at (claim.lua, accept.lua and the
                                     workers read it; resume removes; pruned by CAMPAIGN_RETENTION)
-    P:unread:{page}:{psid}  zset    sent deliveries not yet read -> sent at (delivery receipts by
-                                    mid and by watermark, read watermarks; RECORD_RETENTION after
-                                    the last send, pruned on one send in 16). Before: also P:mid2d
-                                    per message id
+    P:u:{window}:{suffix}   hash    per recipient, "{page}:{psid}" -> its sent deliveries not yet
+                                    read: "{id},{sent_at},{outcome hour}" each (delivery receipts
+                                    by mid and by watermark, read watermarks); window = ⌊sent time
+                                    / RECORD_RETENTION⌋, expires at the end of the next
+                                    (worker/store/unread.py)
+    P:unread:{page}:{psid}  zset    before buckets: the same as one set per recipient -> sent at
+                                    (read and trimmed by the receipts, never written; expires)
     P:braze:outbox … :lock          the Braze outbox (worker/braze/outbox.py)
     {QUEUE_NAME}            list    the Celery queue (kombu's Redis layout); ``unacked`` is kombu's
 """
@@ -288,12 +291,19 @@ class Keys:
 
     # --- receipts ------------------------------------------------------------------------------
     def unread(self, page_id: str, psid: str) -> str:
-        """The recipient's sent, unread deliveries -> sent at (delivery and read watermarks)."""
+        """The previous version's set of a recipient's sent, unread deliveries -> sent at (read
+        and trimmed by the receipts, never written)."""
         return f"{self.prefix}:unread:{page_id}:{psid}"
 
     @property
     def unread_prefix(self) -> str:
+        """The previous version's unread sets (read by the receipts, never written)."""
         return f"{self.prefix}:unread:"
+
+    @property
+    def unread_bucket_prefix(self) -> str:
+        """Recipients' unread deliveries, in buckets (worker/store/unread.py)."""
+        return f"{self.prefix}:u:"
 
     # --- Braze --------------------------------------------------------------------------------
     @property

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from worker import states
-from worker.store import idempotency, outcomes, records
+from worker.store import idempotency, outcomes, records, unread
 
 LUA_DIR: Final = Path(__file__).with_name("lua")
 _INCLUDE = re.compile(r"^--!include (\S+)$", re.M)
@@ -52,7 +52,7 @@ def _prelude() -> str:
     return (
         f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\nlocal ATTRIBUTION = {{{attribution}}}\n"
         f"local OUTCOME_SPAN, OUTCOME_SUFFIX, OUTCOME_DONE = {outcomes.SPAN}, {outcomes.SUFFIX}, {outcomes.DONE}\n"
-        f"local IDEM_SUFFIX = {idempotency.SUFFIX}\n"
+        f"local IDEM_SUFFIX, UNREAD_SUFFIX = {idempotency.SUFFIX}, {unread.SUFFIX}\n"
     )
 
 

@@ -1,27 +1,38 @@
 -- RECEIPTS: Messenger's delivery and read webhooks mark sent deliveries delivered_at / read_at.
--- ARGV[1..15] the campaign context (_campaign.lua), ARGV[16] unread prefix (P:unread:), then
--- per event: kind ('delivery' or 'read'), page id, PSID, watermark (epoch s, '' = none), its
--- time (epoch s), n, and n message ids (mids).
--- delivery: each delivery of the recipient's unread set whose message_id is one of the mids
---           (at most MID_SCAN of them looked at: a recipient's unread sends of the retention),
---           and every one sent at or before the watermark, gets delivered_at (the watermark,
---           else the event's time). No key per mid: the unread set is the index
--- read:     every delivery of the unread set sent at or before the watermark gets delivered_at
---           (if it had none) and read_at; they leave the unread set, and the Braze user kept for
---           the receipt events is dropped from their record
--- A sent delivery's record is its outcome (_outcome.lua), found in the buckets of the hours it
--- may have ended in; a record written before outcomes is its compacted hash.
+-- ARGV[1..15] the campaign context (_campaign.lua), ARGV[16] unread bucket prefix (P:u:),
+-- ARGV[17] the previous version's unread set prefix (P:unread:), then per event: kind
+-- ('delivery' or 'read'), page id, PSID, watermark (epoch s, '' = none), its time (epoch s), n,
+-- and n message ids (mids).
+-- The recipient's unread deliveries are its field in the unread buckets (_unread.lua), and the
+-- members of its unread set from before buckets, while one remains.
+-- delivery: each unread delivery whose message_id is one of the mids (the newest MID_SCAN
+--           looked at), and every one sent at or before the watermark, gets delivered_at (the
+--           watermark, else the event's time). No key per mid: the unread deliveries are the index
+-- read:     every unread delivery sent at or before the watermark gets delivered_at (if it had
+--           none) and read_at; they stop being unread, and the Braze user kept for the receipt
+--           events is dropped from their record
+-- A sent delivery's record is its outcome (_outcome.lua), read in the hour bucket its unread
+-- entry names (else looked for in the hours it may have ended in); a record written before
+-- outcomes is its compacted hash.
 -- Only SENT records are marked, each once (a replayed webhook changes nothing); each mark is
 -- counted in the delivery's campaign (delivered, read).
 -- Returns a JSON list of the new marks: [delivery id, 'delivered' or 'read', seconds since it was
 -- sent, external_id or '', {attribution}].
 --!include _campaign.lua
+--!include _unread.lua
 camp_init(1)
 local out = {}
 
 -- A delivery's record for the receipts: its outcome (bucket key, fields), or for a record
--- written before outcomes (a compacted hash: it expires with its retention) its hash.
-local function find(id)
+-- written before outcomes (a compacted hash: it expires with its retention) its hash. An unread
+-- entry names its outcome's hour: the outcome is there, or gone with its retention.
+local function find(id, hour)
+  if hour then
+    local key = outcome_prefix(CAMP.d) .. hour .. ':' .. string.sub(id, -OUTCOME_SUFFIX)
+    local raw = redis.call('HGET', key, id)
+    if raw then return key, outcome_unpack(raw) end
+    return nil, nil
+  end
   local key, rec = outcome_find(CAMP.d, id, tonumber(CAMP.now), CAMP.record_retention)
   if key then return key, rec end
   local flat = redis.call('HGETALL', CAMP.d .. id)
@@ -56,33 +67,49 @@ local function mark(id, key, rec, field, at, forget)
 end
 
 local MID_SCAN = 200
-local i = 17
+local now, retention = tonumber(CAMP.now), CAMP.record_retention
+local i = 18
 while i <= #ARGV do
   local kind, page, psid, wm, at, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
-  local unread = ARGV[16] .. page .. ':' .. psid
   local when = wm ~= '' and wm or at
+  local mark_to = wm ~= '' and tonumber(wm) or nil
+  -- the unread deliveries, oldest first: the buckets', then the set's from before buckets
+  local list = unread_list(ARGV[16], page, psid, now, retention)
+  local before = ARGV[17] .. page .. ':' .. psid
+  local old = redis.call('ZRANGE', before, 0, -1, 'WITHSCORES')
+  for j = 1, #old, 2 do list[#list + 1] = {id = old[j], sent = tonumber(old[j + 1])} end
   if kind == 'delivery' then
     if n > 0 then
       local wanted = {}
       for j = 1, n do wanted[ARGV[i + 5 + j]] = true end
-      for _, id in ipairs(redis.call('ZREVRANGE', unread, 0, MID_SCAN - 1)) do
-        local key, rec = find(id)
-        if rec and wanted[rec.message_id or ''] then mark(id, key, rec, 'delivered_at', when, false) end
+      local scanned = 0
+      for j = #list, 1, -1 do
+        if scanned >= MID_SCAN then break end
+        scanned = scanned + 1
+        local key, rec = find(list[j].id, list[j].hour)
+        if rec and wanted[rec.message_id or ''] then mark(list[j].id, key, rec, 'delivered_at', when, false) end
       end
     end
-    if wm ~= '' then
-      for _, id in ipairs(redis.call('ZRANGEBYSCORE', unread, '-inf', wm)) do
-        local key, rec = find(id)
-        mark(id, key, rec, 'delivered_at', when, false)
+    if mark_to then
+      for _, e in ipairs(list) do
+        if e.sent <= mark_to then
+          local key, rec = find(e.id, e.hour)
+          mark(e.id, key, rec, 'delivered_at', when, false)
+        end
       end
     end
-  elseif kind == 'read' and wm ~= '' then
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', unread, '-inf', wm)) do
-      local key, rec = find(id)
-      mark(id, key, rec, 'delivered_at', when, false)
-      mark(id, key, rec, 'read_at', when, true)
+  elseif kind == 'read' and mark_to then
+    local gone = {}
+    for _, e in ipairs(list) do
+      if e.sent <= mark_to then
+        local key, rec = find(e.id, e.hour)
+        mark(e.id, key, rec, 'delivered_at', when, false)
+        mark(e.id, key, rec, 'read_at', when, true)
+        gone[e.id] = true
+      end
     end
-    redis.call('ZREMRANGEBYSCORE', unread, '-inf', wm)
+    unread_drop(list, page, psid, gone)
+    if #old > 0 then redis.call('ZREMRANGEBYSCORE', before, '-inf', wm) end
   end
   i = i + 6 + n
 end

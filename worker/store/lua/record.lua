@@ -3,7 +3,7 @@
 -- ARGV[1] now, ARGV[2] delivery key prefix (P:d:), ARGV[3] park key prefix (P:park:),
 -- ARGV[4] stats key prefix (P:stats:), ARGV[5] final record retention (s), ARGV[6] this minute,
 -- ARGV[7] history key prefix (P:hist:), ARGV[8] a history's TTL (s), ARGV[9] its entries kept,
--- ARGV[10] unread prefix (P:unread:), ARGV[11..25] the campaign context (_campaign.lua), then
+-- ARGV[10] unread bucket prefix (P:u:), ARGV[11..25] the campaign context (_campaign.lua), then
 -- per delivery:
 -- id, fence token, status, due ('' = none), pending deadline ('' = none), a history entry
 -- ('' = none), a failure class ('' = none: "{status}:{reason}" counted in
@@ -21,9 +21,8 @@
 --              delivery leaves its hash and becomes the outcome the worker built (_outcome.lua;
 --              RECORD_RETENTION after its hour);
 --              a sent one drops an earlier error, and joins its
---              recipient's unread deliveries (P:unread) for the receipts (which find a receipt's
---              mids there: no key per message id; members past the retention are pruned on one
---              send in 16). Sent while its campaign
+--              recipient's unread deliveries (_unread.lua) for the receipts (which find a
+--              receipt's mids there: no key per message id). Sent while its campaign
 --              is stopped (a call that started before the worker saw the stop): sent_after_stop
 --   open, while its campaign is stopped or an operator cancelled it (`cancel`): CANCELLED
 --              instead (_campaign.lua's camp_cancel), answered 3
@@ -34,6 +33,7 @@
 -- (its hash's `done`, or its outcome's digest of it),
 -- 0 refused (the claim is another worker's now: this one's lease ended).
 --!include _campaign.lua
+--!include _unread.lua
 local now = tonumber(ARGV[1])
 local retention = tonumber(ARGV[5])
 camp_init(11)
@@ -80,15 +80,8 @@ while i <= #ARGV do
         redis.call('ZREM', ARGV[3] .. rec[2] .. ':' .. rec[3], id)
       end
       ended[#ended + 1] = id
-      if status == S.SENT then
-        if rec[4] and rec[4] ~= '' and rec[3] then
-          local unread = ARGV[10] .. rec[2] .. ':' .. rec[3]
-          redis.call('ZADD', unread, tonumber(rec[5] or ARGV[1]), id)
-          -- members past the retention go on one send in 16 (an id ending in 0): a recipient sent
-          -- to every day keeps a few stale ids at most, and the set expires with its last send
-          if string.byte(id, -1) % 16 == 0 then redis.call('ZREMRANGEBYSCORE', unread, '-inf', now - retention) end
-          redis.call('EXPIRE', unread, retention)
-        end
+      if status == S.SENT and rec[4] and rec[4] ~= '' and rec[3] then
+        unread_add(ARGV[10], rec[2], rec[3], id, rec[5] or ARGV[1], math.floor(now / OUTCOME_SPAN), now, retention)
       end
       if KEEPS_BODY[status] then
         redis.call('ZADD', KEYS[4], now, id)
