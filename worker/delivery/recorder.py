@@ -45,6 +45,9 @@ CANCELLED_INSTEAD = 3
 PAGE_WAIT_MARGIN = 3600
 #: A delivery's history keeps its last entries only.
 HISTORY_ENTRIES = 20
+#: The fields record.lua still gets beside a delivery's outcome value: what the recipient's unread
+#: entry needs (store/lua/_unread.lua).
+OUTCOME_INDEXED = ("message_id", "sent_at")
 
 
 _BAD_ENDS = (State.FAILED, State.DEAD, State.EXPIRED)
@@ -236,6 +239,11 @@ class Recorder:
             elif o.status not in FINAL:
                 due = repr(now + o.delay)
                 deadline = repr(now + o.delay + s.sweep_after_seconds)
+            value = b""
+            if o.status in FINAL and o.status not in KEEPS_BODY:
+                value = outcome_value(o, fields, now, s.braze_receipt_events)
+                # the value holds them all; the script reads only these (the receipts' index)
+                fields = {name: fields[name] for name in OUTCOME_INDEXED if name in fields}
             args += [
                 o.delivery.id,
                 o.delivery.claim,
@@ -244,13 +252,10 @@ class Recorder:
                 deadline,
                 *_notes(o),
                 o.reason or "",
-                outcome_value(o, fields, now, s.braze_receipt_events)
-                if o.status in FINAL and o.status not in KEEPS_BODY
-                else "",
             ]
-            args.append(len(fields))
-            for name, value in fields.items():
-                args += [name, value]
+            args += [value, len(fields)]
+            for name, value_ in fields.items():
+                args += [name, value_]
         scripts.queue(
             pipe, "record", keys=[keys.pending, keys.open, keys.sched, keys.dead, keys.parked], args=args
         )

@@ -9,7 +9,8 @@
 -- ('' = none), a failure class ('' = none: "{status}:{reason}" counted in
 -- P:stats:{minute}:reasons), reason ('' = none), its outcome's value when it ends here as an
 -- outcome ('' = none: packed by the worker from the record it claimed, outcome_value in
--- worker/delivery/recorder.py), n, and n field/value pairs.
+-- worker/delivery/recorder.py), n, and n field/value pairs (with an outcome's value, only its
+-- message_id and sent_at: the value holds the rest).
 -- The history entry and the failure class are written only with a fresh write (never twice,
 -- whatever retries the call: the caller re-sends a pipeline whose answer it lost).
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
