@@ -1,4 +1,5 @@
-"""The benchmark's pure helpers: history file names and the spread of rounds (no timing here)."""
+"""The benchmark's pure helpers: history file names, the spread of rounds, the derived sustained
+figure (no timing here)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from benchmarks.common import percentile, spread
 from benchmarks.history import free_path, history_name
+from benchmarks.steps.redis import sustained_finished
 
 
 def test_history_name_has_the_time_and_the_commit() -> None:
@@ -28,3 +30,14 @@ def test_spread_is_the_median_and_the_range() -> None:
     assert spread([1.0, 2.0])["median"] == 1.5
     assert spread([])["n"] == 0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+
+
+def test_the_sustained_finished_figure_weighs_each_part_by_how_long_it_is_kept() -> None:
+    dense = {
+        "outcome_at_1000_per_s": {"bytes_per_entry": 240.0},
+        "idempotency_at_1000_per_s": {"bytes_per_entry": 60.0},
+        "unread_at_1000_per_s": {"bytes_per_entry": 80.0},
+    }
+    # the outcome a day and half an hour of a day's retention; the others a day and a half
+    assert sustained_finished(dense) == 240.0 * (1 + 1800 / 86_400) + 90.0 + 120.0
+    assert sustained_finished({**dense, "unread_at_1000_per_s": {"buckets": 0}}) is None
