@@ -108,7 +108,7 @@ while i <= #ARGV do
         gone[e.id] = true
       end
     end
-    unread_drop(list, page, psid, gone)
+    if next(gone) then unread_drop(list, page, psid, gone) end
     if #old > 0 then redis.call('ZREMRANGEBYSCORE', before, '-inf', wm) end
   end
   i = i + 6 + n
