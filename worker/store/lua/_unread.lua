@@ -16,8 +16,12 @@ local function unread_add(prefix, page, psid, id, sent, hour, now, retention)
   local key = unread_where(prefix, field, window)
   local entry = id .. ',' .. sent .. ',' .. hour
   local before = redis.call('HGET', key, field)
-  redis.call('HSET', key, field, before and (before .. ' ' .. entry) or entry)
-  redis.call('EXPIREAT', key, (window + 2) * retention, 'NX')
+  if before then  -- the bucket exists: it got its expiry when it was made
+    redis.call('HSET', key, field, before .. ' ' .. entry)
+  else
+    redis.call('HSET', key, field, entry)
+    redis.call('EXPIREAT', key, (window + 2) * retention, 'NX')
+  end
 end
 
 -- The recipient's unread deliveries in the buckets of this window and the last, oldest first:
