@@ -10,16 +10,19 @@ digest (:func:`digest`): its first :data:`SUFFIX` hex characters pick a bucket, 
 
 ``accept.lua`` looks a key up in the current window's bucket, then the previous one's, and writes
 it into the current one. So a key is remembered at least IDEMPOTENCY_TTL and at most twice that
-(one and a half times on average), and a repeat within IDEMPOTENCY_TTL is always answered with the first
-delivery's id. The window comes from the Redis server's clock (``TIME``), one clock per shard,
-so intakes whose clocks differ cannot miss each other's keys at a window's edge.
+(one and a half times on average), and a repeat within IDEMPOTENCY_TTL is always answered with
+the first delivery's id. The window comes from the Redis server's clock (``TIME``), one clock per
+shard, so intakes whose clocks differ cannot miss each other's keys at a window's edge. The
+windows are numbered by IDEMPOTENCY_TTL: changing it forgets the keys remembered so far.
 
-Why buckets: a key of its own (``P:idem:{key}``, as before) costs about 210 bytes for a day,
-the string and its expiry entry; in a bucket a remembered key is its 16-character field, the
-32-character id and a few bytes of listpack. 16**5 buckets a window hold about 80 keys each at a
-sustained 1,000 requests/s with the default TTL of a day, under ``hash-max-listpack-entries``
-(128), so Redis keeps them as small listpacks. Collisions: a field is 64 bits of the digest inside
-a 20-bit bucket, so at 1,000 requests/s two different keys share both about once in 10**10 days; the keys are scoped per caller, so no caller can aim at another's.
+Why buckets: a key of its own (``P:idem:{key}``, as before) costs about 220 bytes for a day,
+the string and its dictionary and expiry entries; in a bucket a remembered key is its
+16-character field, the 32-character id and a few bytes of listpack (63 bytes measured, step 8
+of the benchmarks). 16**5 buckets a window hold about 80 keys each at a sustained 1,000
+requests/s with the default TTL of a day, under ``hash-max-listpack-entries`` (128), so Redis
+keeps them as small listpacks. Collisions: a field is 64 bits of the digest inside a 20-bit
+bucket, so at 1,000 requests/s two different keys share both about once in five billion days;
+the keys are scoped per caller, so no caller can aim at another's.
 
 Before buckets (an upgrade): ``P:idem:{key}`` strings written by the previous version are still
 read for one IDEMPOTENCY_TTL after this layout first ran on the shard (``P:i:since``, set once by
