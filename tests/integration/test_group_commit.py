@@ -313,16 +313,36 @@ def test_keys_the_previous_version_stored_are_read_for_one_ttl_after_the_upgrade
     redis_server: RedisServer,
 ) -> None:
     """An upgrade: a P:idem: string written before buckets answers a repeat while the buckets are
-    younger than IDEMPOTENCY_TTL on this Redis (P:i:since), and is not read after."""
+    younger than IDEMPOTENCY_TTL on this Redis (``since`` in P:i:meta), and is not read after."""
     settings = _settings(redis_server, idempotency_ttl=TTL)
     keys, sync = Keys.of(settings), redis_server.client()
+    meta = keys.idem_bucket_prefix + "meta"
     sync.set(keys.idem(idempotency.scoped("", PAGE, "before-1")), "id-from-before", ex=3600)
     assert _submit(settings, "before-1", "up-1") == ("id-from-before", False)
-    since = int(sync.get(keys.idem_bucket_prefix + "since") or 0)
+    since = int(sync.hget(meta, "since") or 0)
     assert abs(since - int(sync.time()[0])) <= 2  # set by the first accept
+    assert sync.hget(meta, "ttl") == str(TTL).encode()
 
     sync.set(keys.idem(idempotency.scoped("", PAGE, "before-2")), "id-from-before-2", ex=3600)
-    sync.set(keys.idem_bucket_prefix + "since", since - TTL - 1)
+    sync.hset(meta, "since", since - TTL - 1)
     delivery_id, accepted = _submit(settings, "before-2", "up-2")
     assert accepted
     assert delivery_id != "id-from-before-2"
+
+
+def test_a_key_remembered_under_the_ttl_before_a_change_is_still_a_repeat(redis_server: RedisServer) -> None:
+    """The windows are numbered by IDEMPOTENCY_TTL: after a change, the buckets of the TTL before
+    are read too while they live (two of its TTLs), so a retry across the change is a repeat."""
+    before = _settings(redis_server, idempotency_ttl=TTL)
+    first, accepted = _submit(before, "across", "tc-1")
+    assert accepted
+    after = before.model_copy(update={"idempotency_ttl": TTL // 3})
+    assert _submit(after, "across", "tc-1") == (first, False)
+    meta = Keys.of(after).idem_bucket_prefix + "meta"
+    sync = redis_server.client()
+    assert sync.hmget(meta, "ttl", "before") == [str(TTL // 3).encode(), str(TTL).encode()]
+    # two of the old TTLs after the change its buckets are gone: no longer read
+    sync.hset(meta, "changed", int(sync.time()[0]) - 2 * TTL - 1)
+    again, accepted = _submit(after, "across", "tc-1")
+    assert accepted
+    assert again != first

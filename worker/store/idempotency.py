@@ -13,7 +13,9 @@ it into the current one. So a key is remembered at least IDEMPOTENCY_TTL and at 
 (one and a half times on average), and a repeat within IDEMPOTENCY_TTL is always answered with
 the first delivery's id. The window comes from the Redis server's clock (``TIME``), one clock per
 shard, so intakes whose clocks differ cannot miss each other's keys at a window's edge. The
-windows are numbered by IDEMPOTENCY_TTL: changing it forgets the keys remembered so far.
+windows are numbered by IDEMPOTENCY_TTL. ``P:i:meta`` keeps the TTL they are numbered by; after a
+change, the windows of the TTL before are read too, for as long as their buckets live (two of its
+TTLs), so a retry that straddles the change is still a repeat.
 
 Why buckets: a key of its own (``P:idem:{key}``, as before) costs about 220 bytes for a day,
 the string and its dictionary and expiry entries; in a bucket a remembered key is its
@@ -25,8 +27,8 @@ bucket, so at 1,000 requests/s two different keys share both about once in five 
 the keys are scoped per caller, so no caller can aim at another's.
 
 Before buckets (an upgrade): ``P:idem:{key}`` strings written by the previous version are still
-read for one IDEMPOTENCY_TTL after this layout first ran on the shard (``P:i:since``, set once by
-``accept.lua``), then no more; they expire on their own.
+read for one IDEMPOTENCY_TTL after this layout first ran on the shard (``since`` in ``P:i:meta``,
+set once by ``accept.lua``), then no more; they expire on their own.
 """
 
 from __future__ import annotations

@@ -29,8 +29,10 @@
     P:i:{window}:{suffix}   hash    Idempotency-Keys (a digest of caller:page:key) -> delivery id;
                                     window = ⌊Redis time / IDEMPOTENCY_TTL⌋, expires at the end of
                                     the next (worker/store/idempotency.py)
-    P:i:since               string  when the buckets above first ran on this shard: until one
-                                    IDEMPOTENCY_TTL later accept.lua also reads P:idem:
+    P:i:meta                hash    since: when the buckets above first ran on this shard (until
+                                    one IDEMPOTENCY_TTL later accept.lua also reads P:idem:); ttl:
+                                    the TTL their windows are numbered by; before, changed: the TTL
+                                    before a change and when (its windows are read while they live)
     P:idem:{key}            string  before buckets: Idempotency-Key -> delivery id (IDEMPOTENCY_TTL;
                                     read, never written, left to expire)
     P:batch:{bid}           list    ids gathered for one ``worker.deliver_batch`` message while it
@@ -165,8 +167,8 @@ class Keys:
 
     @property
     def idem_bucket_prefix(self) -> str:
-        """Idempotency-Key buckets (worker/store/idempotency.py); ``since`` after it names when
-        they first ran."""
+        """Idempotency-Key buckets (worker/store/idempotency.py); ``meta`` after it: when they
+        first ran, and the TTL their windows are numbered by."""
         return f"{self.prefix}:i:"
 
     # --- the queue ----------------------------------------------------------------------------

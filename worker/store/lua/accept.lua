@@ -14,9 +14,11 @@
 -- attribution); this script adds status and created_at. No token is ever stored.
 -- Idempotency: a digest is looked up in the bucket of the current window (Redis time /
 -- IDEMPOTENCY_TTL) and of the previous one, and written into the current one, which expires at
--- the end of the next: a key is remembered at least IDEMPOTENCY_TTL, at most twice that. For one
--- IDEMPOTENCY_TTL after buckets first ran on this Redis (P:i:since) the previous version's key
--- is read too.
+-- the end of the next: a key is remembered at least IDEMPOTENCY_TTL, at most twice that.
+-- P:i:meta remembers when buckets first ran on this Redis (since: for one IDEMPOTENCY_TTL after
+-- it the previous version's key is read too) and the TTL the windows were numbered by: after a
+-- change, the windows of the TTL before are read too for as long as their buckets live (two of
+-- its TTLs), so a retry across the change is still a repeat.
 -- A delivery of a campaign that is stopped (P:campstop) is not queued: it is written as a
 -- CANCELLED outcome (_outcome.lua) and its item's answer is '-'. Every other item with a
 -- campaign joins the campaign's open index; both are counted (accepted, cancelled).
@@ -41,12 +43,21 @@ local clock = tonumber(redis.call('TIME')[1])
 local window = math.floor(clock / idem_ttl)
 local current, previous = ARGV[4] .. window .. ':', ARGV[4] .. (window - 1) .. ':'
 local forget_at = (window + 2) * idem_ttl
-local since = redis.call('GET', ARGV[4] .. 'since')
+local meta = ARGV[4] .. 'meta'
+local since, numbered, before, changed = unpack(redis.call('HMGET', meta, 'since', 'ttl', 'before', 'changed'))
 if not since then
   since = clock
-  redis.call('SET', ARGV[4] .. 'since', clock)
+  redis.call('HSET', meta, 'since', clock, 'ttl', idem_ttl)
+elseif tonumber(numbered) ~= idem_ttl then  -- IDEMPOTENCY_TTL changed: the old windows too, a while
+  before, changed = numbered, clock
+  redis.call('HSET', meta, 'ttl', idem_ttl, 'before', before, 'changed', changed)
 end
 local legacy = clock < tonumber(since) + idem_ttl
+local earlier = {}  -- the buckets of the windows numbered by the TTL before a change, if they live
+if before and clock < tonumber(changed) + 2 * tonumber(before) then
+  local w = math.floor(clock / tonumber(before))
+  earlier = {ARGV[4] .. w .. ':', ARGV[4] .. (w - 1) .. ':'}
+end
 local pending, opened = {}, {}  -- ZADD members, sent once each (_bulk.lua)
 camp_init(11)
 local i = 26
@@ -58,6 +69,9 @@ while i <= #ARGV do
     local suffix, field = string.sub(idem, 1, IDEM_SUFFIX), string.sub(idem, IDEM_SUFFIX + 1)
     local bucket = current .. suffix
     existing = redis.call('HGET', bucket, field) or redis.call('HGET', previous .. suffix, field)
+    for _, prefix in ipairs(earlier) do
+      existing = existing or redis.call('HGET', prefix .. suffix, field)
+    end
     if not existing and legacy and old ~= '' then existing = redis.call('GET', old) end
     if not existing then
       redis.call('HSET', bucket, field, id)
