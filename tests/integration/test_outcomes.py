@@ -90,6 +90,39 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
     asyncio.run(go())
 
 
+def test_after_a_retention_change_receipts_read_the_unread_windows_of_the_retention_before(
+    redis_server: RedisServer,
+) -> None:
+    """The unread buckets' windows are numbered by RECORD_RETENTION: after a change (P:u:meta),
+    the receipts still find the deliveries of the windows numbered by the one before."""
+    before = _settings(redis_server, record_retention=10_000_000)
+    keys, now = Keys.of(before), time.time()
+    hour = int(now // outcomes.SPAN)
+    delivery_id = "d" * 28 + "0004"
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(before.redis_url)
+        try:
+            await client.hset(
+                outcomes.bucket(keys, hour, delivery_id), delivery_id, outcomes.pack(_sent(now - 3))
+            )
+            old = unread.bucket(keys.unread_bucket_prefix, int(now // 10_000_000), PAGE, "psid-9")
+            await client.hset(old, f"{PAGE}:psid-9", f"{delivery_id},{now - 3!r},{hour}")
+            await client.hset(keys.unread_bucket_prefix + "meta", "ttl", 10_000_000)
+            after = before.model_copy(update={"record_retention": 7200})
+            read = {"kind": "read", "page_id": PAGE, "psid": "psid-9", "watermark": now, "timestamp": now}
+            assert await apply_receipts(client, after, [read]) == 2  # delivered and read
+            assert float((await outcomes.read(client, keys, delivery_id, 7200))["read_at"]) == pytest.approx(
+                now
+            )
+            meta = await client.hgetall(keys.unread_bucket_prefix + "meta")
+            assert (meta[b"ttl"], meta[b"before"]) == (b"7200", b"10000000")
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
 def test_an_outcome_is_read_while_its_bucket_is_within_the_retention(redis_server: RedisServer) -> None:
     s = _settings(redis_server, record_retention=7200)
     keys = Keys.of(s)

@@ -79,6 +79,9 @@
                                     by mid and by watermark, read watermarks); window = ⌊sent time
                                     / RECORD_RETENTION⌋, expires at the end of the next
                                     (worker/store/unread.py)
+    P:u:meta                hash    ttl: the RECORD_RETENTION the windows above are numbered by;
+                                    before, changed: the one before a change and when (its windows
+                                    are read while they live)
     P:unread:{page}:{psid}  zset    before buckets: the same as one set per recipient -> sent at
                                     (read and trimmed by the receipts, never written; expires)
     P:braze:outbox … :lock          the Braze outbox (worker/braze/outbox.py)

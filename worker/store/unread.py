@@ -14,7 +14,9 @@ them)::
 reads the outcome there, without looking through the hours. The receipts look in the current
 window's bucket and the previous one's, so an unread delivery is found for at least
 RECORD_RETENTION (its outcome's own lifetime) and at most twice that; a read receipt removes what
-it marked.
+it marked. The windows are numbered by RECORD_RETENTION: ``P:u:meta`` keeps the one they are
+numbered by, and after a change the receipts read the windows of the one before too, while their
+buckets live (two of it).
 
 Why buckets: a sorted set of its own per recipient (``P:unread:{page}:{psid}``, as before) costs
 about 210 bytes with its expiry entry for a recipient sent one message, and a key created and

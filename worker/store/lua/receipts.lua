@@ -3,7 +3,8 @@
 -- ARGV[17] the previous version's unread set prefix (P:unread:), then per event: kind
 -- ('delivery' or 'read'), page id, PSID, watermark (epoch s, '' = none), its time (epoch s), n,
 -- and n message ids (mids).
--- The recipient's unread deliveries are its field in the unread buckets (_unread.lua), and the
+-- The recipient's unread deliveries are its field in the unread buckets (_unread.lua: after a
+-- change of RECORD_RETENTION, those of the windows numbered by the one before too), and the
 -- members of its unread set from before buckets, while one remains.
 -- delivery: each unread delivery whose message_id is one of the mids (the newest MID_SCAN
 --           looked at), and every one sent at or before the watermark, gets delivered_at (the
@@ -68,13 +69,14 @@ end
 
 local MID_SCAN = 200
 local now, retention = tonumber(CAMP.now), CAMP.record_retention
+local spans = unread_spans(ARGV[16], now, retention)
 local i = 18
 while i <= #ARGV do
   local kind, page, psid, wm, at, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
   local when = wm ~= '' and wm or at
   local mark_to = wm ~= '' and tonumber(wm) or nil
   -- the unread deliveries, oldest first: the buckets', then the set's from before buckets
-  local list = unread_list(ARGV[16], page, psid, now, retention)
+  local list = unread_list(ARGV[16], page, psid, now, spans)
   local before = ARGV[17] .. page .. ':' .. psid
   local old = redis.call('ZRANGE', before, 0, -1, 'WITHSCORES')
   for j = 1, #old, 2 do list[#list + 1] = {id = old[j], sent = tonumber(old[j + 1])} end

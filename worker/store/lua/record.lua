@@ -38,6 +38,7 @@
 local now = tonumber(ARGV[1])
 local retention = tonumber(ARGV[5])
 camp_init(11)
+unread_spans(ARGV[10], now, retention)  -- notes a change of RECORD_RETENTION for the receipts
 local counts = {}
 local out = {}
 local ended = {}  -- final deliveries: leave pending, open and sched in one ZREM each (_bulk.lua)
