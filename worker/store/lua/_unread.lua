@@ -3,61 +3,49 @@
 -- P:u:{window}:{suffix}, window = floor(sent time / RECORD_RETENTION), suffix = the first
 -- UNREAD_SUFFIX hex characters of the field's SHA-1; its value is "{id},{sent_at},{hour}" per
 -- delivery (hour: its outcome's bucket), space-separated, oldest first. A bucket expires at the
--- end of the next window. The windows are numbered by RECORD_RETENTION: P:u:meta keeps the one
--- they are numbered by (ttl) and, after a change, the one before (before, changed), whose windows
--- are read too while their buckets live (two of it).
+-- end of the next window (_windows.lua: after a change of RECORD_RETENTION, the windows
+-- numbered by the one before are read too, P:u:meta).
+--!include _windows.lua
 
--- The window lengths to read by (RECORD_RETENTION, then the one before a change while its buckets
--- live); notes a change in P:u:meta (record.lua and receipts.lua both call it).
+-- The window lengths the receipts read by; notes a change of RECORD_RETENTION (record.lua and
+-- receipts.lua both call it).
 local function unread_spans(prefix, now, retention)
-  local meta = prefix .. 'meta'
-  local numbered, before, changed = unpack(redis.call('HMGET', meta, 'ttl', 'before', 'changed'))
-  if not numbered then
-    redis.call('HSET', meta, 'ttl', retention)
-  elseif tonumber(numbered) ~= retention then
-    before, changed = numbered, now
-    redis.call('HSET', meta, 'ttl', retention, 'before', before, 'changed', changed)
-  end
-  local spans = {retention}
-  if before and now < tonumber(changed) + 2 * tonumber(before) then spans[2] = tonumber(before) end
-  return spans
+  return window_spans(prefix .. 'meta', now, retention)
 end
 
-local function unread_where(prefix, field, window)
-  return prefix .. window .. ':' .. string.sub(redis.sha1hex(field), 1, UNREAD_SUFFIX)
+local function unread_suffix(field)
+  return string.sub(redis.sha1hex(field), 1, UNREAD_SUFFIX)
 end
 
 -- A sent delivery joins its recipient's unread deliveries.
 local function unread_add(prefix, page, psid, id, sent, hour, now, retention)
-  local window = math.floor(now / retention)
   local field = page .. ':' .. psid
-  local key = unread_where(prefix, field, window)
+  local bucket, expires = window_bucket(prefix, now, retention)
+  local key = bucket .. unread_suffix(field)
   local entry = id .. ',' .. sent .. ',' .. hour
   local before = redis.call('HGET', key, field)
   if before then  -- the bucket exists: it got its expiry when it was made
     redis.call('HSET', key, field, before .. ' ' .. entry)
   else
     redis.call('HSET', key, field, entry)
-    redis.call('EXPIREAT', key, (window + 2) * retention, 'NX')
+    redis.call('EXPIREAT', key, expires, 'NX')
   end
 end
 
--- The recipient's unread deliveries in the buckets of this window and the last (of each span:
--- unread_spans), oldest first: {id, sent (number), hour (number), key, raw entry} each.
+-- The recipient's unread deliveries in the buckets a lookup reads (window_prefixes of `spans`),
+-- oldest first: {id, sent (number), hour (number), key, raw entry} each.
 local function unread_list(prefix, page, psid, now, spans)
   local field = page .. ':' .. psid
-  local out, seen = {}, {}
-  for s = #spans, 1, -1 do
-    local window = math.floor(now / spans[s])
-    for w = window - 1, window do
-      local key = unread_where(prefix, field, w)
-      local value = not seen[key] and redis.call('HGET', key, field)
-      seen[key] = true
-      if value then
-        for raw in string.gmatch(value, '%S+') do
-          local id, sent, hour = string.match(raw, '^([^,]+),([^,]+),([^,]+)$')
-          if id then out[#out + 1] = {id = id, sent = tonumber(sent), hour = tonumber(hour), key = key, raw = raw} end
-        end
+  local suffix = unread_suffix(field)
+  local buckets = window_prefixes(prefix, now, spans)
+  local out = {}
+  for b = #buckets, 1, -1 do
+    local key = buckets[b] .. suffix
+    local value = redis.call('HGET', key, field)
+    if value then
+      for raw in string.gmatch(value, '%S+') do
+        local id, sent, hour = string.match(raw, '^([^,]+),([^,]+),([^,]+)$')
+        if id then out[#out + 1] = {id = id, sent = tonumber(sent), hour = tonumber(hour), key = key, raw = raw} end
       end
     end
   end

@@ -18,7 +18,7 @@
 -- P:i:meta remembers when buckets first ran on this Redis (since: for one IDEMPOTENCY_TTL after
 -- it the previous version's key is read too) and the TTL the windows were numbered by: after a
 -- change, the windows of the TTL before are read too for as long as their buckets live (two of
--- its TTLs), so a retry across the change is still a repeat.
+-- its TTLs, _windows.lua), so a retry across the change is still a repeat.
 -- A delivery of a campaign that is stopped (P:campstop) is not queued: it is written as a
 -- CANCELLED outcome (_outcome.lua) and its item's answer is '-'. Every other item with a
 -- campaign joins the campaign's open index; both are counted (accepted, cancelled).
@@ -31,6 +31,7 @@
 -- idle queue still gets one message per commit. The list outlives sweep_after, so a message
 -- that is lost leaves its ids to the sweeper (their pending deadline), never to nobody.
 --!include _campaign.lua
+--!include _windows.lua
 local now = ARGV[1]
 local idem_ttl = tonumber(ARGV[2])
 local deadline = tonumber(now) + tonumber(ARGV[3])
@@ -38,26 +39,17 @@ local cap = tonumber(ARGV[9])
 local ttl = tonumber(ARGV[10])
 local out = {}
 local accepted = {}
--- the idempotency window, by the server's clock (one clock for every intake)
+-- the idempotency windows (_windows.lua), by the server's clock (one clock for every intake)
 local clock = tonumber(redis.call('TIME')[1])
-local window = math.floor(clock / idem_ttl)
-local current, previous = ARGV[4] .. window .. ':', ARGV[4] .. (window - 1) .. ':'
-local forget_at = (window + 2) * idem_ttl
 local meta = ARGV[4] .. 'meta'
-local since, numbered, before, changed = unpack(redis.call('HMGET', meta, 'since', 'ttl', 'before', 'changed'))
+local current, forget_at = window_bucket(ARGV[4], clock, idem_ttl)
+local lookup = window_prefixes(ARGV[4], clock, window_spans(meta, clock, idem_ttl))
+local since = redis.call('HGET', meta, 'since')
 if not since then
   since = clock
-  redis.call('HSET', meta, 'since', clock, 'ttl', idem_ttl)
-elseif tonumber(numbered) ~= idem_ttl then  -- IDEMPOTENCY_TTL changed: the old windows too, a while
-  before, changed = numbered, clock
-  redis.call('HSET', meta, 'ttl', idem_ttl, 'before', before, 'changed', changed)
+  redis.call('HSET', meta, 'since', clock)
 end
 local legacy = clock < tonumber(since) + idem_ttl
-local earlier = {}  -- the buckets of the windows numbered by the TTL before a change, if they live
-if before and clock < tonumber(changed) + 2 * tonumber(before) then
-  local w = math.floor(clock / tonumber(before))
-  earlier = {ARGV[4] .. w .. ':', ARGV[4] .. (w - 1) .. ':'}
-end
 local pending, opened = {}, {}  -- ZADD members, sent once each (_bulk.lua)
 camp_init(11)
 local i = 26
@@ -68,8 +60,7 @@ while i <= #ARGV do
   if idem ~= '' then
     local suffix, field = string.sub(idem, 1, IDEM_SUFFIX), string.sub(idem, IDEM_SUFFIX + 1)
     local bucket = current .. suffix
-    existing = redis.call('HGET', bucket, field) or redis.call('HGET', previous .. suffix, field)
-    for _, prefix in ipairs(earlier) do
+    for _, prefix in ipairs(lookup) do
       existing = existing or redis.call('HGET', prefix .. suffix, field)
     end
     if not existing and legacy and old ~= '' then existing = redis.call('GET', old) end

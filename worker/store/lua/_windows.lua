@@ -1,0 +1,47 @@
+-- Buckets by window (included by accept.lua for the idempotency keys and by _unread.lua for the
+-- recipients' unread deliveries; worker/store/idempotency.py and unread.py have the layouts): an
+-- entry written at `now` goes into the bucket of window floor(now / length), which expires at the
+-- end of the next window; a lookup reads the current window's bucket and the previous one's, so
+-- an entry is found for at least `length` and kept at most twice that. The windows are numbered
+-- by the length, so a hash `meta` keeps the length they are numbered by (ttl) and, after a
+-- change, the one before and when it changed (before, changed): the windows numbered by the one
+-- before are read too while their buckets live (two of it).
+
+-- The bucket prefix ("{prefix}{window}:") an entry written at `now` goes into, and when that
+-- bucket expires.
+local function window_bucket(prefix, now, length)
+  local window = math.floor(now / length)
+  return prefix .. window .. ':', (window + 2) * length
+end
+
+-- The window lengths to read by: `length`, then the one before a change while its buckets live.
+-- Notes a change in `meta`.
+local function window_spans(meta, now, length)
+  local numbered, before, changed = unpack(redis.call('HMGET', meta, 'ttl', 'before', 'changed'))
+  if not numbered then
+    redis.call('HSET', meta, 'ttl', length)
+  elseif tonumber(numbered) ~= length then
+    before, changed = numbered, now
+    redis.call('HSET', meta, 'ttl', length, 'before', before, 'changed', changed)
+  end
+  local spans = {length}
+  if before and now < tonumber(changed) + 2 * tonumber(before) then spans[2] = tonumber(before) end
+  return spans
+end
+
+-- The bucket prefixes a lookup at `now` reads, newest first (the first is where an entry written
+-- now goes): the current and the previous window of each span, each once.
+local function window_prefixes(prefix, now, spans)
+  local out, seen = {}, {}
+  for _, length in ipairs(spans) do
+    local window = math.floor(now / length)
+    for w = window, window - 1, -1 do
+      local p = prefix .. w .. ':'
+      if not seen[p] then
+        seen[p] = true
+        out[#out + 1] = p
+      end
+    end
+  end
+  return out
+end
