@@ -239,9 +239,9 @@ class Recorder:
             elif o.status not in FINAL:
                 due = repr(now + o.delay)
                 deadline = repr(now + o.delay + s.sweep_after_seconds)
-            value = b""
+            packed = b""
             if o.status in FINAL and o.status not in KEEPS_BODY:
-                value = outcome_value(o, fields, now, s.braze_receipt_events)
+                packed = outcome_value(o, fields, now, s.braze_receipt_events)
                 # the value holds them all; the script reads only these (the receipts' index)
                 fields = {name: fields[name] for name in OUTCOME_INDEXED if name in fields}
             args += [
@@ -253,9 +253,9 @@ class Recorder:
                 *_notes(o),
                 o.reason or "",
             ]
-            args += [value, len(fields)]
-            for name, value_ in fields.items():
-                args += [name, value_]
+            args += [packed, len(fields)]
+            for name, value in fields.items():
+                args += [name, value]
         scripts.queue(
             pipe, "record", keys=[keys.pending, keys.open, keys.sched, keys.dead, keys.parked], args=args
         )
