@@ -154,8 +154,9 @@ def memory_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, flo
 
 def bucket_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, Any]:
     """Bucket hashes (outcomes ``P:o:*``, worker/store/outcomes.py; idempotency keys ``P:i:*``,
-    worker/store/idempotency.py): their ``MEMORY USAGE``, how many entries each holds, the bytes
-    per entry, and how Redis encodes them."""
+    worker/store/idempotency.py; unread deliveries ``P:u:*``, worker/store/unread.py): their
+    ``MEMORY USAGE``, how many entries each holds, the bytes per entry, and how Redis encodes
+    them."""
     keys = sample_keys(client, pattern, limit)
     if not keys:
         return {"keys": 0}

@@ -44,14 +44,16 @@ CPU_GOAL_US = 30.0
 OPEN_OVER_BODY_GOAL = 400.0
 FINISHED_GOAL = 250.0
 IDLE_SECONDS = 2.0
-#: Outcomes per bucket at 1,000 messages/s sustained: 3,600,000 an hour over 65,536 buckets.
-DENSE_PER_BUCKET = 3_600_000 // 16**outcomes.SUFFIX
-#: Idempotency keys per bucket at 1,000 requests/s sustained with the default IDEMPOTENCY_TTL (a
-#: day): 86,400,000 a window over 16**5 buckets.
-IDEM_PER_BUCKET = 86_400_000 // 16**idempotency.SUFFIX
-#: Recipients per unread bucket at 1,000 messages/s to distinct recipients sustained with the
-#: default RECORD_RETENTION (a day).
-UNREAD_PER_BUCKET = 86_400_000 // 16**unread.SUFFIX
+#: The sustained rate the dense figures are for (messages/s), and a day: the default
+#: IDEMPOTENCY_TTL and RECORD_RETENTION (s).
+RATE = 1_000
+DAY = 86_400
+#: Outcomes per bucket at RATE sustained: an hour's over 65,536 buckets.
+DENSE_PER_BUCKET = outcomes.SPAN * RATE // 16**outcomes.SUFFIX
+#: Idempotency keys per bucket at RATE sustained: a day's window over 16**5 buckets.
+IDEM_PER_BUCKET = DAY * RATE // 16**idempotency.SUFFIX
+#: Recipients per unread bucket at RATE to distinct recipients sustained: a day's window.
+UNREAD_PER_BUCKET = DAY * RATE // 16**unread.SUFFIX
 
 
 def _open_samples(client: Any, stack: Stack, n: int) -> dict[str, Any]:
@@ -97,7 +99,7 @@ def sustained_finished(memory: dict[str, Any]) -> float | None:
     if any(p is None for p in parts):
         return None
     outcome, idem, unread_entry = (float(p) for p in parts)
-    return outcome * (1 + outcomes.SPAN / 2 / 86_400) + 1.5 * idem + 1.5 * unread_entry
+    return outcome * (1 + outcomes.SPAN / 2 / DAY) + 1.5 * idem + 1.5 * unread_entry
 
 
 def _idle(client: Any) -> dict[str, float]:
