@@ -69,6 +69,9 @@ class Grant:
     slot: float = 0.0
     #: granted: when the slot is due on this process's wall clock (never earlier than it is)
     at: float = 0.0
+    #: refused because the page is paused (for ``delay``, until its pause ends): a wait for the
+    #: page, which resuming it releases; not a probe's answer awaited or a recipient's pace
+    paused: bool = False
 
 
 class RedisClock:
@@ -131,10 +134,10 @@ class Limiter:
     def burst(self, rate: float) -> int:
         return burst_for(self._settings, rate)
 
-    def _grant(self, granted: bool, delay_us: int, probe: bool, now_us: int) -> Grant:
+    def _grant(self, granted: bool, delay_us: int, probe: bool, now_us: int, paused: bool = False) -> Grant:
         self.clock.observe(now_us)
         if not granted:
-            return Grant(False, delay_us / 1_000_000)
+            return Grant(False, delay_us / 1_000_000, paused=paused)
         slot = (now_us + delay_us) / 1_000_000
         return Grant(True, delay_us / 1_000_000, probe, slot, self.clock.to_local(slot))
 
@@ -155,7 +158,7 @@ class Limiter:
                 s.pace_recovery_per_second,
             ],
         )
-        return self._grant(bool(int(res[0])), int(res[1]), bool(int(res[2])), int(res[3]))
+        return self._grant(bool(int(res[0])), int(res[1]), bool(int(res[2])), int(res[3]), bool(int(res[4])))
 
     async def acquire_many(self, page_id: str, kind: str, count: int) -> list[Grant]:
         """``count`` consecutive slots of one page's bucket (:meth:`acquire_pages` of one group)."""

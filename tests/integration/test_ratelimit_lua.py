@@ -116,6 +116,7 @@ def test_recipient_pace(redis_server: RedisServer) -> None:
     assert same[0].granted
     # alice's next message is not due for 0.5 s: nothing is reserved, the delivery comes back then
     assert (same[1].granted, same[2].granted) == (False, False)
+    assert not same[1].paused  # the recipient's pace, not the page's pause
     assert 0.3 < same[1].delay <= 0.5  # 0.5 s after her first slot, less the time the calls took
     assert other < 0.01  # another recipient of the same page is not held back
 
@@ -154,6 +155,7 @@ def test_paused_page_grants_nothing(redis_server: RedisServer) -> None:
 
     grant = run(redis_server.url, s, go)
     assert not grant.granted
+    assert grant.paused  # a wait for the page, not for pacing
     assert grant.delay == pytest.approx(30, abs=1)
 
 

@@ -27,16 +27,17 @@ PAGE = "100"
 
 
 class FreeLimiter(Limiter):
-    """Every send's slot is now; slow-downs are counted."""
+    """Every send's slot is now (or every send gets ``answer``); slow-downs are counted."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, answer: Grant | None = None) -> None:
         super().__init__(aioredis.Redis(), settings)  # never connected: no method here touches it
         self.slowed: list[str] = []
+        self.answer = answer
 
     async def wait_for_slot(
         self, page_id: str, kind: str, psid: str, reserved: float = 0.0, *, reserved_free: bool = False
     ) -> Grant:
-        return Grant(True, 0.0, False, time.time(), time.time())
+        return self.answer or Grant(True, 0.0, False, time.time(), time.time())
 
     async def slow_down(self, page_id: str) -> float:
         self.slowed.append(page_id)
@@ -88,10 +89,11 @@ def run(
     draining: bool = False,
     lease_left: float = 10.0,
     ctx: BatchContext | None = None,
+    grant: Grant | None = None,
 ) -> tuple[Outcome | Released, Attempts, FreeLimiter]:
     s = s or settings()
     observer = Attempts()
-    limiter = FreeLimiter(s)
+    limiter = FreeLimiter(s, grant)
 
     async def go() -> Outcome | Released:
         graph = GraphClient("https://graph.test/v25.0", transport=httpx.MockTransport(handler))
@@ -371,3 +373,16 @@ def test_the_catalogue_decides_a_utility_route_before_any_call(
         assert outcome.reason == reason
     if state == "disabled":
         assert (outcome.delivered_via, d.routes_tried) == ("tag:HUMAN_AGENT", ["utility:order_update"])
+
+
+@pytest.mark.parametrize(("paused", "reason"), [(True, "page_paused"), (False, "paced")])
+def test_a_limiter_refusal_waits_for_the_page_when_the_page_is_paused(paused: bool, reason: str) -> None:
+    """The page paused between the precheck and the limiter: the same wait for the page as the
+    precheck's (indexed: resuming the page releases it), not a pacing deferral until the pause's
+    end; a probe's answer awaited or a recipient's pace stays a pacing deferral."""
+    calls: list[httpx.Request] = []
+    outcome, _, _ = run(recording(calls), delivery(), grant=Grant(False, 599.0, paused=paused))
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, outcome.reason, outcome.delay) == (State.SCHEDULED, reason, 599.0)
+    assert outcome.paced is (not paused)
+    assert calls == []  # no Graph call, no attempt

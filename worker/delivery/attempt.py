@@ -344,8 +344,11 @@ class Sender:
                 await asyncio.sleep(0)
             return None
         d.active_route = route
-        if not grant.granted:  # the page is paused: nothing reserved
-            return Outcome(d, Event.WAIT, reason="paced", delay=grant.delay)
+        if not grant.granted:  # nothing reserved
+            # paused since the precheck: a wait for the page (indexed, so resuming releases it),
+            # as the precheck's; else a probe's answer or the recipient's pace, a short wait
+            reason = "page_paused" if grant.paused else "paced"
+            return Outcome(d, Event.WAIT, reason=reason, delay=grant.delay)
         # released back to a worker the lookahead before its slot, to await it on the loop
         d.slot_at = grant.slot
         lookahead = release_lookahead(self._s)

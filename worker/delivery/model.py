@@ -156,7 +156,7 @@ class Outcome:
 
     @property
     def paced(self) -> bool:
-        """Deferred for pacing (a slot later, or the page paused before the call)."""
+        """Deferred for pacing (a slot later, a probe's answer awaited, the recipient's pace)."""
         return self.reason == "paced"
 
     @property
