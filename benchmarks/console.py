@@ -65,7 +65,7 @@ def accept(env: dict[str, str], n: int, tag: str) -> None:
 
 def make_dead(redis: Any, keys: Keys, n: int) -> str:
     """Turn ``n`` open deliveries into dead letters (as record.lua leaves them); one gets a history."""
-    ids: list[str] = [m.decode() for m in redis.zrange(keys.open, 0, n - 1)]
+    ids: list[str] = [m.decode() for m in redis.zrange(keys.pending, 0, n - 1)]
     pipe = redis.pipeline(transaction=False)
     now = time.time()
     for i, delivery_id in enumerate(ids):
@@ -74,7 +74,6 @@ def make_dead(redis: Any, keys: Keys, n: int) -> str:
             keys.delivery(delivery_id), mapping={"status": State.DEAD.value, "error": error, "attempts": 8}
         )
         pipe.zadd(keys.dead, {delivery_id: now - i})
-        pipe.zrem(keys.open, delivery_id)
         pipe.zrem(keys.pending, delivery_id)
     entry = orjson.dumps({"at": now, "status": "retrying", "reason": "transient", "code": 2, "attempt": 1})
     pipe.rpush(keys.history(ids[0]), *([entry] * 7))

@@ -17,8 +17,9 @@ This module is the only place where a status is spelled. Policy decides what sho
 
       any open state ── cancel ──> CANCELLED   (an operator: campaign stopped, delivery cancelled)
 
-* **Open** states are in the ``pending`` index (the sweeper's safety net) and ``open`` (the
-  backlog's age); **final** states have left both.
+* **Open** states are in the ``pending`` index (the sweeper's safety net) and counted in their
+  acceptance second unless parked (the backlog's age: worker/store/ages.py); **final** states
+  have left both.
 * Only ``IN_FLIGHT`` is held by a worker. A claim hands out a fence token; every write that
   changes a claimed delivery carries it, and a worker whose lease ended (it stopped renewing:
   dead, or cut off from Redis) can no longer write (``store/lua/record.lua``).

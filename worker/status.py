@@ -37,11 +37,12 @@ from prometheus_client.registry import Collector
 from worker.config import Settings
 from worker.ratelimit import burst_for, page_rate
 from worker.states import State
-from worker.store import Keys, records, text
+from worker.store import Keys, ages, records, text
 
 T = TypeVar("T")
 RATE_MINUTES = 5
-#: Open deliveries looked at, oldest first, to find the oldest that is not parked.
+#: Members of the set of open deliveries before their ages were counted per second (worker/store/
+#: ages.py) looked at, oldest first, to find the oldest that is not parked.
 OLDEST_SCAN = 64
 #: Page rows read at most (the most recently used buckets), however many pages were ever used.
 MAX_PAGE_ROWS = 1000
@@ -121,8 +122,9 @@ def read(
     pipe = client.pipeline(transaction=False)
     pipe.llen(keys.queue)
     pipe.hlen(keys.unacked)
-    pipe.zcard(keys.open)
-    pipe.zrange(keys.open, 0, OLDEST_SCAN - 1, withscores=True)
+    pipe.zcard(keys.pending)  # every open delivery has a deadline there
+    pipe.zrange(keys.open_seconds, 0, 0, withscores=True)
+    pipe.zrange(keys.open, 0, OLDEST_SCAN - 1, withscores=True)  # the layout before (ages.py)
     pipe.zcard(keys.sched)
     pipe.zcard(keys.parked)
     pipe.zcard(keys.dead)
@@ -130,7 +132,7 @@ def read(
     pipe.mget(stat_keys)
     pipe.zrevrange(keys.buckets, 0, (max_pages if max_pages is not None else MAX_PAGE_ROWS) - 1)
     pipe.info("memory")
-    depth, unacked, open_, oldest, sched, parked, dead, paused, stats, buckets, memory = pipe.execute()
+    depth, unacked, open_, first, oldest, sched, parked, dead, paused, stats, buckets, memory = pipe.execute()
     members = sorted(text(m) for m in buckets)  # the most recently used, in a stable order
     paused_ids = [text(m) for m, _ in paused]
     pipe = client.pipeline(transaction=False)
@@ -147,6 +149,7 @@ def read(
         # the oldest open delivery that is not parked; if the OLDEST_SCAN oldest are all parked,
         # the last of them (an upper bound of the real age)
         oldest = [o for o, score in zip(oldest, in_park, strict=True) if score is None][:1] or oldest[-1:]
+    times = [t for t in (ages.first_second(first), float(oldest[0][1]) if oldest else None) if t is not None]
     pauses = {p: records.decode(r) for p, r in zip(pages_of_buckets, res[len(members) :], strict=True)}
     rows = [
         _page_row(settings, member, records.decode(raw), pauses, now)
@@ -156,7 +159,7 @@ def read(
         queue_depth=int(depth),
         in_flight_batches=int(unacked),
         open=int(open_),
-        oldest_open_age_s=round(max(0.0, now - float(oldest[0][1])), 1) if oldest else 0.0,
+        oldest_open_age_s=round(max(0.0, now - min(times)), 1) if times else 0.0,
         redis_used_memory=int(memory.get("used_memory") or 0),
         redis_maxmemory=int(memory.get("maxmemory") or 0),
         scheduled=int(sched),

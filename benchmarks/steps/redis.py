@@ -59,12 +59,16 @@ UNREAD_PER_BUCKET = DAY * RATE // 16**unread.SUFFIX
 def _open_samples(client: Any, stack: Stack, n: int) -> dict[str, Any]:
     """What an open delivery is made of: its record, its idempotency key (bucketed), its index entries."""
     sample = f"{stack.prefix}:d:*"
-    zsets = {k: int(client.memory_usage(k, samples=0) or 0) for k in (stack.keys.pending, stack.keys.open)}
+    zsets = {k: int(client.memory_usage(k, samples=0) or 0) for k in (stack.keys.pending,)}
     return {
         "body_bytes_stored": rediscost.body_bytes(client, sample),
         "record_open": rediscost.memory_samples(client, sample),
         "idempotency_buckets": rediscost.bucket_samples(client, f"{stack.prefix}:i:[0-9]*"),
         "index_zsets_bytes_per_delivery": {k.rpartition(":")[2]: v / n for k, v in zsets.items()},
+        "open_ages_bytes": sum(
+            int(client.memory_usage(k, samples=0) or 0)
+            for k in (stack.keys.open_counts, stack.keys.open_seconds)
+        ),
     }
 
 

@@ -277,6 +277,11 @@ def test_cancel_one_delivery_pause_a_page_and_purge_the_queue(stack: Stack) -> N
         stack.start_worker()
     after = stack.post(body(f"q{run}-after")).json()["delivery_id"]
     assert stack.wait_final([after], 30)[after]["status"] == State.SENT.value
+    # cancelled one by one, by a page's resume and by a purge: none is left counted as a backlog
+    redis = stack.redis()
+    assert wait_until(lambda: redis.zcard(stack.keys.pending) == 0, 30)
+    assert redis.hgetall(stack.keys.open_counts) == {}
+    assert redis.zcard(stack.keys.open_seconds) == 0
     for i in queued:
         assert not [c for c in stack.sandbox.calls(page_id=PAGE) if c["psid"] == f"q{run}-{queued.index(i)}"]
 

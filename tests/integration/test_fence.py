@@ -59,8 +59,19 @@ def run(s: Settings, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
-async def accept(client: aioredis.Redis, s: Settings, ids: list[str], **fields: str) -> None:
-    keys, now = Keys.of(s), time.time()
+async def accept(
+    client: aioredis.Redis,
+    s: Settings,
+    ids: list[str],
+    *,
+    legacy: bool = False,
+    ago: float = 0.0,
+    **fields: str,
+) -> None:
+    """Open records as accept.lua leaves them, counted in their second's open deliveries
+    (worker/store/ages.py); ``legacy``: as the version before counted them, members of P:open.
+    ``ago``: accepted that many seconds ago."""
+    keys, now = Keys.of(s), time.time() - ago
     for i in ids:
         await client.hset(  # type: ignore[misc]  # redis-py: Awaitable[T] | T
             keys.delivery(i),
@@ -76,7 +87,11 @@ async def accept(client: aioredis.Redis, s: Settings, ids: list[str], **fields: 
             },
         )
         await client.zadd(keys.pending, {i: now + 60})
-        await client.zadd(keys.open, {i: now})
+        if legacy:
+            await client.zadd(keys.open, {i: now})
+        else:
+            await client.hincrby(keys.open_counts, str(int(now)), 1)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+            await client.zadd(keys.open_seconds, {str(int(now)): int(now)})
 
 
 def ctx(keys: Keys, s: Settings, at: float) -> list[Any]:
@@ -122,6 +137,17 @@ async def outcome_bucket(client: aioredis.Redis, s: Settings, delivery_id: str) 
     ]
     assert len(found) == 1, found
     return found[0]
+
+
+async def counted(client: aioredis.Redis, keys: Keys) -> dict[int, int]:
+    """The open deliveries' ages, second -> count (worker/store/ages.py); its seconds index agrees."""
+    counts = {int(k): int(v) for k, v in (await client.hgetall(keys.open_counts)).items()}  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    seconds = {
+        int(m): int(score) for m, score in await client.zrange(keys.open_seconds, 0, -1, withscores=True)
+    }
+    assert seconds == {k: k for k in counts}, (seconds, counts)
+    assert all(v > 0 for v in counts.values()), counts
+    return counts
 
 
 def sent(d: Delivery) -> Outcome:
@@ -248,7 +274,7 @@ def test_final_records_are_outcomes_and_dead_letters_keep_everything(redis_serve
         assert {"body", "psid"} <= set(dead)  # replayable
         assert await client.ttl(keys.delivery("bad")) == -1  # kept until replayed or purged
         assert await client.zscore(keys.dead, "bad") is not None
-        assert await client.zcard(keys.open) == 0
+        assert await counted(client, keys) == {}
         assert await client.zcard(keys.pending) == 0
         minute = int(time.time() // 60)
         assert int(await client.get(keys.stats(minute, State.SENT)) or 0) == 1
@@ -314,6 +340,109 @@ def test_parked_deliveries_leave_their_park_when_they_end(redis_server: RedisSer
         assert await write(client, s, Outcome(again, Event.EXPIRE, reason="ttl")) == [1]
         assert await client.zcard(keys.park(PAGE, "psid-p")) == 0
         assert await client.zcard(keys.parked) == 0
+
+    run(s, go)
+
+
+def test_open_deliveries_are_counted_per_second_until_they_end_park_or_die(redis_server: RedisServer) -> None:
+    """The backlog age's counts follow every transition: a delivery counts while it is open and
+    not parked; ending, dying or parking takes it out, a release or a replay puts it back (at its
+    acceptance second, or the replay's), and when everything has ended nothing is left."""
+    from worker import status
+    from worker.delivery.inbound import release_parked
+
+    s = make_settings(redis_server, record_retention=3600)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        await accept(client, s, ["sent", "dead", "parked", "retried"], ago=40)
+        second = int(time.time() - 40)
+        assert await counted(client, keys) == {second: 4}
+        done, dead, parked, retried = await claim(client, s, "w1.1", ["sent", "dead", "parked", "retried"])
+        assert await write(
+            client,
+            s,
+            sent(done),
+            Outcome(dead, Event.DEAD_LETTER, reason="max_attempts"),
+            Outcome(parked, Event.PARK, reason="outside_window"),
+            Outcome(retried, Event.RETRY, reason="transient", delay=0),
+        ) == [1, 1, 1, 1]
+        assert await counted(client, keys) == {second: 1}  # only the retried one is a backlog
+        # a retried write changes nothing
+        assert await write(client, s, sent(done)) == [2]
+        assert await counted(client, keys) == {second: 1}
+        age = status.read(redis_server.client(), s).oldest_open_age_s
+        assert 39 <= age <= 45, age
+        # the user wrote: the parked one counts again, at the second it was accepted
+        assert await release_parked(client, s, PAGE, "psid-parked") == ["parked"]
+        assert await counted(client, keys) == {second: 2}
+        # the dead letter is replayed: it counts from its replay
+        assert await deadletters.replay(client, s, ["dead"]) == ["dead"]
+        replayed = int(float((await fields(client, s, "dead"))["created_at"]))
+        assert await counted(client, keys) == {second: 2, replayed: 1}
+        held = await claim(client, s, "w1.2", ["dead", "parked", "retried"])
+        assert await write(client, s, *(sent(d) for d in held)) == [1, 1, 1]
+        assert await counted(client, keys) == {}
+        assert status.read(redis_server.client(), s).oldest_open_age_s == 0.0
+        assert await client.exists(keys.open) == 0
+
+    run(s, go)
+
+
+def test_the_open_set_before_the_counts_is_read_and_emptied(redis_server: RedisServer) -> None:
+    """An upgrade: deliveries accepted by the version before are members of P:open and were never
+    counted. Status reads their age there; as they end or park they leave it without touching a
+    count, a released one is counted from then on, and the set is gone with its last member."""
+    from worker import status
+    from worker.delivery.inbound import release_parked
+
+    s = make_settings(redis_server, record_retention=3600)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        await accept(client, s, ["old-a", "old-b"], legacy=True, ago=100)
+        await accept(client, s, ["new"], ago=10)
+        new_second, old_second = int(time.time() - 10), int(time.time() - 100)
+        age = status.read(redis_server.client(), s).oldest_open_age_s
+        assert 99 <= age <= 105, age
+        old_a, old_b = await claim(client, s, "w1.1", ["old-a", "old-b"])
+        assert await write(client, s, sent(old_a), Outcome(old_b, Event.PARK, reason="outside_window")) == [
+            1,
+            1,
+        ]
+        assert await client.zcard(keys.open) == 0  # both left the set before: one ended, one parked
+        assert await counted(client, keys) == {new_second: 1}  # and no count was taken from "new"
+        age = status.read(redis_server.client(), s).oldest_open_age_s
+        assert 9 <= age <= 15, age
+        assert await release_parked(client, s, PAGE, "psid-old-b") == ["old-b"]
+        assert await counted(client, keys) == {new_second: 1, old_second: 1}
+        held = await claim(client, s, "w1.2", ["old-b", "new"])
+        assert await write(client, s, *(sent(d) for d in held)) == [1, 1]
+        assert await counted(client, keys) == {}
+        assert await client.exists(keys.open) == 0
+
+    run(s, go)
+
+
+def test_counts_older_than_two_message_ttls_are_pruned(redis_server: RedisServer) -> None:
+    """A count whose delivery vanished (a manual DEL) would hold the backlog age up for ever: the
+    housekeeping prunes seconds older than two MESSAGE_TTLs, in bounded batches, and a later
+    decrement of a pruned second leaves nothing behind."""
+    from worker.store import ages
+
+    s = make_settings(redis_server, message_ttl=60)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        await accept(client, s, ["stale"], ago=130)
+        await accept(client, s, ["recent"], ago=5)
+        stale, recent = int(time.time() - 130), int(time.time() - 5)
+        assert await ages.prune(client, keys, ages.horizon(time.time(), s.message_ttl)) == 1
+        assert await counted(client, keys) == {recent: 1}
+        (d,) = await claim(client, s, "w1.1", ["stale"], now=time.time())
+        assert await write(client, s, Outcome(d, Event.EXPIRE, reason="ttl")) == [1]
+        assert await counted(client, keys) == {recent: 1}  # -1 on the pruned second: removed at once
+        assert stale not in await counted(client, keys)
 
     run(s, go)
 

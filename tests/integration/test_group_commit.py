@@ -6,6 +6,7 @@ import asyncio
 import base64
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -149,6 +150,15 @@ def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
     assert batches() == [first + second, fourth + again]
     ttl = sync.ttl(keys.batch(celery_args(sync.lrange(keys.queue, 0, 0)[0], broker.BATCH_TASK)[0]))
     assert settings.sweep_after_seconds < ttl <= settings.sweep_after_seconds + 60
+
+    # each accepted delivery (not the repeat) counts once, in the second it was accepted
+    # (worker/store/ages.py), and no sorted-set entry of its own is written
+    accepted = first + second + third + fourth + again
+    assert len(accepted) == 8
+    counts = {int(k): int(v) for k, v in sync.hgetall(keys.open_counts).items()}
+    assert counts == Counter(int(float(sync.hget(keys.delivery(i), "created_at"))) for i in accepted)
+    assert {int(m) for m in sync.zrange(keys.open_seconds, 0, -1)} == set(counts)
+    assert sync.exists(keys.open) == 0
 
 
 def _ctx(settings: Settings) -> list[Any]:

@@ -22,13 +22,24 @@ def test_parked_deliveries_are_not_an_old_backlog(redis_server: RedisServer) -> 
     keys = Keys.of(settings)
     client = redis_server.client()
     now = time.time()
-    client.zadd(keys.open, {"parked-old": now - 5_000, "waiting": now - 30})
+    # counted per second (worker/store/ages.py): a parked delivery is not counted there
+    second = str(int(now - 30))
+    client.hincrby(keys.open_counts, second, 1)
+    client.zadd(keys.open_seconds, {second: int(second)})
     client.zadd(keys.parked, {"parked-old": now - 5_000})
+    client.zadd(keys.pending, {"parked-old": now + 60, "waiting": now + 60})
     current = status.read(client, settings, now=now)
     assert 29 <= current.oldest_open_age_s <= 31, current.oldest_open_age_s
+    assert current.open == 2  # pending's size: parked deliveries are open
     assert current.parked == 1
     assert current.redis_used_memory > 0
+    client.delete(keys.open_counts, keys.open_seconds)
+    assert status.read(client, settings, now=now).oldest_open_age_s == 0.0  # only parked ones
+    # the set before the counts (an upgrade): read while it has members, its parked ones skipped
+    client.zadd(keys.open, {"parked-old": now - 5_000, "waiting": now - 30})
+    legacy = status.read(client, settings, now=now)
+    assert 29 <= legacy.oldest_open_age_s <= 31, legacy.oldest_open_age_s
     client.zrem(keys.open, "waiting")
     only_parked = status.read(client, settings, now=now)
     assert only_parked.oldest_open_age_s >= 4_999, "all scanned are parked: the bound, not zero"
-    client.delete(keys.open, keys.parked)
+    client.delete(keys.open, keys.parked, keys.pending)

@@ -347,6 +347,10 @@ def assert_indexes_clean(stack: Stack, ids: Iterable[str]) -> None:
             pipe.zscore(key, i)
         left = [i for i, score in zip(ids, pipe.execute(), strict=True) if score is not None]
         assert not left, f"{len(left)} final deliveries still in {key}: {left[:5]}"
+    if client.zcard(stack.keys.pending) == 0:  # nothing open: nothing counted in the backlog age
+        counts = client.hgetall(stack.keys.open_counts)
+        assert not counts, f"open deliveries still counted with none open: {counts}"
+        assert client.zcard(stack.keys.open_seconds) == 0
 
 
 # --- logs -------------------------------------------------------------------------------------------

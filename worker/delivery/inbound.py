@@ -246,7 +246,7 @@ async def release_parked(client: aioredis.Redis, settings: Settings, page_id: st
     raw = await scripts.run(
         client,
         "release_parked",
-        keys=[keys.park(page_id, psid), keys.parked, keys.pending],
+        keys=[keys.park(page_id, psid), keys.parked, keys.pending, keys.open],
         args=[repr(time.time()), settings.sweep_after_seconds, keys.delivery_prefix],
     )
     ids = [text(i) for i in raw]

@@ -35,7 +35,7 @@ from worker.braze import OutboxDrainer
 from worker.config import PageTokens, Settings
 from worker.delivery.pauses import PauseKeeper
 from worker.logging import get_logger
-from worker.store import Keys, deadletters, envelope, scripts, text
+from worker.store import Keys, ages, deadletters, envelope, scripts, text
 
 log = get_logger("worker.delivery")
 #: How often the pause housekeeping and the dead-letter retention run.
@@ -122,6 +122,7 @@ class Scheduler:
             self._housekeeping_at = time.monotonic()
             await self._pauses.tick()
             await self._client.zremrangebyscore(keys.buckets, "-inf", time.time() - BUCKETS_KEPT_SECONDS)
+            await ages.prune(self._client, keys, ages.horizon(time.time(), s.message_ttl))
             purged = await deadletters.purge_expired(self._client, s)
             if purged:
                 log.info("deadletters.expired", count=purged, retention_s=s.dead_letter_retention)

@@ -8,6 +8,7 @@
 * :mod:`~worker.store.envelope`: the Celery message written without Celery;
 * :mod:`~worker.store.connections`: clients from ``REDIS_URL`` (TLS, Sentinel);
 * :mod:`~worker.store.deadletters`: list, replay, purge and retention of dead letters;
+* :mod:`~worker.store.ages`: the open deliveries' ages, counted per second (the backlog age);
 * :mod:`~worker.store.ids`: delivery, batch and worker ids.
 
 A delivery's record is the source of truth for its fate; a Celery message only says "look at

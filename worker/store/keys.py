@@ -12,7 +12,11 @@
                                     (worker/store/outcomes.py); the bucket of the hour they ended
                                     in and their id's last 4 characters; expires RECORD_RETENTION
                                     after its hour. The Lua scripts build it from P:d: (P:o:)
-    P:open                  zset    every open delivery -> its acceptance time (backlog age)
+    P:open:n                hash    second -> how many deliveries accepted in it are open and not
+                                    parked (the backlog age; worker/store/ages.py)
+    P:open:s                zset    those seconds (score = the second): the oldest is the first
+    P:open                  zset    before P:open:n: every open delivery -> its acceptance time;
+                                    its members leave as they end, it is never written anew
     P:pending               zset    every open delivery -> when it must have progressed; the
                                     sweeper re-enqueues members past it (lost Celery messages, a
                                     holder that stopped renewing its lease)
@@ -119,7 +123,18 @@ class Keys:
 
     @property
     def open(self) -> str:
+        """The open deliveries' ages derive from this name (:attr:`open_counts`,
+        :attr:`open_seconds`); before them it was a zset of every open delivery (read while it
+        has members)."""
         return f"{self.prefix}:open"
+
+    @property
+    def open_counts(self) -> str:
+        return f"{self.open}:n"
+
+    @property
+    def open_seconds(self) -> str:
+        return f"{self.open}:s"
 
     @property
     def pending(self) -> str:

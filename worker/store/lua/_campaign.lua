@@ -3,11 +3,13 @@
 -- with the index of the 15 context arguments in ARGV (worker/store/campaign_ctx.py):
 -- campaign prefix (P:camp:), open-index prefix (P:campopen:), the campaigns index (P:camps),
 -- the stopped campaigns (P:campstop), CAMPAIGN_RETENTION, RECORD_RETENTION, delivery prefix
--- (P:d:), park prefix (P:park:), pending, open, sched, parked (zsets), stats prefix (P:stats:),
--- this minute, now. Counters are gathered per call and written by camp_flush(): one HINCRBY per
--- counter and campaign, whatever the number of deliveries.
+-- (P:d:), park prefix (P:park:), pending, P:open (the open deliveries' ages derive from it:
+-- _ages.lua), sched, parked (zsets), stats prefix (P:stats:), this minute, now. Counters are
+-- gathered per call and written by camp_flush(): one HINCRBY per counter and campaign, whatever
+-- the number of deliveries; camp_flush() also writes the ages the call changed.
 --!include _outcome.lua
 --!include _bulk.lua
+--!include _ages.lua
 local CAMP = {}
 local camp_counts = {}
 local camp_stop_cache = {}
@@ -63,6 +65,7 @@ local function camp_flush()
     redis.call('ZREMRANGEBYSCORE', CAMP.index, '-inf', horizon)
     redis.call('ZREMRANGEBYSCORE', CAMP.stopped, '-inf', horizon)
   end
+  ages_flush()
 end
 
 -- Ends an open delivery CANCELLED (the caller checked that it may: an open state, not held by a
@@ -75,7 +78,7 @@ local function camp_cancel(id, reason)
     redis.call('ZREM', CAMP.park .. rec.page_id .. ':' .. rec.psid, id)
   end
   redis.call('ZREM', CAMP.pending, id)
-  redis.call('ZREM', CAMP.open_all, id)
+  ages_leave(CAMP.open_all, id, not rec.parked_at and rec.created_at or nil)
   redis.call('ZREM', CAMP.sched, id)
   rec.status, rec.updated_at, rec.external_id = S.CANCELLED, CAMP.now, nil
   rec.error = '{"reason":"' .. reason .. '","code":null,"subcode":null,"message":"' .. reason ..

@@ -1,6 +1,6 @@
 -- ACCEPT: the intake's group commit, one call per batch of requests.
--- KEYS[1] pending zset, KEYS[2] Celery queue list, KEYS[3] open zset, KEYS[4] the queue's gather
--- pointer (P:gather:{queue}).
+-- KEYS[1] pending zset, KEYS[2] Celery queue list, KEYS[3] P:open (the open deliveries' ages
+-- derive from it: _ages.lua), KEYS[4] the queue's gather pointer (P:gather:{queue}).
 -- ARGV[1] now, ARGV[2] IDEMPOTENCY_TTL, ARGV[3] sweep_after, ARGV[4] idempotency bucket prefix
 -- (P:i:), ARGV[5] delivery key prefix (P:d:), ARGV[6] batch key prefix (P:batch:),
 -- ARGV[7] the Celery message of a new batch (`worker.deliver_batch(ARGV[8])`, serialised),
@@ -22,7 +22,8 @@
 -- A delivery of a campaign that is stopped (P:campstop) is not queued: it is written as a
 -- CANCELLED outcome (_outcome.lua) and its item's answer is '-'. Every other item with a
 -- campaign joins the campaign's open index; both are counted (accepted, cancelled).
--- Each accepted item becomes a QUEUED record, in pending (deadline now + sweep_after) and open.
+-- Each accepted item becomes a QUEUED record, in pending (deadline now + sweep_after), counted in
+-- its second's open deliveries (_ages.lua: one HINCRBY per call).
 -- Returns, per item, '' when accepted, '-' when cancelled (its campaign is stopped), or the
 -- existing delivery id for a repeated idempotency key.
 -- The accepted ids join the queue's newest batch while it is still queued (its list exists: no
@@ -50,7 +51,7 @@ if not since then
   redis.call('HSET', meta, 'since', clock)
 end
 local legacy = clock < tonumber(since) + idem_ttl
-local pending, opened = {}, {}  -- ZADD members, sent once each (_bulk.lua)
+local pending = {}  -- ZADD members, sent once (_bulk.lua)
 camp_init(11)
 local i = 26
 while i <= #ARGV do
@@ -88,8 +89,6 @@ while i <= #ARGV do
     redis.call('HSET', ARGV[5] .. id, 'status', S.QUEUED, 'created_at', now, unpack(ARGV, first, last))
     pending[#pending + 1] = deadline
     pending[#pending + 1] = id
-    opened[#opened + 1] = now
-    opened[#opened + 1] = id
     table.insert(accepted, id)
     table.insert(out, '')
   end
@@ -97,7 +96,7 @@ while i <= #ARGV do
 end
 if #accepted > 0 then
   bulk('ZADD', KEYS[1], pending)
-  bulk('ZADD', KEYS[3], opened)
+  ages_add(KEYS[3], now, #accepted)
   local batch = nil
   local newest = redis.call('GET', KEYS[4])
   if newest then

@@ -1,5 +1,6 @@
 -- RECORD: outcomes of claimed deliveries, each written only under its claim's fence token.
--- KEYS[1] pending, KEYS[2] open, KEYS[3] sched, KEYS[4] dead, KEYS[5] parked (zsets).
+-- KEYS[1] pending, KEYS[2] P:open (the open deliveries' ages derive from it: _ages.lua),
+-- KEYS[3] sched, KEYS[4] dead, KEYS[5] parked (zsets).
 -- ARGV[1] now, ARGV[2] delivery key prefix (P:d:), ARGV[3] park key prefix (P:park:),
 -- ARGV[4] stats key prefix (P:stats:), ARGV[5] final record retention (s), ARGV[6] this minute,
 -- ARGV[7] history key prefix (P:hist:), ARGV[8] a history's TTL (s), ARGV[9] its entries kept,
@@ -16,7 +17,8 @@
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
 -- `done` remembers the token, so a retried call (its answer lost) is recognised, not refused.
 -- By status (worker/states.py):
---   FINAL      leaves pending, open, sched, any park and its campaign's open index; counted per
+--   FINAL      leaves pending, sched, any park and its campaign's open index, and its second's
+--              count of open deliveries (unless parked: not counted there); counted per
 --              minute (`P:stats:`) and in its campaign (status, failed:{reason}); a dead letter
 --              joins `dead` and keeps its body (replayable) with no expiry; any other final
 --              delivery leaves its hash and becomes the outcome the worker built (_outcome.lua;
@@ -27,7 +29,8 @@
 --              is stopped (a call that started before the worker saw the stop): sent_after_stop
 --   open, while its campaign is stopped or an operator cancelled it (`cancel`): CANCELLED
 --              instead (_campaign.lua's camp_cancel), answered 3
---   PARKED     joins the recipient's park and `parked` (score: accepted at)
+--   PARKED     joins the recipient's park and `parked` (score: accepted at), and leaves its
+--              second's count of open deliveries
 --   otherwise  waits in sched until `due` when one is given
 --   open       pending deadline = the given one
 -- Returns per delivery: 1 written, 3 written as CANCELLED, 2 already written under this token
@@ -41,7 +44,7 @@ camp_init(11)
 unread_spans(ARGV[10], now, retention)  -- notes a change of RECORD_RETENTION for the receipts
 local counts = {}
 local out = {}
-local ended = {}  -- final deliveries: leave pending, open and sched in one ZREM each (_bulk.lua)
+local ended = {}  -- final deliveries: leave pending and sched in one ZREM each (_bulk.lua)
 local reasons = ARGV[4] .. ARGV[6] .. ':reasons'
 local i = 26
 while i <= #ARGV do
@@ -81,6 +84,7 @@ while i <= #ARGV do
         redis.call('ZREM', KEYS[5], id)
         redis.call('ZREM', ARGV[3] .. rec[2] .. ':' .. rec[3], id)
       end
+      ages_leave(KEYS[2], id, not rec[1] and held[11] or nil)
       ended[#ended + 1] = id
       if status == S.SENT and rec[4] and rec[4] ~= '' and rec[3] then
         unread_add(ARGV[10], rec[2], rec[3], id, rec[5] or ARGV[1], math.floor(now / OUTCOME_SPAN), now, retention)
@@ -103,6 +107,7 @@ while i <= #ARGV do
       table.insert(out, 3)
     else
       if status == S.PARKED then
+        ages_leave(KEYS[2], id, not held[6] and held[11] or nil)
         redis.call('HSET', key, 'parked_at', ARGV[1])
         redis.call('ZADD', ARGV[3] .. held[7] .. ':' .. held[8], tonumber(held[11]), id)
         redis.call('ZADD', KEYS[5], tonumber(held[11]), id)
@@ -123,7 +128,6 @@ while i <= #ARGV do
 end
 if #ended > 0 then
   bulk('ZREM', KEYS[1], ended)
-  bulk('ZREM', KEYS[2], ended)
   bulk('ZREM', KEYS[3], ended)
 end
 for status, count in pairs(counts) do

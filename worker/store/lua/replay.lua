@@ -1,5 +1,6 @@
 -- REPLAY: dead letters back to the queue (DEAD -> QUEUED). KEYS[1] dead, KEYS[2] pending,
--- KEYS[3] open. ARGV[1] now, ARGV[2] sweep_after, ARGV[3] delivery key prefix (P:d:),
+-- KEYS[3] P:open (a replayed delivery is counted in the open deliveries' ages of its new
+-- acceptance second: _ages.lua). ARGV[1] now, ARGV[2] sweep_after, ARGV[3] delivery key prefix (P:d:),
 -- ARGV[4..18] the campaign context (_campaign.lua), ARGV[19..] ids. A replayed delivery of a
 -- campaign rejoins its open index and moves from its campaign's `dead` to `replayed` (so the
 -- counters still add up); a stopped campaign's delivery is cancelled when it is claimed. Attempts, failures and routes tried start afresh, the TTL clock restarts (the first
@@ -23,7 +24,7 @@ for i = 19, #ARGV do
     redis.call('PERSIST', key)
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
-    redis.call('ZADD', KEYS[3], now, id)
+    ages_join(KEYS[3], id, now, true)  -- a dead letter had left every count
     local camp = camp_of(redis.call('HGET', key, 'campaign_id'), redis.call('HGET', key, 'canvas_id'))
     if camp then
       redis.call('ZADD', CAMP.open .. camp, now, id)
