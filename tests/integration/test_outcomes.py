@@ -53,6 +53,7 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
     keys = Keys.of(s)
     now = time.time()
     fresh, legacy, newest = "a" * 28 + "0001", "b" * 28 + "0002", "c" * 28 + "0003"
+    current, later, expired = "e" * 28 + "0005", "f" * 28 + "0006", "9" * 28 + "0007"
     hour = int(now // outcomes.SPAN)
 
     async def go() -> None:
@@ -68,13 +69,29 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
             await client.hset(
                 outcomes.bucket(keys, hour, newest), newest, outcomes.pack(_sent(now - 3, external_id="u3"))
             )
+            for delivery_id, at in ((current, now - 2), (later, now + 5)):
+                await client.hset(
+                    outcomes.bucket(keys, hour, delivery_id), delivery_id, outcomes.pack(_sent(at))
+                )
+            # the bucket: an entry written with its send time (before), and three as written now,
+            # the outcome holding the send time: one sent before the watermark, one after it, and
+            # one whose outcome is gone with its retention
             bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-1")
-            await client.hset(bucket, f"{PAGE}:psid-1", f"{newest},{now - 3!r},{hour}")
+            entries = [
+                f"{newest},{now - 3!r},{hour}",
+                f"{current},{hour}",
+                f"{later},{hour}",
+                f"{expired},{hour}",
+            ]
+            await client.hset(bucket, f"{PAGE}:psid-1", " ".join(entries))
             read = {"kind": "read", "page_id": PAGE, "psid": "psid-1", "watermark": now, "timestamp": now}
-            assert await apply_receipts(client, s, [read]) == 6  # delivered and read, each
+            assert await apply_receipts(client, s, [read]) == 8  # delivered and read, each
             assert await apply_receipts(client, s, [read]) == 0  # a replayed webhook: nothing
-            assert await client.exists(unread_before, bucket) == 0  # read: no longer unread
-            for delivery_id in (fresh, legacy, newest):
+            assert await client.exists(unread_before) == 0  # read: no longer unread
+            # only what was sent after the watermark stays unread
+            assert await client.hget(bucket, f"{PAGE}:psid-1") == f"{later},{hour}".encode()
+            assert "read_at" not in await outcomes.read(client, keys, later, s.record_retention)
+            for delivery_id in (fresh, legacy, newest, current):
                 rec = await outcomes.read(client, keys, delivery_id, s.record_retention)
                 assert rec["status"] == State.SENT
                 assert float(rec["read_at"]) == pytest.approx(now)
@@ -82,8 +99,8 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
                 assert "external_id" not in rec  # the Braze user goes with the read receipt
             assert await client.exists(keys.delivery(fresh)) == 0  # still an outcome only
             counters = await client.hgetall(keys.campaign("camp-1"))
-            assert counters[b"read"] == b"3"
-            assert counters[b"delivered"] == b"3"
+            assert counters[b"read"] == b"4"
+            assert counters[b"delivered"] == b"4"
         finally:
             await client.aclose()
 

@@ -45,9 +45,9 @@ CANCELLED_INSTEAD = 3
 PAGE_WAIT_MARGIN = 3600
 #: A delivery's history keeps its last entries only.
 HISTORY_ENTRIES = 20
-#: The fields record.lua still gets beside a delivery's outcome value: what the recipient's unread
-#: entry needs (store/lua/_unread.lua).
-OUTCOME_INDEXED = ("message_id", "sent_at")
+#: The fields record.lua still gets beside a delivery's outcome value: what tells it to write the
+#: recipient's unread entry (store/lua/_unread.lua: a sent delivery with a message id).
+OUTCOME_INDEXED = ("message_id",)
 
 
 _BAD_ENDS = (State.FAILED, State.DEAD, State.EXPIRED)

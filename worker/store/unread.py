@@ -5,13 +5,15 @@ sent to this PSID before then". So the receipts need, per recipient, the deliver
 that are not read yet. They are a field of a bucket (``store/lua/_unread.lua`` reads and writes
 them)::
 
-    P:u:{window}:{suffix}   hash    "{page}:{psid}" -> "{id},{sent_at},{hour} ..." (space-separated,
-                                    oldest first); window = ⌊sent time / RECORD_RETENTION⌋;
+    P:u:{window}:{suffix}   hash    "{page}:{psid}" -> "{id},{hour} ..." (space-separated, oldest
+                                    first); window = ⌊sent time / RECORD_RETENTION⌋;
                                     suffix = the first SUFFIX hex characters of the SHA-1 of the
                                     field; expires at the end of the next window
 
 ``hour`` is the hour bucket of the delivery's outcome (:mod:`worker.store.outcomes`): a receipt
-reads the outcome there, without looking through the hours. The receipts look in the current
+reads the outcome there, without looking through the hours, and compares the outcome's
+``sent_at`` with its watermark. (Entries written before this, ``{id},{sent_at},{hour}``, carry
+their send time themselves, 19 bytes more each; they are still read.) The receipts look in the current
 window's bucket and the previous one's, so an unread delivery is found for at least
 RECORD_RETENTION (its outcome's own lifetime) and at most twice that; a read receipt removes what
 it marked. The windows are numbered by RECORD_RETENTION: ``P:u:meta`` keeps the one they are
@@ -42,11 +44,12 @@ def bucket(prefix: str, window: int, page_id: str, psid: str) -> str:
     return f"{prefix}{window}:{hashlib.sha1(field.encode(), usedforsecurity=False).hexdigest()[:SUFFIX]}"
 
 
-def entries(raw: bytes | str | None) -> list[tuple[str, float, int]]:
-    """A field's value -> [(delivery id, sent at, outcome hour)], oldest first."""
+def entries(raw: bytes | str | None) -> list[tuple[str, int]]:
+    """A field's value -> [(delivery id, outcome hour)], oldest first (an entry from before this
+    layout, with its send time between the two, too)."""
     text = raw.decode() if isinstance(raw, bytes) else (raw or "")
     out = []
     for entry in text.split():
-        delivery_id, sent, hour = entry.split(",")
-        out.append((delivery_id, float(sent), int(hour)))
+        parts = entry.split(",")
+        out.append((parts[0], int(parts[-1])))
     return out

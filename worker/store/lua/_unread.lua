@@ -1,8 +1,9 @@
 -- A recipient's sent, unread deliveries (included by record.lua and receipts.lua; the layout and
 -- the reasons are worker/store/unread.py's): the field "{page}:{psid}" of the bucket
 -- P:u:{window}:{suffix}, window = floor(sent time / RECORD_RETENTION), suffix = the first
--- UNREAD_SUFFIX hex characters of the field's SHA-1; its value is "{id},{sent_at},{hour}" per
--- delivery (hour: its outcome's bucket), space-separated, oldest first. A bucket expires at the
+-- UNREAD_SUFFIX hex characters of the field's SHA-1; its value is "{id},{hour}" per delivery
+-- (hour: its outcome's bucket, which holds its send time), space-separated, oldest first; entries
+-- written before this layout are "{id},{sent_at},{hour}" and still read. A bucket expires at the
 -- end of the next window (_windows.lua: after a change of RECORD_RETENTION, the windows
 -- numbered by the one before are read too, P:u:meta).
 --!include _windows.lua
@@ -18,11 +19,11 @@ local function unread_suffix(field)
 end
 
 -- A sent delivery joins its recipient's unread deliveries.
-local function unread_add(prefix, page, psid, id, sent, hour, now, retention)
+local function unread_add(prefix, page, psid, id, hour, now, retention)
   local field = page .. ':' .. psid
   local bucket, expires = window_bucket(prefix, now, retention)
   local key = bucket .. unread_suffix(field)
-  local entry = id .. ',' .. sent .. ',' .. hour
+  local entry = id .. ',' .. hour
   local before = redis.call('HGET', key, field)
   if before then  -- the bucket exists: it got its expiry when it was made
     redis.call('HSET', key, field, before .. ' ' .. entry)
@@ -33,7 +34,8 @@ local function unread_add(prefix, page, psid, id, sent, hour, now, retention)
 end
 
 -- The recipient's unread deliveries in the buckets a lookup reads (window_prefixes of `spans`),
--- oldest first: {id, sent (number), hour (number), key, raw entry} each.
+-- oldest first: {id, hour (number), key, raw entry, sent (number; only in an entry written before
+-- this layout: the outcome has it)} each.
 local function unread_list(prefix, page, psid, now, spans)
   local field = page .. ':' .. psid
   local suffix = unread_suffix(field)
@@ -44,7 +46,9 @@ local function unread_list(prefix, page, psid, now, spans)
     local value = redis.call('HGET', key, field)
     if value then
       for raw in string.gmatch(value, '%S+') do
-        local id, sent, hour = string.match(raw, '^([^,]+),([^,]+),([^,]+)$')
+        local id, hour = string.match(raw, '^([^,]+),([^,]+)$')
+        local sent = nil
+        if not id then id, sent, hour = string.match(raw, '^([^,]+),([^,]+),([^,]+)$') end
         if id then out[#out + 1] = {id = id, sent = tonumber(sent), hour = tonumber(hour), key = key, raw = raw} end
       end
     end

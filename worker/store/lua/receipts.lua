@@ -67,6 +67,15 @@ local function mark(id, key, rec, field, at, forget)
   table.insert(out, {id, name, math.max(0, tonumber(at) - tonumber(rec.sent_at or at)), user or '', attribution})
 end
 
+-- An unread entry sent at or before `mark_to`, with its record (bucket key, fields): an entry
+-- of this layout names no send time, its outcome has it (an entry from before, or a member of an
+-- old set, has its own).
+local function due(e, mark_to)
+  local key, rec = find(e.id, e.hour)
+  local sent = e.sent or (rec and tonumber(rec.sent_at or ''))
+  return sent ~= nil and sent <= mark_to, key, rec
+end
+
 local MID_SCAN = 200
 local now, retention = tonumber(CAMP.now), CAMP.record_retention
 local spans = unread_spans(ARGV[16], now, retention)
@@ -94,20 +103,20 @@ while i <= #ARGV do
     end
     if mark_to then
       for _, e in ipairs(list) do
-        if e.sent <= mark_to then
-          local key, rec = find(e.id, e.hour)
-          mark(e.id, key, rec, 'delivered_at', when, false)
-        end
+        local ok, key, rec = due(e, mark_to)
+        if ok then mark(e.id, key, rec, 'delivered_at', when, false) end
       end
     end
   elseif kind == 'read' and mark_to then
     local gone = {}
     for _, e in ipairs(list) do
-      if e.sent <= mark_to then
-        local key, rec = find(e.id, e.hour)
+      local ok, key, rec = due(e, mark_to)
+      if ok then
         mark(e.id, key, rec, 'delivered_at', when, false)
         mark(e.id, key, rec, 'read_at', when, true)
         gone[e.id] = true
+      elseif not rec and e.hour then
+        gone[e.id] = true  -- its outcome is gone with its retention: nothing left to mark
       end
     end
     if next(gone) then unread_drop(list, page, psid, gone) end

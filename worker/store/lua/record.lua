@@ -11,7 +11,7 @@
 -- P:stats:{minute}:reasons), reason ('' = none), its outcome's value when it ends here as an
 -- outcome ('' = none: packed by the worker from the record it claimed, outcome_value in
 -- worker/delivery/recorder.py), n, and n field/value pairs (with an outcome's value, only its
--- message_id and sent_at: the value holds the rest).
+-- message_id: the value holds the rest).
 -- The history entry and the failure class are written only with a fresh write (never twice,
 -- whatever retries the call: the caller re-sends a pipeline whose answer it lost).
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
@@ -56,7 +56,7 @@ while i <= #ARGV do
   local key = ARGV[2] .. id
   -- one read for the fence and for what the indexes below need (parked, receipts)
   local held = redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel', 'parked_at',
-    'page_id', 'psid', 'message_id', 'sent_at', 'created_at')
+    'page_id', 'psid', 'message_id', 'created_at')
   local camp = camp_of(held[3], held[4])
   if held[1] == token then
     if value ~= '' then  -- it ends as an outcome: the hash goes
@@ -76,18 +76,18 @@ while i <= #ARGV do
       redis.call('EXPIRE', reasons, 3600)
     end
     if FINAL[status] then
-      local rec = {held[6], held[7], held[8], held[9], held[10]}
-      for j = first, last, 2 do  -- this call's own message id and send time
-        if ARGV[j] == 'message_id' then rec[4] = ARGV[j + 1] elseif ARGV[j] == 'sent_at' then rec[5] = ARGV[j + 1] end
+      local rec = {held[6], held[7], held[8], held[9]}
+      for j = first, last, 2 do  -- this call's own message id
+        if ARGV[j] == 'message_id' then rec[4] = ARGV[j + 1] end
       end
       if rec[1] then
         redis.call('ZREM', KEYS[5], id)
         redis.call('ZREM', ARGV[3] .. rec[2] .. ':' .. rec[3], id)
       end
-      ages_leave(KEYS[2], id, not rec[1] and held[11] or nil)
+      ages_leave(KEYS[2], id, not rec[1] and held[10] or nil)
       ended[#ended + 1] = id
       if status == S.SENT and rec[4] and rec[4] ~= '' and rec[3] then
-        unread_add(ARGV[10], rec[2], rec[3], id, rec[5] or ARGV[1], math.floor(now / OUTCOME_SPAN), now, retention)
+        unread_add(ARGV[10], rec[2], rec[3], id, math.floor(now / OUTCOME_SPAN), now, retention)
       end
       if KEEPS_BODY[status] then
         redis.call('ZADD', KEYS[4], now, id)
@@ -107,10 +107,10 @@ while i <= #ARGV do
       table.insert(out, 3)
     else
       if status == S.PARKED then
-        ages_leave(KEYS[2], id, not held[6] and held[11] or nil)
+        ages_leave(KEYS[2], id, not held[6] and held[10] or nil)
         redis.call('HSET', key, 'parked_at', ARGV[1])
-        redis.call('ZADD', ARGV[3] .. held[7] .. ':' .. held[8], tonumber(held[11]), id)
-        redis.call('ZADD', KEYS[5], tonumber(held[11]), id)
+        redis.call('ZADD', ARGV[3] .. held[7] .. ':' .. held[8], tonumber(held[10]), id)
+        redis.call('ZADD', KEYS[5], tonumber(held[10]), id)
       elseif due ~= '' then
         redis.call('ZADD', KEYS[3], tonumber(due), id)
       end
@@ -119,7 +119,7 @@ while i <= #ARGV do
     end
   elseif held[2] == token then
     table.insert(out, 2)
-  elseif not held[11] and not held[7] and outcome_done(ARGV[2], id, now, retention, token) then
+  elseif not held[10] and not held[7] and outcome_done(ARGV[2], id, now, retention, token) then
     table.insert(out, 2)  -- it ended under this token: its hash is an outcome now
   else
     table.insert(out, 0)
