@@ -293,14 +293,15 @@ def test_an_idempotency_key_lives_in_its_windows_bucket_and_is_found_in_the_next
     window = idempotency.window(float(sync.time()[0]), TTL)
     digest = idempotency.digest(idempotency.scoped("", PAGE, "order-1"))
     bucket = idempotency.bucket(keys.idem_bucket_prefix, window, digest)
-    assert sync.hgetall(bucket) == {digest[idempotency.SUFFIX :].encode(): first.encode()}
+    # the field: the digest after the bucket's suffix; the value: the delivery id's raw bytes
+    assert sync.hgetall(bucket) == {digest[idempotency.SUFFIX :].encode(): bytes.fromhex(first)}
     assert sync.expiretime(bucket) == (window + 2) * TTL
     assert sync.object("encoding", bucket) == b"listpack"
     assert not list(sync.scan_iter(match=keys.idem("*")))
 
     assert _submit(settings, "order-1", "ik-1") == (first, False)  # the same window
 
-    # written in the previous window: still a repeat
+    # written in the previous window (by the version before: the id in hex): still a repeat
     sync.delete(bucket)
     sync.hset(
         idempotency.bucket(keys.idem_bucket_prefix, window - 1, digest), digest[idempotency.SUFFIX :], first
@@ -316,7 +317,7 @@ def test_an_idempotency_key_lives_in_its_windows_bucket_and_is_found_in_the_next
     again, accepted = _submit(settings, "order-1", "ik-1")
     assert accepted
     assert again != first
-    assert sync.hget(bucket, digest[idempotency.SUFFIX :]) == again.encode()
+    assert sync.hget(bucket, digest[idempotency.SUFFIX :]) == bytes.fromhex(again)
 
 
 def test_keys_the_previous_version_stored_are_read_for_one_ttl_after_the_upgrade(

@@ -48,3 +48,20 @@ def test_send_headers_keeps_the_first_of_repeated_headers() -> None:
         (b"idempotency-key", b"second"),
     ]
     assert _send_headers(raw) == {b"content-type": "application/json", b"idempotency-key": "first"}
+
+
+def test_a_remembered_idempotency_key_stores_the_delivery_id_raw_and_reads_both_forms() -> None:
+    """accept.lua gets the digest (bucket suffix and field, hex) and then the value it stores: the
+    delivery id's 16 raw bytes, half its hex. A value written before (hex) reads back as it is."""
+    from worker.store import idempotency
+
+    delivery_id = broker.new_delivery_id()
+    scoped = idempotency.scoped("caller", "page", "key-1")
+    entry = idempotency.entry(scoped, delivery_id)
+    width = idempotency.SUFFIX + idempotency.FIELD
+    assert entry[:width] == idempotency.digest(scoped).encode()
+    assert entry[width:] == bytes.fromhex(delivery_id)
+    assert len(entry[width:]) == 16
+    assert idempotency.delivery_id(entry[width:]) == delivery_id
+    assert idempotency.delivery_id(delivery_id.encode()) == delivery_id  # the hex of a value from before
+    assert idempotency.entry(scoped, "not-hex")[width:] == b"not-hex"  # a test's id, kept as it is

@@ -149,8 +149,8 @@ ACCEPT_HEAD = 10 + CONTEXT_ARGS
 
 
 def accept_items(args: list[Any]) -> int:
-    """How many requests an ACCEPT call's arguments carry (each: id, idempotency key digest,
-    the key as the previous version stored it, campaign, n and n field/value pairs)."""
+    """How many requests an ACCEPT call's arguments carry (each: id, idempotency key digest and
+    value, the key as the previous version stored it, campaign, n and n field/value pairs)."""
     count, i = 0, ACCEPT_HEAD
     while i < len(args):
         count, i = count + 1, i + 5 + 2 * int(args[i + 4])
@@ -160,7 +160,7 @@ def accept_items(args: list[Any]) -> int:
 def _record(item: _Item, body: bytes | str, fallbacks: bytes, template: bytes) -> list[Any]:
     """The new record's field/value pairs (accept.lua adds status and created_at): only what the
     delivery has, so no empty field is stored; attempts (0) and updated_at (= created_at) are
-    written when they change, and the idempotency key lives in its own key only."""
+    written when they change, and the idempotency key is remembered in its bucket only."""
     req = item.request
     pairs: list[Any] = [
         "page_id",
@@ -408,8 +408,10 @@ class GroupCommitter:
                 continue
             record = _record(item, body, tags, template)
             key = item.idempotency_key
-            digest, old = (idempotency.digest(key), self._keys.idem(key)) if key else ("", "")
-            args += [item.delivery_id, digest, old, item.owner, len(record) // 2, *record]
+            remembered, old = (
+                (idempotency.entry(key, item.delivery_id), self._keys.idem(key)) if key else (b"", "")
+            )
+            args += [item.delivery_id, remembered, old, item.owner, len(record) // 2, *record]
             going.append(item)
         return going, args
 
@@ -436,7 +438,8 @@ class GroupCommitter:
             metrics.INTAKE_ENQUEUE.observe(elapsed)
         accepted: list[str] = []
         for item, result in zip(items, results, strict=True):
-            existing = result.decode() if isinstance(result, bytes) else str(result)
+            # '' accepted, '-' cancelled, else the delivery a repeated key names (idempotency.py)
+            existing = idempotency.delivery_id(result) if isinstance(result, bytes) else str(result)
             if not existing or existing == CANCELLED_MARK:
                 accepted.append(item.delivery_id)
             if not item.future.done():

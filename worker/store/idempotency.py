@@ -3,9 +3,10 @@
 A request's Idempotency-Key is scoped by the intake to its caller and page (``caller:page:key``:
 one caller cannot learn another's delivery ids by guessing keys). What Redis keeps of it is a
 digest (:func:`digest`): its first :data:`SUFFIX` hex characters pick a bucket, the next
-:data:`FIELD` are the field in it, and the value is the delivery id::
+:data:`FIELD` are the field in it, and the value is the delivery id as its 16 raw bytes (the
+32 hex characters halved; a value written before this is the hex id, and is still read)::
 
-    P:i:{window}:{suffix}   hash    digest field -> delivery id; window = ⌊Redis time /
+    P:i:{window}:{suffix}   hash    digest field -> delivery id (raw); window = ⌊Redis time /
                                     IDEMPOTENCY_TTL⌋; expires at the end of the next window
 
 ``accept.lua`` looks a key up in the current window's bucket, then the previous one's, and writes
@@ -19,8 +20,8 @@ TTLs), so a retry that straddles the change is still a repeat.
 
 Why buckets: a key of its own (``P:idem:{key}``, as before) costs about 220 bytes for a day,
 the string and its dictionary and expiry entries; in a bucket a remembered key is its
-16-character field, the 32-character id and a few bytes of listpack (63 bytes measured, step 8
-of the benchmarks). 16**5 buckets a window hold about 80 keys each at a sustained 1,000
+16-character field, the id's 16 bytes and a few bytes of listpack (47 bytes measured, step 8 of
+the benchmarks; 63 with the id in hex). 16**5 buckets a window hold about 80 keys each at a sustained 1,000
 requests/s with the default TTL of a day, under ``hash-max-listpack-entries`` (128), so Redis
 keeps them as small listpacks. Collisions: a field is 64 bits of the digest inside a 20-bit
 bucket, so at 1,000 requests/s two different keys share both about once in five billion days;
@@ -35,6 +36,8 @@ from __future__ import annotations
 
 import hashlib
 from typing import Final
+
+from worker.store.ids import ID_BYTES
 
 #: Hex characters of the digest that pick the bucket within a window (16**5 buckets).
 SUFFIX: Final = 5
@@ -51,6 +54,23 @@ def scoped(caller: str, page_id: str, key: str) -> str:
 def digest(scoped: str) -> str:
     """What accept.lua gets for a scoped key: the bucket suffix and the field, one string."""
     return hashlib.blake2b(scoped.encode(), digest_size=16).hexdigest()[: SUFFIX + FIELD]
+
+
+def entry(scoped: str, delivery_id: str) -> bytes:
+    """What accept.lua gets for a request with a key: the digest (:func:`digest`), then the value it
+    stores, the delivery id's raw bytes (an id that is not 32 hex characters, as tests may give,
+    as it is)."""
+    try:
+        raw = bytes.fromhex(delivery_id) if len(delivery_id) == 2 * ID_BYTES else delivery_id.encode()
+    except ValueError:
+        raw = delivery_id.encode()
+    return digest(scoped).encode() + raw
+
+
+def delivery_id(value: bytes) -> str:
+    """A remembered key's value -> the delivery id: raw bytes (:func:`entry`), or a hex id as an
+    earlier version (or a key of its own, ``P:idem:``) stored it."""
+    return value.hex() if len(value) == ID_BYTES else value.decode()
 
 
 def window(now: float, ttl: int) -> int:

@@ -30,7 +30,8 @@
     P:hist:{id}             list    a delivery's history: one JSON entry per round that did not
                                     end in a first-try send (the last 20; MESSAGE_TTL +
                                     RECORD_RETENTION)
-    P:i:{window}:{suffix}   hash    Idempotency-Keys (a digest of caller:page:key) -> delivery id;
+    P:i:{window}:{suffix}   hash    Idempotency-Keys (a digest of caller:page:key) -> delivery id
+                                    (its 16 raw bytes; hex when written before that);
                                     window = ⌊Redis time / IDEMPOTENCY_TTL⌋, expires at the end of
                                     the next (worker/store/idempotency.py)
     P:i:meta                hash    since: when the buckets above first ran on this shard (until
@@ -79,7 +80,7 @@
     P:campstop              zset    stopped campaigns -> stopped at (claim.lua, accept.lua and the
                                     workers read it; resume removes; pruned by CAMPAIGN_RETENTION)
     P:u:{window}:{suffix}   hash    per recipient, "{page}:{psid}" -> its sent deliveries not yet
-                                    read: "{id},{sent_at},{outcome hour}" each (delivery receipts
+                                    read: "{id},{outcome hour}" each (delivery receipts
                                     by mid and by watermark, read watermarks); window = ⌊sent time
                                     / RECORD_RETENTION⌋, expires at the end of the next
                                     (worker/store/unread.py)

@@ -52,7 +52,7 @@ def _prelude() -> str:
     return (
         f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\nlocal ATTRIBUTION = {{{attribution}}}\n"
         f"local OUTCOME_SPAN, OUTCOME_SUFFIX, OUTCOME_DONE = {outcomes.SPAN}, {outcomes.SUFFIX}, {outcomes.DONE}\n"
-        f"local IDEM_SUFFIX, UNREAD_SUFFIX = {idempotency.SUFFIX}, {unread.SUFFIX}\n"
+        f"local IDEM_SUFFIX, IDEM_FIELD, UNREAD_SUFFIX = {idempotency.SUFFIX}, {idempotency.FIELD}, {unread.SUFFIX}\n"
     )
 
 

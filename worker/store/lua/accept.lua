@@ -6,8 +6,9 @@
 -- ARGV[7] the Celery message of a new batch (`worker.deliver_batch(ARGV[8])`, serialised),
 -- ARGV[8] the new batch's id, ARGV[9] QUEUE_BATCH_MAX, ARGV[10] a batch list's TTL (s),
 -- ARGV[11..25] the campaign context (_campaign.lua), then from ARGV[26] per item: id, its
--- idempotency key's digest ('' for none: worker/store/idempotency.py, of the key scoped by the
--- intake to the caller and the page), the key as the previous version stored it (P:idem:...,
+-- idempotency key's digest and the value to remember ('' for none: worker/store/idempotency.py's
+-- entry, of the key scoped by the intake to the caller and the page: IDEM_SUFFIX + IDEM_FIELD
+-- hex characters, then the id's raw bytes), the key as the previous version stored it (P:idem:...,
 -- '' for none), its campaign ('' for none: the campaign id, else the Canvas id), n, and n
 -- field/value pairs: the record as the intake built it (worker/intake/committer.py: page_id,
 -- psid, body, caller, request_id, and those it has of fallbacks, utility, external_id and the
@@ -25,7 +26,7 @@
 -- Each accepted item becomes a QUEUED record, in pending (deadline now + sweep_after), counted in
 -- its second's open deliveries (_ages.lua: one HINCRBY per call).
 -- Returns, per item, '' when accepted, '-' when cancelled (its campaign is stopped), or the
--- existing delivery id for a repeated idempotency key.
+-- existing delivery id for a repeated idempotency key (as remembered: raw bytes, or hex).
 -- The accepted ids join the queue's newest batch while it is still queued (its list exists: no
 -- worker has taken it) and has room for them all; otherwise they start a new batch and its
 -- message is pushed. A backlog thus travels in messages of up to QUEUE_BATCH_MAX ids, while an
@@ -59,14 +60,15 @@ while i <= #ARGV do
   local first, last = i + 5, i + 4 + 2 * n  -- the record's field/value pairs
   local existing = false
   if idem ~= '' then
-    local suffix, field = string.sub(idem, 1, IDEM_SUFFIX), string.sub(idem, IDEM_SUFFIX + 1)
+    local suffix = string.sub(idem, 1, IDEM_SUFFIX)
+    local field = string.sub(idem, IDEM_SUFFIX + 1, IDEM_SUFFIX + IDEM_FIELD)
     local bucket = current .. suffix
     for _, prefix in ipairs(lookup) do
       existing = existing or redis.call('HGET', prefix .. suffix, field)
     end
     if not existing and legacy and old ~= '' then existing = redis.call('GET', old) end
     if not existing then
-      redis.call('HSET', bucket, field, id)
+      redis.call('HSET', bucket, field, string.sub(idem, IDEM_SUFFIX + IDEM_FIELD + 1))
       redis.call('EXPIREAT', bucket, forget_at, 'NX')
     end
   end
