@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import orjson
 
 from worker.delivery import recorder
@@ -17,7 +18,37 @@ def test_pack_keeps_the_outcome_fields_only_and_round_trips() -> None:
     assert b"secret" not in packed
     assert b"EAAB" not in packed
     assert outcomes.unpack(packed) == rec
-    assert len(orjson.loads(packed)) == outcomes.FIELDS.index("error") + 1  # trailing empties cut
+    assert len(msgpack.unpackb(packed)) == outcomes.FIELDS.index("error") + 1  # trailing empties cut
+
+
+def test_times_are_stored_as_numbers_that_read_back_as_the_same_text() -> None:
+    """A time is a MessagePack double (9 bytes, not 19 with its quotes): it reads back as the text
+    it was written from (the repr of the same double); an integer stays an integer, and a text
+    that no number reads back as is kept as text."""
+    now = 1796583716.634361
+    rec = {
+        "status": "sent",
+        "created_at": repr(now),
+        "updated_at": "1796583716",
+        "sent_at": "1.50",
+        "attempts": "1",
+    }
+    packed = outcomes.pack(rec)
+    values = msgpack.unpackb(packed)
+    assert values[outcomes.FIELDS.index("created_at")] == now
+    assert values[outcomes.FIELDS.index("updated_at")] == 1796583716
+    assert values[outcomes.FIELDS.index("sent_at")] == "1.50"
+    assert values[outcomes.FIELDS.index("attempts")] == "1"  # not a time: a string
+    assert outcomes.unpack(packed) == rec
+    as_json = orjson.dumps([rec.get(f, "") for f in outcomes.FIELDS[: outcomes.FIELDS.index("sent_at") + 1]])
+    assert len(packed) < len(as_json) - 15
+
+
+def test_a_value_written_as_json_before_still_reads() -> None:
+    rec = {"status": "failed", "page_id": "1", "created_at": "1796583716.5", "error": '{"reason":"x"}'}
+    before = orjson.dumps([rec.get(f, "") for f in outcomes.FIELDS[: outcomes.FIELDS.index("error") + 1]])
+    assert outcomes.unpack(before) == rec
+    assert outcomes.unpack(before.decode()) == rec
 
 
 def test_hours_cover_the_retention_newest_first() -> None:

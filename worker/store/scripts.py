@@ -2,9 +2,9 @@
 
 Each script's contract (KEYS, ARGV, what it returns) is the comment at the top of its file.
 Every script is prefixed with the state names of :mod:`worker.states` (``S.QUEUED``, ``OPEN``,
-``FINAL``, ``CLAIMABLE``, ``KEEPS_BODY``) and the fields a final record keeps
-(``OUTCOME``, :mod:`worker.store.outcomes`), so no script spells a status or a field list of
-its own. A line ``--!include NAME.lua`` is replaced by that file (shared helpers whose name starts
+``FINAL``, ``CLAIMABLE``, ``KEEPS_BODY``) and the fields a final record keeps (``OUTCOME``, and
+its times, ``OUTCOME_TIMES``: :mod:`worker.store.outcomes`), so no script spells a status or a
+field list of its own. A line ``--!include NAME.lua`` is replaced by that file (shared helpers whose name starts
 with ``_`` are not scripts themselves).
 
 Running: :func:`run` sends ``EVALSHA``; after a Redis restart (or failover) the server has no
@@ -48,9 +48,11 @@ class Script:
 
 def _prelude() -> str:
     kept = ", ".join(f"'{field}'" for field in outcomes.FIELDS)
+    times = ", ".join(f"{field} = true" for field in sorted(outcomes.TIMES))
     attribution = ", ".join(f"'{field}'" for field in records.ATTRIBUTION)
     return (
-        f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\nlocal ATTRIBUTION = {{{attribution}}}\n"
+        f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\nlocal OUTCOME_TIMES = {{{times}}}\n"
+        f"local ATTRIBUTION = {{{attribution}}}\n"
         f"local OUTCOME_SPAN, OUTCOME_SUFFIX, OUTCOME_DONE = {outcomes.SPAN}, {outcomes.SUFFIX}, {outcomes.DONE}\n"
         f"local IDEM_SUFFIX, IDEM_FIELD, UNREAD_SUFFIX = {idempotency.SUFFIX}, {idempotency.FIELD}, {unread.SUFFIX}\n"
     )

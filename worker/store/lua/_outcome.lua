@@ -1,7 +1,8 @@
 -- Final records as outcomes (included by _campaign.lua, so by record.lua and every script that
 -- cancels or reads receipts; worker/store/outcomes.py has the layout and the reasons). A final
 -- delivery that is not a dead letter leaves its hash P:d:{id} and becomes one value, the
--- OUTCOME fields in order as a JSON array ('' for a missing one, trailing ones cut), in the
+-- OUTCOME fields in order as a MessagePack array ('' for a missing one, trailing ones cut; the
+-- OUTCOME_TIMES as numbers, the rest strings; a value written before is a JSON array), in the
 -- bucket P:o:{hour it ended}:{the id's last OUTCOME_SUFFIX characters}, which expires whole
 -- RECORD_RETENTION after its hour. The bucket prefix is the delivery prefix's sibling (P:d: ->
 -- P:o:; worker/store/keys.py builds the same names).
@@ -12,15 +13,18 @@ local function outcome_pack(rec)
   for j, f in ipairs(OUTCOME) do
     local v = rec[f]
     if v == nil or v == false then v = '' end
+    if OUTCOME_TIMES[f] and type(v) == 'string' and v ~= '' then v = tonumber(v) or v end
     values[j] = v
     if v ~= '' then last = j end
   end
-  return cjson.encode({unpack(values, 1, last)})
+  return cmsgpack.pack({unpack(values, 1, last)})
 end
 
 local function outcome_unpack(raw)
   local rec = {}
-  for j, v in ipairs(cjson.decode(raw)) do
+  local values
+  if string.sub(raw, 1, 1) == '[' then values = cjson.decode(raw) else values = cmsgpack.unpack(raw) end
+  for j, v in ipairs(values) do
     if v ~= '' then rec[OUTCOME[j]] = v end
   end
   return rec
