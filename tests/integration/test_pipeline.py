@@ -54,6 +54,17 @@ def test_webhook_ends_sent_in_status_api_and_sandbox(make_stack: Any) -> None:
     committed = [e for e in logs if e.get("event") == "intake.committed"]
     assert [e["delivery_ids"] for e in committed] == [[delivery_id]]
     assert committed[0]["count"] == 1
+    # no X-Request-Id: none is made up, the delivery id names the request; the outcome keeps none
+    assert "request_id" not in stack.record(delivery_id)
+    assert [e.get("request_id") for e in logs if e.get("delivery_id") == delivery_id] == [None]
+
+    # the caller's X-Request-Id is kept with its delivery and logged with it
+    given = stack.post(text("e2e-2", "hi again"), headers={"X-Request-Id": "braze-req-42"})
+    assert given.status_code == 202, given.text
+    second = given.json()["delivery_id"]
+    assert stack.wait_final([second])[second]["request_id"] == "braze-req-42"
+    sent = [e for e in stack.logs() if e.get("delivery_id") == second and e.get("event") == "delivery.sent"]
+    assert [e["request_id"] for e in sent] == ["braze-req-42"]
 
 
 def test_engine_backpressure_never_deadlocks(make_stack: Any) -> None:

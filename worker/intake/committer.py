@@ -171,10 +171,9 @@ def _record(item: _Item, body: bytes | str, fallbacks: bytes, template: bytes) -
         body,
         "caller",
         item.caller,
-        "request_id",
-        item.request_id,
     ]
     optional: list[tuple[str, bytes | str]] = [
+        ("request_id", item.request_id),  # the caller's X-Request-Id, when it sent one
         ("fallbacks", fallbacks if fallbacks != b"[]" else b""),
         ("utility", template),
         ("external_id", item.external_id),
