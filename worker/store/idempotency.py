@@ -9,8 +9,9 @@ digest (:func:`digest`): its first :data:`SUFFIX` hex characters pick a bucket, 
     P:i:{window}:{suffix}   hash    digest field -> delivery id (raw); window = ⌊Redis time /
                                     IDEMPOTENCY_TTL⌋; expires at the end of the next window
 
-``accept.lua`` looks a key up in the current window's bucket, then the previous one's, and writes
-it into the current one. So a key is remembered at least IDEMPOTENCY_TTL and at most twice that
+``accept.lua`` writes a key into the current window's bucket unless it is there (``HSETNX``:
+one command for a new key), then looks in the previous window's, and takes it back when it is
+found there. So a key is remembered at least IDEMPOTENCY_TTL and at most twice that
 (one and a half times on average), and a repeat within IDEMPOTENCY_TTL is always answered with
 the first delivery's id. The window comes from the Redis server's clock (``TIME``), one clock per
 shard, so intakes whose clocks differ cannot miss each other's keys at a window's edge. The

@@ -24,12 +24,10 @@ local function unread_add(prefix, page, psid, id, hour, now, retention)
   local bucket, expires = window_bucket(prefix, now, retention)
   local key = bucket .. unread_suffix(field)
   local entry = id .. ',' .. hour
-  local before = redis.call('HGET', key, field)
-  if before then  -- the bucket exists: it got its expiry when it was made
-    redis.call('HSET', key, field, before .. ' ' .. entry)
-  else
-    redis.call('HSET', key, field, entry)
+  if redis.call('HSETNX', key, field, entry) == 1 then  -- the recipient's first in this window
     redis.call('EXPIREAT', key, expires, 'NX')
+  else  -- the bucket exists: it got its expiry when it was made
+    redis.call('HSET', key, field, redis.call('HGET', key, field) .. ' ' .. entry)
   end
 end
 

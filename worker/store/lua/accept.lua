@@ -62,14 +62,21 @@ while i <= #ARGV do
   if idem ~= '' then
     local suffix = string.sub(idem, 1, IDEM_SUFFIX)
     local field = string.sub(idem, IDEM_SUFFIX + 1, IDEM_SUFFIX + IDEM_FIELD)
-    local bucket = current .. suffix
-    for _, prefix in ipairs(lookup) do
-      existing = existing or redis.call('HGET', prefix .. suffix, field)
-    end
-    if not existing and legacy and old ~= '' then existing = redis.call('GET', old) end
-    if not existing then
-      redis.call('HSET', bucket, field, string.sub(idem, IDEM_SUFFIX + IDEM_FIELD + 1))
-      redis.call('EXPIREAT', bucket, forget_at, 'NX')
+    local bucket = current .. suffix  -- lookup[1]'s: the current window's
+    -- written first, only if the current window does not have it (one command for the common
+    -- case, a new key); then the older windows are asked, and a key found there is taken back
+    if redis.call('HSETNX', bucket, field, string.sub(idem, IDEM_SUFFIX + IDEM_FIELD + 1)) == 0 then
+      existing = redis.call('HGET', bucket, field)
+    else
+      for k = 2, #lookup do
+        existing = existing or redis.call('HGET', lookup[k] .. suffix, field)
+      end
+      if not existing and legacy and old ~= '' then existing = redis.call('GET', old) end
+      if existing then
+        redis.call('HDEL', bucket, field)  -- a bucket it made alone goes with it
+      else
+        redis.call('EXPIREAT', bucket, forget_at, 'NX')
+      end
     end
   end
   local camp = owner ~= '' and owner or nil
