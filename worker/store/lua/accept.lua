@@ -11,7 +11,7 @@
 -- hex characters, then the id's raw bytes), the key as the previous version stored it (P:idem:...,
 -- '' for none), its campaign ('' for none: the campaign id, else the Canvas id), n, and n
 -- field/value pairs: the record as the intake built it (worker/intake/committer.py: page_id,
--- psid, body, caller, request_id, and those it has of fallbacks, utility, external_id and the
+-- psid, body, caller, and those it has of request_id, fallbacks, utility, external_id and the
 -- attribution); this script adds status and created_at. No token is ever stored.
 -- Idempotency: a digest is looked up in the bucket of the current window (Redis time /
 -- IDEMPOTENCY_TTL) and of the previous one, and written into the current one, which expires at
