@@ -526,11 +526,14 @@ def test_a_sent_delivery_joins_its_recipients_unread_field_in_the_bucket_of_its_
         now = time.time()
         window = int(now // retention)
         bucket = unread.bucket(keys.unread_bucket_prefix, window, PAGE, "same")
-        entries = unread.entries(await client.hget(bucket, f"{PAGE}:same"))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        field = unread.field(PAGE, "same")
+        assert len(field) == unread.FIELD  # a digest, not "{page}:{psid}"
+        assert await client.hkeys(bucket) == [field.encode()]  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        entries = unread.entries(await client.hget(bucket, field))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         assert [e[0] for e in entries] == ["d1", "d0"]
         hour = int(now // outcomes.SPAN)
         # each entry is its id and its outcome's hour, nothing more: the outcome has its send time
-        assert await client.hget(bucket, f"{PAGE}:same") in (  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        assert await client.hget(bucket, field) in (  # type: ignore[misc]  # redis-py: Awaitable[T] | T
             f"d1,{hour} d0,{hour}".encode(),
             f"d1,{hour - 1} d0,{hour}".encode(),  # written across an hour's edge
         )

@@ -73,23 +73,20 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
                 await client.hset(
                     outcomes.bucket(keys, hour, delivery_id), delivery_id, outcomes.pack(_sent(at))
                 )
-            # the bucket: an entry written with its send time (before), and three as written now,
-            # the outcome holding the send time: one sent before the watermark, one after it, and
-            # one whose outcome is gone with its retention
+            # the bucket: an entry written before, with its send time, in the field named
+            # "{page}:{psid}" as it was then, and three as written now, in the digest field, the
+            # outcome holding the send time: one sent before the watermark, one after it, and one
+            # whose outcome is gone with its retention
             bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-1")
-            entries = [
-                f"{newest},{now - 3!r},{hour}",
-                f"{current},{hour}",
-                f"{later},{hour}",
-                f"{expired},{hour}",
-            ]
-            await client.hset(bucket, f"{PAGE}:psid-1", " ".join(entries))
+            field = unread.field(PAGE, "psid-1")
+            await client.hset(bucket, f"{PAGE}:psid-1", f"{newest},{now - 3!r},{hour}")
+            await client.hset(bucket, field, f"{current},{hour} {later},{hour} {expired},{hour}")
             read = {"kind": "read", "page_id": PAGE, "psid": "psid-1", "watermark": now, "timestamp": now}
             assert await apply_receipts(client, s, [read]) == 8  # delivered and read, each
             assert await apply_receipts(client, s, [read]) == 0  # a replayed webhook: nothing
             assert await client.exists(unread_before) == 0  # read: no longer unread
             # only what was sent after the watermark stays unread
-            assert await client.hget(bucket, f"{PAGE}:psid-1") == f"{later},{hour}".encode()
+            assert await client.hgetall(bucket) == {field.encode(): f"{later},{hour}".encode()}
             assert "read_at" not in await outcomes.read(client, keys, later, s.record_retention)
             for delivery_id in (fresh, legacy, newest, current):
                 rec = await outcomes.read(client, keys, delivery_id, s.record_retention)
@@ -101,6 +98,43 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
             counters = await client.hgetall(keys.campaign("camp-1"))
             assert counters[b"read"] == b"4"
             assert counters[b"delivered"] == b"4"
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_field_named_by_page_and_psid_is_read_only_while_one_written_before_may_live(
+    redis_server: RedisServer,
+) -> None:
+    """Unread fields are digests since ``fields`` in P:u:meta; a "{page}:{psid}" field written
+    before lives two windows at most, and is no longer read after that."""
+    s = _settings(redis_server, record_retention=7200)
+    keys, now = Keys.of(s), time.time()
+    hour = int(now // outcomes.SPAN)
+    old_id, new_id = "7" * 28 + "0008", "8" * 28 + "0009"
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(s.redis_url)
+        try:
+            for delivery_id in (old_id, new_id):
+                await client.hset(
+                    outcomes.bucket(keys, hour, delivery_id), delivery_id, outcomes.pack(_sent(now - 3))
+                )
+            bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-7")
+            await client.hset(bucket, f"{PAGE}:psid-7", f"{old_id},{hour}")
+            await client.hset(bucket, unread.field(PAGE, "psid-7"), f"{new_id},{hour}")
+            await client.hset(keys.unread_bucket_prefix + "meta", "fields", int(now - 2 * 7200 - 1))
+            delivery = {
+                "kind": "delivery",
+                "page_id": PAGE,
+                "psid": "psid-7",
+                "watermark": now,
+                "timestamp": now,
+            }
+            assert await apply_receipts(client, s, [delivery]) == 1  # the digest field's only
+            assert "delivered_at" in await outcomes.read(client, keys, new_id, s.record_retention)
+            assert "delivered_at" not in await outcomes.read(client, keys, old_id, s.record_retention)
         finally:
             await client.aclose()
 

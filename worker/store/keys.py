@@ -79,12 +79,15 @@
                                     CAMPAIGN_RETENTION)
     P:campstop              zset    stopped campaigns -> stopped at (claim.lua, accept.lua and the
                                     workers read it; resume removes; pruned by CAMPAIGN_RETENTION)
-    P:u:{window}:{suffix}   hash    per recipient, "{page}:{psid}" -> its sent deliveries not yet
+    P:u:{window}:{suffix}   hash    per recipient, a digest of "{page}:{psid}" (before: that text)
+                                    -> its sent deliveries not yet
                                     read: "{id},{outcome hour}" each (delivery receipts
                                     by mid and by watermark, read watermarks); window = ⌊sent time
                                     / RECORD_RETENTION⌋, expires at the end of the next
                                     (worker/store/unread.py)
-    P:u:meta                hash    ttl: the RECORD_RETENTION the windows above are numbered by;
+    P:u:meta                hash    fields: when digest fields first ran (the text ones are read
+                                    for two windows after); ttl: the RECORD_RETENTION the windows
+                                    above are numbered by;
                                     before, changed: the one before a change and when (its windows
                                     are read while they live)
     P:unread:{page}:{psid}  zset    before buckets: the same as one set per recipient -> sent at

@@ -54,7 +54,8 @@ def _prelude() -> str:
         f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\nlocal OUTCOME_TIMES = {{{times}}}\n"
         f"local ATTRIBUTION = {{{attribution}}}\n"
         f"local OUTCOME_SPAN, OUTCOME_SUFFIX, OUTCOME_DONE = {outcomes.SPAN}, {outcomes.SUFFIX}, {outcomes.DONE}\n"
-        f"local IDEM_SUFFIX, IDEM_FIELD, UNREAD_SUFFIX = {idempotency.SUFFIX}, {idempotency.FIELD}, {unread.SUFFIX}\n"
+        f"local IDEM_SUFFIX, IDEM_FIELD = {idempotency.SUFFIX}, {idempotency.FIELD}\n"
+        f"local UNREAD_SUFFIX, UNREAD_FIELD = {unread.SUFFIX}, {unread.FIELD}\n"
     )
 
 

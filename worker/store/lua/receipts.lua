@@ -119,7 +119,7 @@ while i <= #ARGV do
         gone[e.id] = true  -- its outcome is gone with its retention: nothing left to mark
       end
     end
-    if next(gone) then unread_drop(list, page, psid, gone) end
+    if next(gone) then unread_drop(list, gone) end
     if #old > 0 then redis.call('ZREMRANGEBYSCORE', before, '-inf', wm) end
   end
   i = i + 6 + n
