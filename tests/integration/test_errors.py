@@ -190,7 +190,7 @@ def test_rate_limited_waits_without_burning_attempts(stack: Stack) -> None:
     assert view["status"] == "sent"
     assert view["attempts"] == 4  # 3 throttled calls + 1 success, though MAX_ATTEMPTS is 3
     rec = stack.record(delivery_id)
-    assert rec["failures"] == "0"
+    assert int(rec.get("failures") or 0) == 0  # none burnt (an outcome keeps no 0: the default)
     paused = [
         e for e in stack.logs() if e.get("event") == "page.paused" and e.get("reason") == "rate_limited"
     ]

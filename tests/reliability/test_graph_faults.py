@@ -90,7 +90,7 @@ def test_throttling_storm_pauses_the_page_without_a_retry_storm(make_stack: Any)
         records = stack.wait_final(ids, timeout=120)
         supervisor.assert_no_unexpected_exits()
     assert {r["status"] for r in records.values()} == {"sent"}  # rate limits never fail a message
-    assert all(r["failures"] == "0" for r in records.values())  # and burn no attempt
+    assert all(int(r.get("failures") or 0) == 0 for r in records.values())  # and burn no attempt
     # The page pauses after a 613: calls during the storm are a few probes, not 40 messages x retries.
     print(f"\nthrottling storm: {during} Graph calls in {STORM_SECONDS} s for 40 waiting messages")
     assert during <= 40 + STORM_SECONDS * 2

@@ -44,6 +44,14 @@ def test_times_are_stored_as_numbers_that_read_back_as_the_same_text() -> None:
     assert len(packed) < len(as_json) - 15
 
 
+def test_no_failures_is_stored_as_nothing_and_cuts_the_empty_fields_before_it() -> None:
+    rec = {"status": "sent", "page_id": "1", "message_id": "m_1", "sent_at": "2.5", "failures": "0"}
+    packed = outcomes.pack(rec)
+    assert len(msgpack.unpackb(packed)) == outcomes.FIELDS.index("sent_at") + 1
+    assert outcomes.unpack(packed) == {k: v for k, v in rec.items() if k != "failures"}
+    assert outcomes.unpack(outcomes.pack({**rec, "failures": "2"}))["failures"] == "2"
+
+
 def test_a_value_written_as_json_before_still_reads() -> None:
     rec = {"status": "failed", "page_id": "1", "created_at": "1796583716.5", "error": '{"reason":"x"}'}
     before = orjson.dumps([rec.get(f, "") for f in outcomes.FIELDS[: outcomes.FIELDS.index("error") + 1]])

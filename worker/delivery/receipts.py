@@ -2,8 +2,9 @@
 
 The webhook's ``message_deliveries`` (mids and a watermark) and ``message_reads`` (a watermark)
 events reach :func:`apply_receipts` from the inbound task. ``receipts.lua`` finds the deliveries
-among the recipient's sent, unread deliveries (:mod:`worker.store.unread`, with their sent time
-and their outcome's hour): by their message id (the mids) and by the watermark. They expire with
+among the recipient's sent, unread deliveries (:mod:`worker.store.unread`: their ids and their
+outcome's hour; the outcome has the message id and the send time): by their message id (the
+mids) and by the watermark. They expire with
 the delivery records (RECORD_RETENTION, at most twice that), so memory stays bounded; there is
 no key per message id. Each delivery is marked once;
 its campaign counts it (delivered, read) in the same call. Then ``bmw_receipts_total{kind}`` and

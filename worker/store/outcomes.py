@@ -73,6 +73,9 @@ FIELDS: Final = (
 TIMES: Final = frozenset(
     {"created_at", "updated_at", "sent_at", "delivered_at", "read_at", "first_created_at"}
 )
+#: Counters whose 0 is stored as absent (a reader's default): a delivery sent at its first try
+#: keeps no ``failures``, and the four empty fields before it are cut with it.
+ZERO_ABSENT: Final = frozenset({"failures"})
 #: An outcome's ``done`` is this many hex characters of the SHA-1 of the claim token it ended
 #: under (:func:`done_digest`): it recognises a record call sent again, at a fifth of the size.
 DONE: Final = 12
@@ -109,7 +112,9 @@ def unpack(raw: bytes | str) -> dict[str, str]:
 def pack(rec: dict[str, str]) -> bytes:
     """The stored value of an outcome (as the Lua scripts write it: the worker packs what
     record.lua stores, and tests and tools use it)."""
-    values: list[Any] = [rec.get(name, "") for name in FIELDS]
+    values: list[Any] = [
+        "" if name in ZERO_ABSENT and rec.get(name) == "0" else rec.get(name, "") for name in FIELDS
+    ]
     while values and values[-1] == "":
         values.pop()
     for j, name in enumerate(FIELDS[: len(values)]):

@@ -2,7 +2,8 @@
 -- cancels or reads receipts; worker/store/outcomes.py has the layout and the reasons). A final
 -- delivery that is not a dead letter leaves its hash P:d:{id} and becomes one value, the
 -- OUTCOME fields in order as a MessagePack array ('' for a missing one, trailing ones cut; the
--- OUTCOME_TIMES as numbers, the rest strings; a value written before is a JSON array), in the
+-- OUTCOME_TIMES as numbers, the rest strings, a 0 of OUTCOME_ZERO_ABSENT as ''; a value written
+-- before is a JSON array), in the
 -- bucket P:o:{hour it ended}:{the id's last OUTCOME_SUFFIX characters}, which expires whole
 -- RECORD_RETENTION after its hour. The bucket prefix is the delivery prefix's sibling (P:d: ->
 -- P:o:; worker/store/keys.py builds the same names).
@@ -12,7 +13,7 @@ local function outcome_pack(rec)
   local values, last = {}, 0
   for j, f in ipairs(OUTCOME) do
     local v = rec[f]
-    if v == nil or v == false then v = '' end
+    if v == nil or v == false or (OUTCOME_ZERO_ABSENT[f] and v == '0') then v = '' end
     if OUTCOME_TIMES[f] and type(v) == 'string' and v ~= '' then v = tonumber(v) or v end
     values[j] = v
     if v ~= '' then last = j end
