@@ -14,7 +14,10 @@ Redis read and the commit share that deadline, and the committer sheds load beyo
 ``INTAKE_MAX_PENDING`` (:mod:`worker.intake.committer`: 503 ``overloaded``, ``unavailable``,
 ``unavailable_maybe_stored``). A request without ``Idempotency-Key`` is accepted, with a warning
 (``intake.no_idempotency_key``, at most once a minute with a count): a Braze retry of it after a
-``unavailable_maybe_stored`` cannot be recognised and may be sent twice.
+``unavailable_maybe_stored`` cannot be recognised and may be sent twice. A caller's
+``X-Request-Id`` is stored and logged with its delivery; a request without one gets no id of its
+own: the delivery id names it in every line (a made-up id would cost 33 bytes in every record and
+outcome, and name nothing the caller knows).
 
 This is the benchmarked hot path: headers are read in one pass over the ASGI list, the memory
 check is one attribute read (the guard is asked once a second), the request counter's children
@@ -24,7 +27,6 @@ are cached, and there is no middleware.
 from __future__ import annotations
 
 import asyncio
-from typing import Final
 
 import redis.exceptions
 from starlette.requests import Request
@@ -49,10 +51,6 @@ MAX_EXTERNAL_ID = 200
 _QUEUED = State.QUEUED.value  # the status a 202 reports
 #: Requests without Idempotency-Key: one warning line a minute at most, with their count.
 NO_KEY_WARNING = Throttled("intake.no_idempotency_key", every=60.0)
-#: A request without X-Request-Id gets no request id of its own: the delivery id names it in
-#: every line, and an id made up here would cost 33 bytes in every record and outcome and name
-#: nothing the caller knows. The caller's X-Request-Id is stored and logged with its delivery.
-NO_REQUEST_ID: Final = ""
 #: Removed tags skipped from X-Fallback-Tags / FALLBACK_TAGS (DEPRECATED_TAG_POLICY=strip).
 TAG_SKIPPED = Throttled("intake.fallback_tag_skipped", every=60.0)
 
@@ -157,7 +155,7 @@ async def send(request: Request) -> Response:
     intake = state.of(request)
     settings = intake.settings
     headers = _send_headers(request.scope["headers"])
-    request_id = headers.get(b"x-request-id", NO_REQUEST_ID)
+    request_id = headers.get(b"x-request-id") or None  # none is made up (the docstring)
     if "json" not in headers.get(b"content-type", "").lower():
         raise InputError(415, "unsupported_media_type", "send the body as application/json")
     idem = headers.get(b"idempotency-key", "")
@@ -200,25 +198,25 @@ async def send(request: Request) -> Response:
         if not room:
             return redis_full(memory.guard.ratio, memory.guard.headroom)
     if not idem:
-        NO_KEY_WARNING.note(request_id=request_id or None, page_id=send_request.page_id)
+        NO_KEY_WARNING.note(request_id=request_id, page_id=send_request.page_id)
     delivery_id, status = await link.committer.submit_with_status(
         send_request,
         idem,
-        request_id,
+        request_id or "",
         external_id,
         caller=caller.id,
         deadline=deadline,
         attribution=braze_ids,
     )
     if status == DUPLICATE:
-        log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id or None)
+        log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id)
         return JSONResponse({"delivery_id": delivery_id, "status": DUPLICATE}, status_code=200)
     if status == CANCELLED:  # its campaign is stopped: 2xx, so Braze does not retry it
         log.info(
             "delivery.cancelled",
             delivery_id=delivery_id,
             page_id=send_request.page_id,
-            request_id=request_id or None,
+            request_id=request_id,
             reason="campaign_stopped",
             **_attribution_fields(braze_ids),
         )
@@ -229,7 +227,7 @@ async def send(request: Request) -> Response:
             delivery_id=delivery_id,
             page_id=send_request.page_id,
             recipient=recipient_ref(settings, send_request.psid),
-            request_id=request_id or None,
+            request_id=request_id,
             tag=send_request.stripped_tag,
         )
     return JSONResponse({"delivery_id": delivery_id, "status": _QUEUED}, status_code=202)
