@@ -34,10 +34,10 @@ local function ages_join(open, id, created_at, fresh)
   ages_add(open, created_at, 1)
 end
 
--- A delivery stops being counted: it ended, or it was parked. `created_at` nil: it was not
--- counted (it was parked), it only leaves O.
-local function ages_leave(open, id, created_at)
-  if ages_legacy(open, id) or not created_at then return end
+-- A delivery stops being counted: it ended, or it was parked. One parked already (`parked_at`
+-- set) was not counted: it only leaves O.
+local function ages_leave(open, id, created_at, parked_at)
+  if ages_legacy(open, id) or parked_at then return end
   ages_add(open, created_at, -1)
 end
 

@@ -78,7 +78,7 @@ local function camp_cancel(id, reason)
     redis.call('ZREM', CAMP.park .. rec.page_id .. ':' .. rec.psid, id)
   end
   redis.call('ZREM', CAMP.pending, id)
-  ages_leave(CAMP.open_all, id, not rec.parked_at and rec.created_at or nil)
+  ages_leave(CAMP.open_all, id, rec.created_at, rec.parked_at)
   redis.call('ZREM', CAMP.sched, id)
   rec.status, rec.updated_at, rec.external_id = S.CANCELLED, CAMP.now, nil
   rec.error = '{"reason":"' .. reason .. '","code":null,"subcode":null,"message":"' .. reason ..

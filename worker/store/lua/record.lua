@@ -84,7 +84,7 @@ while i <= #ARGV do
         redis.call('ZREM', KEYS[5], id)
         redis.call('ZREM', ARGV[3] .. rec[2] .. ':' .. rec[3], id)
       end
-      ages_leave(KEYS[2], id, not rec[1] and held[10] or nil)
+      ages_leave(KEYS[2], id, held[10], held[6])
       ended[#ended + 1] = id
       if status == S.SENT and rec[4] and rec[4] ~= '' and rec[3] then
         unread_add(ARGV[10], rec[2], rec[3], id, math.floor(now / OUTCOME_SPAN), now, retention)
@@ -107,7 +107,7 @@ while i <= #ARGV do
       table.insert(out, 3)
     else
       if status == S.PARKED then
-        ages_leave(KEYS[2], id, not held[6] and held[10] or nil)
+        ages_leave(KEYS[2], id, held[10], held[6])
         redis.call('HSET', key, 'parked_at', ARGV[1])
         redis.call('ZADD', ARGV[3] .. held[7] .. ':' .. held[8], tonumber(held[10]), id)
         redis.call('ZADD', KEYS[5], tonumber(held[10]), id)
