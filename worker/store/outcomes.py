@@ -101,6 +101,14 @@ def _time(value: str) -> float | int | str:
     return int(value) if value.isdigit() and str(int(value)) == value else value
 
 
+def _stored(name: str, value: str) -> Any:
+    """A field's value as an outcome stores it: '' for none (and for a 0 of ZERO_ABSENT), a time
+    as a number, anything else as it is."""
+    if name in ZERO_ABSENT and value == "0":
+        return ""
+    return _time(value) if name in TIMES and value else value
+
+
 def unpack(raw: bytes | str) -> dict[str, str]:
     """An outcome's stored value -> the record fields it holds (as the open hash would give them).
     A value written before MessagePack (a JSON array of strings, starting with ``[``) reads too."""
@@ -112,14 +120,9 @@ def unpack(raw: bytes | str) -> dict[str, str]:
 def pack(rec: dict[str, str]) -> bytes:
     """The stored value of an outcome (as the Lua scripts write it: the worker packs what
     record.lua stores, and tests and tools use it)."""
-    values: list[Any] = [
-        "" if name in ZERO_ABSENT and rec.get(name) == "0" else rec.get(name, "") for name in FIELDS
-    ]
+    values = [_stored(name, rec.get(name, "")) for name in FIELDS]
     while values and values[-1] == "":
         values.pop()
-    for j, name in enumerate(FIELDS[: len(values)]):
-        if name in TIMES and isinstance(values[j], str) and values[j]:
-            values[j] = _time(values[j])
     packed: bytes = msgpack.packb(values)
     return packed
 
