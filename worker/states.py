@@ -31,6 +31,7 @@ This module is the only place where a status is spelled. Policy decides what sho
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
@@ -119,13 +120,18 @@ def parse(value: str) -> State:
     return State(value)
 
 
+def lua_set(names: Iterable[str]) -> str:
+    """A Lua table keyed by ``names`` (each ``= true``): a set the scripts test with ``SET[x]``."""
+    return "{" + ", ".join(f"{name}=true" for name in sorted(names)) + "}"
+
+
 def lua_prelude() -> str:
     """The state names for the Lua scripts (prepended to every script by the store's loader):
     ``S.QUEUED`` ... and the sets ``OPEN``, ``FINAL``, ``CLAIMABLE`` and ``KEEPS_BODY`` as Lua
     tables keyed by status."""
 
     def table(states: frozenset[State]) -> str:
-        return "{" + ", ".join(f"{s.value}=true" for s in sorted(states)) + "}"
+        return lua_set(s.value for s in states)
 
     names = ", ".join(f"{s.name}='{s.value}'" for s in State)
     return (

@@ -48,12 +48,10 @@ class Script:
 
 def _prelude() -> str:
     kept = ", ".join(f"'{field}'" for field in outcomes.FIELDS)
-    times = ", ".join(f"{field} = true" for field in sorted(outcomes.TIMES))
-    zero = ", ".join(f"{field} = true" for field in sorted(outcomes.ZERO_ABSENT))
     attribution = ", ".join(f"'{field}'" for field in records.ATTRIBUTION)
     return (
-        f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\nlocal OUTCOME_TIMES = {{{times}}}\n"
-        f"local OUTCOME_ZERO_ABSENT = {{{zero}}}\n"
+        f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\nlocal OUTCOME_TIMES = {states.lua_set(outcomes.TIMES)}\n"
+        f"local OUTCOME_ZERO_ABSENT = {states.lua_set(outcomes.ZERO_ABSENT)}\n"
         f"local ATTRIBUTION = {{{attribution}}}\n"
         f"local OUTCOME_SPAN, OUTCOME_SUFFIX, OUTCOME_DONE = {outcomes.SPAN}, {outcomes.SUFFIX}, {outcomes.DONE}\n"
         f"local IDEM_SUFFIX, IDEM_FIELD = {idempotency.SUFFIX}, {idempotency.FIELD}\n"
