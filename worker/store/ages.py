@@ -13,8 +13,8 @@ second a call touched (a commit touches one), where a sorted set of every open d
 open is ``pending``'s size (every open delivery has a deadline there).
 
 Before this layout ``P:open`` was that sorted set. Its members are not counted here; they leave it
-as they end, park or are released (the scripts check it while it exists), and :func:`oldest`
-reads it too while it has members: at most MESSAGE_TTL after an upgrade.
+as they end, park or are released (the scripts check it while it exists), and the status read
+(worker/status.py) reads it too while it has members: at most MESSAGE_TTL after an upgrade.
 
 A count can only be wrong if a record vanishes while open (a manual ``DEL``; the service never
 does it, and Redis evicts nothing under ``noeviction``, README.md): the sweeper then drops

@@ -6,7 +6,8 @@ Fields, by who writes them::
     accept (intake)   status, page_id, psid, body (JSON), caller (the sending intake token's
                       public id: who may read it), created_at; when it has them, request_id
                       (the caller's X-Request-Id), fallbacks (JSON list of routes:
-                      worker/delivery/routes.py), utility (JSON), external_id. A missing attempts is 0 and updated_at is created_at
+                      worker/delivery/routes.py), utility (JSON), external_id. A missing
+                      attempts is 0 and updated_at is created_at
     claim             status (in_flight), previous (the status it was claimed from), claim (the
                       fence token), lease_until
     record (engine)   status, updated_at, attempts, failures, routes_tried (JSON), active_route,

@@ -2,10 +2,10 @@
 
 Each script's contract (KEYS, ARGV, what it returns) is the comment at the top of its file.
 Every script is prefixed with the state names of :mod:`worker.states` (``S.QUEUED``, ``OPEN``,
-``FINAL``, ``CLAIMABLE``, ``KEEPS_BODY``) and the fields a final record keeps (``OUTCOME``, and
-its times, ``OUTCOME_TIMES``: :mod:`worker.store.outcomes`), so no script spells a status or a
-field list of its own. A line ``--!include NAME.lua`` is replaced by that file (shared helpers whose name starts
-with ``_`` are not scripts themselves).
+``FINAL``, ``CLAIMABLE``, ``KEEPS_BODY``) and the fields a final record keeps (``OUTCOME``, its
+times ``OUTCOME_TIMES`` and ``OUTCOME_ZERO_ABSENT``: :mod:`worker.store.outcomes`), so no script
+spells a status or a field list of its own. A line ``--!include NAME.lua`` is replaced by that
+file (shared helpers whose name starts with ``_`` are not scripts themselves).
 
 Running: :func:`run` sends ``EVALSHA``; after a Redis restart (or failover) the server has no
 scripts, answers ``NOSCRIPT`` and the script is sent once with ``EVAL``, which caches it again.
@@ -50,7 +50,8 @@ def _prelude() -> str:
     kept = ", ".join(f"'{field}'" for field in outcomes.FIELDS)
     attribution = ", ".join(f"'{field}'" for field in records.ATTRIBUTION)
     return (
-        f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\nlocal OUTCOME_TIMES = {states.lua_set(outcomes.TIMES)}\n"
+        f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\n"
+        f"local OUTCOME_TIMES = {states.lua_set(outcomes.TIMES)}\n"
         f"local OUTCOME_ZERO_ABSENT = {states.lua_set(outcomes.ZERO_ABSENT)}\n"
         f"local ATTRIBUTION = {{{attribution}}}\n"
         f"local OUTCOME_SPAN, OUTCOME_SUFFIX, OUTCOME_DONE = {outcomes.SPAN}, {outcomes.SUFFIX}, {outcomes.DONE}\n"

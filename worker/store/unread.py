@@ -13,8 +13,8 @@ them)::
 ``hour`` is the hour bucket of the delivery's outcome (:mod:`worker.store.outcomes`): a receipt
 reads the outcome there, without looking through the hours, and compares the outcome's
 ``sent_at`` with its watermark. (Entries written before this, ``{id},{sent_at},{hour}``, carry
-their send time themselves, 19 bytes more each; they are still read.) The receipts look in the current
-window's bucket and the previous one's, so an unread delivery is found for at least
+their send time themselves, 19 bytes more each; they are still read.) The receipts look in the
+current window's bucket and the previous one's, so an unread delivery is found for at least
 RECORD_RETENTION (its outcome's own lifetime) and at most twice that; a read receipt removes what
 it marked. The windows are numbered by RECORD_RETENTION: ``P:u:meta`` keeps the one they are
 numbered by, and after a change the receipts read the windows of the one before too, while their

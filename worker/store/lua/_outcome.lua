@@ -3,8 +3,8 @@
 -- delivery that is not a dead letter leaves its hash P:d:{id} and becomes one value, the
 -- OUTCOME fields in order as a MessagePack array ('' for a missing one, trailing ones cut; the
 -- OUTCOME_TIMES as numbers, the rest strings, a 0 of OUTCOME_ZERO_ABSENT as ''; a value written
--- before is a JSON array), in the
--- bucket P:o:{hour it ended}:{the id's last OUTCOME_SUFFIX characters}, which expires whole
+-- before is a JSON array), in the bucket P:o:{hour it ended}:{the id's last OUTCOME_SUFFIX
+-- characters}, which expires whole
 -- RECORD_RETENTION after its hour. The bucket prefix is the delivery prefix's sibling (P:d: ->
 -- P:o:; worker/store/keys.py builds the same names).
 local function outcome_prefix(dprefix) return string.sub(dprefix, 1, -3) .. 'o:' end

@@ -30,7 +30,8 @@ end
 local function unread_names(page, psid)
   local plain = page .. ':' .. psid
   local digest = redis.sha1hex(plain)
-  return string.sub(digest, 1, UNREAD_SUFFIX), string.sub(digest, UNREAD_SUFFIX + 1, UNREAD_SUFFIX + UNREAD_FIELD), plain
+  local field = string.sub(digest, UNREAD_SUFFIX + 1, UNREAD_SUFFIX + UNREAD_FIELD)
+  return string.sub(digest, 1, UNREAD_SUFFIX), field, plain
 end
 
 -- A sent delivery joins its recipient's unread deliveries.
@@ -64,7 +65,8 @@ local function unread_list(prefix, page, psid, now, spans)
           local sent = nil
           if not id then id, sent, hour = string.match(raw, '^([^,]+),([^,]+),([^,]+)$') end
           if id then
-            out[#out + 1] = {id = id, sent = tonumber(sent), hour = tonumber(hour), key = key, field = field, raw = raw}
+            out[#out + 1] = {id = id, sent = tonumber(sent), hour = tonumber(hour), key = key, field = field,
+              raw = raw}
           end
         end
       end
