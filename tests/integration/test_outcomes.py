@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -33,6 +34,25 @@ def _settings(redis: RedisServer, **kw: Any) -> Settings:
     )
 
 
+def _run(s: Settings, scenario: Callable[[Any], Awaitable[None]]) -> None:
+    """Run a scenario with a client of its own, closed after it (typed Any, as from_url gives it:
+    redis-py types each async command Awaitable[T] | T)."""
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(s.redis_url)
+        try:
+            await scenario(client)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+async def _put(client: Any, keys: Keys, hour: int, delivery_id: str, rec: dict[str, str]) -> None:
+    """An outcome as record.lua leaves it, in the bucket of the hour it ended in."""
+    await client.hset(outcomes.bucket(keys, hour, delivery_id), delivery_id, outcomes.pack(rec))
+
+
 def _sent(at: float, **extra: str) -> dict[str, str]:
     return {
         "status": State.SENT.value,
@@ -56,52 +76,42 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
     current, later, expired = "e" * 28 + "0005", "f" * 28 + "0006", "9" * 28 + "0007"
     hour = int(now // outcomes.SPAN)
 
-    async def go() -> None:
-        client = aioredis.Redis.from_url(s.redis_url)
-        try:
-            await client.hset(
-                outcomes.bucket(keys, hour, fresh), fresh, outcomes.pack(_sent(now - 5, external_id="u1"))
-            )
-            await client.hset(keys.delivery(legacy), mapping=_sent(now - 4, external_id="u2"))
-            # the unread set from before buckets holds those two, the bucket the newest
-            unread_before = keys.unread(PAGE, "psid-1")
-            await client.zadd(unread_before, {fresh: now - 5, legacy: now - 4})
-            await client.hset(
-                outcomes.bucket(keys, hour, newest), newest, outcomes.pack(_sent(now - 3, external_id="u3"))
-            )
-            for delivery_id, at in ((current, now - 2), (later, now + 5)):
-                await client.hset(
-                    outcomes.bucket(keys, hour, delivery_id), delivery_id, outcomes.pack(_sent(at))
-                )
-            # the bucket: an entry written before, with its send time, in the field named
-            # "{page}:{psid}" as it was then, and three as written now, in the digest field, the
-            # outcome holding the send time: one sent before the watermark, one after it, and one
-            # whose outcome is gone with its retention
-            bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-1")
-            field = unread.field(PAGE, "psid-1")
-            await client.hset(bucket, f"{PAGE}:psid-1", f"{newest},{now - 3!r},{hour}")
-            await client.hset(bucket, field, f"{current},{hour} {later},{hour} {expired},{hour}")
-            read = {"kind": "read", "page_id": PAGE, "psid": "psid-1", "watermark": now, "timestamp": now}
-            assert await apply_receipts(client, s, [read]) == 8  # delivered and read, each
-            assert await apply_receipts(client, s, [read]) == 0  # a replayed webhook: nothing
-            assert await client.exists(unread_before) == 0  # read: no longer unread
-            # only what was sent after the watermark stays unread
-            assert await client.hgetall(bucket) == {field.encode(): f"{later},{hour}".encode()}
-            assert "read_at" not in await outcomes.read(client, keys, later, s.record_retention)
-            for delivery_id in (fresh, legacy, newest, current):
-                rec = await outcomes.read(client, keys, delivery_id, s.record_retention)
-                assert rec["status"] == State.SENT
-                assert float(rec["read_at"]) == pytest.approx(now)
-                assert float(rec["delivered_at"]) == pytest.approx(now)
-                assert "external_id" not in rec  # the Braze user goes with the read receipt
-            assert await client.exists(keys.delivery(fresh)) == 0  # still an outcome only
-            counters = await client.hgetall(keys.campaign("camp-1"))
-            assert counters[b"read"] == b"4"
-            assert counters[b"delivered"] == b"4"
-        finally:
-            await client.aclose()
+    async def go(client: Any) -> None:
+        await _put(client, keys, hour, fresh, _sent(now - 5, external_id="u1"))
+        await client.hset(keys.delivery(legacy), mapping=_sent(now - 4, external_id="u2"))
+        # the unread set from before buckets holds those two, the bucket the newest
+        unread_before = keys.unread(PAGE, "psid-1")
+        await client.zadd(unread_before, {fresh: now - 5, legacy: now - 4})
+        await _put(client, keys, hour, newest, _sent(now - 3, external_id="u3"))
+        for delivery_id, at in ((current, now - 2), (later, now + 5)):
+            await _put(client, keys, hour, delivery_id, _sent(at))
+        # the bucket: an entry written before, with its send time, in the field named
+        # "{page}:{psid}" as it was then, and three as written now, in the digest field, the
+        # outcome holding the send time: one sent before the watermark, one after it, and one
+        # whose outcome is gone with its retention
+        bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-1")
+        field = unread.field(PAGE, "psid-1")
+        await client.hset(bucket, f"{PAGE}:psid-1", f"{newest},{now - 3!r},{hour}")
+        await client.hset(bucket, field, f"{current},{hour} {later},{hour} {expired},{hour}")
+        read = {"kind": "read", "page_id": PAGE, "psid": "psid-1", "watermark": now, "timestamp": now}
+        assert await apply_receipts(client, s, [read]) == 8  # delivered and read, each
+        assert await apply_receipts(client, s, [read]) == 0  # a replayed webhook: nothing
+        assert await client.exists(unread_before) == 0  # read: no longer unread
+        # only what was sent after the watermark stays unread
+        assert await client.hgetall(bucket) == {field.encode(): f"{later},{hour}".encode()}
+        assert "read_at" not in await outcomes.read(client, keys, later, s.record_retention)
+        for delivery_id in (fresh, legacy, newest, current):
+            rec = await outcomes.read(client, keys, delivery_id, s.record_retention)
+            assert rec["status"] == State.SENT
+            assert float(rec["read_at"]) == pytest.approx(now)
+            assert float(rec["delivered_at"]) == pytest.approx(now)
+            assert "external_id" not in rec  # the Braze user goes with the read receipt
+        assert await client.exists(keys.delivery(fresh)) == 0  # still an outcome only
+        counters = await client.hgetall(keys.campaign("camp-1"))
+        assert counters[b"read"] == b"4"
+        assert counters[b"delivered"] == b"4"
 
-    asyncio.run(go())
+    _run(s, go)
 
 
 def test_a_field_named_by_page_and_psid_is_read_only_while_one_written_before_may_live(
@@ -114,31 +124,25 @@ def test_a_field_named_by_page_and_psid_is_read_only_while_one_written_before_ma
     hour = int(now // outcomes.SPAN)
     old_id, new_id = "7" * 28 + "0008", "8" * 28 + "0009"
 
-    async def go() -> None:
-        client = aioredis.Redis.from_url(s.redis_url)
-        try:
-            for delivery_id in (old_id, new_id):
-                await client.hset(
-                    outcomes.bucket(keys, hour, delivery_id), delivery_id, outcomes.pack(_sent(now - 3))
-                )
-            bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-7")
-            await client.hset(bucket, f"{PAGE}:psid-7", f"{old_id},{hour}")
-            await client.hset(bucket, unread.field(PAGE, "psid-7"), f"{new_id},{hour}")
-            await client.hset(keys.unread_bucket_prefix + "meta", "fields", int(now - 2 * 7200 - 1))
-            delivery = {
-                "kind": "delivery",
-                "page_id": PAGE,
-                "psid": "psid-7",
-                "watermark": now,
-                "timestamp": now,
-            }
-            assert await apply_receipts(client, s, [delivery]) == 1  # the digest field's only
-            assert "delivered_at" in await outcomes.read(client, keys, new_id, s.record_retention)
-            assert "delivered_at" not in await outcomes.read(client, keys, old_id, s.record_retention)
-        finally:
-            await client.aclose()
+    async def go(client: Any) -> None:
+        for delivery_id in (old_id, new_id):
+            await _put(client, keys, hour, delivery_id, _sent(now - 3))
+        bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-7")
+        await client.hset(bucket, f"{PAGE}:psid-7", f"{old_id},{hour}")
+        await client.hset(bucket, unread.field(PAGE, "psid-7"), f"{new_id},{hour}")
+        await client.hset(keys.unread_bucket_prefix + "meta", "fields", int(now - 2 * 7200 - 1))
+        delivery = {
+            "kind": "delivery",
+            "page_id": PAGE,
+            "psid": "psid-7",
+            "watermark": now,
+            "timestamp": now,
+        }
+        assert await apply_receipts(client, s, [delivery]) == 1  # the digest field's only
+        assert "delivered_at" in await outcomes.read(client, keys, new_id, s.record_retention)
+        assert "delivered_at" not in await outcomes.read(client, keys, old_id, s.record_retention)
 
-    asyncio.run(go())
+    _run(s, go)
 
 
 def test_after_a_retention_change_receipts_read_the_unread_windows_of_the_retention_before(
@@ -151,27 +155,19 @@ def test_after_a_retention_change_receipts_read_the_unread_windows_of_the_retent
     hour = int(now // outcomes.SPAN)
     delivery_id = "d" * 28 + "0004"
 
-    async def go() -> None:
-        client = aioredis.Redis.from_url(before.redis_url)
-        try:
-            await client.hset(
-                outcomes.bucket(keys, hour, delivery_id), delivery_id, outcomes.pack(_sent(now - 3))
-            )
-            old = unread.bucket(keys.unread_bucket_prefix, int(now // 10_000_000), PAGE, "psid-9")
-            await client.hset(old, f"{PAGE}:psid-9", f"{delivery_id},{now - 3!r},{hour}")
-            await client.hset(keys.unread_bucket_prefix + "meta", "ttl", 10_000_000)
-            after = before.model_copy(update={"record_retention": 7200})
-            read = {"kind": "read", "page_id": PAGE, "psid": "psid-9", "watermark": now, "timestamp": now}
-            assert await apply_receipts(client, after, [read]) == 2  # delivered and read
-            assert float((await outcomes.read(client, keys, delivery_id, 7200))["read_at"]) == pytest.approx(
-                now
-            )
-            meta = await client.hgetall(keys.unread_bucket_prefix + "meta")
-            assert (meta[b"ttl"], meta[b"before"]) == (b"7200", b"10000000")
-        finally:
-            await client.aclose()
+    async def go(client: Any) -> None:
+        await _put(client, keys, hour, delivery_id, _sent(now - 3))
+        old = unread.bucket(keys.unread_bucket_prefix, int(now // 10_000_000), PAGE, "psid-9")
+        await client.hset(old, f"{PAGE}:psid-9", f"{delivery_id},{now - 3!r},{hour}")
+        await client.hset(keys.unread_bucket_prefix + "meta", "ttl", 10_000_000)
+        after = before.model_copy(update={"record_retention": 7200})
+        read = {"kind": "read", "page_id": PAGE, "psid": "psid-9", "watermark": now, "timestamp": now}
+        assert await apply_receipts(client, after, [read]) == 2  # delivered and read
+        assert float((await outcomes.read(client, keys, delivery_id, 7200))["read_at"]) == pytest.approx(now)
+        meta = await client.hgetall(keys.unread_bucket_prefix + "meta")
+        assert (meta[b"ttl"], meta[b"before"]) == (b"7200", b"10000000")
 
-    asyncio.run(go())
+    _run(before, go)
 
 
 def test_an_outcome_is_read_while_its_bucket_is_within_the_retention(redis_server: RedisServer) -> None:
