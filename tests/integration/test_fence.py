@@ -507,19 +507,23 @@ def test_the_sweeper_leaves_a_queued_delivery_waiting_in_a_backlog(redis_server:
     assert lost == ["old"]
 
 
+HEX_ID = "ab" * 16  # a delivery id as the intake makes them
+
+
 def test_a_sent_delivery_joins_its_recipients_unread_field_in_the_bucket_of_its_window(
     redis_server: RedisServer,
 ) -> None:
-    """Sends to one recipient append "{id},{sent_at},{outcome hour}" to its field of the unread
-    bucket of the window (RECORD_RETENTION long), which expires at the end of the next window; no
-    set of its own is written (P:unread: is only read, for the deliveries from before)."""
+    """Sends to one recipient append their entries (id and outcome hour, 20 bytes each) to its
+    field of the unread bucket of the window (RECORD_RETENTION long), which expires at the end of
+    the next window; no set of its own is written (P:unread: is only read, for the deliveries
+    from before)."""
     retention = 10_000_000  # 115 days: no test here runs across a window's edge
     s = make_settings(redis_server, record_retention=retention)
     keys = Keys.of(s)
 
     async def go(client: aioredis.Redis) -> None:
-        await accept(client, s, ["d1", "d0"], psid="same")
-        (d1,) = await claim(client, s, "w1.1", ["d1"])
+        await accept(client, s, [HEX_ID, "d0"], psid="same")
+        (d1,) = await claim(client, s, "w1.1", [HEX_ID])
         assert await write(client, s, sent(d1)) == [1]
         (d0,) = await claim(client, s, "w1.2", ["d0"])
         assert await write(client, s, sent(d0)) == [1]
@@ -527,15 +531,19 @@ def test_a_sent_delivery_joins_its_recipients_unread_field_in_the_bucket_of_its_
         window = int(now // retention)
         bucket = unread.bucket(keys.unread_bucket_prefix, window, PAGE, "same")
         field = unread.field(PAGE, "same")
-        assert len(field) == unread.FIELD  # a digest, not "{page}:{psid}"
-        assert await client.hkeys(bucket) == [field.encode()]  # type: ignore[misc]  # redis-py: Awaitable[T] | T
-        entries = unread.entries(await client.hget(bucket, field))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
-        assert [e[0] for e in entries] == ["d1", "d0"]
+        assert len(field) == unread.FIELD // 2  # a digest's raw bytes, not "{page}:{psid}"
+        assert await client.hkeys(bucket) == [field]  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        # redis-py: Awaitable[T] | T, and its stubs type a field as str where Redis takes bytes
+        value = await client.hget(bucket, field)  # type: ignore[misc,arg-type]
+        entries = unread.entries(value)
+        assert [e[0] for e in entries] == [HEX_ID, "d0"]
         hour = int(now // outcomes.SPAN)
+        # an id as the intake makes them: its 16 raw bytes and the hour's 3 (a test's "d0": text)
+        assert len(unread.entry(HEX_ID, hour)) == unread.ENTRY
         # each entry is its id and its outcome's hour, nothing more: the outcome has its send time
-        assert await client.hget(bucket, field) in (  # type: ignore[misc]  # redis-py: Awaitable[T] | T
-            f"d1,{hour} d0,{hour}".encode(),
-            f"d1,{hour - 1} d0,{hour}".encode(),  # written across an hour's edge
+        assert value in (
+            unread.entry(HEX_ID, hour) + unread.entry("d0", hour),
+            unread.entry(HEX_ID, hour - 1) + unread.entry("d0", hour),  # written across an hour's edge
         )
         for delivery_id, hour in entries:
             rec = await fields(client, s, delivery_id)

@@ -86,19 +86,21 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
         for delivery_id, at in ((current, now - 2), (later, now + 5)):
             await _put(client, keys, hour, delivery_id, _sent(at))
         # the bucket: an entry written before, with its send time, in the field named
-        # "{page}:{psid}" as it was then, and three as written now, in the digest field, the
-        # outcome holding the send time: one sent before the watermark, one after it, and one
-        # whose outcome is gone with its retention
+        # "{page}:{psid}" as it was then; one as text in the field named by its digest's hex
+        # characters; and two as written now, binary, in the raw digest field, the outcome
+        # holding the send time: one sent before the watermark, one after it, one whose
+        # outcome is gone with its retention
         bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-1")
         field = unread.field(PAGE, "psid-1")
         await client.hset(bucket, f"{PAGE}:psid-1", f"{newest},{now - 3!r},{hour}")
-        await client.hset(bucket, field, f"{current},{hour} {later},{hour} {expired},{hour}")
+        await client.hset(bucket, unread.hex_field(PAGE, "psid-1"), f"{current},{hour}")
+        await client.hset(bucket, field, unread.entry(later, hour) + unread.entry(expired, hour))
         read = {"kind": "read", "page_id": PAGE, "psid": "psid-1", "watermark": now, "timestamp": now}
         assert await apply_receipts(client, s, [read]) == 8  # delivered and read, each
         assert await apply_receipts(client, s, [read]) == 0  # a replayed webhook: nothing
         assert await client.exists(unread_before) == 0  # read: no longer unread
         # only what was sent after the watermark stays unread
-        assert await client.hgetall(bucket) == {field.encode(): f"{later},{hour}".encode()}
+        assert await client.hgetall(bucket) == {field: unread.entry(later, hour)}
         assert "read_at" not in await outcomes.read(client, keys, later, s.record_retention)
         for delivery_id in (fresh, legacy, newest, current):
             rec = await outcomes.read(client, keys, delivery_id, s.record_retention)
@@ -114,33 +116,39 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
     _run(s, go)
 
 
-def test_a_field_named_by_page_and_psid_is_read_only_while_one_written_before_may_live(
-    redis_server: RedisServer,
+@pytest.mark.parametrize(
+    ("since", "old_field"),
+    [("fields", lambda psid: f"{PAGE}:{psid}"), ("raw", lambda psid: unread.hex_field(PAGE, psid))],
+    ids=["page-and-psid", "hex-digest"],
+)
+def test_a_field_written_before_is_read_only_while_one_may_live(
+    redis_server: RedisServer, since: str, old_field: Any
 ) -> None:
-    """Unread fields are digests since ``fields`` in P:u:meta; a "{page}:{psid}" field written
-    before lives two windows at most, and is no longer read after that."""
+    """Unread fields are digests since ``fields`` in P:u:meta, raw digests since ``raw``; a field
+    written before either ("{page}:{psid}", the digest's hex characters) lives two windows at
+    most: it is read until then, and no longer after."""
     s = _settings(redis_server, record_retention=7200)
     keys, now = Keys.of(s), time.time()
     hour = int(now // outcomes.SPAN)
-    old_id, new_id = "7" * 28 + "0008", "8" * 28 + "0009"
+    old_id, new_id, kept_id = "7" * 28 + "0008", "8" * 28 + "0009", "9" * 28 + "0010"
 
     async def go(client: Any) -> None:
-        for delivery_id in (old_id, new_id):
+        for delivery_id in (old_id, new_id, kept_id):
             await _put(client, keys, hour, delivery_id, _sent(now - 3))
         bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-7")
-        await client.hset(bucket, f"{PAGE}:psid-7", f"{old_id},{hour}")
-        await client.hset(bucket, unread.field(PAGE, "psid-7"), f"{new_id},{hour}")
-        await client.hset(keys.unread_bucket_prefix + "meta", "fields", int(now - 2 * 7200 - 1))
-        delivery = {
-            "kind": "delivery",
-            "page_id": PAGE,
-            "psid": "psid-7",
-            "watermark": now,
-            "timestamp": now,
-        }
-        assert await apply_receipts(client, s, [delivery]) == 1  # the digest field's only
-        assert "delivered_at" in await outcomes.read(client, keys, new_id, s.record_retention)
-        assert "delivered_at" not in await outcomes.read(client, keys, old_id, s.record_retention)
+        await client.hset(bucket, old_field("psid-7"), f"{old_id},{hour}")
+        await client.hset(bucket, unread.field(PAGE, "psid-7"), unread.entry(new_id, hour))
+        meta = keys.unread_bucket_prefix + "meta"
+        await client.hset(meta, mapping={"fields": int(now), "raw": int(now)})
+        delivery = {"kind": "delivery", "page_id": PAGE, "psid": "psid-7", "watermark": now, "timestamp": now}
+        assert await apply_receipts(client, s, [delivery]) == 2  # within two windows: both fields
+        for delivery_id in (old_id, new_id):
+            assert "delivered_at" in await outcomes.read(client, keys, delivery_id, s.record_retention)
+        # two windows later, the field written before is no longer read
+        await client.hset(bucket, old_field("psid-7"), f"{kept_id},{hour}")
+        await client.hset(meta, since, int(now - 2 * 7200 - 1))
+        assert await apply_receipts(client, s, [delivery]) == 0
+        assert "delivered_at" not in await outcomes.read(client, keys, kept_id, s.record_retention)
 
     _run(s, go)
 

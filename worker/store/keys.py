@@ -79,14 +79,15 @@
                                     CAMPAIGN_RETENTION)
     P:campstop              zset    stopped campaigns -> stopped at (claim.lua, accept.lua and the
                                     workers read it; resume removes; pruned by CAMPAIGN_RETENTION)
-    P:u:{window}:{suffix}   hash    per recipient, a digest of "{page}:{psid}" (before: that text)
-                                    -> its sent deliveries not yet
-                                    read: "{id},{outcome hour}" each (delivery receipts
-                                    by mid and by watermark, read watermarks); window = ⌊sent time
-                                    / RECORD_RETENTION⌋, expires at the end of the next
-                                    (worker/store/unread.py)
-    P:u:meta                hash    fields: when digest fields first ran (the text ones are read
-                                    for two windows after); ttl: the RECORD_RETENTION the windows
+    P:u:{window}:{suffix}   hash    per recipient, 8 raw bytes of a digest of "{page}:{psid}"
+                                    (before: its hex, and before that the text) -> its sent
+                                    deliveries not yet read: 20 bytes each, the id's raw bytes and
+                                    its outcome's hour (delivery receipts by mid and by watermark,
+                                    read watermarks); window = ⌊sent time / RECORD_RETENTION⌋,
+                                    expires at the end of the next (worker/store/unread.py)
+    P:u:meta                hash    fields, raw: when digest fields and raw ones first ran (the
+                                    fields written before are read for two windows after); ttl:
+                                    the RECORD_RETENTION the windows
                                     above are numbered by;
                                     before, changed: the one before a change and when (its windows
                                     are read while they live)

@@ -1,37 +1,60 @@
 -- A recipient's sent, unread deliveries (included by record.lua and receipts.lua; the layout and
 -- the reasons are worker/store/unread.py's): a field of the bucket P:u:{window}:{suffix}, window
 -- = floor(sent time / RECORD_RETENTION). The SHA-1 of "{page}:{psid}" names both: its first
--- UNREAD_SUFFIX hex characters the bucket, the next UNREAD_FIELD the field. The value is
--- "{id},{hour}" per delivery (hour: its outcome's bucket, which holds its send time),
--- space-separated, oldest first. A bucket expires at the end of the next window (_windows.lua:
--- after a change of RECORD_RETENTION, the windows numbered by the one before are read too,
--- P:u:meta). Written before (read while they may live: `fields` in P:u:meta, below): the field
--- "{page}:{psid}" itself, and entries "{id},{sent_at},{hour}".
+-- UNREAD_SUFFIX hex characters the bucket, the next UNREAD_FIELD the field (as raw bytes, half
+-- as many). The value is the deliveries' entries, oldest first, one after the other, each
+-- unread_entry's UNREAD_ENTRY bytes (a tag, the id's 16 raw bytes, the hour of its outcome's
+-- bucket, which holds its send time, in 3 bytes). A bucket expires at the end of the next
+-- window (_windows.lua: after a change of RECORD_RETENTION, the windows numbered by the one
+-- before are read too, P:u:meta). Written before (read while they may live: `raw` and `fields`
+-- in P:u:meta, below): the field as its hex characters, and before those "{page}:{psid}"
+-- itself; a value of text entries "{id},{hour}" or "{id},{sent_at},{hour}", space-separated.
 --!include _windows.lua
 
-local UNREAD = {plain = false}
+local UNREAD = {hex = false, plain = false}
 
 -- The window lengths the receipts read by; notes a change of RECORD_RETENTION (record.lua and
--- receipts.lua both call it), and when digest fields first ran on this shard: a plain field
--- written before then lives at most two windows of the longest span, and is read until then.
+-- receipts.lua both call it), and when digest fields (`fields`) and raw ones (`raw`) first ran
+-- on this shard: a field written before then lives at most two windows of the longest span, and
+-- is read until then.
 local function unread_spans(prefix, now, retention)
   local meta = prefix .. 'meta'
   local spans = window_spans(meta, now, retention)
-  local since = redis.call('HGET', meta, 'fields')
-  if not since then
-    since = now
-    redis.call('HSET', meta, 'fields', now)
+  local fields, raw = unpack(redis.call('HMGET', meta, 'fields', 'raw'))
+  if not raw then
+    raw = now
+    fields = fields or now
+    redis.call('HSET', meta, 'fields', fields, 'raw', raw)
   end
-  UNREAD.plain = now < tonumber(since) + 2 * math.max(unpack(spans))
+  local lives = 2 * math.max(unpack(spans))
+  UNREAD.plain = now < tonumber(fields) + lives
+  UNREAD.hex = now < tonumber(raw) + lives
   return spans
 end
 
--- The recipient's bucket suffix, field, and the field written before digest fields.
+local function unread_hex_to_raw(hex)
+  return (string.gsub(hex, '..', function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function unread_raw_to_hex(raw)
+  return (string.gsub(raw, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+
+-- The recipient's bucket suffix, field, and the fields written before: hex, "{page}:{psid}".
 local function unread_names(page, psid)
   local plain = page .. ':' .. psid
   local digest = redis.sha1hex(plain)
-  local field = string.sub(digest, UNREAD_SUFFIX + 1, UNREAD_SUFFIX + UNREAD_FIELD)
-  return string.sub(digest, 1, UNREAD_SUFFIX), field, plain
+  local hex = string.sub(digest, UNREAD_SUFFIX + 1, UNREAD_SUFFIX + UNREAD_FIELD)
+  return string.sub(digest, 1, UNREAD_SUFFIX), unread_hex_to_raw(hex), hex, plain
+end
+
+-- A delivery's entry (worker/store/unread.py's entry: the same bytes): a byte 0x10, the id's 16
+-- raw bytes, the hour in 3 bytes; an id that is not 32 lowercase hex characters (a test's) as
+-- text after a byte 0x80 + its length.
+local function unread_entry(id, hour)
+  local h = string.char(math.floor(hour / 65536) % 256, math.floor(hour / 256) % 256, hour % 256)
+  if #id == 32 and not string.find(id, '[^0-9a-f]') then return '\16' .. unread_hex_to_raw(id) .. h end
+  return string.char(128 + #id) .. id .. h
 end
 
 -- A sent delivery joins its recipient's unread deliveries.
@@ -39,37 +62,58 @@ local function unread_add(prefix, page, psid, id, hour, now, retention)
   local suffix, field = unread_names(page, psid)
   local bucket, expires = window_bucket(prefix, now, retention)
   local key = bucket .. suffix
-  local entry = id .. ',' .. hour
+  local entry = unread_entry(id, hour)
   if redis.call('HSETNX', key, field, entry) == 1 then  -- the recipient's first in this window
     redis.call('EXPIREAT', key, expires, 'NX')
   else  -- the bucket exists: it got its expiry when it was made
-    redis.call('HSET', key, field, redis.call('HGET', key, field) .. ' ' .. entry)
+    redis.call('HSET', key, field, redis.call('HGET', key, field) .. entry)
+  end
+end
+
+-- A value's entries, appended to `out` as {id, hour (number), key, field, raw entry, sep (what
+-- joins them), sent (number; only in a text entry with it: the outcome has it)}.
+local function unread_parse(value, key, field, out)
+  local b = string.byte(value, 1)
+  if b == 16 or b >= 128 then
+    local at = 1
+    while at <= #value do
+      local tag = string.byte(value, at)
+      local size = tag == 16 and 16 or tag - 128
+      local id = string.sub(value, at + 1, at + size)
+      if tag == 16 then id = unread_raw_to_hex(id) end
+      local h1, h2, h3 = string.byte(value, at + size + 1, at + size + 3)
+      out[#out + 1] = {id = id, hour = (h1 * 256 + h2) * 256 + h3, key = key, field = field, sep = '',
+        raw = string.sub(value, at, at + size + 3)}
+      at = at + size + 4
+    end
+    return
+  end
+  for raw in string.gmatch(value, '%S+') do
+    local id, hour = string.match(raw, '^([^,]+),([^,]+)$')
+    local sent = nil
+    if not id then id, sent, hour = string.match(raw, '^([^,]+),([^,]+),([^,]+)$') end
+    if id then
+      out[#out + 1] = {id = id, sent = tonumber(sent), hour = tonumber(hour), key = key, field = field,
+        sep = ' ', raw = raw}
+    end
   end
 end
 
 -- The recipient's unread deliveries in the buckets a lookup reads (window_prefixes of `spans`;
--- the plain field too while one may live), oldest first: {id, hour (number), key, field, raw
--- entry, sent (number; only in an entry written before: the outcome has it)} each.
+-- the fields written before too while one may live), oldest first (unread_parse's entries).
 local function unread_list(prefix, page, psid, now, spans)
-  local suffix, digest, plain = unread_names(page, psid)
-  local fields = UNREAD.plain and {plain, digest} or {digest}
+  local suffix, raw, hex, plain = unread_names(page, psid)
+  local fields = {}
+  if UNREAD.plain then fields[#fields + 1] = plain end
+  if UNREAD.hex then fields[#fields + 1] = hex end
+  fields[#fields + 1] = raw
   local buckets = window_prefixes(prefix, now, spans)
   local out = {}
   for b = #buckets, 1, -1 do
     local key = buckets[b] .. suffix
     for _, field in ipairs(fields) do
       local value = redis.call('HGET', key, field)
-      if value then
-        for raw in string.gmatch(value, '%S+') do
-          local id, hour = string.match(raw, '^([^,]+),([^,]+)$')
-          local sent = nil
-          if not id then id, sent, hour = string.match(raw, '^([^,]+),([^,]+),([^,]+)$') end
-          if id then
-            out[#out + 1] = {id = id, sent = tonumber(sent), hour = tonumber(hour), key = key, field = field,
-              raw = raw}
-          end
-        end
-      end
+      if value and #value > 0 then unread_parse(value, key, field, out) end
     end
   end
   return out
@@ -84,7 +128,7 @@ local function unread_drop(list, gone)
       kept[e.key] = kept[e.key] or {}
       if not kept[e.key][e.field] then
         kept[e.key][e.field] = {}
-        places[#places + 1] = {e.key, e.field}
+        places[#places + 1] = {e.key, e.field, e.sep}
       end
       if not gone[e.id] then table.insert(kept[e.key][e.field], e.raw) end
     end
@@ -94,7 +138,7 @@ local function unread_drop(list, gone)
     if #kept[key][field] == 0 then
       redis.call('HDEL', key, field)
     else
-      redis.call('HSET', key, field, table.concat(kept[key][field], ' '))
+      redis.call('HSET', key, field, table.concat(kept[key][field], p[3]))
     end
   end
 end
