@@ -293,8 +293,8 @@ def test_an_idempotency_key_lives_in_its_windows_bucket_and_is_found_in_the_next
     window = idempotency.window(float(sync.time()[0]), TTL)
     digest = idempotency.digest(idempotency.scoped("", PAGE, "order-1"))
     bucket = idempotency.bucket(keys.idem_bucket_prefix, window, digest)
-    # the field: the digest after the bucket's suffix; the value: the delivery id's raw bytes
-    assert sync.hgetall(bucket) == {digest[idempotency.SUFFIX :].encode(): bytes.fromhex(first)}
+    # the field: the digest after the bucket's suffix, raw; the value: the delivery id's raw bytes
+    assert sync.hgetall(bucket) == {idempotency.field(digest): bytes.fromhex(first)}
     assert sync.expiretime(bucket) == (window + 2) * TTL
     assert sync.object("encoding", bucket) == b"listpack"
     assert not list(sync.scan_iter(match=keys.idem("*")))
@@ -303,21 +303,54 @@ def test_an_idempotency_key_lives_in_its_windows_bucket_and_is_found_in_the_next
 
     # written in the previous window (by the version before: the id in hex): still a repeat
     sync.delete(bucket)
-    sync.hset(
-        idempotency.bucket(keys.idem_bucket_prefix, window - 1, digest), digest[idempotency.SUFFIX :], first
-    )
+    previous = idempotency.bucket(keys.idem_bucket_prefix, window - 1, digest)
+    sync.hset(previous, idempotency.field(digest), first)
     assert _submit(settings, "order-1", "ik-1") == (first, False)
     assert not sync.exists(bucket)  # a repeat writes nothing
 
     # two windows back (its bucket would have expired): a new delivery
-    sync.delete(idempotency.bucket(keys.idem_bucket_prefix, window - 1, digest))
+    sync.delete(previous)
     sync.hset(
-        idempotency.bucket(keys.idem_bucket_prefix, window - 2, digest), digest[idempotency.SUFFIX :], first
+        idempotency.bucket(keys.idem_bucket_prefix, window - 2, digest),
+        idempotency.field(digest),
+        first,
     )
     again, accepted = _submit(settings, "order-1", "ik-1")
     assert accepted
     assert again != first
-    assert sync.hget(bucket, digest[idempotency.SUFFIX :]) == bytes.fromhex(again)
+    assert sync.hget(bucket, idempotency.field(digest)) == bytes.fromhex(again)
+
+
+def test_a_key_remembered_as_its_hex_field_is_read_while_one_may_live(redis_server: RedisServer) -> None:
+    """An upgrade: a key written before raw fields (its field the digest's hex characters, in this
+    window's bucket or the previous one's) answers a repeat for two windows after raw fields first
+    ran on this Redis (``raw`` in P:i:meta), and is not read after."""
+    settings = _settings(redis_server, idempotency_ttl=TTL)
+    keys, sync = Keys.of(settings), redis_server.client()
+    meta = keys.idem_bucket_prefix + "meta"
+    window = idempotency.window(float(sync.time()[0]), TTL)
+    for back, key in ((0, "hex-now"), (1, "hex-before")):
+        digest = idempotency.digest(idempotency.scoped("", PAGE, key))
+        sync.hset(
+            idempotency.bucket(keys.idem_bucket_prefix, window - back, digest),
+            idempotency.hex_field(digest),
+            "ab" * 16,
+        )
+        assert _submit(settings, key, f"{key}-1") == ("ab" * 16, False)
+        # the repeat leaves no raw field of its own behind
+        assert sync.hlen(idempotency.bucket(keys.idem_bucket_prefix, window, digest)) == (
+            1 if back == 0 else 0
+        )
+    assert abs(int(sync.hget(meta, "raw") or 0) - int(sync.time()[0])) <= 2  # set by the first accept
+
+    sync.hset(meta, "raw", int(sync.time()[0]) - 2 * TTL - 1)
+    digest = idempotency.digest(idempotency.scoped("", PAGE, "hex-late"))
+    sync.hset(
+        idempotency.bucket(keys.idem_bucket_prefix, window, digest), idempotency.hex_field(digest), "cd" * 16
+    )
+    delivery_id, accepted = _submit(settings, "hex-late", "hex-late-1")
+    assert accepted
+    assert delivery_id != "cd" * 16
 
 
 def test_keys_the_previous_version_stored_are_read_for_one_ttl_after_the_upgrade(

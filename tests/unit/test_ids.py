@@ -51,15 +51,19 @@ def test_send_headers_keeps_the_first_of_repeated_headers() -> None:
 
 
 def test_a_remembered_idempotency_key_stores_the_delivery_id_raw_and_reads_both_forms() -> None:
-    """accept.lua gets the digest (bucket suffix and field, hex) and then the value it stores: the
-    delivery id's 16 raw bytes, half its hex. A value written before (hex) reads back as it is."""
+    """accept.lua gets the digest (bucket suffix in hex, the field as raw bytes) and then the value
+    it stores: the delivery id's 16 raw bytes, half its hex. A value written before (hex) reads
+    back as it is."""
     from worker.store import idempotency
 
     delivery_id = broker.new_delivery_id()
     scoped = idempotency.scoped("caller", "page", "key-1")
     entry = idempotency.entry(scoped, delivery_id)
-    width = idempotency.SUFFIX + idempotency.FIELD
-    assert entry[:width] == idempotency.digest(scoped).encode()
+    digest = idempotency.digest(scoped)
+    width = idempotency.SUFFIX + idempotency.FIELD // 2
+    assert entry[:width] == digest[: idempotency.SUFFIX].encode() + bytes.fromhex(
+        digest[idempotency.SUFFIX :]
+    )
     assert entry[width:] == bytes.fromhex(delivery_id)
     assert len(entry[width:]) == 16
     assert idempotency.delivery_id(entry[width:]) == delivery_id

@@ -32,20 +32,12 @@ local function unread_spans(prefix, now, retention)
   return spans
 end
 
-local function unread_hex_to_raw(hex)
-  return (string.gsub(hex, '..', function(h) return string.char(tonumber(h, 16)) end))
-end
-
-local function unread_raw_to_hex(raw)
-  return (string.gsub(raw, '.', function(c) return string.format('%02x', string.byte(c)) end))
-end
-
 -- The recipient's bucket suffix, field, and the fields written before: hex, "{page}:{psid}".
 local function unread_names(page, psid)
   local plain = page .. ':' .. psid
   local digest = redis.sha1hex(plain)
   local hex = string.sub(digest, UNREAD_SUFFIX + 1, UNREAD_SUFFIX + UNREAD_FIELD)
-  return string.sub(digest, 1, UNREAD_SUFFIX), unread_hex_to_raw(hex), hex, plain
+  return string.sub(digest, 1, UNREAD_SUFFIX), bytes_of_hex(hex), hex, plain
 end
 
 -- A delivery's entry (worker/store/unread.py's entry: the same bytes): a byte 0x10, the id's 16
@@ -53,7 +45,7 @@ end
 -- text after a byte 0x80 + its length.
 local function unread_entry(id, hour)
   local h = string.char(math.floor(hour / 65536) % 256, math.floor(hour / 256) % 256, hour % 256)
-  if #id == 32 and not string.find(id, '[^0-9a-f]') then return '\16' .. unread_hex_to_raw(id) .. h end
+  if #id == 32 and not string.find(id, '[^0-9a-f]') then return '\16' .. bytes_of_hex(id) .. h end
   return string.char(128 + #id) .. id .. h
 end
 
@@ -80,7 +72,7 @@ local function unread_parse(value, key, field, out)
       local tag = string.byte(value, at)
       local size = tag == 16 and 16 or tag - 128
       local id = string.sub(value, at + 1, at + size)
-      if tag == 16 then id = unread_raw_to_hex(id) end
+      if tag == 16 then id = hex_of_bytes(id) end
       local h1, h2, h3 = string.byte(value, at + size + 1, at + size + 3)
       out[#out + 1] = {id = id, hour = (h1 * 256 + h2) * 256 + h3, key = key, field = field, sep = '',
         raw = string.sub(value, at, at + size + 3)}

@@ -45,3 +45,13 @@ local function window_prefixes(prefix, now, spans)
   end
   return out
 end
+
+-- Hex characters <-> the bytes they spell: the buckets' fields are a digest's raw bytes, half
+-- its hex (fields written before are the hex, read while they may live).
+local function bytes_of_hex(hex)
+  return (string.gsub(hex, '..', function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function hex_of_bytes(raw)
+  return (string.gsub(raw, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end

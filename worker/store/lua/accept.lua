@@ -7,8 +7,8 @@
 -- ARGV[8] the new batch's id, ARGV[9] QUEUE_BATCH_MAX, ARGV[10] a batch list's TTL (s),
 -- ARGV[11..25] the campaign context (_campaign.lua), then from ARGV[26] per item: id, its
 -- idempotency key's digest and the value to remember ('' for none: worker/store/idempotency.py's
--- entry, of the key scoped by the intake to the caller and the page: IDEM_SUFFIX + IDEM_FIELD
--- hex characters, then the id's raw bytes), the key as the previous version stored it (P:idem:...,
+-- entry, of the key scoped by the intake to the caller and the page: IDEM_SUFFIX hex characters,
+-- the field as IDEM_FIELD / 2 raw bytes, then the id's raw bytes), the key as the previous version stored it (P:idem:...,
 -- '' for none), its campaign ('' for none: the campaign id, else the Canvas id), n, and n
 -- field/value pairs: the record as the intake built it (worker/intake/committer.py: page_id,
 -- psid, body, caller, and those it has of request_id, fallbacks, utility, external_id and the
@@ -17,7 +17,8 @@
 -- IDEMPOTENCY_TTL) and of the previous one, and written into the current one, which expires at
 -- the end of the next: a key is remembered at least IDEMPOTENCY_TTL, at most twice that.
 -- P:i:meta remembers when buckets first ran on this Redis (since: for one IDEMPOTENCY_TTL after
--- it the previous version's key is read too) and the TTL the windows were numbered by: after a
+-- it the previous version's key is read too), when raw fields did (raw: for two windows after
+-- it a field written as its hex is read too) and the TTL the windows were numbered by: after a
 -- change, the windows of the TTL before are read too for as long as their buckets live (two of
 -- its TTLs, _windows.lua), so a retry across the change is still a repeat.
 -- A delivery of a campaign that is stopped (P:campstop) is not queued: it is written as a
@@ -45,13 +46,16 @@ local accepted = {}
 local clock = tonumber(redis.call('TIME')[1])
 local meta = ARGV[4] .. 'meta'
 local current, forget_at = window_bucket(ARGV[4], clock, idem_ttl)
-local lookup = window_prefixes(ARGV[4], clock, window_spans(meta, clock, idem_ttl))
-local since = redis.call('HGET', meta, 'since')
-if not since then
-  since = clock
-  redis.call('HSET', meta, 'since', clock)
+local spans = window_spans(meta, clock, idem_ttl)
+local lookup = window_prefixes(ARGV[4], clock, spans)
+local since, raw_since = unpack(redis.call('HMGET', meta, 'since', 'raw'))
+if not raw_since then
+  since, raw_since = since or clock, clock
+  redis.call('HSET', meta, 'since', since, 'raw', raw_since)
 end
 local legacy = clock < tonumber(since) + idem_ttl
+local hex_fields = clock < tonumber(raw_since) + 2 * math.max(unpack(spans))
+local field_bytes = IDEM_FIELD / 2
 local pending = {}  -- ZADD members, sent once (_bulk.lua)
 camp_init(11)
 local i = 26
@@ -61,15 +65,18 @@ while i <= #ARGV do
   local existing = false
   if idem ~= '' then
     local suffix = string.sub(idem, 1, IDEM_SUFFIX)
-    local field = string.sub(idem, IDEM_SUFFIX + 1, IDEM_SUFFIX + IDEM_FIELD)
+    local field = string.sub(idem, IDEM_SUFFIX + 1, IDEM_SUFFIX + field_bytes)
     local bucket = current .. suffix  -- lookup[1]'s: the current window's
     -- written first, only if the current window does not have it (one command for the common
-    -- case, a new key); then the older windows are asked, and a key found there is taken back
-    if redis.call('HSETNX', bucket, field, string.sub(idem, IDEM_SUFFIX + IDEM_FIELD + 1)) == 0 then
+    -- case, a new key); then the older windows are asked (and, while one may live, the field as
+    -- its hex, as written before), and a key found there is taken back
+    if redis.call('HSETNX', bucket, field, string.sub(idem, IDEM_SUFFIX + field_bytes + 1)) == 0 then
       existing = redis.call('HGET', bucket, field)
     else
-      for k = 2, #lookup do
-        existing = existing or redis.call('HGET', lookup[k] .. suffix, field)
+      local hex = hex_fields and hex_of_bytes(field) or nil
+      for k = 1, #lookup do
+        if k > 1 then existing = existing or redis.call('HGET', lookup[k] .. suffix, field) end
+        if hex then existing = existing or redis.call('HGET', lookup[k] .. suffix, hex) end
       end
       if not existing and legacy and old ~= '' then existing = redis.call('GET', old) end
       if existing then
