@@ -133,7 +133,7 @@ async def outcome_bucket(client: aioredis.Redis, s: Settings, delivery_id: str) 
     found = [
         outcomes.bucket(keys, hour, delivery_id)
         for hour in outcomes.hours(time.time(), s.record_retention)
-        if await client.hexists(outcomes.bucket(keys, hour, delivery_id), delivery_id)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        if await client.hexists(outcomes.bucket(keys, hour, delivery_id), outcomes.field(delivery_id))  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; a field typed str, Redis takes bytes
     ]
     assert len(found) == 1, found
     return found[0]
@@ -548,9 +548,11 @@ def test_a_sent_delivery_joins_its_recipients_unread_field_in_the_bucket_of_its_
         for delivery_id, hour in entries:
             rec = await fields(client, s, delivery_id)
             assert rec["sent_at"]
-            assert await client.hexists(outcomes.bucket(keys, hour, delivery_id), delivery_id)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+            assert await client.hexists(outcomes.bucket(keys, hour, delivery_id), outcomes.field(delivery_id))  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; a field typed str, Redis takes bytes
         assert await client.expiretime(bucket) == (window + 2) * retention  # type: ignore[misc]  # redis-py types it sync
         assert await client.object("encoding", bucket) == b"listpack"
         assert await client.exists(keys.unread(PAGE, "same")) == 0
+        # a new shard: no version before wrote a hex field here, so none is ever looked for
+        assert await client.hget(keys.unread_bucket_prefix + "meta", "raw") == b"0"  # type: ignore[misc]  # redis-py: Awaitable[T] | T
 
     run(s, go)

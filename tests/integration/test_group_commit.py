@@ -329,6 +329,7 @@ def test_a_key_remembered_as_its_hex_field_is_read_while_one_may_live(redis_serv
     keys, sync = Keys.of(settings), redis_server.client()
     meta = keys.idem_bucket_prefix + "meta"
     window = idempotency.window(float(sync.time()[0]), TTL)
+    sync.hset(meta, "since", int(sync.time()[0]) - 5)  # the version before ran here
     for back, key in ((0, "hex-now"), (1, "hex-before")):
         digest = idempotency.digest(idempotency.scoped("", PAGE, key))
         sync.hset(
@@ -343,6 +344,7 @@ def test_a_key_remembered_as_its_hex_field_is_read_while_one_may_live(redis_serv
         )
     assert abs(int(sync.hget(meta, "raw") or 0) - int(sync.time()[0])) <= 2  # set by the first accept
 
+    # two windows later, a hex field is no longer read
     sync.hset(meta, "raw", int(sync.time()[0]) - 2 * TTL - 1)
     digest = idempotency.digest(idempotency.scoped("", PAGE, "hex-late"))
     sync.hset(
@@ -351,6 +353,22 @@ def test_a_key_remembered_as_its_hex_field_is_read_while_one_may_live(redis_serv
     delivery_id, accepted = _submit(settings, "hex-late", "hex-late-1")
     assert accepted
     assert delivery_id != "cd" * 16
+
+
+def test_on_a_shard_no_bucket_was_written_to_no_hex_field_is_looked_for(redis_server: RedisServer) -> None:
+    """Hex fields were written only by a version with buckets, which set ``since``: on a shard
+    without it, raw fields start as done (``raw`` 0) and a new key costs no hex lookups."""
+    settings = _settings(redis_server, idempotency_ttl=TTL)
+    keys, sync = Keys.of(settings), redis_server.client()
+    digest = idempotency.digest(idempotency.scoped("", PAGE, "fresh-1"))
+    window = idempotency.window(float(sync.time()[0]), TTL)
+    sync.hset(
+        idempotency.bucket(keys.idem_bucket_prefix, window, digest), idempotency.hex_field(digest), "ef" * 16
+    )
+    delivery_id, accepted = _submit(settings, "fresh-1", "fresh-1")
+    assert accepted
+    assert delivery_id != "ef" * 16
+    assert sync.hmget(keys.idem_bucket_prefix + "meta", "raw", "since")[0] == b"0"
 
 
 def test_keys_the_previous_version_stored_are_read_for_one_ttl_after_the_upgrade(

@@ -50,7 +50,9 @@ def _run(s: Settings, scenario: Callable[[Any], Awaitable[None]]) -> None:
 
 async def _put(client: Any, keys: Keys, hour: int, delivery_id: str, rec: dict[str, str]) -> None:
     """An outcome as record.lua leaves it, in the bucket of the hour it ended in."""
-    await client.hset(outcomes.bucket(keys, hour, delivery_id), delivery_id, outcomes.pack(rec))
+    await client.hset(
+        outcomes.bucket(keys, hour, delivery_id), outcomes.field(delivery_id), outcomes.pack(rec)
+    )
 
 
 def _sent(at: float, **extra: str) -> dict[str, str]:
@@ -95,6 +97,8 @@ def test_receipts_mark_outcomes_and_records_written_before_them(redis_server: Re
         await client.hset(bucket, f"{PAGE}:psid-1", f"{newest},{now - 3!r},{hour}")
         await client.hset(bucket, unread.hex_field(PAGE, "psid-1"), f"{current},{hour}")
         await client.hset(bucket, field, unread.entry(later, hour) + unread.entry(expired, hour))
+        # the versions that wrote them ran on this shard (without `fields`, none of them did)
+        await client.hset(keys.unread_bucket_prefix + "meta", "fields", int(now) - 5)
         read = {"kind": "read", "page_id": PAGE, "psid": "psid-1", "watermark": now, "timestamp": now}
         assert await apply_receipts(client, s, [read]) == 8  # delivered and read, each
         assert await apply_receipts(client, s, [read]) == 0  # a replayed webhook: nothing
@@ -176,6 +180,36 @@ def test_after_a_retention_change_receipts_read_the_unread_windows_of_the_retent
         assert (meta[b"ttl"], meta[b"before"]) == (b"7200", b"10000000")
 
     _run(before, go)
+
+
+def test_an_outcome_stored_under_its_hex_id_is_read_in_the_hours_before_raw_fields(
+    redis_server: RedisServer,
+) -> None:
+    """An upgrade: outcomes were stored under the id's hex characters before raw fields. ``raw``
+    in P:o:meta is the hour raw fields first ran; a hex field in a bucket of that hour or before
+    is read (status API, look-ups, receipts), and a receipt's mark is written back under it."""
+    s = _settings(redis_server, record_retention=7200)
+    keys, now = Keys.of(s), time.time()
+    hour = int(now // outcomes.SPAN)
+    before, after = "a" * 28 + "0011", "b" * 28 + "0012"
+
+    async def go(client: Any) -> None:
+        await client.hset(keys.outcome_meta, "raw", hour - 1)
+        old = outcomes.bucket(keys, hour - 1, before)
+        await client.hset(old, before, outcomes.pack(_sent(now - 3600)))
+        await client.hset(outcomes.bucket(keys, hour, after), after, outcomes.pack(_sent(now - 3)))
+        assert (await outcomes.read(client, keys, before, 7200))["status"] == State.SENT
+        assert await outcomes.read(client, keys, after, 7200) == {}  # a hex field after `raw`: none
+        sync = redis_server.client()
+        assert outcomes.read_many_sync(sync, keys, [before, after], 7200)[before]["status"] == State.SENT
+        bucket = unread.bucket(keys.unread_bucket_prefix, int(now // 7200), PAGE, "psid-h")
+        await client.hset(bucket, unread.field(PAGE, "psid-h"), unread.entry(before, hour - 1))
+        read = {"kind": "read", "page_id": PAGE, "psid": "psid-h", "watermark": now, "timestamp": now}
+        assert await apply_receipts(client, s, [read]) == 2  # delivered and read
+        assert await client.hkeys(old) == [before.encode()]  # written back where it was
+        assert float((await outcomes.read(client, keys, before, 7200))["read_at"]) == pytest.approx(now)
+
+    _run(s, go)
 
 
 def test_an_outcome_is_read_while_its_bucket_is_within_the_retention(redis_server: RedisServer) -> None:

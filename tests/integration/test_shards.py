@@ -137,7 +137,7 @@ def test_ids_issued_before_shards_are_found_in_shard_0(shards: Shards) -> None:
         }
         old.hset(
             outcomes.bucket(keys, int(now // outcomes.SPAN), names_none),
-            names_none,
+            outcomes.field(names_none),
             outcomes.pack(sent_before),
         )
         old.hset(

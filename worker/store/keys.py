@@ -8,10 +8,13 @@
                                     dead letter (which keeps its body until replayed or purged);
                                     any other final delivery leaves it for P:o:
     P:o:{hour}:{suffix}     hash    final records (sent, failed, expired, cancelled), one short
-                                    value each: id -> the outcome fields as a JSON array
-                                    (worker/store/outcomes.py); the bucket of the hour they ended
-                                    in and their id's last 4 characters; expires RECORD_RETENTION
-                                    after its hour. The Lua scripts build it from P:d: (P:o:)
+                                    value each: id (16 raw bytes) -> the outcome fields as a
+                                    MessagePack array (worker/store/outcomes.py); the bucket of
+                                    the hour they ended in and their id's last 4 characters;
+                                    expires RECORD_RETENTION after its hour. The Lua scripts
+                                    build it from P:d: (P:o:)
+    P:o:meta                hash    raw: the hour outcomes' fields first were raw ids (the hex
+                                    ones of that hour and before are read too)
     P:open:n                hash    second -> how many deliveries accepted in it are open and not
                                     parked (the backlog age; worker/store/ages.py)
     P:open:s                zset    those seconds (score = the second): the oldest is the first
@@ -174,6 +177,11 @@ class Keys:
         """A bucket of final records (worker/store/outcomes.py): those that ended in that epoch
         hour whose id ends with ``suffix``."""
         return f"{self.prefix}:o:{hour}:{suffix}"
+
+    @property
+    def outcome_meta(self) -> str:
+        """When outcomes' fields first were raw ids on this shard (``raw``: the hour)."""
+        return f"{self.prefix}:o:meta"
 
     def history(self, delivery_id: str) -> str:
         """A delivery's history (worker/delivery/recorder.py writes it, worker/lookup.py reads it)."""

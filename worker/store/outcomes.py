@@ -5,12 +5,17 @@ status but ``dead``: a dead letter keeps its hash, body included, to be replayed
 that ends it deletes that hash and writes one short value instead: the :data:`FIELDS` below in
 their order, as a MessagePack array ('' for a field it does not have, trailing ones cut): strings,
 but the :data:`TIMES` as numbers (a double is 9 bytes where its text is 19 with its quotes; the
-number reads back as the same text, ``repr`` of the same double). The value is a field of a
-bucket hash::
+number reads back as the same text, ``repr`` of the same double). The value is the field of
+the id's 16 raw bytes (:func:`field`: half its hex) in a bucket hash::
 
     P:o:{hour}:{suffix}   hour = the epoch hour the delivery ended in (⌊t / 3600⌋),
                           suffix = the delivery id's last SUFFIX characters (65,536 buckets an
                           hour: about 55 outcomes each at 1,000 deliveries/s)
+
+Written before (an upgrade): the field was the id's hex. ``P:o:meta``'s ``raw`` is the hour raw
+fields first ran on the shard (set by the first script call that stores an outcome); a reader
+that does not find the raw field in the bucket of that hour or an earlier one asks for the hex
+field there too (in Python in the second round trip, :func:`read`).
 
 A bucket expires as a whole, RECORD_RETENTION after its hour ends, so an outcome is kept at
 least RECORD_RETENTION and at most an hour more. Why buckets: a key of its own costs Redis about
@@ -40,7 +45,7 @@ from typing import Any, Final
 import msgpack
 import orjson
 
-from worker.store import records
+from worker.store import ids, records
 from worker.store.keys import Keys
 
 #: The fields an outcome keeps, in the order they are stored. What a final record keeps and
@@ -141,6 +146,12 @@ def bucket(keys: Keys, hour: int, delivery_id: str) -> str:
     return keys.outcome(hour, delivery_id[-SUFFIX:])
 
 
+def field(delivery_id: str) -> bytes:
+    """An outcome's field in its bucket: the id's 16 raw bytes (``_outcome.lua`` writes the same;
+    a test's id that is not 32 lowercase hex characters as its text)."""
+    return ids.raw(delivery_id)
+
+
 #: Hours a single read looks in first (the open hash and the newest buckets); the older ones
 #: only when it is not there. Most reads by id are of recent deliveries.
 FIRST_HOURS: Final = 3
@@ -149,6 +160,21 @@ FIRST_HOURS: Final = 3
 def _queue(pipe: Any, keys: Keys, delivery_id: str, wanted: Sequence[int], *, open_hash: bool = True) -> None:
     if open_hash:
         pipe.hgetall(keys.delivery(delivery_id))
+    for hour in wanted:
+        pipe.hget(bucket(keys, hour, delivery_id), field(delivery_id))
+
+
+def _hex_hours(raw_since: Any, wanted: Sequence[int], delivery_id: str) -> list[int]:
+    """The hours whose buckets may hold this id's outcome under its hex field, as written before
+    raw fields: up to the hour they first ran on the shard (``raw`` in P:o:meta; every hour
+    when that is not set yet)."""
+    if field(delivery_id) == delivery_id.encode():
+        return []
+    since = None if raw_since is None else int(raw_since)
+    return [hour for hour in wanted if since is None or hour <= since]
+
+
+def _queue_hex(pipe: Any, keys: Keys, delivery_id: str, wanted: Sequence[int]) -> None:
     for hour in wanted:
         pipe.hget(bucket(keys, hour, delivery_id), delivery_id)
 
@@ -167,15 +193,19 @@ async def read(
 ) -> dict[str, str]:
     """A delivery's record, open (its hash) or final (its outcome); {} when unknown or expired.
     One round trip for a delivery that is open or ended in the newest FIRST_HOURS hours, a second
-    for an older one (or none)."""
+    for an older one (or none; or one stored before raw fields, while one may live)."""
     wanted = list(hours(time.time() if now is None else now, retention))
     pipe = client.pipeline(transaction=False)
+    pipe.hget(keys.outcome_meta, "raw")
     _queue(pipe, keys, delivery_id, wanted[:FIRST_HOURS])
-    found = _first(await pipe.execute())
-    if found or len(wanted) <= FIRST_HOURS:
+    raw_since, *results = await pipe.execute()
+    found = _first(results)
+    hex_hours = _hex_hours(raw_since, wanted, delivery_id)
+    if found or (len(wanted) <= FIRST_HOURS and not hex_hours):
         return found
     pipe = client.pipeline(transaction=False)
     _queue(pipe, keys, delivery_id, wanted[FIRST_HOURS:], open_hash=False)
+    _queue_hex(pipe, keys, delivery_id, hex_hours)
     return _first([None, *await pipe.execute()])
 
 
@@ -187,13 +217,26 @@ def read_sync(
 
 
 def read_many_sync(
-    client: Any, keys: Keys, ids: list[str], retention: int, now: float | None = None
+    client: Any, keys: Keys, delivery_ids: list[str], retention: int, now: float | None = None
 ) -> dict[str, dict[str, str]]:
-    """:func:`read_sync` for many ids in one round trip."""
+    """:func:`read_sync` for many ids in one round trip (a second for those not found while
+    outcomes stored before raw fields may live)."""
     wanted = list(hours(time.time() if now is None else now, retention))
     per = 1 + len(wanted)
     pipe = client.pipeline(transaction=False)
-    for delivery_id in ids:
+    pipe.hget(keys.outcome_meta, "raw")
+    for delivery_id in delivery_ids:
         _queue(pipe, keys, delivery_id, wanted)
-    results = pipe.execute()
-    return {d: _first(results[j * per : (j + 1) * per]) for j, d in enumerate(ids)}
+    raw_since, *results = pipe.execute()
+    found = {d: _first(results[j * per : (j + 1) * per]) for j, d in enumerate(delivery_ids)}
+    missing = {d: _hex_hours(raw_since, wanted, d) for d, rec in found.items() if not rec}
+    missing = {d: hex_hours for d, hex_hours in missing.items() if hex_hours}
+    if missing:
+        pipe = client.pipeline(transaction=False)
+        for delivery_id, hex_hours in missing.items():
+            _queue_hex(pipe, keys, delivery_id, hex_hours)
+        results, at = pipe.execute(), 0
+        for delivery_id, hex_hours in missing.items():
+            found[delivery_id] = _first([None, *results[at : at + len(hex_hours)]])
+            at += len(hex_hours)
+    return found

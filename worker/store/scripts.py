@@ -5,7 +5,8 @@ Every script is prefixed with the state names of :mod:`worker.states` (``S.QUEUE
 ``FINAL``, ``CLAIMABLE``, ``KEEPS_BODY``) and the fields a final record keeps (``OUTCOME``, its
 times ``OUTCOME_TIMES`` and ``OUTCOME_ZERO_ABSENT``: :mod:`worker.store.outcomes`), so no script
 spells a status or a field list of its own. A line ``--!include NAME.lua`` is replaced by that
-file (shared helpers whose name starts with ``_`` are not scripts themselves).
+file, the first time a script includes it (shared helpers whose name starts with ``_`` are not
+scripts themselves).
 
 Running: :func:`run` sends ``EVALSHA``; after a Redis restart (or failover) the server has no
 scripts, answers ``NOSCRIPT`` and the script is sent once with ``EVAL``, which caches it again.
@@ -60,9 +61,18 @@ def _prelude() -> str:
     )
 
 
-def _read(name: str) -> str:
+def _read(name: str, seen: set[str] | None = None) -> str:
+    """A script's text with its includes, each file once (a helper two includes share is
+    defined by the first)."""
+    seen = set() if seen is None else seen
+    seen.add(name)
     text = (LUA_DIR / name).read_text(encoding="utf-8")
-    return _INCLUDE.sub(lambda m: _read(m.group(1)).rstrip("\n"), text)
+
+    def include(match: re.Match[str]) -> str:
+        wanted = match.group(1)
+        return "" if wanted in seen else _read(wanted, seen).rstrip("\n")
+
+    return _INCLUDE.sub(include, text)
 
 
 @cache

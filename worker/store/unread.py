@@ -49,10 +49,9 @@ Before buckets (an upgrade): the receipts still read and trim the previous versi
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Final
 
-from worker.store.ids import ID_BYTES
+from worker.store.ids import HEX_ID, ID_BYTES
 
 #: Hex characters of the recipient's SHA-1 that pick the bucket within a window (16**5 buckets).
 SUFFIX: Final = 5
@@ -65,7 +64,6 @@ ENTRY: Final = 20
 #: is added to.
 RAW_ID: Final = 0x10
 TEXT_ID: Final = 0x80
-_HEX_ID: Final = re.compile(f"[0-9a-f]{{{2 * ID_BYTES}}}")
 
 
 def _digest(page_id: str, psid: str) -> str:
@@ -89,7 +87,7 @@ def field(page_id: str, psid: str) -> bytes:
 
 def entry(delivery_id: str, hour: int) -> bytes:
     """A delivery's entry (store/lua/_unread.lua's unread_entry writes the same bytes)."""
-    if _HEX_ID.fullmatch(delivery_id):
+    if HEX_ID.fullmatch(delivery_id):
         return bytes([RAW_ID]) + bytes.fromhex(delivery_id) + hour.to_bytes(3, "big")
     text = delivery_id.encode()
     if not text or len(text) >= TEXT_ID:

@@ -3,11 +3,35 @@
 -- delivery that is not a dead letter leaves its hash P:d:{id} and becomes one value, the
 -- OUTCOME fields in order as a MessagePack array ('' for a missing one, trailing ones cut; the
 -- OUTCOME_TIMES as numbers, the rest strings, a 0 of OUTCOME_ZERO_ABSENT as ''; a value written
--- before is a JSON array), in the bucket P:o:{hour it ended}:{the id's last OUTCOME_SUFFIX
--- characters}, which expires whole
+-- before is a JSON array), the field of its id's raw bytes (outcome_field) in the bucket
+-- P:o:{hour it ended}:{the id's last OUTCOME_SUFFIX characters}, which expires whole
 -- RECORD_RETENTION after its hour. The bucket prefix is the delivery prefix's sibling (P:d: ->
 -- P:o:; worker/store/keys.py builds the same names).
+--!include _windows.lua
 local function outcome_prefix(dprefix) return string.sub(dprefix, 1, -3) .. 'o:' end
+
+-- An outcome's field in its bucket: the id's 16 raw bytes (worker/store/outcomes.py's field; a
+-- test's id that is not 32 lowercase hex characters as it is). Written before (an upgrade): the
+-- id's hex, read in the buckets of the hours up to when raw fields first ran (`raw` in P:o:meta).
+local function outcome_field(id)
+  if #id == 32 and not string.find(id, '[^0-9a-f]') then return bytes_of_hex(id) end
+  return id
+end
+
+-- `raw` of P:o:meta, read once per script call (nil: not set, every hour may hold a hex field);
+-- `noted`: this call has set it (HSETNX with its first outcome).
+local OUTCOME_META = {read = false, raw = nil, noted = false}
+
+-- The field an outcome may have been written under before raw fields in the bucket of `hour`,
+-- or nil.
+local function outcome_hex_field(dprefix, id, hour)
+  if not OUTCOME_META.read then
+    OUTCOME_META.raw = tonumber(redis.call('HGET', outcome_prefix(dprefix) .. 'meta', 'raw'))
+    OUTCOME_META.read = true
+  end
+  if outcome_field(id) == id or (OUTCOME_META.raw and hour > OUTCOME_META.raw) then return nil end
+  return id
+end
 
 local function outcome_pack(rec)
   local values, last = {}, 0
@@ -44,7 +68,11 @@ end
 local function outcome_store(dprefix, id, value, now, retention, no_hash)
   local hour = math.floor(now / OUTCOME_SPAN)
   local key = outcome_prefix(dprefix) .. hour .. ':' .. string.sub(id, -OUTCOME_SUFFIX)
-  redis.call('HSET', key, id, value)
+  if not OUTCOME_META.noted then
+    redis.call('HSETNX', outcome_prefix(dprefix) .. 'meta', 'raw', hour)
+    OUTCOME_META.noted, OUTCOME_META.read = true, false
+  end
+  redis.call('HSET', key, outcome_field(id), value)
   redis.call('EXPIREAT', key, (hour + 1) * OUTCOME_SPAN + retention, 'NX')
   if not no_hash then redis.call('DEL', dprefix .. id) end
 end
@@ -55,16 +83,28 @@ local function outcome_write(dprefix, id, rec, now, retention, no_hash)
   outcome_store(dprefix, id, outcome_pack(rec), now, retention, no_hash)
 end
 
--- The bucket and fields of a delivery's outcome, looking in the hours it may have ended in
--- (newest first; one hour ahead for a writer's clock a little ahead); nil when there is none.
-local function outcome_find(dprefix, id, now, retention)
-  local p, suffix = outcome_prefix(dprefix), string.sub(id, -OUTCOME_SUFFIX)
-  for hour = math.floor(now / OUTCOME_SPAN) + 1, math.floor((now - retention) / OUTCOME_SPAN), -1 do
-    local key = p .. hour .. ':' .. suffix
-    local raw = redis.call('HGET', key, id)
-    if raw then return key, outcome_unpack(raw) end
+-- A delivery's outcome in the bucket of `hour`: its bucket, field and fields; nil when there is
+-- none.
+local function outcome_in(dprefix, id, hour)
+  local key = outcome_prefix(dprefix) .. hour .. ':' .. string.sub(id, -OUTCOME_SUFFIX)
+  local field = outcome_field(id)
+  local raw = redis.call('HGET', key, field)
+  if not raw then
+    field = outcome_hex_field(dprefix, id, hour)
+    raw = field and redis.call('HGET', key, field)
   end
-  return nil, nil
+  if raw then return key, field, outcome_unpack(raw) end
+  return nil, nil, nil
+end
+
+-- The same, looking in the hours it may have ended in (newest first; one hour ahead for a
+-- writer's clock a little ahead).
+local function outcome_find(dprefix, id, now, retention)
+  for hour = math.floor(now / OUTCOME_SPAN) + 1, math.floor((now - retention) / OUTCOME_SPAN), -1 do
+    local key, field, rec = outcome_in(dprefix, id, hour)
+    if key then return key, field, rec end
+  end
+  return nil, nil, nil
 end
 
 -- An outcome keeps of the claim it ended under (`done`) only a digest: enough to recognise the
@@ -74,6 +114,6 @@ local function outcome_digest(token) return string.sub(redis.sha1hex(token), 1, 
 -- Whether a delivery that is an outcome now ended under `token` (record.lua: a call sent again
 -- after its answer was lost is told "already written", not "refused").
 local function outcome_done(dprefix, id, now, retention, token)
-  local _, rec = outcome_find(dprefix, id, now, retention)
+  local _, _, rec = outcome_find(dprefix, id, now, retention)
   return rec ~= nil and rec.done == outcome_digest(token)
 end

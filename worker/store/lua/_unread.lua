@@ -16,13 +16,14 @@ local UNREAD = {hex = false, plain = false}
 -- The window lengths the receipts read by; notes a change of RECORD_RETENTION (record.lua and
 -- receipts.lua both call it), and when digest fields (`fields`) and raw ones (`raw`) first ran
 -- on this shard: a field written before then lives at most two windows of the longest span, and
--- is read until then.
+-- is read until then (`raw` 0: no hex field was ever written here).
 local function unread_spans(prefix, now, retention)
   local meta = prefix .. 'meta'
   local spans = window_spans(meta, now, retention)
   local fields, raw = unpack(redis.call('HMGET', meta, 'fields', 'raw'))
   if not raw then
-    raw = now
+    -- hex fields were written only by a version that set `fields`: none without it
+    raw = fields and now or 0
     fields = fields or now
     redis.call('HSET', meta, 'fields', fields, 'raw', raw)
   end

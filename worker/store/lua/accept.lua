@@ -18,7 +18,8 @@
 -- the end of the next: a key is remembered at least IDEMPOTENCY_TTL, at most twice that.
 -- P:i:meta remembers when buckets first ran on this Redis (since: for one IDEMPOTENCY_TTL after
 -- it the previous version's key is read too), when raw fields did (raw: for two windows after
--- it a field written as its hex is read too) and the TTL the windows were numbered by: after a
+-- it a field written as its hex is read too; 0 on a shard no bucket was written to before) and
+-- the TTL the windows were numbered by: after a
 -- change, the windows of the TTL before are read too for as long as their buckets live (two of
 -- its TTLs, _windows.lua), so a retry across the change is still a repeat.
 -- A delivery of a campaign that is stopped (P:campstop) is not queued: it is written as a
@@ -50,7 +51,9 @@ local spans = window_spans(meta, clock, idem_ttl)
 local lookup = window_prefixes(ARGV[4], clock, spans)
 local since, raw_since = unpack(redis.call('HMGET', meta, 'since', 'raw'))
 if not raw_since then
-  since, raw_since = since or clock, clock
+  -- hex fields were written only by a version with buckets, which set `since`: none without it
+  raw_since = since and clock or 0
+  since = since or clock
   redis.call('HSET', meta, 'since', since, 'raw', raw_since)
 end
 local legacy = clock < tonumber(since) + idem_ttl

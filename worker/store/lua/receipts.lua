@@ -29,29 +29,28 @@ local out = {}
 -- entry names its outcome's hour: the outcome is there, or gone with its retention.
 local function find(id, hour)
   if hour then
-    local key = outcome_prefix(CAMP.d) .. hour .. ':' .. string.sub(id, -OUTCOME_SUFFIX)
-    local raw = redis.call('HGET', key, id)
-    if raw then return key, outcome_unpack(raw) end
-    return nil, nil
+    local key, field, rec = outcome_in(CAMP.d, id, hour)
+    return key and {key, field}, rec
   end
-  local key, rec = outcome_find(CAMP.d, id, tonumber(CAMP.now), CAMP.record_retention)
-  if key then return key, rec end
+  local key, field, rec = outcome_find(CAMP.d, id, tonumber(CAMP.now), CAMP.record_retention)
+  if key then return {key, field}, rec end
   local flat = redis.call('HGETALL', CAMP.d .. id)
   if #flat > 0 then return nil, as_table(flat) end
   return nil, nil
 end
 
--- Marks one found record (bucket key or nil for a hash; its fields) and saves it. `forget` drops
--- the Braze user kept for the receipt events (a read receipt: the last one).
-local function mark(id, key, rec, field, at, forget)
+-- Marks one found record (its place, {bucket key, field}, or nil for a hash; its fields) and
+-- saves it. `forget` drops the Braze user kept for the receipt events (a read receipt: the last
+-- one).
+local function mark(id, place, rec, field, at, forget)
   if not rec or rec.status ~= S.SENT then return end
   local fresh = not rec[field]
   if not fresh and not (forget and rec.external_id) then return end
   if fresh then rec[field] = at end
   local user = rec.external_id
   if forget then rec.external_id = nil end
-  if key then
-    redis.call('HSET', key, id, outcome_pack(rec))
+  if place then
+    redis.call('HSET', place[1], place[2], outcome_pack(rec))
   else
     if fresh then redis.call('HSET', CAMP.d .. id, field, at) end
     if forget then redis.call('HDEL', CAMP.d .. id, 'external_id') end
