@@ -72,11 +72,27 @@ def _open_samples(client: Any, stack: Stack, n: int) -> dict[str, Any]:
     }
 
 
+def _message_id_chars(client: Any, pattern: str, limit: int = 200) -> float:
+    """The mean length of the Graph message ids the outcomes hold (the sandbox's; Meta's are
+    opaque strings whose length it does not document: each character more is a byte more)."""
+    lengths: list[int] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        for value in client.hvals(key):
+            mid = outcomes.unpack(value).get("message_id")
+            if mid:
+                lengths.append(len(mid))
+        if len(lengths) >= limit:
+            break
+    return round(sum(lengths) / len(lengths), 1) if lengths else 0.0
+
+
 def _finished_samples(client: Any, stack: Stack) -> dict[str, Any]:
+    buckets = f"{stack.prefix}:o:[0-9]*"  # not P:o:meta
     return {
         "record_finished": rediscost.memory_samples(client, f"{stack.prefix}:d:*"),
-        "outcome_buckets": rediscost.bucket_samples(client, f"{stack.prefix}:o:*"),
-        "outcome_at_1000_per_s": rediscost.dense_buckets(client, f"{stack.prefix}:o:*", DENSE_PER_BUCKET),
+        "outcome_buckets": rediscost.bucket_samples(client, buckets),
+        "outcome_at_1000_per_s": rediscost.dense_buckets(client, buckets, DENSE_PER_BUCKET),
+        "message_id_chars": _message_id_chars(client, buckets),
         "idempotency_at_1000_per_s": rediscost.dense_buckets(
             client, f"{stack.prefix}:i:[0-9]*", IDEM_PER_BUCKET
         ),
@@ -205,6 +221,7 @@ def measure_redis(run: Run) -> None:
     derived = [v for v in (sustained_finished(r["memory"]) for r in rounds) if v is not None]
     sustained = spread(derived) if derived else None
     body = rounds[-1]["memory"]["body_bytes_stored"]
+    mid = rounds[-1]["memory"].get("message_id_chars", 0.0)
     run.details["redis"] = {
         "cpu_us_per_delivery": cpu,
         "floor_cpu_us_per_delivery": floor_cpu,
@@ -217,6 +234,7 @@ def measure_redis(run: Run) -> None:
         "floor_bytes_per_finished": floor_finished,
         "bytes_per_finished_sustained_1000_per_s": sustained,
         "body_bytes_stored": body,
+        "message_id_chars": mid,
         "rounds": rounds,
         "attribution": attributed,
     }
@@ -245,7 +263,8 @@ def measure_redis(run: Run) -> None:
     )
     run.rows.append(
         Row(
-            f"   Redis bytes per finished delivery ({finished['min']:.0f}-{finished['max']:.0f})",
+            f"   Redis bytes per finished delivery (message id {mid:.0f} chars; "
+            f"{finished['min']:.0f}-{finished['max']:.0f})",
             finished["median"],
             floor_finished["median"],
             finished["median"] / floor_finished["median"],

@@ -64,15 +64,16 @@ end
 
 -- Stores an outcome's value (packed) for a delivery ended at `now`; deletes the open hash unless
 -- `no_hash` (a record that never had one). Two writes to the bucket: the value, and its expiry
--- the first time (EXPIREAT NX: one expiry per bucket, not one per outcome).
-local function outcome_store(dprefix, id, value, now, retention, no_hash)
+-- the first time (EXPIREAT NX: one expiry per bucket, not one per outcome). `field`: the id's
+-- outcome_field when the caller has it already (record.lua: the unread entry uses it too).
+local function outcome_store(dprefix, id, value, now, retention, no_hash, field)
   local hour = math.floor(now / OUTCOME_SPAN)
   local key = outcome_prefix(dprefix) .. hour .. ':' .. string.sub(id, -OUTCOME_SUFFIX)
   if not OUTCOME_META.noted then
     redis.call('HSETNX', outcome_prefix(dprefix) .. 'meta', 'raw', hour)
     OUTCOME_META.noted, OUTCOME_META.read = true, false
   end
-  redis.call('HSET', key, outcome_field(id), value)
+  redis.call('HSET', key, field or outcome_field(id), value)
   redis.call('EXPIREAT', key, (hour + 1) * OUTCOME_SPAN + retention, 'NX')
   if not no_hash then redis.call('DEL', dprefix .. id) end
 end

@@ -44,18 +44,19 @@ end
 -- A delivery's entry (worker/store/unread.py's entry: the same bytes): a byte 0x10, the id's 16
 -- raw bytes, the hour in 3 bytes; an id that is not 32 lowercase hex characters (a test's) as
 -- text after a byte 0x80 + its length.
-local function unread_entry(id, hour)
-  local h = string.char(math.floor(hour / 65536) % 256, math.floor(hour / 256) % 256, hour % 256)
-  if #id == 32 and not string.find(id, '[^0-9a-f]') then return '\16' .. bytes_of_hex(id) .. h end
+-- `raw`: the id's outcome_field (_outcome.lua: its 16 raw bytes, or a test's id as it is).
+local function unread_entry(id, raw, hour)
+  local h = struct.pack('>BH', math.floor(hour / 65536) % 256, hour % 65536)
+  if raw ~= id then return '\16' .. raw .. h end
   return string.char(128 + #id) .. id .. h
 end
 
--- A sent delivery joins its recipient's unread deliveries.
-local function unread_add(prefix, page, psid, id, hour, now, retention)
+-- A sent delivery joins its recipient's unread deliveries (`raw`: as unread_entry's).
+local function unread_add(prefix, page, psid, id, raw, hour, now, retention)
   local suffix, field = unread_names(page, psid)
   local bucket, expires = window_bucket(prefix, now, retention)
   local key = bucket .. suffix
-  local entry = unread_entry(id, hour)
+  local entry = unread_entry(id, raw, hour)
   if redis.call('HSETNX', key, field, entry) == 1 then  -- the recipient's first in this window
     redis.call('EXPIREAT', key, expires, 'NX')
   else  -- the bucket exists: it got its expiry when it was made

@@ -48,24 +48,21 @@ end
 
 -- Hex characters <-> the bytes they spell: the buckets' fields are a digest's raw bytes, half
 -- its hex (fields written before are the hex, read while they may live). Ids (32 characters) and
--- fields (16) go 8 characters at a time through `struct` (0.6 µs an id, measured, where a
--- gsub of byte pairs took 3.2).
-local HEX_WORDS = {[2] = '>I4I4', [4] = '>I4I4I4I4'}
-
+-- fields (16) go 8 characters at a time through `struct`, in one call (0.6 µs an id, measured
+-- on redis-server 7.0.15, where a gsub of byte pairs took 3.2).
 local function bytes_of_hex(hex)
-  local words = HEX_WORDS[#hex / 8]
-  if not words then
-    return (string.gsub(hex, '..', function(h) return string.char(tonumber(h, 16)) end))
+  local sub = string.sub
+  if #hex == 32 then
+    return struct.pack('>I4I4I4I4', tonumber(sub(hex, 1, 8), 16), tonumber(sub(hex, 9, 16), 16),
+      tonumber(sub(hex, 17, 24), 16), tonumber(sub(hex, 25, 32), 16))
+  elseif #hex == 16 then
+    return struct.pack('>I4I4', tonumber(sub(hex, 1, 8), 16), tonumber(sub(hex, 9, 16), 16))
   end
-  local n = {}
-  for k = 1, #hex / 8 do n[k] = tonumber(string.sub(hex, 8 * k - 7, 8 * k), 16) end
-  return struct.pack(words, unpack(n))
+  return (string.gsub(hex, '..', function(h) return string.char(tonumber(h, 16)) end))
 end
 
 local function hex_of_bytes(raw)
-  local words = HEX_WORDS[#raw / 4]
-  if not words then
-    return (string.gsub(raw, '.', function(c) return string.format('%02x', string.byte(c)) end))
-  end
-  return string.format(string.rep('%08x', #raw / 4), struct.unpack(words, raw))
+  if #raw == 16 then return string.format('%08x%08x%08x%08x', struct.unpack('>I4I4I4I4', raw)) end
+  if #raw == 8 then return string.format('%08x%08x', struct.unpack('>I4I4', raw)) end
+  return (string.gsub(raw, '.', function(c) return string.format('%02x', string.byte(c)) end))
 end

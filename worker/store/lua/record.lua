@@ -59,8 +59,9 @@ while i <= #ARGV do
     'page_id', 'psid', 'message_id', 'created_at')
   local camp = camp_of(held[3], held[4])
   if held[1] == token then
+    local field = FINAL[status] and outcome_field(id)  -- its name in an outcome and an unread entry
     if value ~= '' then  -- it ends as an outcome: the hash goes
-      outcome_store(ARGV[2], id, value, now, retention)
+      outcome_store(ARGV[2], id, value, now, retention, false, field)
     else
       redis.call('HSET', key, 'claim', '', 'lease_until', 0, 'done', token, 'status', status,
         'updated_at', ARGV[1], unpack(ARGV, first, last))
@@ -87,7 +88,7 @@ while i <= #ARGV do
       ages_leave(KEYS[2], id, held[10], held[6])
       ended[#ended + 1] = id
       if status == S.SENT and rec[4] and rec[4] ~= '' and rec[3] then
-        unread_add(ARGV[10], rec[2], rec[3], id, math.floor(now / OUTCOME_SPAN), now, retention)
+        unread_add(ARGV[10], rec[2], rec[3], id, field, math.floor(now / OUTCOME_SPAN), now, retention)
       end
       if KEEPS_BODY[status] then
         redis.call('ZADD', KEYS[4], now, id)
