@@ -313,6 +313,9 @@ def test_outcomes_share_listpack_buckets_and_a_retried_write_is_recognised(redis
         assert await client.object("encoding", bucket) == b"listpack"
         assert await client.memory_usage(bucket) < 20 * 180
         before = await client.hget(bucket, ids[0])  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        digest = outcomes.done_digest(claimed[0].claim)
+        assert bytes.fromhex(digest) in before  # the claim's digest, raw: record.lua compares it
+        assert outcomes.unpack(before)["done"] == digest
         assert await write(client, s, sent(claimed[0])) == [2]
         assert await client.hget(bucket, ids[0]) == before  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         assert await client.exists(keys.delivery(ids[0])) == 0

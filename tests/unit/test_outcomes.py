@@ -102,3 +102,22 @@ def test_the_worker_builds_the_outcome_from_what_it_claimed() -> None:
     assert rec["status"] == "failed"
     assert orjson.loads(rec["error"])["reason"] == "permanent"
     assert "external_id" not in rec
+
+
+def test_done_is_stored_as_raw_bytes_and_read_as_its_hex() -> None:
+    """``done`` (12 hex characters of the claim token's SHA-1) is 6 raw bytes in the value, in
+    MessagePack's str family as Lua's cmsgpack writes every string (a receipt repacks outcomes);
+    readers get the hex back, and a value written before with the hex reads the same."""
+    digest = outcomes.done_digest("w1.7")
+    rec = {"status": "sent", "page_id": "1", "done": digest, "message_id": "m_1"}
+    value = outcomes.pack(rec)
+    assert bytes.fromhex(digest) in value
+    assert digest.encode() not in value
+    assert outcomes.unpack(value)["done"] == digest
+    assert msgpack.unpackb(value, raw=True)[7] == bytes.fromhex(digest)  # str family, not bin
+    assert msgpack.packb(msgpack.unpackb(value, raw=True), use_bin_type=False) == value  # as Lua repacks it
+    before = msgpack.packb(["sent", "1", "", "", "", "", "", digest, "m_1"])
+    assert outcomes.unpack(before)["done"] == digest
+    assert len(before) - len(value) == 6
+    # any other field's bytes read as text, an invalid byte replaced, never an error
+    assert outcomes.unpack(msgpack.packb(["sent", b"\xff1"], use_bin_type=False))["page_id"] == "\ufffd1"

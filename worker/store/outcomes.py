@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -82,16 +83,23 @@ TIMES: Final = frozenset(
 #: keeps no ``failures``, and the four empty fields before it are cut with it.
 ZERO_ABSENT: Final = frozenset({"failures"})
 #: An outcome's ``done`` is this many hex characters of the SHA-1 of the claim token it ended
-#: under (:func:`done_digest`): it recognises a record call sent again, at a fifth of the size.
+#: under (:func:`done_digest`): it recognises a record call sent again. Stored as DONE / 2 raw
+#: bytes (7 bytes of MessagePack where the hex took 13; readers get the hex back).
 DONE: Final = 12
+_DONE_HEX: Final = re.compile(f"[0-9a-f]{{{DONE}}}")
 #: Seconds per bucket generation (an hour).
 SPAN: Final = 3600
 #: The id's last characters that pick the bucket within an hour (16**4 buckets of hex ids).
 SUFFIX: Final = 4
 
 
-def _text(value: Any) -> str:
-    """A stored value as the open hash had it: a time number as the text it was written from."""
+def _text(name: str, value: Any) -> str:
+    """A stored value as the open hash had it: a time number as the text it was written from,
+    ``done``'s raw bytes as their hex."""
+    if isinstance(value, bytes):
+        if name == "done" and len(value) == DONE // 2:
+            return value.hex()
+        return value.decode("utf-8", "replace")
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -111,6 +119,8 @@ def _stored(name: str, value: str) -> Any:
     as a number, anything else as it is."""
     if name in ZERO_ABSENT and value == "0":
         return ""
+    if name == "done" and _DONE_HEX.fullmatch(value):
+        return bytes.fromhex(value)
     return _time(value) if name in TIMES and value else value
 
 
@@ -118,8 +128,8 @@ def unpack(raw: bytes | str) -> dict[str, str]:
     """An outcome's stored value -> the record fields it holds (as the open hash would give them).
     A value written before MessagePack (a JSON array of strings, starting with ``[``) reads too."""
     data = raw.encode() if isinstance(raw, str) else raw
-    values = orjson.loads(data) if data[:1] == b"[" else msgpack.unpackb(data, unicode_errors="replace")
-    return {name: _text(v) for name, v in zip(FIELDS, values, strict=False) if v != ""}
+    values = orjson.loads(data) if data[:1] == b"[" else msgpack.unpackb(data, raw=True)
+    return {name: _text(name, v) for name, v in zip(FIELDS, values, strict=False) if v not in ("", b"")}
 
 
 def pack(rec: dict[str, str]) -> bytes:
@@ -128,7 +138,9 @@ def pack(rec: dict[str, str]) -> bytes:
     values = [_stored(name, rec.get(name, "")) for name in FIELDS]
     while values and values[-1] == "":
         values.pop()
-    packed: bytes = msgpack.packb(values)
+    # bytes as MessagePack's str family, as Lua's cmsgpack writes every string (a receipt
+    # repacks an outcome): one encoding, read back by unpack whichever wrote it
+    packed: bytes = msgpack.packb(values, use_bin_type=False)
     return packed
 
 

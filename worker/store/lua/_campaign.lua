@@ -80,7 +80,8 @@ local function camp_cancel(id, reason)
   redis.call('ZREM', CAMP.pending, id)
   ages_leave(CAMP.open_all, id, rec.created_at, rec.parked_at)
   redis.call('ZREM', CAMP.sched, id)
-  rec.status, rec.updated_at, rec.external_id = S.CANCELLED, CAMP.now, nil
+  -- no claim ended it: an earlier claim's token (`done`, kept by a retry) is not kept either
+  rec.status, rec.updated_at, rec.external_id, rec.done = S.CANCELLED, CAMP.now, nil, nil
   rec.error = '{"reason":"' .. reason .. '","code":null,"subcode":null,"message":"' .. reason ..
     '","fbtrace_id":null}'
   outcome_write(CAMP.d, id, rec, tonumber(CAMP.now), CAMP.record_retention)

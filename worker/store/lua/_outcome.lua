@@ -109,12 +109,13 @@ local function outcome_find(dprefix, id, now, retention)
 end
 
 -- An outcome keeps of the claim it ended under (`done`) only a digest: enough to recognise the
--- same token (worker/store/outcomes.py, done_digest), 12 characters instead of the token's ~40.
-local function outcome_digest(token) return string.sub(redis.sha1hex(token), 1, OUTCOME_DONE) end
-
+-- same token (worker/store/outcomes.py, done_digest), OUTCOME_DONE hex characters stored as half
+-- as many raw bytes (the worker packs them; written before: the hex).
 -- Whether a delivery that is an outcome now ended under `token` (record.lua: a call sent again
 -- after its answer was lost is told "already written", not "refused").
 local function outcome_done(dprefix, id, now, retention, token)
   local _, _, rec = outcome_find(dprefix, id, now, retention)
-  return rec ~= nil and rec.done == outcome_digest(token)
+  if rec == nil or not rec.done then return false end
+  local hex = string.sub(redis.sha1hex(token), 1, OUTCOME_DONE)
+  return rec.done == bytes_of_hex(hex) or rec.done == hex
 end
