@@ -13,6 +13,8 @@ delivery's compacted record.
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -180,36 +182,67 @@ def bucket_samples(client: Any, pattern: str, limit: int = 200) -> dict[str, Any
     }
 
 
-def dense_buckets(client: Any, pattern: str, per_bucket: int, buckets: int = 20) -> dict[str, Any]:
-    """Bytes per entry when the buckets are as full as a sustained rate fills them: the run's
-    own entries (their real fields and values, read from ``pattern``) written ``per_bucket`` to a
-    scratch hash, measured with ``MEMORY USAGE``, deleted. A run of 10,000 messages spreads
-    over 65,536 outcome buckets an hour (about one outcome each: a key per outcome, as before
-    buckets); 1,000 messages/s for an hour puts 55 in each."""
-    pairs: list[tuple[bytes, bytes]] = []
-    for key in client.scan_iter(match=pattern, count=1000):
-        pairs += list(client.hgetall(key).items())
-        if len(pairs) >= per_bucket * buckets:
-            break
-    full = len(pairs) // per_bucket
-    if not full:
-        return {"buckets": 0}
-    sizes, encodings = [], set()
-    for j in range(full):
+def poisson_counts(mean: int, n: int, seed: int = 8) -> list[int]:
+    """``n`` bucket sizes as a steady rate fills buckets of ``mean`` entries on average: Poisson,
+    from a fixed seed (every run measures the same sizes). Knuth's method, on a log scale so a
+    mean in the hundreds does not underflow."""
+    rng = random.Random(seed)
+    counts = []
+    for _ in range(n):
+        k, total = 0, 0.0
+        while True:
+            total -= math.log(1.0 - rng.random())
+            if total > mean:
+                break
+            k += 1
+        counts.append(max(k, 1))
+    return counts
+
+
+def _measure(client: Any, pairs: list[tuple[bytes, bytes]], counts: list[int]) -> tuple[list[int], set[str]]:
+    sizes, encodings, at = [], set(), 0
+    for j, count in enumerate(counts):
         scratch = f"bench:dense:{j}"
-        client.hset(scratch, mapping=dict(pairs[j * per_bucket : (j + 1) * per_bucket]))
+        client.hset(scratch, mapping=dict(pairs[at : at + count]))
+        at += count
         sizes.append(int(client.memory_usage(scratch, samples=0) or 0))
         encoding = client.object("encoding", scratch)
         encodings.add(encoding.decode() if isinstance(encoding, bytes) else str(encoding))
         client.delete(scratch)
+    return sizes, encodings
+
+
+def dense_buckets(client: Any, pattern: str, per_bucket: int, buckets: int = 40) -> dict[str, Any]:
+    """Bytes per entry when the buckets are as full as a sustained rate fills them: the run's
+    own entries (their real fields and values, read from ``pattern``) written to scratch hashes,
+    measured with ``MEMORY USAGE``, deleted. A run of 10,000 messages spreads over 65,536 outcome
+    buckets an hour (about one outcome each: a key per outcome, as before buckets); 1,000
+    messages/s for an hour puts 55 in each on average. ``bytes_per_entry``: buckets of Poisson
+    sizes around ``per_bucket`` (:func:`poisson_counts`), as a steady rate fills them, so that
+    the allocator's size classes (a bucket of 54 outcomes is a 7 KiB listpack; the classes there
+    are 1 KiB apart) are averaged over, not hit or missed by one size; ``fixed_bytes_per_entry``:
+    every bucket exactly ``per_bucket`` (the figure before 2026-12-06 22:00)."""
+    counts = poisson_counts(per_bucket, buckets)
+    pairs: list[tuple[bytes, bytes]] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        pairs += list(client.hgetall(key).items())
+        if len(pairs) >= max(sum(counts), per_bucket * buckets):
+            break
+    while counts and sum(counts) > len(pairs):
+        counts.pop()
+    full = min(len(pairs) // per_bucket, buckets)
+    if not counts or not full:
+        return {"buckets": 0}
+    sizes, encodings = _measure(client, pairs, counts)
+    fixed, fixed_encodings = _measure(client, pairs, [per_bucket] * full)
     return {
-        "buckets": full,
+        "buckets": len(counts),
         "per_bucket": per_bucket,
-        "bytes_per_entry": round(sum(sizes) / (full * per_bucket), 1),
-        "mean_value_bytes": round(
-            sum(len(v) for _, v in pairs[: full * per_bucket]) / (full * per_bucket), 1
-        ),
-        "encodings": sorted(encodings),
+        "bucket_sizes": [min(counts), max(counts)],
+        "bytes_per_entry": round(sum(sizes) / sum(counts), 1),
+        "fixed_bytes_per_entry": round(sum(fixed) / (full * per_bucket), 1),
+        "mean_value_bytes": round(sum(len(v) for _, v in pairs[: sum(counts)]) / sum(counts), 1),
+        "encodings": sorted(encodings | fixed_encodings),
     }
 
 

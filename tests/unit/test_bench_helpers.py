@@ -41,3 +41,17 @@ def test_the_sustained_finished_figure_weighs_each_part_by_how_long_it_is_kept()
     # the outcome a day and half an hour of a day's retention; the others a day and a half
     assert sustained_finished(dense) == 240.0 * (1 + 1800 / 86_400) + 90.0 + 120.0
     assert sustained_finished({**dense, "unread_at_1000_per_s": {"buckets": 0}}) is None
+
+
+def test_dense_buckets_are_filled_to_poisson_sizes_from_a_fixed_seed() -> None:
+    """A steady rate fills buckets to Poisson sizes around its mean: the derived bytes per entry
+    average over the allocator's size classes instead of landing on one."""
+    from benchmarks.rediscost import poisson_counts
+
+    counts = poisson_counts(54, 400)
+    assert counts == poisson_counts(54, 400)  # every run measures the same sizes
+    mean = sum(counts) / len(counts)
+    assert 52 < mean < 56
+    variance = sum((c - mean) ** 2 for c in counts) / len(counts)
+    assert 40 < variance < 70  # Poisson: the variance is the mean
+    assert min(poisson_counts(1, 50)) >= 1  # never an empty bucket
