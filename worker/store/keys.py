@@ -33,12 +33,15 @@
     P:hist:{id}             list    a delivery's history: one JSON entry per round that did not
                                     end in a first-try send (the last 20; MESSAGE_TTL +
                                     RECORD_RETENTION)
-    P:i:{window}:{suffix}   hash    Idempotency-Keys (a digest of caller:page:key) -> delivery id
-                                    (its 16 raw bytes; hex when written before that);
+    P:i:{window}:{suffix}   hash    Idempotency-Keys (8 raw bytes of a digest of caller:page:key;
+                                    its hex when written before that) -> delivery id (its 16 raw
+                                    bytes; hex when written before that);
                                     window = ⌊Redis time / IDEMPOTENCY_TTL⌋, expires at the end of
                                     the next (worker/store/idempotency.py)
     P:i:meta                hash    since: when the buckets above first ran on this shard (until
-                                    one IDEMPOTENCY_TTL later accept.lua also reads P:idem:); ttl:
+                                    one IDEMPOTENCY_TTL later accept.lua also reads P:idem:); raw:
+                                    when raw fields did (hex ones are read for two windows after;
+                                    0: none was ever written here); ttl:
                                     the TTL their windows are numbered by; before, changed: the TTL
                                     before a change and when (its windows are read while they live)
     P:idem:{key}            string  before buckets: Idempotency-Key -> delivery id (IDEMPOTENCY_TTL;
