@@ -34,3 +34,9 @@ def test_the_field_is_the_hex_digests_raw_bytes() -> None:
     hex_field = unread.hex_field("page", "psid")
     assert len(hex_field) == unread.FIELD
     assert unread.field("page", "psid") == bytes.fromhex(hex_field)
+
+
+def test_a_value_cut_short_reads_the_whole_entries_before_the_cut() -> None:
+    value = unread.entry("ab" * 16, 5) + unread.entry("cd" * 16, 6)
+    assert unread.entries(value[:-1]) == [("ab" * 16, 5)]
+    assert unread.entries(value + bytes([0x20])) == [("ab" * 16, 5), ("cd" * 16, 6)]

@@ -100,6 +100,8 @@ def _binary(data: bytes) -> list[tuple[str, int]]:
     while at < len(data):
         tag = data[at]
         size = ID_BYTES if tag == RAW_ID else tag - TEXT_ID
+        if size < 0 or at + 4 + size > len(data):
+            break  # not an entry (as the Lua reader, which stops there)
         ident = data[at + 1 : at + 1 + size]
         hour = int.from_bytes(data[at + 1 + size : at + 4 + size], "big")
         out.append((ident.hex() if tag == RAW_ID else ident.decode(), hour))

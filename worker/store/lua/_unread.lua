@@ -73,6 +73,7 @@ local function unread_parse(value, key, field, out)
     while at <= #value do
       local tag = string.byte(value, at)
       local size = tag == 16 and 16 or tag - 128
+      if size < 0 or at + size + 3 > #value then break end  -- not an entry: what is read stops
       local id = string.sub(value, at + 1, at + size)
       if tag == 16 then id = hex_of_bytes(id) end
       local h1, h2, h3 = string.byte(value, at + size + 1, at + size + 3)
