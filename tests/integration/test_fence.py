@@ -67,10 +67,11 @@ async def accept(
     legacy: bool = False,
     ago: float = 0.0,
     **fields: str,
-) -> None:
+) -> int:
     """Open records as accept.lua leaves them, counted in their second's open deliveries
     (worker/store/ages.py); ``legacy``: as the version before counted them, members of P:open.
-    ``ago``: accepted that many seconds ago."""
+    ``ago``: accepted that many seconds ago. Returns the second they were accepted in (the
+    same clock reading: a test that read the clock again could cross a second's edge)."""
     keys, now = Keys.of(s), time.time() - ago
     for i in ids:
         await client.hset(  # type: ignore[misc]  # redis-py: Awaitable[T] | T
@@ -92,6 +93,7 @@ async def accept(
         else:
             await client.hincrby(keys.open_counts, str(int(now)), 1)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
             await client.zadd(keys.open_seconds, {str(int(now)): int(now)})
+    return int(now)
 
 
 def ctx(keys: Keys, s: Settings, at: float) -> list[Any]:
@@ -358,8 +360,7 @@ def test_open_deliveries_are_counted_per_second_until_they_end_park_or_die(redis
     keys = Keys.of(s)
 
     async def go(client: aioredis.Redis) -> None:
-        await accept(client, s, ["sent", "dead", "parked", "retried"], ago=40)
-        second = int(time.time() - 40)
+        second = await accept(client, s, ["sent", "dead", "parked", "retried"], ago=40)
         assert await counted(client, keys) == {second: 4}
         done, dead, parked, retried = await claim(client, s, "w1.1", ["sent", "dead", "parked", "retried"])
         assert await write(
@@ -403,9 +404,8 @@ def test_the_open_set_before_the_counts_is_read_and_emptied(redis_server: RedisS
     keys = Keys.of(s)
 
     async def go(client: aioredis.Redis) -> None:
-        await accept(client, s, ["old-a", "old-b"], legacy=True, ago=100)
-        await accept(client, s, ["new"], ago=10)
-        new_second, old_second = int(time.time() - 10), int(time.time() - 100)
+        old_second = await accept(client, s, ["old-a", "old-b"], legacy=True, ago=100)
+        new_second = await accept(client, s, ["new"], ago=10)
         age = status.read(redis_server.client(), s).oldest_open_age_s
         assert 99 <= age <= 105, age
         old_a, old_b = await claim(client, s, "w1.1", ["old-a", "old-b"])
@@ -437,9 +437,8 @@ def test_counts_older_than_two_message_ttls_are_pruned(redis_server: RedisServer
     keys = Keys.of(s)
 
     async def go(client: aioredis.Redis) -> None:
-        await accept(client, s, ["stale"], ago=130)
-        await accept(client, s, ["recent"], ago=5)
-        stale, recent = int(time.time() - 130), int(time.time() - 5)
+        stale = await accept(client, s, ["stale"], ago=130)
+        recent = await accept(client, s, ["recent"], ago=5)
         assert await ages.prune(client, keys, ages.horizon(time.time(), s.message_ttl)) == 1
         assert await counted(client, keys) == {recent: 1}
         (d,) = await claim(client, s, "w1.1", ["stale"], now=time.time())
