@@ -23,13 +23,14 @@ end
 local OUTCOME_META = {read = false, raw = nil, noted = false}
 
 -- The field an outcome may have been written under before raw fields in the bucket of `hour`,
--- or nil.
-local function outcome_hex_field(dprefix, id, hour)
+-- or nil (`field`: the id's outcome_field; an id kept as it is has no other).
+local function outcome_hex_field(dprefix, id, hour, field)
+  if field == id then return nil end
   if not OUTCOME_META.read then
     OUTCOME_META.raw = tonumber(redis.call('HGET', outcome_prefix(dprefix) .. 'meta', 'raw'))
     OUTCOME_META.read = true
   end
-  if outcome_field(id) == id or (OUTCOME_META.raw and hour > OUTCOME_META.raw) then return nil end
+  if OUTCOME_META.raw and hour > OUTCOME_META.raw then return nil end
   return id
 end
 
@@ -91,7 +92,7 @@ local function outcome_in(dprefix, id, hour)
   local field = outcome_field(id)
   local raw = redis.call('HGET', key, field)
   if not raw then
-    field = outcome_hex_field(dprefix, id, hour)
+    field = outcome_hex_field(dprefix, id, hour, field)
     raw = field and redis.call('HGET', key, field)
   end
   if raw then return key, field, outcome_unpack(raw) end

@@ -20,16 +20,10 @@ local UNREAD = {hex = false, plain = false}
 local function unread_spans(prefix, now, retention)
   local meta = prefix .. 'meta'
   local spans = window_spans(meta, now, retention)
-  local fields, raw = unpack(redis.call('HMGET', meta, 'fields', 'raw'))
-  if not raw then
-    -- hex fields were written only by a version that set `fields`: none without it
-    raw = fields and now or 0
-    fields = fields or now
-    redis.call('HSET', meta, 'fields', fields, 'raw', raw)
-  end
-  local lives = 2 * math.max(unpack(spans))
-  UNREAD.plain = now < tonumber(fields) + lives
-  UNREAD.hex = now < tonumber(raw) + lives
+  local fields, raw = window_raw_since(meta, 'fields', now)
+  local lives = window_lives(spans)
+  UNREAD.plain = now < fields + lives
+  UNREAD.hex = now < raw + lives
   return spans
 end
 

@@ -29,6 +29,24 @@ local function window_spans(meta, now, length)
   return spans
 end
 
+-- How long an entry written now can live: two of the longest span (its bucket expires at the end
+-- of the next window).
+local function window_lives(spans) return 2 * math.max(unpack(spans)) end
+
+-- When a layout's fields first were raw bytes on this shard (`raw` in `meta`, noted by the first
+-- call), and when the layout before them first ran (its field `earlier`, set to `now` when
+-- absent). Hex fields were written only by a version that set `earlier`: on a shard without it,
+-- `raw` is 0 and no hex field is ever looked for.
+local function window_raw_since(meta, earlier, now)
+  local before, raw = unpack(redis.call('HMGET', meta, earlier, 'raw'))
+  if not raw then
+    raw = before and now or 0
+    before = before or now
+    redis.call('HSET', meta, earlier, before, 'raw', raw)
+  end
+  return tonumber(before), tonumber(raw)
+end
+
 -- The bucket prefixes a lookup at `now` reads, newest first (the first is where an entry written
 -- now goes): the current and the previous window of each span, each once.
 local function window_prefixes(prefix, now, spans)

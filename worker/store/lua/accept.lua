@@ -49,15 +49,9 @@ local meta = ARGV[4] .. 'meta'
 local current, forget_at = window_bucket(ARGV[4], clock, idem_ttl)
 local spans = window_spans(meta, clock, idem_ttl)
 local lookup = window_prefixes(ARGV[4], clock, spans)
-local since, raw_since = unpack(redis.call('HMGET', meta, 'since', 'raw'))
-if not raw_since then
-  -- hex fields were written only by a version with buckets, which set `since`: none without it
-  raw_since = since and clock or 0
-  since = since or clock
-  redis.call('HSET', meta, 'since', since, 'raw', raw_since)
-end
-local legacy = clock < tonumber(since) + idem_ttl
-local hex_fields = clock < tonumber(raw_since) + 2 * math.max(unpack(spans))
+local since, raw_since = window_raw_since(meta, 'since', clock)  -- `since`: when buckets first ran
+local legacy = clock < since + idem_ttl
+local hex_fields = clock < raw_since + window_lives(spans)
 local field_bytes = IDEM_FIELD / 2
 local pending = {}  -- ZADD members, sent once (_bulk.lua)
 camp_init(11)
