@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
+from worker.store import ids
 from worker.store.ids import ID_BYTES
 
 #: Hex characters of the digest that pick the bucket within a window (16**5 buckets).
@@ -76,13 +77,9 @@ def hex_field(digest_: str) -> str:
 def entry(scoped: str, delivery_id: str) -> bytes:
     """What accept.lua gets for a request with a key: the digest's bucket suffix (hex) and field
     (:func:`field`, raw), then the value it stores, the delivery id's raw bytes (an id that is
-    not 32 hex characters, as tests may give, as it is)."""
-    try:
-        raw = bytes.fromhex(delivery_id) if len(delivery_id) == 2 * ID_BYTES else delivery_id.encode()
-    except ValueError:
-        raw = delivery_id.encode()
+    not 32 lowercase hex characters, as tests may give, as it is: :func:`worker.store.ids.raw`)."""
     digest_ = digest(scoped)
-    return digest_[:SUFFIX].encode() + field(digest_) + raw
+    return digest_[:SUFFIX].encode() + field(digest_) + ids.raw(delivery_id)
 
 
 def delivery_id(value: bytes) -> str:
