@@ -65,7 +65,12 @@ def accept(env: dict[str, str], n: int, tag: str) -> None:
 
 def make_dead(redis: Any, keys: Keys, n: int) -> str:
     """Turn ``n`` open deliveries into dead letters (as record.lua leaves them); one gets a history."""
-    ids: list[str] = [m.decode() for m in redis.zrange(keys.pending, 0, n - 1)]
+    prefix = keys.delivery_prefix
+    ids: list[str] = []
+    for key in redis.scan_iter(match=f"{prefix}*", count=1_000):  # open ones: no worker runs
+        ids.append(key.decode()[len(prefix) :])
+        if len(ids) == n:
+            break
     pipe = redis.pipeline(transaction=False)
     now = time.time()
     for i, delivery_id in enumerate(ids):
@@ -74,7 +79,6 @@ def make_dead(redis: Any, keys: Keys, n: int) -> str:
             keys.delivery(delivery_id), mapping={"status": State.DEAD.value, "error": error, "attempts": 8}
         )
         pipe.zadd(keys.dead, {delivery_id: now - i})
-        pipe.zrem(keys.pending, delivery_id)
     entry = orjson.dumps({"at": now, "status": "retrying", "reason": "transient", "code": 2, "attempt": 1})
     pipe.rpush(keys.history(ids[0]), *([entry] * 7))
     pipe.execute()

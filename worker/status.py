@@ -3,7 +3,8 @@ and its readiness all read it from here, so they agree on every number.
 
 Definitions:
 
-* **open**: accepted and not final (``P:open``; ``P:pending`` holds the same members);
+* **open**: accepted and not final: ``P:open:c`` (kept as they change, store/ages.py) and the
+  parked ones (``P:parked``);
 * **oldest_open_age_s**: how long the oldest open delivery that is not parked (parked ones wait
   for their user on purpose) has waited since it was accepted;
 * **queue_depth**: Celery messages waiting (each names a batch of up to QUEUE_BATCH_MAX ids);
@@ -122,9 +123,11 @@ def read(
     pipe = client.pipeline(transaction=False)
     pipe.llen(keys.queue)
     pipe.hlen(keys.unacked)
-    pipe.zcard(keys.pending)  # every open delivery has a deadline there
+    pipe.get(keys.open_total)  # open and not parked (store/ages.py); parked: its size below
+    pipe.zcard(keys.pending)  # before that count: every open delivery had a deadline there
+    pipe.zcard(keys.open)  # the layout before the counts (ages.py): read while it has members
     pipe.zrange(keys.open_seconds, 0, 0, withscores=True)
-    pipe.zrange(keys.open, 0, OLDEST_SCAN - 1, withscores=True)  # the layout before (ages.py)
+    pipe.zrange(keys.open, 0, OLDEST_SCAN - 1, withscores=True)
     pipe.zcard(keys.sched)
     pipe.zcard(keys.parked)
     pipe.zcard(keys.dead)
@@ -132,7 +135,8 @@ def read(
     pipe.mget(stat_keys)
     pipe.zrevrange(keys.buckets, 0, (max_pages if max_pages is not None else MAX_PAGE_ROWS) - 1)
     pipe.info("memory")
-    depth, unacked, open_, first, oldest, sched, parked, dead, paused, stats, buckets, memory = pipe.execute()
+    depth, unacked, total, deadlines, legacy, *rest = pipe.execute()
+    first, oldest, sched, parked, dead, paused, stats, buckets, memory = rest
     members = sorted(text(m) for m in buckets)  # the most recently used, in a stable order
     paused_ids = [text(m) for m, _ in paused]
     pipe = client.pipeline(transaction=False)
@@ -158,7 +162,7 @@ def read(
     return Status(
         queue_depth=int(depth),
         in_flight_batches=int(unacked),
-        open=int(open_),
+        open=int(deadlines) if total is None else int(total) + int(parked) + int(legacy),
         oldest_open_age_s=round(max(0.0, now - min(times)), 1) if times else 0.0,
         redis_used_memory=int(memory.get("used_memory") or 0),
         redis_maxmemory=int(memory.get("maxmemory") or 0),

@@ -168,7 +168,7 @@ def _round(run: Run, n: int, attribution: bool) -> dict[str, Any]:
         idle = _idle(client)
         worker.stop(timeout=20)
         mem2, finished = rediscost.used_memory(client), _finished_samples(client, stack)
-        delivered = n + 50 - int(client.zcard(stack.keys.pending))
+        delivered = n + 50 - int(client.get(stack.keys.open_total) or 0)  # none is parked here
 
         floor_server = start_redis(c, run.work, f"floor-{time.monotonic_ns()}")
         floor = rediscost.floor(floor_server.client(), n)

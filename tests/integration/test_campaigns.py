@@ -282,6 +282,8 @@ def test_cancel_one_delivery_pause_a_page_and_purge_the_queue(stack: Stack) -> N
     assert wait_until(lambda: redis.zcard(stack.keys.pending) == 0, 30)
     assert redis.hgetall(stack.keys.open_counts) == {}
     assert redis.zcard(stack.keys.open_seconds) == 0
+    assert int(redis.get(stack.keys.open_total) or 0) == 0
+    assert not redis.keys(f"{stack.keys.batch_prefix}*")  # batch lists and taken ones are gone
     for i in queued:
         assert not [c for c in stack.sandbox.calls(page_id=PAGE) if c["psid"] == f"q{run}-{queued.index(i)}"]
 

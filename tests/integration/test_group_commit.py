@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
 from worker.config import Settings
@@ -140,25 +141,34 @@ def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
     assert looked_at == 1
     assert flat[0].decode() == third[0]  # claimed, with its record
     assert sync.exists(keys.batch(newest), keys.gather) == 0  # the list and the pointer are gone
+    # the batch's deadline became the claim's (its lease's end), kept with its taken list
+    assert sync.zscore(keys.pending, f"b:{newest}") is None
+    assert sync.zscore(keys.pending, f"t:{newest}:t1") == pytest.approx(time.time() + 61, abs=5)
+    assert sync.ttl(keys.batch_taken(newest, "t1")) == -1
     fourth = asyncio.run(commit(1))
     sync.lrem(keys.queue, 1, sync.lrange(keys.queue, -2, -2)[0])  # the taken message left the queue
     assert batches() == [first + second, fourth]
 
-    # a repeated Idempotency-Key adds no id; the batch list lives past SWEEP_AFTER_SECONDS
+    # a repeated Idempotency-Key adds no id; a batch list has no expiry: its entry in pending,
+    # SWEEP_AFTER_SECONDS from its last commit, is what the sweeper finds (a lost message)
     again = asyncio.run(commit(2, idem="same-key"))
     assert len(again) == 1
     assert batches() == [first + second, fourth + again]
-    ttl = sync.ttl(keys.batch(celery_args(sync.lrange(keys.queue, 0, 0)[0], broker.BATCH_TASK)[0]))
-    assert settings.sweep_after_seconds < ttl <= settings.sweep_after_seconds + 60
+    queued = [celery_args(raw, broker.BATCH_TASK)[0] for raw in sync.lrange(keys.queue, 0, -1)]
+    assert [sync.ttl(keys.batch(b)) for b in queued] == [-1, -1]
+    entries = dict(sync.zrange(keys.pending, 0, -1, withscores=True))
+    assert set(entries) == {f"b:{b}".encode() for b in queued} | {f"t:{newest}:t1".encode()}
+    assert entries[f"b:{queued[0]}".encode()] == pytest.approx(time.time() + settings.sweep_after_seconds, abs=5)
 
     # each accepted delivery (not the repeat) counts once, in the second it was accepted
-    # (worker/store/ages.py), and no sorted-set entry of its own is written
+    # (worker/store/ages.py) and in the total, and no sorted-set entry of its own is written
     accepted = first + second + third + fourth + again
     assert len(accepted) == 8
     counts = {int(k): int(v) for k, v in sync.hgetall(keys.open_counts).items()}
     assert counts == Counter(int(float(sync.hget(keys.delivery(i), "created_at"))) for i in accepted)
     assert {int(m) for m in sync.zrange(keys.open_seconds, 0, -1)} == set(counts)
     assert sync.exists(keys.open) == 0
+    assert int(sync.get(keys.open_total)) == 8
 
 
 def _ctx(settings: Settings) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import time
@@ -322,22 +323,28 @@ def test_metrics_exported_by_intake_and_worker(make_stack: Any) -> None:
     assert "sandbox-token" not in intake + worker
 
 
-def test_gathered_batch_lost_list_or_second_copy_sends_each_once(make_stack: Any) -> None:
+def test_gathered_batch_lost_message_or_second_copy_sends_each_once(make_stack: Any) -> None:
     """A backlog posted before any worker runs travels in gathered batches (worker.deliver_batch).
-    A message whose id list is gone (expired, or taken by a redelivered copy) claims nothing and
-    does not fail; its deliveries reach the sweeper (SWEEP_AFTER_SECONDS=3 here) and are sent,
-    each exactly once. A second copy of a message likewise sends nothing twice."""
+    A batch whose message is lost (a worker killed with it, a consumer that could not acknowledge)
+    still has its entry in pending: once the queue has drained, the sweeper (SWEEP_AFTER_SECONDS=3
+    here) takes its list and re-enqueues its deliveries, each sent exactly once. A second copy of
+    a message claims nothing and does not fail."""
     stack: Stack = make_stack()
     stack.start_intake()
-    ids = stack.post_many([(f"/v25.0/{PAGE}/messages", text(f"gb-{i}")) for i in range(60)], concurrency=8)
     client = stack.redis()
+    ids = []
+    for half in (range(30), range(30, 60)):
+        ids += stack.post_many([(f"/v25.0/{PAGE}/messages", text(f"gb-{i}")) for i in half], concurrency=8)
+        client.delete(stack.keys.gather)  # the next commit starts a batch of its own
     queued = client.lrange(stack.queue, 0, -1)
-    assert 1 <= len(queued) < 60  # gathered: fewer messages than deliveries
+    assert 2 <= len(queued) < 60  # gathered: fewer messages than deliveries
     lists = client.keys(f"{stack.prefix}:batch:*")
     assert sum(client.llen(k) for k in lists) == 60
-    lost = lists[0]
+    lost_message = queued[0]  # the newest: its batch's message is lost
+    lost = f"{stack.prefix}:batch:{json.loads(base64.b64decode(json.loads(lost_message)['body']))[0][0]}"
     lost_ids = {i.decode() for i in client.lrange(lost, 0, -1)}
-    client.delete(lost)  # this batch's message now names an id list that no longer exists
+    assert lost_ids
+    client.lrem(stack.queue, 1, lost_message)
     client.lpush(stack.queue, queued[-1])  # and the oldest message is queued twice
     stack.start_worker()
     records = stack.wait_final(ids, timeout=60)
@@ -345,5 +352,6 @@ def test_gathered_batch_lost_list_or_second_copy_sends_each_once(make_stack: Any
     calls = [c for c in stack.sandbox.calls(page_id=PAGE) if c["psid"].startswith("gb-")]
     assert sorted(c["psid"] for c in calls) == sorted(f"gb-{i}" for i in range(60))  # each once
     swept = {i for i in lost_ids if float(records[i]["updated_at"]) - float(records[i]["created_at"]) >= 3}
-    assert swept == lost_ids  # the lost list's deliveries went after the sweep deadline
+    assert swept == lost_ids  # the lost message's deliveries went after the sweep deadline
+    assert any(e.get("event") == "scheduler.swept" for e in stack.logs())
     assert not any(e.get("event") == "engine.batch_failed" for e in stack.logs())

@@ -43,7 +43,7 @@ import redis.exceptions
 from worker.braze import OutboxDrainer, braze_config
 from worker.config import PageTokens, Settings
 from worker.delivery.attempt import BatchContext, Released, Sender
-from worker.delivery.leases import Leases
+from worker.delivery.leases import Leases, Unit
 from worker.delivery.model import Delivery, Outcome
 from worker.delivery.observers import Observer, default_observers
 from worker.delivery.recorder import Recorder
@@ -316,7 +316,10 @@ class Engine:
             for i in range(1, len(raw), 2)
         ]
         if claimed:
-            self.leases.hold(token, claimed, now)
+            unit = (
+                Unit(f"t:{batch}:{token}", self.keys.batch_taken(batch, token)) if batch is not None else None
+            )
+            self.leases.hold(token, claimed, now, unit)
             self.observer.claimed(claimed)
         return int(raw[0]), claimed
 
@@ -368,7 +371,7 @@ class Engine:
             self._finish(outcome)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Fire and forget (the result does not matter: a leftover taken list expires anyway)."""
+        """Fire and forget (the result does not matter: what is left, the sweeper removes)."""
 
         async def quietly() -> None:
             try:
@@ -387,7 +390,9 @@ class Engine:
         future.add_done_callback(lambda _f: self._done(d))
 
     def _done(self, d: Delivery) -> None:
-        self.leases.drop(d)
+        unit = self.leases.drop(d)
+        if unit is not None:  # the claim is done with its batch: its entry in pending goes
+            self._spawn(unit.release(self.redis, self.keys.pending))
         self.room.give(1)
 
     def _abandon(self, d: Delivery) -> None:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -34,6 +35,25 @@ from worker.logging import get_logger
 from worker.store import Keys, scripts, text
 
 log = get_logger("worker.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A claim of a batch, as pending knows it: one entry (``t:{batch}:{token}``) for all its
+    deliveries, and the list of their ids it keeps (store/lua/sweep.lua)."""
+
+    member: str
+    taken: str
+
+    async def release(self, client: aioredis.Redis, pending: str) -> None:
+        """The claim holds nothing more: its entry and its list go (if this fails, the sweeper
+        removes them once the lease has ended)."""
+        pipe = client.pipeline(transaction=True)
+        pipe.zrem(pending, self.member)
+        pipe.delete(self.taken)
+        await pipe.execute()
+
+
 #: How often a failed renewal is tried again.
 RETRY_SECONDS = 0.5
 #: Ids per renew.lua call.
@@ -58,24 +78,34 @@ class Leases:
         #: fence token -> until when its lease is surely valid (local clock: sent before renewing)
         self._valid_until: dict[str, float] = {}
         self._lost: set[str] = set()
+        #: fence token -> the claim's entry in pending, when it took a batch (claim.lua)
+        self._units: dict[str, Unit] = {}
         self._renewed = asyncio.Event()
 
-    def hold(self, token: str, deliveries: Iterable[Delivery], claimed_at: float) -> None:
-        """Deliveries just claimed under ``token`` (``claimed_at``: the time sent in the claim)."""
+    def hold(
+        self, token: str, deliveries: Iterable[Delivery], claimed_at: float, unit: Unit | None = None
+    ) -> None:
+        """Deliveries just claimed under ``token`` (``claimed_at``: the time sent in the claim;
+        ``unit``: its entry in pending when it took a batch)."""
         held = self._held.setdefault(token, {})
         for d in deliveries:
             held[d.id] = d
         self._valid_until[token] = claimed_at + self._lease
+        if unit is not None:
+            self._units[token] = unit
 
-    def drop(self, d: Delivery) -> None:
-        """The delivery's outcome was written (or refused): it is no longer held."""
+    def drop(self, d: Delivery) -> Unit | None:
+        """The delivery's outcome was written (or refused): it is no longer held. Returns the
+        claim's unit once the claim holds nothing more (the caller removes it from Redis)."""
         held = self._held.get(d.claim)
+        self._lost.discard(d.id)
         if held is not None:
             held.pop(d.id, None)
             if not held:
                 del self._held[d.claim]
                 self._valid_until.pop(d.claim, None)
-        self._lost.discard(d.id)
+                return self._units.pop(d.claim, None)
+        return None
 
     def is_lost(self, d: Delivery) -> bool:
         return d.id in self._lost
@@ -136,7 +166,14 @@ class Leases:
                     self._client,
                     "renew",
                     keys=[self._keys.pending],
-                    args=[repr(sent_at), self._lease, self._keys.delivery_prefix, token, *chunk],
+                    args=[
+                        repr(sent_at),
+                        self._lease,
+                        self._keys.delivery_prefix,
+                        token,
+                        unit.member if (unit := self._units.get(token)) else "",
+                        *chunk,
+                    ],
                 )
                 for raw in lost:
                     d = held.get(text(raw))

@@ -10,15 +10,21 @@ The scripts that accept, end, park, release and replay deliveries gather their c
 second and write them at the end of the call (``store/lua/_ages.lua``): one ``HINCRBY`` per
 second a call touched (a commit touches one), where a sorted set of every open delivery cost a
 ``ZADD`` and a ``ZREM`` per delivery and 146 bytes of Redis per open one. How many deliveries are
-open is ``pending``'s size (every open delivery has a deadline there).
+open is the counts' sum, kept as they change::
+
+    P:open:c    string the sum of P:open:n (one INCRBY per script call; seeded from P:open:n by
+                       the first call that finds it missing), so the status reads one key, not
+                       every second; parked deliveries are ``P:parked``'s size
+
+(``pending`` no longer has an entry per open delivery: a queued batch and a claim have one each,
+store/lua/sweep.lua.)
 
 Before this layout ``P:open`` was that sorted set. Its members are not counted here; they leave it
 as they end, park or are released (the scripts check it while it exists), and the status read
 (worker/status.py) reads it too while it has members: at most MESSAGE_TTL after an upgrade.
 
 A count can only be wrong if a record vanishes while open (a manual ``DEL``; the service never
-does it, and Redis evicts nothing under ``noeviction``, README.md): the sweeper then drops
-it from ``pending``, but its second stays counted. :func:`prune` (the scheduler's housekeeping)
+does it, and Redis evicts nothing under ``noeviction``, README.md): its second stays counted. :func:`prune` (the scheduler's housekeeping)
 drops the seconds older than :func:`horizon`, so such a count cannot hold the backlog age up
 for longer than that.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from worker.store import scripts
 from worker.store.keys import Keys
 
 #: Seconds pruned per housekeeping run (bounded; older ones go the next run).
@@ -45,13 +52,14 @@ def first_second(reply: list[Any]) -> float | None:
 
 
 async def prune(client: Any, keys: Keys, before: float) -> int:
-    """Drop the seconds before ``before`` (:func:`horizon`), at most PRUNE_BATCH. Returns how
-    many went. Not atomic with the scripts, and need not be: a script that decrements a second
-    pruned here writes a negative count, which it removes at once (_ages.lua)."""
-    seconds = await client.zrangebyscore(keys.open_seconds, "-inf", before, start=0, num=PRUNE_BATCH)
-    if seconds:
-        pipe = client.pipeline(transaction=False)
-        pipe.hdel(keys.open_counts, *seconds)
-        pipe.zrem(keys.open_seconds, *seconds)
-        await pipe.execute()
-    return len(seconds)
+    """Drop the seconds before ``before`` (:func:`horizon`), at most PRUNE_BATCH, and their counts
+    from the total (``ages_prune.lua``). Returns how many went. A script that later decrements a
+    second pruned here writes a negative count, which it removes at once without taking it off
+    the total again (_ages.lua)."""
+    gone = await scripts.run(
+        client,
+        "ages_prune",
+        keys=[keys.open_counts, keys.open_seconds, keys.open_total],
+        args=[before, PRUNE_BATCH],
+    )
+    return int(gone)

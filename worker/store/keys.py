@@ -18,11 +18,15 @@
     P:open:n                hash    second -> how many deliveries accepted in it are open and not
                                     parked (the backlog age; worker/store/ages.py)
     P:open:s                zset    those seconds (score = the second): the oldest is the first
+    P:open:c                string  their sum: how many are open and not parked
     P:open                  zset    before P:open:n: every open delivery -> its acceptance time;
                                     its members leave as they end, it is never written anew
-    P:pending               zset    every open delivery -> when it must have progressed; the
-                                    sweeper re-enqueues members past it (lost Celery messages, a
-                                    holder that stopped renewing its lease)
+    P:pending               zset    open work -> when it must have progressed: "b:{bid}" a
+                                    queued batch, "t:{bid}:{token}" the deliveries one claim took
+                                    from it, "{id}" one delivery (named ids, retries, parks,
+                                    replays); the sweeper re-enqueues what is past it (lost Celery
+                                    messages, a holder that stopped renewing its lease;
+                                    store/lua/sweep.lua)
     P:sched                 zset    deliveries waiting for a due time -> that time (retries,
                                     rate limits, paused pages, pacing slots); the scheduler
                                     releases them to the queue, never a Celery countdown
@@ -47,7 +51,10 @@
     P:idem:{key}            string  before buckets: Idempotency-Key -> delivery id (IDEMPOTENCY_TTL;
                                     read, never written, left to expire)
     P:batch:{bid}           list    ids gathered for one ``worker.deliver_batch`` message while it
-                                    waits in the queue (taken whole by the claim)
+                                    waits in the queue (taken whole by the claim; no expiry: its
+                                    "b:" entry in pending names it)
+    P:batch:{bid}:t:{token} list    the same ids as one claim took them, kept while the claim's
+                                    "t:" entry in pending is (a claim that held none: briefly)
     P:gather:{queue}        string  the queue's newest batch id (commits append to it)
     P:supp:{page}:{psid}    string  recipient unreachable (SUPPRESSION_TTL)
     P:supptag:{page}:{psid} string  tagged sends suppressed after a tag-abuse warning
@@ -146,6 +153,10 @@ class Keys:
     @property
     def open_seconds(self) -> str:
         return f"{self.open}:s"
+
+    @property
+    def open_total(self) -> str:
+        return f"{self.open}:c"
 
     @property
     def pending(self) -> str:

@@ -8,10 +8,12 @@ is still open, so the sweeper sends it later anyway. :func:`purge_queue` instead
 1. clears the gather pointer first (later commits start a batch of their own, with its message);
 2. takes the messages off the queue one at a time (RPOP: a worker's concurrent BRPOP gets each
    message or we do, never both);
-3. for a ``worker.deliver_batch`` message takes its batch list whole (LRANGE + DEL in one
-   transaction: no commit can append in between) and for a ``worker.deliver`` message its ids,
-   and ends those deliveries CANCELLED (cancel.lua, reason ``purged``; one a worker holds is left
-   to it);
+3. for a ``worker.deliver_batch`` message reads its batch list (no commit appends to it any
+   more: the pointer is gone; no worker takes it: its message is) and for a ``worker.deliver``
+   message its ids, ends those deliveries CANCELLED (cancel.lua, reason ``purged``; one a worker
+   holds is left to it), and only then deletes the batch lists and their entries in pending (a
+   purge that dies before leaves them to the sweeper, which re-enqueues them: a cancelled
+   delivery is not sent);
 4. puts ``worker.inbound`` messages (Messenger events, which live only in their message) back.
 
 Returns what it did. Messages a worker has taken (kombu's ``unacked``) are not touched.
@@ -60,22 +62,26 @@ async def purge_queue(client: aioredis.Redis, settings: Any) -> dict[str, int]:
     kept: list[bytes] = []
     messages = 0
     ids: list[str] = []
+    batches: list[str] = []
     while (raw := await client.rpop(keys.queue)) is not None:  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         messages += 1
         task, args = _task(raw)
         if task == envelope.INBOUND_TASK:
             kept.append(raw)
         elif task == envelope.BATCH_TASK and args and isinstance(args[0], str):
-            pipe = client.pipeline(transaction=True)
-            pipe.lrange(keys.batch(args[0]), 0, -1)
-            pipe.delete(keys.batch(args[0]))
-            listed, _ = await pipe.execute()
+            listed = await client.lrange(keys.batch(args[0]), 0, -1)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
             ids += [text(i) for i in listed]
+            batches.append(args[0])
         elif task == envelope.TASK_NAME and args and isinstance(args[0], list):
             ids += [str(i) for i in args[0]]
     if kept:
         await client.rpush(keys.queue, *kept)  # type: ignore[misc]
     cancelled = await _cancel(client, keys, settings, ids)
+    if batches:  # only once they are cancelled: until then the sweeper may still find them
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(*(keys.batch(b) for b in batches))
+        pipe.zrem(keys.pending, *(f"b:{b}" for b in batches))
+        await pipe.execute()
     return {
         "messages": messages,
         "deliveries": len(ids),

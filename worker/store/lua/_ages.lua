@@ -2,11 +2,12 @@
 -- parks a delivery, and by release_parked.lua; worker/store/ages.py has the layout and the reads).
 -- Beside the key O = P:open: O:n is a hash, second -> how many deliveries accepted in that second
 -- are open and not parked (a parked one waits for its user on purpose: not a backlog), and O:s
--- a zset of those seconds (score = the second). The status's backlog age is O:s's first member;
--- the count of open deliveries is pending's. A script gathers its changes per second with
+-- a zset of those seconds (score = the second), O:c their sum (a string: the status's count of
+-- open deliveries, with parked's size). The status's backlog age is O:s's first member. A script
+-- gathers its changes per second with
 -- ages_join / ages_leave and writes them in ages_flush(): one HINCRBY per second it touched (a
--- second that gets its first delivery joins O:s, one that empties leaves both), not a sorted-set
--- entry per delivery (146 bytes each, and a ZADD and a ZREM).
+-- second that gets its first delivery joins O:s, one that empties leaves both) and one INCRBY of
+-- O:c, not a sorted-set entry per delivery (146 bytes each, and a ZADD and a ZREM).
 -- O itself is the layout before: a zset of every open delivery. Its members are not counted in
 -- O:n; while it exists (until its last member ends, at most MESSAGE_TTL after the upgrade) a
 -- delivery that stops being counted, or is counted anew, leaves it first, and is decremented
@@ -43,10 +44,17 @@ end
 
 local function ages_flush()
   if not AGES.open then return end
-  local counts, seconds = AGES.open .. ':n', AGES.open .. ':s'
+  local counts, seconds, total = AGES.open .. ':n', AGES.open .. ':s', AGES.open .. ':c'
+  if redis.call('EXISTS', total) == 0 then  -- the first call of this layout: O:n's sum so far
+    local sum = 0
+    for _, v in ipairs(redis.call('HVALS', counts)) do sum = sum + tonumber(v) end
+    redis.call('SET', total, sum)
+  end
+  local all = 0
   for second, n in pairs(AGES.delta) do
     if n ~= 0 then
       local v = redis.call('HINCRBY', counts, second, n)
+      all = all + n - math.min(v, 0)  -- what a pruned second lost was taken off O:c then
       if v <= 0 then  -- emptied (below zero: a second the housekeeping pruned, ages.py)
         redis.call('HDEL', counts, second)
         redis.call('ZREM', seconds, second)
@@ -55,5 +63,6 @@ local function ages_flush()
       end
     end
   end
+  if all ~= 0 then redis.call('INCRBY', total, all) end
   AGES.delta = {}
 end

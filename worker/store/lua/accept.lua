@@ -4,7 +4,7 @@
 -- ARGV[1] now, ARGV[2] IDEMPOTENCY_TTL, ARGV[3] sweep_after, ARGV[4] idempotency bucket prefix
 -- (P:i:), ARGV[5] delivery key prefix (P:d:), ARGV[6] batch key prefix (P:batch:),
 -- ARGV[7] the Celery message of a new batch (`worker.deliver_batch(ARGV[8])`, serialised),
--- ARGV[8] the new batch's id, ARGV[9] QUEUE_BATCH_MAX, ARGV[10] a batch list's TTL (s),
+-- ARGV[8] the new batch's id, ARGV[9] QUEUE_BATCH_MAX, ARGV[10] the gather pointer's TTL (s),
 -- ARGV[11..25] the campaign context (_campaign.lua), then from ARGV[26] per item: id, its
 -- idempotency key's digest and the value to remember ('' for none: worker/store/idempotency.py's
 -- entry, of the key scoped by the intake to the caller and the page: IDEM_SUFFIX hex characters,
@@ -25,15 +25,19 @@
 -- A delivery of a campaign that is stopped (P:campstop) is not queued: it is written as a
 -- CANCELLED outcome (_outcome.lua) and its item's answer is '-'. Every other item with a
 -- campaign joins the campaign's open index; both are counted (accepted, cancelled).
--- Each accepted item becomes a QUEUED record, in pending (deadline now + sweep_after), counted in
--- its second's open deliveries (_ages.lua: one HINCRBY per call).
+-- Each accepted item becomes a QUEUED record, counted in its second's open deliveries (_ages.lua:
+-- one HINCRBY per call). Its deadline is its batch's: pending holds `b:{batch id}` (deadline
+-- now + sweep_after, moved on by every commit that joins it), not an entry per delivery; the
+-- claim moves it to the claim's unit (claim.lua), the sweeper re-enqueues a batch whose message
+-- was lost (sweep.lua).
 -- Returns, per item, '' when accepted, '-' when cancelled (its campaign is stopped), or the
 -- existing delivery id for a repeated idempotency key (as remembered: raw bytes, or hex).
 -- The accepted ids join the queue's newest batch while it is still queued (its list exists: no
 -- worker has taken it) and has room for them all; otherwise they start a new batch and its
 -- message is pushed. A backlog thus travels in messages of up to QUEUE_BATCH_MAX ids, while an
--- idle queue still gets one message per commit. The list outlives sweep_after, so a message
--- that is lost leaves its ids to the sweeper (their pending deadline), never to nobody.
+-- idle queue still gets one message per commit. The list has no expiry: it is the only place its
+-- ids are listed until a claim takes it (or the sweeper, when the message is lost); ARGV[10] is
+-- the gather pointer's TTL.
 --!include _campaign.lua
 --!include _windows.lua
 local now = ARGV[1]
@@ -53,7 +57,6 @@ local since, raw_since = window_raw_since(meta, 'since', clock)  -- `since`: whe
 local legacy = clock < since + idem_ttl
 local hex_fields = clock < raw_since + window_lives(spans)
 local field_bytes = IDEM_FIELD / 2
-local pending = {}  -- ZADD members, sent once (_bulk.lua)
 camp_init(11)
 local i = 26
 while i <= #ARGV do
@@ -100,30 +103,29 @@ while i <= #ARGV do
       camp_count(camp, 'accepted')
     end
     redis.call('HSET', ARGV[5] .. id, 'status', S.QUEUED, 'created_at', now, unpack(ARGV, first, last))
-    pending[#pending + 1] = deadline
-    pending[#pending + 1] = id
     table.insert(accepted, id)
     table.insert(out, '')
   end
   i = last + 1
 end
 if #accepted > 0 then
-  bulk('ZADD', KEYS[1], pending)
   ages_add(KEYS[3], now, #accepted)
-  local batch = nil
+  local batch, bid = nil, nil
   local newest = redis.call('GET', KEYS[4])
   if newest then
     local key = ARGV[6] .. newest
     local n = redis.call('LLEN', key)
-    if n > 0 and n + #accepted <= cap then batch = key end
+    if n > 0 and n + #accepted <= cap then batch, bid = key, newest end
   end
   if not batch then
-    batch = ARGV[6] .. ARGV[8]
+    bid = ARGV[8]
+    batch = ARGV[6] .. bid
     redis.call('LPUSH', KEYS[2], ARGV[7])
-    redis.call('SET', KEYS[4], ARGV[8], 'EX', ttl)
+    redis.call('SET', KEYS[4], bid, 'EX', ttl)
   end
   redis.call('RPUSH', batch, unpack(accepted))
-  redis.call('EXPIRE', batch, ttl)
+  if batch ~= ARGV[6] .. ARGV[8] then redis.call('PERSIST', batch) end  -- one from before kept a TTL
+  redis.call('ZADD', KEYS[1], deadline, 'b:' .. bid)  -- the batch's deadline: its ids' (sweep.lua)
 end
 camp_flush()
 return out

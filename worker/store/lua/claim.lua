@@ -8,8 +8,8 @@
 -- commits start a new batch); a second copy of the message finds nothing to take.
 -- A delivery is claimed when it is CLAIMABLE, due (not_before <= now) and not held (no lease, or
 -- a lease that ended: its holder stopped renewing it). It becomes IN_FLIGHT with claim = the
--- token, previous = its status before, lease_until = now + lease, and its pending deadline just
--- after the lease.
+-- token, previous = its status before, lease_until = now + lease; its pending deadline (just
+-- after the lease) is the claim's for a batch (one entry), its own for named ids.
 -- A claimable delivery of a stopped campaign (P:campstop), or one an operator asked to cancel
 -- while it was held (`cancel`), is not claimed: it ends CANCELLED here, without a Graph call.
 -- The same call sent again with the same token (its answer was lost) takes back the same
@@ -54,6 +54,18 @@ for _, id in ipairs(ids) do
     leased[#leased + 1] = id
   end
 end
-bulk('ZADD', KEYS[1], leased)
+if #KEYS == 4 then
+  -- the batch's deadline becomes the claim's: `t:{batch}:{token}`, until the lease (renewed by
+  -- the heartbeat, renew.lua), removed when the worker is done with every delivery it holds
+  -- (the sweeper looks at the ids of one that stays past it: sweep.lua); the taken list lives
+  -- as long as it does. A claim that holds nothing leaves the list to expire.
+  redis.call('ZREM', KEYS[1], 'b:' .. ARGV[21])
+  if #out > 1 then
+    redis.call('ZADD', KEYS[1], lease + 1, 't:' .. ARGV[21] .. ':' .. token)
+    redis.call('PERSIST', KEYS[4])
+  end
+else
+  bulk('ZADD', KEYS[1], leased)
+end
 camp_flush()
 return out
