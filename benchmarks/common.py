@@ -46,9 +46,15 @@ def psid_for(tag: int, i: int) -> str:
     return f"{tag:02d}{i:014d}"
 
 
-def send_body(psid: str) -> bytes:
-    """The Send API body Braze's Facebook Messenger template posts (~300 bytes)."""
-    return orjson.dumps({"recipient": {"id": psid}, "messaging_type": "UPDATE", "message": {"text": TEXT}})
+def send_body(psid: str, spread: int = 0, i: int = 0) -> bytes:
+    """The Send API body Braze's Facebook Messenger template posts (270 bytes). With ``spread``,
+    message ``i``'s text is up to that many characters shorter or longer (evenly, by ``i``; the
+    mean stays): a figure in bytes then is not one allocator size class's luck."""
+    text = TEXT
+    if spread:
+        delta = (i * 37) % (2 * spread + 1) - spread
+        text = (TEXT * 2)[: len(TEXT) + delta]
+    return orjson.dumps({"recipient": {"id": psid}, "messaging_type": "UPDATE", "message": {"text": text}})
 
 
 def intake_headers(idempotency_key: str) -> dict[str, str]:

@@ -270,13 +270,16 @@ def loadgen(mode: str, args: list[str], timeout: float) -> dict[str, Any]:
     return result
 
 
-def post_backlog(stack: Stack, n: int, tag: int, page: str = PAGE, pages: int = 1) -> dict[str, Any]:
-    """``n`` messages through the intake, 64 in flight; over ``pages`` pages from ``page`` on."""
+def post_backlog(
+    stack: Stack, n: int, tag: int, page: str = PAGE, pages: int = 1, *, spread: int = 0
+) -> dict[str, Any]:
+    """``n`` messages through the intake, 64 in flight; over ``pages`` pages from ``page`` on;
+    texts up to ``spread`` characters shorter or longer than the 270-byte body's."""
     res = loadgen(
         "count",
         [
             *("--url", stack.intake_url, "--page", page, "--n", str(n), "--tag", str(tag)),
-            *("--concurrency", "64", "--pages", str(pages)),
+            *("--concurrency", "64", "--pages", str(pages), "--spread", str(spread)),
         ],
         timeout=n / 200 + 60,
     )

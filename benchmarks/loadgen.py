@@ -113,7 +113,8 @@ async def count(args: argparse.Namespace) -> dict[str, Any]:
                     if args.pages <= 1
                     else f"{args.url}{intake_path(str(int(args.page) + i % args.pages))}"
                 )
-                status = await _post(session, to, send_body(psid), intake_headers(f"bench:{args.run}:{i}"))
+                body = send_body(psid, args.spread, i)
+                status = await _post(session, to, body, intake_headers(f"bench:{args.run}:{i}"))
                 statuses[status] += 1
 
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
@@ -216,6 +217,9 @@ def parser() -> argparse.ArgumentParser:
     sub.choices["count"].add_argument("--n", type=int, required=True)
     sub.choices["count"].add_argument(
         "--pages", type=int, default=1, help="message i goes to page (--page + i %% pages), round-robin"
+    )
+    sub.choices["count"].add_argument(
+        "--spread", type=int, default=0, help="texts up to this many characters shorter or longer"
     )
     paced_p = sub.choices["paced"]
     paced_p.add_argument("--n", type=int, required=True)
