@@ -271,15 +271,17 @@ def loadgen(mode: str, args: list[str], timeout: float) -> dict[str, Any]:
 
 
 def post_backlog(
-    stack: Stack, n: int, tag: int, page: str = PAGE, pages: int = 1, *, spread: int = 0
+    stack: Stack, n: int, tag: int, page: str = PAGE, pages: int = 1, *, spread: int = 0, keys: bool = True
 ) -> dict[str, Any]:
     """``n`` messages through the intake, 64 in flight; over ``pages`` pages from ``page`` on;
-    texts up to ``spread`` characters shorter or longer than the 270-byte body's."""
+    texts up to ``spread`` characters shorter or longer than the 270-byte body's; each with an
+    Idempotency-Key unless ``keys`` is False."""
     res = loadgen(
         "count",
         [
             *("--url", stack.intake_url, "--page", page, "--n", str(n), "--tag", str(tag)),
             *("--concurrency", "64", "--pages", str(pages), "--spread", str(spread)),
+            *(() if keys else ("--no-key",)),
         ],
         timeout=n / 200 + 60,
     )

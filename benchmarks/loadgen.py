@@ -114,7 +114,10 @@ async def count(args: argparse.Namespace) -> dict[str, Any]:
                     else f"{args.url}{intake_path(str(int(args.page) + i % args.pages))}"
                 )
                 body = send_body(psid, args.spread, i)
-                status = await _post(session, to, body, intake_headers(f"bench:{args.run}:{i}"))
+                headers = intake_headers(f"bench:{args.run}:{i}")
+                if args.no_key:
+                    del headers["Idempotency-Key"]
+                status = await _post(session, to, body, headers)
                 statuses[status] += 1
 
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
@@ -221,6 +224,7 @@ def parser() -> argparse.ArgumentParser:
     sub.choices["count"].add_argument(
         "--spread", type=int, default=0, help="texts up to this many characters shorter or longer"
     )
+    sub.choices["count"].add_argument("--no-key", action="store_true", help="no Idempotency-Key header")
     paced_p = sub.choices["paced"]
     paced_p.add_argument("--n", type=int, required=True)
     paced_p.add_argument("--rate", type=float, required=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmarks.common import percentile, spread
 from benchmarks.history import free_path, history_name
-from benchmarks.steps.redis import sustained_finished, sustained_open
+from benchmarks.steps.redis import sustained_finished
 
 
 def test_history_name_has_the_time_and_the_commit() -> None:
@@ -55,13 +55,3 @@ def test_dense_buckets_are_filled_to_poisson_sizes_from_a_fixed_seed() -> None:
     variance = sum((c - mean) ** 2 for c in counts) / len(counts)
     assert 40 < variance < 70  # Poisson: the variance is the mean
     assert min(poisson_counts(1, 50)) >= 1  # never an empty bucket
-
-
-def test_the_dense_open_figure_swaps_the_lone_idempotency_bucket_for_a_dense_entry() -> None:
-    memory = {
-        "bytes_per_open": 838.0,
-        "idempotency_buckets": {"bytes_per_entry": 119.5},
-        "idempotency_at_1000_per_s": {"bytes_per_entry": 32.5},
-    }
-    assert sustained_open(memory) == 838.0 - 119.5 + 32.5
-    assert sustained_open({**memory, "idempotency_at_1000_per_s": {"buckets": 0}}) is None
