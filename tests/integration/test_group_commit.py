@@ -158,7 +158,9 @@ def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
     assert [sync.ttl(keys.batch(b)) for b in queued] == [-1, -1]
     entries = dict(sync.zrange(keys.pending, 0, -1, withscores=True))
     assert set(entries) == {f"b:{b}".encode() for b in queued} | {f"t:{newest}:t1".encode()}
-    assert entries[f"b:{queued[0]}".encode()] == pytest.approx(time.time() + settings.sweep_after_seconds, abs=5)
+    assert entries[f"b:{queued[0]}".encode()] == pytest.approx(
+        time.time() + settings.sweep_after_seconds, abs=5
+    )
 
     # each accepted delivery (not the repeat) counts once, in the second it was accepted
     # (worker/store/ages.py) and in the total, and no sorted-set entry of its own is written

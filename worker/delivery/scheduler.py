@@ -111,7 +111,13 @@ class Scheduler:
                 self._client,
                 "sweep",
                 keys=[keys.pending, keys.sched, keys.open, keys.queue],
-                args=[repr(time.time()), CHUNK, s.sweep_after_seconds, keys.delivery_prefix, keys.batch_prefix],
+                args=[
+                    repr(time.time()),
+                    CHUNK,
+                    s.sweep_after_seconds,
+                    keys.delivery_prefix,
+                    keys.batch_prefix,
+                ],
             )
         ids = [text(i) for i in [*released, *swept]]
         await envelope.publish(self._client, s.queue_name, ids, s.batch_max, front=True)
