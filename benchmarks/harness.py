@@ -248,11 +248,15 @@ def stack_for(c: Cleanup, redis_server: RedisServer, sandbox: Sandbox, log_dir: 
 
 
 def open_count(stack: Stack) -> int:
-    return int(stack.redis().zcard(f"{stack.prefix}:pending"))
+    """Open deliveries as the status counts them: the per-second counts' sum and the parked ones
+    (``pending`` has an entry per batch, not per delivery)."""
+    client = stack.redis()
+    return int(client.get(stack.keys.open_total) or 0) + int(client.zcard(stack.keys.parked))
 
 
 def wait_drained(stack: Stack, timeout: float) -> bool:
-    """Every delivery final (nothing left in the pending index), polled every 50 ms."""
+    """Every delivery final and every claim done with (nothing left in the pending index: no
+    delivery, batch or claim entry), polled every 50 ms."""
     client = stack.redis()
     key = f"{stack.prefix}:pending"
     return wait_until(lambda: int(client.zcard(key)) == 0, timeout, 0.05)

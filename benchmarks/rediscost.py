@@ -274,7 +274,7 @@ def floor(client: Any, n: int) -> dict[str, Any]:
                 mapping={"page_id": "100", "psid": psid_for(9, j), "status": "queued", "created_at": now},
             )
             pipe.set(f"fl:b:{delivery_id}", bodies[j])
-            pipe.zadd("fl:pending", {delivery_id: now + 600})
+        pipe.zadd("fl:pending", {f"b:{b}": now + 600})  # a deadline per batch, as the service's
         pipe.rpush(f"fl:batch:{b}", *batch)
         pipe.execute()
     cpu1, mem1 = redis_cpu(client), used_memory(client)
@@ -294,7 +294,7 @@ def floor(client: Any, n: int) -> dict[str, Any]:
             pipe.hdel(key, "psid")
             pipe.delete(f"fl:b:{delivery_id}")
             pipe.expire(key, 86_400)
-            pipe.zrem("fl:pending", delivery_id)
+        pipe.zrem("fl:pending", f"b:{b}")
         pipe.execute()
     cpu2, mem2 = redis_cpu(client), used_memory(client)
     accept, finish = cpu_delta(cpu0, cpu1), cpu_delta(cpu1b, cpu2)
