@@ -92,6 +92,17 @@ def _claim(settings: Settings, batch: str, token: str, now: float) -> list[str]:
     return [flat[i].decode() for i in range(0, len(flat), 2)]
 
 
+def _one_batch(redis_server: RedisServer) -> tuple[Settings, Any, list[str], str]:
+    """Three deliveries committed together, on keys of their own: settings, a client, the ids and
+    their batch."""
+    settings = _settings(redis_server)
+    client = redis_server.client()
+    ids = _accept(settings, 3)
+    assert len(ids) == 3
+    (batch,) = celery_args(client.lrange(Keys.of(settings).queue, 0, 0)[0], broker.BATCH_TASK)
+    return settings, client, ids, batch
+
+
 def _entries(settings: Settings) -> dict[str, float]:
     client = redisconn.sync_client(settings)
     return {m.decode(): s for m, s in client.zrange(Keys.of(settings).pending, 0, -1, withscores=True)}
@@ -100,12 +111,8 @@ def _entries(settings: Settings) -> dict[str, float]:
 def test_a_batch_whose_message_was_lost_is_swept_whole_once_the_queue_has_drained(
     redis_server: RedisServer,
 ) -> None:
-    settings = _settings(redis_server)
+    settings, client, ids, batch = _one_batch(redis_server)
     keys = Keys.of(settings)
-    client = redis_server.client()
-    ids = _accept(settings, 3)
-    assert len(ids) == 3
-    (batch,) = celery_args(client.lrange(keys.queue, 0, 0)[0], broker.BATCH_TASK)
     # one entry for the three, SWEEP_AFTER_SECONDS ahead; the status counts three open
     assert _entries(settings) == {
         f"b:{batch}": pytest.approx(time.time() + settings.sweep_after_seconds, abs=5)
@@ -132,11 +139,8 @@ def test_a_batch_whose_message_was_lost_is_swept_whole_once_the_queue_has_draine
 def test_a_claim_keeps_one_entry_renewed_by_the_heartbeat_and_the_sweeper_takes_back_what_it_held(
     redis_server: RedisServer,
 ) -> None:
-    settings = _settings(redis_server)
+    settings, client, ids, batch = _one_batch(redis_server)
     keys = Keys.of(settings)
-    client = redis_server.client()
-    ids = _accept(settings, 3)
-    (batch,) = celery_args(client.lrange(keys.queue, 0, 0)[0], broker.BATCH_TASK)
     now = time.time()
     assert _claim(settings, batch, "t1", now) == ids
     unit = f"t:{batch}:t1"
