@@ -142,8 +142,8 @@ def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
     assert flat[0].decode() == third[0]  # claimed, with its record
     assert sync.exists(keys.batch(newest), keys.gather) == 0  # the list and the pointer are gone
     # the batch's deadline became the claim's (its lease's end), kept with its taken list
-    assert sync.zscore(keys.pending, f"b:{newest}") is None
-    assert sync.zscore(keys.pending, f"t:{newest}:t1") == pytest.approx(time.time() + 61, abs=5)
+    assert sync.zscore(keys.pending, keys.batch_entry(newest)) is None
+    assert sync.zscore(keys.pending, keys.claim_entry(newest, "t1")) == pytest.approx(time.time() + 61, abs=5)
     assert sync.ttl(keys.batch_taken(newest, "t1")) == -1
     fourth = asyncio.run(commit(1))
     sync.lrem(keys.queue, 1, sync.lrange(keys.queue, -2, -2)[0])  # the taken message left the queue
@@ -157,8 +157,10 @@ def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
     queued = [celery_args(raw, broker.BATCH_TASK)[0] for raw in sync.lrange(keys.queue, 0, -1)]
     assert [sync.ttl(keys.batch(b)) for b in queued] == [-1, -1]
     entries = dict(sync.zrange(keys.pending, 0, -1, withscores=True))
-    assert set(entries) == {f"b:{b}".encode() for b in queued} | {f"t:{newest}:t1".encode()}
-    assert entries[f"b:{queued[0]}".encode()] == pytest.approx(
+    assert set(entries) == {keys.batch_entry(b).encode() for b in queued} | {
+        keys.claim_entry(newest, "t1").encode()
+    }
+    assert entries[keys.batch_entry(queued[0]).encode()] == pytest.approx(
         time.time() + settings.sweep_after_seconds, abs=5
     )
 

@@ -115,7 +115,7 @@ def test_a_batch_whose_message_was_lost_is_swept_whole_once_the_queue_has_draine
     keys = Keys.of(settings)
     # one entry for the three, SWEEP_AFTER_SECONDS ahead; the status counts three open
     assert _entries(settings) == {
-        f"b:{batch}": pytest.approx(time.time() + settings.sweep_after_seconds, abs=5)
+        keys.batch_entry(batch): pytest.approx(time.time() + settings.sweep_after_seconds, abs=5)
     }
     assert status.read(client, settings).open == 3
     later = time.time() + settings.sweep_after_seconds + 1
@@ -123,7 +123,7 @@ def test_a_batch_whose_message_was_lost_is_swept_whole_once_the_queue_has_draine
     # past its deadline while messages wait in the queue: waiting in a backlog, not lost
     client.rpush(keys.queue, "a message ahead of it")
     assert _sweep(settings, later) == []
-    assert _entries(settings)[f"b:{batch}"] > later
+    assert _entries(settings)[keys.batch_entry(batch)] > later
     assert client.llen(keys.batch(batch)) == 3
 
     # the queue drained and the batch was never claimed: its message was lost
@@ -133,7 +133,7 @@ def test_a_batch_whose_message_was_lost_is_swept_whole_once_the_queue_has_draine
     assert client.exists(keys.batch(batch)) == 0  # a late copy of the message finds nothing
     assert set(_entries(settings)) == set(ids)  # each waits for its own message now
     assert _claim(settings, batch, "late-copy", time.time()) == []
-    assert f"b:{batch}" not in _entries(settings)
+    assert keys.batch_entry(batch) not in _entries(settings)
 
 
 def test_a_claim_keeps_one_entry_renewed_by_the_heartbeat_and_the_sweeper_takes_back_what_it_held(
@@ -143,7 +143,7 @@ def test_a_claim_keeps_one_entry_renewed_by_the_heartbeat_and_the_sweeper_takes_
     keys = Keys.of(settings)
     now = time.time()
     assert _claim(settings, batch, "t1", now) == ids
-    unit = f"t:{batch}:t1"
+    unit = keys.claim_entry(batch, "t1")
     assert _entries(settings) == {unit: pytest.approx(now + LEASE + 1)}  # no entry per delivery
     assert client.ttl(keys.batch_taken(batch, "t1")) == -1
 

@@ -317,7 +317,9 @@ class Engine:
         ]
         if claimed:
             unit = (
-                Unit(f"t:{batch}:{token}", self.keys.batch_taken(batch, token)) if batch is not None else None
+                Unit(self.keys.claim_entry(batch, token), self.keys.batch_taken(batch, token))
+                if batch is not None
+                else None
             )
             self.leases.hold(token, claimed, now, unit)
             self.observer.claimed(claimed)

@@ -24,9 +24,9 @@ as they end, park or are released (the scripts check it while it exists), and th
 (worker/status.py) reads it too while it has members: at most MESSAGE_TTL after an upgrade.
 
 A count can only be wrong if a record vanishes while open (a manual ``DEL``; the service never
-does it, and Redis evicts nothing under ``noeviction``, README.md): its second stays counted. :func:`prune` (the scheduler's housekeeping)
-drops the seconds older than :func:`horizon`, so such a count cannot hold the backlog age up
-for longer than that.
+does it, and Redis evicts nothing under ``noeviction``, README.md): its second stays counted.
+:func:`prune` (the scheduler's housekeeping) drops the seconds older than :func:`horizon`, so
+such a count cannot hold the backlog age up for longer than that.
 """
 
 from __future__ import annotations

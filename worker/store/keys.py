@@ -224,6 +224,16 @@ class Keys:
     def batch_prefix(self) -> str:
         return f"{self.prefix}:batch:"
 
+    @staticmethod
+    def batch_entry(batch_id: str) -> str:
+        """A queued batch's member of ``pending`` (accept.lua writes it, sweep.lua reads it)."""
+        return f"b:{batch_id}"
+
+    @staticmethod
+    def claim_entry(batch_id: str, token: str) -> str:
+        """A claim of a batch: its member of ``pending`` (claim.lua writes it, sweep.lua reads it)."""
+        return f"t:{batch_id}:{token}"
+
     def batch_taken(self, batch_id: str, token: str) -> str:
         """A batch list as taken by one claim (kept briefly, so the claim can be sent again)."""
         return f"{self.prefix}:batch:{batch_id}:t:{token}"

@@ -80,7 +80,7 @@ async def purge_queue(client: aioredis.Redis, settings: Any) -> dict[str, int]:
     if batches:  # only once they are cancelled: until then the sweeper may still find them
         pipe = client.pipeline(transaction=True)
         pipe.delete(*(keys.batch(b) for b in batches))
-        pipe.zrem(keys.pending, *(f"b:{b}" for b in batches))
+        pipe.zrem(keys.pending, *(keys.batch_entry(b) for b in batches))
         await pipe.execute()
     return {
         "messages": messages,
