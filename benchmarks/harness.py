@@ -258,8 +258,7 @@ def wait_drained(stack: Stack, timeout: float) -> bool:
     """Every delivery final and every claim done with (nothing left in the pending index: no
     delivery, batch or claim entry), polled every 50 ms."""
     client = stack.redis()
-    key = f"{stack.prefix}:pending"
-    return wait_until(lambda: int(client.zcard(key)) == 0, timeout, 0.05)
+    return wait_until(lambda: int(client.zcard(stack.keys.pending)) == 0, timeout, 0.05)
 
 
 def pid_of(proc: Proc | Helper | RedisServer) -> int:

@@ -292,8 +292,10 @@ class Engine:
         keys = [self.keys.pending]
         args: list[Any] = [s.delivery_lease_seconds, self.keys.delivery_prefix, token, TAKEN_LIST_SECONDS]
         named: list[str] = ids
+        unit: Unit | None = None  # a claim of a batch: its one entry in pending and its taken list
         if batch is not None:  # the list is taken whole (and the gather pointer cleared)
-            keys += [self.keys.batch(batch), self.keys.gather, self.keys.batch_taken(batch, token)]
+            unit = Unit(self.keys.claim_entry(batch, token), self.keys.batch_taken(batch, token))
+            keys += [self.keys.batch(batch), self.keys.gather, unit.taken]
             named = [batch]
         give_up = time.monotonic() + CLAIM_RETRY_SECONDS
         failures = 0
@@ -316,11 +318,6 @@ class Engine:
             for i in range(1, len(raw), 2)
         ]
         if claimed:
-            unit = (
-                Unit(self.keys.claim_entry(batch, token), self.keys.batch_taken(batch, token))
-                if batch is not None
-                else None
-            )
             self.leases.hold(token, claimed, now, unit)
             self.observer.claimed(claimed)
         return int(raw[0]), claimed

@@ -235,7 +235,9 @@ class Keys:
         return f"t:{batch_id}:{token}"
 
     def batch_taken(self, batch_id: str, token: str) -> str:
-        """A batch list as taken by one claim (kept briefly, so the claim can be sent again)."""
+        """A batch list as taken by one claim: kept while the claim's entry in pending is, or
+        briefly when it held nothing (so the claim can be sent again); sweep.lua builds the same
+        name from :attr:`batch_prefix`."""
         return f"{self.prefix}:batch:{batch_id}:t:{token}"
 
     @property
