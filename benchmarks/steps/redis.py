@@ -7,6 +7,11 @@ them, started with the queue parked as in (2). Redis's CPU is read from redis-se
 (``INFO cpu``: all threads; the AOF's fsync thread included) from before the first POST to the
 last outcome; memory from ``used_memory`` before the POSTs, after them (open) and after the drain
 (finished, kept for RECORD_RETENTION), with ``MEMORY USAGE`` of sampled keys for the breakdown.
+The buckets' expiries come from the seal pass once their window is over (worker/store/seals.py):
+it is run on the round's windows at once (a clock one window ahead) before each memory reading,
+the idempotency buckets' after the POSTs, the outcomes' and unread entries' after the drain, so
+both figures include the expiry each bucket gets; its CPU is reported per bucket name and per
+day at the default windows, not in the per-message figure (it is paid per window).
 The worker's idle Redis CPU (scheduler ticks, heartbeats, Celery's polls) is measured for 2 s after
 the drain and reported beside: it is paid per second, not per message.
 
@@ -36,7 +41,7 @@ from benchmarks.harness import (
     wait_drained,
 )
 from tests.conftest import Stack
-from worker.store import idempotency, outcomes, unread
+from worker.store import idempotency, outcomes, scripts, seals, unread
 
 #: Goals of issue 18: Redis CPU per delivered message; bytes per open delivery beyond its body;
 #: bytes per finished delivery.
@@ -52,6 +57,9 @@ DAY = 86_400
 #: 270-byte body's (mean 270): with one size, every body fell in one allocator size class, so a
 #: record 10 bytes over a class boundary read 64 bytes more, and 10 bytes under it 64 less.
 BODY_SPREAD = 64
+#: Bucket names the seal pass visits a day at the default windows: 24 hours of outcomes, a day
+#: of unread entries and one of idempotency keys.
+SEAL_NAMES_PER_DAY = 24 * 16**outcomes.SUFFIX + 16**unread.SUFFIX + 16**idempotency.SUFFIX
 #: Outcomes per bucket at RATE sustained: an hour's over 65,536 buckets.
 DENSE_PER_BUCKET = outcomes.SPAN * RATE // 16**outcomes.SUFFIX
 #: Idempotency keys per bucket at RATE sustained: a day's window over 16**5 buckets.
@@ -155,6 +163,22 @@ def _open_without_keys(run: Run, n: int) -> dict[str, Any]:
         }
 
 
+def _seal(client: Any, stack: Stack, names: tuple[str, ...]) -> dict[str, float]:
+    """The seal pass over the current window of the layouts named, with a clock one window
+    ahead (as it runs once the window is over): bucket names done, Redis CPU per name, and
+    ``used_memory`` after it."""
+    done, cpu0 = 0, rediscost.redis_cpu(client)
+    for layout in seals.layouts(stack.keys, stack.record_retention, DAY):
+        if layout.name in names:
+            now = (int(time.time() // layout.length) + 1) * layout.length + 1
+            args = seals.args(layout, now, names=16_384)
+            while n := int(scripts.run_sync(client, "seal", keys=[layout.meta], args=args)):
+                done += n
+    cpu = rediscost.cpu_delta(cpu0, rediscost.redis_cpu(client))["total"]
+    used = rediscost.used_memory(client)
+    return {"names": done, "cpu_us_per_name": cpu / done * 1e6 if done else 0.0, "used_memory": used}
+
+
 def _idle(client: Any) -> dict[str, float]:
     """Redis CPU while the worker has nothing to do (after its last outcome's side writes)."""
     time.sleep(0.3)
@@ -180,18 +204,18 @@ def _round(run: Run, n: int, attribution: bool) -> dict[str, Any]:
         meter = CpuMeter({"redis": pid_of(redis_server)}).start()  # for "others" only
         mem0, cpu0 = rediscost.used_memory(client), rediscost.redis_cpu(client)
         post_backlog(stack, n, tag=81, spread=BODY_SPREAD)
-        cpu1, mem1 = rediscost.redis_cpu(client), rediscost.used_memory(client)
+        cpu1 = rediscost.redis_cpu(client)
         accept_stats = rediscost.commandstats(client)
         intake.stop(timeout=15)
+        sealed_keys = _seal(client, stack, ("idempotency",))
         opened = _open_samples(client, stack, n)
-        hold = f"{stack.queue}:bench-hold"
-        client.rename(stack.queue, hold)
+        client.rename(stack.queue, f"{stack.queue}:bench-hold")
         worker = stack.start_worker(concurrency=DELIVERY_CONCURRENCY)
         time.sleep(0.5)
         client.config_resetstat()
         cpu2 = rediscost.redis_cpu(client)
         started = time.monotonic()
-        client.rename(hold, stack.queue)
+        client.rename(f"{stack.queue}:bench-hold", stack.queue)
         drained = wait_drained(stack, run.sizes.drain_timeout)
         drain_s = time.monotonic() - started
         cpu3 = rediscost.redis_cpu(client)
@@ -200,7 +224,8 @@ def _round(run: Run, n: int, attribution: bool) -> dict[str, Any]:
         client.config_set("slowlog-log-slower-than", 10_000)
         idle = _idle(client)
         worker.stop(timeout=20)
-        mem2, finished = rediscost.used_memory(client), _finished_samples(client, stack)
+        sealed_outcomes = _seal(client, stack, ("outcomes", "unread"))
+        finished = _finished_samples(client, stack)
         delivered = n + 50 - int(client.get(stack.keys.open_total) or 0)  # none is parked here
 
         floor_server = start_redis(c, run.work, f"floor-{time.monotonic_ns()}")
@@ -222,9 +247,10 @@ def _round(run: Run, n: int, attribution: bool) -> dict[str, Any]:
         "drain_cpu_us_per_delivery": drain_cpu["total"] / n * 1e6,
         "idle_cpu_us_per_s": idle_per_s * 1e6,
         "idle_share_of_drain_us_per_delivery": idle_per_s * drain_s / n * 1e6,
+        "seal": {"idempotency": sealed_keys, "outcomes_and_unread": sealed_outcomes},
         "memory": {
-            "bytes_per_open": (mem1 - mem0) / n,
-            "bytes_per_finished": (mem2 - mem0) / n,
+            "bytes_per_open": (sealed_keys["used_memory"] - mem0) / n,
+            "bytes_per_finished": (sealed_outcomes["used_memory"] - mem0) / n,
             **opened,
             **finished,
         },
@@ -258,7 +284,14 @@ def measure_redis(run: Run) -> None:
     opened_dense = without_keys["bytes_per_open"] + dense_key["median"]
     body = rounds[-1]["memory"]["body_bytes_stored"]
     mid = rounds[-1]["memory"].get("message_id_chars", 0.0)
+    per_name = spread([r["seal"]["outcomes_and_unread"]["cpu_us_per_name"] for r in rounds])
     run.details["redis"] = {
+        "seal_pass": {  # paid per window, not per message: what a day of it costs
+            "cpu_us_per_name": per_name,
+            "names_per_day": SEAL_NAMES_PER_DAY,
+            "cpu_s_per_day": per_name["median"] * SEAL_NAMES_PER_DAY / 1e6,
+            "cpu_us_per_delivery_at_1000_per_s": per_name["median"] * SEAL_NAMES_PER_DAY / (RATE * DAY),
+        },
         "cpu_us_per_delivery": cpu,
         "floor_cpu_us_per_delivery": floor_cpu,
         "accept_cpu_us_per_delivery": spread([r["accept_cpu_us_per_delivery"] for r in rounds]),

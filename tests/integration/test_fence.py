@@ -25,7 +25,7 @@ from worker.delivery.observers import Observer
 from worker.delivery.recorder import Recorder
 from worker.graph import SendResult
 from worker.states import Event, State
-from worker.store import Keys, campaign_ctx, deadletters, outcomes, records, scripts, unread
+from worker.store import Keys, campaign_ctx, deadletters, outcomes, records, scripts, seals, unread
 from worker.store.connections import RECOMMENDED_CONFIG
 
 pytestmark = pytest.mark.integration
@@ -551,6 +551,15 @@ def test_a_sent_delivery_joins_its_recipients_unread_field_in_the_bucket_of_its_
             rec = await fields(client, s, delivery_id)
             assert rec["sent_at"]
             assert await client.hexists(outcomes.bucket(keys, hour, delivery_id), outcomes.field(delivery_id))  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T; a field typed str, Redis takes bytes
+        # its expiry comes from the seal pass once the window is over, not from the write
+        assert await client.expiretime(bucket) == -1  # type: ignore[misc]  # redis-py types it sync
+        layout = next(
+            x for x in seals.layouts(keys, s.record_retention, s.idempotency_ttl) if x.name == "unread"
+        )
+        assert (
+            await seals.step(client, layout, (window + 1) * retention, names=16**unread.SUFFIX)
+            == 16**unread.SUFFIX
+        )
         assert await client.expiretime(bucket) == (window + 2) * retention  # type: ignore[misc]  # redis-py types it sync
         assert await client.object("encoding", bucket) == b"listpack"
         assert await client.exists(keys.unread(PAGE, "same")) == 0

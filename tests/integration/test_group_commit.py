@@ -17,7 +17,7 @@ from worker.config import Settings
 from worker.intake.committer import GATHER_TARGET, GroupCommitter, accept_items
 from worker.messenger.validation import validate
 from worker.states import State
-from worker.store import Keys, campaign_ctx, idempotency, scripts
+from worker.store import Keys, campaign_ctx, idempotency, scripts, seals
 from worker.store import connections as redisconn
 from worker.store import envelope as broker
 
@@ -274,6 +274,15 @@ def test_an_item_that_cannot_be_encoded_fails_alone_and_never_the_batch(redis_se
     assert after[1] is True
 
 
+async def _seal(settings: Settings, layout: seals.Layout, now: float) -> int:
+    """A whole window of the seal pass in one call (the housekeeping's calls are 1,024 names)."""
+    client = redisconn.async_client(settings)
+    try:
+        return await seals.step(client, layout, now, names=16**layout.digits)
+    finally:
+        await client.aclose()
+
+
 def _submit(settings: Settings, key: str, psid: str) -> tuple[str, bool]:
     """One request with Idempotency-Key ``key`` through a committer of its own."""
 
@@ -309,6 +318,14 @@ def test_an_idempotency_key_lives_in_its_windows_bucket_and_is_found_in_the_next
     bucket = idempotency.bucket(keys.idem_bucket_prefix, window, digest)
     # the field: the digest after the bucket's suffix, raw; the value: the delivery id's raw bytes
     assert sync.hgetall(bucket) == {idempotency.field(digest): bytes.fromhex(first)}
+    # no expiry from the write: the seal pass gives it one once its window is over
+    assert sync.expiretime(bucket) == -1
+    layout = next(
+        x
+        for x in seals.layouts(keys, settings.record_retention, settings.idempotency_ttl)
+        if x.name == "idempotency"
+    )
+    assert asyncio.run(_seal(settings, layout, (window + 1) * TTL)) == 16**idempotency.SUFFIX
     assert sync.expiretime(bucket) == (window + 2) * TTL
     assert sync.object("encoding", bucket) == b"listpack"
     assert not list(sync.scan_iter(match=keys.idem("*")))

@@ -9,7 +9,8 @@ Every SCHEDULER_INTERVAL_SECONDS (0.1 s) it
 * sweeps ``P:pending`` (``sweep.lua``): open deliveries past their deadline whose Celery message
   was lost, or whose holder stopped renewing its lease, go back to the queue;
 * every few seconds: says when page pauses ended and lifts token-invalid pauses whose page has a
-  new token; purges dead letters past DEAD_LETTER_RETENTION (when set);
+  new token; purges dead letters past DEAD_LETTER_RETENTION (when set); gives the buckets of
+  windows that are over their expiry (the seal pass, :mod:`worker.store.seals`);
 * drains the Braze outbox when this process holds its lock.
 
 **Sweeping after an outage.** A holder renews its leases every third of the lease. When Redis
@@ -35,7 +36,7 @@ from worker.braze import OutboxDrainer
 from worker.config import PageTokens, Settings
 from worker.delivery.pauses import PauseKeeper
 from worker.logging import get_logger
-from worker.store import Keys, ages, deadletters, envelope, scripts, text
+from worker.store import Keys, ages, deadletters, envelope, scripts, seals, text
 
 log = get_logger("worker.delivery")
 #: How often the pause housekeeping and the dead-letter retention run.
@@ -132,6 +133,9 @@ class Scheduler:
             purged = await deadletters.purge_expired(self._client, s)
             if purged:
                 log.info("deadletters.expired", count=purged, retention_s=s.dead_letter_retention)
+            sealed = await seals.run(self._client, keys, s)
+            if sealed:
+                log.debug("buckets.sealed", names=sealed)
         if self._drainer is not None:
             await self._drainer.tick()
         return len(ids)

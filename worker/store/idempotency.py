@@ -9,6 +9,8 @@ read)::
 
     P:i:{window}:{suffix}   hash    digest field (raw) -> delivery id (raw); window = ⌊Redis time
                                     / IDEMPOTENCY_TTL⌋; expires at the end of the next window
+                                    (given by the seal pass once its window is over:
+                                    worker/store/seals.py)
 
 ``accept.lua`` writes a key into the current window's bucket unless it is there (``HSETNX``:
 one command for a new key), then looks in the previous window's, and takes it back when it is

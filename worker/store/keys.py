@@ -193,6 +193,12 @@ class Keys:
         return f"{self.prefix}:o:{hour}:{suffix}"
 
     @property
+    def outcome_prefix(self) -> str:
+        """What every outcome bucket's name starts with (``outcome(hour, suffix)``: the hour
+        and the suffix after it)."""
+        return f"{self.prefix}:o:"
+
+    @property
     def outcome_meta(self) -> str:
         """When outcomes' fields first were raw ids on this shard (``raw``: the hour)."""
         return f"{self.prefix}:o:meta"

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from worker import states
-from worker.store import idempotency, outcomes, records, unread
+from worker.store import idempotency, outcomes, records, seals, unread
 
 LUA_DIR: Final = Path(__file__).with_name("lua")
 _INCLUDE = re.compile(r"^--!include (\S+)$", re.M)
@@ -58,6 +58,7 @@ def _prelude() -> str:
         f"local OUTCOME_SPAN, OUTCOME_SUFFIX, OUTCOME_DONE = {outcomes.SPAN}, {outcomes.SUFFIX}, {outcomes.DONE}\n"
         f"local IDEM_SUFFIX, IDEM_FIELD = {idempotency.SUFFIX}, {idempotency.FIELD}\n"
         f"local UNREAD_SUFFIX, UNREAD_FIELD = {unread.SUFFIX}, {unread.FIELD}\n"
+        f"local SEAL_MIN = {seals.SEAL_MIN}\n"
     )
 
 

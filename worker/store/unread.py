@@ -9,7 +9,8 @@ them)::
                                     window = ⌊sent time / RECORD_RETENTION⌋; suffix: the first
                                     SUFFIX hex characters of the SHA-1 of "{page}:{psid}"; field:
                                     the next FIELD of them as FIELD / 2 raw bytes; expires at the
-                                    end of the next window
+                                    end of the next window (given by the seal pass once its
+                                    window is over: worker/store/seals.py)
 
 An entry (:func:`entry`) is a delivery's id and the hour bucket of its outcome
 (:mod:`worker.store.outcomes`), in ENTRY (20) bytes: a byte 0x10, the id's 16 raw bytes, the hour

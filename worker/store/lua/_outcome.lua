@@ -5,7 +5,7 @@
 -- OUTCOME_TIMES as numbers, the rest strings, a 0 of OUTCOME_ZERO_ABSENT as ''; a value written
 -- before is a JSON array), the field of its id's raw bytes (outcome_field) in the bucket
 -- P:o:{hour it ended}:{the id's last OUTCOME_SUFFIX characters}, which expires whole
--- RECORD_RETENTION after its hour. The bucket prefix is the delivery prefix's sibling (P:d: ->
+-- RECORD_RETENTION after its hour (the seal pass gives it that expiry: outcome_store). The bucket prefix is the delivery prefix's sibling (P:d: ->
 -- P:o:; worker/store/keys.py builds the same names).
 --!include _windows.lua
 local function outcome_prefix(dprefix) return string.sub(dprefix, 1, -3) .. 'o:' end
@@ -64,18 +64,24 @@ local function as_table(flat)
 end
 
 -- Stores an outcome's value (packed) for a delivery ended at `now`; deletes the open hash unless
--- `no_hash` (a record that never had one). Two writes to the bucket: the value, and its expiry
--- the first time (EXPIREAT NX: one expiry per bucket, not one per outcome). `field`: the id's
--- outcome_field when the caller has it already (record.lua: the unread entry uses it too).
+-- `no_hash` (a record that never had one). One write to the bucket: the value; the bucket gets
+-- its expiry from the seal pass once its hour is over (_windows.lua's window_self_expires), or
+-- here (EXPIREAT NX: one expiry per bucket) when the pass has begun that hour or the suffix is
+-- not hex (a test's id: no pass can name its bucket). `field`: the id's outcome_field when the
+-- caller has it already (record.lua: the unread entry uses it too).
 local function outcome_store(dprefix, id, value, now, retention, no_hash, field)
   local hour = math.floor(now / OUTCOME_SPAN)
-  local key = outcome_prefix(dprefix) .. hour .. ':' .. string.sub(id, -OUTCOME_SUFFIX)
+  local suffix = string.sub(id, -OUTCOME_SUFFIX)
+  local key = outcome_prefix(dprefix) .. hour .. ':' .. suffix
   if not OUTCOME_META.noted then
     redis.call('HSETNX', outcome_prefix(dprefix) .. 'meta', 'raw', hour)
     OUTCOME_META.noted, OUTCOME_META.read = true, false
   end
   redis.call('HSET', key, field or outcome_field(id), value)
-  redis.call('EXPIREAT', key, (hour + 1) * OUTCOME_SPAN + retention, 'NX')
+  if #suffix ~= OUTCOME_SUFFIX or string.find(suffix, '[^0-9a-f]')
+      or window_self_expires(outcome_prefix(dprefix) .. 'meta', OUTCOME_SPAN, hour) then
+    redis.call('EXPIREAT', key, (hour + 1) * OUTCOME_SPAN + retention, 'NX')
+  end
   if not no_hash then redis.call('DEL', dprefix .. id) end
 end
 

@@ -5,7 +5,7 @@
 -- as many). The value is the deliveries' entries, oldest first, one after the other, each
 -- unread_entry's UNREAD_ENTRY bytes (a tag, the id's 16 raw bytes, the hour of its outcome's
 -- bucket, which holds its send time, in 3 bytes). A bucket expires at the end of the next
--- window (_windows.lua: after a change of RECORD_RETENTION, the windows numbered by the one
+-- window (given by the seal pass once its window is over: window_self_expires; _windows.lua: after a change of RECORD_RETENTION, the windows numbered by the one
 -- before are read too, P:u:meta). Written before (read while they may live: `raw` and `fields`
 -- in P:u:meta, below): the field as its hex characters, and before those "{page}:{psid}"
 -- itself; a value of text entries "{id},{hour}" or "{id},{sent_at},{hour}", space-separated.
@@ -52,8 +52,11 @@ local function unread_add(prefix, page, psid, id, raw, hour, now, retention)
   local key = bucket .. suffix
   local entry = unread_entry(id, raw, hour)
   if redis.call('HSETNX', key, field, entry) == 1 then  -- the recipient's first in this window
-    redis.call('EXPIREAT', key, expires, 'NX')
-  else  -- the bucket exists: it got its expiry when it was made
+    -- the bucket's expiry: the seal pass's once the window is over, or this write's
+    if window_self_expires(prefix .. 'meta', retention, math.floor(now / retention)) then
+      redis.call('EXPIREAT', key, expires, 'NX')
+    end
+  else  -- the bucket exists: it has its expiry, or the pass gives it one
     redis.call('HSET', key, field, redis.call('HGET', key, field) .. entry)
   end
 end

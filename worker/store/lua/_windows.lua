@@ -14,6 +14,30 @@ local function window_bucket(prefix, now, length)
   return prefix .. window .. ':', (window + 2) * length
 end
 
+-- Expiries set per window, not per write (seal.lua runs them; worker/store/seals.py has the
+-- reasons): a bucket written into a window at or after `open:{length}` of its layout's `meta` is
+-- left without an expiry by the write, and once the window is over the housekeeping gives every
+-- bucket name the window may have (its suffixes are hex) its expiry in one pass. A write into a
+-- window before `open:{length}` (the pass has begun it, or a writer's clock is behind) sets the
+-- expiry itself, as does every write into windows shorter than SEAL_MIN (the pass would cost
+-- more than it saves). The first call on a shard sets `open:{length}` to its own window: the
+-- windows before it were written by a version that set expiries per write. Read once per call.
+local SEALS = {}
+local function window_self_expires(meta, length, window)
+  if length < SEAL_MIN then return true end
+  local cached = meta .. ' ' .. length
+  local from = SEALS[cached]
+  if from == nil then
+    from = tonumber(redis.call('HGET', meta, 'open:' .. length))
+    if not from then
+      from = window
+      redis.call('HSET', meta, 'open:' .. length, from)
+    end
+    SEALS[cached] = from
+  end
+  return window < from
+end
+
 -- The window lengths to read by: `length`, then the one before a change while its buckets live.
 -- Notes a change in `meta`.
 local function window_spans(meta, now, length)

@@ -15,7 +15,8 @@
 -- attribution); this script adds status and created_at. No token is ever stored.
 -- Idempotency: a digest is looked up in the bucket of the current window (Redis time /
 -- IDEMPOTENCY_TTL) and of the previous one, and written into the current one, which expires at
--- the end of the next: a key is remembered at least IDEMPOTENCY_TTL, at most twice that.
+-- the end of the next: a key is remembered at least IDEMPOTENCY_TTL, at most twice that (the
+-- expiry comes from the seal pass once the window is over, _windows.lua's window_self_expires).
 -- P:i:meta remembers when buckets first ran on this Redis (since: for one IDEMPOTENCY_TTL after
 -- it the previous version's key is read too), when raw fields did (raw: for two windows after
 -- it a field written as its hex is read too; 0 on a shard no bucket was written to before) and
@@ -51,6 +52,7 @@ local accepted = {}
 local clock = tonumber(redis.call('TIME')[1])
 local meta = ARGV[4] .. 'meta'
 local current, forget_at = window_bucket(ARGV[4], clock, idem_ttl)
+local window = math.floor(clock / idem_ttl)
 local spans = window_spans(meta, clock, idem_ttl)
 local lookup = window_prefixes(ARGV[4], clock, spans)
 local since, raw_since = window_raw_since(meta, 'since', clock)  -- `since`: when buckets first ran
@@ -81,7 +83,7 @@ while i <= #ARGV do
       if not existing and legacy and old ~= '' then existing = redis.call('GET', old) end
       if existing then
         redis.call('HDEL', bucket, field)  -- a bucket it made alone goes with it
-      else
+      elseif window_self_expires(meta, idem_ttl, window) then  -- else the seal pass's, later
         redis.call('EXPIREAT', bucket, forget_at, 'NX')
       end
     end
