@@ -63,24 +63,37 @@ local function as_table(flat)
   return t
 end
 
+-- Per call, per hour an outcome is stored in: its buckets' prefix and expiry, and whether a write
+-- gives them that expiry itself (one script call writes all its outcomes with one dprefix).
+local OUTCOME_HOURS = {}
+local function outcome_hour(dprefix, hour, retention)
+  local at = OUTCOME_HOURS[hour]
+  if not at then
+    local meta = outcome_prefix(dprefix) .. 'meta'
+    if not OUTCOME_META.noted then
+      redis.call('HSETNX', meta, 'raw', hour)
+      OUTCOME_META.noted, OUTCOME_META.read = true, false
+    end
+    at = {bucket = outcome_prefix(dprefix) .. hour .. ':', expires = (hour + 1) * OUTCOME_SPAN + retention,
+      self_expires = window_self_expires(meta, OUTCOME_SPAN, hour)}
+    OUTCOME_HOURS[hour] = at
+  end
+  return at
+end
+
 -- Stores an outcome's value (packed) for a delivery ended at `now`; deletes the open hash unless
 -- `no_hash` (a record that never had one). One write to the bucket: the value; the bucket gets
 -- its expiry from the seal pass once its hour is over (_windows.lua's window_self_expires), or
--- here (EXPIREAT NX: one expiry per bucket) when the pass has begun that hour or the suffix is
--- not hex (a test's id: no pass can name its bucket). `field`: the id's outcome_field when the
--- caller has it already (record.lua: the unread entry uses it too).
+-- here (EXPIREAT NX: one expiry per bucket) when the pass has begun that hour or the id is not
+-- hex (a test's: no pass can name its bucket). `field`: the id's outcome_field when the caller
+-- has it (record.lua: the worker sends it, worker/store/outcomes.py's field).
 local function outcome_store(dprefix, id, value, now, retention, no_hash, field)
-  local hour = math.floor(now / OUTCOME_SPAN)
-  local suffix = string.sub(id, -OUTCOME_SUFFIX)
-  local key = outcome_prefix(dprefix) .. hour .. ':' .. suffix
-  if not OUTCOME_META.noted then
-    redis.call('HSETNX', outcome_prefix(dprefix) .. 'meta', 'raw', hour)
-    OUTCOME_META.noted, OUTCOME_META.read = true, false
-  end
-  redis.call('HSET', key, field or outcome_field(id), value)
-  if #suffix ~= OUTCOME_SUFFIX or string.find(suffix, '[^0-9a-f]')
-      or window_self_expires(outcome_prefix(dprefix) .. 'meta', OUTCOME_SPAN, hour) then
-    redis.call('EXPIREAT', key, (hour + 1) * OUTCOME_SPAN + retention, 'NX')
+  local at = outcome_hour(dprefix, math.floor(now / OUTCOME_SPAN), retention)
+  local key = at.bucket .. string.sub(id, -OUTCOME_SUFFIX)
+  field = field or outcome_field(id)
+  redis.call('HSET', key, field, value)
+  if at.self_expires or field == id then  -- outcome_field keeps an id that is not hex as it is
+    redis.call('EXPIREAT', key, at.expires, 'NX')
   end
   if not no_hash then redis.call('DEL', dprefix .. id) end
 end

@@ -3,8 +3,8 @@
 -- = floor(sent time / RECORD_RETENTION). The SHA-1 of "{page}:{psid}" names both: its first
 -- UNREAD_SUFFIX hex characters the bucket, the next UNREAD_FIELD the field (as raw bytes, half
 -- as many). The value is the deliveries' entries, oldest first, one after the other, each
--- unread_entry's UNREAD_ENTRY bytes (a tag, the id's 16 raw bytes, the hour of its outcome's
--- bucket, which holds its send time, in 3 bytes). A bucket expires at the end of the next
+-- worker/store/unread.py's entry, UNREAD_ENTRY bytes (a tag, the id's 16 raw bytes, the hour of
+-- its outcome's bucket, which holds its send time, in 3 bytes). A bucket expires at the end of the next
 -- window (given by the seal pass once its window is over: window_self_expires; _windows.lua: after a change of RECORD_RETENTION, the windows numbered by the one
 -- before are read too, P:u:meta). Written before (read while they may live: `raw` and `fields`
 -- in P:u:meta, below): the field as its hex characters, and before those "{page}:{psid}"
@@ -35,27 +35,26 @@ local function unread_names(page, psid)
   return string.sub(digest, 1, UNREAD_SUFFIX), bytes_of_hex(hex), hex, plain
 end
 
--- A delivery's entry (worker/store/unread.py's entry: the same bytes): a byte 0x10, the id's 16
--- raw bytes, the hour in 3 bytes; an id that is not 32 lowercase hex characters (a test's) as
--- text after a byte 0x80 + its length.
--- `raw`: the id's outcome_field (_outcome.lua: its 16 raw bytes, or a test's id as it is).
-local function unread_entry(id, raw, hour)
-  local h = struct.pack('>BH', math.floor(hour / 65536) % 256, hour % 65536)
-  if raw ~= id then return '\16' .. raw .. h end
-  return string.char(128 + #id) .. id .. h
+-- The bucket prefix entries written at `now` go into ("{prefix}{window}:"), when its buckets
+-- expire, and whether a write must give them that expiry itself (window_self_expires): once per
+-- call (record.lua).
+local function unread_window(prefix, now, retention)
+  local bucket, expires = window_bucket(prefix, now, retention)
+  return {bucket = bucket, expires = expires,
+    self_expires = window_self_expires(prefix .. 'meta', retention, math.floor(now / retention))}
 end
 
--- A sent delivery joins its recipient's unread deliveries (`raw`: as unread_entry's).
-local function unread_add(prefix, page, psid, id, raw, hour, now, retention)
-  local suffix, field = unread_names(page, psid)
-  local bucket, expires = window_bucket(prefix, now, retention)
-  local key = bucket .. suffix
-  local entry = unread_entry(id, raw, hour)
+-- A sent delivery joins its recipient's unread deliveries. `named`: what the worker built
+-- (worker/store/unread.py's locator, then entry): the bucket suffix (UNREAD_SUFFIX characters),
+-- the field (UNREAD_FIELD / 2 raw bytes) and the entry (a byte 0x10, the id's 16 raw bytes and
+-- its outcome's hour in 3; a test's id that is not hex as text after a byte 0x80 + its length).
+local function unread_add(window, named)
+  local key = window.bucket .. string.sub(named, 1, UNREAD_SUFFIX)
+  local field = string.sub(named, UNREAD_SUFFIX + 1, UNREAD_SUFFIX + UNREAD_FIELD / 2)
+  local entry = string.sub(named, UNREAD_SUFFIX + UNREAD_FIELD / 2 + 1)
   if redis.call('HSETNX', key, field, entry) == 1 then  -- the recipient's first in this window
     -- the bucket's expiry: the seal pass's once the window is over, or this write's
-    if window_self_expires(prefix .. 'meta', retention, math.floor(now / retention)) then
-      redis.call('EXPIREAT', key, expires, 'NX')
-    end
+    if window.self_expires then redis.call('EXPIREAT', key, window.expires, 'NX') end
   else  -- the bucket exists: it has its expiry, or the pass gives it one
     redis.call('HSET', key, field, redis.call('HGET', key, field) .. entry)
   end

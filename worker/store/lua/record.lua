@@ -8,10 +8,12 @@
 -- per delivery:
 -- id, fence token, status, due ('' = none), pending deadline ('' = none), a history entry
 -- ('' = none), a failure class ('' = none: "{status}:{reason}" counted in
--- P:stats:{minute}:reasons), reason ('' = none), its outcome's value when it ends here as an
--- outcome ('' = none: packed by the worker from the record it claimed, outcome_value in
--- worker/delivery/recorder.py), n, and n field/value pairs (with an outcome's value, only its
--- message_id: the value holds the rest).
+-- P:stats:{minute}:reasons), reason ('' = none), where a sent one joins its recipient's unread
+-- deliveries ('' = it does not: worker/store/unread.py's locator and entry, _unread.lua's
+-- unread_add), its outcome's value when it ends here as an outcome ('' = none: packed by the
+-- worker from the record it claimed, outcome_value in worker/delivery/recorder.py) and its field
+-- then (the id's raw bytes: worker/store/outcomes.py's field, _outcome.lua's outcome_field), n, and n
+-- field/value pairs (none with an outcome's value: it holds them).
 -- The history entry and the failure class are written only with a fresh write (never twice,
 -- whatever retries the call: the caller re-sends a pipeline whose answer it lost).
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
@@ -42,6 +44,7 @@ local now = tonumber(ARGV[1])
 local retention = tonumber(ARGV[5])
 camp_init(11)
 unread_spans(ARGV[10], now, retention)  -- notes a change of RECORD_RETENTION for the receipts
+local window = nil  -- the unread entries' (unread_window), with the first
 local counts = {}
 local out = {}
 local ended = {}  -- final deliveries: leave pending and sched in one ZREM each (_bulk.lua)
@@ -50,16 +53,15 @@ local i = 26
 while i <= #ARGV do
   local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local due, deadline = ARGV[i + 3], ARGV[i + 4]
-  local entry, class, reason = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  local value, n = ARGV[i + 8], tonumber(ARGV[i + 9])
-  local first, last = i + 10, i + 9 + 2 * n  -- the field/value pairs
+  local entry, class, reason, named = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+  local value, field, n = ARGV[i + 9], ARGV[i + 10], tonumber(ARGV[i + 11])
+  local first, last = i + 12, i + 11 + 2 * n  -- the field/value pairs
   local key = ARGV[2] .. id
   -- one read for the fence and for what the indexes below need (parked, receipts)
   local held = redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel', 'parked_at',
-    'page_id', 'psid', 'message_id', 'created_at')
+    'page_id', 'psid', 'created_at')
   local camp = camp_of(held[3], held[4])
   if held[1] == token then
-    local field = FINAL[status] and outcome_field(id)  -- its name in an outcome and an unread entry
     if value ~= '' then  -- it ends as an outcome: the hash goes
       outcome_store(ARGV[2], id, value, now, retention, false, field)
     else
@@ -77,18 +79,15 @@ while i <= #ARGV do
       redis.call('EXPIRE', reasons, 3600)
     end
     if FINAL[status] then
-      local rec = {held[6], held[7], held[8], held[9]}
-      for j = first, last, 2 do  -- this call's own message id
-        if ARGV[j] == 'message_id' then rec[4] = ARGV[j + 1] end
-      end
-      if rec[1] then
+      if held[6] then  -- parked: it leaves its recipient's park
         redis.call('ZREM', KEYS[5], id)
-        redis.call('ZREM', ARGV[3] .. rec[2] .. ':' .. rec[3], id)
+        redis.call('ZREM', ARGV[3] .. held[7] .. ':' .. held[8], id)
       end
-      ages_leave(KEYS[2], id, held[10], held[6])
+      ages_leave(KEYS[2], id, held[9], held[6])
       ended[#ended + 1] = id
-      if status == S.SENT and rec[4] and rec[4] ~= '' and rec[3] then
-        unread_add(ARGV[10], rec[2], rec[3], id, field, math.floor(now / OUTCOME_SPAN), now, retention)
+      if named ~= '' then
+        window = window or unread_window(ARGV[10], now, retention)
+        unread_add(window, named)
       end
       if KEEPS_BODY[status] then
         redis.call('ZADD', KEYS[4], now, id)
@@ -108,10 +107,10 @@ while i <= #ARGV do
       table.insert(out, 3)
     else
       if status == S.PARKED then
-        ages_leave(KEYS[2], id, held[10], held[6])
+        ages_leave(KEYS[2], id, held[9], held[6])
         redis.call('HSET', key, 'parked_at', ARGV[1])
-        redis.call('ZADD', ARGV[3] .. held[7] .. ':' .. held[8], tonumber(held[10]), id)
-        redis.call('ZADD', KEYS[5], tonumber(held[10]), id)
+        redis.call('ZADD', ARGV[3] .. held[7] .. ':' .. held[8], tonumber(held[9]), id)
+        redis.call('ZADD', KEYS[5], tonumber(held[9]), id)
       elseif due ~= '' then
         redis.call('ZADD', KEYS[3], tonumber(due), id)
       end
@@ -120,7 +119,7 @@ while i <= #ARGV do
     end
   elseif held[2] == token then
     table.insert(out, 2)
-  elseif not held[10] and not held[7] and outcome_done(ARGV[2], id, now, retention, token) then
+  elseif not held[9] and not held[7] and outcome_done(ARGV[2], id, now, retention, token) then
     table.insert(out, 2)  -- it ended under this token: its hash is an outcome now
   else
     table.insert(out, 0)
