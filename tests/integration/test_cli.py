@@ -72,7 +72,9 @@ def _deliver_pasted_curl(text: str) -> None:
     assert resp.status_code == 202, resp.text
     view_url = url.group(1).split("/v25.0/")[0] + f"/v1/deliveries/{resp.json()['delivery_id']}"
     # an answer without a status (a 503 while the machine is loaded) is read again, as a client would
-    assert wait_until(lambda: httpx.get(view_url, headers=headers, timeout=10).json().get("status") == "sent", 30)
+    assert wait_until(
+        lambda: httpx.get(view_url, headers=headers, timeout=10).json().get("status") == "sent", 30
+    )
 
 
 def test_up_sandbox_with_only_python(tmp_path: Path) -> None:
