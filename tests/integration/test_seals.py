@@ -4,13 +4,16 @@ the workers' housekeeping, not from every write, and no bucket is left without o
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, base_env
 from tests.integration.test_fence import accept, claim, make_settings, run, sent, write
 from worker.config import PageTokens
 from worker.delivery.scheduler import Scheduler
@@ -164,3 +167,38 @@ def test_the_workers_scheduler_runs_the_pass_in_its_housekeeping(redis_server: R
         assert await client.expiretime(bucket) == (hour + 1) * outcomes.SPAN + 7200  # type: ignore[misc]  # redis-py: Awaitable[T] | T
 
     run(s, go)
+
+
+def test_an_operator_seals_the_current_windows_before_a_rollback(redis_server: RedisServer) -> None:
+    """``messenger-worker seal --through-now``: the current hour's outcome buckets get their expiry
+    at once, and later writes into the hour set their own (as the version before them would)."""
+    s = make_settings(redis_server, record_retention=7200)
+    keys = Keys.of(s)
+    hour = int(time.time() // outcomes.SPAN)
+
+    async def write_one(client: aioredis.Redis, delivery_id: str, token: str) -> str:
+        await _send(client, s, [delivery_id], token)
+        return outcomes.bucket(keys, int(time.time() // outcomes.SPAN), delivery_id)
+
+    first = run(s, lambda client: write_one(client, IDS[0], "w1"))
+    env = base_env(
+        redis_server.url,
+        "http://127.0.0.1:9",
+        KEY_PREFIX=s.key_prefix,
+        QUEUE_NAME=s.queue_name,
+        RECORD_RETENTION="7200",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "seal", "--through-now"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(done.stdout)["bucket_names_sealed"]["0"] >= 16**outcomes.SUFFIX
+    sync = redis_server.client()
+    if int(time.time() // outcomes.SPAN) == hour:  # not across an hour's edge
+        assert sync.expiretime(first) == (hour + 1) * outcomes.SPAN + 7200
+        later = run(s, lambda client: write_one(client, IDS[1], "w2"))
+        assert sync.ttl(later) > 0

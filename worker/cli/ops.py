@@ -1,4 +1,4 @@
-"""The operator's commands: ``send``, ``status``, ``dead-letters``, ``link-ref``.
+"""The operator's commands: ``send``, ``status``, ``dead-letters``, ``seal``, ``link-ref``.
 
 Run from the directory of a running ``messenger-worker up``, they find its Redis, intake and dev
 tokens in its state file (:mod:`worker.cli.state`; applied in :func:`worker.cli.main`).
@@ -139,6 +139,23 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             print(json.dumps({"replayed": await fleet.replay(ids)}))
         else:
             print(json.dumps({"purged": await fleet.purge_dead(ids)}))
+        return 0
+
+    return with_fleet(run)
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    """The seal pass to its end on every shard (worker/store/seals.py): the workers run it a little
+    at a time; this is for an operator, e.g. with --through-now before a rollback."""
+    from worker.fleet import Fleet
+    from worker.store import seals
+
+    async def run(fleet: Fleet) -> int:
+        done = [
+            await seals.to_the_end(s.redis, s.keys, s.settings, through_now=args.through_now)
+            for s in fleet.shards
+        ]
+        print(json.dumps({"bucket_names_sealed": dict(enumerate(done))}))
         return 0
 
     return with_fleet(run)

@@ -109,6 +109,25 @@ async def step(client: Any, layout: Layout, now: float, names: int = NAMES_PER_C
     return int(await scripts.run(client, "seal", keys=[layout.meta], args=args(layout, now, names)))
 
 
+def ahead(layout: Layout, now: float) -> float:
+    """A clock one window of ``layout`` ahead of ``now``: the pass then takes the current window
+    as over (:func:`to_the_end`)."""
+    return (int(now // layout.length) + 1) * layout.length + 1.0
+
+
+async def to_the_end(client: Any, keys: Keys, settings: Settings, *, through_now: bool = False) -> int:
+    """The whole pass at once, for an operator (``messenger-worker seal``): every window due now,
+    and with ``through_now`` the current ones too, so that no bucket written so far is left
+    without an expiry (before rolling back to a version that sets them per write; writes after
+    it set their own). Returns the bucket names done."""
+    done, now = 0, time.time()
+    for layout in layouts(keys, settings.record_retention, settings.idempotency_ttl):
+        at = ahead(layout, now) if through_now else now
+        while n := await step(client, layout, at, names=16 * NAMES_PER_CALL):
+            done += n
+    return done
+
+
 async def run(
     client: Any,
     keys: Keys,
