@@ -170,8 +170,7 @@ def _seal(client: Any, stack: Stack, names: tuple[str, ...]) -> dict[str, float]
     done, cpu0 = 0, rediscost.redis_cpu(client)
     for layout in seals.layouts(stack.keys, stack.record_retention, DAY):
         if layout.name in names:
-            now = (int(time.time() // layout.length) + 1) * layout.length + 1
-            args = seals.args(layout, now, names=16_384)
+            args = seals.args(layout, seals.ahead(layout, time.time()), names=16_384)
             while n := int(scripts.run_sync(client, "seal", keys=[layout.meta], args=args)):
                 done += n
     cpu = rediscost.cpu_delta(cpu0, rediscost.redis_cpu(client))["total"]

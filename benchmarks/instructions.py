@@ -1,0 +1,277 @@
+"""Redis instructions per delivery, by script: ``accept.lua``, ``claim.lua`` and ``record.lua``
+run as the service runs them, against a redis-server under callgrind (valgrind), which counts
+the instructions the server executes for exactly each phase.
+
+Why: the CPU figures of step 8 move by a quarter from one run to the next on a shared VM, so a
+change of a few µs per delivery is lost in them; an instruction count is the same to within
+about 1% from run to run, on any machine. It says where Redis's work per delivery goes and
+whether a change cut it; it is not a time (instructions per ns vary with caches and the CPU).
+
+    python -m benchmarks.instructions [--n 2000] [--tree PATH]
+
+``--tree``: measure the service code of another checkout (a ``git worktree`` of an earlier
+commit) with this script, for an A/B. The phases: N messages through the intake's group commit
+(``GroupCommitter``: commits of up to 50, each with an Idempotency-Key, bodies of 206-334 bytes);
+the batches they formed claimed as a worker claims them (``deliver_batch``: up to 100 ids); each
+delivery recorded sent (``Recorder``, a Graph message id of 23 characters). Redis has AOF on
+(``appendfsync everysec``) and the README's RECOMMENDED_CONFIG; loopback only; bounded by N.
+Writes ``benchmarks/results/instructions/{time}-{commit}.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results" / "instructions"
+PAGE = "100200300400500"
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=2000, help="messages (bounded: at most 20,000)")
+    p.add_argument("--tree", default=None, help="the checkout whose worker package is measured")
+    return p.parse_args()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """redis-server under callgrind; ``phase`` zeroes the counts before and dumps them after."""
+
+    def __init__(self, work: Path, args: list[str]) -> None:
+        self.port = _free_port()
+        self.work = work
+        self.proc = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={work}/cg.%p",
+                "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--dir", str(work),
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def wait(self) -> None:
+        import redis
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port).ping()
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.2)
+            else:
+                return
+        raise RuntimeError("redis-server under valgrind did not start")
+
+    def control(self, flag: str) -> None:
+        subprocess.run(["callgrind_control", flag, str(self.proc.pid)], capture_output=True, check=True)
+
+    def instructions_since_zero(self) -> int:
+        """Dump and read the instructions counted since the last zero."""
+        before = set(self.work.glob("cg.*.*"))
+        self.control("-d")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            new = set(self.work.glob("cg.*.*")) - before
+            for path in new:
+                for line in path.read_text(errors="replace").splitlines():
+                    if line.startswith(("summary:", "totals:")):
+                        return int(line.split()[1])
+            time.sleep(0.1)
+        raise RuntimeError("no callgrind dump")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _body(k: int) -> bytes:
+    import orjson
+
+    text = "x" * (200 + k % 64)  # 206-334 bytes of body, as step 8's spread
+    return orjson.dumps(
+        {"recipient": {"id": f"{10**15 + k}"}, "messaging_type": "UPDATE", "message": {"text": text}}
+    )
+
+
+async def _measure(server: Server, n: int) -> dict[str, Any]:
+    from worker.config import PageTokens, Settings
+    from worker.delivery.engine import TAKEN_LIST_SECONDS
+    from worker.delivery.model import Delivery, Outcome
+    from worker.delivery.observers import Observer
+    from worker.delivery.recorder import Recorder
+    from worker.graph import SendResult
+    from worker.intake.committer import GroupCommitter
+    from worker.logging import configure_logging
+    from worker.messenger.validation import validate
+    from worker.states import Event
+    from worker.store import Keys, campaign_ctx, records, scripts, text
+    from worker.store import connections as redisconn
+
+    tag = uuid.uuid4().hex[:8]
+    s = Settings(
+        redis_url=f"redis://127.0.0.1:{server.port}/0",
+        key_prefix=f"ir{tag}",
+        queue_name=f"q{tag}",
+        page_access_tokens={PAGE: "EAAtoken"},
+        intake_insecure_no_auth=True,
+        record_flush_ms=0,
+        _env_file=None,
+    )
+    configure_logging(s.model_copy(update={"log_level": "WARNING"}), stream=sys.stderr)
+    keys, client = Keys.of(s), redisconn.async_client(s)
+    out: dict[str, Any] = {}
+    try:
+        committer = GroupCommitter(client, s)
+
+        async def submit(first: int, count: int, prefix: str) -> None:
+            await asyncio.gather(
+                *(
+                    committer.submit(validate(_body(k), s, path_page_id=PAGE), f"{prefix}-{k}", "r")
+                    for k in range(first, first + count)
+                )
+            )
+
+        async def claim_all(label: str) -> list[Delivery]:
+            """Claims every batch in the queue, oldest first, as deliver_batch does."""
+            claimed: list[Delivery] = []
+            for number, raw in enumerate(reversed(await client.lrange(s.queue_name, 0, -1))):  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+                batch = json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0]
+                claimed += await claim(batch, f"{label}.{number:x}")
+            await client.delete(s.queue_name)
+            return claimed
+
+        async def claim(batch: str, token: str) -> list[Delivery]:
+            now = time.time()
+            raw = await scripts.run(
+                client,
+                "claim",
+                keys=[keys.pending, keys.batch(batch), keys.gather, keys.batch_taken(batch, token)],
+                args=[
+                    repr(now),
+                    s.delivery_lease_seconds,
+                    keys.delivery_prefix,
+                    token,
+                    TAKEN_LIST_SECONDS,
+                    *campaign_ctx.of_settings(keys, s, now),
+                    batch,
+                ],
+            )
+            return [
+                Delivery.from_record(text(raw[i]), token, records.decode(raw[i + 1]))
+                for i in range(1, len(raw), 2)
+            ]
+
+        await submit(0, 50, "warm")  # loads the scripts; its batch is taken before counting
+        await claim_all("warm")
+        server.control("-z")
+        for first in range(0, n, 50):
+            await submit(first, min(50, n - first), tag)
+        out["accept"] = server.instructions_since_zero() / n
+        out["batches"] = int(await client.llen(s.queue_name))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        server.control("-z")
+        claimed = await claim_all("ir")
+        out["claim"] = server.instructions_since_zero() / len(claimed)
+        out["claimed"] = len(claimed)
+
+        recorder = Recorder(client, s, PageTokens(s, source=""), Observer())
+        server.control("-z")
+        for first in range(0, len(claimed), 40):  # writes of 40 outcomes, as under load
+            await asyncio.gather(
+                *(
+                    recorder.record(
+                        Outcome(
+                            d,
+                            Event.SEND_OK,
+                            result=SendResult(f"m_{d.id[:20]}", d.psid, 200, 50.0, started_at=time.time()),
+                        )
+                    )
+                    for d in claimed[first : first + 40]
+                )
+            )
+        out["record"] = server.instructions_since_zero() / len(claimed)
+    finally:
+        await client.aclose()
+    out["total"] = out["accept"] + out["claim"] + out["record"]
+    return out
+
+
+def main() -> int:
+    args = _args()
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        print("needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    tree = Path(args.tree).resolve() if args.tree else Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(tree))
+    from worker.store import connections
+
+    n = max(100, min(args.n, 20_000))
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "--", "worker"],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    )
+    with tempfile.TemporaryDirectory(prefix="bmw-ir-") as work:
+        server = Server(Path(work), connections.server_args())
+        try:
+            server.wait()
+            figures = asyncio.run(_measure(server, n))
+        finally:
+            server.stop()
+    result = {
+        "command": " ".join(["python -m benchmarks.instructions", *sys.argv[1:]]),
+        "commit": commit,
+        "dirty": dirty,
+        "n": n,
+        "instructions_per_delivery": {
+            k: round(v) for k, v in figures.items() if k in ("accept", "claim", "record", "total")
+        },
+        "claimed": figures["claimed"],
+        "batches": figures["batches"],
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"{time.strftime('%Y-%m-%dT%H%M%SZ', time.gmtime())}-{commit[:12]}{'-dirty' if dirty else ''}.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
