@@ -15,7 +15,10 @@ Definitions:
 * **paused_pages**: pages paused now, with why and until when;
 * rates: final outcomes per second over the last five minutes, and the failure ratio
   ((failed + dead) / final);
-* **pages**: per page bucket, its limit, its rate after adaptive slow-down and the slots free now.
+* **pages**: per page bucket, its limit, its rate after adaptive slow-down and the slots free now;
+* **bucket_seal_lag_s**: how long the oldest finished window of outcomes, unread entries or
+  idempotency keys has waited for the workers' seal pass to give its buckets their expiry
+  (worker/store/seals.py; minutes at most while workers run, 0 when none waits).
 
 Everything is read with pipelines: two round trips whatever the backlog or the number of pages
 ever seen; the page rows are the ``max_pages`` most recently used buckets (METRICS_MAX_PAGES for
@@ -38,7 +41,7 @@ from prometheus_client.registry import Collector
 from worker.config import Settings
 from worker.ratelimit import burst_for, page_rate
 from worker.states import State
-from worker.store import Keys, ages, records, text
+from worker.store import Keys, ages, records, seals, text
 
 T = TypeVar("T")
 RATE_MINUTES = 5
@@ -84,6 +87,9 @@ class Status:
     #: How long dead letters are kept (None: until replayed or purged) and final records are.
     dead_letter_retention_s: int | None = None
     record_retention_s: int = 0
+    #: How long the oldest finished window of bucketed records has waited for the seal pass to
+    #: give its buckets their expiry (worker/store/seals.py; 0: none waits).
+    bucket_seal_lag_s: float = 0.0
     paused_pages: list[PausedPage] = field(default_factory=list)
     rates: dict[str, float] = field(default_factory=dict)
     pages: list[PageRow] = field(default_factory=list)
@@ -102,6 +108,7 @@ class Status:
             "dead_letters",
             "dead_letter_retention_s",
             "record_retention_s",
+            "bucket_seal_lag_s",
         ):
             out[name] = getattr(self, name)
         out["paused_pages"] = len(self.paused_pages)
@@ -135,8 +142,10 @@ def read(
     pipe.mget(stat_keys)
     pipe.zrevrange(keys.buckets, 0, (max_pages if max_pages is not None else MAX_PAGE_ROWS) - 1)
     pipe.info("memory")
+    for meta in seals.metas(keys):
+        pipe.hgetall(meta)
     depth, unacked, total, deadlines, legacy, *rest = pipe.execute()
-    first, oldest, sched, parked, dead, paused, stats, buckets, memory = rest
+    first, oldest, sched, parked, dead, paused, stats, buckets, memory, *metas = rest
     members = sorted(text(m) for m in buckets)  # the most recently used, in a stable order
     paused_ids = [text(m) for m, _ in paused]
     pipe = client.pipeline(transaction=False)
@@ -171,6 +180,7 @@ def read(
         dead_letters=int(dead),
         dead_letter_retention_s=settings.dead_letter_retention or None,
         record_retention_s=settings.record_retention,
+        bucket_seal_lag_s=round(max(seals.lag(records.decode(m), now) for m in metas), 1),
         paused_pages=[
             PausedPage(
                 page, float(until), pauses.get(page, {}).get("reason"), pauses.get(page, {}).get("code")
@@ -285,6 +295,7 @@ def merge(statuses: list[Status]) -> Status:
     return Status(
         **counts,
         oldest_open_age_s=max(s.oldest_open_age_s for s in statuses),
+        bucket_seal_lag_s=max(s.bucket_seal_lag_s for s in statuses),
         dead_letter_retention_s=statuses[0].dead_letter_retention_s,
         record_retention_s=statuses[0].record_retention_s,
         paused_pages=[p for s in statuses for p in s.paused_pages],
@@ -375,6 +386,12 @@ _GAUGES = (
     ),
     ("bmw_parked", "Deliveries parked outside the 24-hour window until the user re-engages", "parked"),
     ("bmw_dead_letters", "Deliveries in the dead-letter store", "dead_letters"),
+    (
+        "bmw_bucket_seal_lag_seconds",
+        "How long the oldest finished window of bucketed records has waited for the workers' seal pass"
+        " to give its buckets their expiry (0: none waits)",
+        "bucket_seal_lag_s",
+    ),
 )
 
 

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import RedisServer, base_env
 from tests.integration.test_fence import accept, claim, make_settings, run, sent, write
+from worker import status
 from worker.config import PageTokens
 from worker.delivery.scheduler import Scheduler
 from worker.store import Keys, outcomes, seals
@@ -202,3 +203,23 @@ def test_an_operator_seals_the_current_windows_before_a_rollback(redis_server: R
         assert sync.expiretime(first) == (hour + 1) * outcomes.SPAN + 7200
         later = run(s, lambda client: write_one(client, IDS[1], "w2"))
         assert sync.ttl(later) > 0
+
+
+def test_the_status_says_how_long_a_finished_window_has_waited_for_the_pass(
+    redis_server: RedisServer,
+) -> None:
+    """``bucket_seal_lag_s`` (``messenger-worker status``, ``bmw_bucket_seal_lag_seconds``): 0
+    while the pass keeps up; the time since the end of the oldest window still waiting otherwise
+    (the alert BmwBucketSealLagging fires above two hours: no worker runs the pass)."""
+    s = make_settings(redis_server, record_retention=7200)
+    keys, sync = Keys.of(s), redis_server.client()
+    now = time.time()
+    hour = int(now // outcomes.SPAN)
+    assert status.read(sync, s, now=now).bucket_seal_lag_s == 0.0
+    sync.hset(keys.outcome_meta, f"open:{outcomes.SPAN}", str(hour - 3))  # three hours behind
+    assert status.read(sync, s, now=now).bucket_seal_lag_s == pytest.approx(
+        now - (hour - 2) * outcomes.SPAN, abs=0.1
+    )
+    assert b"bmw_bucket_seal_lag_seconds" in status.render_metrics([(s, sync)])
+    run(s, lambda client: seals.run(client, keys, s, now=now, calls=1000, budget_s=60))
+    assert status.read(sync, s, now=now).bucket_seal_lag_s == 0.0

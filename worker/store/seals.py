@@ -66,6 +66,11 @@ class Layout:
     digits: int
 
 
+def metas(keys: Keys) -> list[str]:
+    """The three layouts' meta hashes (what the status reads for :func:`lag`)."""
+    return [keys.outcome_meta, keys.unread_bucket_prefix + "meta", keys.idem_bucket_prefix + "meta"]
+
+
 def layouts(keys: Keys, record_retention: int, idempotency_ttl: int) -> list[Layout]:
     """The three layouts, their windows numbered by these settings."""
     return [
@@ -97,6 +102,28 @@ def layouts(keys: Keys, record_retention: int, idempotency_ttl: int) -> list[Lay
             idempotency.SUFFIX,
         ),
     ]
+
+
+#: seal.lua's `open:` of a length no pass has left to do (every write with it sets its expiry).
+RETIRED: Final = 1e15
+
+
+def lag(meta: dict[str, str], now: float) -> float:
+    """Seconds since the end of the oldest window of a layout (its ``meta`` hash, decoded) that
+    is over and whose buckets are still waiting for their expiries (0: none waits). The pass
+    keeps it at a few minutes; a lag of hours means no worker runs it, and those buckets grow."""
+    worst = 0.0
+    for name, value in meta.items():
+        if not name.startswith("open:") or not name[5:].isdigit():
+            continue
+        length, first = int(name[5:]), float(value)
+        if first >= RETIRED:
+            continue
+        if f"sealing:{length}" in meta:  # window first - 1 is under way: it ended at first * length
+            worst = max(worst, now - first * length)
+        elif first < now // length:  # window first is over and not begun
+            worst = max(worst, now - (first + 1) * length)
+    return max(0.0, worst)
 
 
 def args(layout: Layout, now: float, names: int = NAMES_PER_CALL) -> list[Any]:
