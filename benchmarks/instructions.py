@@ -123,6 +123,22 @@ def _body(k: int) -> bytes:
     )
 
 
+async def _claimed(client: Any, prefix: str, token: str, raw: list[Any]) -> list[Any]:
+    """claim.lua's answer as the engine reads it: {n, id, ...} and the records read after it, or
+    (a --tree before 2026-12-07) {n, id, record, ...}."""
+    from worker.delivery.model import Delivery
+    from worker.store import records, text
+
+    if len(raw) > 2 and isinstance(raw[2], list):
+        return [
+            Delivery.from_record(text(raw[i]), token, records.decode(raw[i + 1]))
+            for i in range(1, len(raw), 2)
+        ]
+    ids = [text(i) for i in raw[1:]]
+    recs = await records.read_claimed(client, prefix, ids)
+    return [Delivery.from_record(i, token, rec) for i, rec in zip(ids, recs, strict=True)]
+
+
 async def _measure(server: Server, n: int) -> dict[str, Any]:
     from worker.config import PageTokens, Settings
     from worker.delivery.engine import TAKEN_LIST_SECONDS
@@ -134,7 +150,7 @@ async def _measure(server: Server, n: int) -> dict[str, Any]:
     from worker.logging import configure_logging
     from worker.messenger.validation import validate
     from worker.states import Event
-    from worker.store import Keys, campaign_ctx, records, scripts, text
+    from worker.store import Keys, campaign_ctx, scripts
     from worker.store import connections as redisconn
 
     tag = uuid.uuid4().hex[:8]
@@ -186,10 +202,7 @@ async def _measure(server: Server, n: int) -> dict[str, Any]:
                     batch,
                 ],
             )
-            return [
-                Delivery.from_record(text(raw[i]), token, records.decode(raw[i + 1]))
-                for i in range(1, len(raw), 2)
-            ]
+            return await _claimed(client, keys.delivery_prefix, token, raw)
 
         await submit(0, 50, "warm")  # loads the scripts; its batch is taken before counting
         await claim_all("warm")

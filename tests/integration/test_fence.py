@@ -112,10 +112,9 @@ async def claim(
         keys=[keys.pending],
         args=[repr(at), s.delivery_lease_seconds, keys.delivery_prefix, token, 90, *ctx(keys, s, at), *ids],
     )
-    return [
-        Delivery.from_record(raw[i].decode(), token, records.decode(raw[i + 1]))
-        for i in range(1, len(raw), 2)
-    ]
+    ids = [i.decode() for i in raw[1:]]  # what it claimed; the worker reads their records then
+    recs = await records.read_claimed(client, keys.delivery_prefix, ids)
+    return [Delivery.from_record(i, token, rec) for i, rec in zip(ids, recs, strict=True)]
 
 
 async def write(client: aioredis.Redis, s: Settings, *outcomes: Outcome) -> list[int]:

@@ -89,7 +89,7 @@ def _claim(settings: Settings, batch: str, token: str, now: float) -> list[str]:
             batch,
         ],
     )
-    return [flat[i].decode() for i in range(0, len(flat), 2)]
+    return [i.decode() for i in flat]
 
 
 def _one_batch(redis_server: RedisServer) -> tuple[Settings, Any, list[str], str]:
