@@ -5,8 +5,9 @@
 -- OUTCOME_TIMES as numbers, the rest strings, a 0 of OUTCOME_ZERO_ABSENT as ''; a value written
 -- before is a JSON array), the field of its id's raw bytes (outcome_field) in the bucket
 -- P:o:{hour it ended}:{the id's last OUTCOME_SUFFIX characters}, which expires whole
--- RECORD_RETENTION after its hour (the seal pass gives it that expiry: outcome_store). The bucket prefix is the delivery prefix's sibling (P:d: ->
--- P:o:; worker/store/keys.py builds the same names).
+-- RECORD_RETENTION after its hour (the seal pass gives it that expiry: outcome_store). The
+-- bucket prefix is the delivery prefix's sibling (P:d: -> P:o:; worker/store/keys.py builds the
+-- same names).
 --!include _windows.lua
 local function outcome_prefix(dprefix) return string.sub(dprefix, 1, -3) .. 'o:' end
 

@@ -4,9 +4,10 @@
 -- UNREAD_SUFFIX hex characters the bucket, the next UNREAD_FIELD the field (as raw bytes, half
 -- as many). The value is the deliveries' entries, oldest first, one after the other, each
 -- worker/store/unread.py's entry, UNREAD_ENTRY bytes (a tag, the id's 16 raw bytes, the hour of
--- its outcome's bucket, which holds its send time, in 3 bytes). A bucket expires at the end of the next
--- window (given by the seal pass once its window is over: window_self_expires; _windows.lua: after a change of RECORD_RETENTION, the windows numbered by the one
--- before are read too, P:u:meta). Written before (read while they may live: `raw` and `fields`
+-- its outcome's bucket, which holds its send time, in 3 bytes). A bucket expires at the end of
+-- the next window (given by the seal pass once its window is over: window_self_expires;
+-- _windows.lua: after a change of RECORD_RETENTION, the windows numbered by the one before are
+-- read too, P:u:meta). Written before (read while they may live: `raw` and `fields`
 -- in P:u:meta, below): the field as its hex characters, and before those "{page}:{psid}"
 -- itself; a value of text entries "{id},{hour}" or "{id},{sent_at},{hour}", space-separated.
 --!include _windows.lua

@@ -11,9 +11,9 @@
 -- P:stats:{minute}:reasons), reason ('' = none), where a sent one joins its recipient's unread
 -- deliveries ('' = it does not: worker/store/unread.py's locator and entry, _unread.lua's
 -- unread_add), its outcome's value when it ends here as an outcome ('' = none: packed by the
--- worker from the record it claimed, outcome_value in worker/delivery/recorder.py) and its field
--- then (the id's raw bytes: worker/store/outcomes.py's field, _outcome.lua's outcome_field), n, and n
--- field/value pairs (none with an outcome's value: it holds them).
+-- worker from the record it claimed, outcome_value in worker/delivery/recorder.py) and its
+-- field then (the id's raw bytes: worker/store/outcomes.py's field, _outcome.lua's
+-- outcome_field), n, and n field/value pairs (none with an outcome's value: it holds them).
 -- The history entry and the failure class are written only with a fresh write (never twice,
 -- whatever retries the call: the caller re-sends a pipeline whose answer it lost).
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
