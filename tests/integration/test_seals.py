@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from tests.conftest import RedisServer, base_env
 from tests.integration.test_fence import accept, claim, make_settings, run, sent, write
@@ -223,3 +224,18 @@ def test_the_status_says_how_long_a_finished_window_has_waited_for_the_pass(
     assert b"bmw_bucket_seal_lag_seconds" in status.render_metrics([(s, sync)])
     run(s, lambda client: seals.run(client, keys, s, now=now, calls=1000, budget_s=60))
     assert status.read(sync, s, now=now).bucket_seal_lag_s == 0.0
+
+
+def test_a_failing_pass_does_not_stop_the_schedulers_tick(redis_server: RedisServer) -> None:
+    """A seal.lua error (here: a meta value it cannot read) is logged and left to the next run;
+    the rest of the tick still runs."""
+    s = make_settings(redis_server)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> int:
+        await client.hset(keys.outcome_meta, f"open:{outcomes.SPAN}", "not a number")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        with pytest.raises(redis.exceptions.ResponseError):
+            await seals.run(client, keys, s)
+        return await Scheduler(client, s, PageTokens(s, source="")).tick()
+
+    assert run(s, go) == 0

@@ -93,6 +93,17 @@ class Scheduler:
     def may_sweep(self) -> bool:
         return time.monotonic() - self._connected_since >= self._hold_off
 
+    async def _seal(self) -> None:
+        """The housekeeping's share of the seal pass (bucket expiries, store/seals.py). Its
+        failure is logged and left to the next run: the tick goes on (the outbox drainer)."""
+        try:
+            sealed = await seals.run(self._client, self._keys, self._settings)
+        except redis.exceptions.ResponseError as exc:  # a script error: the next run tries again
+            log.warning("buckets.seal_failed", error=str(exc)[:200])
+            return
+        if sealed:
+            log.debug("buckets.sealed", names=sealed)
+
     async def tick(self) -> int:
         """Release due waits and sweep stalled deliveries to the queue. Returns ids enqueued."""
         s, keys = self._settings, self._keys
@@ -133,9 +144,7 @@ class Scheduler:
             purged = await deadletters.purge_expired(self._client, s)
             if purged:
                 log.info("deadletters.expired", count=purged, retention_s=s.dead_letter_retention)
-            sealed = await seals.run(self._client, keys, s)
-            if sealed:
-                log.debug("buckets.sealed", names=sealed)
+            await self._seal()
         if self._drainer is not None:
             await self._drainer.tick()
         return len(ids)
