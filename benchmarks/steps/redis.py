@@ -15,7 +15,9 @@ day at the default windows, not in the per-message figure (it is paid per window
 The worker's idle Redis CPU (scheduler ticks, heartbeats, Celery's polls) is measured for 2 s after
 the drain and reported beside: it is paid per second, not per message.
 
-Then the floor on a second fresh redis-server (``rediscost.floor``). Rounds: ``redis_rounds``
+Then the floor on a second fresh redis-server (``rediscost.floor``). With valgrind installed,
+also ``python -m benchmarks.instructions`` (instructions per delivery by script, counted by
+callgrind: an info row that does not move with the machine). Rounds: ``redis_rounds``
 (median and range). One more round of ``attribution_n`` deliveries runs with ``SLOWLOG`` at 0 µs
 to attribute the command time to each script and each command a script runs (SLOWLOG's own cost
 is in that round only, whose CPU figure is not used).
@@ -23,6 +25,10 @@ is in that round only, whose CPU figure is not used).
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -178,6 +184,25 @@ def _seal(client: Any, stack: Stack, names: tuple[str, ...]) -> dict[str, float]
     return {"names": done, "cpu_us_per_name": cpu / done * 1e6 if done else 0.0, "used_memory": used}
 
 
+def _instructions() -> dict[str, Any] | None:
+    """``python -m benchmarks.instructions``'s figures for this checkout (instructions redis-server
+    executes per delivery, counted by callgrind: the same within 1% on every run), or None
+    without valgrind. A process of its own: it runs redis-server under valgrind."""
+    if not shutil.which("valgrind"):
+        return None
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.instructions", "--n", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if out.returncode != 0:
+        return {"error": out.stderr[-500:]}
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
 def _idle(client: Any) -> dict[str, float]:
     """Redis CPU while the worker has nothing to do (after its last outcome's side writes)."""
     time.sleep(0.3)
@@ -307,6 +332,7 @@ def measure_redis(run: Run) -> None:
         "message_id_chars": mid,
         "rounds": rounds,
         "attribution": attributed,
+        "instructions": _instructions(),
     }
     med = cpu["median"]
     run.rows.append(
@@ -320,6 +346,21 @@ def measure_redis(run: Run) -> None:
             "µs",
         )
     )
+    counted = run.details["redis"]["instructions"]
+    if counted and "instructions_per_delivery" in counted:
+        per = counted["instructions_per_delivery"]
+        run.rows.append(
+            Row(
+                f"   Redis instructions per delivery (callgrind; accept {per['accept'] / 1000:.0f}k, "
+                f"claim {per['claim'] / 1000:.0f}k, record {per['record'] / 1000:.0f}k)",
+                per["total"],
+                "",
+                None,
+                "info (does not move with the machine)",
+                None,
+                "instr",
+            )
+        )
     run.rows.append(
         Row(
             f"   Redis bytes per open delivery (body {body:.0f} B; {opened['min']:.0f}-{opened['max']:.0f})",
