@@ -306,9 +306,9 @@ class Engine:
                 raw = await scripts.run(
                     self.redis, "claim", keys=keys, args=[repr(now), *args, *context, *named]
                 )
-                ids = [text(i) for i in raw[1:]]
+                taken = [text(i) for i in raw[1:]]
                 # a failed read asks the claim again: with this token it gives back the same ids
-                recs = await records.read_claimed(self.redis, self.keys.delivery_prefix, ids)
+                recs = await records.read_claimed(self.redis, self.keys.delivery_prefix, taken)
                 break
             except (redis.exceptions.RedisError, OSError) as exc:
                 failures += 1
@@ -316,9 +316,9 @@ class Engine:
                     raise ClaimUnavailable(type(exc).__name__) from None
                 log.warning("engine.claim_retry", error=type(exc).__name__, failures=failures)
                 await asyncio.sleep(min(2.0, 0.1 * 2**failures))
-        claimed = [Delivery.from_record(i, token, rec) for i, rec in zip(ids, recs, strict=True) if rec]
-        if len(claimed) < len(ids):  # cannot happen: only the holder ends a claimed delivery
-            log.warning("engine.claimed_record_missing", count=len(ids) - len(claimed))
+        claimed = [Delivery.from_record(i, token, rec) for i, rec in zip(taken, recs, strict=True) if rec]
+        if len(claimed) < len(taken):  # cannot happen: only the holder ends a claimed delivery
+            log.warning("engine.claimed_record_missing", count=len(taken) - len(claimed))
         if claimed:
             self.leases.hold(token, claimed, now, unit)
             self.observer.claimed(claimed)

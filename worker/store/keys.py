@@ -217,6 +217,12 @@ class Keys:
         return f"{self.prefix}:idem:{key}"
 
     @property
+    def idem_meta(self) -> str:
+        """What the idempotency buckets' windows are numbered by, and since when they and their
+        raw fields ran (accept.lua: ``ARGV[4] .. 'meta'``)."""
+        return f"{self.idem_bucket_prefix}meta"
+
+    @property
     def idem_bucket_prefix(self) -> str:
         """Idempotency-Key buckets (worker/store/idempotency.py); ``meta`` after it: when they
         first ran, and the TTL their windows are numbered by."""
@@ -364,6 +370,12 @@ class Keys:
     def unread_prefix(self) -> str:
         """The previous version's unread sets (read by the receipts, never written)."""
         return f"{self.prefix}:unread:"
+
+    @property
+    def unread_meta(self) -> str:
+        """What the unread buckets' windows are numbered by, and since when their digest and raw
+        fields ran (_unread.lua: ``prefix .. 'meta'``)."""
+        return f"{self.unread_bucket_prefix}meta"
 
     @property
     def unread_bucket_prefix(self) -> str:

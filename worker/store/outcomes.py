@@ -19,8 +19,8 @@ field there too (in Python in the second round trip, :func:`read`).
 
 A bucket expires as a whole, RECORD_RETENTION after its hour ends, so an outcome is kept at
 least RECORD_RETENTION and at most an hour more (the expiry is given once per bucket by the
-workers' seal pass when the hour is over, not by each write: :mod:`worker.store.seals`). Why buckets: a key of its own costs Redis about
-100 bytes before its value (the key, its object, its main-table and expiry-table entries), and a
+workers' seal pass when the hour is over, not by each write: :mod:`worker.store.seals`). Why
+buckets: a key of its own costs Redis about 100 bytes before its value (the key, its object, its main-table and expiry-table entries), and a
 hash's field names are repeated in every record. In a bucket of up to ``hash-max-listpack-entries``
 (128 by default) outcomes Redis keeps them as one listpack: an outcome costs its id and value
 plus a few bytes. Above about 2,300 deliveries/s per shard the buckets pass 128 entries and Redis

@@ -58,7 +58,7 @@ def _prelude() -> str:
         f"local OUTCOME_SPAN, OUTCOME_SUFFIX, OUTCOME_DONE = {outcomes.SPAN}, {outcomes.SUFFIX}, {outcomes.DONE}\n"
         f"local IDEM_SUFFIX, IDEM_FIELD = {idempotency.SUFFIX}, {idempotency.FIELD}\n"
         f"local UNREAD_SUFFIX, UNREAD_FIELD = {unread.SUFFIX}, {unread.FIELD}\n"
-        f"local SEAL_MIN = {seals.SEAL_MIN}\n"
+        f"local SEAL_MIN, SEAL_RETIRED = {seals.SEAL_MIN}, {seals.RETIRED!r}\n"
     )
 
 

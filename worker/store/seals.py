@@ -68,7 +68,7 @@ class Layout:
 
 def metas(keys: Keys) -> list[str]:
     """The three layouts' meta hashes (what the status reads for :func:`lag`)."""
-    return [keys.outcome_meta, keys.unread_bucket_prefix + "meta", keys.idem_bucket_prefix + "meta"]
+    return [keys.outcome_meta, keys.unread_meta, keys.idem_meta]
 
 
 def layouts(keys: Keys, record_retention: int, idempotency_ttl: int) -> list[Layout]:
@@ -85,7 +85,7 @@ def layouts(keys: Keys, record_retention: int, idempotency_ttl: int) -> list[Lay
         ),
         Layout(
             "unread",
-            keys.unread_bucket_prefix + "meta",
+            keys.unread_meta,
             keys.unread_bucket_prefix,
             record_retention,
             2,
@@ -94,7 +94,7 @@ def layouts(keys: Keys, record_retention: int, idempotency_ttl: int) -> list[Lay
         ),
         Layout(
             "idempotency",
-            keys.idem_bucket_prefix + "meta",
+            keys.idem_meta,
             keys.idem_bucket_prefix,
             idempotency_ttl,
             2,
@@ -104,7 +104,8 @@ def layouts(keys: Keys, record_retention: int, idempotency_ttl: int) -> list[Lay
     ]
 
 
-#: seal.lua's `open:` of a length no pass has left to do (every write with it sets its expiry).
+#: The `open:` of a length no pass has left to do (every write with it sets its expiry): seal.lua
+#: gets it as SEAL_RETIRED (worker/store/scripts.py's prelude).
 RETIRED: Final = 1e15
 
 

@@ -83,8 +83,9 @@ def hex_field(page_id: str, psid: str) -> str:
 
 
 def field(page_id: str, psid: str) -> bytes:
-    """A recipient's field in its bucket: :func:`hex_field`'s 16 characters as 8 raw bytes."""
-    return bytes.fromhex(hex_field(page_id, psid))
+    """A recipient's field in its bucket: :func:`hex_field`'s 16 characters as 8 raw bytes (what
+    :func:`locator` has after the suffix)."""
+    return locator(page_id, psid)[SUFFIX:]
 
 
 def locator(page_id: str, psid: str) -> bytes:

@@ -40,9 +40,9 @@ end
 -- expire, and whether a write must give them that expiry itself (window_self_expires): once per
 -- call (record.lua).
 local function unread_window(prefix, now, retention)
-  local bucket, expires = window_bucket(prefix, now, retention)
+  local bucket, expires, window = window_bucket(prefix, now, retention)
   return {bucket = bucket, expires = expires,
-    self_expires = window_self_expires(prefix .. 'meta', retention, math.floor(now / retention))}
+    self_expires = window_self_expires(prefix .. 'meta', retention, window)}
 end
 
 -- A sent delivery joins its recipient's unread deliveries. `named`: what the worker built

@@ -7,11 +7,11 @@
 -- change, the one before and when it changed (before, changed): the windows numbered by the one
 -- before are read too while their buckets live (two of it).
 
--- The bucket prefix ("{prefix}{window}:") an entry written at `now` goes into, and when that
--- bucket expires.
+-- The bucket prefix ("{prefix}{window}:") an entry written at `now` goes into, when that
+-- bucket expires, and the window's number.
 local function window_bucket(prefix, now, length)
   local window = math.floor(now / length)
-  return prefix .. window .. ':', (window + 2) * length
+  return prefix .. window .. ':', (window + 2) * length, window
 end
 
 -- Expiries set per window, not per write (seal.lua runs them; worker/store/seals.py has the

@@ -51,8 +51,7 @@ local accepted = {}
 -- the idempotency windows (_windows.lua), by the server's clock (one clock for every intake)
 local clock = tonumber(redis.call('TIME')[1])
 local meta = ARGV[4] .. 'meta'
-local current, forget_at = window_bucket(ARGV[4], clock, idem_ttl)
-local window = math.floor(clock / idem_ttl)
+local current, forget_at, window = window_bucket(ARGV[4], clock, idem_ttl)
 local spans = window_spans(meta, clock, idem_ttl)
 local lookup = window_prefixes(ARGV[4], clock, spans)
 local since, raw_since = window_raw_since(meta, 'since', clock)  -- `since`: when buckets first ran

@@ -19,7 +19,7 @@
 -- Returns the names done by this call (0: nothing is left to seal now).
 local meta, now, prefix, used = KEYS[1], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local k, extra, digits, limit = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local RETIRED = 1e15  -- worker/store/seals.py's RETIRED
+local RETIRED = SEAL_RETIRED
 local flat = redis.call('HGETALL', meta)
 local fields = {}
 for j = 1, #flat, 2 do fields[flat[j]] = flat[j + 1] end
