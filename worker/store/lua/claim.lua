@@ -20,6 +20,9 @@
 --!include _campaign.lua
 local now = tonumber(ARGV[1])
 local lease = now + tonumber(ARGV[2])
+-- as text once: a Lua number handed to redis.call is formatted (%.17g) on every call, about 4k
+-- instructions each
+local lease_at = string.format('%.17g', lease)
 local token = ARGV[4]
 camp_init(6)
 local ids
@@ -39,18 +42,16 @@ for _, id in ipairs(ids) do
   local key = ARGV[3] .. id
   local h = redis.call('HMGET', key, 'status', 'claim', 'lease_until', 'not_before', 'cancel', 'campaign_id',
     'canvas_id')
-  local st = {status = h[1], claim = h[2], lease_until = h[3], not_before = h[4], cancel = h[5],
-    campaign_id = h[6], canvas_id = h[7]}
-  local camp = camp_of(st.campaign_id, st.canvas_id)
-  if st.claim == token and st.status == S.IN_FLIGHT then
+  local status, cancel = h[1], h[5]
+  local camp = camp_of(h[6], h[7])
+  if h[2] == token and status == S.IN_FLIGHT then
     table.insert(out, id)
-  elseif st.status and CLAIMABLE[st.status] and tonumber(st.lease_until or '0') <= now
-      and (st.cancel == '1' or (camp and camp_stopped(camp))) then
-    camp_cancel(id, st.cancel == '1' and 'operator' or 'campaign_stopped')
-  elseif st.status and CLAIMABLE[st.status] and tonumber(st.not_before or '0') <= now
-      and tonumber(st.lease_until or '0') <= now then
+  elseif status and CLAIMABLE[status] and tonumber(h[3] or '0') <= now
+      and (cancel == '1' or (camp and camp_stopped(camp))) then
+    camp_cancel(id, cancel == '1' and 'operator' or 'campaign_stopped')
+  elseif status and CLAIMABLE[status] and tonumber(h[4] or '0') <= now and tonumber(h[3] or '0') <= now then
     table.insert(out, id)
-    redis.call('HSET', key, 'status', S.IN_FLIGHT, 'previous', st.status, 'claim', token, 'lease_until', lease)
+    redis.call('HSET', key, 'status', S.IN_FLIGHT, 'previous', status, 'claim', token, 'lease_until', lease_at)
     leased[#leased + 1] = lease + 1
     leased[#leased + 1] = id
   end
