@@ -52,6 +52,8 @@ class Delivery:
     #: final record is built from (worker/delivery/recorder.py, outcome_value). Nothing else
     #: writes them while it is held.
     kept: dict[str, str] = field(default_factory=dict)
+    #: It was parked when claimed (``parked_at`` set: an expired park's last round).
+    parked: bool = False
     # --- this round only (not stored) ---------------------------------------------------------
     #: slot_at was free when reserved (this batch's reservation, not a deferral).
     slot_free: bool = False
@@ -83,6 +85,7 @@ class Delivery:
             last_reason=_reason(rec.get("error")),
             attribution={name: rec[name] for name in records.ATTRIBUTION if rec.get(name)},
             kept={name: rec[name] for name in outcomes.FIELDS if rec.get(name)},
+            parked=bool(rec.get("parked_at")),
         )
 
     @property

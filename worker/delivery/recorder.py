@@ -251,9 +251,10 @@ class Recorder:
             if o.status in FINAL and o.status not in KEEPS_BODY:
                 packed = outcome_value(o, fields, now, s.braze_receipt_events)
                 fields = {}  # the value holds them all
+            d = o.delivery
             args += [
-                o.delivery.id,
-                o.delivery.claim,
+                d.id,
+                d.claim,
                 o.status.value,
                 due,
                 deadline,
@@ -261,7 +262,13 @@ class Recorder:
                 o.reason or "",
                 named,
                 packed,
-                outcomes.field(o.delivery.id) if packed else b"",
+                outcomes.field(d.id) if packed else b"",
+                # what record.lua needs of the record, as this claim read it (it reads only the
+                # fence): nothing else writes these while the claim is held
+                d.kept.get("created_at", ""),
+                "1" if d.parked else "",
+                d.campaign,
+                f"{d.page_id}:{d.psid}" if d.parked or o.status is State.PARKED else "",
                 len(fields),
             ]
             for name, value in fields.items():

@@ -13,7 +13,11 @@
 -- unread_add), its outcome's value when it ends here as an outcome ('' = none: packed by the
 -- worker from the record it claimed, outcome_value in worker/delivery/recorder.py) and its
 -- field then (the id's raw bytes: worker/store/outcomes.py's field, _outcome.lua's
--- outcome_field), n, and n field/value pairs (none with an outcome's value: it holds them).
+-- outcome_field), what the worker read of the record after its claim (its created_at as stored,
+-- '1' when it was parked then, its campaign ('' = none), "{page}:{psid}" when it is or was parked
+-- ('' otherwise): none of them changes while the claim is held, and only the claim's holder
+-- gets past the fence, so the script reads only the fence and `cancel`), n, and n field/value
+-- pairs (none with an outcome's value: it holds them).
 -- The history entry and the failure class are written only with a fresh write (never twice,
 -- whatever retries the call: the caller re-sends a pipeline whose answer it lost).
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
@@ -54,13 +58,13 @@ while i <= #ARGV do
   local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local due, deadline = ARGV[i + 3], ARGV[i + 4]
   local entry, class, reason, named = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
-  local value, field, n = ARGV[i + 9], ARGV[i + 10], tonumber(ARGV[i + 11])
-  local first, last = i + 12, i + 11 + 2 * n  -- the field/value pairs
+  local value, field = ARGV[i + 9], ARGV[i + 10]
+  local created, parked, camp, park = ARGV[i + 11], ARGV[i + 12] == '1', ARGV[i + 13], ARGV[i + 14]
+  local n = tonumber(ARGV[i + 15])
+  local first, last = i + 16, i + 15 + 2 * n  -- the field/value pairs
   local key = ARGV[2] .. id
-  -- one read for the fence and for what the indexes below need (parked, receipts)
-  local held = redis.call('HMGET', key, 'claim', 'done', 'campaign_id', 'canvas_id', 'cancel', 'parked_at',
-    'page_id', 'psid', 'created_at')
-  local camp = camp_of(held[3], held[4])
+  if camp == '' then camp = nil end
+  local held = redis.call('HMGET', key, 'claim', 'done', 'cancel')  -- the fence, and a cancel asked meanwhile
   if held[1] == token then
     if value ~= '' then  -- it ends as an outcome: the hash goes
       outcome_store(ARGV[2], id, value, now, retention, false, field)
@@ -79,11 +83,11 @@ while i <= #ARGV do
       redis.call('EXPIRE', reasons, 3600)
     end
     if FINAL[status] then
-      if held[6] then  -- parked: it leaves its recipient's park
+      if parked then  -- it leaves its recipient's park
         redis.call('ZREM', KEYS[5], id)
-        redis.call('ZREM', ARGV[3] .. held[7] .. ':' .. held[8], id)
+        redis.call('ZREM', ARGV[3] .. park, id)
       end
-      ages_leave(KEYS[2], id, held[9], held[6])
+      ages_leave(KEYS[2], id, created, parked)
       ended[#ended + 1] = id
       if named ~= '' then
         window = window or unread_window(ARGV[10], now, retention)
@@ -102,15 +106,15 @@ while i <= #ARGV do
         if status == S.SENT and camp_stopped(camp) then camp_count(camp, 'sent_after_stop') end
       end
       table.insert(out, 1)
-    elseif held[5] == '1' or (camp and camp_stopped(camp)) then
-      camp_cancel(id, held[5] == '1' and 'operator' or 'campaign_stopped')
+    elseif held[3] == '1' or (camp and camp_stopped(camp)) then
+      camp_cancel(id, held[3] == '1' and 'operator' or 'campaign_stopped')
       table.insert(out, 3)
     else
       if status == S.PARKED then
-        ages_leave(KEYS[2], id, held[9], held[6])
+        ages_leave(KEYS[2], id, created, parked)
         redis.call('HSET', key, 'parked_at', ARGV[1])
-        redis.call('ZADD', ARGV[3] .. held[7] .. ':' .. held[8], tonumber(held[9]), id)
-        redis.call('ZADD', KEYS[5], tonumber(held[9]), id)
+        redis.call('ZADD', ARGV[3] .. park, tonumber(created), id)
+        redis.call('ZADD', KEYS[5], tonumber(created), id)
       elseif due ~= '' then
         redis.call('ZADD', KEYS[3], tonumber(due), id)
       end
@@ -119,7 +123,7 @@ while i <= #ARGV do
     end
   elseif held[2] == token then
     table.insert(out, 2)
-  elseif not held[9] and not held[7] and outcome_done(ARGV[2], id, now, retention, token) then
+  elseif not held[1] and not held[2] and outcome_done(ARGV[2], id, now, retention, token) then
     table.insert(out, 2)  -- it ended under this token: its hash is an outcome now
   else
     table.insert(out, 0)
