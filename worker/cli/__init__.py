@@ -2,7 +2,7 @@
 
 The command line of braze-messenger-worker. Commands: ``intake``, ``worker``, ``up``, ``sandbox``
 (:mod:`worker.cli.services`, :mod:`worker.cli.up`) and ``send``, ``status``, ``pages``,
-``dead-letters``, ``seal``, ``link-ref`` (:mod:`worker.cli.ops`), ``templates`` (:mod:`worker.cli.templates`), ``lookup`` (:mod:`worker.cli.lookup`),
+``dead-letters``, ``seal``, ``unpack-records``, ``link-ref`` (:mod:`worker.cli.ops`), ``templates`` (:mod:`worker.cli.templates`), ``lookup`` (:mod:`worker.cli.lookup`),
 ``campaigns``, ``deliveries``, ``pages``, ``queue`` (:mod:`worker.cli.campaigns`). The operator's commands run from the
 directory of a running ``up`` take its Redis, intake and dev tokens from its state file; a
 connection failure is one line on stderr and exit code 1, never a traceback.
@@ -22,7 +22,7 @@ from worker.cli.campaigns import add_parsers as add_campaign_parsers
 from worker.cli.campaigns import cmd_campaigns, cmd_deliveries, cmd_pages, cmd_queue
 from worker.cli.common import configured
 from worker.cli.lookup import cmd_lookup
-from worker.cli.ops import cmd_dead_letters, cmd_link_ref, cmd_seal, cmd_send, cmd_status
+from worker.cli.ops import cmd_dead_letters, cmd_link_ref, cmd_seal, cmd_send, cmd_status, cmd_unpack_records
 from worker.cli.services import cmd_intake, cmd_sandbox, cmd_worker
 from worker.cli.templates import cmd_templates
 from worker.cli.up import cmd_up
@@ -42,6 +42,7 @@ __all__ = [
     "cmd_send",
     "cmd_status",
     "cmd_templates",
+    "cmd_unpack_records",
     "cmd_up",
     "cmd_worker",
     "main",
@@ -166,6 +167,13 @@ def _add_operations(sub: Any) -> None:
         help="the current windows too: run it before rolling back to a version that sets an expiry per write",
     )
     p.set_defaults(func=cmd_seal)
+
+    p = _parser(
+        sub,
+        "unpack-records",
+        "write the records' packed intake part back as fields: before rolling back past the version that packs it",
+    )
+    p.set_defaults(func=cmd_unpack_records)
 
     p = _parser(sub, "link-ref", "a signed m.me ref, as the Braze template builds it (needs LINK_SECRET)")
     p.add_argument("--page", required=True, help="the page's numeric id")

@@ -161,6 +161,21 @@ def cmd_seal(args: argparse.Namespace) -> int:
     return with_fleet(run)
 
 
+def cmd_unpack_records(args: argparse.Namespace) -> int:
+    """Open records and dead letters whose intake part is packed (worker/store/records.py) back
+    into fields on every shard: before rolling back past the version that packs them, once its
+    intakes are rolled back (README, "Upgrading")."""
+    from worker.fleet import Fleet
+    from worker.store import records
+
+    async def run(fleet: Fleet) -> int:
+        done = [await records.unpack_all(s.redis, s.keys) for s in fleet.shards]
+        print(json.dumps({"records_unpacked": dict(enumerate(done))}))
+        return 0
+
+    return with_fleet(run)
+
+
 def cmd_link_ref(args: argparse.Namespace) -> int:
     """The ref the README's Braze Liquid renders for this user, page and expiry (with LINK_SECRET):
     compare it with Braze's preview of the link when a signed link does not link."""

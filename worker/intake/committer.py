@@ -39,7 +39,7 @@ from worker.intake.notices import Throttled
 from worker.logging import get_logger
 from worker.messenger.validation import InputError, SendRequest, encode_body
 from worker.states import State
-from worker.store import Keys, envelope, idempotency, ids, scripts, shards
+from worker.store import Keys, envelope, idempotency, ids, records, scripts, shards
 from worker.store.campaign_ctx import CONTEXT_ARGS
 from worker.store.campaign_ctx import of_settings as campaign_context
 from worker.store.records import ATTRIBUTION, owner
@@ -158,24 +158,25 @@ def accept_items(args: list[Any]) -> int:
 
 
 def _record(item: _Item, body: bytes | str, fallbacks: bytes, template: bytes) -> list[Any]:
-    """The new record's field/value pairs (accept.lua adds status and created_at): only what the
-    delivery has, so no empty field is stored; attempts (0) and updated_at (= created_at) are
-    written when they change, and the idempotency key is remembered in its bucket only."""
+    """The new record's field/value pairs (accept.lua adds status and created_at): what the
+    request says, packed in one value (records.PACKED_FIELD: one field for Redis to store, not
+    seven), then only those of the rest the delivery has, so no empty field is stored; attempts
+    (0) and updated_at (= created_at) are written when they change, and the idempotency key is
+    remembered in its bucket only."""
     req = item.request
-    pairs: list[Any] = [
-        "page_id",
-        req.page_id,
-        "psid",
-        req.psid,
-        "body",
-        body,
-        "caller",
-        item.caller,
-    ]
+    packed = records.pack_intake(
+        (
+            req.page_id,
+            req.psid,
+            body,
+            item.caller,
+            item.request_id,  # the caller's X-Request-Id, when it sent one
+            fallbacks if fallbacks != b"[]" else b"",
+            template,
+        )
+    )
+    pairs: list[Any] = [records.PACKED_FIELD, packed]
     optional: list[tuple[str, bytes | str]] = [
-        ("request_id", item.request_id),  # the caller's X-Request-Id, when it sent one
-        ("fallbacks", fallbacks if fallbacks != b"[]" else b""),
-        ("utility", template),
         ("external_id", item.external_id),
         *zip(ATTRIBUTION, item.attribution, strict=True),
     ]

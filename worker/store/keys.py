@@ -3,8 +3,9 @@
 ``P`` is ``KEY_PREFIX`` (default ``bmw``)::
 
     P:d:{id}                hash    a delivery: its status (worker/states.py), page, recipient,
-                                    body, attempts, times, claim (fence token) and lease, error …
-                                    (fields: worker/store/records.py). An open delivery or a
+                                    body (these three and what else the request said packed in
+                                    one field, ``in``), attempts, times, claim (fence token) and
+                                    lease, error … (fields: worker/store/records.py). An open delivery or a
                                     dead letter (which keeps its body until replayed or purged);
                                     any other final delivery leaves it for P:o:
     P:o:{hour}:{suffix}     hash    final records (sent, failed, expired, cancelled), one short

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from worker.store import scripts
+from worker.store import records, scripts
 from worker.store.keys import Keys, text
 
 #: An operator's pause without an end: until resumed (a year, renewed by pausing again).
@@ -47,9 +47,9 @@ async def resume_page(client: aioredis.Redis, keys: Keys, page_id: str) -> int:
         chunk = ids[start : start + 1000]
         pipe = client.pipeline(transaction=False)
         for i in chunk:
-            pipe.hget(keys.delivery(i), "page_id")
-        pages = await pipe.execute()
-        mine = [i for i, p in zip(chunk, pages, strict=True) if p is not None and text(p) == page_id]
+            pipe.hmget(keys.delivery(i), ["page_id", records.PACKED_FIELD])
+        pages = [records.page_of(*values) for values in await pipe.execute()]
+        mine = [i for i, p in zip(chunk, pages, strict=True) if p == page_id]
         if mine:  # still waiting (a stale member was claimed meanwhile: not in the schedule)
             pipe = client.pipeline(transaction=False)
             for i in mine:

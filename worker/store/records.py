@@ -3,11 +3,12 @@ decode, what the status API shows, and what a final record keeps.
 
 Fields, by who writes them::
 
-    accept (intake)   status, page_id, psid, body (JSON), caller (the sending intake token's
-                      public id: who may read it), created_at; when it has them, request_id
-                      (the caller's X-Request-Id), fallbacks (JSON list of routes:
-                      worker/delivery/routes.py), utility (JSON), external_id. A missing
-                      attempts is 0 and updated_at is created_at
+    accept (intake)   status, created_at, and ``in``: what the intake read of the request, one
+                      MessagePack value (:data:`PACKED`: page_id, psid, body (JSON), caller (the
+                      sending intake token's public id: who may read it), and when it has them
+                      request_id (the caller's X-Request-Id), fallbacks (JSON list of routes:
+                      worker/delivery/routes.py), utility (JSON)); external_id when it has one.
+                      A missing attempts is 0 and updated_at is created_at
     claim             status (in_flight), previous (the status it was claimed from), claim (the
                       fence token), lease_until
     record (engine)   status, updated_at, attempts, failures, routes_tried (JSON), active_route,
@@ -26,6 +27,16 @@ the attribution fields, delivered_at, read_at, as one short value. Not the body,
 working fields, or the Braze user (kept on a sent one only while BRAZE_RECEIPT_EVENTS needs it
 for its receipts). No record ever holds a page token. Read a record, open or final, with
 :func:`worker.store.outcomes.read`.
+
+**Why one packed value** (``in``, :func:`pack_intake`): nothing changes those fields after the
+accept and no script decides by them, yet as fields each cost Redis its work five times over (an
+argument into Lua and back out, a listpack insert with its realloc, an entry in the AOF, a field
+scanned past by every HMGET, an entry in the claimed record's reply): about 10% of its
+instructions per delivery (docs/benchmarks.md). :func:`decode` gives them back as fields, so a
+reader sees one record, whichever way it was written; Lua reads them with ``record_expand``
+(_outcome.lua). A record written before (its fields one by one) reads the same: an upgrade needs
+nothing, a rollback first turns packed records back into fields (``messenger-worker
+unpack-records``, README).
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+import msgpack
 import orjson
 
 from worker.states import State
@@ -41,6 +53,40 @@ from worker.states import State
 #: outcome, shown by the status API and written on every outcome line. A delivery belongs to
 #: its campaign, or to its Canvas when it has no campaign id (:func:`owner`).
 ATTRIBUTION: Final = ("campaign_id", "canvas_id", "canvas_step_id", "variation_id", "send_id")
+
+
+#: The field that holds what the intake read of the request (:func:`pack_intake`), and the fields
+#: it holds, in order.
+PACKED_FIELD: Final = "in"
+PACKED: Final = ("page_id", "psid", "body", "caller", "request_id", "fallbacks", "utility")
+
+
+def pack_intake(values: Sequence[bytes | str]) -> bytes:
+    """The ``in`` value: :data:`PACKED`'s values in order as a MessagePack array ('' for one the
+    request has not, trailing ones cut); strings in MessagePack's str family, as Lua's cmsgpack
+    reads and writes them."""
+    last = len(values)
+    while last and not values[last - 1]:
+        last -= 1
+    packed: bytes = msgpack.packb(list(values[:last]), use_bin_type=False)
+    return packed
+
+
+def _expand(rec: dict[str, str], raw: Any) -> None:
+    values = msgpack.unpackb(raw if isinstance(raw, bytes) else raw.encode(), raw=True)
+    for name, value in zip(PACKED, values, strict=False):
+        if value and name not in rec:
+            rec[name] = _s(value)
+
+
+def page_of(page_id: Any, packed: Any) -> str | None:
+    """A record's page from ``HMGET page_id in`` (None: no such record)."""
+    if page_id is not None:
+        return _s(page_id)
+    if packed is None:
+        return None
+    values = msgpack.unpackb(packed if isinstance(packed, bytes) else packed.encode(), raw=True)
+    return _s(values[0]) if values else ""
 
 
 def owner(rec: dict[str, str]) -> str:
@@ -62,13 +108,39 @@ async def read_claimed(client: Any, delivery_prefix: str, ids: Sequence[str]) ->
     return [decode(raw) for raw in await pipe.execute()]
 
 
+async def unpack_all(client: Any, keys: Any, *, batch: int = 500) -> int:
+    """Every record whose intake part is packed written back as fields (``unpack_records.lua``),
+    for a rollback past the version that packs; returns how many. SCANs ``P:d:*`` once:
+    bounded by the records there are, each unpacked atomically; safe to run twice."""
+    from worker.store import scripts  # scripts imports this module
+
+    done, found = 0, []
+    async for key in client.scan_iter(match=keys.delivery_prefix + "*", count=1000):
+        found.append(key)
+        if len(found) >= batch:
+            done += int(await scripts.run(client, "unpack_records", keys=found))
+            found = []
+    if found:
+        done += int(await scripts.run(client, "unpack_records", keys=found))
+    return done
+
+
 def decode(raw: Sequence[Any] | dict[Any, Any]) -> dict[str, str]:
     """HGETALL as a flat list (from Lua) or a dict (from redis-py) -> a str dict."""
     if isinstance(raw, dict):
         items: Iterable[tuple[Any, Any]] = raw.items()
     else:
         items = zip(raw[0::2], raw[1::2], strict=True)
-    return {_s(k): _s(v) for k, v in items}
+    rec, packed = {}, None
+    for k, v in items:
+        name = _s(k)
+        if name == PACKED_FIELD:
+            packed = v
+        else:
+            rec[name] = _s(v)
+    if packed is not None:
+        _expand(rec, packed)
+    return rec
 
 
 def _s(value: Any) -> str:

@@ -50,11 +50,13 @@ class Script:
 def _prelude() -> str:
     kept = ", ".join(f"'{field}'" for field in outcomes.FIELDS)
     attribution = ", ".join(f"'{field}'" for field in records.ATTRIBUTION)
+    packed = ", ".join(f"'{field}'" for field in records.PACKED)
     return (
         f"{states.lua_prelude()}local OUTCOME = {{{kept}}}\n"
         f"local OUTCOME_TIMES = {states.lua_set(outcomes.TIMES)}\n"
         f"local OUTCOME_ZERO_ABSENT = {states.lua_set(outcomes.ZERO_ABSENT)}\n"
         f"local ATTRIBUTION = {{{attribution}}}\n"
+        f"local PACKED_FIELD, PACKED = '{records.PACKED_FIELD}', {{{packed}}}\n"
         f"local OUTCOME_SPAN, OUTCOME_SUFFIX, OUTCOME_DONE = {outcomes.SPAN}, {outcomes.SUFFIX}, {outcomes.DONE}\n"
         f"local IDEM_SUFFIX, IDEM_FIELD = {idempotency.SUFFIX}, {idempotency.FIELD}\n"
         f"local UNREAD_SUFFIX, UNREAD_FIELD = {unread.SUFFIX}, {unread.FIELD}\n"

@@ -72,7 +72,7 @@ end
 -- live claim): it leaves every index, it becomes an outcome (_outcome.lua), it is counted.
 local function camp_cancel(id, reason)
   local key = CAMP.d .. id
-  local rec = as_table(redis.call('HGETALL', key))
+  local rec = record_table(redis.call('HGETALL', key))
   if rec.parked_at then
     redis.call('ZREM', CAMP.parked, id)
     redis.call('ZREM', CAMP.park .. rec.page_id .. ':' .. rec.psid, id)

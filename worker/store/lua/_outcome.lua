@@ -64,6 +64,24 @@ local function as_table(flat)
   return t
 end
 
+-- A record's fields with what the intake packed (its `in` field: PACKED's values in order as a
+-- MessagePack array, worker/store/records.py's pack_intake) given back as fields.
+local function record_expand(rec)
+  local packed = rec[PACKED_FIELD]
+  if packed then
+    local values = cmsgpack.unpack(packed)
+    for j, name in ipairs(PACKED) do
+      local v = values[j]
+      if v and v ~= '' and rec[name] == nil then rec[name] = v end
+    end
+    rec[PACKED_FIELD] = nil
+  end
+  return rec
+end
+
+-- A record's HGETALL reply -> its fields (record_expand).
+local function record_table(flat) return record_expand(as_table(flat)) end
+
 -- Per call, per hour an outcome is stored in: its buckets' prefix and expiry, and whether a write
 -- gives them that expiry itself (one script call writes all its outcomes with one dprefix).
 local OUTCOME_HOURS = {}

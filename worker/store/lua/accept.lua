@@ -10,9 +10,10 @@
 -- entry, of the key scoped by the intake to the caller and the page: IDEM_SUFFIX hex characters,
 -- the field as IDEM_FIELD / 2 raw bytes, then the id's raw bytes), the key as the previous version stored it (P:idem:...,
 -- '' for none), its campaign ('' for none: the campaign id, else the Canvas id), n, and n
--- field/value pairs: the record as the intake built it (worker/intake/committer.py: page_id,
--- psid, body, caller, and those it has of request_id, fallbacks, utility, external_id and the
--- attribution); this script adds status and created_at. No token is ever stored.
+-- field/value pairs: the record as the intake built it (worker/intake/committer.py: `in`, what
+-- it read of the request packed in one value (worker/store/records.py), and those it has of
+-- external_id and the attribution); this script adds status and created_at. No token is ever
+-- stored.
 -- Idempotency: a digest is looked up in the bucket of the current window (Redis time /
 -- IDEMPOTENCY_TTL) and of the previous one, and written into the current one, which expires at
 -- the end of the next: a key is remembered at least IDEMPOTENCY_TTL, at most twice that (the
@@ -94,6 +95,7 @@ while i <= #ARGV do
     local rec = {status = S.CANCELLED, created_at = now, updated_at = now, attempts = '0',
       error = '{"reason":"campaign_stopped","code":null,"subcode":null,"message":"campaign_stopped","fbtrace_id":null}'}
     for j = first, last, 2 do rec[ARGV[j]] = rec[ARGV[j]] or ARGV[j + 1] end
+    record_expand(rec)
     outcome_write(ARGV[5], id, rec, tonumber(now), CAMP.record_retention, true)
     camp_count(camp, 'accepted')
     camp_count(camp, S.CANCELLED)

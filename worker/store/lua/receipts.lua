@@ -35,7 +35,7 @@ local function find(id, hour)
   local key, field, rec = outcome_find(CAMP.d, id, tonumber(CAMP.now), CAMP.record_retention)
   if key then return {key, field}, rec end
   local flat = redis.call('HGETALL', CAMP.d .. id)
-  if #flat > 0 then return nil, as_table(flat) end
+  if #flat > 0 then return nil, record_table(flat) end
   return nil, nil
 end
 
