@@ -247,12 +247,15 @@ def dense_buckets(client: Any, pattern: str, per_bucket: int, buckets: int = 40)
 
 
 def body_bytes(client: Any, pattern: str, limit: int = 50) -> float:
-    """Mean stored size of the ``body`` field of records matching ``pattern``."""
+    """Mean size of the body stored in records matching ``pattern`` (its field, or its part of
+    the packed field: worker/store/records.py)."""
+    from worker.store import records
+
     lengths = []
     for key in client.scan_iter(match=pattern, count=1000):
-        length = client.hstrlen(key, "body")
+        length = len(records.decode(client.hgetall(key)).get("body", "").encode())
         if length:
-            lengths.append(int(length))
+            lengths.append(length)
         if len(lengths) >= limit:
             break
     return sum(lengths) / len(lengths) if lengths else 0.0
