@@ -248,3 +248,77 @@ def test_pack_intake_cuts_trailing_empty_values_and_decode_keeps_a_field_over_th
     assert "request_id" not in rec
     assert _run(s, lambda c: records.unpack_all(c, keys)) == 1
     assert records.decode(sync.hgetall(key)) == rec
+
+
+def _records(redis: RedisServer, keys: Keys) -> list[bytes]:
+    return sorted(redis.client().scan_iter(match=keys.delivery_prefix + "*", count=1000))
+
+
+def test_the_records_are_written_beside_accept_lua_and_only_what_it_queues_stays(
+    redis_server: RedisServer,
+) -> None:
+    """The commit's HSETs and accept.lua run in one MULTI/EXEC: a repeated Idempotency-Key's new
+    record is deleted by the script (the first stands), a stopped campaign's becomes its
+    outcome; every record that stays is in a queued batch."""
+    s = _settings(redis_server)
+    keys = Keys.of(s)
+
+    async def scenario(client: aioredis.Redis) -> tuple[list[str], list[str], str]:
+        committer = GroupCommitter(client, s)
+        first = [
+            await committer.submit_with_status(
+                validate(_body(f"pk-k{n}"), s, path_page_id=PAGE), f"key-{n}", ""
+            )
+            for n in range(3)
+        ]
+        again = [
+            await committer.submit_with_status(
+                validate(_body(f"pk-k{n}"), s, path_page_id=PAGE), f"key-{n}", ""
+            )
+            for n in range(3)
+        ]
+        await client.zadd(keys.campaigns_stopped, {"camp-stop": time.time()})
+        (stopped, status) = await committer.submit_with_status(
+            validate(_body("pk-s"), s, path_page_id=PAGE), "", "", attribution=("camp-stop", "", "", "", "")
+        )
+        assert status == "cancelled"
+        return [i for i, _ in first], [f"{i}:{st}" for i, st in again], stopped
+
+    first, again, stopped = _run(s, scenario)
+    assert again == [f"{i}:duplicate" for i in first]
+    assert _records(redis_server, keys) == sorted(keys.delivery(i).encode() for i in first)
+    sync = redis_server.client()
+    batched = [
+        i.decode() for b in sync.scan_iter(match=keys.batch_prefix + "*") for i in sync.lrange(b, 0, -1)
+    ]
+    assert sorted(batched) == sorted(first)
+    cancelled = outcomes.read_sync(sync, keys, stopped, s.record_retention)
+    assert (cancelled["status"], cancelled["page_id"], cancelled["campaign_id"]) == (
+        "cancelled",
+        PAGE,
+        "camp-stop",
+    )
+
+
+def test_a_commit_after_the_scripts_are_flushed_writes_each_record_once(redis_server: RedisServer) -> None:
+    """NOSCRIPT inside the commit's MULTI/EXEC (a Redis restarted or failed over: no scripts):
+    the HSETs ran, accept.lua did not; the commit loads the scripts and runs both again, which
+    writes the same records and queues each once."""
+    s = _settings(redis_server)
+    keys = Keys.of(s)
+
+    async def scenario(client: aioredis.Redis) -> list[str]:
+        await _accept(client, s, [_body("pk-warm")])  # the scripts are loaded
+        await client.script_flush()
+        return await _accept(client, s, [_body(f"pk-f{n}") for n in range(4)])
+
+    ids = _run(s, scenario)
+    assert len(_records(redis_server, keys)) == 5
+    sync = redis_server.client()
+    batched = [
+        i.decode() for b in sync.scan_iter(match=keys.batch_prefix + "*") for i in sync.lrange(b, 0, -1)
+    ]
+    assert sorted(i for i in batched if i in ids) == sorted(ids)
+    assert len(batched) == 5  # each once
+    for i in ids:
+        assert records.decode(sync.hgetall(keys.delivery(i)))["status"] == "queued"

@@ -54,7 +54,7 @@ class Stub:
         self.release = asyncio.Event()
         self.calls: list[int] = []
 
-    async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
+    async def __call__(self, *, keys: list[str], args: list[Any], writes: list[list[Any]]) -> Any:
         n = accept_items(args)
         self.calls.append(n)
         await self.release.wait()
@@ -151,7 +151,7 @@ def test_a_commit_that_breaks_after_the_call_answers_its_callers_and_the_committ
     async def scenario() -> None:
         calls = 0
 
-        async def wrong(*, keys: list[str], args: list[Any]) -> Any:
+        async def wrong(*, keys: list[str], args: list[Any], writes: list[list[Any]]) -> Any:
             nonlocal calls
             calls += 1
             return None if calls == 1 else [b""] * accept_items(args)  # the first answer is no list

@@ -148,21 +148,25 @@ class _Item:
 ACCEPT_HEAD = 10 + CONTEXT_ARGS
 
 
+#: accept.lua's arguments per request: id, idempotency key digest and value, the key as the
+#: previous version stored it, campaign.
+ACCEPT_ITEM = 4
+
+
 def accept_items(args: list[Any]) -> int:
-    """How many requests an ACCEPT call's arguments carry (each: id, idempotency key digest and
-    value, the key as the previous version stored it, campaign, n and n field/value pairs)."""
-    count, i = 0, ACCEPT_HEAD
-    while i < len(args):
-        count, i = count + 1, i + 5 + 2 * int(args[i + 4])
-    return count
+    """How many requests an ACCEPT call's arguments carry."""
+    return (len(args) - ACCEPT_HEAD) // ACCEPT_ITEM
 
 
-def _record(item: _Item, body: bytes | str, fallbacks: bytes, template: bytes) -> list[Any]:
-    """The new record's field/value pairs (accept.lua adds status and created_at): what the
-    request says, packed in one value (records.PACKED_FIELD: one field for Redis to store, not
-    seven), then only those of the rest the delivery has, so no empty field is stored; attempts
-    (0) and updated_at (= created_at) are written when they change, and the idempotency key is
-    remembered in its bucket only."""
+def _record(
+    item: _Item, key: str, body: bytes | str, fallbacks: bytes, template: bytes, *, now: str
+) -> list[Any]:
+    """The new record's HSET arguments (its key, then field/value pairs), written in the commit's
+    MULTI/EXEC before accept.lua decides (which deletes it for a repeated key, or makes it an
+    outcome for a stopped campaign): QUEUED at ``now``, what the request says packed in one value
+    (records.PACKED_FIELD: one field for Redis to store, not seven), then only those of the rest
+    the delivery has, so no empty field is stored; attempts (0) and updated_at (= created_at) are
+    written when they change, and the idempotency key is remembered in its bucket only."""
     req = item.request
     packed = records.pack_intake(
         (
@@ -175,7 +179,16 @@ def _record(item: _Item, body: bytes | str, fallbacks: bytes, template: bytes) -
             template,
         )
     )
-    pairs: list[Any] = [records.PACKED_FIELD, packed]
+    pairs: list[Any] = [
+        "HSET",
+        key,
+        "status",
+        QUEUED,
+        "created_at",
+        now,
+        records.PACKED_FIELD,
+        packed,
+    ]
     optional: list[tuple[str, bytes | str]] = [
         ("external_id", item.external_id),
         *zip(ATTRIBUTION, item.attribution, strict=True),
@@ -364,19 +377,29 @@ class GroupCommitter:
                 return
             await asyncio.sleep(wait)
 
-    async def _accept(self, *, keys: list[str], args: list[Any]) -> Any:
-        """One accept.lua call (a seam: tests hold it in flight)."""
-        return await scripts.run(self._client, "accept", keys=keys, args=args)
+    async def _accept(self, *, keys: list[str], args: list[Any], writes: list[list[Any]]) -> Any:
+        """One commit (a seam: tests hold it in flight): the records' HSETs and the accept.lua
+        call in one MULTI/EXEC, so no record is written without the script's decision about it;
+        on NOSCRIPT both again (the HSETs write the same values). accept.lua's answer."""
 
-    def _arguments(self, batch: list[_Item]) -> tuple[list[_Item], list[Any]]:
+        def build(pipe: Any) -> None:
+            for write in writes:
+                pipe.execute_command(*write)
+            scripts.queue(pipe, "accept", keys=keys, args=args)
+
+        results = await scripts.execute(self._client, build, transaction=True)
+        return results[-1]
+
+    def _arguments(self, batch: list[_Item]) -> tuple[list[_Item], list[Any], list[list[Any]]]:
         """The ACCEPT call's arguments for the requests of ``batch`` that go: not those already
         answered, nor those too close to their deadline (answered NotStored), nor one that cannot
         be encoded (answered with its InputError): each fails alone."""
         s = self._settings
         batch_id = ids.new_delivery_id()  # used only if this commit has to start a batch
         now = time.time()
+        at = repr(now)
         args: list[Any] = [
-            repr(now),
+            at,
             s.idempotency_ttl,
             s.sweep_after_seconds,
             self._keys.idem_bucket_prefix,
@@ -390,6 +413,7 @@ class GroupCommitter:
         ]
         latest_start = asyncio.get_running_loop().time() + self._min_left
         going: list[_Item] = []
+        writes: list[list[Any]] = []
         for item in batch:
             if item.future.done():
                 continue
@@ -406,17 +430,17 @@ class GroupCommitter:
                     exc if isinstance(exc, InputError) else InputError(422, "invalid_body", str(exc))
                 )
                 continue
-            record = _record(item, body, tags, template)
+            writes.append(_record(item, self._keys.delivery(item.delivery_id), body, tags, template, now=at))
             key = item.idempotency_key
             remembered, old = (
                 (idempotency.entry(key, item.delivery_id), self._keys.idem(key)) if key else (b"", "")
             )
-            args += [item.delivery_id, remembered, old, item.owner, len(record) // 2, *record]
+            args += [item.delivery_id, remembered, old, item.owner]
             going.append(item)
-        return going, args
+        return going, args, writes
 
     async def _commit(self, batch: list[_Item]) -> None:
-        items, args = self._arguments(batch)
+        items, args, writes = self._arguments(batch)
         if not items:
             return
         self._committing += len(items)
@@ -424,7 +448,9 @@ class GroupCommitter:
         try:
             async with asyncio.timeout_at(min(item.deadline for item in items)):
                 results = await self._accept(
-                    keys=[self._keys.pending, self._keys.queue, self._keys.open, self._keys.gather], args=args
+                    keys=[self._keys.pending, self._keys.queue, self._keys.open, self._keys.gather],
+                    args=args,
+                    writes=writes,
                 )
         except BaseException as exc:  # every caller is answered, whatever happened
             self._fail(items, exc)

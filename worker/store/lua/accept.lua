@@ -9,11 +9,13 @@
 -- idempotency key's digest and the value to remember ('' for none: worker/store/idempotency.py's
 -- entry, of the key scoped by the intake to the caller and the page: IDEM_SUFFIX hex characters,
 -- the field as IDEM_FIELD / 2 raw bytes, then the id's raw bytes), the key as the previous version stored it (P:idem:...,
--- '' for none), its campaign ('' for none: the campaign id, else the Canvas id), n, and n
--- field/value pairs: the record as the intake built it (worker/intake/committer.py: `in`, what
--- it read of the request packed in one value (worker/store/records.py), and those it has of
--- external_id and the attribution); this script adds status and created_at. No token is ever
--- stored.
+-- '' for none) and its campaign ('' for none: the campaign id, else the Canvas id).
+-- The records themselves are written before this script, in the same MULTI/EXEC, by plain
+-- HSETs (worker/intake/committer.py: status QUEUED, created_at = ARGV[1], `in`, what the
+-- request said packed in one value (worker/store/records.py), and those it has of external_id
+-- and the attribution; no token is ever stored): a record's bytes never travel through Lua.
+-- Until this script has queued an id nothing reads its record; an item it does not queue
+-- loses it here (a repeated key: deleted; a stopped campaign: it becomes the outcome).
 -- Idempotency: a digest is looked up in the bucket of the current window (Redis time /
 -- IDEMPOTENCY_TTL) and of the previous one, and written into the current one, which expires at
 -- the end of the next: a key is remembered at least IDEMPOTENCY_TTL, at most twice that (the
@@ -62,8 +64,7 @@ local field_bytes = IDEM_FIELD / 2
 camp_init(11)
 local i = 26
 while i <= #ARGV do
-  local id, idem, old, owner, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  local first, last = i + 5, i + 4 + 2 * n  -- the record's field/value pairs
+  local id, idem, old, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local existing = false
   if idem ~= '' then
     local suffix = string.sub(idem, 1, IDEM_SUFFIX)
@@ -90,13 +91,13 @@ while i <= #ARGV do
   end
   local camp = owner ~= '' and owner or nil
   if existing then
+    redis.call('DEL', ARGV[5] .. id)  -- the record written for it: the first request's stands
     table.insert(out, existing)
   elseif camp and camp_stopped(camp) then
     local rec = {status = S.CANCELLED, created_at = now, updated_at = now, attempts = '0',
       error = '{"reason":"campaign_stopped","code":null,"subcode":null,"message":"campaign_stopped","fbtrace_id":null}'}
-    for j = first, last, 2 do rec[ARGV[j]] = rec[ARGV[j]] or ARGV[j + 1] end
-    record_expand(rec)
-    outcome_write(ARGV[5], id, rec, tonumber(now), CAMP.record_retention, true)
+    for k, v in pairs(record_table(redis.call('HGETALL', ARGV[5] .. id))) do rec[k] = rec[k] or v end
+    outcome_write(ARGV[5], id, rec, tonumber(now), CAMP.record_retention, false)  -- the hash goes
     camp_count(camp, 'accepted')
     camp_count(camp, S.CANCELLED)
     table.insert(out, '-')
@@ -105,11 +106,10 @@ while i <= #ARGV do
       redis.call('ZADD', CAMP.open .. camp, now, id)
       camp_count(camp, 'accepted')
     end
-    redis.call('HSET', ARGV[5] .. id, 'status', S.QUEUED, 'created_at', now, unpack(ARGV, first, last))
     table.insert(accepted, id)
     table.insert(out, '')
   end
-  i = last + 1
+  i = i + 4
 end
 if #accepted > 0 then
   ages_add(KEYS[3], now, #accepted)
