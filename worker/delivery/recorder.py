@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -252,23 +253,27 @@ class Recorder:
                 packed = outcome_value(o, fields, now, s.braze_receipt_events)
                 fields = {}  # the value holds them all
             d = o.delivery
-            args += [
-                d.id,
-                d.claim,
-                o.status.value,
+            rest = [
                 due,
                 deadline,
                 *_notes(o),
                 o.reason or "",
-                named,
-                packed,
-                outcomes.field(d.id) if packed else b"",
                 # what record.lua needs of the record, as this claim read it (it reads only the
                 # fence): nothing else writes these while the claim is held
-                d.kept.get("created_at", ""),
                 "1" if d.parked else "",
                 d.campaign,
                 f"{d.page_id}:{d.psid}" if d.parked or o.status is State.PARKED else "",
+            ]
+            args += [
+                d.id,
+                d.claim,
+                o.status.value,
+                packed,
+                outcomes.field(d.id) if packed else b"",
+                named,
+                d.kept.get("created_at", ""),
+                # one argument for what is mostly empty (a first-try send has none of it)
+                msgpack.packb(rest, use_bin_type=False) if any(rest) else b"",
                 len(fields),
             ]
             for name, value in fields.items():

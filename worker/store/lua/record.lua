@@ -6,18 +6,19 @@
 -- ARGV[7] history key prefix (P:hist:), ARGV[8] a history's TTL (s), ARGV[9] its entries kept,
 -- ARGV[10] unread bucket prefix (P:u:), ARGV[11..25] the campaign context (_campaign.lua), then
 -- per delivery:
--- id, fence token, status, due ('' = none), pending deadline ('' = none), a history entry
--- ('' = none), a failure class ('' = none: "{status}:{reason}" counted in
--- P:stats:{minute}:reasons), reason ('' = none), where a sent one joins its recipient's unread
--- deliveries ('' = it does not: worker/store/unread.py's locator and entry, _unread.lua's
--- unread_add), its outcome's value when it ends here as an outcome ('' = none: packed by the
--- worker from the record it claimed, outcome_value in worker/delivery/recorder.py) and its
--- field then (the id's raw bytes: worker/store/outcomes.py's field, _outcome.lua's
--- outcome_field), what the worker read of the record after its claim (its created_at as stored,
--- '1' when it was parked then, its campaign ('' = none), "{page}:{psid}" when it is or was parked
--- ('' otherwise): none of them changes while the claim is held, and only the claim's holder
--- gets past the fence, so the script reads only the fence and `cancel`), n, and n field/value
--- pairs (none with an outcome's value: it holds them).
+-- id, fence token, status, its outcome's value when it ends here as an outcome ('' = none:
+-- packed by the worker from the record it claimed, outcome_value in worker/delivery/recorder.py)
+-- and its field then (the id's raw bytes: worker/store/outcomes.py's field, _outcome.lua's
+-- outcome_field), where a sent one joins its recipient's unread deliveries ('' = it does not:
+-- worker/store/unread.py's locator and entry, _unread.lua's unread_add), its created_at as
+-- stored, the rest ('' when all of it is empty, as for a first-try send; else a MessagePack
+-- array: due ('' = none), pending deadline ('' = none), a history entry ('' = none), a failure
+-- class ('' = none: "{status}:{reason}" counted in P:stats:{minute}:reasons), reason
+-- ('' = none), '1' when it was parked when claimed, its campaign ('' = none), "{page}:{psid}"
+-- when it is or was parked ('' otherwise)), n, and n field/value pairs (none with an outcome's
+-- value: it holds them). created_at, parked, the campaign and the park are what the worker
+-- read of the record after its claim: none of them changes while the claim is held, and only
+-- the claim's holder gets past the fence, so the script reads only the fence and `cancel`.
 -- The history entry and the failure class are written only with a fresh write (never twice,
 -- whatever retries the call: the caller re-sends a pipeline whose answer it lost).
 -- The token must be the record's claim; then the fields are written, the claim is cleared and
@@ -55,15 +56,17 @@ local ended = {}  -- final deliveries: leave pending and sched in one ZREM each 
 local reasons = ARGV[4] .. ARGV[6] .. ':reasons'
 local i = 26
 while i <= #ARGV do
-  local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local due, deadline = ARGV[i + 3], ARGV[i + 4]
-  local entry, class, reason, named = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
-  local value, field = ARGV[i + 9], ARGV[i + 10]
-  local created, parked, camp, park = ARGV[i + 11], ARGV[i + 12] == '1', ARGV[i + 13], ARGV[i + 14]
-  local n = tonumber(ARGV[i + 15])
-  local first, last = i + 16, i + 15 + 2 * n  -- the field/value pairs
+  local id, token, status, value, field = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local named, created, rest, n = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
+  local first, last = i + 9, i + 8 + 2 * n  -- the field/value pairs
+  local due, deadline, entry, class, reason, parked, camp, park = '', '', '', '', '', false, nil, ''
+  if rest ~= '' then
+    local r = cmsgpack.unpack(rest)
+    due, deadline, entry, class, reason, park = r[1], r[2], r[3], r[4], r[5], r[8]
+    parked = r[6] == '1'
+    if r[7] ~= '' then camp = r[7] end
+  end
   local key = ARGV[2] .. id
-  if camp == '' then camp = nil end
   local held = redis.call('HMGET', key, 'claim', 'done', 'cancel')  -- the fence, and a cancel asked meanwhile
   if held[1] == token then
     if value ~= '' then  -- it ends as an outcome: the hash goes
