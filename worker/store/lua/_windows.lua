@@ -22,18 +22,22 @@ end
 -- expiry itself, as does every write into windows shorter than SEAL_MIN (the pass would cost
 -- more than it saves). The first call on a shard sets `open:{length}` to its own window: the
 -- windows before it were written by a version that set expiries per write. Read once per call.
-local SEALS = {}
+local SEALS = {}  -- meta -> length -> open:{length} (no key made of a number: formatting one costs)
 local function window_self_expires(meta, length, window)
   if length < SEAL_MIN then return true end
-  local cached = meta .. ' ' .. length
-  local from = SEALS[cached]
+  local of_meta = SEALS[meta]
+  if of_meta == nil then
+    of_meta = {}
+    SEALS[meta] = of_meta
+  end
+  local from = of_meta[length]
   if from == nil then
     from = tonumber(redis.call('HGET', meta, 'open:' .. length))
     if not from then
       from = window
       redis.call('HSET', meta, 'open:' .. length, from)
     end
-    SEALS[cached] = from
+    of_meta[length] = from
   end
   return window < from
 end

@@ -61,6 +61,7 @@ local since, raw_since = window_raw_since(meta, 'since', clock)  -- `since`: whe
 local legacy = clock < since + idem_ttl
 local hex_fields = clock < raw_since + window_lives(spans)
 local field_bytes = IDEM_FIELD / 2
+local self_expires = nil  -- this call's window: whether its writes set the expiry (once, at the first)
 camp_init(11)
 local i = 26
 while i <= #ARGV do
@@ -84,8 +85,9 @@ while i <= #ARGV do
       if not existing and legacy and old ~= '' then existing = redis.call('GET', old) end
       if existing then
         redis.call('HDEL', bucket, field)  -- a bucket it made alone goes with it
-      elseif window_self_expires(meta, idem_ttl, window) then  -- else the seal pass's, later
-        redis.call('EXPIREAT', bucket, forget_at, 'NX')
+      else
+        if self_expires == nil then self_expires = window_self_expires(meta, idem_ttl, window) end
+        if self_expires then redis.call('EXPIREAT', bucket, forget_at, 'NX') end  -- else the seal pass's
       end
     end
   end
