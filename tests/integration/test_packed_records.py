@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from tests.conftest import PAGE, PAGE_TOKEN, RedisServer, base_env
+from tests.conftest import PAGE, RedisServer, base_env
+from tests.integration.test_fence import make_settings
 from worker.config import Settings
 from worker.delivery.engine import TAKEN_LIST_SECONDS
 from worker.delivery.model import Delivery
@@ -26,15 +27,7 @@ from worker.store import connections as redisconn
 
 
 def _settings(redis: RedisServer) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return Settings(
-        redis_url=redis.url,
-        key_prefix=f"pk{tag}",
-        queue_name=f"q{tag}",
-        page_access_tokens={PAGE: PAGE_TOKEN},
-        intake_insecure_no_auth=True,
-        _env_file=None,
-    )
+    return make_settings(redis, intake_insecure_no_auth=True)
 
 
 def _body(psid: str, **extra: Any) -> bytes:
