@@ -57,7 +57,8 @@ local reasons = ARGV[4] .. ARGV[6] .. ':reasons'
 local i = 26
 while i <= #ARGV do
   local id, token, status, value, field = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local named, created, rest, n = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
+  local named, created, rest, n = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+  n = n == '0' and 0 or tonumber(n)  -- no strtod for the common case
   local first, last = i + 9, i + 8 + 2 * n  -- the field/value pairs
   local due, deadline, entry, class, reason, parked, camp, park = '', '', '', '', '', false, nil, ''
   if rest ~= '' then
