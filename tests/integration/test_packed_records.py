@@ -247,6 +247,12 @@ def _records(redis: RedisServer, keys: Keys) -> list[bytes]:
     return sorted(redis.client().scan_iter(match=keys.delivery_prefix + "*", count=1000))
 
 
+def _batched(redis: RedisServer, keys: Keys) -> list[str]:
+    """Every id in a queued batch list."""
+    sync = redis.client()
+    return [i.decode() for b in sync.scan_iter(match=keys.batch_prefix + "*") for i in sync.lrange(b, 0, -1)]
+
+
 def test_the_records_are_written_beside_accept_lua_and_only_what_it_queues_stays(
     redis_server: RedisServer,
 ) -> None:
@@ -281,9 +287,7 @@ def test_the_records_are_written_beside_accept_lua_and_only_what_it_queues_stays
     assert again == [f"{i}:duplicate" for i in first]
     assert _records(redis_server, keys) == sorted(keys.delivery(i).encode() for i in first)
     sync = redis_server.client()
-    batched = [
-        i.decode() for b in sync.scan_iter(match=keys.batch_prefix + "*") for i in sync.lrange(b, 0, -1)
-    ]
+    batched = _batched(redis_server, keys)
     assert sorted(batched) == sorted(first)
     cancelled = outcomes.read_sync(sync, keys, stopped, s.record_retention)
     assert (cancelled["status"], cancelled["page_id"], cancelled["campaign_id"]) == (
@@ -308,9 +312,7 @@ def test_a_commit_after_the_scripts_are_flushed_writes_each_record_once(redis_se
     ids = _run(s, scenario)
     assert len(_records(redis_server, keys)) == 5
     sync = redis_server.client()
-    batched = [
-        i.decode() for b in sync.scan_iter(match=keys.batch_prefix + "*") for i in sync.lrange(b, 0, -1)
-    ]
+    batched = _batched(redis_server, keys)
     assert sorted(i for i in batched if i in ids) == sorted(ids)
     assert len(batched) == 5  # each once
     for i in ids:

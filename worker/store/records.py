@@ -72,9 +72,14 @@ def pack_intake(values: Sequence[bytes | str]) -> bytes:
     return packed
 
 
+def _unpack_intake(raw: bytes | str) -> list[Any]:
+    """:func:`pack_intake`'s values back (trailing empty ones cut)."""
+    values: list[Any] = msgpack.unpackb(raw if isinstance(raw, bytes) else raw.encode(), raw=True)
+    return values
+
+
 def _expand(rec: dict[str, str], raw: Any) -> None:
-    values = msgpack.unpackb(raw if isinstance(raw, bytes) else raw.encode(), raw=True)
-    for name, value in zip(PACKED, values, strict=False):
+    for name, value in zip(PACKED, _unpack_intake(raw), strict=False):
         if value and name not in rec:
             rec[name] = _s(value)
 
@@ -85,7 +90,7 @@ def page_of(page_id: Any, packed: Any) -> str | None:
         return _s(page_id)
     if packed is None:
         return None
-    values = msgpack.unpackb(packed if isinstance(packed, bytes) else packed.encode(), raw=True)
+    values = _unpack_intake(packed)
     return _s(values[0]) if values else ""
 
 

@@ -38,17 +38,14 @@ else
 end
 local out = {#ids}
 local leased = {}  -- pending ZADD members, sent once (_bulk.lua)
--- a delivery's campaign matters here only while some campaign is stopped (one EXISTS per call)
+-- what decides; a delivery's campaign matters here only while some campaign is stopped (one
+-- EXISTS per call)
 local stops = redis.call('EXISTS', CAMP.stopped) == 1
+local wanted = {'status', 'claim', 'lease_until', 'not_before', 'cancel'}
+if stops then wanted[6], wanted[7] = 'campaign_id', 'canvas_id' end
 for _, id in ipairs(ids) do
   local key = ARGV[3] .. id
-  local h
-  if stops then
-    h = redis.call('HMGET', key, 'status', 'claim', 'lease_until', 'not_before', 'cancel', 'campaign_id',
-      'canvas_id')
-  else
-    h = redis.call('HMGET', key, 'status', 'claim', 'lease_until', 'not_before', 'cancel')
-  end
+  local h = redis.call('HMGET', key, unpack(wanted))
   local status, cancel = h[1], h[5]
   local camp = stops and camp_of(h[6], h[7]) or nil
   if h[2] == token and status == S.IN_FLIGHT then

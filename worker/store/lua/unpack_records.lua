@@ -3,15 +3,13 @@
 -- them: run before rolling back past the version that packs (`messenger-worker unpack-records`,
 -- README). KEYS: delivery hashes (P:d:{id}). A field the record already has is kept.
 -- Returns how many records it unpacked.
+--!include _outcome.lua
 local done = 0
 for _, key in ipairs(KEYS) do
   local packed = redis.call('HGET', key, PACKED_FIELD)
   if packed then
-    local values = cmsgpack.unpack(packed)
-    for j, name in ipairs(PACKED) do
-      local v = values[j]
-      if v and v ~= '' then redis.call('HSETNX', key, name, v) end
-    end
+    -- the fields as every reader gets them (_outcome.lua's record_expand)
+    for name, v in pairs(record_expand({[PACKED_FIELD] = packed})) do redis.call('HSETNX', key, name, v) end
     redis.call('HDEL', key, PACKED_FIELD)
     done = done + 1
   end
