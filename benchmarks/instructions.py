@@ -13,7 +13,10 @@ whether a change cut it; it is not a time (instructions per ns vary with caches 
 commit) with this script, for an A/B. The phases: N messages through the intake's group commit
 (``GroupCommitter``: commits of up to 50, each with an Idempotency-Key, bodies of 206-334 bytes);
 the batches they formed claimed as a worker claims them (``deliver_batch``: up to 100 ids); each
-delivery recorded sent (``Recorder``, a Graph message id of 23 characters). Redis has AOF on
+delivery recorded sent (``Recorder``, a Graph message id of 23 characters). Then step 8's
+floor (``rediscost.floor``: the commands a delivery minimally needs, pipelined in hundreds) on
+the same server, counted alike, and the ratio of the two: a ratio to its floor that, unlike
+step 8's CPU one, does not move with the machine. Redis has AOF on
 (``appendfsync everysec``) and the README's RECOMMENDED_CONFIG; loopback only; bounded by N.
 Writes ``benchmarks/results/instructions/{time}-{commit}.json``.
 """
@@ -246,6 +249,33 @@ async def _measure(server: Server, n: int) -> dict[str, Any]:
     return out
 
 
+def _floor(server: Server, n: int) -> dict[str, float]:
+    """The floor of step 8 (``rediscost.floor``: the commands a delivery minimally needs, in
+    pipelines of 100) counted alike on the same server: its accept, then its claim and record."""
+    import redis
+
+    from benchmarks import rediscost
+
+    client = redis.Redis(port=server.port)
+    try:
+        now = time.time()
+        warm, bodies = rediscost.floor_batches(rediscost.FLOOR_BATCH)
+        rediscost.floor_accept(client, warm, bodies, now)  # the connection and its buffers
+        rediscost.floor_finish(client, warm, now)
+        client.delete("fl:pending")
+        batches, bodies = rediscost.floor_batches(n)
+        batches = [[f"n{i}" for i in batch] for batch in batches]  # not the warm-up's ids
+        server.control("-z")
+        rediscost.floor_accept(client, batches, bodies, now)
+        accept = server.instructions_since_zero() / n
+        server.control("-z")
+        rediscost.floor_finish(client, batches, now)
+        finish = server.instructions_since_zero() / n
+    finally:
+        client.close()
+    return {"floor_accept": accept, "floor_claim_and_record": finish, "floor": accept + finish}
+
+
 def main() -> int:
     args = _args()
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
@@ -273,6 +303,7 @@ def main() -> int:
         try:
             server.wait()
             figures = asyncio.run(_measure(server, n))
+            figures.update(_floor(server, n))
         finally:
             server.stop()
     result = {
@@ -283,6 +314,12 @@ def main() -> int:
         "instructions_per_delivery": {
             k: round(v) for k, v in figures.items() if k in ("accept", "claim", "record", "total")
         },
+        "floor_instructions_per_delivery": {
+            "accept": round(figures["floor_accept"]),
+            "claim_and_record": round(figures["floor_claim_and_record"]),
+            "total": round(figures["floor"]),
+        },
+        "ratio_to_floor": round(figures["total"] / figures["floor"], 2),
         "claimed": figures["claimed"],
         "batches": figures["batches"],
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -261,15 +261,18 @@ def body_bytes(client: Any, pattern: str, limit: int = 50) -> float:
     return sum(lengths) / len(lengths) if lengths else 0.0
 
 
-def floor(client: Any, n: int) -> dict[str, Any]:
-    """The minimal commands of ``n`` deliveries, pipelined in batches of 100, on a fresh
-    redis-server: Redis CPU per delivery and the memory an open and a finished one leave."""
-    now = time.time()
+def floor_batches(n: int) -> tuple[list[list[str]], list[bytes]]:
+    """The floor's ``n`` ids in batches of FLOOR_BATCH, and the bodies the batches' positions
+    send."""
     ids = [f"f{i:09d}" for i in range(n)]
     bodies = [send_body(psid_for(9, i)) for i in range(FLOOR_BATCH)]
-    batches = [ids[i : i + FLOOR_BATCH] for i in range(0, n, FLOOR_BATCH)]
-    mem0, cpu0 = used_memory(client), redis_cpu(client)
-    for b, batch in enumerate(batches):  # accept
+    return [ids[i : i + FLOOR_BATCH] for i in range(0, n, FLOOR_BATCH)], bodies
+
+
+def floor_accept(client: Any, batches: list[list[str]], bodies: list[bytes], now: float) -> None:
+    """The floor's accept: per delivery its record (a small hash) and its body (a string); per
+    batch a deadline and a queue entry."""
+    for b, batch in enumerate(batches):
         pipe = client.pipeline(transaction=False)
         for j, delivery_id in enumerate(batch):
             pipe.hset(
@@ -280,10 +283,12 @@ def floor(client: Any, n: int) -> dict[str, Any]:
         pipe.zadd("fl:pending", {f"b:{b}": now + 600})  # a deadline per batch, as the service's
         pipe.rpush(f"fl:batch:{b}", *batch)
         pipe.execute()
-    cpu1, mem1 = redis_cpu(client), used_memory(client)
-    open_record = memory_samples(client, "fl:d:*")
-    cpu1b = redis_cpu(client)  # the sampling above is not the floor's
-    for b, batch in enumerate(batches):  # claim, send, record
+
+
+def floor_finish(client: Any, batches: list[list[str]], now: float) -> None:
+    """The floor's claim (the batch taken, each status set) and record (status and message id,
+    body and recipient dropped, an expiry, out of the index)."""
+    for b, batch in enumerate(batches):
         pipe = client.pipeline(transaction=False)
         pipe.lrange(f"fl:batch:{b}", 0, -1)
         pipe.delete(f"fl:batch:{b}")
@@ -299,6 +304,19 @@ def floor(client: Any, n: int) -> dict[str, Any]:
             pipe.expire(key, 86_400)
         pipe.zrem("fl:pending", f"b:{b}")
         pipe.execute()
+
+
+def floor(client: Any, n: int) -> dict[str, Any]:
+    """The minimal commands of ``n`` deliveries, pipelined in batches of 100, on a fresh
+    redis-server: Redis CPU per delivery and the memory an open and a finished one leave."""
+    now = time.time()
+    batches, bodies = floor_batches(n)
+    mem0, cpu0 = used_memory(client), redis_cpu(client)
+    floor_accept(client, batches, bodies, now)
+    cpu1, mem1 = redis_cpu(client), used_memory(client)
+    open_record = memory_samples(client, "fl:d:*")
+    cpu1b = redis_cpu(client)  # the sampling above is not the floor's
+    floor_finish(client, batches, now)
     cpu2, mem2 = redis_cpu(client), used_memory(client)
     accept, finish = cpu_delta(cpu0, cpu1), cpu_delta(cpu1b, cpu2)
     return {

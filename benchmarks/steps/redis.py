@@ -17,7 +17,8 @@ the drain and reported beside: it is paid per second, not per message.
 
 Then the floor on a second fresh redis-server (``rediscost.floor``). With valgrind installed,
 also ``python -m benchmarks.instructions`` (instructions per delivery by script, counted by
-callgrind: an info row that does not move with the machine). Rounds: ``redis_rounds``
+callgrind, and the floor's commands counted alike: an info row that does not move with the
+machine). Rounds: ``redis_rounds``
 (median and range). One more round of ``attribution_n`` deliveries runs with ``SLOWLOG`` at 0 µs
 to attribute the command time to each script and each command a script runs (SLOWLOG's own cost
 is in that round only, whose CPU figure is not used).
@@ -349,13 +350,15 @@ def measure_redis(run: Run) -> None:
     counted = run.details["redis"]["instructions"]
     if counted and "instructions_per_delivery" in counted:
         per = counted["instructions_per_delivery"]
+        floor_per = counted.get("floor_instructions_per_delivery", {}).get("total")
         run.rows.append(
             Row(
                 f"   Redis instructions per delivery (callgrind; accept {per['accept'] / 1000:.0f}k, "
-                f"claim {per['claim'] / 1000:.0f}k, record {per['record'] / 1000:.0f}k)",
+                f"claim {per['claim'] / 1000:.0f}k, record {per['record'] / 1000:.0f}k; "
+                "floor: the same minimal commands)",
                 per["total"],
-                "",
-                None,
+                floor_per if floor_per else "",
+                per["total"] / floor_per if floor_per else None,
                 "info (does not move with the machine)",
                 None,
                 "instr",

@@ -4,6 +4,7 @@ figure (no timing here)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import percentile, spread
 from benchmarks.history import free_path, history_name
@@ -55,3 +56,29 @@ def test_dense_buckets_are_filled_to_poisson_sizes_from_a_fixed_seed() -> None:
     variance = sum((c - mean) ** 2 for c in counts) / len(counts)
     assert 40 < variance < 70  # Poisson: the variance is the mean
     assert min(poisson_counts(1, 50)) >= 1  # never an empty bucket
+
+
+def test_the_floor_writes_what_a_delivery_minimally_needs_and_finishes_it(own_redis: Any) -> None:
+    """The floor's commands (step 8's CPU and memory floor, and the instruction counter's): after
+    its accept each delivery has a small record, a body and its batch's deadline and list; after
+    its claim and record the record says sent with a message id and an expiry, and the body, the
+    recipient, the list and the deadline are gone."""
+    from benchmarks import rediscost
+
+    client = own_redis.client()
+    batches, bodies = rediscost.floor_batches(250)
+    assert [len(b) for b in batches] == [100, 100, 50]
+    rediscost.floor_accept(client, batches, bodies, 1_700_000_000.0)
+    first, last = batches[0][0], batches[-1][-1]
+    assert client.hget(f"fl:d:{first}", "status") == b"queued"
+    assert client.get(f"fl:b:{last}") == bodies[49]
+    assert client.zcard("fl:pending") == 3
+    assert client.llen("fl:batch:2") == 50
+    rediscost.floor_finish(client, batches, 1_700_000_000.0)
+    record = client.hgetall(f"fl:d:{last}")
+    assert record[b"status"] == b"sent"
+    assert record[b"message_id"] == f"m_{last}".encode()
+    assert b"psid" not in record
+    assert 0 < client.ttl(f"fl:d:{last}") <= 86_400
+    assert not client.exists(f"fl:b:{first}", f"fl:b:{last}", "fl:batch:0", "fl:pending")
+    assert len(client.keys("fl:d:*")) == 250
