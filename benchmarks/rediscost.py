@@ -246,6 +246,80 @@ def dense_buckets(client: Any, pattern: str, per_bucket: int, buckets: int = 40)
     }
 
 
+def bucket_curve(client: Any, pattern: str, k_max: int) -> list[int]:
+    """``MEMORY USAGE`` of a bucket holding k of the run's own entries (their real fields and
+    values, read from ``pattern``), for k = 1..k_max: index k - 1. One scratch hash grown an
+    entry at a time (as writes grow a bucket), deleted after; [] when the run has too few."""
+    pairs: list[tuple[bytes, bytes]] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        pairs += list(client.hgetall(key).items())
+        if len(pairs) >= k_max:
+            break
+    if len(pairs) < k_max:
+        return []
+    first = next(iter(client.scan_iter(match=pattern, count=1000)))
+    scratch = ("bench:curve:" + "x" * len(first))[: max(len(first), 12)]  # a real key's length
+    client.delete(scratch)
+    sizes = []
+    for field, value in pairs[:k_max]:
+        client.hset(scratch, field, value)
+        sizes.append(int(client.memory_usage(scratch, samples=0) or 0))
+    client.delete(scratch)
+    return sizes
+
+
+def key_overhead(client: Any, name_length: int, n: int = 6_000) -> float:
+    """What a bucket key costs beyond its ``MEMORY USAGE`` (which counts the key's name, value
+    and main-table entry): its expiry entry and both tables' slots, from ``used_memory`` over
+    ``n`` one-entry hashes with an expiry each, named ``name_length`` characters, in a scratch
+    database (15) of the same server, flushed before and after. About 75 bytes on Redis 7.0: at a
+    low rate, where most buckets hold one entry, it is paid per entry."""
+    import redis
+
+    kwargs = dict(client.connection_pool.connection_kwargs)
+    kwargs["db"] = 15
+    scratch: Any = redis.Redis(**kwargs)  # redis-py types hset for str; bytes are what it sends
+    try:
+        scratch.flushdb()
+        names = [f"k{i:0{max(name_length - 1, 6)}d}" for i in range(n)]
+        before = used_memory(scratch)
+        pipe = scratch.pipeline(transaction=False)
+        for name in names:
+            pipe.hset(name, b"f" * 8, b"v" * 16)
+            pipe.expire(name, 86_400)
+        pipe.execute()
+        after = used_memory(scratch)
+        pipe = scratch.pipeline(transaction=False)
+        for name in names:
+            pipe.memory_usage(name, samples=0)
+        counted = sum(int(u or 0) for u in pipe.execute())
+        return (after - before - counted) / n
+    finally:
+        scratch.flushdb()
+        scratch.close()
+
+
+def poisson_pmf(mean: float, k_max: int) -> list[float]:
+    """P(k) for k = 0..k_max of a Poisson law of ``mean`` (computed on a log scale)."""
+    return [math.exp(k * math.log(mean) - mean - math.lgamma(k + 1)) for k in range(k_max + 1)]
+
+
+def per_entry_at(curve: list[int], mean: float, key_bytes: float = 0.0) -> float | None:
+    """Bytes per entry when a steady rate puts ``mean`` entries in a bucket on average: bucket
+    sizes are Poisson (each entry picks its bucket by a digest), an empty bucket costs nothing,
+    so the figure is sum(P(k) * (size(k) + key_bytes)) / sum(P(k) * k) over k >= 1, from
+    ``curve`` (:func:`bucket_curve`) and what a key costs beyond it (:func:`key_overhead`). None
+    when ``curve`` is too short for ``mean`` (more than 1e-6 of the entries would be in larger
+    buckets)."""
+    if not curve or mean <= 0:
+        return None
+    pmf = poisson_pmf(mean, len(curve))
+    entries = sum(pmf[k] * k for k in range(1, len(curve) + 1))
+    if entries < mean * (1 - 1e-6):
+        return None
+    return sum(pmf[k] * (curve[k - 1] + key_bytes) for k in range(1, len(curve) + 1)) / entries
+
+
 def body_bytes(client: Any, pattern: str, limit: int = 50) -> float:
     """Mean size of the body stored in records matching ``pattern`` (its field, or its part of
     the packed field: worker/store/records.py)."""

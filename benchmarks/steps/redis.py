@@ -73,6 +73,11 @@ DENSE_PER_BUCKET = outcomes.SPAN * RATE // 16**outcomes.SUFFIX
 IDEM_PER_BUCKET = DAY * RATE // 16**idempotency.SUFFIX
 #: Recipients per unread bucket at RATE to distinct recipients sustained: a day's window.
 UNREAD_PER_BUCKET = DAY * RATE // 16**unread.SUFFIX
+#: The sustained rates (messages/s) the memory figures are derived for from a round's bucket
+#: curves (at_rate), and the longest bucket a curve measures (a day at 1,000 msg/s puts 82 keys
+#: in an idempotency bucket on average; 160 is far past its Poisson tail).
+RATES = (10, 100, 1_000)
+CURVE_ENTRIES = 160
 
 
 def _open_samples(client: Any, stack: Stack, n: int) -> dict[str, Any]:
@@ -126,7 +131,47 @@ def _finished_samples(client: Any, stack: Stack) -> dict[str, Any]:
         "unread_at_1000_per_s": rediscost.dense_buckets(
             client, f"{stack.prefix}:u:[0-9]*", UNREAD_PER_BUCKET
         ),
+        # a bucket's bytes at 1..CURVE_ENTRIES of this run's entries: any rate's figure (RATES)
+        "curves": {
+            "key_overhead": rediscost.key_overhead(client, len(stack.prefix) + 14),  # P:o:{hour}:{4}
+            "outcome": rediscost.bucket_curve(client, buckets, CURVE_ENTRIES),
+            "idempotency": rediscost.bucket_curve(client, f"{stack.prefix}:i:[0-9]*", CURVE_ENTRIES),
+            "unread": rediscost.bucket_curve(client, f"{stack.prefix}:u:[0-9]*", CURVE_ENTRIES),
+        },
     }
+
+
+def bucket_means(rate: float) -> dict[str, float]:
+    """Entries per bucket on average at ``rate`` messages/s sustained, each to a recipient of its
+    own, with the default windows: an hour's outcomes over 16**4 buckets, a day's idempotency keys
+    and a day's recipients over 16**5 each."""
+    return {
+        "outcome": outcomes.SPAN * rate / 16**outcomes.SUFFIX,
+        "idempotency": DAY * rate / 16**idempotency.SUFFIX,
+        "unread": DAY * rate / 16**unread.SUFFIX,
+    }
+
+
+def at_rate(memory: dict[str, Any], rate: float) -> dict[str, float] | None:
+    """Bytes per entry of each bucketed layout at ``rate`` sustained (Poisson bucket sizes, from
+    the round's curves and a key's cost beyond them: ``rediscost.per_entry_at``), and what a finished delivery keeps then:
+    its outcome, kept a day and half an hour on average (the bucket of its hour expires a day
+    after the hour ends), its idempotency key and unread entry, a day and a half (their buckets
+    live one window to two). No read receipts (a read removes the unread entry sooner). None
+    without curves (a round before they were measured)."""
+    curves = memory.get("curves") or {}
+    key = float(curves.get("key_overhead", 0.0))
+    parts = {
+        name: rediscost.per_entry_at(curves.get(name, []), mean, key)
+        for name, mean in bucket_means(rate).items()
+    }
+    if any(v is None for v in parts.values()):
+        return None
+    out = {name: float(v or 0.0) for name, v in parts.items()}
+    out["finished"] = (
+        out["outcome"] * (1 + outcomes.SPAN / 2 / DAY) + 1.5 * out["idempotency"] + 1.5 * out["unread"]
+    )
+    return out
 
 
 def sustained_finished(memory: dict[str, Any]) -> float | None:
@@ -307,6 +352,16 @@ def measure_redis(run: Run) -> None:
     without_keys = _open_without_keys(run, s.redis_n)
     dense_key = spread([r["memory"]["idempotency_at_1000_per_s"]["bytes_per_entry"] for r in rounds])
     opened_dense = without_keys["bytes_per_open"] + dense_key["median"]
+    by_rate: dict[str, Any] = {}
+    for rate in RATES:
+        figures = [f for f in (at_rate(r["memory"], rate) for r in rounds) if f is not None]
+        if figures:
+            by_rate[str(rate)] = {
+                "finished": spread([f["finished"] for f in figures]),
+                "open": spread([without_keys["bytes_per_open"] + f["idempotency"] for f in figures]),
+                "bytes_per_entry": {k: spread([f[k] for f in figures]) for k in bucket_means(rate)},
+                "entries_per_bucket": bucket_means(rate),
+            }
     body = rounds[-1]["memory"]["body_bytes_stored"]
     mid = rounds[-1]["memory"].get("message_id_chars", 0.0)
     per_name = spread([r["seal"]["outcomes_and_unread"]["cpu_us_per_name"] for r in rounds])
@@ -328,6 +383,7 @@ def measure_redis(run: Run) -> None:
         "floor_bytes_per_finished": floor_finished,
         "bytes_per_finished_sustained_1000_per_s": sustained,
         "open_without_idempotency_key": without_keys,
+        "sustained": by_rate,
         "bytes_per_open_dense_idempotency": opened_dense,
         "body_bytes_stored": body,
         "message_id_chars": mid,
@@ -408,6 +464,21 @@ def measure_redis(run: Run) -> None:
                 sustained["median"] / floor_finished["median"],
                 f"<= {FINISHED_GOAL:.0f}",
                 sustained["median"] <= FINISHED_GOAL,
+                "bytes",
+            )
+        )
+    if all(str(rate) in by_rate for rate in RATES):
+        rates = " / ".join(f"{rate:,}" for rate in RATES)
+        run.rows.append(
+            Row(
+                f"   open / finished at a sustained {rates} msg/s (Poisson buckets, from the rounds' curves)",
+                " / ".join(f"{by_rate[str(r)]['open']['median']:.0f}" for r in RATES)
+                + " ; "
+                + " / ".join(f"{by_rate[str(r)]['finished']['median']:.0f}" for r in RATES),
+                "",
+                None,
+                "info",
+                None,
                 "bytes",
             )
         )

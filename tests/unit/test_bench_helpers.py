@@ -82,3 +82,56 @@ def test_the_floor_writes_what_a_delivery_minimally_needs_and_finishes_it(own_re
     assert 0 < client.ttl(f"fl:d:{last}") <= 86_400
     assert not client.exists(f"fl:b:{first}", f"fl:b:{last}", "fl:batch:0", "fl:pending")
     assert len(client.keys("fl:d:*")) == 250
+
+
+def test_bytes_per_entry_at_a_rate_is_the_poisson_expectation_over_non_empty_buckets() -> None:
+    """A bucket of k entries costing 100 + 30k bytes: at a mean of m entries per bucket an entry
+    costs 30 + 100 (1 - e^-m) / m (an empty bucket costs nothing); too short a curve for the mean
+    gives no figure rather than a truncated one."""
+    import math
+
+    from benchmarks.rediscost import per_entry_at
+
+    curve = [100 + 30 * k for k in range(1, 301)]
+    for mean in (0.1, 1.0, 5.5, 82.4):
+        expected = 30 + 100 * (1 - math.exp(-mean)) / mean
+        figure = per_entry_at(curve, mean)
+        assert figure is not None
+        assert abs(figure - expected) < 1e-6 * expected
+    assert per_entry_at(curve[:60], 82.4) is None
+    assert per_entry_at([], 1.0) is None
+    # a key's cost beyond the curve is paid per bucket: at 1 entry per bucket on average, by
+    # the 63% of buckets that are not empty
+    with_key = per_entry_at(curve, 1.0, key_bytes=75.0)
+    assert with_key is not None
+    assert abs(with_key - (30 + 175 * (1 - math.exp(-1.0)))) < 1e-6 * with_key
+
+
+def test_a_bucket_curve_measures_buckets_of_the_runs_own_entries(own_redis: Any) -> None:
+    """One measurement per size, from the entries the pattern's buckets hold, growing; the scratch
+    hash is gone after; too few entries give no curve."""
+    from benchmarks.rediscost import bucket_curve
+
+    client = own_redis.client()
+    for b in range(4):
+        client.hset(f"t:o:{b}", mapping={f"f{b}-{i}".encode(): b"v" * 40 for i in range(10)})
+    curve = bucket_curve(client, "t:o:*", 30)
+    assert len(curve) == 30
+    assert curve == sorted(curve)
+    assert curve[-1] > curve[0] + 29 * 40  # each entry adds at least its value's bytes
+    assert not client.exists("bench:curve")
+    assert bucket_curve(client, "t:o:*", 41) == []
+
+
+def test_a_key_costs_its_expiry_and_table_slots_beyond_memory_usage(own_redis: Any) -> None:
+    """Measured in a scratch database, which is empty after; the server's other keys untouched."""
+    from benchmarks.rediscost import key_overhead
+
+    client = own_redis.client()
+    client.set("kept", "1")
+    overhead = key_overhead(client, 24, n=3_000)
+    assert 32 <= overhead <= 200  # at least the expiry's table entry (24 B, a 32-byte class)
+    assert client.get("kept") == b"1"
+    scratch = own_redis.client()
+    scratch.select(15)
+    assert scratch.dbsize() == 0
