@@ -7,7 +7,12 @@ change of a few µs per delivery is lost in them; an instruction count is the sa
 about 1% from run to run, on any machine. It says where Redis's work per delivery goes and
 whether a change cut it; it is not a time (instructions per ns vary with caches and the CPU).
 
-    python -m benchmarks.instructions [--n 2000] [--tree PATH]
+    python -m benchmarks.instructions [--n 2000] [--tree PATH] [--commit 50] [--cpu]
+
+``--commit``: requests per intake commit (the service's commits hold up to 50; step 8's held
+about 20 on average, a light load one), for the scripts' cost per call. ``--cpu``: the same
+phases on a plain redis-server, timed by its ``INFO cpu`` (µs per delivery; moves with the
+machine like step 8, but without Celery, the engine's other reads or idle ticks).
 
 ``--tree``: measure the service code of another checkout (a ``git worktree`` of an earlier
 commit) with this script, for an A/B. The phases: N messages through the intake's group commit
@@ -44,6 +49,14 @@ def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2000, help="messages (bounded: at most 20,000)")
     p.add_argument("--tree", default=None, help="the checkout whose worker package is measured")
+    p.add_argument(
+        "--commit", type=int, default=50, help="requests per intake commit (1-50; the service's at most)"
+    )
+    p.add_argument(
+        "--cpu",
+        action="store_true",
+        help="time the phases by redis-server's INFO cpu (µs per delivery) on a plain server, not callgrind",
+    )
     return p.parse_args()
 
 
@@ -117,6 +130,37 @@ class Server:
             self.proc.kill()
 
 
+class PlainServer(Server):
+    """redis-server as it runs (no valgrind); ``phase`` reads its CPU (``INFO cpu``, user + sys,
+    every thread) instead: what ``instructions_since_zero`` returns is µs of CPU."""
+
+    def __init__(self, work: Path, args: list[str]) -> None:
+        self.port = _free_port()
+        self.work = work
+        self.cpu_at_zero = 0.0
+        self.proc = subprocess.Popen(
+            [
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--dir", str(work), "--appendonly", "yes", "--appendfsync", "everysec", *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def _cpu(self) -> float:
+        import redis
+
+        info = redis.Redis(port=self.port).info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def control(self, flag: str) -> None:
+        if flag == "-z":
+            self.cpu_at_zero = self._cpu()
+
+    def instructions_since_zero(self) -> int:
+        return round((self._cpu() - self.cpu_at_zero) * 1e6)
+
+
 def _body(k: int) -> bytes:
     import orjson
 
@@ -142,7 +186,7 @@ async def _claimed(client: Any, prefix: str, token: str, raw: list[Any]) -> list
     return [Delivery.from_record(i, token, rec) for i, rec in zip(ids, recs, strict=True)]
 
 
-async def _measure(server: Server, n: int) -> dict[str, Any]:
+async def _measure(server: Server, n: int, commit: int = 50) -> dict[str, Any]:
     from worker.config import PageTokens, Settings
     from worker.delivery.engine import TAKEN_LIST_SECONDS
     from worker.delivery.model import Delivery, Outcome
@@ -231,8 +275,8 @@ async def _measure(server: Server, n: int) -> dict[str, Any]:
         await submit(0, 50, "warm")
         await record_sent(await claim_all("warm"))
         server.control("-z")
-        for first in range(0, n, 50):
-            await submit(first, min(50, n - first), tag)
+        for first in range(0, n, commit):
+            await submit(first, min(commit, n - first), tag)
         out["accept"] = server.instructions_since_zero() / n
         out["batches"] = int(await client.llen(s.queue_name))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
         server.control("-z")
@@ -278,7 +322,7 @@ def _floor(server: Server, n: int) -> dict[str, float]:
 
 def main() -> int:
     args = _args()
-    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+    if not args.cpu and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
     tree = Path(args.tree).resolve() if args.tree else Path(__file__).resolve().parent.parent
@@ -298,26 +342,31 @@ def main() -> int:
             check=False,
         ).stdout.strip()
     )
+    size = max(1, min(args.commit, 50))
     with tempfile.TemporaryDirectory(prefix="bmw-ir-") as work:
-        server = Server(Path(work), connections.server_args())
+        server = (PlainServer if args.cpu else Server)(Path(work), connections.server_args())
         try:
             server.wait()
-            figures = asyncio.run(_measure(server, n))
+            figures = asyncio.run(_measure(server, n, size))
             figures.update(_floor(server, n))
         finally:
             server.stop()
+    what = "cpu_us" if args.cpu else "instructions"
     result = {
         "command": " ".join(["python -m benchmarks.instructions", *sys.argv[1:]]),
         "commit": commit,
         "dirty": dirty,
         "n": n,
-        "instructions_per_delivery": {
-            k: round(v) for k, v in figures.items() if k in ("accept", "claim", "record", "total")
+        "commit_size": size,
+        f"{what}_per_delivery": {
+            k: round(v, 2 if args.cpu else None)
+            for k, v in figures.items()
+            if k in ("accept", "claim", "record", "total")
         },
-        "floor_instructions_per_delivery": {
-            "accept": round(figures["floor_accept"]),
-            "claim_and_record": round(figures["floor_claim_and_record"]),
-            "total": round(figures["floor"]),
+        f"floor_{what}_per_delivery": {
+            "accept": round(figures["floor_accept"], 2 if args.cpu else None),
+            "claim_and_record": round(figures["floor_claim_and_record"], 2 if args.cpu else None),
+            "total": round(figures["floor"], 2 if args.cpu else None),
         },
         "ratio_to_floor": round(figures["total"] / figures["floor"], 2),
         "claimed": figures["claimed"],
@@ -325,7 +374,8 @@ def main() -> int:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"{time.strftime('%Y-%m-%dT%H%M%SZ', time.gmtime())}-{commit[:12]}{'-dirty' if dirty else ''}.json"
+    tail = ("-cpu" if args.cpu else "") + (f"-commit{size}" if size != 50 else "")
+    name = f"{time.strftime('%Y-%m-%dT%H%M%SZ', time.gmtime())}-{commit[:12]}{'-dirty' if dirty else ''}{tail}.json"
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
