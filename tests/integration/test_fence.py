@@ -179,6 +179,38 @@ def test_a_lost_claim_cannot_overwrite_the_record(redis_server: RedisServer) -> 
     run(s, go)
 
 
+def test_a_cancel_asked_while_held_ends_the_next_open_outcome_but_not_a_send(
+    redis_server: RedisServer,
+) -> None:
+    """An operator cancels deliveries a worker holds: they are marked, not ended (the call may be
+    under way). The holder's next outcome decides: a retry is written CANCELLED instead (reason
+    operator), a send stays SENT (sent again: recognised)."""
+    s = make_settings(redis_server)
+
+    async def go(client: aioredis.Redis) -> None:
+        from worker import campaigns
+
+        await accept(client, s, ["a", "b", "c"])
+        a, b, c = await claim(client, s, "w1.1", ["a", "b", "c"])
+        assert [await campaigns.cancel_delivery(client, s, i) for i in ("a", "b")] == [False, False]
+        retried, waited = (Outcome(d, Event.RETRY, reason="throttled", delay=30) for d in (a, c))
+        assert await write(client, s, retried, sent(b), waited) == [1, 1, 1]
+        assert retried.status is State.CANCELLED  # record.lua answered 3: cancelled instead
+        assert waited.status is State.RETRYING
+        ended = await fields(client, s, "a")
+        assert ended["status"] == State.CANCELLED
+        assert orjson.loads(ended["error"])["reason"] == "operator"
+        assert (await fields(client, s, "b"))["status"] == State.SENT
+        assert (await fields(client, s, "c"))["status"] == State.RETRYING  # not asked: it waits
+        assert await write(client, s, sent(b)) == [2]
+        # the cancel ended it, not this claim's write: sent again, the retry is refused and
+        # the record stays as the cancel left it
+        assert await write(client, s, Outcome(a, Event.RETRY, reason="throttled", delay=30)) == [0]
+        assert (await fields(client, s, "a"))["status"] == State.CANCELLED
+
+    run(s, go)
+
+
 def test_a_claim_sent_again_with_its_token_takes_back_what_it_got(redis_server: RedisServer) -> None:
     s = make_settings(redis_server)
 

@@ -68,8 +68,10 @@ while i <= #ARGV do
     if r[7] ~= '' then camp = r[7] end
   end
   local key = ARGV[2] .. id
-  local held = redis.call('HMGET', key, 'claim', 'done', 'cancel')  -- the fence, and a cancel asked meanwhile
-  if held[1] == token then
+  -- the fence alone (one field: no reply table); `cancel` only where it decides (an open
+  -- outcome), `done` only when the fence is not this claim's
+  local claim = redis.call('HGET', key, 'claim')
+  if claim == token then
     if value ~= '' then  -- it ends as an outcome: the hash goes
       outcome_store(ARGV[2], id, value, now, retention, false, field)
     else
@@ -110,27 +112,33 @@ while i <= #ARGV do
         if status == S.SENT and camp_stopped(camp) then camp_count(camp, 'sent_after_stop') end
       end
       table.insert(out, 1)
-    elseif held[3] == '1' or (camp and camp_stopped(camp)) then
-      camp_cancel(id, held[3] == '1' and 'operator' or 'campaign_stopped')
-      table.insert(out, 3)
     else
-      if status == S.PARKED then
-        ages_leave(KEYS[2], id, created, parked)
-        redis.call('HSET', key, 'parked_at', ARGV[1])
-        redis.call('ZADD', ARGV[3] .. park, tonumber(created), id)
-        redis.call('ZADD', KEYS[5], tonumber(created), id)
-      elseif due ~= '' then
-        redis.call('ZADD', KEYS[3], tonumber(due), id)
+      local cancel = redis.call('HGET', key, 'cancel') == '1'  -- asked while it was held
+      if cancel or (camp and camp_stopped(camp)) then
+        camp_cancel(id, cancel and 'operator' or 'campaign_stopped')
+        table.insert(out, 3)
+      else
+        if status == S.PARKED then
+          ages_leave(KEYS[2], id, created, parked)
+          redis.call('HSET', key, 'parked_at', ARGV[1])
+          redis.call('ZADD', ARGV[3] .. park, tonumber(created), id)
+          redis.call('ZADD', KEYS[5], tonumber(created), id)
+        elseif due ~= '' then
+          redis.call('ZADD', KEYS[3], tonumber(due), id)
+        end
+        if deadline ~= '' then redis.call('ZADD', KEYS[1], tonumber(deadline), id) end
+        table.insert(out, 1)
       end
-      if deadline ~= '' then redis.call('ZADD', KEYS[1], tonumber(deadline), id) end
-      table.insert(out, 1)
     end
-  elseif held[2] == token then
-    table.insert(out, 2)
-  elseif not held[1] and not held[2] and outcome_done(ARGV[2], id, now, retention, token) then
-    table.insert(out, 2)  -- it ended under this token: its hash is an outcome now
   else
-    table.insert(out, 0)
+    local done = redis.call('HGET', key, 'done')
+    if done == token then
+      table.insert(out, 2)
+    elseif not claim and not done and outcome_done(ARGV[2], id, now, retention, token) then
+      table.insert(out, 2)  -- it ended under this token: its hash is an outcome now
+    else
+      table.insert(out, 0)
+    end
   end
   i = last + 1
 end
