@@ -28,12 +28,15 @@ OWN_COMMANDS = ("info", "config", "slowlog", "memory", "scan", "hstrlen", "zcard
 
 
 def redis_cpu(client: Any) -> dict[str, float]:
-    """redis-server's CPU seconds so far: all threads, and the main thread (commands, I/O)."""
+    """redis-server's CPU seconds so far: all threads, and the main thread (commands, I/O), and
+    the kernel's part of the total (``sys``: reading, writing and polling sockets, the AOF's
+    writes and fsyncs)."""
     info = client.info("cpu")
     return {
         "total": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
         "main": float(info.get("used_cpu_user_main_thread", 0))
         + float(info.get("used_cpu_sys_main_thread", 0)),
+        "sys": float(info["used_cpu_sys"]),
     }
 
 
