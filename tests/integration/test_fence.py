@@ -211,6 +211,31 @@ def test_a_cancel_asked_while_held_ends_the_next_open_outcome_but_not_a_send(
     run(s, go)
 
 
+def test_a_replayed_dead_letter_is_sent_even_if_a_cancel_was_asked_while_it_was_held(
+    redis_server: RedisServer,
+) -> None:
+    """A cancel asked while a worker held a delivery whose outcome was then a dead letter: the
+    operator's later replay is what counts. The replayed delivery is claimed and sent, not ended
+    by the old mark."""
+    s = make_settings(redis_server)
+
+    async def go(client: aioredis.Redis) -> None:
+        from worker import campaigns
+
+        await accept(client, s, ["a"])
+        (held,) = await claim(client, s, "w1.1", ["a"])
+        assert await campaigns.cancel_delivery(client, s, "a") is False  # held: marked
+        assert await write(client, s, Outcome(held, Event.DEAD_LETTER, reason="attempts")) == [1]
+        assert (await fields(client, s, "a"))["status"] == State.DEAD
+        assert await deadletters.replay(client, s, ["a"]) == ["a"]
+        (again,) = await claim(client, s, "w2.1", ["a"])
+        assert again.previous is State.QUEUED
+        assert await write(client, s, sent(again)) == [1]
+        assert (await fields(client, s, "a"))["status"] == State.SENT
+
+    run(s, go)
+
+
 def test_a_claim_sent_again_with_its_token_takes_back_what_it_got(redis_server: RedisServer) -> None:
     s = make_settings(redis_server)
 

@@ -3,7 +3,9 @@
 -- acceptance second: _ages.lua). ARGV[1] now, ARGV[2] sweep_after, ARGV[3] delivery key prefix (P:d:),
 -- ARGV[4..18] the campaign context (_campaign.lua), ARGV[19..] ids. A replayed delivery of a
 -- campaign rejoins its open index and moves from its campaign's `dead` to `replayed` (so the
--- counters still add up); a stopped campaign's delivery is cancelled when it is claimed. Attempts, failures and routes tried start afresh, the TTL clock restarts (the first
+-- counters still add up); a stopped campaign's delivery is cancelled when it is claimed. Attempts,
+-- failures and routes tried start afresh, a cancel asked while it was held is dropped (a
+-- replay after it is the operator's later word), the TTL clock restarts (the first
 -- acceptance is kept in first_created_at) and the error stays until a new outcome replaces it.
 -- Only a delivery that is still DEAD is touched, so replaying twice sends nothing twice.
 -- Returns the ids replayed.
@@ -19,7 +21,8 @@ for i = 19, #ARGV do
     redis.call('HSET', key, 'status', S.QUEUED, 'attempts', 0, 'failures', 0, 'not_before', 0,
       'lease_until', 0, 'claim', '', 'created_at', now, 'first_created_at', first,
       'updated_at', now, 'active_route', '', 'routes_tried', '[]')
-    redis.call('HDEL', key, 'active_tag', 'tags_tried')
+    -- a cancel asked while it was last held is spent: the replay is the operator's word now
+    redis.call('HDEL', key, 'active_tag', 'tags_tried', 'cancel')
     redis.call('HINCRBY', key, 'replays', 1)
     redis.call('PERSIST', key)
     redis.call('ZREM', KEYS[1], id)
