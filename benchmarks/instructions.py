@@ -75,22 +75,21 @@ class Server:
         self.port = _free_port()
         self.work = work
         self.proc = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={work}/cg.%p",
-                "redis-server",
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--dir", str(work),
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                *args,
-            ],
+            [*self._wrapper(), "redis-server",
+             "--port", str(self.port),
+             "--bind", "127.0.0.1",
+             "--save", "",
+             "--dir", str(work),
+             "--appendonly", "yes",
+             "--appendfsync", "everysec",
+             *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
+
+    def _wrapper(self) -> list[str]:
+        """What runs redis-server: callgrind, writing its dumps into the work directory."""
+        return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.work}/cg.%p"]
 
     def wait(self) -> None:
         import redis
@@ -134,18 +133,10 @@ class PlainServer(Server):
     """redis-server as it runs (no valgrind); ``phase`` reads its CPU (``INFO cpu``, user + sys,
     every thread) instead: what ``instructions_since_zero`` returns is µs of CPU."""
 
-    def __init__(self, work: Path, args: list[str]) -> None:
-        self.port = _free_port()
-        self.work = work
-        self.cpu_at_zero = 0.0
-        self.proc = subprocess.Popen(
-            [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--dir", str(work), "--appendonly", "yes", "--appendfsync", "everysec", *args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+    cpu_at_zero = 0.0
+
+    def _wrapper(self) -> list[str]:
+        return []
 
     def _cpu(self) -> float:
         import redis

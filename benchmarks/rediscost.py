@@ -215,6 +215,20 @@ def _measure(client: Any, pairs: list[tuple[bytes, bytes]], counts: list[int]) -
     return sizes, encodings
 
 
+def _entries(client: Any, pattern: str, wanted: int) -> tuple[list[tuple[bytes, bytes]], str]:
+    """At least ``wanted`` of the run's own bucket entries (field, value) from the buckets
+    ``pattern`` names, read bucket by bucket (fewer when the run has fewer), and the first
+    bucket's name ("" when none)."""
+    pairs: list[tuple[bytes, bytes]] = []
+    first = ""
+    for key in client.scan_iter(match=pattern, count=1000):
+        first = first or (key.decode() if isinstance(key, bytes) else str(key))
+        pairs += list(client.hgetall(key).items())
+        if len(pairs) >= wanted:
+            break
+    return pairs, first
+
+
 def dense_buckets(client: Any, pattern: str, per_bucket: int, buckets: int = 40) -> dict[str, Any]:
     """Bytes per entry when the buckets are as full as a sustained rate fills them: the run's
     own entries (their real fields and values, read from ``pattern``) written to scratch hashes,
@@ -226,11 +240,7 @@ def dense_buckets(client: Any, pattern: str, per_bucket: int, buckets: int = 40)
     are 1 KiB apart) are averaged over, not hit or missed by one size; ``fixed_bytes_per_entry``:
     every bucket exactly ``per_bucket`` (the figure before 2026-12-06 22:00)."""
     counts = poisson_counts(per_bucket, buckets)
-    pairs: list[tuple[bytes, bytes]] = []
-    for key in client.scan_iter(match=pattern, count=1000):
-        pairs += list(client.hgetall(key).items())
-        if len(pairs) >= max(sum(counts), per_bucket * buckets):
-            break
+    pairs, _ = _entries(client, pattern, max(sum(counts), per_bucket * buckets))
     while counts and sum(counts) > len(pairs):
         counts.pop()
     full = min(len(pairs) // per_bucket, buckets)
@@ -253,14 +263,9 @@ def bucket_curve(client: Any, pattern: str, k_max: int) -> list[int]:
     """``MEMORY USAGE`` of a bucket holding k of the run's own entries (their real fields and
     values, read from ``pattern``), for k = 1..k_max: index k - 1. One scratch hash grown an
     entry at a time (as writes grow a bucket), deleted after; [] when the run has too few."""
-    pairs: list[tuple[bytes, bytes]] = []
-    for key in client.scan_iter(match=pattern, count=1000):
-        pairs += list(client.hgetall(key).items())
-        if len(pairs) >= k_max:
-            break
+    pairs, first = _entries(client, pattern, k_max)
     if len(pairs) < k_max:
         return []
-    first = next(iter(client.scan_iter(match=pattern, count=1000)))
     scratch = ("bench:curve:" + "x" * len(first))[: max(len(first), 12)]  # a real key's length
     client.delete(scratch)
     sizes = []

@@ -67,12 +67,22 @@ BODY_SPREAD = 64
 #: Bucket names the seal pass visits a day at the default windows: 24 hours of outcomes, a day
 #: of unread entries and one of idempotency keys.
 SEAL_NAMES_PER_DAY = 24 * 16**outcomes.SUFFIX + 16**unread.SUFFIX + 16**idempotency.SUFFIX
-#: Outcomes per bucket at RATE sustained: an hour's over 65,536 buckets.
-DENSE_PER_BUCKET = outcomes.SPAN * RATE // 16**outcomes.SUFFIX
-#: Idempotency keys per bucket at RATE sustained: a day's window over 16**5 buckets.
-IDEM_PER_BUCKET = DAY * RATE // 16**idempotency.SUFFIX
-#: Recipients per unread bucket at RATE to distinct recipients sustained: a day's window.
-UNREAD_PER_BUCKET = DAY * RATE // 16**unread.SUFFIX
+
+
+def bucket_means(rate: float) -> dict[str, float]:
+    """Entries per bucket on average at ``rate`` messages/s sustained, each to a recipient of its
+    own, with the default windows: an hour's outcomes over 16**4 buckets, a day's idempotency keys
+    and a day's recipients over 16**5 each."""
+    return {
+        "outcome": outcomes.SPAN * rate / 16**outcomes.SUFFIX,
+        "idempotency": DAY * rate / 16**idempotency.SUFFIX,
+        "unread": DAY * rate / 16**unread.SUFFIX,
+    }
+
+
+#: Entries per bucket at RATE sustained, whole (the 40-bucket samples' Poisson means): outcomes
+#: (an hour's over 65,536 buckets), idempotency keys and unread recipients (a day's over 16**5).
+DENSE_PER_BUCKET, IDEM_PER_BUCKET, UNREAD_PER_BUCKET = (int(m) for m in bucket_means(RATE).values())
 #: The sustained rates (messages/s) the memory figures are derived for from a round's bucket
 #: curves (at_rate), and the longest bucket a curve measures (a day at 1,000 msg/s puts 82 keys
 #: in an idempotency bucket on average; 160 is far past its Poisson tail).
@@ -141,24 +151,11 @@ def _finished_samples(client: Any, stack: Stack) -> dict[str, Any]:
     }
 
 
-def bucket_means(rate: float) -> dict[str, float]:
-    """Entries per bucket on average at ``rate`` messages/s sustained, each to a recipient of its
-    own, with the default windows: an hour's outcomes over 16**4 buckets, a day's idempotency keys
-    and a day's recipients over 16**5 each."""
-    return {
-        "outcome": outcomes.SPAN * rate / 16**outcomes.SUFFIX,
-        "idempotency": DAY * rate / 16**idempotency.SUFFIX,
-        "unread": DAY * rate / 16**unread.SUFFIX,
-    }
-
-
 def at_rate(memory: dict[str, Any], rate: float) -> dict[str, float] | None:
     """Bytes per entry of each bucketed layout at ``rate`` sustained (Poisson bucket sizes, from
-    the round's curves and a key's cost beyond them: ``rediscost.per_entry_at``), and what a finished delivery keeps then:
-    its outcome, kept a day and half an hour on average (the bucket of its hour expires a day
-    after the hour ends), its idempotency key and unread entry, a day and a half (their buckets
-    live one window to two). No read receipts (a read removes the unread entry sooner). None
-    without curves (a round before they were measured)."""
+    the round's curves and a key's cost beyond them: ``rediscost.per_entry_at``), and what a
+    finished delivery keeps then (:func:`finished_bytes`; no read receipts: a read removes the
+    unread entry sooner). None without curves (a round before they were measured)."""
     curves = memory.get("curves") or {}
     key = float(curves.get("key_overhead", 0.0))
     parts = {
@@ -168,9 +165,7 @@ def at_rate(memory: dict[str, Any], rate: float) -> dict[str, float] | None:
     if any(v is None for v in parts.values()):
         return None
     out = {name: float(v or 0.0) for name, v in parts.items()}
-    out["finished"] = (
-        out["outcome"] * (1 + outcomes.SPAN / 2 / DAY) + 1.5 * out["idempotency"] + 1.5 * out["unread"]
-    )
+    out["finished"] = finished_bytes(out["outcome"], out["idempotency"], out["unread"])
     return out
 
 
@@ -178,11 +173,8 @@ def sustained_finished(memory: dict[str, Any]) -> float | None:
     """Bytes per finished delivery at a sustained 1,000 messages/s, each to a recipient of its own,
     with the default retentions (a day each), derived from this round's own entries written as
     densely as that rate fills their buckets (``*_at_1000_per_s``; a bucket's key and expiry
-    entries are spread over its 54-82 entries): its outcome, kept a day and half an hour on
-    average (the bucket of its hour expires a day after the hour ends); its idempotency key and
-    its unread entry, kept a day and a half on average (their buckets live one window to two).
-    No read receipts (a read removes the unread entry sooner). The burst figure above is the
-    other end: 10,000 messages, where most buckets hold one entry and cost a key each."""
+    entries are spread over its 54-82 entries), kept as :func:`finished_bytes` says. No read
+    receipts (a read removes the unread entry sooner). The burst figure above is the other end: 10,000 messages, where most buckets hold one entry and cost a key each."""
     parts = [
         memory.get(k, {}).get("bytes_per_entry")
         for k in ("outcome_at_1000_per_s", "idempotency_at_1000_per_s", "unread_at_1000_per_s")
@@ -190,6 +182,14 @@ def sustained_finished(memory: dict[str, Any]) -> float | None:
     if any(p is None for p in parts):
         return None
     outcome, idem, unread_entry = (float(p) for p in parts)
+    return finished_bytes(outcome, idem, unread_entry)
+
+
+def finished_bytes(outcome: float, idem: float, unread_entry: float) -> float:
+    """What a finished delivery keeps, from its parts' bytes per entry, with the default
+    retentions: its outcome for a day and half an hour on average (the bucket of its hour expires
+    a day after the hour ends), its idempotency key and unread entry for a day and a half (their
+    buckets live one window to two)."""
     return outcome * (1 + outcomes.SPAN / 2 / DAY) + 1.5 * idem + 1.5 * unread_entry
 
 
