@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from worker import campaigns, lookup
 from worker.config import Settings
-from worker.store import Keys, deadletters, outcomes, shards
+from worker.store import Keys, deadletters, outcomes, residents, shards
 
 T = TypeVar("T")
 
@@ -238,6 +238,21 @@ class Fleet:
     async def recipient_state(self, page_id: str, psid: str) -> dict[str, Any]:
         shard = self.for_page(page_id)
         return await lookup.recipient_state(shard.redis, shard.settings, page_id, psid)
+
+    # --- the shard list -------------------------------------------------------------------------
+    async def pages_with_state(self) -> list[residents.Residents]:
+        """Each shard's pages with state (:func:`worker.store.residents.scan`: every key of
+        every shard, one at a time). Every shard must answer: a plan or a check that skipped one
+        would miss its pages (:class:`ShardUnavailable`)."""
+        out = []
+        for shard in self.shards:
+            try:
+                out.append(await residents.scan(shard.redis, shard.keys))
+            except SHARD_DOWN as exc:
+                raise ShardUnavailable(
+                    f"shard {shard.index} did not answer; nothing was read: {exc}"
+                ) from exc
+        return out
 
 
 def merge_campaign(views: list[dict[str, Any]]) -> dict[str, Any]:

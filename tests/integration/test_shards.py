@@ -7,6 +7,7 @@ sending meanwhile).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from benchmarks.common import max_in_window
-from tests.conftest import ADMIN_HEADERS, PY, Sandbox, wait_until
+from tests.conftest import ADMIN_HEADERS, PY, TEST_PAGES, RedisServer, Sandbox, free_port, wait_until
 from tests.shards import LIMIT, PAGE_A, PAGE_B, Shards, two_shards
 from worker.store import outcomes
 
@@ -239,3 +240,79 @@ def test_a_worker_without_its_shard_refuses_to_start(shards: Shards) -> None:
     )
     assert out.returncode != 0
     assert b"SHARD_INDEX" in out.stderr + out.stdout
+
+
+def _winner(page: str, n: int) -> int:
+    """Rendezvous hashing computed here, not with the product's function: the shard among ``n``
+    with the highest blake2b of "index:page" (docs/scaling.md)."""
+    return max(range(n), key=lambda i: hashlib.blake2b(f"{i}:{page}".encode(), digest_size=8).digest())
+
+
+def _page(home: int, after: int, *, but: str = "") -> str:
+    """A configured, unpinned page that 2 shards route to ``home`` and 3 shards to ``after``."""
+    return next(
+        p
+        for p in TEST_PAGES
+        if p not in (PAGE_A, PAGE_B, but) and _winner(p, 2) == home and _winner(p, 3) == after
+    )
+
+
+def _shards_cli(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+    out = subprocess.run(
+        [PY, "-m", "worker", "shards", *args, "--json"], env=env, capture_output=True, timeout=60, check=False
+    )
+    assert out.returncode in (0, 1), out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_adding_a_shard_keeps_the_pages_with_state_where_it_is(shards: Shards, tmp_path: Path) -> None:
+    """`shards plan` names the pages with state that a third shard would take (a page that sent,
+    whose limiter is there; a paused page whose messages wait) and pins them where they are; a page
+    that stays, the pinned pages and pages never seen are not named. `shards check` after the
+    list grew: both pages stranded without the pins, nothing with them."""
+    stack, run = shards.stack, uuid.uuid4().hex[:6]
+    sending, paused = _page(1, 2), _page(0, 2)
+    staying = _page(0, 0, but=paused)
+    ids = stack.post_many(
+        [(path(p), body(f"{run}-{p}")) for p in (sending, staying, PAGE_A) for _ in range(3)]
+    )
+    assert shards.cli("pages", "pause", paused)
+    waiting = stack.post_many([(path(paused), body(f"{run}-{paused}")) for _ in range(2)])
+    shards.wait_final(ids)
+    assert {shards.record(i)["status"] for i in waiting} <= {"queued", "in_flight", "scheduled"}  # unsent
+    assert {shards.index_of(i) for i in ids[:3]} == {1}  # the sending page is on shard 1 now
+    assert {shards.index_of(i) for i in ids[3:]} == {0}
+
+    code, check = _shards_cli(stack.env, "check")
+    assert code == 0
+    assert check["misrouted"] == []
+    assert [(row["shard"], row["keys"] > 0) for row in check["scanned"]] == [(0, True), (1, True)]
+
+    code, plan = _shards_cli(stack.env, "plan", "--shards", "3")
+    assert code == 0
+    moves = {m["page"]: m for m in plan["moves"]}
+    assert set(moves) == {sending, paused}, plan["moves"]
+    assert (moves[sending]["on"], moves[sending]["to"]) == (1, 2)
+    assert "recent sends" in moves[sending]["state"]  # its requests' Idempotency-Keys are there
+    assert (moves[paused]["on"], moves[paused]["to"]) == (0, 2)
+    assert {"pause", "deliveries"} <= set(moves[paused]["state"])  # its waiting messages too
+    assert plan["shard_pages"] == {PAGE_A: 0, PAGE_B: 1, sending: 1, paused: 0}
+
+    third = RedisServer(free_port(), tmp_path / "redis2")
+    third.start()
+    try:
+        grown = {**stack.env, "REDIS_SHARDS": ",".join([*(s.url for s in shards.servers), third.url])}
+        code, stranded = _shards_cli(grown, "check")  # the list grown without the pins
+        assert code == 1
+        assert {(m["page"], m["on"], m["to"]) for m in stranded["misrouted"]} == {
+            (sending, 1, 2),
+            (paused, 0, 2),
+        }
+        assert stranded["split"] == []
+        assert stranded["shard_pages"] == plan["shard_pages"]
+        code, fine = _shards_cli({**grown, "SHARD_PAGES": json.dumps(plan["shard_pages"])}, "check")
+        assert code == 0
+        assert fine["misrouted"] == []
+        assert fine["scanned"][2]["pages"] == 0  # the new shard holds nothing yet
+    finally:
+        third.stop()

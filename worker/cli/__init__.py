@@ -3,7 +3,8 @@
 The command line of braze-messenger-worker. Commands: ``intake``, ``worker``, ``up``, ``sandbox``
 (:mod:`worker.cli.services`, :mod:`worker.cli.up`) and ``send``, ``status``, ``pages``,
 ``dead-letters``, ``seal``, ``unpack-records``, ``link-ref`` (:mod:`worker.cli.ops`), ``templates`` (:mod:`worker.cli.templates`), ``lookup`` (:mod:`worker.cli.lookup`),
-``campaigns``, ``deliveries``, ``pages``, ``queue`` (:mod:`worker.cli.campaigns`). The operator's commands run from the
+``campaigns``, ``deliveries``, ``pages``, ``queue`` (:mod:`worker.cli.campaigns`), ``shards``
+(:mod:`worker.cli.shards`). The operator's commands run from the
 directory of a running ``up`` take its Redis, intake and dev tokens from its state file; a
 connection failure is one line on stderr and exit code 1, never a traceback.
 """
@@ -24,6 +25,8 @@ from worker.cli.common import configured
 from worker.cli.lookup import cmd_lookup
 from worker.cli.ops import cmd_dead_letters, cmd_link_ref, cmd_seal, cmd_send, cmd_status, cmd_unpack_records
 from worker.cli.services import cmd_intake, cmd_sandbox, cmd_worker
+from worker.cli.shards import add_parser as add_shards_parser
+from worker.cli.shards import cmd_shards
 from worker.cli.templates import cmd_templates
 from worker.cli.up import cmd_up
 
@@ -40,6 +43,7 @@ __all__ = [
     "cmd_sandbox",
     "cmd_seal",
     "cmd_send",
+    "cmd_shards",
     "cmd_status",
     "cmd_templates",
     "cmd_unpack_records",
@@ -59,6 +63,7 @@ _OPERATOR_COMMANDS = {
     "deliveries",
     "queue",
     "lookup",
+    "shards",
 }
 _DATA_DIR = ".data"
 
@@ -195,6 +200,7 @@ def _add_operations(sub: Any) -> None:
     p.set_defaults(func=cmd_templates)
 
     add_campaign_parsers(sub, _parser)
+    add_shards_parser(sub, _parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@
 * :mod:`~worker.store.connections`: clients from ``REDIS_URL`` (TLS, Sentinel);
 * :mod:`~worker.store.deadletters`: list, replay, purge and retention of dead letters;
 * :mod:`~worker.store.ages`: the open deliveries' ages, counted per second (the backlog age);
-* :mod:`~worker.store.ids`: delivery, batch and worker ids.
+* :mod:`~worker.store.ids`: delivery, batch and worker ids;
+* :mod:`~worker.store.residents`: the pages a shard holds state for (changing the shard list).
 
 A delivery's record is the source of truth for its fate; a Celery message only says "look at
 these ids now". That is what makes "nothing lost" hold even where Celery-on-Redis is not

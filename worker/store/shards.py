@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from worker.config import Settings
 from worker.store.ids import ID_BYTES
@@ -41,14 +43,15 @@ def _weight(index: int, page_id: str) -> bytes:
     return hashlib.blake2b(f"{index}:{page_id}".encode(), digest_size=8).digest()
 
 
-def of_page(settings: Settings, page_id: str) -> int:
-    """The shard that holds the page."""
-    n = count(settings)
+def of_page(settings: Settings, page_id: str, shards: int | None = None) -> int:
+    """The shard that holds the page; with ``shards``, the one that would among that many (the
+    same pins, REDIS_SHARDS grown or cut to that length: :func:`plan`)."""
+    n = count(settings) if shards is None else shards
+    pinned = settings.shard_pages.get(page_id)
+    if pinned is not None and pinned < n:
+        return pinned
     if n == 1:
         return 0
-    pinned = settings.shard_pages.get(page_id)
-    if pinned is not None:
-        return pinned
     return max(range(n), key=lambda i: _weight(i, page_id))
 
 
@@ -91,3 +94,86 @@ def new_delivery_id(settings: Settings) -> str:
     if settings.shard_index is None or not sharded(settings):
         return os.urandom(ID_BYTES).hex()
     return f"{settings.shard_index:02x}{os.urandom(ID_BYTES - 1).hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A page with state on shard ``home`` that a change of the shard list would route to
+    ``to``; ``state``: the kinds of state it would leave behind (worker/store/residents.py)."""
+
+    page: str
+    home: int
+    to: int
+    state: tuple[str, ...]
+
+
+def plan(settings: Settings, residents: Sequence[Mapping[str, Iterable[str]]], shards: int) -> list[Move]:
+    """The pages that growing REDIS_SHARDS to ``shards`` URLs (appended: order matters) would
+    move away from their state: each page with state on the shard that holds it now
+    (``residents[i]``: the pages with state on shard i) and a different shard among ``shards``.
+    Pinning each to its ``home`` (:func:`pins`) keeps every page where its state is; only pages
+    never seen go to the new shards. A page with state on a shard that does not hold it now is
+    :func:`misrouted`'s, not a move."""
+    out = []
+    for index, pages in enumerate(residents):
+        for page, kinds in sorted(pages.items()):
+            if of_page(settings, page) == index and (to := of_page(settings, page, shards)) != index:
+                out.append(Move(page, index, to, tuple(sorted(kinds))))
+    return out
+
+
+def misrouted(settings: Settings, residents: Sequence[Mapping[str, Iterable[str]]]) -> list[Move]:
+    """The pages with state on a shard that does not hold them under the current REDIS_SHARDS and
+    SHARD_PAGES (``to``: the one that does): a shard list changed without pins, or a pin removed.
+    Their new traffic runs without that state (the module docstring of
+    worker/store/residents.py says what it is)."""
+    out = []
+    for index, pages in enumerate(residents):
+        for page, kinds in sorted(pages.items()):
+            if (to := of_page(settings, page)) != index:
+                out.append(Move(page, index, to, tuple(sorted(kinds))))
+    return out
+
+
+#: State that stays served where it is: a delivery is sent by its own shard's workers.
+DRAINING = frozenset({"deliveries"})
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """:func:`check`'s answer. ``stranded``: state the page's new traffic runs without (its
+    pause, recipients, links, limiter...); ``draining``: only deliveries, which their shard's
+    workers still send (its limiter and theirs both pace the page until they are done); ``split``:
+    pages with such state on two shards or more (their traffic has run on both: no pin takes it
+    back whole); ``pins``: SHARD_PAGES with every other stranded page pinned back to its state
+    (None: none to pin)."""
+
+    stranded: list[Move]
+    draining: list[Move]
+    split: list[str]
+    pins: dict[str, int] | None
+
+
+def check(settings: Settings, residents: Sequence[Mapping[str, Iterable[str]]]) -> Check:
+    """What :func:`misrouted` finds, sorted into what the current shard list strands and what is
+    merely draining (:class:`Check`)."""
+    stranded: list[Move] = []
+    draining: list[Move] = []
+    for move in misrouted(settings, residents):
+        (draining if set(move.state) <= DRAINING else stranded).append(move)
+    holders: dict[str, set[int]] = {}
+    for index, pages in enumerate(residents):
+        for page, kinds in pages.items():
+            if not set(kinds) <= DRAINING:
+                holders.setdefault(page, set()).add(index)
+    split = sorted({m.page for m in stranded if len(holders[m.page]) > 1})
+    back = [m for m in stranded if m.page not in split]
+    return Check(stranded, draining, split, pins(settings, back) if back else None)
+
+
+def pins(settings: Settings, moves: Iterable[Move]) -> dict[str, int]:
+    """SHARD_PAGES with each move's page pinned to its ``home`` (the pins there stay)."""
+    out = dict(settings.shard_pages)
+    for move in moves:
+        out[move.page] = move.home
+    return dict(sorted(out.items()))

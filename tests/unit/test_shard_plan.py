@@ -1,0 +1,128 @@
+"""Changing REDIS_SHARDS (docs/scaling.md): which keys name a page, which pages a longer list
+would move away from their state, and what a check after a change finds. The scan itself runs on
+real redis-servers in tests/integration/test_shards.py."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from worker.config import Settings
+from worker.store import Keys, residents, shards
+
+URLS = ["redis://127.0.0.1:7000/0", "redis://127.0.0.1:7001/0", "redis://127.0.0.1:7002/0"]
+KEYS = Keys("bmw", "messenger")
+
+
+def settings(n: int, pins: dict[str, int] | None = None) -> Settings:
+    return Settings(redis_shards=URLS[:n], shard_pages=pins or {})
+
+
+def winner(page: str, n: int) -> int:
+    """Rendezvous hashing as docs/scaling.md states it, computed here."""
+    return max(range(n), key=lambda i: hashlib.blake2b(f"{i}:{page}".encode(), digest_size=8).digest())
+
+
+def pages(home: int, after: int, count: int = 3) -> list[str]:
+    """Pages that two shards route to ``home`` and three to ``after``."""
+    found = (p for p in (f"p{i}" for i in range(10_000)) if winner(p, 2) == home and winner(p, 3) == after)
+    return [next(found) for _ in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("key", "found"),
+    [
+        (KEYS.window("100", "555"), ("100", "recipients")),
+        ("bmw:win:100:555", ("100", "recipients")),  # before routes: left to expire
+        (KEYS.window_closed("100", "555"), ("100", "recipients")),
+        (KEYS.suppressed("100", "555"), ("100", "suppressions")),
+        (KEYS.tag_suppressed("100", "555"), ("100", "suppressions")),
+        (KEYS.external("100", "555"), ("100", "links")),
+        (KEYS.park("100", "555"), ("100", "parked")),
+        (KEYS.page_waits("100"), ("100", "waiting")),
+        (KEYS.pause("100"), ("100", "pause")),
+        (KEYS.inbound_mid("100", "m_abc:1"), ("100", "webhooks")),
+        (KEYS.bucket("100", "text"), ("100", "limiter")),
+        (KEYS.recipient_bucket("100", "555"), ("100", "limiter")),
+        (KEYS.templates("100"), None),  # a copy of Graph's catalogue: read again where it lands
+        (KEYS.buckets, None),
+        (KEYS.page_usage, None),
+        (KEYS.paused, None),
+        (KEYS.parked, None),
+        (KEYS.templates_synced, None),
+        (KEYS.delivery("ab" * 16), None),  # a record: its page is inside (the scan reads it)
+        ("other:wu:100:555", None),  # not this service's prefix
+        ("bmw:wu:", None),
+    ],
+)
+def test_the_keys_that_name_a_page(key: str, found: tuple[str, str] | None) -> None:
+    assert residents.page_of_key("bmw", key) == found
+
+
+def test_a_plan_names_the_pages_with_state_that_a_longer_list_moves_and_pins_them() -> None:
+    s = settings(2, {"pinned": 1})
+    to_new_from_1, to_new_from_0, staying = pages(1, 2, 1), pages(0, 2, 1), pages(0, 0, 1)
+    held = [
+        {to_new_from_0[0]: {"pause"}, staying[0]: {"limiter"}, "pinned": {"links"}},
+        {to_new_from_1[0]: {"recipients", "deliveries"}},
+    ]
+    moves = shards.plan(s, held, 3)
+    assert [(m.page, m.home, m.to, m.state) for m in moves] == [
+        (to_new_from_0[0], 0, 2, ("pause",)),
+        (to_new_from_1[0], 1, 2, ("deliveries", "recipients")),
+    ]
+    pins = shards.pins(s, moves)
+    assert pins == dict(sorted({"pinned": 1, to_new_from_0[0]: 0, to_new_from_1[0]: 1}.items()))
+    after = settings(3, pins)
+    for page in (*to_new_from_0, *to_new_from_1, *staying):  # with the pins, nothing with state moves
+        assert shards.of_page(after, page) == shards.of_page(s, page)
+    assert shards.of_page(after, "pinned") == 1
+    assert shards.plan(s, held, 2) == []  # the same list: nothing moves
+    unseen = pages(0, 2, 2)[1]  # the first is the pinned one's
+    assert shards.of_page(after, unseen) == 2  # a page never seen still goes to the new shard
+
+
+def test_a_plan_from_one_redis() -> None:
+    one = Settings()
+    moving, staying = pages(1, 1, 1)[0], pages(0, 0, 1)[0]
+    moves = shards.plan(one, [{moving: {"links"}, staying: {"links"}}], 2)
+    assert [(m.page, m.home, m.to) for m in moves] == [(moving, 0, 1)]
+    assert shards.of_page(settings(2, shards.pins(one, moves)), moving) == 0
+
+
+def test_a_check_sorts_stranded_state_from_draining_deliveries_and_split_pages() -> None:
+    grown = settings(3)  # a third shard appended without pins
+    moved_0, moved_1 = pages(0, 2, 3), pages(1, 2, 2)
+    held = [
+        {moved_0[0]: {"suppressions"}, moved_0[1]: {"deliveries"}, moved_0[2]: {"pause"}},
+        {moved_1[0]: {"links"}, moved_1[1]: {"deliveries"}},
+        {moved_0[2]: {"limiter"}},  # its traffic already ran on the new shard: split
+    ]
+    found = shards.check(grown, held)
+    assert {(m.page, m.home) for m in found.stranded} == {(moved_0[0], 0), (moved_0[2], 0), (moved_1[0], 1)}
+    assert {(m.page, m.home) for m in found.draining} == {(moved_0[1], 0), (moved_1[1], 1)}
+    assert found.split == [moved_0[2]]
+    assert found.pins == dict(sorted({moved_0[0]: 0, moved_1[0]: 1}.items()))
+    fixed = shards.check(settings(3, found.pins), held)
+    assert [m.page for m in fixed.stranded] == [moved_0[2]]  # the split page is the operator's call
+    assert fixed.pins is None or moved_0[2] not in fixed.pins
+    assert shards.check(settings(2), held[:2]).stranded == []  # before the change: all in place
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["shards", "plan"], "--shards must be at least the current count (1)"),
+        (["shards", "check", "--shards", "3"], "--shards is plan's"),
+    ],
+)
+def test_the_commands_refuse_what_they_cannot_plan(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.cli import main
+
+    monkeypatch.chdir("/")  # no .env, no running stack's state file
+    monkeypatch.delenv("REDIS_SHARDS", raising=False)
+    assert main(argv) == 2  # before any Redis is asked
+    assert said in capsys.readouterr().err
