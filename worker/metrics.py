@@ -130,6 +130,12 @@ TEMPLATE_EVENTS = Counter(
     ["status"],
 )
 WORKER_BATCHES = Counter("bmw_worker_batches_total", "Celery batches processed by this worker process")
+SHARD_STRANDED = Gauge(
+    "bmw_shard_stranded_pages",
+    "Pages that sent within a day or are paused on this worker's shard, but that REDIS_SHARDS and "
+    "SHARD_PAGES now route to another shard (their state stayed here: messenger-worker shards check)",
+    ["shard"],
+)
 BUILD_INFO = Gauge("bmw_build_info", "Service version", ["version"])
 
 

@@ -21,7 +21,16 @@ import httpx
 import pytest
 
 from benchmarks.common import max_in_window
-from tests.conftest import ADMIN_HEADERS, PY, TEST_PAGES, RedisServer, Sandbox, free_port, wait_until
+from tests.conftest import (
+    ADMIN_HEADERS,
+    PY,
+    TEST_PAGES,
+    RedisServer,
+    Sandbox,
+    free_port,
+    start_process,
+    wait_until,
+)
 from tests.shards import LIMIT, PAGE_A, PAGE_B, Shards, two_shards
 from worker.store import outcomes
 
@@ -269,7 +278,8 @@ def test_adding_a_shard_keeps_the_pages_with_state_where_it_is(shards: Shards, t
     """`shards plan` names the pages with state that a third shard would take (a page that sent,
     whose limiter is there; a paused page whose messages wait) and pins them where they are; a page
     that stays, the pinned pages and pages never seen are not named. `shards check` after the
-    list grew: both pages stranded without the pins, nothing with them."""
+    list grew: both pages stranded without the pins, nothing with them; a worker of the grown
+    list counts and names its shard's stranded page."""
     stack, run = shards.stack, uuid.uuid4().hex[:6]
     sending, paused = _page(1, 2), _page(0, 2)
     staying = _page(0, 0, but=paused)
@@ -314,5 +324,19 @@ def test_adding_a_shard_keeps_the_pages_with_state_where_it_is(shards: Shards, t
         assert code == 0
         assert fine["misrouted"] == []
         assert fine["scanned"][2]["pages"] == 0  # the new shard holds nothing yet
+        # a worker of shard 1 under the grown list, without the pins: the gauge and the warning
+        port = free_port()
+        env = {**grown, "SHARD_INDEX": "1", "METRICS_PORT": str(port)}
+        worker = start_process(
+            "stranded", ["worker", "--concurrency", "1", "--hostname", f"s-{run}@%h"], env, stack.log_dir
+        )
+        try:
+            assert wait_until(lambda: "shards.stranded" in worker.tail(400), 60), worker.tail()
+            (line,) = [json.loads(x) for x in worker.tail(400).splitlines() if '"shards.stranded"' in x]
+            assert (line["pages"], line["count"], line["shard"]) == ([sending], 1, 1)
+            scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            assert 'bmw_shard_stranded_pages{shard="1"} 1.0' in scraped
+        finally:
+            worker.stop()
     finally:
         third.stop()

@@ -11,6 +11,8 @@ Every SCHEDULER_INTERVAL_SECONDS (0.1 s) it
 * every few seconds: says when page pauses ended and lifts token-invalid pauses whose page has a
   new token; purges dead letters past DEAD_LETTER_RETENTION (when set); gives the buckets of
   windows that are over their expiry (the seal pass, :mod:`worker.store.seals`);
+* every minute, with REDIS_SHARDS: counts the pages whose state stayed on this shard while the
+  shard list routes them elsewhere (``bmw_shard_stranded_pages``; docs/scaling.md);
 * drains the Braze outbox when this process holds its lock.
 
 **Sweeping after an outage.** A holder renews its leases every third of the lease. When Redis
@@ -36,7 +38,7 @@ from worker.braze import OutboxDrainer
 from worker.config import PageTokens, Settings
 from worker.delivery.pauses import PauseKeeper
 from worker.logging import get_logger
-from worker.store import Keys, ages, deadletters, envelope, scripts, seals, text
+from worker.store import Keys, ages, deadletters, envelope, scripts, seals, shards, text
 
 log = get_logger("worker.delivery")
 #: How often the pause housekeeping and the dead-letter retention run.
@@ -45,6 +47,10 @@ HOUSEKEEPING_SECONDS = 5.0
 BUCKETS_KEPT_SECONDS = 86_400
 #: Ids released or swept per tick, at most.
 CHUNK = 1000
+#: How often a sharded worker looks for pages routed away from their state on its shard.
+STRANDED_SECONDS = 60.0
+#: Members of P:rl:used and of P:paused read for that, at most.
+STRANDED_READ = 10_000
 
 
 class Scheduler:
@@ -65,8 +71,35 @@ class Scheduler:
         self._hold_off = 2 * settings.lease_renew_seconds
         #: A Redis call slower than this is a stall (holders may not have renewed meanwhile).
         self._stall = settings.lease_renew_seconds / 4
+        self._stranded_at = 0.0
+        self._stranded_noted: set[str] = set()
         #: When a round last succeeded (monotonic): the worker's /readyz (worker/health.py).
         self.last_ok = time.monotonic()
+
+    async def _stranded(self) -> None:
+        """With REDIS_SHARDS: the pages that sent within a day (``P:rl:used``) or are paused on
+        this shard but are routed to another now (a shard appended without the pins of
+        ``messenger-worker shards plan``, a pin removed): their pause, windows, suppressions and
+        links stayed here. A gauge (the BmwShardPagesStranded alert) and a warning naming each
+        page once. Two bounded reads a minute (at most STRANDED_READ members each)."""
+        keys, settings = self._keys, self._settings
+        pages: set[str] = set()
+        for member in await self._client.zrange(keys.buckets, 0, STRANDED_READ - 1):
+            page, _, _kind = text(member).rpartition(":")
+            pages.add(page)
+        pages.update(text(p) for p in await self._client.zrange(keys.paused, 0, STRANDED_READ - 1))
+        stranded = sorted(p for p in pages if p and not shards.owns_page(settings, p))
+        metrics.SHARD_STRANDED.labels(str(settings.shard_index)).set(len(stranded))
+        new = [p for p in stranded if p not in self._stranded_noted]
+        if new:
+            log.warning(
+                "shards.stranded",
+                shard=settings.shard_index,
+                pages=new[:20],
+                count=len(stranded),
+                hint="messenger-worker shards check",
+            )
+        self._stranded_noted = set(stranded)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set (never cancelled mid-command: a cancelled Redis call can
@@ -145,6 +178,12 @@ class Scheduler:
             if purged:
                 log.info("deadletters.expired", count=purged, retention_s=s.dead_letter_retention)
             await self._seal()
+        if (
+            self._settings.shard_index is not None
+            and time.monotonic() - self._stranded_at >= STRANDED_SECONDS
+        ):
+            self._stranded_at = time.monotonic()
+            await self._stranded()
         if self._drainer is not None:
             await self._drainer.tick()
         return len(ids)
