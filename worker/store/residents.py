@@ -2,10 +2,11 @@
 
 A page lives in one shard (:mod:`worker.store.shards`), and much of what it keeps there is not
 its deliveries: its recipients' 24-hour windows and suppressions, the Braze links learned from
-signed refs (kept 400 days), its pause, its limiter, its parked and waiting messages. Appending a shard to REDIS_SHARDS re-routes the pages the new shard wins
-(rendezvous hashing); their new traffic would then start on the new shard without any of that: a
-paused page sending again, a recipient who blocked the page messaged again, windows forgotten,
-a retry of an accepted request not recognised as one. ``messenger-worker shards plan`` pins such
+signed refs (kept 400 days), its pause, its limiter, its parked and waiting messages. Appending
+a shard to REDIS_SHARDS re-routes the pages the new shard wins (rendezvous hashing); their new
+traffic would then start on the new shard without any of that: a paused page sending again, a
+recipient who blocked the page messaged again, windows forgotten, a retry of an accepted request
+not recognised as one. ``messenger-worker shards plan`` pins such
 pages where they are before the list changes, and ``shards check`` finds a page whose state sits
 on a shard that no longer holds it (docs/scaling.md: Changing the shard list).
 
