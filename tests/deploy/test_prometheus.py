@@ -47,6 +47,15 @@ GRAFANA_INTERVALS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": 
 #: Series Prometheus adds itself.
 SYNTHETIC = {"up", "ALERTS", "ALERTS_FOR_STATE"}
 SEVERITIES = {"warning", "critical"}
+#: Gauges the intake reports per shard that count something: their totals are sums over shards.
+SHARD_COUNTS = (
+    "bmw_queue_depth",
+    "bmw_dead_letters",
+    "bmw_scheduled",
+    "bmw_open_deliveries",
+    "bmw_pages_paused",
+    "bmw_in_flight_batches",
+)
 NAMESPACE = "braze-messenger-worker"
 
 
@@ -174,6 +183,13 @@ def test_dashboard_shape() -> None:
                 assert re.search(rf"max(\s+by\s*\([^)]*\))?\s*\(\s*{gauge}\b", expr), (
                     f"use max() over {gauge}: every intake replica reports it ({expr})"
                 )
+        # a count per shard (REDIS_SHARDS: label `shard`) is summed over the shards, never max()ed
+        # across them: max() alone would show the biggest shard's queue as the whole
+        for gauge in SHARD_COUNTS:
+            if re.search(rf"\b{gauge}\b", expr) and not re.search(r"max\s+by\s*\(\s*shard\s*\)", expr):
+                pytest.fail(f"a total of {gauge} is sum(max by (shard) (...)): {expr}")
+    health_exprs = " ".join(health)
+    assert "min(max by (shard) (bmw_redis_up))" in health_exprs, "the Redis stat: up only when every shard is"
 
 
 def test_grafana_provisioning() -> None:

@@ -1,0 +1,159 @@
+"""The alert rules with REDIS_SHARDS, run by ``promtool test rules`` on synthetic series.
+
+Every intake replica reports each shard's gauges with a ``shard`` label (worker/status.py). A
+rule that took max() across all of them would hide one shard behind another: shard 1's Redis
+down while shard 0's is up read as up, one shard full while the other has room read as fine.
+Here two intake replicas report two shards: shard 1's Redis is down for a while, shard 0's is
+at 95% of its maxmemory, shard 1 (once back) has no maxmemory and a queue that does not drain.
+Each alert must fire for its shard, and only for it. The same rules on one Redis (no label)
+still fire as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.deploy.test_prometheus import ALERTS, promtool
+
+REPLICAS = ("intake-a", "intake-b")
+
+
+def _series(name: str, shard: str | None, values: str) -> list[dict[str, str]]:
+    label = f', shard="{shard}"' if shard is not None else ""
+    return [{"series": f'{name}{{instance="{r}"{label}}}', "values": values} for r in REPLICAS]
+
+
+def _alert(shard: str | None, summary: str, **extra: str) -> dict[str, Any]:
+    labels = {"shard": shard} if shard is not None else {}
+    return {"exp_labels": {**labels, **extra}, "exp_annotations": {"summary": summary}}
+
+
+def _run(tmp_path: Path, tests: list[dict[str, Any]]) -> None:
+    # the rules' descriptions are not under test: promtool compares every annotation, so the test
+    # loads a copy of the rules with the summaries alone
+    rules = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule["annotations"] = {"summary": rule["annotations"]["summary"]}
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
+    spec = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    done = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_each_shard_alerts_on_its_own(tmp_path: Path) -> None:
+    gib = 1024**3
+    series = [
+        *_series("bmw_redis_up", "0", "1x60"),
+        *_series("bmw_redis_up", "1", "0x10 1x50"),  # shard 1 down for the first 10 minutes
+        *_series("bmw_redis_used_memory_bytes", "0", f"{int(0.95 * gib)}x60"),
+        *_series("bmw_redis_maxmemory_bytes", "0", f"{gib}x60"),
+        *_series("bmw_redis_used_memory_bytes", "1", f"_x10 {int(0.1 * gib)}x50"),
+        *_series("bmw_redis_maxmemory_bytes", "1", "_x10 0x50"),  # no maxmemory on shard 1
+        *_series("bmw_queue_depth", "0", "0x60"),
+        *_series("bmw_queue_depth", "1", "_x10 500x50"),
+    ]
+    _run(
+        tmp_path,
+        [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "5m",
+                        "alertname": "BmwRedisDown",
+                        "exp_alerts": [
+                            _alert(
+                                "1",
+                                "Redis (shard 1) is unreachable: the intake answers 503 for its pages and "
+                                "its workers cannot claim deliveries",
+                                severity="critical",
+                            )
+                        ],
+                    },
+                    {"eval_time": "30m", "alertname": "BmwRedisDown", "exp_alerts": []},
+                    {
+                        "eval_time": "5m",
+                        "alertname": "BmwRedisMemoryFull",
+                        "exp_alerts": [
+                            _alert(
+                                "0",
+                                "Redis (shard 0) is at 95% of maxmemory: the intake refuses new messages "
+                                "for its pages",
+                                severity="critical",
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "50m",
+                        "alertname": "BmwRedisNoMaxmemory",
+                        "exp_alerts": [
+                            _alert(
+                                "1",
+                                "Redis (shard 1) has no maxmemory: set it (and keep maxmemory-policy "
+                                "noeviction)",
+                                severity="warning",
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "30m",
+                        "alertname": "BmwQueueNotDraining",
+                        "exp_alerts": [
+                            _alert(
+                                "1",
+                                "500 batches have waited in the queue (shard 1) for 10 minutes",
+                                severity="warning",
+                            )
+                        ],
+                    },
+                ],
+            }
+        ],
+    )
+
+
+def test_one_redis_still_alerts_without_a_shard_label(tmp_path: Path) -> None:
+    series = [
+        *_series("bmw_redis_up", None, "0x10"),
+        *_series("bmw_queue_depth", None, "500x30"),
+    ]
+    _run(
+        tmp_path,
+        [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "5m",
+                        "alertname": "BmwRedisDown",
+                        "exp_alerts": [
+                            _alert(
+                                None,
+                                "Redis is unreachable: the intake answers 503 for its pages and its workers "
+                                "cannot claim deliveries",
+                                severity="critical",
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "20m",
+                        "alertname": "BmwQueueNotDraining",
+                        "exp_alerts": [
+                            _alert(
+                                None,
+                                "500 batches have waited in the queue for 10 minutes",
+                                severity="warning",
+                            )
+                        ],
+                    },
+                ],
+            }
+        ],
+    )
