@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped,unused-ignore]  # PyYAML ships no type information
 
 from tests.deploy.test_prometheus import ALERTS, promtool
 
