@@ -203,9 +203,11 @@ def _serve_health(consumer: Any, engine: Any) -> int | None:
 
     from worker import __version__
     from worker.health import HealthServer
-    from worker.metrics import BUILD_INFO
+    from worker.metrics import BUILD_INFO, WORKER_SHARD
 
     BUILD_INFO.labels(__version__).set(1)
+    if get_settings().shard_index is not None:
+        WORKER_SHARD.labels(str(get_settings().shard_index)).set(1)
     port = get_settings().metrics_port
     if not port:
         return None

@@ -137,6 +137,12 @@ SHARD_STRANDED = Gauge(
     ["shard"],
 )
 BUILD_INFO = Gauge("bmw_build_info", "Service version", ["version"])
+WORKER_SHARD = Gauge(
+    "bmw_worker_shard",
+    "1 in a worker process serving this shard (REDIS_SHARDS; absent without): a shard without one "
+    "accepts messages that nothing sends (BmwShardWithoutWorker)",
+    ["shard"],
+)
 
 
 class PageLabels:

@@ -157,3 +157,48 @@ def test_one_redis_still_alerts_without_a_shard_label(tmp_path: Path) -> None:
             }
         ],
     )
+
+
+def _worker(shard: str, values: str) -> dict[str, str]:
+    return {
+        "series": f'bmw_worker_shard{{job="worker", instance="w{shard}", shard="{shard}"}}',
+        "values": values,
+    }
+
+
+def test_a_shard_without_a_worker_alerts_while_the_others_have_theirs(tmp_path: Path) -> None:
+    """Shard 1's workers are missing for the first 20 minutes (a Deployment not created), then
+    start: BmwShardWithoutWorker fires for shard 1 alone and clears. BmwNoWorker (any worker at
+    all) cannot see this: shard 0's workers are up throughout."""
+    series = [
+        *_series("bmw_redis_up", "0", "1x40"),
+        *_series("bmw_redis_up", "1", "1x40"),
+        _worker("0", "1x40"),
+        _worker("1", "_x20 1x20"),
+    ]
+    summary = "No worker serves shard 1: its pages' messages are accepted and not sent"
+    _run(
+        tmp_path,
+        [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {"eval_time": "3m", "alertname": "BmwShardWithoutWorker", "exp_alerts": []},  # for: 5m
+                    {
+                        "eval_time": "10m",
+                        "alertname": "BmwShardWithoutWorker",
+                        "exp_alerts": [_alert("1", summary, severity="critical")],
+                    },
+                    {"eval_time": "30m", "alertname": "BmwShardWithoutWorker", "exp_alerts": []},
+                ],
+            },
+            {  # one Redis: no shard label, no bmw_worker_shard: nothing to say
+                "interval": "1m",
+                "input_series": _series("bmw_redis_up", None, "1x20"),
+                "alert_rule_test": [
+                    {"eval_time": "15m", "alertname": "BmwShardWithoutWorker", "exp_alerts": []}
+                ],
+            },
+        ],
+    )

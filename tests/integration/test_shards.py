@@ -336,6 +336,7 @@ def test_adding_a_shard_keeps_the_pages_with_state_where_it_is(shards: Shards, t
             assert (line["pages"], line["count"], line["shard"]) == ([sending], 1, 1)
             scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
             assert 'bmw_shard_stranded_pages{shard="1"} 1.0' in scraped
+            assert 'bmw_worker_shard{shard="1"} 1.0' in scraped  # BmwShardWithoutWorker reads it
         finally:
             worker.stop()
     finally:

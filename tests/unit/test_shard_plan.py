@@ -126,3 +126,22 @@ def test_the_commands_refuse_what_they_cannot_plan(
     monkeypatch.delenv("REDIS_SHARDS", raising=False)
     assert main(argv) == 2  # before any Redis is asked
     assert said in capsys.readouterr().err
+
+
+def test_an_unreachable_shard_is_one_line_naming_the_shards_not_redis_url(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With REDIS_SHARDS, REDIS_URL is unused: the error names the shard, never REDIS_URL's
+    default, and no password."""
+    from tests.conftest import free_port
+    from worker.cli import main
+
+    monkeypatch.chdir("/")
+    dead = [free_port(), free_port()]
+    monkeypatch.setenv("REDIS_SHARDS", ",".join(f"redis://:sekrit-pw@127.0.0.1:{p}/0" for p in dead))
+    assert main(["shards", "check"]) == 1
+    err = capsys.readouterr().err
+    assert "shard 0 did not answer" in err
+    assert "REDIS_SHARDS" in err
+    assert "6379" not in err
+    assert "sekrit" not in err

@@ -239,6 +239,8 @@ def _connection_error(exc: BaseException) -> str | None:
     import redis.exceptions
 
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        if os.environ.get("REDIS_SHARDS"):  # REDIS_URL is unused then: naming it would mislead
+            return f"cannot reach Redis: {exc}. Is every shard of REDIS_SHARDS up?"
         url = _redacted(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
         return (
             f"cannot reach Redis at {url}: {exc}. Is the stack up (messenger-worker up), or REDIS_URL right?"
