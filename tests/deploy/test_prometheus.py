@@ -32,6 +32,7 @@ from tests.deploy.common import (
     COMPOSE_FILE,
     DASHBOARD,
     K8S,
+    K8S_SHARDS,
     PROMETHEUS_DIR,
     dockerfile_instructions,
     exec_form,
@@ -267,12 +268,16 @@ def kubernetes_config(tmp_path: Path, targets_file: Path) -> Path:
 
 
 def fake_pods(intake_metrics_port: int, metrics_port: int) -> list[dict[str, Any]]:
-    """What Kubernetes discovery would report for one intake and one worker pod on loopback."""
+    """What Kubernetes discovery would report for one intake pod and two worker pods on loopback
+    (shard 0's, deploy/k8s/worker.yaml, and shard 1's, deploy/k8s-shards/worker-1.yaml: the same
+    live worker, scraped twice)."""
     pods = []
     for doc in load_yaml_all(
         (K8S / "intake.yaml").read_text(encoding="utf-8")
         + "\n---\n"
         + (K8S / "worker.yaml").read_text(encoding="utf-8")
+        + "\n---\n"
+        + (K8S_SHARDS / "worker-1.yaml").read_text(encoding="utf-8")
     ):
         if doc["kind"] != "Deployment":
             continue
@@ -389,11 +394,16 @@ def _targets(live: Live) -> list[dict[str, Any]]:
 
 
 def test_kubernetes_relabelling_scrapes_both_jobs(live: Live) -> None:
-    by_job = {t["labels"]["job"]: t for t in _targets(live)}
-    assert set(by_job) == {"intake", "worker"}, "jobs are named after app.kubernetes.io/component"
-    assert by_job["worker"]["scrapeUrl"] == f"http://127.0.0.1:{live.metrics_port}/metrics"
-    assert by_job["intake"]["scrapeUrl"] == live.stack.intake_metrics_url  # not the public port
-    for target in by_job.values():
+    targets = _targets(live)
+    by_pod = {t["labels"]["pod"]: t for t in targets}
+    assert {pod: t["labels"]["job"] for pod, t in by_pod.items()} == {
+        "intake-0": "intake",
+        "worker-0": "worker",
+        "worker-1-0": "worker",  # a shard's workers are the worker job too (deploy/k8s-shards)
+    }, "jobs are named after app.kubernetes.io/component"
+    assert by_pod["worker-0"]["scrapeUrl"] == f"http://127.0.0.1:{live.metrics_port}/metrics"
+    assert by_pod["intake-0"]["scrapeUrl"] == live.stack.intake_metrics_url  # not the public port
+    for target in targets:
         assert target["health"] == "up"
         assert target["labels"]["namespace"] == NAMESPACE
         assert target["labels"]["pod"].startswith(target["labels"]["job"])
