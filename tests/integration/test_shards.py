@@ -341,3 +341,72 @@ def test_adding_a_shard_keeps_the_pages_with_state_where_it_is(shards: Shards, t
             worker.stop()
     finally:
         third.stop()
+
+
+def test_moving_a_page_takes_its_state_and_leaves_its_messages_to_the_old_shard(shards: Shards) -> None:
+    """`shards move PAGE --to 1` on a page of shard 0 with a pause, a recipient's window and a
+    Braze link (each with its expiry) and a message waiting for the pause: the state is copied
+    (the old shard keeps it until the end); `--finish` after the pin is out refuses while shard 0
+    still holds the waiting message, and once it is sent copies what changed, drops shard 0's
+    copy and its recent sends, so `shards check` is clean. A new message then lands on shard 1,
+    waits for the pause that moved with the page, and is sent once it is resumed there."""
+    stack, run = shards.stack, uuid.uuid4().hex[:6]
+    page = _page(0, 2)
+    old_env = dict(stack.env)
+    keys = shards.keys()
+    old, new = shards.servers[0].client(), shards.servers[1].client()
+    try:
+        sent_before = stack.post_many([(path(page), body(f"{run}-sent"))])
+        shards.wait_final(sent_before)
+        old.set(keys.window(page, "9001"), "1900000000", ex=3600)
+        old.set(keys.external(page, "9001"), "braze-user-1", ex=7200)
+        assert shards.cli("pages", "pause", page, "--seconds", "600")
+        waiting = stack.post_many([(path(page), body(f"{run}-waits"))])
+        assert shards.index_of(waiting[0]) == 0
+
+        code, copy = _shards_cli(old_env, "move", page, "--to", "1")
+        assert code == 0, copy
+        assert copy["copied"] >= 3  # the pause, the window, the link (and the page's catalogue)
+        assert copy["shard_pages"] == {PAGE_A: 0, PAGE_B: 1, page: 1}
+        for key, ttl in ((keys.window(page, "9001"), 3600), (keys.external(page, "9001"), 7200)):
+            assert new.get(key) == old.get(key)
+            assert ttl - 60 < new.ttl(key) <= ttl  # its expiry came along
+        assert new.exists(keys.pause(page))
+        assert old.exists(keys.pause(page))  # the old shard keeps its copy until --finish
+        assert _shards_cli(old_env, "check")[1]["split"] == [page]  # in two places meanwhile
+
+        # the pin rolled out: a new intake with it
+        pinned = {**old_env, "SHARD_PAGES": json.dumps(copy["shard_pages"])}
+        code, refused = _shards_cli(pinned, "move", page, "--to", "1", "--finish")
+        assert code == 1
+        assert (refused["open"], refused["open_on"]) == (1, 0)  # the waiting message
+        assert new.exists(keys.window(page, "9001"))
+        assert old.exists(keys.window(page, "9001"))  # nothing changed
+        assert shards.cli("pages", "resume", page)  # with the old routing: shard 0's pause
+        shards.wait_final(waiting)
+        old.set(keys.suppressed(page, "9002"), "1", ex=900)  # written by shard 0 meanwhile
+
+        code, done = _shards_cli(pinned, "move", page, "--to", "1", "--finish")
+        assert code == 0, done
+        assert done["from"] == [0]
+        assert done["copied"] >= 1  # the suppression shard 1 did not have
+        assert done["dropped"] >= 4
+        assert new.exists(keys.suppressed(page, "9002"))
+        assert not [k for k in old.scan_iter(match=f"{keys.prefix}:*:{page}*")]  # no key of the page
+        assert not [m for m in old.zrange(keys.buckets, 0, -1) if m.decode().startswith(f"{page}:")]
+        code, check = _shards_cli(pinned, "check")
+        assert code == 0, check
+        assert check["misrouted"] == []
+
+        stack.procs[0].stop()  # the intake of before the pin; the new one has it
+        stack.env = pinned
+        stack.start_intake()
+        moved = stack.post_many([(path(page), body(f"{run}-after"))])
+        assert shards.index_of(moved[0]) == 1
+        time.sleep(2)
+        assert shards.record(moved[0])["status"] in {"queued", "in_flight", "scheduled"}  # paused there
+        subprocess.run([PY, "-m", "worker", "pages", "resume", page], env=pinned, check=True, timeout=60)
+        assert shards.wait_final(moved)[moved[0]]["status"] == "sent"
+    finally:
+        old.close()
+        new.close()

@@ -145,3 +145,66 @@ def test_an_unreachable_shard_is_one_line_naming_the_shards_not_redis_url(
     assert "REDIS_SHARDS" in err
     assert "6379" not in err
     assert "sekrit" not in err
+
+
+@pytest.mark.parametrize(
+    ("key", "found"),
+    [
+        (KEYS.templates("100"), ("tpl", "100")),
+        (KEYS.templates_synced, None),
+        (KEYS.templates_lock, None),
+        (KEYS.bucket("100", "text"), ("rl", "100")),
+        (KEYS.recipient_bucket("100", "555"), ("rl:r", "100")),
+        (KEYS.pause("100"), ("pause", "100")),
+        (KEYS.external("100", "555"), ("ext", "100")),
+    ],
+)
+def test_the_families_of_a_pages_keys(key: str, found: tuple[str, str] | None) -> None:
+    assert residents.family_of_key("bmw", key) == found
+
+
+def test_a_scan_pattern_matches_a_page_id_literally() -> None:
+    from worker.store.pagemove import _glob
+
+    assert _glob("100") == "100"
+    assert _glob("1*0?[x]\\") == "1\\*0\\?\\[x\\]\\\\"
+
+
+@pytest.mark.parametrize(
+    ("argv", "shards_env", "said"),
+    [
+        (["shards", "move", "100"], "", "give PAGE and --to N"),
+        (["shards", "move", "100", "--to", "2"], "2", "a shard of REDIS_SHARDS (0..1)"),
+        (["shards", "move", "--to", "1"], "2", "give PAGE and --to N"),
+        (["shards", "plan", "100", "--shards", "3"], "2", "PAGE, --to and --finish are move's"),
+    ],
+)
+def test_move_refuses_what_it_cannot_do_before_asking_redis(
+    argv: list[str],
+    shards_env: str,
+    said: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.cli import main
+
+    monkeypatch.chdir("/")
+    if shards_env:
+        monkeypatch.setenv("REDIS_SHARDS", ",".join(URLS[: int(shards_env)]))
+    else:
+        monkeypatch.delenv("REDIS_SHARDS", raising=False)
+    assert main(argv) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_move_follows_the_pin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before --finish the page must still be routed to its old shard; --finish needs the pin."""
+    from worker.cli import main
+
+    monkeypatch.chdir("/")
+    monkeypatch.setenv("REDIS_SHARDS", ",".join(URLS[:2]))
+    page = pages(1, 1, 1)[0]  # two shards route it to shard 1
+    assert main(["shards", "move", page, "--to", "1"]) == 2
+    assert "--finish" in capsys.readouterr().err
+    assert main(["shards", "move", page, "--to", "0", "--finish"]) == 2
+    assert "roll out its pin to shard 0 first" in capsys.readouterr().err

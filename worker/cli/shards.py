@@ -13,6 +13,9 @@ none of that.
   without pins, a pin removed). Exit 1 when there are any; the pins that would send their
   traffic back to their state. A page with state on two shards (its traffic moved and ran
   there) is listed as split: which side to keep is the operator's call.
+* ``move PAGE --to N``: copies the page's state to shard N and prints the pin to roll out;
+  ``--finish``, once the pin is out and the old shard has none of the page's messages open,
+  copies what changed meanwhile and drops the old copy (worker/store/pagemove.py).
 
 Both read every key of every shard once (SCAN; measured in docs/scaling.md). URLs are never
 printed.
@@ -36,12 +39,23 @@ def add_parser(sub: Any, make: Any) -> None:
     p = make(
         sub, "shards", "plan a change of REDIS_SHARDS (the pins that keep pages with their state), check one"
     )
-    p.add_argument("shards_command", choices=["plan", "check"], help="plan: before a change; check: after")
+    p.add_argument(
+        "shards_command",
+        choices=["plan", "check", "move"],
+        help="plan: before a change; check: after; move PAGE --to N: a page's state to another shard",
+    )
+    p.add_argument("page", nargs="?", default=None, help="move: the page id")
     p.add_argument(
         "--shards",
         type=int,
         default=None,
         help="plan: how many URLs REDIS_SHARDS will have (the current ones first, new ones appended)",
+    )
+    p.add_argument("--to", type=int, default=None, help="move: the shard the page goes to")
+    p.add_argument(
+        "--finish",
+        action="store_true",
+        help="move: after the pin to --to is rolled out and the old shard sent the page's messages",
     )
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_shards)
@@ -60,6 +74,11 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
     settings = _settings()
     now = shards.count(settings)
+    if args.shards_command == "move":
+        return _move(args, settings, now)
+    if args.page is not None or args.to is not None or args.finish:
+        print(f"shards {args.shards_command}: PAGE, --to and --finish are move's", file=sys.stderr)
+        return 2
     if args.shards_command == "plan":
         if args.shards is None or args.shards < now:
             print(
@@ -169,6 +188,100 @@ def _plan(
         print("Keep them where their state is: set these pins with REDIS_SHARDS (the current Redis first):")
     print(_pins_line(pins or {}))
     return 0
+
+
+def _move(args: argparse.Namespace, settings: Any, now: int) -> int:
+    """``shards move PAGE --to N [--finish]`` (worker/store/pagemove.py has the procedure)."""
+    from worker.store import shards
+
+    page, to = args.page, args.to
+    if page is None or to is None or not 0 <= to < now or args.shards is not None:
+        print(f"shards move: give PAGE and --to N, a shard of REDIS_SHARDS (0..{now - 1})", file=sys.stderr)
+        return 2
+    route = shards.of_page(settings, page)
+    if not args.finish and route == to:
+        print(
+            f"shards move: page {page} is routed to shard {to} already (its pin is out): "
+            f"`shards move {page} --to {to} --finish`",
+            file=sys.stderr,
+        )
+        return 2
+    if args.finish and route != to:
+        print(
+            f"shards move: page {page} is routed to shard {route}: roll out its pin to shard {to} first "
+            f"(SHARD_PAGES), then --finish",
+            file=sys.stderr,
+        )
+        return 2
+    result = with_fleet(lambda fleet: _moved(fleet, page, route, to, finish=args.finish), settings)
+    pins = shards.pins(settings, [])
+    pins[page] = to
+    result["shard_pages"] = dict(sorted(pins.items()))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["open"]:
+        print(
+            f"Shard {result['open_on']} still holds {result['open']} of page {page}'s messages open "
+            "(queued, waiting, parked or in flight): its workers send them. Run this again when "
+            "they are; nothing was changed."
+        )
+    elif args.finish:
+        where = ", ".join(map(str, result["from"])) or "none: nothing was left there"
+        print(
+            f"Page {page}: {result['copied']} key(s) copied to shard {to} ({result['kept']} it had "
+            f"already), {result['dropped']} dropped from shard(s) {where}. `shards check` should find "
+            "nothing now."
+        )
+    else:
+        print(
+            f"Page {page}: {result['copied']} key(s) copied from shard {route} to shard {to} "
+            f"({result['kept']} it had already). Now roll out this pin (with the pins you have):"
+        )
+        print(_pins_line(result["shard_pages"]))
+        print(
+            f"Its new requests and webhooks then go to shard {to}; shard {route}'s workers send what "
+            f"it holds. Then run `messenger-worker shards move {page} --to {to} --finish`."
+        )
+    return 1 if result["open"] else 0
+
+
+async def _moved(fleet: Any, page: str, route: int, to: int, *, finish: bool) -> dict[str, Any]:
+    from worker.store import pagemove
+
+    target = fleet.shards[to]
+    if not finish:
+        source = fleet.shards[route]
+        first = await pagemove.copy_page(source.redis, target.redis, target.keys, page)
+        return {
+            "page": page,
+            "from": [route],
+            "to": to,
+            "copied": first.copied,
+            "kept": first.kept,
+            "open": 0,
+        }
+    others = [s for s in fleet.shards if s.index != to]
+    for shard in others:  # every other shard: no message of the page open there, or nothing moves
+        waiting = await pagemove.open_deliveries(shard.redis, shard.keys, page)  # parked ones too
+        if waiting:
+            return {"page": page, "to": to, "open": waiting, "open_on": shard.index}
+    copied = kept = dropped = 0
+    held: list[int] = []
+    for shard in others:
+        done = await pagemove.copy_page(shard.redis, target.redis, target.keys, page)
+        gone = await pagemove.drop_page(shard.redis, shard.keys, page)
+        if done.copied or done.kept or gone:
+            held.append(shard.index)
+        copied, kept, dropped = copied + done.copied, kept + done.kept, dropped + gone
+    return {
+        "page": page,
+        "from": held,
+        "to": to,
+        "copied": copied,
+        "kept": kept,
+        "dropped": dropped,
+        "open": 0,
+    }
 
 
 def _more(listed: list[Any]) -> None:

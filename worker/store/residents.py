@@ -6,9 +6,10 @@ signed refs (kept 400 days), its pause, its limiter, its parked and waiting mess
 a shard to REDIS_SHARDS re-routes the pages the new shard wins (rendezvous hashing); their new
 traffic would then start on the new shard without any of that: a paused page sending again, a
 recipient who blocked the page messaged again, windows forgotten, a retry of an accepted request
-not recognised as one. ``messenger-worker shards plan`` pins such
-pages where they are before the list changes, and ``shards check`` finds a page whose state sits
-on a shard that no longer holds it (docs/scaling.md: Changing the shard list).
+not recognised as one. ``messenger-worker shards plan`` pins such pages where they are before the
+list changes, ``shards check`` finds a page whose state sits on a shard that no longer holds it
+(docs/scaling.md: Changing the shard list), and ``shards move`` (:mod:`worker.store.pagemove`)
+takes a page's state along to another shard.
 
 This module reads one shard: :func:`scan` walks its keys once (``SCAN`` with ``MATCH
 {prefix}:*``, ``batch`` names a round trip: the whole keyspace, so an operator's command, never a
@@ -45,15 +46,20 @@ FAMILIES: Final[dict[str, str]] = {
 }
 #: ``{prefix}:rl:{name}`` names that are not a page's.
 _SHARED: Final = frozenset({"usage", "used"})
+#: ``{prefix}:tpl:{name}`` names that are not a page's.
+_SHARED_TPL: Final = frozenset({"synced", "lock"})
+#: The families of one key per page, ``{prefix}:{family}:{page}``.
+_ONE_KEY: Final = frozenset({"pause", "pwait", "tpl"})
 #: A delivery record: ``{prefix}:d:{id}``.
 DELIVERIES: Final = "deliveries"
 #: A page in ``{prefix}:rl:used``: it sent within the last day.
 SENT: Final = "recent sends"
 
 
-def page_of_key(prefix: str, key: str) -> tuple[str, str] | None:
-    """(page, kind) of a key named by a page, or None (a key of the shard's shared layout, a
-    delivery's, or not the service's)."""
+def family_of_key(prefix: str, key: str) -> tuple[str, str] | None:
+    """(family, page) of a key named by a page: a family of :data:`FAMILIES`, ``tpl`` (its
+    template catalogue), ``rl`` (its limiter buckets) or ``rl:r`` (its recipients'); None for a
+    key of the shard's shared layout, a delivery's, or not the service's."""
     head = f"{prefix}:"
     if not key.startswith(head):
         return None
@@ -61,16 +67,25 @@ def page_of_key(prefix: str, key: str) -> tuple[str, str] | None:
     family = parts[0]
     if family == "rl":  # {prefix}:rl:{page}:{class}, {prefix}:rl:r:{page}:{psid}
         if len(parts) == 4 and parts[1] == "r":
-            return parts[2], "limiter"
+            return "rl:r", parts[2]
         if len(parts) == 3 and parts[1] not in _SHARED:
-            return parts[1], "limiter"
+            return "rl", parts[1]
         return None
-    kind = FAMILIES.get(family)
-    if kind is None or len(parts) < 2 or not parts[1]:
+    if (family not in FAMILIES and family != "tpl") or len(parts) < 2 or not parts[1]:
         return None
-    if family in ("pause", "pwait"):  # {prefix}:{family}:{page}
-        return (parts[1], kind) if len(parts) == 2 else None
-    return (parts[1], kind) if len(parts) >= 3 else None
+    if family in _ONE_KEY:  # {prefix}:{family}:{page}
+        return (family, parts[1]) if len(parts) == 2 and parts[1] not in _SHARED_TPL else None
+    return (family, parts[1]) if len(parts) >= 3 else None
+
+
+def page_of_key(prefix: str, key: str) -> tuple[str, str] | None:
+    """(page, kind) of a key named by a page, or None (a key of the shard's shared layout, a
+    delivery's, the template catalogue's, or not the service's)."""
+    found = family_of_key(prefix, key)
+    if found is None or found[0] == "tpl":
+        return None
+    family, page = found
+    return page, "limiter" if family in ("rl", "rl:r") else FAMILIES[family]
 
 
 @dataclass(slots=True)

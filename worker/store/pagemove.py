@@ -1,0 +1,156 @@
+"""Moving a page's state from one shard to another (``messenger-worker shards move``).
+
+A page's deliveries stay where they were accepted: their ids name their shard, and that shard's
+workers send them. What moves is the state its new traffic needs (worker/store/residents.py):
+its recipients' windows and suppressions, the Braze links from signed refs, the webhook message
+ids already recorded, its pause and its template catalogue. Not its limiter buckets (state of
+the last seconds) nor its parked and waiting messages: those are deliveries, and a move's
+second step waits until the old shard has none of the page's open.
+
+The procedure (docs/scaling.md, Moving a page):
+
+1. :func:`copy_page` from the shard that holds the page to the new one. Keys the new shard has
+   already are kept (never overwritten); each copied key keeps its remaining expiry (``DUMP``,
+   ``PTTL``, ``RESTORE``).
+2. The operator pins the page to the new shard (SHARD_PAGES) and rolls the pin out: new
+   requests and webhooks go there, with the state copied. The old shard's workers send what it
+   still holds.
+3. Once :func:`open_deliveries` on the old shard is 0 (queued, waiting, parked, in flight: their
+   records are open): :func:`copy_page` again (what the old
+   shard wrote meanwhile and the new one lacks), then :func:`drop_page` on the old shard, so
+   that no page's state is in two places (``shards check``).
+
+What does not move: the Idempotency-Keys of the requests the old shard accepted (they are in
+buckets named by a digest, not by the page). A Braze retry of one of them that reaches the new
+shard is accepted again. Braze retries a request only when it did not get its answer, so this
+is a request whose 202 was lost around the time of the pin's rollout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.exceptions import ResponseError
+
+from worker.states import OPEN
+from worker.store import records
+from worker.store.keys import Keys, text
+from worker.store.residents import family_of_key
+
+#: The key families that move with a page (worker/store/residents.py's names).
+MOVED: Final = frozenset({"wu", "win", "wcl", "supp", "supptag", "ext", "mid", "unread", "pause", "tpl"})
+#: What the old shard drops at the end: the moved keys and its limiter buckets for the page (the
+#: pace of its last sends, which it has no more of to make).
+DROPPED: Final = MOVED | {"rl", "rl:r"}
+_OPEN: Final = frozenset(s.value for s in OPEN)
+_BATCH: Final = 500
+
+
+async def page_keys(
+    client: Any, keys: Keys, page: str, *, families: frozenset[str] = MOVED, batch: int = 1000
+) -> list[str]:
+    """The page's keys of ``families`` on ``client``'s shard (one SCAN of the service's keys)."""
+    moved: list[str] = []
+    cursor: Any = 0
+    while True:
+        cursor, names = await client.scan(cursor, match=f"{keys.prefix}:*", count=batch)
+        for raw in names:
+            name = text(raw)
+            found = family_of_key(keys.prefix, name)
+            if found is not None and found[1] == page and found[0] in families:
+                moved.append(name)
+        if int(cursor) == 0:
+            return moved
+
+
+async def open_deliveries(client: Any, keys: Keys, page: str, *, batch: int = 1000) -> int:
+    """How many of the page's deliveries on ``client``'s shard are not final (one SCAN of the
+    records and an ``HMGET`` of each one's page and status)."""
+    head = keys.delivery("")
+    count = 0
+    cursor: Any = 0
+    while True:
+        cursor, names = await client.scan(cursor, match=f"{head}*", count=batch)
+        ids = [text(n) for n in names if ":" not in text(n)[len(head) :]]
+        if ids:
+            pipe = client.pipeline(transaction=False)
+            for name in ids:
+                pipe.hmget(name, ["page_id", records.PACKED_FIELD, "status"])
+            for page_id, packed, status in await pipe.execute():
+                if records.page_of(page_id, packed) == page and status is not None and text(status) in _OPEN:
+                    count += 1
+        if int(cursor) == 0:
+            return count
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    copied: int
+    kept: int  # already on the target: its own, newer
+
+
+async def copy_page(source: Any, target: Any, keys: Keys, page: str) -> Copied:
+    """The page's moving keys from ``source`` to ``target`` (the module docstring: step 1)."""
+    moved = await page_keys(source, keys, page)
+    copied = kept = 0
+    for start in range(0, len(moved), _BATCH):
+        names = moved[start : start + _BATCH]
+        pipe = source.pipeline(transaction=False)
+        for name in names:
+            pipe.dump(name)
+            pipe.pttl(name)
+        answers = await pipe.execute()
+        pipe = target.pipeline(transaction=False)
+        restoring = 0
+        for j, name in enumerate(names):
+            dumped, ttl = answers[2 * j], answers[2 * j + 1]
+            if dumped is None or ttl == -2:  # expired since the scan named it
+                continue
+            pipe.restore(name, max(int(ttl), 0), dumped)  # 0: no expiry, as on the source
+            restoring += 1
+        if not restoring:
+            continue
+        for result in await pipe.execute(raise_on_error=False):
+            if isinstance(result, ResponseError) and "BUSYKEY" in str(result):
+                kept += 1
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                copied += 1
+    for index in (keys.paused, keys.templates_synced):  # the shard-wide indexes that name it
+        score = await source.zscore(index, page)
+        if score is not None:
+            await target.zadd(index, {page: score}, nx=True)
+    return Copied(copied, kept)
+
+
+async def drop_page(client: Any, keys: Keys, page: str) -> int:
+    """Deletes the page's moving keys on ``client``'s shard, its limiter buckets, its entries in
+    the shard-wide indexes and its recent sends (``P:rl:used``): the state now lives on its new
+    shard (step 3). Returns how many keys were deleted."""
+    moved = await page_keys(client, keys, page, families=DROPPED)
+    deleted = 0
+    for start in range(0, len(moved), _BATCH):
+        deleted += int(await client.unlink(*moved[start : start + _BATCH]))
+    await client.zrem(keys.paused, page)
+    await client.zrem(keys.templates_synced, page)
+    used = [m for m, _ in await _members(client, keys.buckets, f"{_glob(page)}:*")]
+    if used:
+        await client.zrem(keys.buckets, *used)
+    return deleted
+
+
+def _glob(text_: str) -> str:
+    """``text_`` matched literally in a SCAN pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text_)
+
+
+async def _members(client: Any, key: str, match: str) -> list[tuple[bytes, float]]:
+    out: list[tuple[bytes, float]] = []
+    cursor: Any = 0
+    while True:
+        cursor, chunk = await client.zscan(key, cursor, match=match, count=1000)
+        out.extend(chunk)
+        if int(cursor) == 0:
+            return out
