@@ -268,7 +268,9 @@ async def _moved(fleet: Any, page: str, route: int, to: int, *, finish: bool) ->
     copied = kept = dropped = 0
     held: list[int] = []
     for shard in others:
-        done = await pagemove.copy_page(shard.redis, target.redis, target.keys, page)
+        done = await pagemove.copy_page(
+            shard.redis, target.redis, target.keys, page, families=pagemove.MERGED
+        )
         gone = await pagemove.drop_page(shard.redis, shard.keys, page)
         if done.copied or done.kept or gone:
             held.append(shard.index)

@@ -16,9 +16,10 @@ The procedure (docs/scaling.md, Moving a page):
    requests and webhooks go there, with the state copied. The old shard's workers send what it
    still holds.
 3. Once :func:`open_deliveries` on the old shard is 0 (queued, waiting, parked, in flight: their
-   records are open): :func:`copy_page` again (what the old
-   shard wrote meanwhile and the new one lacks), then :func:`drop_page` on the old shard, so
-   that no page's state is in two places (``shards check``).
+   records are open): :func:`copy_page` again of :data:`MERGED` (what the old shard wrote
+   meanwhile and the new one lacks; not the pause: the new shard's is the page's now), then
+   :func:`drop_page` on the old shard, so that no page's state is in two places (``shards
+   check``).
 
 What does not move: the Idempotency-Keys of the requests the old shard accepted (they are in
 buckets named by a digest, not by the page). A Braze retry of one of them that reaches the new
@@ -40,6 +41,10 @@ from worker.store.residents import family_of_key
 
 #: The key families that move with a page (worker/store/residents.py's names).
 MOVED: Final = frozenset({"wu", "win", "wcl", "supp", "supptag", "ext", "mid", "unread", "pause", "tpl"})
+#: What the last step copies again: what the old shard may have learned while it sent the page's
+#: last messages, where the new shard's own copy wins. Not the pause nor the catalogue: once the
+#: pin is out the new shard's are the page's (a pause lifted there must not come back).
+MERGED: Final = MOVED - {"pause", "tpl"}
 #: What the old shard drops at the end: the moved keys and its limiter buckets for the page (the
 #: pace of its last sends, which it has no more of to make).
 DROPPED: Final = MOVED | {"rl", "rl:r"}
@@ -90,9 +95,12 @@ class Copied:
     kept: int  # already on the target: its own, newer
 
 
-async def copy_page(source: Any, target: Any, keys: Keys, page: str) -> Copied:
-    """The page's moving keys from ``source`` to ``target`` (the module docstring: step 1)."""
-    moved = await page_keys(source, keys, page)
+async def copy_page(
+    source: Any, target: Any, keys: Keys, page: str, *, families: frozenset[str] = MOVED
+) -> Copied:
+    """The page's keys of ``families`` from ``source`` to ``target`` (the module docstring: step
+    1 copies :data:`MOVED`, step 3 :data:`MERGED`)."""
+    moved = await page_keys(source, keys, page, families=families)
     copied = kept = 0
     for start in range(0, len(moved), _BATCH):
         names = moved[start : start + _BATCH]
@@ -118,7 +126,10 @@ async def copy_page(source: Any, target: Any, keys: Keys, page: str) -> Copied:
                 raise result
             else:
                 copied += 1
-    for index in (keys.paused, keys.templates_synced):  # the shard-wide indexes that name it
+    indexes = [
+        i for family, i in (("pause", keys.paused), ("tpl", keys.templates_synced)) if family in families
+    ]
+    for index in indexes:  # the shard-wide indexes that name it
         score = await source.zscore(index, page)
         if score is not None:
             await target.zadd(index, {page: score}, nx=True)
