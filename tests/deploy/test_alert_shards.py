@@ -31,6 +31,17 @@ def _alert(shard: str | None, summary: str, **extra: str) -> dict[str, Any]:
     return {"exp_labels": {**labels, **extra}, "exp_annotations": {"summary": summary}}
 
 
+def _case(series: list[dict[str, str]], *checks: tuple[str, str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One promtool test: the input series and, per (eval time, alert), the alerts expected."""
+    return {
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": t, "alertname": name, "exp_alerts": alerts} for t, name, alerts in checks
+        ],
+    }
+
+
 def _run(tmp_path: Path, tests: list[dict[str, Any]]) -> None:
     # the rules' descriptions are not under test: promtool compares every annotation, so the test
     # loads a copy of the rules with the summaries alone
@@ -45,6 +56,15 @@ def _run(tmp_path: Path, tests: list[dict[str, Any]]) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+DOWN_1 = "Redis (shard 1) is unreachable: the intake answers 503 for its pages and its workers cannot claim deliveries"
+DOWN = "Redis is unreachable: the intake answers 503 for its pages and its workers cannot claim deliveries"
+FULL_0 = "Redis (shard 0) is at 95% of maxmemory: the intake refuses new messages for its pages"
+NO_MAX_1 = "Redis (shard 1) has no maxmemory: set it (and keep maxmemory-policy noeviction)"
+QUEUE_1 = "500 batches have waited in the queue (shard 1) for 10 minutes"
+QUEUE = "500 batches have waited in the queue for 10 minutes"
+NO_WORKER_1 = "No worker serves shard 1: its pages' messages are accepted and not sent"
+
+
 def test_each_shard_alerts_on_its_own(tmp_path: Path) -> None:
     gib = 1024**3
     series = [
@@ -57,106 +77,23 @@ def test_each_shard_alerts_on_its_own(tmp_path: Path) -> None:
         *_series("bmw_queue_depth", "0", "0x60"),
         *_series("bmw_queue_depth", "1", "_x10 500x50"),
     ]
-    _run(
-        tmp_path,
-        [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "5m",
-                        "alertname": "BmwRedisDown",
-                        "exp_alerts": [
-                            _alert(
-                                "1",
-                                "Redis (shard 1) is unreachable: the intake answers 503 for its pages and "
-                                "its workers cannot claim deliveries",
-                                severity="critical",
-                            )
-                        ],
-                    },
-                    {"eval_time": "30m", "alertname": "BmwRedisDown", "exp_alerts": []},
-                    {
-                        "eval_time": "5m",
-                        "alertname": "BmwRedisMemoryFull",
-                        "exp_alerts": [
-                            _alert(
-                                "0",
-                                "Redis (shard 0) is at 95% of maxmemory: the intake refuses new messages "
-                                "for its pages",
-                                severity="critical",
-                            )
-                        ],
-                    },
-                    {
-                        "eval_time": "50m",
-                        "alertname": "BmwRedisNoMaxmemory",
-                        "exp_alerts": [
-                            _alert(
-                                "1",
-                                "Redis (shard 1) has no maxmemory: set it (and keep maxmemory-policy "
-                                "noeviction)",
-                                severity="warning",
-                            )
-                        ],
-                    },
-                    {
-                        "eval_time": "30m",
-                        "alertname": "BmwQueueNotDraining",
-                        "exp_alerts": [
-                            _alert(
-                                "1",
-                                "500 batches have waited in the queue (shard 1) for 10 minutes",
-                                severity="warning",
-                            )
-                        ],
-                    },
-                ],
-            }
-        ],
-    )
+    checks = [
+        ("5m", "BmwRedisDown", [_alert("1", DOWN_1, severity="critical")]),
+        ("30m", "BmwRedisDown", []),
+        ("5m", "BmwRedisMemoryFull", [_alert("0", FULL_0, severity="critical")]),
+        ("50m", "BmwRedisNoMaxmemory", [_alert("1", NO_MAX_1, severity="warning")]),
+        ("30m", "BmwQueueNotDraining", [_alert("1", QUEUE_1, severity="warning")]),
+    ]
+    _run(tmp_path, [_case(series, *checks)])
 
 
 def test_one_redis_still_alerts_without_a_shard_label(tmp_path: Path) -> None:
-    series = [
-        *_series("bmw_redis_up", None, "0x10"),
-        *_series("bmw_queue_depth", None, "500x30"),
+    series = [*_series("bmw_redis_up", None, "0x10"), *_series("bmw_queue_depth", None, "500x30")]
+    checks = [
+        ("5m", "BmwRedisDown", [_alert(None, DOWN, severity="critical")]),
+        ("20m", "BmwQueueNotDraining", [_alert(None, QUEUE, severity="warning")]),
     ]
-    _run(
-        tmp_path,
-        [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "5m",
-                        "alertname": "BmwRedisDown",
-                        "exp_alerts": [
-                            _alert(
-                                None,
-                                "Redis is unreachable: the intake answers 503 for its pages and its workers "
-                                "cannot claim deliveries",
-                                severity="critical",
-                            )
-                        ],
-                    },
-                    {
-                        "eval_time": "20m",
-                        "alertname": "BmwQueueNotDraining",
-                        "exp_alerts": [
-                            _alert(
-                                None,
-                                "500 batches have waited in the queue for 10 minutes",
-                                severity="warning",
-                            )
-                        ],
-                    },
-                ],
-            }
-        ],
-    )
+    _run(tmp_path, [_case(series, *checks)])
 
 
 def _worker(shard: str, values: str) -> dict[str, str]:
@@ -169,36 +106,17 @@ def _worker(shard: str, values: str) -> dict[str, str]:
 def test_a_shard_without_a_worker_alerts_while_the_others_have_theirs(tmp_path: Path) -> None:
     """Shard 1's workers are missing for the first 20 minutes (a Deployment not created), then
     start: BmwShardWithoutWorker fires for shard 1 alone and clears. BmwNoWorker (any worker at
-    all) cannot see this: shard 0's workers are up throughout."""
+    all) cannot see this: shard 0's workers are up throughout. With one Redis: nothing to say."""
     series = [
         *_series("bmw_redis_up", "0", "1x40"),
         *_series("bmw_redis_up", "1", "1x40"),
         _worker("0", "1x40"),
         _worker("1", "_x20 1x20"),
     ]
-    summary = "No worker serves shard 1: its pages' messages are accepted and not sent"
-    _run(
-        tmp_path,
-        [
-            {
-                "interval": "1m",
-                "input_series": series,
-                "alert_rule_test": [
-                    {"eval_time": "3m", "alertname": "BmwShardWithoutWorker", "exp_alerts": []},  # for: 5m
-                    {
-                        "eval_time": "10m",
-                        "alertname": "BmwShardWithoutWorker",
-                        "exp_alerts": [_alert("1", summary, severity="critical")],
-                    },
-                    {"eval_time": "30m", "alertname": "BmwShardWithoutWorker", "exp_alerts": []},
-                ],
-            },
-            {  # one Redis: no shard label, no bmw_worker_shard: nothing to say
-                "interval": "1m",
-                "input_series": _series("bmw_redis_up", None, "1x20"),
-                "alert_rule_test": [
-                    {"eval_time": "15m", "alertname": "BmwShardWithoutWorker", "exp_alerts": []}
-                ],
-            },
-        ],
-    )
+    checks = [
+        ("3m", "BmwShardWithoutWorker", []),  # for: 5m
+        ("10m", "BmwShardWithoutWorker", [_alert("1", NO_WORKER_1, severity="critical")]),
+        ("30m", "BmwShardWithoutWorker", []),
+    ]
+    one_redis = _case(_series("bmw_redis_up", None, "1x20"), ("15m", "BmwShardWithoutWorker", []))
+    _run(tmp_path, [_case(series, *checks), one_redis])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,17 +30,22 @@ NAMESPACE = "braze-messenger-worker"
 CRD_GROUPS = ("keda.sh/",)
 
 
-def render() -> list[dict[str, Any]]:
+def render_with_tool(path: Path) -> list[dict[str, Any]] | None:
+    """The kustomization at ``path`` rendered by kustomize or kubectl; None without either."""
     kubectl, kustomize = shutil.which("kubectl"), shutil.which("kustomize")
     if kustomize:
-        argv = [kustomize, "build", str(K8S)]
+        argv = [kustomize, "build", str(path)]
     elif kubectl:
-        argv = [kubectl, "kustomize", str(K8S)]
+        argv = [kubectl, "kustomize", str(path)]
     else:
-        return load_directly()
+        return None
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     return load_yaml_all(done.stdout)
+
+
+def render() -> list[dict[str, Any]]:
+    return render_with_tool(K8S) or load_directly()
 
 
 def load_directly() -> list[dict[str, Any]]:

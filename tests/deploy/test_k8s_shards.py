@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
-import subprocess
 from typing import Any
 
 import pytest
@@ -29,22 +27,10 @@ from tests.deploy.test_k8s import (
     find,
     load_directly,
     one,
+    render_with_tool,
     secrets_example,
     selects,
 )
-
-
-def render_tool() -> list[dict[str, Any]] | None:
-    kubectl, kustomize = shutil.which("kubectl"), shutil.which("kustomize")
-    if kustomize:
-        argv = [kustomize, "build", str(K8S_SHARDS)]
-    elif kubectl:
-        argv = [kubectl, "kustomize", str(K8S_SHARDS)]
-    else:
-        return None
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    return load_yaml_all(done.stdout)
 
 
 def render_directly() -> list[dict[str, Any]]:
@@ -65,7 +51,7 @@ def render_directly() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
-    return render_tool() or render_directly()
+    return render_with_tool(K8S_SHARDS) or render_directly()
 
 
 def _key(o: dict[str, Any]) -> tuple[str, str]:

@@ -37,7 +37,7 @@ from redis.exceptions import ResponseError
 from worker.states import OPEN
 from worker.store import records
 from worker.store.keys import Keys, text
-from worker.store.residents import family_of_key
+from worker.store.residents import family_of_key, names
 
 #: The key families that move with a page (worker/store/residents.py's names).
 MOVED: Final = frozenset({"wu", "win", "wcl", "supp", "supptag", "ext", "mid", "unread", "pause", "tpl"})
@@ -56,17 +56,14 @@ async def page_keys(
     client: Any, keys: Keys, page: str, *, families: frozenset[str] = MOVED, batch: int = 1000
 ) -> list[str]:
     """The page's keys of ``families`` on ``client``'s shard (one SCAN of the service's keys)."""
-    moved: list[str] = []
-    cursor: Any = 0
-    while True:
-        cursor, names = await client.scan(cursor, match=f"{keys.prefix}:*", count=batch)
-        for raw in names:
-            name = text(raw)
-            found = family_of_key(keys.prefix, name)
-            if found is not None and found[1] == page and found[0] in families:
-                moved.append(name)
-        if int(cursor) == 0:
-            return moved
+    return [
+        name
+        async for chunk in names(client, f"{keys.prefix}:*", batch=batch)
+        for name in chunk
+        if (found := family_of_key(keys.prefix, name)) is not None
+        and found[1] == page
+        and found[0] in families
+    ]
 
 
 async def open_deliveries(client: Any, keys: Keys, page: str, *, batch: int = 1000) -> int:
@@ -74,19 +71,17 @@ async def open_deliveries(client: Any, keys: Keys, page: str, *, batch: int = 10
     records and an ``HMGET`` of each one's page and status)."""
     head = keys.delivery("")
     count = 0
-    cursor: Any = 0
-    while True:
-        cursor, names = await client.scan(cursor, match=f"{head}*", count=batch)
-        ids = [text(n) for n in names if ":" not in text(n)[len(head) :]]
-        if ids:
-            pipe = client.pipeline(transaction=False)
-            for name in ids:
-                pipe.hmget(name, ["page_id", records.PACKED_FIELD, "status"])
-            for page_id, packed, status in await pipe.execute():
-                if records.page_of(page_id, packed) == page and status is not None and text(status) in _OPEN:
-                    count += 1
-        if int(cursor) == 0:
-            return count
+    async for chunk in names(client, f"{head}*", batch=batch):
+        ids = [name for name in chunk if ":" not in name[len(head) :]]
+        if not ids:
+            continue
+        pipe = client.pipeline(transaction=False)
+        for name in ids:
+            pipe.hmget(name, ["page_id", records.PACKED_FIELD, "status"])
+        for page_id, packed, status in await pipe.execute():
+            if records.page_of(page_id, packed) == page and status is not None and text(status) in _OPEN:
+                count += 1
+    return count
 
 
 @dataclass(frozen=True, slots=True)
