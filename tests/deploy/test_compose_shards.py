@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.deploy.common import COMPOSE_FILE, ROOT, load_yaml, make_settings
+from tests.deploy.common import COMPOSE_FILE, PROMETHEUS_DIR, ROOT, load_yaml, make_settings
 from tests.deploy.test_compose import SCHEMA, env_example, interpolate
+from tests.deploy.test_prometheus import promtool
 
 OVERRIDE = ROOT / "deploy" / "compose.shards.yml"
 
@@ -84,3 +85,26 @@ def test_the_containers_get_valid_settings() -> None:
         assert len(settings.redis_shards) == 2
         if name != "intake":
             assert settings.redis_url == settings.redis_shards[int(values["shard_index"])]
+
+
+def test_prometheus_scrapes_every_shards_workers_as_the_worker_job() -> None:
+    """The override's Prometheus reads prometheus.shards.yml: prometheus.yml but for the worker
+    job's names, which list every worker service of the merged file. Without it shard 1's
+    workers were never scraped (their sends missing from the dashboard, and BmwShardWithoutWorker
+    firing for a shard that has workers)."""
+    services = merged()["services"]
+    command = services["prometheus"]["command"]
+    assert "--config.file=/etc/prometheus/prometheus.shards.yml" in command
+    main_command = load_yaml(COMPOSE_FILE)["services"]["prometheus"]["command"]
+    assert len(command) == len(main_command)  # only the file differs
+    shards_config = load_yaml(PROMETHEUS_DIR / "prometheus.shards.yml")
+    config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+    (worker_sd,) = next(j for j in shards_config["scrape_configs"] if j["job_name"] == "worker")[
+        "dns_sd_configs"
+    ]
+    workers = sorted(name for name, svc in services.items() if svc.get("command", [None])[0] == "worker")
+    assert sorted(worker_sd["names"]) == workers == ["worker", "worker-1"]
+    worker_sd["names"] = ["worker"]
+    assert shards_config == config, "keep prometheus.shards.yml equal to prometheus.yml but for the names"
+    done = promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.shards.yml"))
+    assert done.returncode == 0, done.stdout + done.stderr
