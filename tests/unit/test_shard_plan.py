@@ -5,6 +5,8 @@ real redis-servers in tests/integration/test_shards.py."""
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +210,29 @@ def test_move_follows_the_pin(capsys: pytest.CaptureFixture[str], monkeypatch: p
     assert "--finish" in capsys.readouterr().err
     assert main(["shards", "move", page, "--to", "0", "--finish"]) == 2
     assert "roll out its pin to shard 0 first" in capsys.readouterr().err
+
+
+def test_pins_can_come_from_a_file(tmp_path: Path) -> None:
+    """SHARD_PAGES=@path: the pins `shards plan` prints can outgrow an environment variable."""
+    pins = {f"page-{i}": i % 3 for i in range(10_000)}
+    path = tmp_path / "pins.json"
+    path.write_text(json.dumps(pins), encoding="utf-8")
+    s = Settings(redis_shards=URLS, shard_pages=f"@{path}")
+    assert s.shard_pages == pins
+    assert shards.of_page(s, "page-4") == 1
+    with pytest.raises(ValueError, match="SHARD_PAGES: cannot read"):
+        Settings(redis_shards=URLS, shard_pages=f"@{tmp_path / 'missing.json'}")
+    path.write_text(json.dumps({"p": 3}), encoding="utf-8")
+    with pytest.raises(ValueError, match="SHARD_PAGES: every index must name one of REDIS_SHARDS"):
+        Settings(redis_shards=URLS, shard_pages=f"@{path}")
+
+
+def test_pins_too_long_for_the_environment_are_printed_as_a_file_to_write() -> None:
+    from worker.cli.shards import PINS_INLINE, _pins_line
+
+    few = {"100": 0}
+    assert _pins_line(few) == 'SHARD_PAGES={"100":0}'
+    many = {f"{10**14 + i}": 1 for i in range(PINS_INLINE // 10)}
+    line = _pins_line(many)
+    assert line.startswith("SHARD_PAGES=@")
+    assert len(line) < 200

@@ -33,6 +33,8 @@ from worker.cli.common import with_fleet
 
 #: Pages listed one per line in the text output (--json lists every one).
 LISTED = 20
+#: Pins printed as an environment variable's value up to this size; beyond, as a file to write.
+PINS_INLINE = 64 * 1024
 
 
 def add_parser(sub: Any, make: Any) -> None:
@@ -66,7 +68,15 @@ def _moves(moves: list[Any]) -> list[dict[str, Any]]:
 
 
 def _pins_line(pins: dict[str, int]) -> str:
-    return "SHARD_PAGES=" + json.dumps(pins, separators=(",", ":"))
+    """``SHARD_PAGES=...`` to roll out; for pins too long for one environment variable (128 KiB on
+    Linux), how to give them as a file instead."""
+    value = json.dumps(pins, separators=(",", ":"))
+    if len(value) <= PINS_INLINE:
+        return "SHARD_PAGES=" + value
+    return (
+        f"SHARD_PAGES=@/path/to/shard-pages.json  # {len(pins)} pins, {len(value)} bytes: too long for an "
+        "environment variable; write --json's shard_pages to that file"
+    )
 
 
 def cmd_shards(args: argparse.Namespace) -> int:

@@ -116,7 +116,8 @@ class Settings(BaseSettings):
     #: Several independent Redis instances ("shards"; docs/scaling.md): comma-separated URLs.
     #: Each page lives in one (its deliveries, limiter, queue); REDIS_URL is then not used.
     redis_shards: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
-    #: Pages pinned to shards, {"<page_id>": <index>} (JSON); the others by rendezvous hashing.
+    #: Pages pinned to shards, {"<page_id>": <index>} (JSON, or @path of a JSON file); the others
+    #: by rendezvous hashing.
     shard_pages: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     #: The shard a worker serves (0-based index into REDIS_SHARDS): its Redis and its pages.
     shard_index: int | None = Field(default=None, ge=0)
@@ -405,6 +406,21 @@ class Settings(BaseSettings):
                 return json.loads(value)
             except json.JSONDecodeError:
                 raise ValueError("PAGE_RATE_OVERRIDES / SHARD_PAGES is not valid JSON") from None
+        return value
+
+    @field_validator("shard_pages", mode="before")
+    @classmethod
+    def _shard_pages_file(cls, value: object) -> object:
+        """SHARD_PAGES as ``@/path/to/pins.json``: the pins read from that file (a list of pins
+        from ``messenger-worker shards plan`` can outgrow what one environment variable holds,
+        128 KiB on Linux). Read once, at start: a pin rollout restarts the processes anyway.
+        Defined after ``_overrides``: pydantic runs "before" validators last-defined first."""
+        if isinstance(value, str) and value.strip().startswith("@"):
+            path = Path(value.strip()[1:])
+            try:
+                return path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"SHARD_PAGES: cannot read {path}: {exc.strerror}") from None
         return value
 
     @field_validator("page_rate_overrides")
