@@ -205,13 +205,14 @@ def _serve_health(consumer: Any, engine: Any) -> int | None:
     from worker.health import HealthServer
     from worker.metrics import BUILD_INFO, WORKER_SHARD
 
+    settings = get_settings()
     BUILD_INFO.labels(__version__).set(1)
-    if get_settings().shard_index is not None:
-        WORKER_SHARD.labels(str(get_settings().shard_index)).set(1)
-    port = get_settings().metrics_port
+    if settings.shard_index is not None:
+        WORKER_SHARD.labels(str(settings.shard_index)).set(1)
+    port = settings.metrics_port
     if not port:
         return None
-    server = HealthServer(worker_health(consumer, engine, get_settings()), lambda: generate_latest(REGISTRY))
+    server = HealthServer(worker_health(consumer, engine, settings), lambda: generate_latest(REGISTRY))
     _HEALTH["server"] = server
     return server.start(port)
 

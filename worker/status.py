@@ -151,7 +151,7 @@ def read(
     pipe = client.pipeline(transaction=False)
     for member in members:
         pipe.hgetall(keys.bucket_of(member))
-    pages_of_buckets = sorted({m.rpartition(":")[0] for m in members} | set(paused_ids))
+    pages_of_buckets = sorted({keys.page_of_used(m) for m in members} | set(paused_ids))
     for page in pages_of_buckets:
         pipe.hgetall(keys.pause(page))
     if parked and oldest:  # parked deliveries wait for their user on purpose: not a backlog

@@ -83,10 +83,8 @@ class Scheduler:
         links stayed here. A gauge (the BmwShardPagesStranded alert) and a warning naming each
         page once. Two bounded reads a minute (at most STRANDED_READ members each)."""
         keys, settings = self._keys, self._settings
-        pages: set[str] = set()
-        for member in await self._client.zrange(keys.buckets, 0, STRANDED_READ - 1):
-            page, _, _kind = text(member).rpartition(":")
-            pages.add(page)
+        used = await self._client.zrange(keys.buckets, 0, STRANDED_READ - 1)
+        pages = {keys.page_of_used(text(m)) for m in used}
         pages.update(text(p) for p in await self._client.zrange(keys.paused, 0, STRANDED_READ - 1))
         stranded = sorted(p for p in pages if p and not shards.owns_page(settings, p))
         metrics.SHARD_STRANDED.labels(str(settings.shard_index)).set(len(stranded))

@@ -315,6 +315,11 @@ class Keys:
         """The bucket of a ``P:rl:used`` member (``{page}:{class}``)."""
         return f"{self.prefix}:rl:{member}"
 
+    @staticmethod
+    def page_of_used(member: str) -> str:
+        """The page of a ``P:rl:used`` member (``{page}:{class}``)."""
+        return member.rpartition(":")[0]
+
     @property
     def page_usage(self) -> str:
         """Each page's last usage percentage from Graph (worker/ratelimit.py; the console reads it)."""

@@ -132,8 +132,7 @@ async def scan(client: Any, keys: Keys, *, batch: int = 1000) -> Residents:
     # pages that sent within the last day (P:rl:used, pruned after one): the Idempotency-Keys of
     # their requests live in buckets that name no page, for IDEMPOTENCY_TTL (a day by default)
     for member in await client.zrange(keys.buckets, 0, -1):
-        page, _, _kind = text(member).rpartition(":")
-        if page:
+        if page := keys.page_of_used(text(member)):
             out.note(page, SENT)
     return out
 

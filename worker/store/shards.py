@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from worker.config import Settings
@@ -114,12 +114,10 @@ def plan(settings: Settings, residents: Sequence[Mapping[str, Iterable[str]]], s
     Pinning each to its ``home`` (:func:`pins`) keeps every page where its state is; only pages
     never seen go to the new shards. A page with state on a shard that does not hold it now is
     :func:`misrouted`'s, not a move."""
-    out = []
-    for index, pages in enumerate(residents):
-        for page, kinds in sorted(pages.items()):
-            if of_page(settings, page) == index and (to := of_page(settings, page, shards)) != index:
-                out.append(Move(page, index, to, tuple(sorted(kinds))))
-    return out
+    return _moves(
+        residents,
+        lambda index, page: of_page(settings, page, shards) if of_page(settings, page) == index else index,
+    )
 
 
 def misrouted(settings: Settings, residents: Sequence[Mapping[str, Iterable[str]]]) -> list[Move]:
@@ -127,12 +125,18 @@ def misrouted(settings: Settings, residents: Sequence[Mapping[str, Iterable[str]
     SHARD_PAGES (``to``: the one that does): a shard list changed without pins, or a pin removed.
     Their new traffic runs without that state (the module docstring of
     worker/store/residents.py says what it is)."""
-    out = []
-    for index, pages in enumerate(residents):
-        for page, kinds in sorted(pages.items()):
-            if (to := of_page(settings, page)) != index:
-                out.append(Move(page, index, to, tuple(sorted(kinds))))
-    return out
+    return _moves(residents, lambda _index, page: of_page(settings, page))
+
+
+def _moves(residents: Sequence[Mapping[str, Iterable[str]]], to: Callable[[int, str], int]) -> list[Move]:
+    """A :class:`Move` for each page with state on shard i (``residents[i]``) that ``to(i, page)``
+    sends to another shard, by shard and page."""
+    return [
+        Move(page, index, target, tuple(sorted(kinds)))
+        for index, pages in enumerate(residents)
+        for page, kinds in sorted(pages.items())
+        if (target := to(index, page)) != index
+    ]
 
 
 #: State that stays served where it is: a delivery is sent by its own shard's workers.
