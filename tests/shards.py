@@ -6,6 +6,7 @@ of its own that yields from :func:`two_shards`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import uuid
@@ -33,6 +34,12 @@ from worker.store import Keys, outcomes
 PAGE_A, PAGE_B = "501", "601"
 LIMIT = 50
 FINAL_STATES = {s.value for s in FINAL}
+
+
+def winner(page: str, n: int) -> int:
+    """Rendezvous hashing as docs/scaling.md states it, computed here and not with the product's
+    function: the shard among ``n`` with the highest blake2b of "index:page"."""
+    return max(range(n), key=lambda i: hashlib.blake2b(f"{i}:{page}".encode(), digest_size=8).digest())
 
 
 class Shards:

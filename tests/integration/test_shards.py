@@ -7,7 +7,6 @@ sending meanwhile).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -31,7 +30,7 @@ from tests.conftest import (
     start_process,
     wait_until,
 )
-from tests.shards import LIMIT, PAGE_A, PAGE_B, Shards, two_shards
+from tests.shards import LIMIT, PAGE_A, PAGE_B, Shards, two_shards, winner
 from worker.store import outcomes
 
 pytestmark = pytest.mark.integration
@@ -251,18 +250,12 @@ def test_a_worker_without_its_shard_refuses_to_start(shards: Shards) -> None:
     assert b"SHARD_INDEX" in out.stderr + out.stdout
 
 
-def _winner(page: str, n: int) -> int:
-    """Rendezvous hashing computed here, not with the product's function: the shard among ``n``
-    with the highest blake2b of "index:page" (docs/scaling.md)."""
-    return max(range(n), key=lambda i: hashlib.blake2b(f"{i}:{page}".encode(), digest_size=8).digest())
-
-
 def _page(home: int, after: int, *, but: str = "") -> str:
     """A configured, unpinned page that 2 shards route to ``home`` and 3 shards to ``after``."""
     return next(
         p
         for p in TEST_PAGES
-        if p not in (PAGE_A, PAGE_B, but) and _winner(p, 2) == home and _winner(p, 3) == after
+        if p not in (PAGE_A, PAGE_B, but) and winner(p, 2) == home and winner(p, 3) == after
     )
 
 

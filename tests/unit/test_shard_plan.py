@@ -4,12 +4,12 @@ real redis-servers in tests/integration/test_shards.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.shards import winner
 from worker.config import Settings
 from worker.store import Keys, residents, shards
 
@@ -19,11 +19,6 @@ KEYS = Keys("bmw", "messenger")
 
 def settings(n: int, pins: dict[str, int] | None = None) -> Settings:
     return Settings(redis_shards=URLS[:n], shard_pages=pins or {})
-
-
-def winner(page: str, n: int) -> int:
-    """Rendezvous hashing as docs/scaling.md states it, computed here."""
-    return max(range(n), key=lambda i: hashlib.blake2b(f"{i}:{page}".encode(), digest_size=8).digest())
 
 
 def pages(home: int, after: int, count: int = 3) -> list[str]:
