@@ -37,7 +37,7 @@ from redis.exceptions import ResponseError
 from worker.states import OPEN
 from worker.store import records
 from worker.store.keys import Keys, text
-from worker.store.residents import family_of_key, names
+from worker.store.residents import family_of_key
 
 #: The key families that move with a page (worker/store/residents.py's names).
 MOVED: Final = frozenset({"wu", "win", "wcl", "supp", "supptag", "ext", "mid", "unread", "pause", "tpl"})
@@ -56,32 +56,38 @@ async def page_keys(
     client: Any, keys: Keys, page: str, *, families: frozenset[str] = MOVED, batch: int = 1000
 ) -> list[str]:
     """The page's keys of ``families`` on ``client``'s shard (one SCAN of the service's keys)."""
-    return [
-        name
-        async for chunk in names(client, f"{keys.prefix}:*", batch=batch)
-        for name in chunk
-        if (found := family_of_key(keys.prefix, name)) is not None
-        and found[1] == page
-        and found[0] in families
-    ]
+    out: list[str] = []
+    async for raw in client.scan_iter(match=f"{keys.prefix}:*", count=batch):
+        found = family_of_key(keys.prefix, name := text(raw))
+        if found is not None and found[1] == page and found[0] in families:
+            out.append(name)
+    return out
 
 
 async def open_deliveries(client: Any, keys: Keys, page: str, *, batch: int = 1000) -> int:
     """How many of the page's deliveries on ``client``'s shard are not final (one SCAN of the
-    records and an ``HMGET`` of each one's page and status)."""
+    records and an ``HMGET`` of each one's page and status, ``batch`` at a time)."""
     head = keys.delivery("")
     count = 0
-    async for chunk in names(client, f"{head}*", batch=batch):
-        ids = [name for name in chunk if ":" not in name[len(head) :]]
-        if not ids:
-            continue
-        pipe = client.pipeline(transaction=False)
-        for name in ids:
-            pipe.hmget(name, ["page_id", records.PACKED_FIELD, "status"])
-        for page_id, packed, status in await pipe.execute():
-            if records.page_of(page_id, packed) == page and status is not None and text(status) in _OPEN:
-                count += 1
-    return count
+    pending: list[str] = []
+    async for raw in client.scan_iter(match=f"{head}*", count=batch):
+        if ":" not in (name := text(raw))[len(head) :]:
+            pending.append(name)
+        if len(pending) >= batch:
+            count += await _open_of(client, pending, page)
+            pending = []
+    return count + (await _open_of(client, pending, page) if pending else 0)
+
+
+async def _open_of(client: Any, names: list[str], page: str) -> int:
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hmget(name, ["page_id", records.PACKED_FIELD, "status"])
+    return sum(
+        1
+        for page_id, packed, status in await pipe.execute()
+        if records.page_of(page_id, packed) == page and status is not None and text(status) in _OPEN
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +104,15 @@ async def copy_page(
     moved = await page_keys(source, keys, page, families=families)
     copied = kept = 0
     for start in range(0, len(moved), _BATCH):
-        names = moved[start : start + _BATCH]
+        chunk = moved[start : start + _BATCH]
         pipe = source.pipeline(transaction=False)
-        for name in names:
+        for name in chunk:
             pipe.dump(name)
             pipe.pttl(name)
         answers = await pipe.execute()
         pipe = target.pipeline(transaction=False)
         restoring = 0
-        for j, name in enumerate(names):
+        for j, name in enumerate(chunk):
             dumped, ttl = answers[2 * j], answers[2 * j + 1]
             if dumped is None or ttl == -2:  # expired since the scan named it
                 continue
@@ -141,7 +147,7 @@ async def drop_page(client: Any, keys: Keys, page: str) -> int:
         deleted += int(await client.unlink(*moved[start : start + _BATCH]))
     await client.zrem(keys.paused, page)
     await client.zrem(keys.templates_synced, page)
-    used = [m for m, _ in await _members(client, keys.buckets, f"{_glob(page)}:*")]
+    used = [m async for m, _ in client.zscan_iter(keys.buckets, match=f"{_glob(page)}:*", count=1000)]
     if used:
         await client.zrem(keys.buckets, *used)
     return deleted
@@ -150,13 +156,3 @@ async def drop_page(client: Any, keys: Keys, page: str) -> int:
 def _glob(text_: str) -> str:
     """``text_`` matched literally in a SCAN pattern."""
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text_)
-
-
-async def _members(client: Any, key: str, match: str) -> list[tuple[bytes, float]]:
-    out: list[tuple[bytes, float]] = []
-    cursor: Any = 0
-    while True:
-        cursor, chunk = await client.zscan(key, cursor, match=match, count=1000)
-        out.extend(chunk)
-        if int(cursor) == 0:
-            return out

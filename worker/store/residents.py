@@ -21,7 +21,6 @@ there, in buckets that name no page).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -100,33 +99,21 @@ class Residents:
         self.pages.setdefault(page, set()).add(kind)
 
 
-async def names(client: Any, match: str, *, batch: int = 1000) -> AsyncIterator[list[str]]:
-    """Every key name that matches ``match``: a SCAN round trip of ``batch`` names at a time."""
-    cursor: Any = 0
-    while True:
-        cursor, found = await client.scan(cursor, match=match, count=batch)
-        yield [text(n) for n in found]
-        if int(cursor) == 0:
-            return
-
-
 async def scan(client: Any, keys: Keys, *, batch: int = 1000) -> Residents:
     """The pages ``client``'s shard holds state for (the module's docstring)."""
     out = Residents()
     delivery_head = keys.delivery("")
     pending: list[str] = []
-    async for chunk in names(client, f"{keys.prefix}:*", batch=batch):
-        for name in chunk:
-            out.keys += 1
-            if name.startswith(delivery_head) and ":" not in name[len(delivery_head) :]:
-                pending.append(name)
-                continue
-            found = page_of_key(keys.prefix, name)
-            if found is not None:
-                out.note(*found)
-        if len(pending) >= batch:
-            await _record_pages(client, pending, out)
-            pending = []
+    async for raw in client.scan_iter(match=f"{keys.prefix}:*", count=batch):
+        name = text(raw)
+        out.keys += 1
+        if name.startswith(delivery_head) and ":" not in name[len(delivery_head) :]:
+            pending.append(name)
+            if len(pending) >= batch:
+                await _record_pages(client, pending, out)
+                pending = []
+        elif (found := page_of_key(keys.prefix, name)) is not None:
+            out.note(*found)
     if pending:
         await _record_pages(client, pending, out)
     # pages that sent within the last day (P:rl:used, pruned after one): the Idempotency-Keys of
