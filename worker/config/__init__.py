@@ -181,6 +181,11 @@ class Settings(BaseSettings):
     #: A non-final delivery without progress for this long is re-enqueued by the sweeper.
     sweep_after_seconds: float = Field(default=600.0, gt=0)
     scheduler_interval_seconds: float = Field(default=0.1, gt=0)
+    #: How long an idle scheduler waits between rounds: one that released, swept and sent
+    #: nothing, with no wait due sooner (worker/delivery/scheduler.py). A wait this worker
+    #: schedules wakes it; one scheduled by another worker or an operator waits this long at
+    #: most. Never under SCHEDULER_INTERVAL_SECONDS nor over a quarter of a lease renewal.
+    scheduler_idle_seconds: float = Field(default=1.0, gt=0)
 
     graph_connect_timeout: float = Field(default=5.0, gt=0)
     graph_read_timeout: float = Field(default=20.0, gt=0)

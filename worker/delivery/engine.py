@@ -187,6 +187,7 @@ class Engine:
             if config is not None:
                 self._drainer = OutboxDrainer(client, self.keys, config, self.worker_id)
             self.scheduler = Scheduler(client, s, self.tokens, self._drainer)
+            self.recorder.on_due = self.scheduler.expect  # its waits wake an idle scheduler
             self._background.append(asyncio.create_task(self.scheduler.run(self._stop)))
             # the utility-template catalogues' periodic sync (TEMPLATE_SYNC_SECONDS; one worker a turn)
             refresher = TemplateRefresher(client, s, self.tokens)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -166,6 +166,9 @@ class Recorder:
         self._buffer: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        #: Told when the waits just written fall due (the soonest, epoch seconds): the process's
+        #: scheduler, which sleeps longer while idle (worker/delivery/scheduler.py).
+        self.on_due: Callable[[float], None] | None = None
 
     def record(self, outcome: Outcome) -> asyncio.Future[None]:
         """Queue an outcome; the future is done once it is written (or refused by the fence)."""
@@ -220,6 +223,9 @@ class Recorder:
         if failures:
             log.info("outcomes.written_after_retry", count=len(decided), failures=failures)
         self._observer.recorded(decided)
+        delays = [o.delay for o in decided if o.status not in FINAL and o.status is not State.PARKED]
+        if delays and self.on_due is not None:
+            self.on_due(time.time() + min(delays))
         for _, future in batch:
             if not future.done():
                 future.set_result(None)

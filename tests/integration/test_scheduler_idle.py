@@ -1,0 +1,150 @@
+"""An idle scheduler's rounds (worker/delivery/scheduler.py) against a real redis-server: it waits
+SCHEDULER_IDLE_SECONDS between rounds when there is nothing to do, but a wait in ``P:sched`` is
+still released at its due time when a round has seen it, or when this process's recorder wrote
+it (``Recorder.on_due`` -> ``Scheduler.expect``); one written behind its back waits for the
+idle wait at most."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import RedisServer
+from tests.integration.test_fence import accept, claim, make_settings, run
+from worker.config import PageTokens, Settings
+from worker.delivery.model import Outcome
+from worker.delivery.observers import Observer
+from worker.delivery.recorder import Recorder
+from worker.delivery.scheduler import Scheduler
+from worker.states import Event
+from worker.store import Keys
+
+pytestmark = pytest.mark.integration
+
+
+class Counted(Scheduler):
+    """The scheduler, counting its rounds."""
+
+    def __init__(self, client: aioredis.Redis, s: Settings) -> None:
+        super().__init__(client, s, PageTokens(s, source=""))
+        self.rounds = 0
+
+    async def tick(self) -> int:
+        self.rounds += 1
+        return await super().tick()
+
+
+async def _rounds_in(client: aioredis.Redis, s: Settings, seconds: float) -> int:
+    scheduler, stop = Counted(client, s), asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    return scheduler.rounds
+
+
+def test_an_idle_scheduler_runs_a_round_per_idle_wait_not_per_interval(redis_server: RedisServer) -> None:
+    # a lease of 60 s: a renewal every 20 s, so the idle wait may be up to 5 s
+    idle = make_settings(redis_server, delivery_lease_seconds=60, scheduler_idle_seconds=1.0)
+    eager = make_settings(redis_server, delivery_lease_seconds=60, scheduler_idle_seconds=0.1)
+
+    async def go(client: aioredis.Redis) -> tuple[int, int]:
+        return await _rounds_in(client, idle, 2.5), await _rounds_in(client, eager, 2.5)
+
+    idle_rounds, eager_rounds = run(idle, go)
+    assert 2 <= idle_rounds <= 4, idle_rounds  # at 0, 1 and 2 s
+    assert eager_rounds >= 15, eager_rounds  # every 0.1 s, as every round was before
+
+
+def test_the_idle_wait_stays_under_a_quarter_of_a_lease_renewal(redis_server: RedisServer) -> None:
+    """A short lease (renewed every 1 s) keeps rounds 0.25 s apart at most, whatever
+    SCHEDULER_IDLE_SECONDS says: an outage that could let a live holder's lease run out is
+    noticed before the sweeper acts (the stall rule)."""
+    s = make_settings(
+        redis_server, delivery_lease_seconds=3, graph_deadline_seconds=1, scheduler_idle_seconds=5
+    )
+    assert run(s, lambda client: _rounds_in(client, s, 2.0)) >= 7
+
+
+def test_a_wait_a_round_has_seen_is_released_at_its_due_time(redis_server: RedisServer) -> None:
+    s = make_settings(redis_server, delivery_lease_seconds=60, scheduler_idle_seconds=5.0)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> float:
+        due = time.time() + 0.6
+        await client.zadd(keys.sched, {"soon": due})
+        scheduler, stop = Scheduler(client, s, PageTokens(s, source="")), asyncio.Event()
+        task = asyncio.create_task(scheduler.run(stop))
+        try:
+            while await client.zscore(keys.sched, "soon") is not None:
+                assert time.time() < due + 3, "not released by its due time"
+                await asyncio.sleep(0.02)
+            return time.time() - due
+        finally:
+            stop.set()
+            await task
+
+    late = run(s, go)
+    assert -0.05 <= late < 1.0, late  # not 5 s, the idle wait
+
+
+def test_a_wait_this_process_writes_wakes_the_idle_scheduler(redis_server: RedisServer) -> None:
+    """A retry written by the recorder while the scheduler sleeps its idle wait is released at
+    its due time (the recorder tells the scheduler), and with it what else fell due meanwhile."""
+    s = make_settings(redis_server, delivery_lease_seconds=60, scheduler_idle_seconds=5.0)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> dict[str, Any]:
+        scheduler, stop = Scheduler(client, s, PageTokens(s, source="")), asyncio.Event()
+        recorder = Recorder(client, s, PageTokens(s, source=""), Observer())
+        recorder.on_due = scheduler.expect
+        task = asyncio.create_task(scheduler.run(stop))
+        try:
+            await asyncio.sleep(0.3)  # its first round has run: it sleeps 5 s now
+            await client.zadd(keys.sched, {"behind-its-back": time.time() + 0.2})
+            await accept(client, s, ["mine"])
+            (d,) = await claim(client, s, "w1", ["mine"])
+            await recorder.record(Outcome(d, Event.RETRY, reason="transient", delay=0.5))
+            due = time.time() + 0.5
+            assert await client.zscore(keys.sched, "mine") is not None
+            while await client.zscore(keys.sched, "mine") is not None:
+                assert time.time() < due + 3, "the recorder's wait was not released"
+                await asyncio.sleep(0.02)
+            return {
+                "late": time.time() - due,
+                # released in the same round: the one the recorder's wait woke
+                "other_waiting": await client.zscore(keys.sched, "behind-its-back") is not None,
+            }
+        finally:
+            stop.set()
+            await task
+
+    seen = run(s, go)
+    assert seen["late"] < 1.0, seen
+    assert seen["other_waiting"] is False, seen
+
+
+def test_an_unexpected_wait_is_released_within_the_idle_wait(redis_server: RedisServer) -> None:
+    s = make_settings(redis_server, delivery_lease_seconds=60, scheduler_idle_seconds=1.0)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> float:
+        scheduler, stop = Scheduler(client, s, PageTokens(s, source="")), asyncio.Event()
+        task = asyncio.create_task(scheduler.run(stop))
+        try:
+            await asyncio.sleep(0.2)
+            written = time.time()
+            await client.zadd(keys.sched, {"another-process": written})
+            while await client.zscore(keys.sched, "another-process") is not None:
+                assert time.time() < written + 5, "never released"
+                await asyncio.sleep(0.02)
+            return time.time() - written
+        finally:
+            stop.set()
+            await task
+
+    assert run(s, go) <= 1.3
