@@ -26,7 +26,8 @@ chunk (O(its open deliveries), never a scan of everything). From the moment of t
   retry coming due, a sweep);
 * record.lua turns any open outcome of a delivery a worker held (retry, wait, park, release) into
   CANCELLED;
-* every worker reads ``P:campstop`` every 0.5 s (engine.STOP_WATCH_SECONDS) and starts no Graph
+* every worker reads ``P:campstop`` every 0.5 s (engine.STOP_WATCH_SECONDS) while it holds
+  deliveries (and at once when it starts holding some after holding none) and starts no Graph
   call for a stopped campaign's delivery.
 
 The window: a delivery whose Graph call had started when the stop landed, or started before its

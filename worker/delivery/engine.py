@@ -69,6 +69,8 @@ FLUSH_SECONDS = 30.0
 #: How often the engine reads the stopped campaigns (P:campstop): a delivery it holds whose
 #: campaign was stopped starts no Graph call once this has passed (worker/campaigns.py).
 STOP_WATCH_SECONDS = 0.5
+#: How often a process that holds no delivery looks whether it holds one now (in memory).
+IDLE_LOOK_SECONDS = 0.05
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -240,14 +242,19 @@ class Engine:
             await self._redis.aclose()
 
     async def _watch_stops(self) -> None:
-        """Keep the Sender's set of stopped campaigns fresh (one ZRANGE every STOP_WATCH_SECONDS;
-        a Redis error keeps the last answer: claim.lua and record.lua check atomically anyway)."""
+        """Keep the Sender's set of stopped campaigns fresh while the process holds deliveries
+        (one ZRANGE every STOP_WATCH_SECONDS; a Redis error keeps the last answer). A process
+        that holds none reads nothing, and reads again within IDLE_LOOK_SECONDS of its next
+        claim: claim.lua takes no delivery of a campaign stopped before it, and a set older than
+        a resume only makes a delivery wait briefly (record.lua decides atomically)."""
         key = self.keys.campaigns_stopped
         while not self._stop.is_set():
-            with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                self.sender.stopped = frozenset(text(m) for m in await self.redis.zrange(key, 0, -1))
+            held = self.room.used > 0
+            if held:
+                with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    self.sender.stopped = frozenset(text(m) for m in await self.redis.zrange(key, 0, -1))
             try:
-                await asyncio.wait_for(self._stop.wait(), STOP_WATCH_SECONDS)
+                await asyncio.wait_for(self._stop.wait(), STOP_WATCH_SECONDS if held else IDLE_LOOK_SECONDS)
             except TimeoutError:
                 continue
 

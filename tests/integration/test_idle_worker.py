@@ -1,19 +1,23 @@
-"""An idle scheduler's rounds (worker/delivery/scheduler.py) against a real redis-server: it waits
-SCHEDULER_IDLE_SECONDS between rounds when there is nothing to do, but a wait in ``P:sched`` is
-still released at its due time when a round has seen it, or when this process's recorder wrote
-it (``Recorder.on_due`` -> ``Scheduler.expect``); one written behind its back waits for the
-idle wait at most."""
+"""What an idle worker asks of Redis, against a real redis-server.
+
+Its scheduler (worker/delivery/scheduler.py) waits SCHEDULER_IDLE_SECONDS between rounds when
+there is nothing to do, but a wait in ``P:sched`` is still released at its due time when a round
+has seen it, or when this process's recorder wrote it (``Recorder.on_due`` ->
+``Scheduler.expect``); one written behind its back waits for the idle wait at most. Its engine
+reads the stopped campaigns only while it holds deliveries (worker/delivery/engine.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, wait_until
 from tests.integration.test_fence import accept, claim, make_settings, run
 from worker.config import PageTokens, Settings
 from worker.delivery.model import Outcome
@@ -148,3 +152,33 @@ def test_an_unexpected_wait_is_released_within_the_idle_wait(redis_server: Redis
             await task
 
     assert run(s, go) <= 1.3
+
+
+def _monitor(server: RedisServer, seconds: float) -> list[str]:
+    """Every command the server runs for ``seconds`` (MONITOR), as text."""
+    client = server.client()
+    seen: list[str] = []
+    done = threading.Event()
+    threading.Timer(seconds, done.set).start()
+    with client.monitor() as monitor:
+        monitor.connection.socket_timeout = 0.5
+        while not done.is_set():
+            try:
+                seen.append(monitor.next_command()["command"])
+            except (TimeoutError, redis.exceptions.TimeoutError):
+                continue
+    return seen
+
+
+def test_an_idle_worker_reads_no_stops_and_rounds_once_a_second(
+    make_stack: Any, own_redis: RedisServer
+) -> None:
+    stack = make_stack(own_redis.url, DELIVERY_LEASE_SECONDS="60", GRAPH_DEADLINE_SECONDS="20")
+    stack.start_worker()
+    assert wait_until(lambda: any(e.get("event") == "worker.ready" for e in stack.logs()), 30), stack.logs()
+    time.sleep(1.5)  # its first rounds are over
+    commands = _monitor(own_redis, 4.0)
+    assert not [c for c in commands if ":campstop" in c], "an idle engine read the stopped campaigns"
+    rounds = [c for c in commands if c.startswith("SET") and ":sched:tick" in c]
+    assert 2 <= len(rounds) <= 6, rounds  # about 4 (one a second), 40 at SCHEDULER_INTERVAL_SECONDS
+    assert len(commands) < 60, commands  # 4 s of an idle worker: its rounds, Celery's polls, heartbeats
