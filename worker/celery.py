@@ -226,7 +226,8 @@ def worker_health(consumer: Any, engine: Any, settings: Settings) -> Any:
 
     from worker.health import LOOP_TIMEOUT_S, READY_MAX_LAG_S, Health
 
-    stale_after = max(10.0, 100 * settings.scheduler_interval_seconds)
+    # a few of the idle scheduler's waits without a round (the round itself may take a while)
+    stale_after = max(10.0, 100 * settings.scheduler_interval_seconds, 3 * settings.scheduler_idle_wait)
     terminated = getattr(bootsteps, "TERMINATE", 3)  # not in celery-types' stubs
 
     def loop_lag() -> float | None:

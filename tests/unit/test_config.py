@@ -360,3 +360,22 @@ def test_fallback_order_and_utility_settings(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("UTILITY_TEMPLATES", '{"Order Update": {}}')
     with pytest.raises(ValidationError, match="UTILITY_TEMPLATES"):
         from_env()
+
+
+@pytest.mark.parametrize(
+    ("idle", "lease", "interval", "wait"),
+    [
+        (1.0, 60, 0.1, 1.0),  # the default
+        (30.0, 60, 0.1, 5.0),  # a quarter of the 20 s renewal: an outage that matters is seen
+        (0.01, 60, 0.1, 0.1),  # never more often than the interval
+        (5.0, 3, 0.1, 0.25),  # a short lease keeps rounds frequent
+    ],
+)
+def test_the_idle_schedulers_wait_is_bounded(idle: float, lease: float, interval: float, wait: float) -> None:
+    s = from_env(
+        scheduler_idle_seconds=idle,
+        delivery_lease_seconds=lease,
+        graph_deadline_seconds=1,
+        scheduler_interval_seconds=interval,
+    )
+    assert s.scheduler_idle_wait == pytest.approx(wait)

@@ -530,6 +530,14 @@ class Settings(BaseSettings):
         """How often a worker renews the leases it holds (a third of the lease)."""
         return self.delivery_lease_seconds / 3
 
+    @property
+    def scheduler_idle_wait(self) -> float:
+        """The wait between an idle scheduler's rounds: SCHEDULER_IDLE_SECONDS, but never under
+        SCHEDULER_INTERVAL_SECONDS nor over a quarter of a lease renewal (the stall after which
+        the sweeper holds back: worker/delivery/scheduler.py)."""
+        cap = self.lease_renew_seconds / 4
+        return max(self.scheduler_interval_seconds, min(self.scheduler_idle_seconds, cap))
+
     @cached_property
     def intake_token_values(self) -> tuple[bytes, ...]:
         return tuple(t.get_secret_value().encode() for t in self.intake_tokens)

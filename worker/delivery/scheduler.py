@@ -86,8 +86,7 @@ class Scheduler:
         self._stranded_noted: set[str] = set()
         #: When a round last succeeded (monotonic): the worker's /readyz (worker/health.py).
         self.last_ok = time.monotonic()
-        interval = settings.scheduler_interval_seconds
-        self._idle = max(interval, min(settings.scheduler_idle_seconds, self._stall))
+        self._idle = settings.scheduler_idle_wait
         #: What the last round saw: work done (the next round comes after the interval) and
         #: when the first wait left in P:sched falls due (epoch seconds; None: nothing waits).
         self._busy = True
