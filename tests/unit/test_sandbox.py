@@ -392,6 +392,32 @@ def test_throttle_psid_carries_buc_header(client: TestClient, minutes: int) -> N
     assert {"call_count", "total_cputime", "total_time"} <= set(entry)
 
 
+def test_a_throttle_psid_is_throttled_for_its_minutes_then_sent(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Graph's estimate says: throttled until M minutes after the first throttled call (the
+    README's quick start: the page pauses, then the message is sent once the minute is over)."""
+    clock = [1000.0]
+    monkeypatch.setattr("worker.sandbox.rules.time.monotonic", lambda: clock[0])
+
+    def regain(psid: str) -> int:
+        response = send(client, psid)
+        assert response.status_code == 400, response.text
+        usage = json.loads(response.headers["x-business-use-case-usage"])
+        return int(usage[PAGE][0]["estimated_time_to_regain_access"])
+
+    assert regain("throttle2-u1") == 2
+    clock[0] += 61
+    assert regain("throttle2-u1") == 1  # the minutes left, rounded up
+    assert regain("throttle2-u2") == 2  # each PSID's own clock
+    clock[0] += 59
+    assert send(client, "throttle2-u1").status_code == 200
+    assert regain("throttle0-u1") == 0  # M = 0: the first call only
+    assert send(client, "throttle0-u1").status_code == 200
+    assert client.delete("/__sandbox/calls").status_code in (200, 204)
+    assert regain("throttle0-u1") == 0  # a reset starts the clocks again
+
+
 def test_http5xx_psid_returns_html_bad_gateway(client: TestClient) -> None:
     response = send(client, "http5xx-u1")
     assert response.status_code == 502

@@ -82,7 +82,9 @@ PSID                                behaviour
                                     {"psid": ...}`` opens it): RESPONSE/UPDATE sends (and sender
                                     actions) get 10/2018278; MESSAGE_TAG with a valid tag succeeds
 ``throttle<M>-<rest>``              80006 with ``X-Business-Use-Case-Usage`` whose
-                                    ``estimated_time_to_regain_access`` is M minutes (M may be 0)
+                                    ``estimated_time_to_regain_access`` is the minutes left of M
+                                    (M may be 0), counted from this PSID's first call; later
+                                    calls succeed
 ``slow<MS>-<rest>``                 succeeds after MS extra milliseconds (client read timeouts)
 ``http5xx-<rest>``                  HTTP 502, ``text/html`` body ``<html><body>Bad Gateway</body></html>``
 ``drop-<rest>``                     the connection is closed without any HTTP response (recorded with
@@ -106,7 +108,8 @@ Control endpoints (JSON, no auth)
   "message_id", "appsecret_proof", "body" (parsed body or null)}``. ``since`` is a seq (exclusive);
   seqs keep increasing across clears. At most ``record_limit`` calls are kept.
 * ``GET /__sandbox/stats`` -> ``{"calls", "sent" (200 with a message_id), "errors" (status != 200)}``.
-* ``DELETE /__sandbox/calls``: clears the record, the stats and the ``flaky`` counters.
+* ``DELETE /__sandbox/calls``: clears the record, the stats, the ``flaky`` counters and the
+  ``throttle`` clocks.
 * ``GET /__sandbox/config``; ``POST /__sandbox/config {"latency_ms": float}`` changes the latency.
 * ``POST /__sandbox/faults {"page_id", "code", "subcode", "count", "regain_minutes"}``: the next
   ``count`` sends for that page (all of them if ``count`` is null) fail with that error;

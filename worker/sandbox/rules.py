@@ -8,6 +8,8 @@ validation checks. Anything that does not parse is an ordinary PSID.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -93,8 +95,14 @@ def apply_rule(state: SandboxState, psid: str, mtype: str | None, page_id: str) 
     elif kind == "outside":
         if mtype not in _WINDOW_FREE and psid not in state.opened:
             raise Refusal(graph_error(10, 2018278))
-    elif kind == "throttle":
-        raise Refusal(graph_error(80006, None, page_id=page_id, regain_minutes=rule.number))
+    elif kind == "throttle":  # throttled for M minutes from its first call, as Graph estimates
+        now = time.monotonic()
+        new = psid not in state.throttled
+        left = state.throttled.setdefault(psid, now) + 60 * rule.number - now
+        if new or left > 0:  # the first call always (M may be 0)
+            raise Refusal(
+                graph_error(80006, None, page_id=page_id, regain_minutes=math.ceil(max(left, 0) / 60))
+            )
     elif kind == "slow":
         return float(rule.number)
     elif kind == "http5xx":

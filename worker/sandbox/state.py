@@ -95,6 +95,8 @@ class SandboxState:
         self.sent = 0
         self.errors = 0
         self.flaky: dict[str, int] = {}
+        #: ``throttle<M>-`` PSIDs: when each was first throttled (monotonic seconds).
+        self.throttled: dict[str, float] = {}
         self.faults: dict[str, PageFault] = {}
         #: ``outside-`` PSIDs whose user re-engaged (POST /__sandbox/window): their window is open.
         self.opened: set[str] = set()
@@ -115,6 +117,7 @@ class SandboxState:
     def clear(self) -> None:
         self.records.clear()
         self.flaky.clear()
+        self.throttled.clear()
         self.calls = self.sent = self.errors = 0
 
     def next_message_id(self) -> str:
