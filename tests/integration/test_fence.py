@@ -16,17 +16,19 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
 from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
 from worker.config import PageTokens, Settings
 from worker.delivery.leases import Leases
-from worker.delivery.model import Delivery, Outcome
-from worker.delivery.observers import Observer
+from worker.delivery.model import Delivery, Outcome, PauseRequest
+from worker.delivery.observers import LogObserver, Observer
 from worker.delivery.recorder import Recorder
 from worker.graph import SendResult
 from worker.states import Event, State
 from worker.store import Keys, campaign_ctx, deadletters, outcomes, records, scripts, seals, unread
 from worker.store.connections import RECOMMENDED_CONFIG
+from worker.store.pages import pause_page
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -623,3 +625,30 @@ def test_a_sent_delivery_joins_its_recipients_unread_field_in_the_bucket_of_its_
         assert await client.hget(keys.unread_bucket_prefix + "meta", "raw") == b"0"  # type: ignore[misc]  # redis-py: Awaitable[T] | T
 
     run(s, go)
+
+
+def test_a_pause_is_logged_as_set_not_as_asked(redis_server: RedisServer) -> None:
+    """A rate limit's answer asks 60 s, but the page is paused for 300 s already: the recorder
+    learns the pause's real end from pause.lua and ``page.paused`` says it (an on-call engineer
+    reading "60 s" would expect sends a minute later)."""
+    s = make_settings(redis_server)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> tuple[Outcome, float]:
+        until = await pause_page(client, keys, PAGE, 300)
+        await accept(client, s, ["paused-1"])
+        (d,) = await claim(client, s, "w1", ["paused-1"])
+        recorder = Recorder(client, s, PageTokens(s, source=""), LogObserver(s))
+        o = Outcome(
+            d, Event.WAIT, reason="rate_limited", delay=60, pause=PauseRequest(60, "rate_limited", 80006)
+        )
+        await recorder.record(o)
+        return o, until
+
+    with capture_logs() as logs:
+        o, until = run(s, go)
+    assert o.paused_until == pytest.approx(until, abs=0.01)
+    (line,) = [e for e in logs if e["event"] == "page.paused"]
+    assert line["asked_s"] == 60
+    assert 290 < line["seconds"] <= 300, line
+    assert line["until"] == pytest.approx(until, abs=0.01)

@@ -140,6 +140,9 @@ class Outcome:
     suppress: bool = False
     suppress_tagged: bool = False
     pause: PauseRequest | None = None
+    #: When the page's pause ends as pause.lua set it (epoch seconds; set by the recorder): later
+    #: than asked when the pause was longer already, or grew with repeated rate limits.
+    paused_until: float | None = None
     possible_duplicate: bool = False
     #: The target status (from the state machine).
     status: State = field(init=False)

@@ -231,12 +231,17 @@ class LogObserver(Observer):
                 continue
             self._line(o, now)
             if o.pause is not None:
+                # the pause as set: a longer one already running, or a rate limit again right
+                # after one (pause.lua doubles it), makes it end later than this answer asked
+                until = o.paused_until or now + o.pause.seconds
                 log.warning(
                     "page.paused",
                     page_id=o.delivery.page_id,
                     reason=o.pause.reason,
                     error_code=o.pause.code,
-                    seconds=round(o.pause.seconds, 1),
+                    seconds=round(max(0.0, until - now), 1),
+                    until=round(until, 3),
+                    asked_s=round(o.pause.seconds, 1),
                 )
             if o.delivery.probe and o.pause is None and not o.paced:
                 log.info("page.resumed", page_id=o.delivery.page_id, reason="probe_answered")

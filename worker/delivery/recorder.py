@@ -169,6 +169,8 @@ class Recorder:
         #: Told when the waits just written fall due (the soonest, epoch seconds): the process's
         #: scheduler, which sleeps longer while idle (worker/delivery/scheduler.py).
         self.on_due: Callable[[float], None] | None = None
+        #: The outcomes whose pause the pipeline being built sets, and where its answer will be.
+        self._pauses: list[tuple[Outcome, int]] = []
 
     def record(self, outcome: Outcome) -> asyncio.Future[None]:
         """Queue an outcome; the future is done once it is written (or refused by the fence)."""
@@ -213,6 +215,8 @@ class Recorder:
                     "outcomes.write_retry", count=len(decided), failures=failures, error=type(exc).__name__
                 )
                 await asyncio.sleep(wait)
+        for o, at in self._pauses:
+            o.paused_until = float(results[at])
         for o, written in zip(decided, results[0], strict=True):
             o.written = int(written)
             if o.written == CANCELLED_INSTEAD:  # its campaign was stopped meanwhile
@@ -232,6 +236,7 @@ class Recorder:
 
     def _build(self, pipe: Any, decided: Sequence[Outcome]) -> None:
         s, keys, now = self._settings, self._keys, time.time()
+        self._pauses = []
         args: list[Any] = [
             repr(now),
             keys.delivery_prefix,
@@ -307,6 +312,7 @@ class Recorder:
         if o.suppress_tagged:
             pipe.set(keys.tag_suppressed(d.page_id, d.psid), "tag_abuse", ex=s.tag_abuse_suppression_ttl)
         if o.pause is not None:
+            self._pauses.append((o, len(pipe.command_stack)))  # pause.lua answers when it ends
             queue_pause(pipe, keys, s, d.page_id, pause=o.pause, token=self._tokens.get(d.page_id) or "")
         elif d.probe and not o.paced:
             queue_lift(pipe, keys, d.page_id)
