@@ -17,10 +17,10 @@ Every SCHEDULER_INTERVAL_SECONDS (0.1 s) while there is work, and up to SCHEDULE
 * drains the Braze outbox when this process holds its lock.
 
 **Idle rounds.** A round that released, swept and sent nothing to Braze, with nothing due in
-``P:sched`` before then, is followed by a wait of SCHEDULER_IDLE_SECONDS, or until the next wait
-falls due, whichever is sooner. Waits this process schedules (a retry, a deferred pacing slot,
-a page's pause: the recorder calls :meth:`Scheduler.expect`) wake it for their due time, so they
-are released as promptly as before; one that another process schedules is released by that
+``P:sched`` within SCHEDULER_IDLE_SECONDS, is followed by a wait of SCHEDULER_IDLE_SECONDS; while
+a wait falls due sooner, rounds keep the interval's cadence. Waits this process schedules (a
+retry, a deferred pacing slot, a page's pause: the recorder calls :meth:`Scheduler.expect`) wake
+an idle scheduler for their due time, so they are released as promptly as before; one that another process schedules is released by that
 process's scheduler, or by any one within SCHEDULER_IDLE_SECONDS. An idle worker made about 13
 Redis calls a second, most of them this round's script (measured: 2.4 ms of Redis CPU a second
 per idle worker); it makes about 4 now. The idle wait never exceeds a quarter of a lease renewal,
@@ -144,14 +144,16 @@ class Scheduler:
 
     def pause(self, now: float) -> float:
         """How long to wait after the last round, at epoch time ``now``: the interval after a
-        round that did something, else until the next wait falls due, at most the idle wait."""
+        round that did something or while a wait falls due within the idle wait (the rounds'
+        cadence is then what it always was: pacing's deferred slots keep it), else the idle
+        wait."""
         interval = self._settings.scheduler_interval_seconds
         if self._busy:
             return interval
         due = min((d for d in (self._next_due, self._expected) if d is not None), default=None)
-        if due is None:
-            return self._idle
-        return max(interval, min(self._idle, due - now))
+        if due is not None and due - now < self._idle:
+            return interval
+        return self._idle
 
     def expect(self, due: float) -> None:
         """A wait this process scheduled falls due at ``due`` (epoch seconds): the next round
