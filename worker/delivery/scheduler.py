@@ -20,12 +20,13 @@ Every SCHEDULER_INTERVAL_SECONDS (0.1 s) while there is work, and up to SCHEDULE
 ``P:sched`` within SCHEDULER_IDLE_SECONDS, is followed by a wait of SCHEDULER_IDLE_SECONDS; while
 a wait falls due sooner, rounds keep the interval's cadence. Waits this process schedules (a
 retry, a deferred pacing slot, a page's pause: the recorder calls :meth:`Scheduler.expect`) wake
-an idle scheduler for their due time, so they are released as promptly as before; one that another process schedules is released by that
-process's scheduler, or by any one within SCHEDULER_IDLE_SECONDS. An idle worker made about 13
-Redis calls a second, most of them this round's script (measured: 2.4 ms of Redis CPU a second
-per idle worker); it makes about 4 now. The idle wait never exceeds a quarter of a lease renewal,
-the stall that makes the sweeper hold back (below), so no outage long enough to matter goes
-unnoticed between two rounds.
+an idle scheduler for their due time, so they are released as promptly as before; one that
+another process schedules is released by that process's scheduler, or by any one within
+SCHEDULER_IDLE_SECONDS. An idle worker made about 13 Redis calls a second, most of them this
+round's script: 1.8-2.7 ms of Redis CPU a second per idle worker, 0.4 now (``python -m
+benchmarks.idle``). The idle wait never exceeds a quarter of a lease renewal, the stall that
+makes the sweeper hold back (below), so no outage long enough to matter goes unnoticed between
+two rounds.
 
 **Sweeping after an outage.** A holder renews its leases every third of the lease. When Redis
 was unreachable, stalled, or refusing writes (maxmemory, a read-only replica) for longer than
