@@ -9,8 +9,10 @@ reads the stopped campaigns only while it holds deliveries (worker/delivery/engi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -42,12 +44,30 @@ class Counted(Scheduler):
         return await super().tick()
 
 
-async def _rounds_in(client: aioredis.Redis, s: Settings, seconds: float) -> int:
-    scheduler, stop = Counted(client, s), asyncio.Event()
+@contextlib.asynccontextmanager
+async def _running(scheduler: Scheduler) -> AsyncIterator[Scheduler]:
+    """The scheduler's loop, running until the block ends."""
+    stop = asyncio.Event()
     task = asyncio.create_task(scheduler.run(stop))
-    await asyncio.sleep(seconds)
-    stop.set()
-    await task
+    try:
+        yield scheduler
+    finally:
+        stop.set()
+        await task
+
+
+async def _released(client: aioredis.Redis, keys: Keys, member: str, since: float, limit: float) -> float:
+    """Seconds from ``since`` until a round took ``member`` out of P:sched (fails after ``limit``)."""
+    while await client.zscore(keys.sched, member) is not None:
+        assert time.time() < since + limit, f"{member} was not released within {limit} s"
+        await asyncio.sleep(0.02)
+    return time.time() - since
+
+
+async def _rounds_in(client: aioredis.Redis, s: Settings, seconds: float) -> int:
+    async with _running(Counted(client, s)) as scheduler:
+        await asyncio.sleep(seconds)
+    assert isinstance(scheduler, Counted)
     return scheduler.rounds
 
 
@@ -81,16 +101,8 @@ def test_a_wait_a_round_has_seen_is_released_at_its_due_time(redis_server: Redis
     async def go(client: aioredis.Redis) -> float:
         due = time.time() + 0.6
         await client.zadd(keys.sched, {"soon": due})
-        scheduler, stop = Scheduler(client, s, PageTokens(s, source="")), asyncio.Event()
-        task = asyncio.create_task(scheduler.run(stop))
-        try:
-            while await client.zscore(keys.sched, "soon") is not None:
-                assert time.time() < due + 3, "not released by its due time"
-                await asyncio.sleep(0.02)
-            return time.time() - due
-        finally:
-            stop.set()
-            await task
+        async with _running(Scheduler(client, s, PageTokens(s, source=""))):
+            return await _released(client, keys, "soon", due, 3)
 
     late = run(s, go)
     assert -0.05 <= late < 1.0, late  # not 5 s, the idle wait
@@ -103,11 +115,9 @@ def test_a_wait_this_process_writes_wakes_the_idle_scheduler(redis_server: Redis
     keys = Keys.of(s)
 
     async def go(client: aioredis.Redis) -> dict[str, Any]:
-        scheduler, stop = Scheduler(client, s, PageTokens(s, source="")), asyncio.Event()
         recorder = Recorder(client, s, PageTokens(s, source=""), Observer())
-        recorder.on_due = scheduler.expect
-        task = asyncio.create_task(scheduler.run(stop))
-        try:
+        async with _running(Scheduler(client, s, PageTokens(s, source=""))) as scheduler:
+            recorder.on_due = scheduler.expect
             await asyncio.sleep(0.3)  # its first round has run: it sleeps 5 s now
             await client.zadd(keys.sched, {"behind-its-back": time.time() + 0.2})
             await accept(client, s, ["mine"])
@@ -115,17 +125,11 @@ def test_a_wait_this_process_writes_wakes_the_idle_scheduler(redis_server: Redis
             await recorder.record(Outcome(d, Event.RETRY, reason="transient", delay=0.5))
             due = time.time() + 0.5
             assert await client.zscore(keys.sched, "mine") is not None
-            while await client.zscore(keys.sched, "mine") is not None:
-                assert time.time() < due + 3, "the recorder's wait was not released"
-                await asyncio.sleep(0.02)
             return {
-                "late": time.time() - due,
+                "late": await _released(client, keys, "mine", due, 3),
                 # released in the same round: the one the recorder's wait woke
                 "other_waiting": await client.zscore(keys.sched, "behind-its-back") is not None,
             }
-        finally:
-            stop.set()
-            await task
 
     seen = run(s, go)
     assert seen["late"] < 1.0, seen
@@ -137,19 +141,11 @@ def test_an_unexpected_wait_is_released_within_the_idle_wait(redis_server: Redis
     keys = Keys.of(s)
 
     async def go(client: aioredis.Redis) -> float:
-        scheduler, stop = Scheduler(client, s, PageTokens(s, source="")), asyncio.Event()
-        task = asyncio.create_task(scheduler.run(stop))
-        try:
+        async with _running(Scheduler(client, s, PageTokens(s, source=""))):
             await asyncio.sleep(0.2)
             written = time.time()
             await client.zadd(keys.sched, {"another-process": written})
-            while await client.zscore(keys.sched, "another-process") is not None:
-                assert time.time() < written + 5, "never released"
-                await asyncio.sleep(0.02)
-            return time.time() - written
-        finally:
-            stop.set()
-            await task
+            return await _released(client, keys, "another-process", written, 5)
 
     assert run(s, go) <= 1.3
 
