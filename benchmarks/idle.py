@@ -7,7 +7,8 @@ all day. A fresh redis-server with the README's RECOMMENDED_CONFIG (AOF on) and 
 workers as the benchmark starts them (``benchmarks.harness.service_env``: production timings,
 SCHEDULER_IDLE_SECONDS at its default); each figure is ``INFO cpu`` (user + sys) over
 ``--seconds``, after the workers have been idle 10 s; commands from ``INFO commandstats`` (a
-script's inner commands are counted too, as Redis counts them). Loopback only; bounded by time.
+script's inner commands are counted too, as Redis counts them; the benchmark's own reads left
+out: ``rediscost.commandstats``). Loopback only; bounded by time.
 
     python -m benchmarks.idle [--seconds 20] [--workers 1,4]
 
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import rediscost
 from benchmarks.harness import cleanup, stack_for, start_redis, start_sandbox
 from benchmarks.history import git_commit
 
@@ -38,25 +40,17 @@ def _args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _cpu_ms(client: Any) -> float:
-    info = client.info("cpu")
-    return 1000 * (float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
-
-
-def _calls(client: Any) -> dict[str, int]:
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()}
-
-
 def _measure(client: Any, seconds: float) -> dict[str, Any]:
-    cpu, calls = _cpu_ms(client), _calls(client)
+    """Redis's CPU and commands over ``seconds`` (the measurement's own INFO left out)."""
+    cpu, calls = rediscost.redis_cpu(client), rediscost.commandstats(client)
     time.sleep(seconds)
-    cpu_after, calls_after = _cpu_ms(client), _calls(client)
+    used = rediscost.cpu_delta(cpu, rediscost.redis_cpu(client))["total"]
     per_s = {
-        name: round((n - calls.get(name, 0)) / seconds, 2)
-        for name, n in sorted(calls_after.items())
-        if n > calls.get(name, 0) and name != "info"  # the measurement's own
+        name: round((stat["calls"] - calls.get(name, {"calls": 0.0})["calls"]) / seconds, 2)
+        for name, stat in sorted(rediscost.commandstats(client).items())
+        if stat["calls"] > calls.get(name, {"calls": 0.0})["calls"]
     }
-    return {"redis_cpu_ms_per_s": round((cpu_after - cpu) / seconds, 3), "commands_per_s": per_s}
+    return {"redis_cpu_ms_per_s": round(1000 * used / seconds, 3), "commands_per_s": per_s}
 
 
 def main() -> int:
