@@ -169,8 +169,11 @@ class Recorder:
         #: Told when the waits just written fall due (the soonest, epoch seconds): the process's
         #: scheduler, which sleeps longer while idle (worker/delivery/scheduler.py).
         self.on_due: Callable[[float], None] | None = None
-        #: The outcomes whose pause the pipeline being built sets, and where its answer will be.
+        #: What the pipeline being built writes that is told after it lands (one write at a
+        #: time: _run writes its batches in turn): the outcomes whose pause it sets, with where
+        #: pause.lua's answer will be, and the soonest wait it puts in P:sched (epoch seconds).
         self._pauses: list[tuple[Outcome, int]] = []
+        self._soonest: float | None = None
 
     def record(self, outcome: Outcome) -> asyncio.Future[None]:
         """Queue an outcome; the future is done once it is written (or refused by the fence)."""
@@ -227,16 +230,15 @@ class Recorder:
         if failures:
             log.info("outcomes.written_after_retry", count=len(decided), failures=failures)
         self._observer.recorded(decided)
-        delays = [o.delay for o in decided if o.status not in FINAL and o.status is not State.PARKED]
-        if delays and self.on_due is not None:
-            self.on_due(time.time() + min(delays))
+        if self._soonest is not None and self.on_due is not None:
+            self.on_due(self._soonest)
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
 
     def _build(self, pipe: Any, decided: Sequence[Outcome]) -> None:
         s, keys, now = self._settings, self._keys, time.time()
-        self._pauses = []
+        self._pauses, self._soonest = [], None
         args: list[Any] = [
             repr(now),
             keys.delivery_prefix,
@@ -257,8 +259,10 @@ class Recorder:
             if o.status is State.PARKED:
                 deadline = repr(o.delivery.created_at + s.message_ttl + 1)
             elif o.status not in FINAL:
-                due = repr(now + o.delay)
-                deadline = repr(now + o.delay + s.sweep_after_seconds)
+                at = now + o.delay
+                due = repr(at)
+                self._soonest = at if self._soonest is None else min(self._soonest, at)
+                deadline = repr(at + s.sweep_after_seconds)
             packed, named = b"", _unread_entry(o, fields, now)
             if o.status in FINAL and o.status not in KEEPS_BODY:
                 packed = outcome_value(o, fields, now, s.braze_receipt_events)
