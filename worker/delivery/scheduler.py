@@ -140,10 +140,10 @@ class Scheduler:
                 if time.monotonic() - started > self._stall:
                     self._connected_since = time.monotonic()  # a stall: leases may have run out
             interval = self._settings.scheduler_interval_seconds
-            self._wake_at = time.monotonic() + (self.pause(time.time()) if failures == 0 else interval)
+            self._wake_at = time.monotonic() + (self._wait_after(time.time()) if failures == 0 else interval)
             await self._sleep(stop)
 
-    def pause(self, now: float) -> float:
+    def _wait_after(self, now: float) -> float:
         """How long to wait after the last round, at epoch time ``now``: the interval after a
         round that did something or while a wait falls due within the idle wait (the rounds'
         cadence is then what it always was: pacing's deferred slots keep it), else the idle
