@@ -8,10 +8,10 @@ send (one ``acquire_many`` per page group of a batch) but never makes a send wai
 do the same sends and differ only in how many pages they span. Both sides configure the same
 1,000 page tokens, and the hourly template sync is off (TEMPLATE_SYNC_SECONDS=0: a worker that
 starts runs it at once, one Graph request per configured page, a cost per hour and per page, not
-per message). Found on the way: with 1,000 page tokens configured, the worker spends about 1.5x
-the CPU per message of the same one-page drain with two tokens configured (459 against 306 us in
-one pair of rounds; 0.57 against 0.33 ms across runs), template sync off in both; the cause is not
-found yet (docs/benchmarks.md).
+per message). Found on the way: with 1,000 page tokens configured, the worker spent about 1.5x
+the CPU per message of the same one-page drain with two tokens configured; the cause was the log
+redaction's substring search per secret, now one compiled alternation (``18d0394``,
+docs/benchmarks.md).
 
 Figures: CPU per message of the worker and of redis-server while draining (the limiter's and the
 scheduler's calls are part of both), the 1,000-page side against the one-page side (bar: within
