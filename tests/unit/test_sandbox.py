@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import threading
@@ -508,6 +509,27 @@ def test_record_limit_keeps_newest_calls() -> None:
             send(client, f"r{i}")
         assert [r["psid"] for r in calls(client)] == ["r2", "r3", "r4"]
         assert client.get("/__sandbox/stats").json()["calls"] == 5
+
+
+def test_kept_calls_stay_out_of_the_garbage_collectors_walks() -> None:
+    """What the sandbox keeps per call is a tuple of strings and numbers, which the cyclic
+    collector stops tracking after one pass: a full collection does not walk a million kept calls
+    (a tracked object each made the sandbox stall and stamp a queue of arrivals at once)."""
+    app = create_app()
+    with TestClient(app) as client:
+        for i in range(3):
+            send(client, f"g{i}", message={"text": f"hello {i}"})
+        gc.collect()
+        state = app.state.sandbox
+        assert len(state.records) == 3
+        assert not any(gc.is_tracked(kept) for kept in state.records)
+        listed = calls(client)
+        assert [(r["psid"], r["status"], r["body"]["message"]["text"]) for r in listed] == [
+            ("g0", 200, "hello 0"),
+            ("g1", 200, "hello 1"),
+            ("g2", 200, "hello 2"),
+        ]
+        assert all(r["message_id"].startswith("m_sandbox.") for r in listed)
 
 
 def test_page_fault_with_count(client: TestClient) -> None:

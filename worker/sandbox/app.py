@@ -9,6 +9,7 @@ connection. What the sandbox does is documented in the package docstring (:mod:`
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 
 from starlette.applications import Starlette
@@ -77,9 +78,17 @@ def serve(
 
     extra = {f"receipts_{k}": v for k, v in (receipts or {}).items() if v is not None}
     config = SandboxConfig(latency_ms=latency_ms, tokens=dict(tokens or {}), **extra)  # type: ignore[arg-type]
+    app = create_app(config)
+    # What start-up allocated (modules, Starlette, uvicorn) is kept out of every later collection.
+    # A full collection walked it all, and every kept call, and stalled the sandbox: 22 ms with
+    # 10,000 calls kept, 5-8 ms now (SandboxState.records). Arrivals queued behind a stall were
+    # stamped at once, and the pacing benchmark's peak second read up to 265 where the workers
+    # had sent 253 (docs/benchmarks.md).
+    gc.collect()
+    gc.freeze()
     uvicorn.Server(
         uvicorn.Config(
-            create_app(config),
+            app,
             host=host,
             port=port,
             loop="auto",

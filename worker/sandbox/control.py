@@ -62,7 +62,7 @@ class Control:
             since = parsed
         selected = [
             call.as_json()
-            for call in self.state.records
+            for call in self.state.calls_kept()
             if call.seq > since
             and (page_id is None or call.page_id == page_id)
             and (psid is None or call.psid == psid)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 
 from worker.sandbox.config import SandboxConfig
 from worker.sandbox.errors import Answer, Refusal, graph_error
@@ -57,6 +58,10 @@ class Call:
     raw: bytes | None = None  # None: the body did not parse
     is_form: bool = False
 
+    def frozen(self) -> tuple[object, ...]:
+        """The fields, in order, as a plain tuple (what :class:`SandboxState` keeps)."""
+        return tuple(getattr(self, name) for name in _CALL_FIELDS)
+
     def as_json(self) -> dict[str, object]:
         body: dict[str, object] | None = None
         if self.raw is not None:
@@ -80,6 +85,9 @@ class Call:
         }
 
 
+_CALL_FIELDS = tuple(f.name for f in fields(Call))
+
+
 class SandboxState:
     """One app's mutable state: the send endpoint writes it, the control endpoints read and reset it."""
 
@@ -87,7 +95,11 @@ class SandboxState:
         self.config = config
         self.latency_ms = float(config.latency_ms)
         self.tokens: dict[str, str] = dict(config.tokens)
-        self.records: deque[Call] = deque(maxlen=max(1, config.record_limit))
+        #: The recorded calls, oldest first, each as a plain tuple of Call's fields: the cyclic
+        #: garbage collector stops tracking a tuple of strings and numbers, so kept calls do not
+        #: lengthen its full collections (a Call object is tracked, and walked by each). Read
+        #: them with :meth:`calls_kept`.
+        self.records: deque[tuple[object, ...]] = deque(maxlen=max(1, config.record_limit))
         self.seq = itertools.count(1)
         self.message_seq = itertools.count(1)
         self.instance = secrets.token_hex(4)
@@ -123,6 +135,11 @@ class SandboxState:
     def next_message_id(self) -> str:
         return f"m_sandbox.{self.instance}.{next(self.message_seq)}"
 
+    def calls_kept(self) -> Iterator[Call]:
+        """The recorded calls, oldest first."""
+        for kept in self.records:
+            yield Call(*kept)  # type: ignore[arg-type]  # Call.frozen(): its fields in order
+
     def record(self, call: Call, answer: Answer) -> None:
         """Complete and keep ``call`` (just before answering), and count it."""
         call.seq = next(self.seq)
@@ -130,7 +147,7 @@ class SandboxState:
         call.code = answer.code
         call.subcode = answer.subcode
         call.message_id = answer.message_id
-        self.records.append(call)
+        self.records.append(call.frozen())
         self.calls += 1
         if answer.status != 200 or answer.drop:
             self.errors += 1
