@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -220,6 +222,57 @@ def test_token_invalid_pauses_page_until_resumed(stack: Stack) -> None:
     assert final(stack, second)["status"] == "sent"
     assert len(calls(stack, "tok-1")) == 2
     assert len(calls(stack, "tok-2")) == 1
+
+
+def test_a_token_invalid_pause_lifts_when_the_page_gets_a_new_token(
+    redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """README: a token-invalid pause "is lifted early when the page's configured token changes".
+    The tokens file gives the page the sandbox's always-expired token (a real 190 pauses it),
+    then a good one: the scheduler's housekeeping resumes the page and its waits are released
+    by its next round, not an idle wait later (SCHEDULER_IDLE_SECONDS is 3 here)."""
+    page = "406"
+    work = tmp_path_factory.mktemp("newtoken")
+    tokens = work / "tokens.json"
+    tokens.write_text(json.dumps({page: f"sandbox-token-expired-{page}"}), encoding="utf-8")
+    env = base_env(
+        redis_server.url,
+        sandbox.url,
+        PAGE_ACCESS_TOKENS=str(tokens),
+        TOKEN_PAUSE_SECONDS="600",
+        DELIVERY_LEASE_SECONDS="60",
+        SCHEDULER_IDLE_SECONDS="3",
+    )
+    s = Stack(env, sandbox, redis_server.url, work)
+    try:
+        s.start_intake()
+        s.start_worker()
+
+        def post(psid: str) -> str:
+            body = {"recipient": {"id": psid}, "messaging_type": "UPDATE", "message": {"text": "hi"}}
+            resp = s.post(body, path=f"/v25.0/{page}/messages")
+            assert resp.status_code == 202, resp.text
+            delivery_id: str = resp.json()["delivery_id"]
+            return delivery_id
+
+        first = post("newtok-1")
+        assert wait_until(lambda: s.redis().exists(s.keys.pause(page)), 20)
+        second = post("newtok-2")
+        assert wait_until(lambda: "page_paused" in s.record(second).get("error", ""), 20)
+        time.sleep(4)  # the scheduler settles into its idle rounds
+        assert calls(s, "newtok-2") == []
+        tokens.write_text(json.dumps({page: f"sandbox-token-{page}"}), encoding="utf-8")
+        records = s.wait_final([first, second], 30)
+        assert {r["status"] for r in records.values()} == {"sent"}
+        resumed = [e for e in s.logs() if e.get("event") == "page.resumed" and e.get("page_id") == page]
+        assert [e["reason"] for e in resumed] == ["token_replaced"]
+        lifted = datetime.fromisoformat(resumed[0]["timestamp"]).timestamp()
+        sent = [c["at"] for c in calls(s, "newtok-2") if c["status"] == 200]
+        assert len(sent) == 1
+        assert sent[0] - lifted < 1.0, sent[0] - lifted  # a round (0.1 s) and the send, not 3 s
+        assert not s.redis().exists(s.keys.pause(page))
+    finally:
+        s.stop()
 
 
 def test_page_restricted_pauses_page(stack: Stack) -> None:

@@ -94,8 +94,9 @@ class PauseKeeper:
         self._keys = keys
         self._tokens = tokens
 
-    async def tick(self) -> None:
-        await self.lift_replaced_token_pauses()
+    async def tick(self) -> int:
+        """The pause housekeeping's round. Returns how many waits it made due now."""
+        return await self.lift_replaced_token_pauses()
         await self.log_expired_pauses()
 
     async def log_expired_pauses(self) -> None:
@@ -104,16 +105,21 @@ class PauseKeeper:
             if await self._client.zrem(self._keys.paused, member):
                 log.info("page.resumed", page_id=text(member), reason="pause_elapsed")
 
-    async def lift_replaced_token_pauses(self) -> None:
+    async def lift_replaced_token_pauses(self) -> int:
+        """Resumes the token-invalid pauses whose page has another token now. Returns how many
+        waits that made due."""
         now = time.time()
+        released = 0
         for member in await self._client.zrangebyscore(self._keys.paused, now, "+inf"):
             page = text(member)
             raw = await self._client.hgetall(self._keys.pause(page))  # type: ignore[misc]  # redis-py: Awaitable[T] | T
             pause = PagePause.from_record(records.decode(raw), now)
             token = self._tokens.get(page)
             if pause is not None and token and pause.lifted_by(token):
-                await self.resume(page, "token_replaced")
+                released += await self.resume(page, "token_replaced")
+        return released
 
-    async def resume(self, page_id: str, why: str) -> None:
-        await resume_page(self._client, self._keys, page_id)
-        log.info("page.resumed", page_id=page_id, reason=why)
+    async def resume(self, page_id: str, why: str) -> int:
+        released = await resume_page(self._client, self._keys, page_id)
+        log.info("page.resumed", page_id=page_id, reason=why, released=released)
+        return released

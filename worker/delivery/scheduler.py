@@ -233,9 +233,10 @@ class Scheduler:
         if swept:
             log.info("scheduler.swept", count=len(swept))
             metrics.SWEPT.inc(len(swept))
+        lifted = 0  # waits a lifted pause made due: released by the next round, not an idle wait on
         if time.monotonic() - self._housekeeping_at >= HOUSEKEEPING_SECONDS:
             self._housekeeping_at = time.monotonic()
-            await self._pauses.tick()
+            lifted = await self._pauses.tick()
             await self._client.zremrangebyscore(keys.buckets, "-inf", time.time() - BUCKETS_KEPT_SECONDS)
             await ages.prune(self._client, keys, ages.horizon(time.time(), s.message_ttl))
             purged = await deadletters.purge_expired(self._client, s)
@@ -251,5 +252,5 @@ class Scheduler:
         sent = 0
         if self._drainer is not None:
             sent = await self._drainer.tick()
-        self._busy = bool(ids or sent)
+        self._busy = bool(ids or sent or lifted)
         return len(ids)
