@@ -227,8 +227,8 @@ def test_token_invalid_pauses_page_until_resumed(stack: Stack) -> None:
 def test_a_token_invalid_pause_lifts_when_the_page_gets_a_new_token(
     redis_server: RedisServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """README: a token-invalid pause "is lifted early when the page's configured token changes".
-    The tokens file gives the page the sandbox's always-expired token (a real 190 pauses it),
+    """docs/error-handling.md: a token-invalid pause is "lifted when the page's token changes
+    (the tokens file is read again ...)". The tokens file gives the page the sandbox's always-expired token (a real 190 pauses it),
     then a good one: the scheduler's housekeeping resumes the page and its waits are released
     by its next round, not an idle wait later (SCHEDULER_IDLE_SECONDS is 3 here)."""
     page = "406"
