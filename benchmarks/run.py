@@ -36,8 +36,10 @@ stops them in a ``finally``.
    (<= 1.05 x 250) and the mean rate over the backlog (>= 0.95 x 250), from arrival times;
    fairness: page B's 5 msg/s trickle accept -> arrival p50 with A backlogged vs A idle (<= 2x).
    A's backlog is posted through the intake while the workers are SIGSTOPped, so it is a backlog
-   when they resume. The same figures from the workers' side (a ``delivery.attempt`` line's
-   timestamp minus its latency) are in the JSON, to tell pacing apart from arrival jitter.
+   when they resume. The same figures from the workers' side (``delivery.sent``'s ``sent_at``)
+   are in the JSON and the peak as an info row, and each send's transit (``sent_at`` to the
+   sandbox's arrival, joined by message id; slow ones shared by several workers point at the
+   sandbox), to tell pacing apart from arrival jitter.
 6. Baseline: one Celery task per message, sync ``httpx.Client``, threads pool of 100 (the worker's
    in-flight limit)
    (``benchmarks/baseline.py``, Celery's defaults otherwise), publishing N tasks with
