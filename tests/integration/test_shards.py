@@ -250,6 +250,68 @@ def test_a_worker_without_its_shard_refuses_to_start(shards: Shards) -> None:
     assert b"SHARD_INDEX" in out.stderr + out.stdout
 
 
+def test_a_retry_of_a_request_the_old_shard_accepted_is_a_repeat_after_a_move(shards: Shards) -> None:
+    """A page moves from shard 0 to shard 1 while Braze retries a request whose 202 it did not
+    get: shard 0 accepted it, the retry reaches shard 1 once the pin is out. `shards move` noted
+    in shard 1's P:moved where the page came from, so the intake asks shard 0 for the key and
+    answers the retry as a repeat, with shard 0's id: one send. A key shard 0 never saw is
+    accepted on shard 1. `--finish` keeps the note (for two IDEMPOTENCY_TTLs from then). The old
+    shard down: the lookup gives up within a second and the request goes through (the page's new
+    traffic does not depend on the old shard)."""
+    stack, run = shards.stack, uuid.uuid4().hex[:6]
+    page = _page(0, 2)
+    old_env = dict(stack.env)
+    keys = shards.keys()
+
+    def post(psid: str, key: str) -> httpx.Response:
+        return stack.post(body(psid), path=path(page), headers={"Idempotency-Key": key})
+
+    first = post(f"{run}-1", f"{run}-k1")
+    assert first.status_code == 202, first.text
+    accepted = first.json()["delivery_id"]
+    assert shards.index_of(accepted) == 0
+    shards.wait_final([accepted])
+
+    code, copy = _shards_cli(old_env, "move", page, "--to", "1")
+    assert code == 0, copy
+    assert copy["keys_asked_on"] == 0
+    new = shards.servers[1].client()
+    try:
+        assert set(new.hkeys(keys.moved)) == {page.encode()}
+        ttl = int(stack.env.get("IDEMPOTENCY_TTL", "86400"))
+        assert 2 * ttl - 120 < new.ttl(keys.moved) <= 2 * ttl + 1
+    finally:
+        new.close()
+
+    stack.procs[0].stop()  # the pin rolled out: a new intake with it
+    stack.env = {**old_env, "SHARD_PAGES": json.dumps(copy["shard_pages"])}
+    stack.start_intake()
+    retry = post(f"{run}-1", f"{run}-k1")
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == {"delivery_id": accepted, "status": "duplicate"}
+    assert any(e.get("event") == "delivery.duplicate" and e.get("moved") for e in stack.logs())
+    fresh = post(f"{run}-2", f"{run}-k2")
+    assert fresh.status_code == 202, fresh.text
+    assert shards.index_of(fresh.json()["delivery_id"]) == 1
+    shards.wait_final([fresh.json()["delivery_id"]])
+    assert [c["psid"] for c in sent(stack.sandbox, page, run)] == [f"{run}-1", f"{run}-2"]
+
+    code, done = _shards_cli(stack.env, "move", page, "--to", "1", "--finish")
+    assert code == 0, done
+    assert done["keys_asked_on"] == 0
+    assert post(f"{run}-1", f"{run}-k1").json() == {"delivery_id": accepted, "status": "duplicate"}
+
+    shards.servers[0].stop()
+    try:
+        started = time.monotonic()
+        down = post(f"{run}-3", f"{run}-k3")
+        assert down.status_code == 202, down.text  # accepted on shard 1 without shard 0's word
+        assert time.monotonic() - started < 5
+        assert any(e.get("event") == "intake.moved_lookup_failed" for e in stack.logs())
+    finally:
+        shards.servers[0].start()
+
+
 def _page(home: int, after: int, *, but: str = "") -> str:
     """A configured, unpinned page that 2 shards route to ``home`` and 3 shards to ``after``."""
     return next(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from worker.cli.common import settings as _settings
@@ -242,6 +243,8 @@ def _move(args: argparse.Namespace, settings: Any, now: int) -> int:
             f"already), {result['dropped']} dropped from shard(s) {where}. `shards check` should find "
             "nothing now."
         )
+        if result["keys_asked_on"] is not None:
+            print(_asked(result))
     else:
         print(
             f"Page {page}: {result['copied']} key(s) copied from shard {route} to shard {to} "
@@ -252,6 +255,7 @@ def _move(args: argparse.Namespace, settings: Any, now: int) -> int:
             f"Its new requests and webhooks then go to shard {to}; shard {route}'s workers send what "
             f"it holds. Then run `messenger-worker shards move {page} --to {to} --finish`."
         )
+        print(_asked(result))
     return 1 if result["open"] else 0
 
 
@@ -259,9 +263,11 @@ async def _moved(fleet: Any, page: str, route: int, to: int, *, finish: bool) ->
     from worker.store import pagemove
 
     target = fleet.shards[to]
+    until = pagemove.mark_until(target.settings.idempotency_ttl)
     if not finish:
         source = fleet.shards[route]
         first = await pagemove.copy_page(source.redis, target.redis, target.keys, page)
+        await pagemove.mark_moved(target.redis, target.keys, page, route, until)
         return {
             "page": page,
             "from": [route],
@@ -269,6 +275,8 @@ async def _moved(fleet: Any, page: str, route: int, to: int, *, finish: bool) ->
             "copied": first.copied,
             "kept": first.kept,
             "open": 0,
+            "keys_asked_on": route,
+            "keys_asked_until": round(until),
         }
     others = [s for s in fleet.shards if s.index != to]
     for shard in others:  # every other shard: no message of the page open there, or nothing moves
@@ -285,6 +293,13 @@ async def _moved(fleet: Any, page: str, route: int, to: int, *, finish: bool) ->
         if done.copied or done.kept or gone:
             held.append(shard.index)
         copied, kept, dropped = copied + done.copied, kept + done.kept, dropped + gone
+    # the old shard may have accepted requests until every process had the pin: its keys are
+    # asked for two IDEMPOTENCY_TTLs from now (the shard the first step noted; else the one that
+    # held the page's state)
+    mark = (await pagemove.moved_marks(target.redis, target.keys)).get(page)
+    asked = mark[0] if mark is not None else (held[0] if len(held) == 1 else None)
+    if asked is not None:
+        await pagemove.mark_moved(target.redis, target.keys, page, asked, until)
     return {
         "page": page,
         "from": held,
@@ -293,7 +308,17 @@ async def _moved(fleet: Any, page: str, route: int, to: int, *, finish: bool) ->
         "kept": kept,
         "dropped": dropped,
         "open": 0,
+        "keys_asked_on": asked,
+        "keys_asked_until": round(until) if asked is not None else None,
     }
+
+
+def _asked(result: dict[str, Any]) -> str:
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(result["keys_asked_until"]))
+    return (
+        f"Until {until}, a request for page {result['page']} whose Idempotency-Key shard "
+        f"{result['keys_asked_on']} remembers is answered as a repeat on shard {result['to']}."
+    )
 
 
 def _more(listed: list[Any]) -> None:

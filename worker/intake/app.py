@@ -37,6 +37,7 @@ from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
 from worker.intake.http import exception_handlers
 from worker.intake.metrics_server import MetricsServer
+from worker.intake.moved import MovedPages
 from worker.intake.notices import ThrottledRecords
 from worker.intake.routes import admin, campaigns, deliveries, health, lookups, send, webhook
 from worker.intake.state import IntakeState, ShardLink
@@ -88,7 +89,13 @@ def create_app(
             )
             for shard in fleet.shards
         )
-        intake = IntakeState(settings=settings, fleet=fleet, links=links, pages=PageTokens(settings))
+        intake = IntakeState(
+            settings=settings,
+            fleet=fleet,
+            links=links,
+            pages=PageTokens(settings),
+            moved=MovedPages(settings, links),
+        )
         app.state.intake = intake
         metrics = MetricsServer(settings, intake.sync_clients())
         serving = metrics.start()

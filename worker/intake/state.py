@@ -17,6 +17,7 @@ from worker.config import PageTokens, Settings
 from worker.fleet import Fleet, Shard
 from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
+from worker.intake.moved import MovedPages
 from worker.store import Keys, shards
 from worker.templates import TemplateCache
 
@@ -54,6 +55,8 @@ class IntakeState:
     links: tuple[ShardLink, ...]
     #: PAGE_ACCESS_TOKENS, reloaded when it names a file that changes (as the workers do).
     pages: PageTokens
+    #: The pages `shards move` brought to each shard: their keys are asked where they came from.
+    moved: MovedPages
     #: What the utility-template catalogue said, for a few seconds (worker.templates.check).
     templates: TemplateCache = field(default_factory=TemplateCache)
 

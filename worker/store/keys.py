@@ -75,6 +75,9 @@
                                     restricted) -> due: a resume releases them without a scan
     P:pause:{page}          hash    page pause: until, reason, code, token fingerprint, probe
     P:paused                zset    paused pages -> until
+    P:moved                 hash    pages `shards move` brought here -> "{shard}:{until}": until
+                                    then the intake asks that shard too whether it remembers a
+                                    request's Idempotency-Key (worker/store/pagemove.py)
     P:rl:{page}:{class}     hash    the page's GCRA bucket (worker/ratelimit.py)
     P:rl:r:{page}:{psid}    hash    a recipient's bucket (RECIPIENT_RATE_LIMIT)
     P:rl:usage              hash    page -> "{percent}:{epoch s}": Graph's last usage header
@@ -307,6 +310,11 @@ class Keys:
     @property
     def paused(self) -> str:
         return f"{self.prefix}:paused"
+
+    @property
+    def moved(self) -> str:
+        """The pages moved to this shard and the shard each came from (worker/store/pagemove.py)."""
+        return f"{self.prefix}:moved"
 
     def bucket(self, page_id: str, kind: str) -> str:
         return f"{self.prefix}:rl:{page_id}:{kind}"

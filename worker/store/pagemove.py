@@ -22,20 +22,26 @@ The procedure (docs/scaling.md, Moving a page):
    check``).
 
 What does not move: the Idempotency-Keys of the requests the old shard accepted (they are in
-buckets named by a digest, not by the page). A Braze retry of one of them that reaches the new
-shard is accepted again. Braze retries a request only when it did not get its answer, so this
-is a request whose 202 was lost around the time of the pin's rollout.
+buckets named by a digest, not by the page). So both steps also note on the new shard where the
+page came from (:func:`mark_moved`: ``P:moved``, for two IDEMPOTENCY_TTLs, as long as the old
+shard may remember a key), and the intake looks a request's key up there too
+(:func:`remembered`, ``moved_lookup.lua``) before the new shard accepts it. A Braze retry of a
+request whose 202 was lost around the pin's rollout is then answered as a repeat, with the id
+the old shard gave it. Left open: a retry that reaches the new shard while a process without
+the pin still sends the page's requests to the old one, in the same instant as the first
+request (both shards accept it).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.exceptions import ResponseError
 
 from worker.states import OPEN
-from worker.store import records
+from worker.store import idempotency, records, scripts
 from worker.store.keys import Keys, text
 from worker.store.residents import family_of_key
 
@@ -156,3 +162,67 @@ async def drop_page(client: Any, keys: Keys, page: str) -> int:
 def _glob(text_: str) -> str:
     """``text_`` matched literally in a SCAN pattern."""
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text_)
+
+
+# --- where a page came from: its requests' Idempotency-Keys ------------------------------------
+
+
+def parse_mark(value: bytes | str) -> tuple[int, float] | None:
+    """A ``P:moved`` value, ``{shard}:{until}`` -> (the shard the page came from, until when its
+    keys are asked there, epoch seconds); None for anything else."""
+    shard, _, until = text(value).partition(":")
+    try:
+        return int(shard), float(until)
+    except ValueError:
+        return None
+
+
+async def moved_marks(client: Any, keys: Keys, now: float | None = None) -> dict[str, tuple[int, float]]:
+    """The pages moved to ``client``'s shard whose marks have not run out: page -> (the shard it
+    came from, until)."""
+    now = time.time() if now is None else now
+    out: dict[str, tuple[int, float]] = {}
+    for page, value in (await client.hgetall(keys.moved)).items():
+        mark = parse_mark(value)
+        if mark is not None and mark[1] > now:
+            out[text(page)] = mark
+    return out
+
+
+async def mark_moved(client: Any, keys: Keys, page: str, source: int, until: float) -> None:
+    """Notes on the page's new shard (``client``) that its requests' keys are asked on shard
+    ``source`` too until ``until``; drops the marks that ran out, and the hash expires with its
+    last mark."""
+    now = time.time()
+    marks = await moved_marks(client, keys, now)
+    marks[page] = (source, until)
+    stale = [f for f in await client.hkeys(keys.moved) if text(f) not in marks]
+    pipe = client.pipeline(transaction=True)
+    if stale:
+        pipe.hdel(keys.moved, *stale)
+    pipe.hset(keys.moved, page, f"{source}:{until:.0f}")
+    pipe.expireat(keys.moved, int(max(u for _, u in marks.values())) + 1)
+    await pipe.execute()
+
+
+def mark_until(idempotency_ttl: int, now: float | None = None) -> float:
+    """How long a mark is kept: as long as a key accepted now may be remembered on the old shard
+    (two IDEMPOTENCY_TTLs: worker/store/idempotency.py)."""
+    return (time.time() if now is None else now) + 2 * idempotency_ttl
+
+
+async def remembered(client: Any, keys: Keys, idempotency_ttl: int, scoped: str) -> str | None:
+    """The delivery id ``client``'s shard remembers for a scoped Idempotency-Key (as accept.lua
+    would find it there), or None."""
+    digest = idempotency.digest(scoped)
+    found = await scripts.run(
+        client,
+        "moved_lookup",
+        args=[
+            idempotency_ttl,
+            keys.idem_bucket_prefix,
+            digest[: idempotency.SUFFIX].encode() + idempotency.field(digest),
+            keys.idem(scoped),
+        ],
+    )
+    return idempotency.delivery_id(found) if isinstance(found, bytes) and found else None

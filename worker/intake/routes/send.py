@@ -43,6 +43,7 @@ from worker.intake.notices import Throttled
 from worker.logging import get_logger, recipient_ref
 from worker.messenger.validation import MAX_IDEMPOTENCY_KEY, InputError, SendHeaders, SendRequest, validate
 from worker.states import State
+from worker.store import idempotency
 from worker.store.records import ATTRIBUTION
 from worker.templates import check_request
 
@@ -139,6 +140,17 @@ async def _check_template(intake: state.IntakeState, link: state.ShardLink, requ
         raise NotStored("Redis did not answer in time; nothing was stored: retry later") from None
 
 
+async def _accepted_before_move(
+    intake: state.IntakeState, link: state.ShardLink, page_id: str, caller: str, idem: str
+) -> str | None:
+    """For a page `shards move` brought to ``link``'s shard (worker/intake/moved.py): the id
+    the shard it came from gave a request with this Idempotency-Key, if it remembers one."""
+    source = await intake.moved.source(link.shard.index, page_id)
+    if source is None:
+        return None
+    return await intake.moved.remembered(source, idempotency.scoped(caller, page_id, idem))
+
+
 async def _admit(memory: MemoryGate, seconds: float) -> tuple[float, bool]:
     """The memory gate's slow path (an INFO read at most once a second) within the request's
     deadline: (the deadline, loop time; whether Redis has room). A stalled read is answered 503
@@ -191,6 +203,10 @@ async def send(request: Request) -> Response:
         )
     link = intake.for_page(send_request.page_id)
     await _check_template(intake, link, send_request)
+    if idem and intake.moved.watched:  # a page `shards move` brought: its old shard may know the key
+        earlier = await _accepted_before_move(intake, link, send_request.page_id, caller.id, idem)
+        if earlier is not None:
+            return _duplicate(earlier, request_id, moved=True)
     memory = link.memory
     deadline = None
     if not memory.open:  # a bad request still gets its 4xx above
@@ -209,18 +225,9 @@ async def send(request: Request) -> Response:
         attribution=braze_ids,
     )
     if status == DUPLICATE:
-        log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id)
-        return JSONResponse({"delivery_id": delivery_id, "status": DUPLICATE}, status_code=200)
+        return _duplicate(delivery_id, request_id)
     if status == CANCELLED:  # its campaign is stopped: 2xx, so Braze does not retry it
-        log.info(
-            "delivery.cancelled",
-            delivery_id=delivery_id,
-            page_id=send_request.page_id,
-            request_id=request_id,
-            reason="campaign_stopped",
-            **_attribution_fields(braze_ids),
-        )
-        return JSONResponse({"delivery_id": delivery_id, "status": CANCELLED}, status_code=200)
+        return _cancelled(delivery_id, send_request.page_id, request_id, braze_ids)
     if send_request.stripped_tag:
         log.info(
             "delivery.tag_stripped",
@@ -231,6 +238,28 @@ async def send(request: Request) -> Response:
             tag=send_request.stripped_tag,
         )
     return JSONResponse({"delivery_id": delivery_id, "status": _QUEUED}, status_code=202)
+
+
+def _duplicate(delivery_id: str, request_id: str | None, *, moved: bool = False) -> Response:
+    """200 for a repeated Idempotency-Key, with the first request's delivery id (``moved``: the
+    shard a moved page came from remembered it)."""
+    extra = {"moved": True} if moved else {}
+    log.info("delivery.duplicate", delivery_id=delivery_id, request_id=request_id, **extra)
+    return JSONResponse({"delivery_id": delivery_id, "status": DUPLICATE}, status_code=200)
+
+
+def _cancelled(
+    delivery_id: str, page_id: str, request_id: str | None, braze_ids: tuple[str, ...]
+) -> Response:
+    log.info(
+        "delivery.cancelled",
+        delivery_id=delivery_id,
+        page_id=page_id,
+        request_id=request_id,
+        reason="campaign_stopped",
+        **_attribution_fields(braze_ids),
+    )
+    return JSONResponse({"delivery_id": delivery_id, "status": CANCELLED}, status_code=200)
 
 
 def _attribution_fields(values: tuple[str, ...]) -> dict[str, str]:

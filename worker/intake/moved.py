@@ -1,0 +1,96 @@
+"""Pages moved between shards: a request's Idempotency-Key is asked on the shard the page came
+from too (``shards move``; worker/store/pagemove.py).
+
+Each shard's ``P:moved`` names the pages moved to it, the shard each came from, and until when
+that shard may still remember their keys. The intake reads every shard's at most every
+:data:`REFRESH_SECONDS` (one HGETALL a shard; nothing without REDIS_SHARDS). A request with an
+Idempotency-Key for a moved page is then looked up on the old shard before its own commits it
+(``moved_lookup.lua``): a Braze retry of a request the old shard accepted is a repeat.
+
+The old shard being down must not stop the page's new traffic for up to two days: a lookup that
+fails or takes longer than :data:`LOOKUP_SECONDS` lets the request through, with a throttled
+``intake.moved_lookup_failed`` warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+import redis.exceptions
+
+from worker.config import Settings
+from worker.intake.notices import Throttled
+from worker.store import Keys, pagemove
+
+#: How often each shard's moved pages are read again.
+REFRESH_SECONDS: Final = 5.0
+#: The longest a request waits for the old shard's answer (then it goes on without it).
+LOOKUP_SECONDS: Final = 1.0
+LOOKUP_FAILED = Throttled("intake.moved_lookup_failed", every=60.0)
+READ_FAILED = Throttled("intake.moved_read_failed", every=60.0)
+
+
+class Link(Protocol):
+    """What is read of one shard (worker.intake.state.ShardLink)."""
+
+    @property
+    def redis(self) -> object: ...
+
+    @property
+    def keys(self) -> Keys: ...
+
+
+class MovedPages:
+    """Every shard's moved pages, as last read: (shard index, page) -> (the shard it came from,
+    until, epoch seconds)."""
+
+    def __init__(self, settings: Settings, links: Sequence[Link]) -> None:
+        self._settings = settings
+        self._links = tuple(links)
+        self._marks: dict[int, dict[str, tuple[int, float]]] = {}
+        self._read_at = -float("inf")
+        self._lock = asyncio.Lock()
+
+    @property
+    def watched(self) -> bool:
+        """Whether pages can move at all (more than one shard)."""
+        return len(self._links) > 1
+
+    async def source(self, index: int, page: str) -> int | None:
+        """The shard page ``page`` came from to shard ``index``, while its keys may be there."""
+        if not self.watched:
+            return None
+        if time.monotonic() - self._read_at >= REFRESH_SECONDS:
+            await self._refresh()
+        mark = self._marks.get(index, {}).get(page)
+        if mark is None or mark[1] <= time.time() or mark[0] == index or mark[0] >= len(self._links):
+            return None
+        return mark[0]
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._read_at < REFRESH_SECONDS:
+                return  # another request read them while this one waited
+            for index, link in enumerate(self._links):
+                try:
+                    async with asyncio.timeout(LOOKUP_SECONDS):
+                        self._marks[index] = await pagemove.moved_marks(link.redis, link.keys)
+                except (TimeoutError, redis.exceptions.RedisError) as exc:
+                    READ_FAILED.note(shard=index, error=type(exc).__name__)  # the marks read before stay
+            self._read_at = time.monotonic()
+
+    async def remembered(self, source: int, scoped: str) -> str | None:
+        """The delivery id shard ``source`` remembers for a scoped key; None when it does not,
+        or did not answer within LOOKUP_SECONDS (logged)."""
+        link = self._links[source]
+        try:
+            async with asyncio.timeout(LOOKUP_SECONDS):
+                return await pagemove.remembered(
+                    link.redis, link.keys, self._settings.idempotency_ttl, scoped
+                )
+        except (TimeoutError, redis.exceptions.RedisError) as exc:
+            LOOKUP_FAILED.note(shard=source, error=type(exc).__name__)
+            return None
