@@ -2,8 +2,9 @@
 from too (``shards move``; worker/store/pagemove.py).
 
 Each shard's ``P:moved`` names the pages moved to it, the shard each came from, and until when
-that shard may still remember their keys. The intake reads every shard's at most every
-:data:`REFRESH_SECONDS` (one HGETALL a shard; nothing without REDIS_SHARDS). A request with an
+that shard may still remember their keys. The intake reads every shard's every
+:data:`REFRESH_SECONDS` (one HGETALL a shard, all at once, in the background: only the first
+request with a key waits for the first read; nothing without REDIS_SHARDS). A request with an
 Idempotency-Key for a moved page is then looked up on the old shard before its own commits it
 (``moved_lookup.lua``): a Braze retry of a request the old shard accepted is a repeat.
 
@@ -51,8 +52,8 @@ class MovedPages:
         self._settings = settings
         self._links = tuple(links)
         self._marks: dict[int, dict[str, tuple[int, float]]] = {}
-        self._read_at = -float("inf")
-        self._lock = asyncio.Lock()
+        self._read_at: float | None = None
+        self._reading: asyncio.Task[None] | None = None
 
     @property
     def watched(self) -> bool:
@@ -63,24 +64,31 @@ class MovedPages:
         """The shard page ``page`` came from to shard ``index``, while its keys may be there."""
         if not self.watched:
             return None
-        if time.monotonic() - self._read_at >= REFRESH_SECONDS:
-            await self._refresh()
+        if self._read_at is None:  # the first request waits for the first read (a second at most)
+            await asyncio.shield(self._read())  # a caller that goes away does not cancel it
+        elif time.monotonic() - self._read_at >= REFRESH_SECONDS:
+            self._read()  # in the background: this request goes on with the marks read before
         mark = self._marks.get(index, {}).get(page)
         if mark is None or mark[1] <= time.time() or mark[0] == index or mark[0] >= len(self._links):
             return None
         return mark[0]
 
-    async def _refresh(self) -> None:
-        async with self._lock:
-            if time.monotonic() - self._read_at < REFRESH_SECONDS:
-                return  # another request read them while this one waited
-            for index, link in enumerate(self._links):
-                try:
-                    async with asyncio.timeout(LOOKUP_SECONDS):
-                        self._marks[index] = await pagemove.moved_marks(link.redis, link.keys)
-                except (TimeoutError, redis.exceptions.RedisError) as exc:
-                    READ_FAILED.note(shard=index, error=type(exc).__name__)  # the marks read before stay
-            self._read_at = time.monotonic()
+    def _read(self) -> asyncio.Task[None]:
+        """Every shard's marks, read at once (one read in flight at a time)."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.create_task(self._read_all())
+        return self._reading
+
+    async def _read_all(self) -> None:
+        await asyncio.gather(*(self._read_one(index, link) for index, link in enumerate(self._links)))
+        self._read_at = time.monotonic()
+
+    async def _read_one(self, index: int, link: Link) -> None:
+        try:
+            async with asyncio.timeout(LOOKUP_SECONDS):
+                self._marks[index] = await pagemove.moved_marks(link.redis, link.keys)
+        except (TimeoutError, redis.exceptions.RedisError) as exc:
+            READ_FAILED.note(shard=index, error=type(exc).__name__)  # the marks read before stay
 
     async def remembered(self, source: int, scoped: str) -> str | None:
         """The delivery id shard ``source`` remembers for a scoped key; None when it does not,

@@ -1,0 +1,102 @@
+"""What an intake knows of pages `shards move` brought to a shard (worker/intake/moved.py), on a
+real redis-server: two key prefixes stand for two shards. The first request waits for the first
+read of every shard's P:moved; later reads run in the background every REFRESH_SECONDS; a mark
+that ran out, or names the shard itself, asks nothing; a key is found in the old shard's
+buckets as accept.lua wrote it. The two-shard end to end: tests/integration/test_shards.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import RedisServer
+from worker.config import Settings
+from worker.intake import moved
+from worker.intake.committer import GroupCommitter
+from worker.messenger.validation import validate
+from worker.store import Keys, idempotency, pagemove
+
+pytestmark = pytest.mark.integration
+PAGE = "777"
+
+
+@dataclass
+class Link:
+    redis: aioredis.Redis
+    keys: Keys
+
+
+def test_marks_are_read_first_then_in_the_background(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(moved, "REFRESH_SECONDS", 0.2)
+    links = [
+        Link(aioredis.Redis.from_url(redis_server.url), Keys("m" + uuid.uuid4().hex[:8], "q")) for _ in "ab"
+    ]
+
+    async def main() -> list[int | None]:
+        pages = moved.MovedPages(Settings(), links)
+        seen = [await pages.source(1, PAGE)]  # the first read: nothing moved yet
+        await pagemove.mark_moved(links[1].redis, links[1].keys, PAGE, 0, time.time() + 60)
+        seen.append(await pages.source(1, PAGE))  # read 0.2 s ago at most: not seen yet
+        await asyncio.sleep(0.25)
+        seen.append(await pages.source(1, PAGE))  # starts a read in the background, answers from the last
+        await asyncio.sleep(0.1)
+        seen.append(await pages.source(1, PAGE))  # that read's marks
+        seen.append(await pages.source(0, PAGE))  # a mark is its shard's: shard 0 has none
+        await pagemove.mark_moved(links[1].redis, links[1].keys, PAGE, 0, time.time() - 1)  # ran out
+        await pagemove.mark_moved(links[1].redis, links[1].keys, "778", 1, time.time() + 60)  # itself
+        await asyncio.sleep(0.25)
+        await pages.source(1, PAGE)
+        await asyncio.sleep(0.1)
+        seen += [await pages.source(1, PAGE), await pages.source(1, "778")]
+        for link in links:
+            await link.redis.aclose()
+        return seen
+
+    assert asyncio.run(main()) == [None, None, None, 0, None, None, None]
+    sync = redis_server.client()
+    assert sync.hkeys(links[1].keys.moved) == [b"778"]  # the mark that ran out was dropped
+    assert 55 <= sync.ttl(links[1].keys.moved) <= 61  # the hash goes with its last mark
+
+
+def test_a_key_the_old_shard_accepted_is_found_there(redis_server: RedisServer) -> None:
+    settings = Settings(
+        key_prefix="m" + uuid.uuid4().hex[:8],
+        queue_name="q" + uuid.uuid4().hex[:8],
+        page_access_tokens={PAGE: f"sandbox-token-{PAGE}"},
+    )
+    keys = Keys(settings.key_prefix, settings.queue_name)
+    request = validate(
+        b'{"recipient":{"id":"1234"},"messaging_type":"UPDATE","message":{"text":"hi"}}',
+        settings,
+        path_page_id=PAGE,
+    )
+
+    async def main() -> tuple[str, str | None, str | None, str | None]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        committer = GroupCommitter(client, settings)
+        try:
+            accepted, _ = await committer.submit_with_status(request, "braze-key-1", "", "", caller="c1")
+            scoped = idempotency.scoped("c1", PAGE, "braze-key-1")
+            found = await pagemove.remembered(client, keys, settings.idempotency_ttl, scoped)
+            other = await pagemove.remembered(
+                client, keys, settings.idempotency_ttl, idempotency.scoped("c2", PAGE, "braze-key-1")
+            )
+            missing = await pagemove.remembered(
+                client, keys, settings.idempotency_ttl, idempotency.scoped("c1", PAGE, "braze-key-2")
+            )
+            return accepted, found, other, missing
+        finally:
+            committer.close()
+            await client.aclose()
+
+    accepted, found, other, missing = asyncio.run(main())
+    assert found == accepted  # as accept.lua wrote it: the same digest, bucket and window
+    assert other is None  # another caller's key of the same text is not this one
+    assert missing is None
