@@ -78,25 +78,59 @@ def test_a_key_the_old_shard_accepted_is_found_there(redis_server: RedisServer) 
         path_page_id=PAGE,
     )
 
-    async def main() -> tuple[str, str | None, str | None, str | None]:
+    async def main() -> tuple[str, list[str | None]]:
         client = aioredis.Redis.from_url(redis_server.url)
         committer = GroupCommitter(client, settings)
         try:
             accepted, _ = await committer.submit_with_status(request, "braze-key-1", "", "", caller="c1")
-            scoped = idempotency.scoped("c1", PAGE, "braze-key-1")
-            found = await pagemove.remembered(client, keys, settings.idempotency_ttl, scoped)
-            other = await pagemove.remembered(
-                client, keys, settings.idempotency_ttl, idempotency.scoped("c2", PAGE, "braze-key-1")
-            )
-            missing = await pagemove.remembered(
-                client, keys, settings.idempotency_ttl, idempotency.scoped("c1", PAGE, "braze-key-2")
-            )
-            return accepted, found, other, missing
+            asked = [
+                idempotency.scoped("c1", PAGE, "braze-key-1"),
+                idempotency.scoped("c2", PAGE, "braze-key-1"),  # another caller's key of the same text
+                idempotency.scoped("c1", PAGE, "braze-key-2"),
+            ]
+            return accepted, await pagemove.remembered(client, keys, settings.idempotency_ttl, asked)
         finally:
             committer.close()
             await client.aclose()
 
-    accepted, found, other, missing = asyncio.run(main())
-    assert found == accepted  # as accept.lua wrote it: the same digest, bucket and window
-    assert other is None  # another caller's key of the same text is not this one
-    assert missing is None
+    accepted, found = asyncio.run(main())
+    assert found == [accepted, None, None]  # as accept.lua wrote it: the same digest, bucket, window
+
+
+def test_concurrent_lookups_share_the_old_shard_s_script_calls(redis_server: RedisServer) -> None:
+    """Fifty requests asking at once cost a few script calls on the old shard, not fifty; each
+    gets its own answer."""
+    settings = Settings(
+        key_prefix="m" + uuid.uuid4().hex[:8],
+        queue_name="q" + uuid.uuid4().hex[:8],
+        page_access_tokens={PAGE: f"sandbox-token-{PAGE}"},
+    )
+    old = Keys(settings.key_prefix, settings.queue_name)
+    request = validate(
+        b'{"recipient":{"id":"1234"},"messaging_type":"UPDATE","message":{"text":"hi"}}',
+        settings,
+        path_page_id=PAGE,
+    )
+    sync = redis_server.client()
+
+    def script_calls() -> int:
+        return int(sync.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    async def main() -> tuple[str, list[str | None], int]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        committer = GroupCommitter(client, settings)
+        links = [Link(client, old), Link(client, Keys("n" + uuid.uuid4().hex[:8], "q"))]
+        pages = moved.MovedPages(settings, links)
+        try:
+            accepted, _ = await committer.submit_with_status(request, "key-7", "", "", caller="c1")
+            before = script_calls()
+            asked = [idempotency.scoped("c1", PAGE, f"key-{i}") for i in range(50)]
+            found = await asyncio.gather(*(pages.remembered(0, key) for key in asked))
+            return accepted, list(found), script_calls() - before
+        finally:
+            committer.close()
+            await client.aclose()
+
+    accepted, found, calls = asyncio.run(main())
+    assert found == [accepted if i == 7 else None for i in range(50)]
+    assert 1 <= calls <= 3, calls  # the first call takes one key; the others wait for the second

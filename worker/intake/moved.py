@@ -54,6 +54,9 @@ class MovedPages:
         self._marks: dict[int, dict[str, tuple[int, float]]] = {}
         self._read_at: float | None = None
         self._reading: asyncio.Task[None] | None = None
+        #: Per old shard: the lookups waiting for its next script call, and the task making them.
+        self._waiting: dict[int, list[tuple[str, asyncio.Future[str | None]]]] = {}
+        self._asking: dict[int, asyncio.Task[None]] = {}
 
     @property
     def watched(self) -> bool:
@@ -92,13 +95,33 @@ class MovedPages:
 
     async def remembered(self, source: int, scoped: str) -> str | None:
         """The delivery id shard ``source`` remembers for a scoped key; None when it does not,
-        or did not answer within LOOKUP_SECONDS (logged)."""
-        link = self._links[source]
+        or did not answer within LOOKUP_SECONDS (logged). Lookups for the same shard share its
+        script calls: one call at a time, taking every key that waited for it (as the group
+        commit does), so a busy page costs one round trip per batch, not per request."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(source, []).append((scoped, future))
+        asking = self._asking.get(source)
+        if asking is None or asking.done():  # done: it found nothing more waiting, and ended
+            self._asking[source] = asyncio.create_task(self._ask(source))
         try:
             async with asyncio.timeout(LOOKUP_SECONDS):
-                return await pagemove.remembered(
-                    link.redis, link.keys, self._settings.idempotency_ttl, scoped
-                )
+                return await asyncio.shield(future)  # a waiter that gives up leaves the batch be
         except (TimeoutError, redis.exceptions.RedisError) as exc:
             LOOKUP_FAILED.note(shard=source, error=type(exc).__name__)
             return None
+
+    async def _ask(self, source: int) -> None:
+        link = self._links[source]
+        while batch := self._waiting.pop(source, []):
+            try:
+                found = await pagemove.remembered(
+                    link.redis, link.keys, self._settings.idempotency_ttl, [key for key, _ in batch]
+                )
+            except Exception as exc:  # noqa: BLE001  # every waiter gets it (and goes on without)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), delivery_id in zip(batch, found, strict=True):
+                if not future.done():
+                    future.set_result(delivery_id)

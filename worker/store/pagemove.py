@@ -211,18 +211,12 @@ def mark_until(idempotency_ttl: int, now: float | None = None) -> float:
     return (time.time() if now is None else now) + 2 * idempotency_ttl
 
 
-async def remembered(client: Any, keys: Keys, idempotency_ttl: int, scoped: str) -> str | None:
-    """The delivery id ``client``'s shard remembers for a scoped Idempotency-Key (as accept.lua
-    would find it there), or None."""
-    digest = idempotency.digest(scoped)
-    found = await scripts.run(
-        client,
-        "moved_lookup",
-        args=[
-            idempotency_ttl,
-            keys.idem_bucket_prefix,
-            digest[: idempotency.SUFFIX].encode() + idempotency.field(digest),
-            keys.idem(scoped),
-        ],
-    )
-    return idempotency.delivery_id(found) if isinstance(found, bytes) and found else None
+async def remembered(client: Any, keys: Keys, idempotency_ttl: int, scoped: list[str]) -> list[str | None]:
+    """The delivery id ``client``'s shard remembers for each scoped Idempotency-Key (as
+    accept.lua would find it there), or None; one script call for them all."""
+    args: list[Any] = [idempotency_ttl, keys.idem_bucket_prefix]
+    for key in scoped:
+        digest = idempotency.digest(key)
+        args += [digest[: idempotency.SUFFIX].encode() + idempotency.field(digest), keys.idem(key)]
+    found = await scripts.run(client, "moved_lookup", args=args)
+    return [idempotency.delivery_id(f) if isinstance(f, bytes) and f else None for f in found]
