@@ -18,7 +18,7 @@ from tests.conftest import RedisServer
 from worker.config import Settings
 from worker.intake import moved
 from worker.intake.committer import GroupCommitter
-from worker.messenger.validation import validate
+from worker.messenger.validation import SendRequest, validate
 from worker.store import Keys, idempotency, pagemove
 
 pytestmark = pytest.mark.integration
@@ -65,18 +65,23 @@ def test_marks_are_read_first_then_in_the_background(
     assert 55 <= sync.ttl(links[1].keys.moved) <= 61  # the hash goes with its last mark
 
 
-def test_a_key_the_old_shard_accepted_is_found_there(redis_server: RedisServer) -> None:
+def old_shard() -> tuple[Settings, Keys, SendRequest]:
+    """A shard's settings and keys of its own (a fresh prefix), and a request for PAGE."""
     settings = Settings(
         key_prefix="m" + uuid.uuid4().hex[:8],
         queue_name="q" + uuid.uuid4().hex[:8],
         page_access_tokens={PAGE: f"sandbox-token-{PAGE}"},
     )
-    keys = Keys(settings.key_prefix, settings.queue_name)
-    request = validate(
-        b'{"recipient":{"id":"1234"},"messaging_type":"UPDATE","message":{"text":"hi"}}',
+    body = b'{"recipient":{"id":"1234"},"messaging_type":"UPDATE","message":{"text":"hi"}}'
+    return (
         settings,
-        path_page_id=PAGE,
+        Keys(settings.key_prefix, settings.queue_name),
+        validate(body, settings, path_page_id=PAGE),
     )
+
+
+def test_a_key_the_old_shard_accepted_is_found_there(redis_server: RedisServer) -> None:
+    settings, keys, request = old_shard()
 
     async def main() -> tuple[str, list[str | None]]:
         client = aioredis.Redis.from_url(redis_server.url)
@@ -100,17 +105,7 @@ def test_a_key_the_old_shard_accepted_is_found_there(redis_server: RedisServer) 
 def test_concurrent_lookups_share_the_old_shard_s_script_calls(redis_server: RedisServer) -> None:
     """Fifty requests asking at once cost a few script calls on the old shard, not fifty; each
     gets its own answer."""
-    settings = Settings(
-        key_prefix="m" + uuid.uuid4().hex[:8],
-        queue_name="q" + uuid.uuid4().hex[:8],
-        page_access_tokens={PAGE: f"sandbox-token-{PAGE}"},
-    )
-    old = Keys(settings.key_prefix, settings.queue_name)
-    request = validate(
-        b'{"recipient":{"id":"1234"},"messaging_type":"UPDATE","message":{"text":"hi"}}',
-        settings,
-        path_page_id=PAGE,
-    )
+    settings, old, request = old_shard()
     sync = redis_server.client()
 
     def script_calls() -> int:
