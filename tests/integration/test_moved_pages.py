@@ -7,6 +7,9 @@ buckets as accept.lua wrote it. The two-shard end to end: tests/integration/test
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from tests.conftest import RedisServer
 from worker.config import Settings
 from worker.intake import moved
 from worker.intake.committer import GroupCommitter
+from worker.intake.notices import Throttled
 from worker.messenger.validation import SendRequest, validate
 from worker.store import Keys, idempotency, pagemove
 
@@ -129,3 +133,47 @@ def test_concurrent_lookups_share_the_old_shard_s_script_calls(redis_server: Red
     accepted, found, calls = asyncio.run(main())
     assert found == [accepted if i == 7 else None for i in range(50)]
     assert 1 <= calls <= 3, calls  # the first call takes one key; the others wait for the second
+
+
+def test_an_old_shard_that_does_not_answer_lets_requests_through_within_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Redis that accepts the connection and never answers (a stalled shard): every waiting
+    lookup gives up after LOOKUP_SECONDS and answers None, so the request is accepted."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(listener.accept()[0])
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+
+    async def main() -> tuple[list[str | None], float]:
+        stalled = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=30)
+        links = [Link(stalled, Keys("s", "q")), Link(stalled, Keys("t", "q"))]
+        pages = moved.MovedPages(Settings(), links)
+        started = time.monotonic()
+        found = await asyncio.gather(*(pages.remembered(0, f"c1:{PAGE}:k{i}") for i in range(5)))
+        elapsed = time.monotonic() - started
+        await stalled.aclose(close_connection_pool=True)
+        return list(found), elapsed
+
+    failed = Throttled("intake.moved_lookup_failed", every=60.0)
+    monkeypatch.setattr(moved, "LOOKUP_FAILED", failed)
+    try:
+        found, elapsed = asyncio.run(main())
+    finally:
+        stop.set()
+        acceptor.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert found == [None] * 5
+    assert moved.LOOKUP_SECONDS <= elapsed < moved.LOOKUP_SECONDS + 1.0
+    assert failed.count == 4  # five failures: the first logged, four counted for the next line

@@ -109,10 +109,15 @@ class MovedPages:
         except (TimeoutError, redis.exceptions.RedisError) as exc:
             LOOKUP_FAILED.note(shard=source, error=type(exc).__name__)
             return None
+        finally:
+            future.cancel()  # given up (or its request went away): not asked for, not answered
 
     async def _ask(self, source: int) -> None:
         link = self._links[source]
-        while batch := self._waiting.pop(source, []):
+        while waited := self._waiting.pop(source, []):
+            batch = [(key, future) for key, future in waited if not future.done()]
+            if not batch:
+                continue
             try:
                 found = await pagemove.remembered(
                     link.redis, link.keys, self._settings.idempotency_ttl, [key for key, _ in batch]
