@@ -299,6 +299,9 @@ def test_a_retry_of_a_request_the_old_shard_accepted_is_a_repeat_after_a_move(sh
     code, done = _shards_cli(stack.env, "move", page, "--to", "1", "--finish")
     assert code == 0, done
     assert done["keys_asked_on"] == 0
+    check = _shards_cli(stack.env, "check")[1]
+    assert [(m["page"], m["on"], m["keys_asked_on"]) for m in check["moved"]] == [(page, 1, 0)]
+    assert check["moved"][0]["until"] == done["keys_asked_until"]
     assert post(f"{run}-1", f"{run}-k1").json() == {"delivery_id": accepted, "status": "duplicate"}
 
     shards.servers[0].stop()

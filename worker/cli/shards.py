@@ -107,10 +107,23 @@ def cmd_shards(args: argparse.Namespace) -> int:
     found_check = shards.check(settings, held)
     if args.shards_command == "plan":
         return _plan(args, settings, held=held, scanned=scanned, stranded=found_check.stranded, now=now)
-    return _check(args, found_check, scanned, now)
+    return _check(args, found_check, scanned, now, with_fleet(_marks, settings))
 
 
-def _check(args: argparse.Namespace, found: Any, scanned: list[dict[str, Any]], now: int) -> int:
+async def _marks(fleet: Any) -> list[dict[str, Any]]:
+    """Every shard's moved pages (P:moved): the pages whose requests' keys are asked elsewhere too."""
+    from worker.store import pagemove
+
+    out = []
+    for shard in fleet.shards:
+        for page, (source, until) in sorted((await pagemove.moved_marks(shard.redis, shard.keys)).items()):
+            out.append({"page": page, "on": shard.index, "keys_asked_on": source, "until": round(until)})
+    return out
+
+
+def _check(
+    args: argparse.Namespace, found: Any, scanned: list[dict[str, Any]], now: int, moved: list[dict[str, Any]]
+) -> int:
     if args.json:
         out = {
             "shards": now,
@@ -119,10 +132,18 @@ def _check(args: argparse.Namespace, found: Any, scanned: list[dict[str, Any]], 
             "draining": _moves(found.draining),
             "split": found.split,
             "shard_pages": found.pins,
+            "moved": moved,
         }
         print(json.dumps(out, indent=2))
         return 1 if found.stranded else 0
     _print_scanned(scanned)
+    for m in moved[:LISTED]:
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(m["until"]))
+        print(
+            f"page {m['page']}: moved to shard {m['on']}; its requests' Idempotency-Keys are asked on "
+            f"shard {m['keys_asked_on']} too until {until}"
+        )
+    _more(moved)
     for m in found.draining[:LISTED]:
         print(
             f"page {m.page}: deliveries on shard {m.home}, held by shard {m.to}: shard {m.home}'s workers send them"
