@@ -32,6 +32,12 @@ ACCEPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
 INTAKE_REQUESTS = Counter(
     "bmw_intake_requests_total", "Intake HTTP requests by route and status", ["route", "status"]
 )
+INTAKE_MOVED_LOOKUPS = Counter(
+    "bmw_intake_moved_lookups_total",
+    "Requests for a page `shards move` brought, looked up on the shard it came from, by result: "
+    "repeat (it remembered the key), new, unanswered (no answer within a second: let through)",
+    ["result"],
+)
 INTAKE_ENQUEUE = Histogram(
     "bmw_intake_enqueue_seconds",
     "Time to write an accepted message to Redis (group commit)",

@@ -23,6 +23,7 @@ from worker.intake import moved
 from worker.intake.committer import GroupCommitter
 from worker.intake.notices import Throttled
 from worker.messenger.validation import SendRequest, validate
+from worker.metrics import INTAKE_MOVED_LOOKUPS
 from worker.store import Keys, idempotency, pagemove
 
 pytestmark = pytest.mark.integration
@@ -67,6 +68,12 @@ def test_marks_are_read_first_then_in_the_background(
     sync = redis_server.client()
     assert sync.hkeys(links[1].keys.moved) == [b"778"]  # the mark that ran out was dropped
     assert 55 <= sync.ttl(links[1].keys.moved) <= 61  # the hash goes with its last mark
+
+
+def lookups(result: str) -> float:
+    """bmw_intake_moved_lookups_total{result} as the intake's /metrics shows it."""
+    value: float = INTAKE_MOVED_LOOKUPS.labels(result)._value.get()
+    return value
 
 
 def old_shard() -> tuple[Settings, Keys, SendRequest]:
@@ -130,8 +137,10 @@ def test_concurrent_lookups_share_the_old_shard_s_script_calls(redis_server: Red
             committer.close()
             await client.aclose()
 
+    repeats, new = lookups("repeat"), lookups("new")
     accepted, found, calls = asyncio.run(main())
     assert found == [accepted if i == 7 else None for i in range(50)]
+    assert (lookups("repeat") - repeats, lookups("new") - new) == (1, 49)
     assert 1 <= calls <= 3, calls  # the first call takes one key; the others wait for the second
 
 
@@ -165,6 +174,7 @@ def test_an_old_shard_that_does_not_answer_lets_requests_through_within_a_second
         return list(found), elapsed
 
     failed = Throttled("intake.moved_lookup_failed", every=60.0)
+    counted = lookups("unanswered")
     monkeypatch.setattr(moved, "LOOKUP_FAILED", failed)
     try:
         found, elapsed = asyncio.run(main())
@@ -177,3 +187,4 @@ def test_an_old_shard_that_does_not_answer_lets_requests_through_within_a_second
     assert found == [None] * 5
     assert moved.LOOKUP_SECONDS <= elapsed < moved.LOOKUP_SECONDS + 1.0
     assert failed.count == 4  # five failures: the first logged, four counted for the next line
+    assert lookups("unanswered") - counted == 5

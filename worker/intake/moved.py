@@ -10,7 +10,8 @@ Idempotency-Key for a moved page is then looked up on the old shard before its o
 
 The old shard being down must not stop the page's new traffic for up to two days: a lookup that
 fails or takes longer than :data:`LOOKUP_SECONDS` lets the request through, with a throttled
-``intake.moved_lookup_failed`` warning.
+``intake.moved_lookup_failed`` warning. ``bmw_intake_moved_lookups_total{result}`` counts the
+lookups: repeat, new, unanswered.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Final, Protocol
 
 import redis.exceptions
 
+from worker import metrics
 from worker.config import Settings
 from worker.intake.notices import Throttled
 from worker.store import Keys, pagemove
@@ -31,6 +33,9 @@ REFRESH_SECONDS: Final = 5.0
 #: The longest a request waits for the old shard's answer (then it goes on without it).
 LOOKUP_SECONDS: Final = 1.0
 LOOKUP_FAILED = Throttled("intake.moved_lookup_failed", every=60.0)
+LOOKUPS_REPEAT, LOOKUPS_NEW, LOOKUPS_FAILED = (
+    metrics.INTAKE_MOVED_LOOKUPS.labels(result) for result in ("repeat", "new", "unanswered")
+)
 READ_FAILED = Throttled("intake.moved_read_failed", every=60.0)
 
 
@@ -105,12 +110,15 @@ class MovedPages:
             self._asking[source] = asyncio.create_task(self._ask(source))
         try:
             async with asyncio.timeout(LOOKUP_SECONDS):
-                return await asyncio.shield(future)  # a waiter that gives up leaves the batch be
+                found = await asyncio.shield(future)  # a waiter that gives up leaves the batch be
         except (TimeoutError, redis.exceptions.RedisError) as exc:
             LOOKUP_FAILED.note(shard=source, error=type(exc).__name__)
+            LOOKUPS_FAILED.inc()
             return None
         finally:
             future.cancel()  # given up (or its request went away): not asked for, not answered
+        (LOOKUPS_REPEAT if found is not None else LOOKUPS_NEW).inc()
+        return found
 
     async def _ask(self, source: int) -> None:
         link = self._links[source]
