@@ -4,12 +4,15 @@ whole schedule (worker/store/pages.py, worker/delivery/recorder.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import RedisServer
+from worker.config import PageTokens, Settings
+from worker.delivery.pauses import PauseKeeper, token_fingerprint
 from worker.store import Keys
 from worker.store.pages import resume_page
 
@@ -46,3 +49,39 @@ def test_resume_reads_the_page_s_index_not_the_schedule(redis_server: RedisServe
     assert sync.hget(keys.delivery("mine"), "not_before") == b"0"
     assert sync.zscore(keys.sched, "claimed-meanwhile") is None  # not put back in the schedule
     assert sync.exists(keys.page_waits("100")) == 0
+
+
+def test_the_pause_housekeeping_lifts_replaced_tokens_and_forgets_elapsed_pauses(
+    redis_server: RedisServer,
+) -> None:
+    """One round of PauseKeeper.tick: a token-invalid pause whose page has another token now is
+    lifted (its waiting delivery due at once, counted in what tick returns), and a pause whose
+    time is over leaves the paused index (page.resumed, pause_elapsed)."""
+    keys = Keys("r" + uuid.uuid4().hex[:8], "q")
+    sync = redis_server.client()
+    now = time.time()
+    sync.zadd(keys.paused, {"100": now - 10, "101": now + 600})
+    sync.hset(
+        keys.pause("101"),
+        mapping={
+            "until": repr(now + 600),
+            "reason": "token_invalid",
+            "token_fp": token_fingerprint("old-101"),
+        },
+    )
+    sync.hset(keys.delivery("w1"), mapping={"page_id": "101", "status": "scheduled", "not_before": "9e9"})
+    sync.zadd(keys.sched, {"w1": 9e9})
+    sync.zadd(keys.page_waits("101"), {"w1": 9e9})
+    tokens = PageTokens(Settings(page_access_tokens={"101": "new-101"}), source="")
+
+    async def main() -> int:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            return await PauseKeeper(client, keys, tokens).tick()
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == 1
+    assert sync.zscore(keys.sched, "w1") == 0
+    assert not sync.exists(keys.pause("101"))
+    assert sync.zrange(keys.paused, 0, -1) == []  # the lifted pause and the elapsed one

@@ -96,8 +96,9 @@ class PauseKeeper:
 
     async def tick(self) -> int:
         """The pause housekeeping's round. Returns how many waits it made due now."""
-        return await self.lift_replaced_token_pauses()
+        released = await self.lift_replaced_token_pauses()
         await self.log_expired_pauses()
+        return released
 
     async def log_expired_pauses(self) -> None:
         """Pauses end by themselves (their ``until``); say so once, and drop them from the index."""
