@@ -177,26 +177,30 @@ def parse_mark(value: bytes | str) -> tuple[int, float] | None:
         return None
 
 
-async def moved_marks(client: Any, keys: Keys, now: float | None = None) -> dict[str, tuple[int, float]]:
-    """The pages moved to ``client``'s shard whose marks have not run out: page -> (the shard it
-    came from, until)."""
-    now = time.time() if now is None else now
+def _live_marks(raw: dict[Any, Any], now: float) -> dict[str, tuple[int, float]]:
+    """The marks of a ``P:moved`` HGETALL that have not run out at ``now``."""
     out: dict[str, tuple[int, float]] = {}
-    for page, value in (await client.hgetall(keys.moved)).items():
+    for page, value in raw.items():
         mark = parse_mark(value)
         if mark is not None and mark[1] > now:
             out[text(page)] = mark
     return out
 
 
+async def moved_marks(client: Any, keys: Keys, now: float | None = None) -> dict[str, tuple[int, float]]:
+    """The pages moved to ``client``'s shard whose marks have not run out: page -> (the shard it
+    came from, until)."""
+    return _live_marks(await client.hgetall(keys.moved), time.time() if now is None else now)
+
+
 async def mark_moved(client: Any, keys: Keys, page: str, source: int, until: float) -> None:
     """Notes on the page's new shard (``client``) that its requests' keys are asked on shard
     ``source`` too until ``until``; drops the marks that ran out, and the hash expires with its
     last mark."""
-    now = time.time()
-    marks = await moved_marks(client, keys, now)
+    raw = await client.hgetall(keys.moved)
+    marks = _live_marks(raw, time.time())
     marks[page] = (source, until)
-    stale = [f for f in await client.hkeys(keys.moved) if text(f) not in marks]
+    stale = [f for f in raw if text(f) not in marks]
     pipe = client.pipeline(transaction=True)
     if stale:
         pipe.hdel(keys.moved, *stale)
