@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks import rediscost
 from benchmarks.harness import cleanup, stack_for, start_redis, start_sandbox
-from benchmarks.history import git_commit
+from benchmarks.history import free_path, git_commit, history_name
 
 RESULTS = Path(__file__).parent / "results" / "idle"
 
@@ -85,13 +85,13 @@ def main() -> int:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"{time.strftime('%Y-%m-%dT%H%M%SZ', time.gmtime())}-{git['commit'][:12]}{'-dirty' if git['dirty'] else ''}.json"
-    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    path = free_path(RESULTS, history_name(result["finished_at"], git["commit"], git["dirty"]))
+    path.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
         per = f", {row['per_worker_ms_per_s']} per worker" if "per_worker_ms_per_s" in row else ""
         print(f"{row['workers']} idle workers: Redis {row['redis_cpu_ms_per_s']} ms of CPU a second{per}")
         print("   ", ", ".join(f"{k} {v}/s" for k, v in row["commands_per_s"].items()))
-    print(f"written: {RESULTS / name}")
+    print(f"written: {path}")
     return 0
 
 

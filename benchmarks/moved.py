@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks.common import PAGE_B, CpuMeter, intake_path, spread
 from benchmarks.harness import cleanup, pid_of, service_env, start_redis
-from benchmarks.history import git_commit
+from benchmarks.history import free_path, git_commit, history_name
 from benchmarks.steps.intake import wrk_closed
 from tests.conftest import PAGE, free_port, start_process, wait_port
 from worker.store import Keys
@@ -107,9 +107,8 @@ def main() -> int:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    name = f"{stamp}-{git['commit'][:12]}{'-dirty' if git['dirty'] else ''}.json"
-    (RESULTS / name).write_text(json.dumps(result_json, indent=2) + "\n")
+    path = free_path(RESULTS, history_name(result_json["finished_at"], git["commit"], git["dirty"]))
+    path.write_text(json.dumps(result_json, indent=2) + "\n")
     for side in ("plain", "moved"):
         s = summary[side]
         print(
@@ -120,7 +119,7 @@ def main() -> int:
     print(
         f"moved / plain: {ratio['rps']:.3f} of the requests/s, {ratio['app_cpu']:.3f}x the intake's CPU a request"
     )
-    print(f"written: {RESULTS / name}")
+    print(f"written: {path}")
     return 0
 
 
