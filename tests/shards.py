@@ -7,6 +7,7 @@ of its own that yields from :func:`two_shards`.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import subprocess
 import uuid
@@ -33,6 +34,8 @@ from worker.store import Keys, outcomes
 #: Pinned by SHARD_PAGES: page A on shard 0, page B on shard 1.
 PAGE_A, PAGE_B = "501", "601"
 LIMIT = 50
+#: Messenger's app secret in the two-shard stack: the webhook's signatures (:func:`signed`).
+APP_SECRET = "shards-app-secret-0123456789"
 FINAL_STATES = {s.value for s in FINAL}
 
 
@@ -95,6 +98,12 @@ class Shards:
         return json.loads(out.stdout)
 
 
+def signed(body: bytes) -> dict[str, str]:
+    """The headers of a webhook POST Meta would send with ``body`` (signed with APP_SECRET)."""
+    digest = hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={digest}"}
+
+
 def two_shards(sandbox: Sandbox, tmp_path: Path) -> Iterator[Shards]:
     """Two redis-servers (pages 501 and 601 pinned one to each), a worker per shard, an intake."""
     _need_redis()
@@ -109,6 +118,7 @@ def two_shards(sandbox: Sandbox, tmp_path: Path) -> Iterator[Shards]:
         PAGE_RATE_LIMIT=str(LIMIT),
         SWEEP_AFTER_SECONDS="5",
         DELIVERY_LEASE_SECONDS="10",
+        APP_SECRET=APP_SECRET,
     )
     env.pop("REDIS_URL")  # with REDIS_SHARDS it is not used: prove it
     stack = Stack(env, sandbox, servers[0].url, tmp_path / "logs")

@@ -8,6 +8,7 @@ sending meanwhile).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 import uuid
@@ -30,7 +31,7 @@ from tests.conftest import (
     start_process,
     wait_until,
 )
-from tests.shards import LIMIT, PAGE_A, PAGE_B, Shards, two_shards, winner
+from tests.shards import LIMIT, PAGE_A, PAGE_B, Shards, signed, two_shards, winner
 from worker.store import outcomes
 
 pytestmark = pytest.mark.integration
@@ -239,6 +240,70 @@ def test_a_shard_restarts_and_nothing_is_lost(shards: Shards) -> None:
     # a send is repeated only when its record could not be written (Redis down after Graph said
     # yes): the workers count it as a possible duplicate; nothing else may repeat
     assert duplicates <= 8
+
+
+def test_a_stalled_shard_keeps_the_intake_ready_and_the_other_shards_events_flowing(shards: Shards) -> None:
+    """A shard that holds its connections without answering (SIGSTOP: a hung host) must cost
+    only its own pages. /readyz asks the shards at once, each for at most a second, so it answers
+    within the probes' 2 s timeout instead of waiting out the socket's 5 s per shard; a webhook
+    POST queues the answering shard's events at once and answers 503 for Meta to send it again."""
+    stack, run = shards.stack, uuid.uuid4().hex[:6]
+    stalled = shards.servers[1]
+    assert stalled.proc is not None
+    events = {
+        "object": "page",
+        "entry": [
+            {"id": page, "time": int(time.time() * 1000), "messaging": [_message(page, f"{run}-{page}")]}
+            for page in (PAGE_B, PAGE_A)  # the stalled shard's page first
+        ],
+    }
+    payload = json.dumps(events).encode()
+    shard0 = shards.servers[0].client()
+    stalled.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.2)
+        started = time.monotonic()
+        ready = httpx.get(f"{stack.intake_url}/readyz", timeout=10)
+        took = time.monotonic() - started
+        assert ready.status_code == 200, ready.text
+        assert [(x["shard"], x["up"]) for x in ready.json()["shards"]] == [(0, True), (1, False)]
+        assert took < 1.8, f"/readyz took {took:.2f} s with a stalled shard (the probes give 2 s)"
+        started = time.monotonic()
+        hook = httpx.post(
+            f"{stack.intake_url}/messenger/webhook", content=payload, headers=signed(payload), timeout=15
+        )
+        took = time.monotonic() - started
+        assert (hook.status_code, hook.json()["error"]["code"]) == (503, "unavailable"), hook.text
+        assert took < stack_deadline(stack) + 1.5, f"the webhook took {took:.2f} s"
+        # shard 0's user event reached shard 0's worker while shard 1 was still stalled
+        window = stack.keys.window(PAGE_A, f"{run}-{PAGE_A}")
+        assert wait_until(lambda: shard0.exists(window) == 1, 20), "shard 0's event waited for shard 1"
+    finally:
+        stalled.proc.send_signal(signal.SIGCONT)
+        shard0.close()
+    # Meta sends the POST again: both shards take it, and shard 0's event is applied once
+    again = httpx.post(
+        f"{stack.intake_url}/messenger/webhook", content=payload, headers=signed(payload), timeout=15
+    )
+    assert again.status_code == 200, again.text
+    shard1 = shards.servers[1].client()
+    try:
+        assert wait_until(lambda: shard1.exists(stack.keys.window(PAGE_B, f"{run}-{PAGE_B}")) == 1, 20)
+    finally:
+        shard1.close()
+
+
+def _message(page: str, psid: str) -> dict[str, Any]:
+    return {
+        "sender": {"id": psid},
+        "recipient": {"id": page},
+        "timestamp": int(time.time() * 1000),
+        "message": {"mid": f"m_{uuid.uuid4().hex}", "text": "hello"},
+    }
+
+
+def stack_deadline(stack: Any) -> float:
+    return float(stack.env.get("INTAKE_DEADLINE_SECONDS", "5"))
 
 
 def test_a_worker_without_its_shard_refuses_to_start(shards: Shards) -> None:

@@ -15,12 +15,16 @@ not here: it has a listener of its own (:mod:`worker.intake.metrics_server`).
   answers, with ``"shards": [{"shard", "up", "accepting", "memory_ratio"}]``; ``accepting`` is
   true only when every shard is, ``memory_ratio`` is the fullest answering shard's; 503
   ``unavailable`` when none answers. A shard that is down fails its own pages' requests (503), not
-  the intake (docs/scaling.md).
+  the intake (docs/scaling.md). The shards are asked at once, each given
+  :data:`READY_SHARD_SECONDS`: a shard that holds the connection without answering (a stalled
+  or unreachable host) is down for this answer, which still comes within the probes' timeout
+  (deploy/k8s/intake.yaml: 2 s), so it cannot take every intake out of the balancer.
 * ``/openapi.json``: :func:`worker.intake.openapi.openapi_document`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis.exceptions
@@ -34,36 +38,39 @@ from worker.intake.http import JSONResponse
 from worker.intake.openapi import openapi_document
 
 METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: What /readyz gives each shard's ping and memory read (under the probes' 2 s timeout).
+READY_SHARD_SECONDS = 1.0
 
 
 async def healthz(_request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
+async def _shard_ready(link: state.ShardLink) -> dict[str, Any]:
+    """One shard's part of /readyz: up and accepting, or down (no answer within
+    READY_SHARD_SECONDS, or an error)."""
+    try:
+        async with asyncio.timeout(READY_SHARD_SECONDS):
+            await link.redis.ping()
+            room = await link.memory.check()
+    except (OSError, redis.exceptions.RedisError):  # TimeoutError is an OSError
+        return {"shard": link.shard.index, "up": False, "accepting": False, "memory_ratio": None}
+    return {
+        "shard": link.shard.index,
+        "up": True,
+        "accepting": room,
+        "memory_ratio": round(link.memory.guard.ratio, 4),
+    }
+
+
 async def readyz(request: Request) -> Response:
     intake = state.of(request)
     # ready while any shard answers (with REDIS_SHARDS, a shard that is down fails only its own
     # pages' requests; taking every intake out of the balancer would fail all of them)
-    shards: list[dict[str, Any]] = []
-    failure: redis.exceptions.RedisError | None = None
-    for link in intake.links:
-        try:
-            await link.redis.ping()
-            room = await link.memory.check()
-            shards.append(
-                {
-                    "shard": link.shard.index,
-                    "up": True,
-                    "accepting": room,
-                    "memory_ratio": round(link.memory.guard.ratio, 4),
-                }
-            )
-        except redis.exceptions.RedisError as exc:
-            failure = exc
-            shards.append({"shard": link.shard.index, "up": False, "accepting": False, "memory_ratio": None})
+    shards = list(await asyncio.gather(*(_shard_ready(link) for link in intake.links)))
     answering = [s for s in shards if s["up"]]
-    if not answering and failure is not None:
-        raise failure  # none answers: 503 unavailable (the exception handler)
+    if not answering:  # none answers: 503 unavailable (the exception handler)
+        raise redis.exceptions.ConnectionError("Redis did not answer")
     body: dict[str, Any] = {
         "ok": True,
         "accepting": all(s["accepting"] for s in shards),

@@ -7,6 +7,13 @@ one Celery message for the workers (:mod:`worker.delivery.inbound`) and answered
 Meta expects: ``messaging`` items (:mod:`worker.messenger.webhook`) and template status changes
 (``changes`` of the ``message_template_status_update`` field, :mod:`worker.templates.events`).
 
+With REDIS_SHARDS each page's events go to its shard's queue, every shard's at once and each
+within ``INTAKE_DEADLINE_SECONDS``. When one shard does not take its part (down, or stalled),
+the others' parts are queued all the same, and the answer is ``503 unavailable``: Meta sends the
+whole POST again later, and what was queued twice is applied once (message ids are recorded,
+windows only move later, receipts mark a time once: :mod:`worker.delivery.inbound`). So a shard
+that is down delays only its own pages' events.
+
 What an unsigned caller can cost us is bounded, in this order, before any byte of the body is
 read: no ``X-Hub-Signature-256`` is 401 ``missing_signature``; a header that is not
 ``sha256=<64 hex>`` (it could never match) is 403 ``bad_signature``; a declared Content-Length
@@ -23,9 +30,12 @@ the operator sets the secret (a 4xx would blame the sender; a 200 would drop the
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -81,11 +91,27 @@ async def webhook_events(request: Request) -> Response:
     by_shard: dict[int, list[dict[str, Any]]] = {}
     for event in events:  # each page's events go to its shard's workers
         by_shard.setdefault(intake.for_page(str(event.get("page_id", ""))).shard.index, []).append(event)
-    for index, part in by_shard.items():
-        link = intake.links[index]
-        message = envelope.celery_message(part, settings.queue_name, task=envelope.INBOUND_TASK)
-        await link.redis.lpush(settings.queue_name, message)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    seconds = settings.intake_deadline_seconds
+    pushed = await asyncio.gather(
+        *(
+            _queue(intake.links[index].redis, settings.queue_name, part, seconds)
+            for index, part in by_shard.items()
+        ),
+        return_exceptions=True,
+    )
+    failed = next((r for r in pushed if isinstance(r, BaseException)), None)
+    if failed is not None:
+        if isinstance(failed, (OSError, redis.exceptions.RedisError)):  # TimeoutError is an OSError
+            raise redis.exceptions.ConnectionError("a shard did not take its events") from failed
+        raise failed
     return JSONResponse({"status": "EVENT_RECEIVED", "events": len(events)})
+
+
+async def _queue(client: aioredis.Redis, queue: str, events: list[dict[str, Any]], seconds: float) -> None:
+    """One shard's part of a POST, as one Celery message on its queue, within ``seconds``."""
+    message = envelope.celery_message(events, queue, task=envelope.INBOUND_TASK)
+    async with asyncio.timeout(seconds):
+        await client.lpush(queue, message)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
 
 
 def routes(_settings: Settings) -> list[Route]:
