@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from worker.config import PageTokens, Settings
 from worker.delivery.attempt import BatchContext, Released, Sender
@@ -90,10 +91,11 @@ def run(
     lease_left: float = 10.0,
     ctx: BatchContext | None = None,
     grant: Grant | None = None,
+    limiter: FreeLimiter | None = None,
 ) -> tuple[Outcome | Released, Attempts, FreeLimiter]:
     s = s or settings()
     observer = Attempts()
-    limiter = FreeLimiter(s, grant)
+    limiter = limiter or FreeLimiter(s, grant)
 
     async def go() -> Outcome | Released:
         graph = GraphClient("https://graph.test/v25.0", transport=httpx.MockTransport(handler))
@@ -141,6 +143,38 @@ def test_sent_on_the_first_call() -> None:
     assert outcome.result is not None
     assert outcome.result.message_id == "m_1"
     assert (d.attempts, d.failures) == (1, 0)
+    assert observer.calls == [(None, "sent")]
+
+
+class RedisDownAfterTheCall(FreeLimiter):
+    """Redis fails just as Graph answers: the usage note and the slow-down raise."""
+
+    async def note_usage(self, page_id: str, pct: int) -> None:
+        self.noted = pct
+        raise redis.exceptions.ConnectionError("Redis went away")
+
+    async def slow_down(self, page_id: str) -> float:
+        self.slowed.append(page_id)
+        raise redis.exceptions.ConnectionError("Redis went away")
+
+
+def test_a_redis_error_after_graph_accepted_keeps_the_send() -> None:
+    """The usage header's bookkeeping is best effort: before, its Redis error escaped, and the
+    engine handed the sent delivery back to be sent again."""
+    usage = orjson.dumps({PAGE: [{"type": "pages", "call_count": 95, "total_cputime": 3, "total_time": 4}]})
+    limiter = RedisDownAfterTheCall(settings())
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, json={"message_id": "m_1"}, headers={"x-business-use-case-usage": usage.decode()}
+        )
+
+    outcome, observer, _ = run(handler, d := delivery(), limiter=limiter)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.status, d.attempts) == (State.SENT, 1)
+    assert outcome.result is not None
+    assert outcome.result.message_id == "m_1"
+    assert (limiter.noted, limiter.slowed) == (95, [PAGE])  # both were tried, and failed
     assert observer.calls == [(None, "sent")]
 
 

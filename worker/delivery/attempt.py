@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from worker.config import PageTokens, Settings
 from worker.delivery import policy, routes
@@ -255,9 +256,7 @@ class Sender:
                     return self.outcome(d, policy.past_ttl(d.failures, d.last_reason), None)
             if error is None:
                 if result is not None and result.usage_pct is not None:
-                    await self._limiter.note_usage(d.page_id, result.usage_pct)
-                    if result.usage_pct >= self._s.usage_slowdown_threshold:
-                        await self._slow_down(d.page_id)
+                    await self._note_usage(d.page_id, result.usage_pct)
                 via = routes.delivered_via(d.body, d.psid, route)
                 return Outcome(d, Event.SEND_OK, result=result, delivered_via=via)
             decision = self._decide(d, error, route, ctx.tag_suppressed.get(d.id, False))
@@ -266,7 +265,7 @@ class Sender:
                 continue
             d.active_route = route
             if decision.pause_page is not None and error.reason == "rate_limited":
-                await self._slow_down(d.page_id)
+                await self._best_effort(self._slow_down(d.page_id), d.page_id)
             return self.outcome(d, decision, error)
         return Outcome(d, Event.FAIL, reason="outside_window")
 
@@ -388,6 +387,22 @@ class Sender:
                 self._deadlines.leave(task)
         self._observer.attempted(d, route or None, result, None, result.latency_ms / 1000)
         return result, None
+
+    async def _note_usage(self, page_id: str, usage_pct: int) -> None:
+        """Graph's usage header of an accepted send, for the limiter (and a slow-down over the
+        threshold): best effort, see :meth:`_best_effort`."""
+        await self._best_effort(self._limiter.note_usage(page_id, usage_pct), page_id)
+        if usage_pct >= self._s.usage_slowdown_threshold:
+            await self._best_effort(self._slow_down(page_id), page_id)
+
+    @staticmethod
+    async def _best_effort(step: Awaitable[Any], page_id: str) -> None:
+        """Bookkeeping after Graph answered: a Redis error here must not change the outcome
+        (raised, it would hand a sent delivery back to be sent again). Logged, and skipped."""
+        try:
+            await step
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("page.pacing_update_failed", page_id=page_id, error=type(exc).__name__)
 
     async def _slow_down(self, page_id: str) -> None:
         """Usage over the threshold or throttled: halve the page's rate, at most once per 10 s

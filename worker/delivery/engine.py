@@ -364,6 +364,7 @@ class Engine:
             if self.leases.is_lost(d):
                 self._abandon(d)
                 continue
+            attempts = d.attempts
             try:
                 outcome = early.get(d.id) or await self.sender.deliver(d, ctx)
             except Released as released:
@@ -373,11 +374,19 @@ class Engine:
             except Exception as exc:  # only this group is handed back
                 log.exception("engine.group_failed", error=type(exc).__name__, count=len(group) - i)
                 for rest in group[i:]:
-                    self._finish(
-                        Outcome(rest, Event.RELEASE, reason="engine_error", delay=ENGINE_ERROR_RETRY_SECONDS)
-                    )
+                    self._finish(self._handed_back(rest, called=rest is d and d.attempts > attempts))
                 return
             self._finish(outcome)
+
+    def _handed_back(self, d: Delivery, *, called: bool) -> Outcome:
+        """A delivery handed back after an unexpected error. ``called``: the error came after its
+        Graph call started, so Graph may have it: sent again later, it is counted and logged as
+        a possible duplicate (an answer the engine lost), never silently."""
+        outcome = Outcome(d, Event.RELEASE, reason="engine_error", delay=ENGINE_ERROR_RETRY_SECONDS)
+        if called:
+            outcome.possible_duplicate = True
+            self.observer.answer_lost(d)
+        return outcome
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Fire and forget (the result does not matter: what is left, the sweeper removes)."""

@@ -52,6 +52,11 @@ class Observer:
     def writes(self, outcomes: Sequence[Outcome], pipe: Any) -> None:
         return None
 
+    def answer_lost(self, delivery: Delivery) -> None:
+        """The engine failed after this delivery's Graph call started: handed back, it may
+        reach the user twice."""
+        return None
+
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
         return None
 
@@ -88,6 +93,9 @@ class Observers(Observer):
 
     def writes(self, outcomes: Sequence[Outcome], pipe: Any) -> None:
         self._each("writes", outcomes, pipe)
+
+    def answer_lost(self, delivery: Delivery) -> None:
+        self._each("answer_lost", delivery)
 
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
         self._each("recorded", outcomes)
@@ -132,6 +140,9 @@ class MetricsObserver(Observer):
         self._child(metrics.ATTEMPTS, State.SENT.value if error is None else error.reason).inc()
         if error is not None and error.reason == "ambiguous":
             metrics.POSSIBLE_DUPLICATES.labels("ambiguous").inc()
+
+    def answer_lost(self, delivery: Delivery) -> None:
+        metrics.POSSIBLE_DUPLICATES.labels("ambiguous").inc()
 
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
         now = time.time()
@@ -192,6 +203,9 @@ class LogObserver(Observer):
         for d in deliveries:
             if d.previous is State.IN_FLIGHT:
                 log.warning("delivery.reclaimed", **self._common(d), possible_duplicate=True)
+
+    def answer_lost(self, delivery: Delivery) -> None:
+        log.warning("delivery.answer_lost", **self._common(delivery), possible_duplicate=True)
 
     def attempted(
         self,

@@ -1,0 +1,84 @@
+"""The engine's last line of defence, against a real redis-server: an unexpected error in a
+delivery's round hands the rest of its recipient group back to the queue. When the error came
+after the delivery's Graph call started, Graph may have it: handed back, it is counted and
+logged as a possible duplicate (``bmw_possible_duplicates_total{cause="ambiguous"}``,
+``delivery.answer_lost``), never sent again silently."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import MutableMapping
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
+
+from tests.conftest import RedisServer, wait_until
+from tests.integration.test_fence import accept, fields, make_settings, run
+from worker.delivery.attempt import BatchContext
+from worker.delivery.engine import Engine
+from worker.delivery.model import Delivery, Outcome
+from worker.graph import GraphClient
+from worker.states import State
+
+pytestmark = pytest.mark.integration
+
+
+def ambiguous() -> float:
+    return REGISTRY.get_sample_value("bmw_possible_duplicates_total", {"cause": "ambiguous"}) or 0.0
+
+
+def round_failing(engine: Engine, *, after_the_call: bool) -> list[MutableMapping[str, Any]]:
+    """One delivery through ``engine`` whose round raises, after its Graph call or before any;
+    returns the log lines of the round."""
+    sender, original = engine.sender, engine.sender.deliver
+
+    async def deliver(d: Delivery, ctx: BatchContext) -> Outcome:
+        if after_the_call:
+            await original(d, ctx)  # Graph accepts it (the transport below), then:
+        raise RuntimeError("a bug in the bookkeeping")
+
+    sender.deliver = deliver  # type: ignore[method-assign]  # the fault injected
+    delivery_id = uuid.uuid4().hex
+    s = engine.settings
+    with capture_logs() as lines:
+        run(s, lambda c: accept(c, s, [delivery_id]))
+        assert engine.run_batch([delivery_id]) == {"claimed": 1}
+        handed_back = wait_until(
+            lambda: run(s, lambda c: fields(c, s, delivery_id)).get("status") == State.QUEUED.value, 10, 0.05
+        )
+    assert handed_back, run(s, lambda c: fields(c, s, delivery_id))
+    record = run(s, lambda c: fields(c, s, delivery_id))
+    assert '"engine_error"' in record.get("error", "")
+    return lines
+
+
+def test_an_error_after_the_graph_call_hands_the_delivery_back_as_a_possible_duplicate(
+    redis_server: RedisServer,
+) -> None:
+    calls: list[httpx.Request] = []
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json={"message_id": f"m_{len(calls)}"})
+
+    s = make_settings(redis_server)
+    engine = Engine(s, graph=GraphClient("https://graph.test/v25.0", transport=httpx.MockTransport(graph)))
+    engine.start(scheduler=False)
+    try:
+        before = ambiguous()
+        lines = round_failing(engine, after_the_call=True)
+        assert len(calls) == 1
+        assert ambiguous() == before + 1
+        lost = [line for line in lines if line["event"] == "delivery.answer_lost"]
+        assert len(lost) == 1
+        assert lost[0]["possible_duplicate"] is True
+        # an error before any call: handed back as before, and nothing counted
+        lines = round_failing(engine, after_the_call=False)
+        assert len(calls) == 1
+        assert ambiguous() == before + 1
+        assert not [line for line in lines if line["event"] == "delivery.answer_lost"]
+    finally:
+        engine.stop()
