@@ -251,6 +251,22 @@ def test_a_claim_sent_again_with_its_token_takes_back_what_it_got(redis_server: 
     run(s, go)
 
 
+def test_an_id_named_twice_in_one_claim_is_claimed_once(redis_server: RedisServer) -> None:
+    """One scheduler round can both release an id and sweep it (its wait fell due as its
+    deadline passed): the message names it twice. Before, the second copy met the same-token
+    rule above and the engine sent the delivery twice."""
+    s = make_settings(redis_server)
+
+    async def go(client: aioredis.Redis) -> None:
+        await accept(client, s, ["a", "b"])
+        claimed = await claim(client, s, "w1.8", ["a", "b", "a"])
+        assert [d.id for d in claimed] == ["a", "b"]
+        again = await claim(client, s, "w1.8", ["a", "a", "b"])  # its answer lost: asked again
+        assert [d.id for d in again] == ["a", "b"]
+
+    run(s, go)
+
+
 def test_the_heartbeat_keeps_a_lease_and_reports_one_taken(redis_server: RedisServer) -> None:
     s = make_settings(redis_server)
     keys = Keys.of(s)

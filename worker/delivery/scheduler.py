@@ -228,7 +228,8 @@ class Scheduler:
                     keys.batch_prefix,
                 ],
             )
-        ids = [text(i) for i in [*released, *swept]]
+        # each id once: one falling due as its deadline passes is both released and swept
+        ids = list(dict.fromkeys(text(i) for i in [*released, *swept]))
         await envelope.publish(self._client, s.queue_name, ids, s.batch_max, front=True)
         if swept:
             log.info("scheduler.swept", count=len(swept))

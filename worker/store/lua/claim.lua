@@ -3,7 +3,8 @@
 -- KEYS[3] the queue's gather pointer and KEYS[4] where this claim keeps the list it took.
 -- ARGV[1] now, ARGV[2] lease seconds, ARGV[3] delivery key prefix (P:d:), ARGV[4] the claim's
 -- fence token, ARGV[5] how long a taken list is kept (s), ARGV[6..20] the campaign context
--- (_campaign.lua), ARGV[21..] the ids (`worker.deliver`) or the batch id (`worker.deliver_batch`).
+-- (_campaign.lua), ARGV[21..] the ids (`worker.deliver`; a repeated id counts once) or the batch
+-- id (`worker.deliver_batch`).
 -- A batch list is taken whole (renamed to KEYS[4]; the gather pointer is cleared, so later
 -- commits start a new batch); a second copy of the message finds nothing to take.
 -- A delivery is claimed when it is CLAIMABLE, due (not_before <= now) and not held (no lease, or
@@ -34,7 +35,16 @@ if #KEYS == 4 then
   ids = redis.call('LRANGE', KEYS[4], 0, -1)
   if redis.call('GET', KEYS[3]) == ARGV[21] then redis.call('DEL', KEYS[3]) end
 else
-  ids = {unpack(ARGV, 21)}
+  -- named ids, each once: the scheduler may release an id and sweep it in one round, and the
+  -- same-token rule below would hand a repeat out a second time (two sends)
+  ids = {}
+  local named = {}
+  for i = 21, #ARGV do
+    if not named[ARGV[i]] then
+      named[ARGV[i]] = true
+      ids[#ids + 1] = ARGV[i]
+    end
+  end
 end
 local out = {#ids}
 local leased = {}  -- pending ZADD members, sent once (_bulk.lua)
