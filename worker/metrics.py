@@ -72,7 +72,9 @@ RELEASED = Counter(
     ["reason"],
 )
 OUTCOME_WRITES = Counter(
-    "bmw_outcome_writes_total", "Batched outcome writes by result (written, retried)", ["result"]
+    "bmw_outcome_writes_total",
+    "Batched outcome writes by result (written, retried, effects_dropped: written without side effects after Redis refused them)",
+    ["result"],
 )
 OUTCOME_WRITE_SIZE = Histogram(
     "bmw_outcome_write_size",

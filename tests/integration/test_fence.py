@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from tests.conftest import PAGE, PAGE_TOKEN, RedisServer
@@ -263,6 +264,51 @@ def test_an_id_named_twice_in_one_claim_is_claimed_once(redis_server: RedisServe
         assert [d.id for d in claimed] == ["a", "b"]
         again = await claim(client, s, "w1.8", ["a", "a", "b"])  # its answer lost: asked again
         assert [d.id for d in again] == ["a", "b"]
+
+    run(s, go)
+
+
+def test_a_side_effect_redis_refuses_cannot_hold_the_outcomes_back(redis_server: RedisServer) -> None:
+    """A command of the write's side effects that Redis refuses as wrong, every time (here the
+    page's waits index is a string: WRONGTYPE; before 1e16-second pauses overflowed EXPIRE the
+    same way): after EFFECTS_TRIES the outcomes are written without the side effects, instead
+    of retried forever with every later outcome of the process queued behind them."""
+    s = make_settings(redis_server)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        await accept(client, s, ["a"])
+        (d,) = await claim(client, s, "w1.9", ["a"])
+        await client.set(keys.page_waits(PAGE), "not a sorted set")
+        dropped = REGISTRY.get_sample_value("bmw_outcome_writes_total", {"result": "effects_dropped"}) or 0.0
+        with capture_logs() as lines:
+            (written,) = await asyncio.wait_for(
+                write(client, s, Outcome(d, Event.WAIT, reason="page_paused", delay=30)), 15
+            )
+        assert written == 2  # record.lua landed with the first try: the last one finds it written
+        assert (await fields(client, s, "a"))["status"] == State.SCHEDULED.value
+        assert (
+            REGISTRY.get_sample_value("bmw_outcome_writes_total", {"result": "effects_dropped"})
+            == dropped + 1
+        )
+        assert [line["count"] for line in lines if line["event"] == "outcomes.effects_dropped"] == [1]
+
+    run(s, go)
+
+
+def test_a_pause_ends_within_400_days_whatever_was_asked(redis_server: RedisServer) -> None:
+    """pause.lua caps a pause's end: 1e16 s overflowed its EXPIRE after the HSET (a half-written
+    pause, and an outcome write retried forever); an end written so before is brought back too."""
+    s = make_settings(redis_server)
+    keys = Keys.of(s)
+    cap = 400 * 86_400
+
+    async def go(client: aioredis.Redis) -> None:
+        now = time.time()
+        assert now + cap - 5 <= await pause_page(client, keys, PAGE, 1e16) <= time.time() + cap
+        assert 0 < await client.ttl(keys.pause(PAGE)) <= cap + 120
+        await client.hset(keys.pause(PAGE), "until", "1e16")  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+        assert await pause_page(client, keys, PAGE, 60) <= time.time() + cap
 
     run(s, go)
 

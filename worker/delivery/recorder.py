@@ -16,6 +16,7 @@ make the sweeper send it again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,27 @@ log = get_logger("worker.delivery")
 #: Backoff of a failed write: doubles from BASE to CAP (seconds), with jitter.
 RETRY_BASE = 0.05
 RETRY_CAP = 2.0
+#: Tries before a write that Redis keeps refusing as wrong (:func:`refused`) goes without its
+#: side effects, so one bad command cannot hold every later outcome of the process.
+EFFECTS_TRIES = 3
+#: Refusals that are Redis's state, not the command's: they pass, and the write is retried whole.
+_PASSING = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.NoScriptError,
+)
+
+
+def refused(exc: BaseException) -> bool:
+    """Redis answered, and refused a command as wrong (``ERR``, ``WRONGTYPE``, a script's
+    error): sending it again gives the same answer. Not a connection error, nor a server state
+    (out of memory, read-only, loading, busy, MISCONF), which pass."""
+    if not isinstance(exc, redis.exceptions.ResponseError) or isinstance(exc, _PASSING):
+        return False
+    message = str(exc).rsplit("caused error: ", 1)[-1]
+    return message.startswith(("ERR", "WRONGTYPE", "Error running script"))
+
+
 #: record.lua's answer for an open outcome written as CANCELLED (its campaign stopped meanwhile).
 CANCELLED_INSTEAD = 3
 #: A page's index of waiting deliveries outlives the longest wait in it by this much.
@@ -206,12 +228,19 @@ class Recorder:
     async def _write_until_landed(self, batch: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
         decided = [o for o, _ in batch]
         failures = 0
+        effects = True
         while True:
             try:
-                results = await scripts.execute(self._client, lambda pipe: self._build(pipe, decided))
+                results = await scripts.execute(
+                    self._client, functools.partial(self._build, decided=decided, effects=effects)
+                )
                 break
             except (redis.exceptions.RedisError, OSError) as exc:
                 failures += 1
+                if effects and failures >= EFFECTS_TRIES and refused(exc):
+                    effects = False  # the outcomes themselves must land: nothing else waits behind them
+                    log.exception("outcomes.effects_dropped", count=len(decided), error=str(exc)[:200])
+                    metrics.OUTCOME_WRITES.labels("effects_dropped").inc()
                 metrics.OUTCOME_WRITES.labels("retried").inc()
                 wait = min(RETRY_CAP, RETRY_BASE * 2 ** min(failures, 10)) * (0.5 + random.random() / 2)  # noqa: S311  # jitter
                 (log.warning if failures in (1, 10) or failures % 100 == 0 else log.debug)(
@@ -236,7 +265,9 @@ class Recorder:
             if not future.done():
                 future.set_result(None)
 
-    def _build(self, pipe: Any, decided: Sequence[Outcome]) -> None:
+    def _build(self, pipe: Any, *, decided: Sequence[Outcome], effects: bool = True) -> None:
+        """The batch's write: record.lua for every outcome, then (``effects``) what the answers
+        taught about recipients and pages and the observers' writes."""
         s, keys, now = self._settings, self._keys, time.time()
         self._pauses, self._soonest = [], None
         args: list[Any] = [
@@ -296,6 +327,8 @@ class Recorder:
         scripts.queue(
             pipe, "record", keys=[keys.pending, keys.open, keys.sched, keys.dead, keys.parked], args=args
         )
+        if not effects:
+            return
         for o in decided:
             self._effects(pipe, o)
         self._observer.writes(decided, pipe)
