@@ -6,22 +6,26 @@ logged as a possible duplicate (``bmw_possible_duplicates_total{cause="ambiguous
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
 import pytest
+import redis.exceptions
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from tests.conftest import RedisServer, wait_until
 from tests.integration.test_fence import accept, fields, make_settings, run
-from worker.delivery.attempt import BatchContext
+from worker.delivery.attempt import BatchContext, Released
 from worker.delivery.engine import Engine
 from worker.delivery.model import Delivery, Outcome
 from worker.graph import GraphClient
 from worker.states import State
+from worker.store import records
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +86,45 @@ def test_an_error_after_the_graph_call_hands_the_delivery_back_as_a_possible_dup
         assert not [line for line in lines if line["event"] == "delivery.answer_lost"]
     finally:
         engine.stop()
+
+
+def test_a_claim_asked_again_counts_its_lease_from_the_first_try(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first try's claim landed but its read failed: the retry with the same token takes
+    the deliveries back with the lease the first try set (claim.lua keeps it). The worker must
+    count that lease from the first try, not believe it fresh from the retry."""
+    s = make_settings(redis_server)
+    engine = Engine(
+        s,
+        graph=GraphClient(
+            "https://graph.test/v25.0", transport=httpx.MockTransport(lambda _r: httpx.Response(500))
+        ),
+    )
+    engine.start(scheduler=False)
+    original, tries = records.read_claimed, []
+
+    async def read_claimed(*args: Any) -> Any:
+        tries.append(time.time())
+        if len(tries) == 1:
+            await asyncio.sleep(1.0)  # a slow answer, then lost
+            raise redis.exceptions.ConnectionError("lost")
+        return await original(*args)
+
+    left: list[float] = []
+
+    async def deliver(d: Delivery, ctx: BatchContext) -> Outcome:
+        left.append(engine.leases.remaining(d))
+        raise Released("test")
+
+    monkeypatch.setattr(records, "read_claimed", read_claimed)
+    engine.sender.deliver = deliver  # type: ignore[method-assign]  # only the lease is looked at
+    try:
+        delivery_id = uuid.uuid4().hex
+        run(s, lambda c: accept(c, s, [delivery_id]))
+        assert engine.run_batch([delivery_id]) == {"claimed": 1}
+        assert wait_until(lambda: bool(left), 10, 0.05)
+    finally:
+        engine.stop()
+    assert len(tries) == 2
+    assert left[0] <= s.delivery_lease_seconds - (tries[1] - tries[0]) + 0.1, (left, tries)

@@ -307,6 +307,9 @@ class Engine:
             named = [batch]
         give_up = time.monotonic() + CLAIM_RETRY_SECONDS
         failures = 0
+        # the lease is counted from the first try: a retry with the token may take back
+        # deliveries whose lease the first (its answer lost) set, and claim.lua keeps it
+        first = time.time()
         while True:
             now = time.time()
             context = campaign_ctx.of_settings(self.keys, s, now)
@@ -328,7 +331,7 @@ class Engine:
         if len(claimed) < len(taken):  # cannot happen: only the holder ends a claimed delivery
             log.warning("engine.claimed_record_missing", count=len(taken) - len(claimed))
         if claimed:
-            self.leases.hold(token, claimed, now, unit)
+            self.leases.hold(token, claimed, first, unit)
             self.observer.claimed(claimed)
         return int(raw[0]), claimed
 
