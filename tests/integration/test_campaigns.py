@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, urljoin
 
 import httpx
 import orjson
@@ -19,8 +22,10 @@ import pytest
 
 from tests.conftest import (
     ADMIN_HEADERS,
+    ADMIN_TOKEN,
     INTAKE_TOKEN,
     PAGE,
+    PY,
     RedisServer,
     Sandbox,
     Stack,
@@ -286,6 +291,116 @@ def test_cancel_one_delivery_pause_a_page_and_purge_the_queue(stack: Stack) -> N
     assert not redis.keys(f"{stack.keys.batch_prefix}*")  # batch lists and taken ones are gone
     for i in queued:
         assert not [c for c in stack.sandbox.calls(page_id=PAGE) if c["psid"] == f"q{run}-{queued.index(i)}"]
+
+
+def console(stack: Stack) -> tuple[httpx.Client, str]:
+    """A client signed in to the console (its cookie is Secure: carried by hand over http) and
+    the session's CSRF token."""
+    login = httpx.post(f"{stack.intake_url}/console/login", data={"token": ADMIN_TOKEN}, timeout=30)
+    assert login.status_code == 303, login.text
+    cookie = login.headers["set-cookie"].split(";")[0]
+    client = httpx.Client(base_url=stack.intake_url, headers={"Cookie": cookie}, timeout=30)
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get("/console/campaigns").text)
+    assert found is not None
+    return client, found.group(1)
+
+
+def form_actions(client: httpx.Client, path: str) -> list[str]:
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    return [html.unescape(a) for a in re.findall(r'<form method="post" action="([^"]+)"', page.text)]
+
+
+def test_a_campaign_id_with_a_slash_is_shown_stopped_and_resumed(stack: Stack) -> None:
+    """Over /v1 (its id percent-encoded or not) and from the console's buttons."""
+    run = uuid.uuid4().hex[:6]
+    cid = f"team/a-{run}"
+    assert post(stack, f"t{run}-0", cid).status_code == 202
+    encoded = quote(cid, safe="")
+    shown = admin(stack, "GET", f"/v1/campaigns/{encoded}")
+    assert shown.status_code == 200, shown.text
+    assert (shown.json()["campaign_id"], shown.json()["accepted"]) == (cid, 1)
+    assert admin(stack, "GET", f"/v1/campaigns/{cid}").json()["campaign_id"] == cid
+    stop = admin(stack, "POST", f"/v1/campaigns/{encoded}/stop")
+    assert stop.status_code == 200, stop.text
+    assert (stop.json()["campaign_id"], stop.json()["stopped"]) == (cid, True)
+    assert admin(stack, "GET", f"/v1/campaigns/{encoded}").json()["stopped"] is True
+    assert admin(stack, "POST", f"/v1/campaigns/{cid}/resume").json() == {"campaign_id": cid, "resumed": True}
+    assert admin(stack, "GET", f"/v1/campaigns/{encoded}").json()["stopped"] is False
+
+    client, csrf = console(stack)
+    try:
+        stop_url = f"/console/campaigns/{encoded}/stop"
+        assert stop_url in form_actions(client, "/console/campaigns")
+        asked = client.post(stop_url, data={"csrf": csrf})
+        assert asked.status_code == 200, asked.text  # the confirmation page, posting to the same URL
+        assert f'action="{stop_url}"' in asked.text
+        done = client.post(stop_url, data={"csrf": csrf, "confirmed": "1"})
+        assert done.status_code == 303, done.text
+        assert done.headers["location"].startswith("/console/campaigns?done=stopped")
+        assert admin(stack, "GET", f"/v1/campaigns/{encoded}").json()["stopped"] is True
+        resume_url = f"/console/campaigns/{encoded}/resume"
+        assert resume_url in form_actions(client, "/console/campaigns")
+        assert client.post(resume_url, data={"csrf": csrf}).status_code == 303
+    finally:
+        client.close()
+    assert admin(stack, "GET", f"/v1/campaigns/{encoded}").json()["stopped"] is False
+
+
+def test_a_campaign_named_like_another_route_keeps_its_buttons_on_itself(stack: Stack) -> None:
+    """An intake token (send power only) names a campaign '../pages/P/resume?': the console's Stop
+    button for it stops that campaign, it never resumes the page the operator paused."""
+    run = uuid.uuid4().hex[:6]
+    paused_page = "779"
+    assert admin(stack, "POST", f"/v1/pages/{paused_page}/pause", json={"seconds": 300}).status_code == 200
+    evil = f"../pages/{paused_page}/resume?{run}"
+    assert post(stack, f"e{run}-0", evil).status_code == 202
+    client, csrf = console(stack)
+    try:
+        base = f"{stack.intake_url}/console/campaigns"
+        resolved = [urljoin(base, a) for a in form_actions(client, "/console/campaigns")]
+        assert not [url for url in resolved if "/console/pages/" in url], resolved
+        stop_url = f"{base}/{quote(evil, safe='')}/stop"
+        assert stop_url in resolved
+        asked = client.post(stop_url, data={"csrf": csrf})  # what the browser posts on "Stop…"
+        assert asked.status_code == 200, asked.text
+        assert "Stop campaign" in asked.text
+        redis = stack.redis()
+        assert redis.exists(stack.keys.pause(paused_page))
+        assert redis.zscore(stack.keys.paused, paused_page) is not None
+        assert client.post(stop_url, data={"csrf": csrf, "confirmed": "1"}).status_code == 303
+        assert admin(stack, "GET", f"/v1/campaigns/{quote(evil, safe='')}").json()["stopped"] is True
+        assert redis.exists(stack.keys.pause(paused_page))  # still paused
+    finally:
+        client.close()
+        admin(stack, "POST", f"/v1/pages/{paused_page}/resume")
+        admin(stack, "POST", f"/v1/campaigns/{quote(evil, safe='')}/resume")
+
+
+def test_a_pause_longer_than_366_days_is_refused_by_the_api_and_the_cli(stack: Stack) -> None:
+    redis = stack.redis()
+    for seconds in (1e16, 31_622_401, True):
+        resp = admin(stack, "POST", "/v1/pages/780/pause", json={"seconds": seconds})
+        assert (resp.status_code, resp.json()["error"]["code"]) == (422, "invalid_body"), (seconds, resp.text)
+    assert not redis.exists(stack.keys.pause("780"))  # nothing half written
+    assert redis.zscore(stack.keys.paused, "780") is None
+    cli = subprocess.run(
+        [PY, "-m", "worker", "pages", "pause", "781", "--seconds", "1e16"],
+        env=stack.env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert cli.returncode == 2, cli.stderr
+    assert b"--seconds" in cli.stderr
+    assert not redis.exists(stack.keys.pause("781"))
+    # the longest pause taken is applied whole, and lifted
+    longest = admin(stack, "POST", "/v1/pages/780/pause", json={"seconds": 31_622_400})
+    assert longest.status_code == 200, longest.text
+    assert abs(longest.json()["paused_until"] - (time.time() + 31_622_400)) < 60
+    assert 0 < redis.ttl(stack.keys.pause("780")) <= 31_622_400 + 120
+    assert admin(stack, "POST", "/v1/pages/780/resume").status_code == 200
+    assert not redis.exists(stack.keys.pause("780"))
 
 
 def test_the_sandbox_sends_receipts_for_what_it_accepted(

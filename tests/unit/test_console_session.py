@@ -73,3 +73,58 @@ def test_a_post_from_another_origin_is_not_same_origin() -> None:
     assert not session.same_origin(request({**host, "Origin": "https://evil.example"}))
     assert not session.same_origin(request({**host, "Origin": "null"}))
     assert not session.same_origin(request({**host, "Referer": "https://evil.example/page"}))
+
+
+def malformed(tid: str) -> list[str]:
+    """Cookie values no browser got from us, as Starlette reads a Cookie header's bytes (latin-1):
+    the first three, and the fifth, once answered a plain-text 500."""
+    superscripts, acute = "\u00b2\u00b3\u00b9", "\u00e9"
+    return [
+        "abc.\u00b2.def",  # a superscript two: str.isdigit() is true, int() refuses it
+        f"{tid}.{superscripts * 4}.{'0' * 64}",
+        "abc." + "9" * 5000 + ".def",  # more digits than int() converts
+        f"{tid}.{'9' * 13}.{'0' * 64}",  # an expiry no session has
+        f"{tid}.99999999999.{acute * 64}",  # a known token id, a non-ASCII MAC
+        f"{tid}.99999999999.{acute}",
+    ]
+
+
+def test_a_malformed_cookie_is_no_session_never_an_error() -> None:
+    for value in malformed(token_id(ADMIN)):
+        assert session.verify(settings(), value, now=2000.0) is None, value[:40]
+    good = session.issue(ADMIN, now=1000.0)
+    tid, expires, mac = good.split(".")
+    assert session.verify(settings(), good, now=2000.0) is not None  # the checks refuse only junk
+    assert session.verify(settings(), f"{tid}.{expires}.{mac[:-1]}\u00e9", now=2000.0) is None
+    assert session.verify(settings(), f"{tid}.{expires}.\u2603", now=2000.0) is None
+
+
+def test_a_malformed_cookie_is_answered_as_no_cookie() -> None:
+    """Over HTTP: the login form for a page, a refusal for an action; never a 500."""
+    from starlette.testclient import TestClient
+
+    from worker.intake import create_app
+
+    app = create_app(
+        Settings(
+            admin_tokens=[ADMIN],
+            intake_tokens=[INTAKE],
+            redis_url="redis://127.0.0.1:1/0",  # never reached: no session, no read
+            _env_file=None,
+        )
+    )
+    with TestClient(app, base_url="https://testserver") as client:
+        for value in malformed(token_id(ADMIN)):
+            cookie = f"{session.COOKIE}={value}".encode("latin-1")
+            for method, path in (
+                ("GET", "/console/"),
+                ("GET", "/console/pages"),
+                ("POST", "/console/logout"),
+            ):
+                resp = client.request(method, path, headers={"Cookie": cookie}, follow_redirects=False)
+                assert (resp.status_code, resp.headers.get("location")) == (303, "/console/login"), (
+                    method,
+                    path,
+                    value[:40],
+                    resp.text[:80],
+                )

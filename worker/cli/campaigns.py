@@ -50,6 +50,20 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0 if cancelled else 1
 
 
+def _pause_seconds(text: str) -> float:
+    """``pages pause --seconds``: the admin API's bound (above 0, at most 366 days), checked by
+    the API's own reader."""
+    from worker.intake.routes.campaigns import MAX_PAUSE_SECONDS, pause_seconds_ok
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not pause_seconds_ok(seconds):
+        raise argparse.ArgumentTypeError(f"a pause is above 0 and at most {MAX_PAUSE_SECONDS} s (366 days)")
+    return seconds
+
+
 def cmd_pages(args: argparse.Namespace) -> int:
     if args.pages_command == "pause":
         until = with_fleet(lambda f: f.pause_page(args.page, args.seconds))
@@ -102,7 +116,12 @@ def add_parsers(sub: Any, parser: Callable[[Any, str, str], argparse.ArgumentPar
     r.add_argument("page", help="page id")
     r = psub.add_parser("pause", help="pause a page: its messages wait, unsent (until resumed)")
     r.add_argument("page", help="page id")
-    r.add_argument("--seconds", type=float, default=None, help="pause this long (default: until resumed)")
+    r.add_argument(
+        "--seconds",
+        type=_pause_seconds,
+        default=None,
+        help="pause this long, at most 366 days (default: until resumed)",
+    )
     p.set_defaults(func=cmd_pages)
 
     p = parser(sub, "queue", "the Celery queue")

@@ -68,7 +68,12 @@ _PAUSE_BODY = {
         "application/json": {
             "schema": {
                 "type": "object",
-                "properties": {"seconds": {"type": "number", "description": "none: until resumed"}},
+                "properties": {
+                    "seconds": {
+                        "type": "number",
+                        "description": "above 0, at most 31622400 (366 days); none: until resumed",
+                    }
+                },
             }
         }
     },
@@ -153,7 +158,7 @@ def campaign_paths() -> dict[str, Any]:
                 requestBody=pause_body,
                 responses={
                     "400": _error("the body is not JSON", "invalid_json"),
-                    "422": _error("seconds is not a positive number", "invalid_body"),
+                    "422": _error("seconds is not a number above 0 and at most 366 days", "invalid_body"),
                 },
             )
         },

@@ -128,7 +128,10 @@ def routes(settings: Settings) -> list[BaseRoute]:
                 Route("/pages", signed_in(views.pages), methods=["GET"]),
                 Route("/pages/{page_id}/{verb}", checked(actions.page_action), methods=["POST"]),
                 Route("/campaigns", signed_in(actions.campaigns), methods=["GET"]),
-                Route("/campaigns/{campaign_id}/{verb}", checked(actions.campaign_action), methods=["POST"]),
+                # a campaign id may hold '/' (X-Braze-Campaign-Id): the verb is the last segment
+                Route(
+                    "/campaigns/{campaign_id:path}/{verb}", checked(actions.campaign_action), methods=["POST"]
+                ),
                 Route("/dead-letters", signed_in(views.dead_letters), methods=["GET"]),
                 Route("/dead-letters", checked(views.dead_action), methods=["POST"]),
                 Route("/lookup", signed_in(views.lookups), methods=["GET"]),

@@ -6,14 +6,13 @@ a confirmation page that says what will happen."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from worker.intake import state
 from worker.intake.console import session as sessions
-from worker.intake.console.render import page
+from worker.intake.console.render import page, segment
 from worker.intake.console.views import redirect
 from worker.states import State
 
@@ -63,9 +62,8 @@ async def campaign_action(request: Request, s: sessions.Session, fields: list[tu
     campaign_id, verb = request.path_params["campaign_id"], request.path_params["verb"]
     if verb == "resume":
         resumed = await intake.fleet.resume_campaign(campaign_id)
-        return redirect(
-            f"/console/campaigns?done={quote('resumed ' + campaign_id if resumed else campaign_id + ' was not stopped')}"
-        )
+        done = f"resumed {campaign_id}" if resumed else f"{campaign_id} was not stopped"
+        return redirect(f"/console/campaigns?done={segment(done)}")
     if verb != "stop":
         return redirect("/console/campaigns")
     if dict(fields).get("confirmed") != "1":
@@ -77,13 +75,13 @@ async def campaign_action(request: Request, s: sessions.Session, fields: list[tu
             heading=f"Stop campaign {campaign_id}",
             question=f"Stop campaign {campaign_id}? Its {open_now} open message{'s' if open_now != 1 else ''} "
             "end cancelled without a Graph call, and new requests for it are answered cancelled until you resume it.",
-            action=f"/console/campaigns/{quote(campaign_id, safe='')}/stop",
+            action=f"/console/campaigns/{segment(campaign_id)}/stop",
             fields=[],
             button="Stop the campaign",
             back="/console/campaigns",
         )
     cancelled = await intake.fleet.stop_campaign(campaign_id, by=f"console:{s.token_id}")
-    return redirect(f"/console/campaigns?done={quote(f'stopped {campaign_id}: {cancelled} cancelled')}")
+    return redirect(f"/console/campaigns?done={segment(f'stopped {campaign_id}: {cancelled} cancelled')}")
 
 
 async def page_action(request: Request, s: sessions.Session, fields: list[tuple[str, str]]) -> Response:
@@ -92,7 +90,7 @@ async def page_action(request: Request, s: sessions.Session, fields: list[tuple[
     page_id, verb = request.path_params["page_id"], request.path_params["verb"]
     if verb == "resume":
         released = await intake.fleet.resume_page(page_id)
-        return redirect(f"/console/pages?done={quote(f'resumed {page_id}: {released} released')}")
+        return redirect(f"/console/pages?done={segment(f'resumed {page_id}: {released} released')}")
     if verb != "pause":
         return redirect("/console/pages")
     if dict(fields).get("confirmed") != "1":
@@ -101,10 +99,10 @@ async def page_action(request: Request, s: sessions.Session, fields: list[tuple[
             s,
             heading=f"Pause page {page_id}",
             question=f"Pause page {page_id}? Nothing is sent as it until you resume it; its messages wait.",
-            action=f"/console/pages/{quote(page_id, safe='')}/pause",
+            action=f"/console/pages/{segment(page_id)}/pause",
             fields=[],
             button="Pause the page",
             back="/console/pages",
         )
     await intake.fleet.pause_page(page_id, None)
-    return redirect(f"/console/pages?done={quote(f'paused {page_id}')}")
+    return redirect(f"/console/pages?done={segment(f'paused {page_id}')}")

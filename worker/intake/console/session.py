@@ -32,6 +32,8 @@ from worker.config import Settings, token_id
 COOKIE: Final = "__Host-bmw_console"
 #: How long a console session lasts at most.
 SESSION_SECONDS: Final = 8 * 3600
+#: An expiry is epoch seconds: a cookie whose expiry has more digits was not issued here.
+_MAX_EXPIRES_DIGITS: Final = 12
 _KEY_LABEL: Final = b"braze-messenger-worker console session v1"
 
 
@@ -81,19 +83,22 @@ def issue(token: str, now: float | None = None, seconds: int = SESSION_SECONDS) 
 
 def verify(settings: Settings, value: str | None, now: float | None = None) -> Session | None:
     """The session a cookie value stands for, if it is well formed, unexpired and signed by a
-    token still in ADMIN_TOKENS."""
-    if not value or value.count(".") != 2:
+    token still in ADMIN_TOKENS. Anything else (a malformed value included: non-ASCII digits or
+    MAC, an expiry too long for ``int``) is no session, never an error."""
+    if not value or not value.isascii() or value.count(".") != 2:
         return None
     tid, expires_text, mac = value.split(".")
-    if not expires_text.isdigit() or int(expires_text) < (time.time() if now is None else now):
+    if not expires_text.isdigit() or len(expires_text) > _MAX_EXPIRES_DIGITS:
         return None
     expires = int(expires_text)
+    if expires < (time.time() if now is None else now):
+        return None
     for secret in settings.admin_tokens:
         token = secret.get_secret_value()
         if token_id(token) != tid:
             continue
         key = _key(token)
-        if hmac.compare_digest(_mac(key, tid, expires), mac):
+        if hmac.compare_digest(_mac(key, tid, expires).encode(), mac.encode()):
             return Session(tid, expires, value, key)
     return None
 

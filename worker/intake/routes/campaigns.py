@@ -5,8 +5,11 @@
 * ``GET /v1/campaigns/{campaign_id}``: its counters object (404 ``not_found`` when unknown);
 * ``POST /v1/campaigns/{campaign_id}/stop`` and ``/resume``;
 * ``POST /v1/deliveries/{delivery_id}/cancel``;
-* ``POST /v1/pages/{page_id}/pause`` (optional body ``{"seconds": n}``; none: until resumed) and
-  ``/resume``.
+* ``POST /v1/pages/{page_id}/pause`` (optional body ``{"seconds": n}``, at most
+  :data:`MAX_PAUSE_SECONDS`; none: until resumed) and ``/resume``.
+
+A campaign id is what Braze sent in ``X-Braze-Campaign-Id``, which may hold '/': the campaign
+routes take it whole, percent-encoded (``team%2Fa``) or not (``team/a``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ _CANCELLED = State.CANCELLED.value  # the answers' count (or flag) of cancelled 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_ID = 128
+#: The longest pause asked for (366 days): a longer one would overflow Redis's EXPIRE and leave
+#: the page half paused (the same bound for ``messenger-worker pages pause --seconds``).
+MAX_PAUSE_SECONDS = 31_622_400
 
 
 def _id(request: Request, name: str) -> str:
@@ -86,6 +92,17 @@ async def delivery_cancel(request: Request) -> Response:
     return JSONResponse({"delivery_id": delivery_id, _CANCELLED: cancelled, "status": rec.get("status", "")})
 
 
+def pause_seconds_ok(value: object) -> bool:
+    """Whether ``value`` is a pause's length as the API and the CLI take it: a number of seconds
+    above 0 and at most :data:`MAX_PAUSE_SECONDS` (not a bool, NaN, an infinity, a string)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and 0 < value <= MAX_PAUSE_SECONDS
+    )
+
+
 async def page_pause(request: Request) -> Response:
     intake = state.of(request)
     page_id = _id(request, "page_id")
@@ -95,17 +112,12 @@ async def page_pause(request: Request) -> Response:
     except orjson.JSONDecodeError:
         raise InputError(400, "invalid_json", "body is not valid JSON") from None
     seconds = body.get("seconds") if isinstance(body, dict) else None
-    if not isinstance(body, dict) or (
-        seconds is not None
-        and (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or not math.isfinite(seconds)
-            or seconds <= 0
-        )
-    ):
+    if not isinstance(body, dict) or (seconds is not None and not pause_seconds_ok(seconds)):
         raise InputError(
-            422, "invalid_body", 'body is {"seconds": a positive number} or empty (until resumed)'
+            422,
+            "invalid_body",
+            f'body is {{"seconds": a number above 0, at most {MAX_PAUSE_SECONDS} (366 days)}} '
+            "or empty (until resumed)",
         )
     until = await intake.fleet.pause_page(page_id, seconds)
     return JSONResponse({"page_id": page_id, "paused_until": until})
@@ -118,15 +130,25 @@ async def page_resume(request: Request) -> Response:
     return JSONResponse({"page_id": page_id, "resumed": True, "released": released})
 
 
+def _campaign_route(suffix: str, handler: Handler, method: str) -> Route:
+    """``/v1/campaigns/{campaign_id}<suffix>`` whose id may hold '/' (Starlette's ``path``
+    convertor: the fixed suffix ends the match). Its ``path`` stays the documented one
+    (:mod:`worker.intake.openapi`): the convertor is how it matches, not a different route."""
+    route = Route(f"/v1/campaigns/{{campaign_id:path}}{suffix}", handler, methods=[method])
+    route.path = route.path_format
+    return route
+
+
 def routes(settings: Settings) -> list[Route]:
     def admin(name: str, handler: Handler) -> Handler:
         return counted(name, authed(settings, handler, Role.ADMIN))
 
     return [
         Route("/v1/campaigns", admin("campaigns", campaign_list), methods=["GET"]),
-        Route("/v1/campaigns/{campaign_id}", admin("campaigns", campaign_get), methods=["GET"]),
-        Route("/v1/campaigns/{campaign_id}/stop", admin("campaigns", campaign_stop), methods=["POST"]),
-        Route("/v1/campaigns/{campaign_id}/resume", admin("campaigns", campaign_resume), methods=["POST"]),
+        # the suffixed routes first: the bare one's id would take '/stop' in too
+        _campaign_route("/stop", admin("campaigns", campaign_stop), "POST"),
+        _campaign_route("/resume", admin("campaigns", campaign_resume), "POST"),
+        _campaign_route("", admin("campaigns", campaign_get), "GET"),
         Route(
             "/v1/deliveries/{delivery_id}/cancel", admin("delivery_cancel", delivery_cancel), methods=["POST"]
         ),
