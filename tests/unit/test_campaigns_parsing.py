@@ -17,7 +17,7 @@ def test_attribution_headers_in_order_empty_ones_absent() -> None:
     assert attribution(headers) == ("", "cv-1", "", "", "s-9")
 
 
-@pytest.mark.parametrize("value", ["a b", "x" * (MAX_ATTRIBUTION + 1), "caf\u00e9", "a\tb"])
+@pytest.mark.parametrize("value", ["a b", "x" * (MAX_ATTRIBUTION + 1), "caf\u00e9", "a\tb", ".", ".."])
 def test_a_bad_attribution_value_is_a_422(value: str) -> None:
     with pytest.raises(InputError) as caught:
         attribution({b"x-braze-campaign-id": value})

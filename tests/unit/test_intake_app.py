@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from worker.config import Settings
 from worker.intake import create_app, guard
 from worker.intake.guard import MemoryGate
+from worker.messenger.errors import InputError
 from worker.status import MemoryGuard
 
 TOKEN = "tok-intake-abcdef-0123456789abcdefghij"
@@ -270,3 +271,110 @@ def test_a_stalled_memory_read_is_answered_within_the_deadline() -> None:
         return loop.time() - started
 
     assert asyncio.run(scenario()) < 1
+
+
+# --- the send route's headers (checked before anything is stored) ----------------------------------
+@pytest.fixture
+def no_redis() -> Iterator[TestClient]:
+    """Redis refuses the connection: a request that passes every check is 503 ``unavailable``."""
+    with TestClient(create_app(settings(redis_memory_headroom=1))) as test_client:  # no INFO read
+        yield test_client
+
+
+def post_send(client: TestClient, headers: dict[str, str | bytes]) -> Any:
+    return client.post(
+        "/v25.0/100/messages",
+        json=BODY,
+        headers={**AUTH, "Content-Type": "application/json", "Idempotency-Key": "k-hdr", **headers},
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",  # Braze's webhook template
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+        " application/json ",
+        "application/vnd.api+json",
+        "application/merge-patch+json; charset=utf-8",
+    ],
+)
+def test_a_json_media_type_passes(content_type: str) -> None:
+    from worker.intake.routes.send import is_json_media_type
+
+    assert is_json_media_type(content_type)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "",
+        "multipart/form-data; boundary=json",
+        "text/json",
+        "application/jsonp",
+        "application/json-seq",
+        "application/x-www-form-urlencoded; note=json",
+        "application/+json",
+        "application/a b+json",
+        "application/json/x",
+        "application/vnd.a+json+x",
+        "json",
+    ],
+)
+def test_any_other_media_type_is_415(content_type: str) -> None:
+    from worker.intake.routes.send import is_json_media_type
+
+    assert not is_json_media_type(content_type)
+
+
+def test_the_route_takes_only_a_json_media_type(no_redis: TestClient) -> None:
+    multipart = post_send(no_redis, {"Content-Type": "multipart/form-data; boundary=json"})
+    assert error_of(multipart) == (415, "unsupported_media_type")
+    for braze in ("application/json", "application/json; charset=utf-8"):
+        assert error_of(post_send(no_redis, {"Content-Type": braze})) == (503, "unavailable")
+
+
+def test_x_request_id_is_bounded_and_printable_ascii() -> None:
+    from worker.intake.routes.send import MAX_REQUEST_ID, request_id_of
+
+    assert request_id_of({}) is None
+    assert request_id_of({b"x-request-id": ""}) is None  # none is made up
+    longest = "r-" + "9" * (MAX_REQUEST_ID - 2)
+    assert request_id_of({b"x-request-id": longest}) == longest
+    assert request_id_of({b"x-request-id": "req 1/a~!"}) == "req 1/a~!"
+    for bad in (longest + "9", "r" * 1_000_000, "a\x00b", "a\tb", "a\x7fb", "Jos\xc3\xa9"):
+        with pytest.raises(InputError) as caught:
+            request_id_of({b"x-request-id": bad})
+        assert (caught.value.status, caught.value.code) == (422, "invalid_request_id")
+
+
+def test_a_bad_x_request_id_is_refused_before_anything_is_stored(no_redis: TestClient) -> None:
+    for bad in ("r" * 201, "caf\xc3\xa9".encode("latin-1"), b"a\x01b"):
+        assert error_of(post_send(no_redis, {"X-Request-Id": bad})) == (422, "invalid_request_id")
+    assert error_of(post_send(no_redis, {"X-Request-Id": "r" * 200})) == (503, "unavailable")
+
+
+def test_x_braze_external_id_is_read_as_utf8_and_counted_in_characters() -> None:
+    from worker.intake.routes.send import MAX_EXTERNAL_ID, _send_headers, external_id_of
+
+    def read(value: bytes) -> str:
+        return external_id_of(_send_headers([(b"x-braze-external-id", value)]))
+
+    assert external_id_of({}) == ""
+    assert read("José".encode()) == "José"
+    assert read(" Jà ".encode()) == "Jà"  # à is C3 A0: stripped after decoding, not before
+    assert read(("é" * MAX_EXTERNAL_ID).encode()) == "é" * MAX_EXTERNAL_ID  # 400 bytes, 200 chars
+    for bad in (("é" * (MAX_EXTERNAL_ID + 1)).encode(), "José".encode("latin-1"), b"\xff\xfe"):
+        with pytest.raises(InputError) as caught:
+            read(bad)
+        assert (caught.value.status, caught.value.code) == (422, "invalid_external_id")
+
+
+def test_the_route_counts_the_external_id_in_utf8_characters(no_redis: TestClient) -> None:
+    """(The test client re-encodes header values as UTF-8: bytes that are not UTF-8 cannot be
+    sent through it; the test above reads them.)"""
+    longest = post_send(no_redis, {"X-Braze-External-Id": ("é" * 200).encode()})  # 400 bytes
+    assert error_of(longest) == (503, "unavailable")
+    too_long = post_send(no_redis, {"X-Braze-External-Id": ("é" * 201).encode()})
+    assert error_of(too_long) == (422, "invalid_external_id")

@@ -84,12 +84,49 @@ def test_every_recipient_kind_is_accepted_and_keyed(recipient: dict[str, Any], k
         ({"user_ref": "x", "name": {"first_name": "A"}}, "invalid_recipient", "recipient.name"),
         ({"phone_number": "+12125552368", "name": {"nick": "A"}}, "invalid_recipient", "first_name"),
         ({"id": "a:b"}, "invalid_recipient", ":"),
+        ({"id": "12\u000034"}, "invalid_recipient", "control characters"),
+        ({"id": "12\n34"}, "invalid_recipient", "control characters"),
+        ({"id": "12\x7f"}, "invalid_recipient", "control characters"),
+        ({"id": "12\u001b[0m"}, "invalid_recipient", "control characters"),
+        ({"id": "12 34"}, "invalid_recipient", "whitespace"),
+        ({"id": "12\u00a034"}, "invalid_recipient", "whitespace"),
+        ({"id": "12\u200334"}, "invalid_recipient", "whitespace"),
+        ({"id": "-5"}, "invalid_recipient", "negative"),
+        ({"id": -5}, "invalid_recipient", "negative"),
+        ({"id": "-1234567890123456"}, "invalid_recipient", "negative"),
+        ({"user_ref": "ref\u0000x"}, "invalid_recipient", "user_ref must not contain control"),
+        ({"one_time_notif_token": "otn\r\nx"}, "invalid_recipient", "one_time_notif_token"),
     ],
 )
 def test_bad_recipients_are_refused_by_name(recipient: dict[str, Any], code: str, words: str) -> None:
     err = refused(text(recipient))
     assert (err.status, err.code) == (422, code)
     assert words in err.message
+
+
+@pytest.mark.parametrize(
+    "psid",
+    [
+        "1234567890123456",
+        "err-551-anything",
+        "flaky2-1200-x",
+        "outside-x",
+        "slow300-x",
+        "http5xx-x",
+        "drop-x",
+        "throttle1-x",
+        "b1700000000-ra1",
+        "-",
+        "-x",
+        "psid-1",
+        "d\u00e9j\u00e0",
+    ],
+)
+def test_sandbox_and_test_psids_that_are_not_digits_still_pass(psid: str) -> None:
+    """Meta's PSIDs are digits, but the sandbox's reserved ids (README "Try a failure") and the
+    tests' are not: only control characters, whitespace and a negative number are refused."""
+    assert send(text({"id": psid})).psid == psid
+    assert send(text({"id": f" {psid}\n"})).psid == psid  # surrounding whitespace is stripped
 
 
 def test_a_non_psid_recipient_takes_no_fallback_routes() -> None:
@@ -276,6 +313,21 @@ def test_named_parameters_and_defaults_from_utility_templates() -> None:
 )
 def test_bad_utility_headers_are_refused(template: str | None, parameters: str | None, code: str) -> None:
     assert refused(text({"id": "1"}), headers=headers(template, parameters)).code == code
+
+
+@pytest.mark.parametrize(
+    ("name", "language"),
+    [("order_update\n", "en_US"), ("order_update", "en_US\n"), ("order_update", "en\n")],
+    ids=repr,
+)
+def test_a_template_name_or_language_with_a_trailing_newline_is_refused(name: str, language: str) -> None:
+    with pytest.raises(InputError) as caught:
+        utility.check_name(name, language, "message.template")
+    assert caught.value.code == "invalid_utility_template"
+    template = {"name": name, "language": {"code": language}}
+    direct = {"recipient": {"id": "1"}, "messaging_type": "UTILITY", "message": {"template": template}}
+    assert refused(direct).code == "invalid_utility_template"
+    utility.check_name(name.strip(), language.strip(), "message.template")  # the same, without it
 
 
 def test_a_utility_template_needs_a_psid() -> None:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from worker.config import DeprecatedTagPolicy, PageTokens, Settings
+from worker.messenger.utility import UtilityTemplate
 from worker.messenger.validation import (
     BODY_FIELDS,
     CREDENTIAL_FIELDS,
@@ -254,6 +255,23 @@ def test_messaging_type_and_tag_are_upper_cased() -> None:
 
 @pytest.mark.parametrize("mtype", ["NEWS", "", 3, ["UPDATE"]], ids=repr)
 def test_invalid_messaging_type(mtype: object) -> None:
+    err = refused(body(messaging_type=mtype))
+    assert (err.status, err.code) == (422, "invalid_messaging_type")
+
+
+@pytest.mark.parametrize("mtype", ["utility", "Utility", "UTILITY"])
+def test_a_utility_messaging_type_in_any_case_gets_the_utility_checks(mtype: str) -> None:
+    err = refused(body(messaging_type=mtype))  # a text message is no utility template
+    assert (err.status, err.code) == (422, "invalid_utility_template")
+    template = {"name": "order_update", "language": {"code": "en_US"}}
+    req = check(body(messaging_type=mtype, message={"template": template}))
+    assert req.body["messaging_type"] == "UTILITY"
+    assert req.utility == UtilityTemplate("order_update", "en_US")
+
+
+@pytest.mark.parametrize("mtype", ["ut\u0131l\u0131ty", "UT\u0131L\u0131TY", "re\u017fponse"])
+def test_a_non_ascii_look_alike_messaging_type_is_refused(mtype: str) -> None:
+    assert mtype.upper() in {"UTILITY", "RESPONSE"}  # the trap: dotless i and long s upper-case to ASCII
     err = refused(body(messaging_type=mtype))
     assert (err.status, err.code) == (422, "invalid_messaging_type")
 

@@ -57,6 +57,7 @@ SEND_422_CODES = (
     "no_page_token",
     "invalid_idempotency_key",
     "invalid_external_id",
+    "invalid_request_id",
     "invalid_attribution",
 )
 

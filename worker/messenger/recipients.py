@@ -60,6 +60,18 @@ def _fail(code: str, message: str) -> InputError:
     return InputError(422, code, message)
 
 
+def _check_psid(value: str) -> None:
+    """A PSID is decimal digits at Meta; the sandbox's reserved ids (``err-551-x``, ``outside-x``)
+    and the tests' (``{run}-ra1``) are not, so only what no PSID can be is refused: a ``:`` (a
+    store key's kind prefix ends with one), whitespace, and a negative number (``-5``)."""
+    if ":" in value:
+        raise _fail("invalid_recipient", "recipient.id (a PSID) must not contain ':'")
+    if " " in value or (not value.isprintable() and any(c.isspace() for c in value)):
+        raise _fail("invalid_recipient", "recipient.id (a PSID) must not contain whitespace")
+    if value.startswith("-") and value[1:].isdigit():
+        raise _fail("invalid_recipient", "recipient.id (a PSID) must not be a negative number")
+
+
 def _value(kind: RecipientKind, raw: object) -> str:
     if isinstance(raw, int) and not isinstance(raw, bool) and (kind.numeric or kind.field == "id"):
         raw = str(raw)
@@ -73,8 +85,11 @@ def _value(kind: RecipientKind, raw: object) -> str:
     value = raw.strip()
     if len(value) > kind.max_length:
         raise _fail("invalid_recipient", f"recipient.{kind.field} is too long")
-    if kind.field == "id" and ":" in value:  # a store key's kind prefix ends with ":"
-        raise _fail("invalid_recipient", "recipient.id (a PSID) must not contain ':'")
+    # NUL, newlines ...: they would reach store keys and log lines (printable: the usual, fast case)
+    if not value.isprintable() and any(c < " " or c == "\x7f" for c in value):
+        raise _fail("invalid_recipient", f"recipient.{kind.field} must not contain control characters")
+    if kind.field == "id":
+        _check_psid(value)
     if kind.numeric and not value.replace("_", "").isdigit():
         raise _fail("invalid_recipient", f"recipient.{kind.field} must be a Graph id (digits and _)")
     if kind.field == "phone_number" and (

@@ -40,9 +40,9 @@ from worker.messenger.errors import InputError
 #: ``messaging_type`` of a utility send.
 UTILITY_TYPE: Final = "UTILITY"
 #: Meta's template names: lower-case letters, digits and underscores, at most 512 characters.
-_NAME: Final = re.compile(r"^[a-z0-9_]{1,512}$")
+_NAME: Final = re.compile(r"[a-z0-9_]{1,512}")  # fullmatch: "$" would take a trailing "\n"
 #: A locale code as Meta writes them: ``en``, ``en_US``, ``pt_BR``, ``zh_Hant_HK`` ...
-_LANGUAGE: Final = re.compile(r"^[a-z]{2,3}(_[A-Za-z]{2,4}){0,2}$")
+_LANGUAGE: Final = re.compile(r"[a-z]{2,3}(_[A-Za-z]{2,4}){0,2}")
 MAX_PARAMETERS: Final = 100
 MAX_PARAMETER_CHARS: Final = 1024
 #: The longest an X-Utility-Parameters header may be (Braze fills it from profile data).
@@ -111,12 +111,12 @@ def _parameters(value: object, where: str) -> Parameters:
 
 
 def check_name(name: str, language: str, where: str) -> None:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise _fail(
             "invalid_utility_template",
             f"{where}: {name[:64]!r} is not a template name (lower-case letters, digits, underscores)",
         )
-    if not _LANGUAGE.match(language):
+    if not _LANGUAGE.fullmatch(language):
         raise _fail("invalid_utility_template", f"{where}: {language[:32]!r} is not a language code (en_US)")
 
 

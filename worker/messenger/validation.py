@@ -125,20 +125,30 @@ def usable_tags(
     return kept, tuple(skipped)
 
 
+def _normalise_type(body: dict[str, Any]) -> None:
+    """Upper-case a given messaging_type in place, before anything reads it (``utility`` is a
+    UTILITY send: :func:`utility.template_of` compares the upper-case name); InputError 422 if
+    it is none of :data:`MESSAGING_TYPES`. ASCII only: a dotless i (U+0131) upper-cases to ``I``."""
+    mtype = body.get("messaging_type")
+    if mtype is None:  # defaulted from the tag by _normalise_tag
+        return
+    if not isinstance(mtype, str) or not mtype.isascii() or mtype.upper() not in MESSAGING_TYPES:
+        raise _fail(
+            "invalid_messaging_type", "messaging_type must be RESPONSE, UPDATE, MESSAGE_TAG or UTILITY"
+        )
+    body["messaging_type"] = mtype.upper()
+
+
 def _normalise_tag(body: dict[str, Any], settings: Settings) -> str | None:
-    """Apply messaging_type defaults and the deprecated-tag policy. Returns a stripped tag, if any."""
+    """Apply messaging_type defaults (after :func:`_normalise_type`) and the deprecated-tag
+    policy. Returns a stripped tag, if any."""
     tag = body.get("tag")
     mtype = body.get("messaging_type")
     if tag is not None and (not isinstance(tag, str) or not tag.strip()):
         raise _fail("invalid_tag", "tag must be a non-empty string")
     if mtype is None:
         mtype = "MESSAGE_TAG" if tag else "UPDATE"  # old templates carry no messaging_type
-    if not isinstance(mtype, str) or mtype.upper() not in MESSAGING_TYPES:
-        raise _fail(
-            "invalid_messaging_type", "messaging_type must be RESPONSE, UPDATE, MESSAGE_TAG or UTILITY"
-        )
-    mtype = mtype.upper()
-    body["messaging_type"] = mtype
+        body["messaging_type"] = mtype
     if mtype == "MESSAGE_TAG" and not tag:
         raise _fail("missing_tag", "messaging_type MESSAGE_TAG needs a tag")
     if not tag:
@@ -317,6 +327,7 @@ def validate(
     if has_message == has_action:
         raise _fail("invalid_message", "send exactly one of message or sender_action")
     content.check_notification_type(body)
+    _normalise_type(body)
     direct = utility.template_of(body)
     if has_action:
         content.check_action(body, to_psid)

@@ -27,6 +27,7 @@ are cached, and there is no middleware.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import redis.exceptions
 from starlette.requests import Request
@@ -49,6 +50,11 @@ from worker.templates import check_request
 
 log = get_logger("worker.intake")
 MAX_EXTERNAL_ID = 200
+#: The longest X-Request-Id stored and logged with a delivery (printable ASCII only).
+MAX_REQUEST_ID = 200
+#: The media types of a JSON body: application/json or application/<something>+json (RFC 6838
+#: names), parameters (``; charset=utf-8``) aside; compared in lower case.
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\+)?json")
 _QUEUED = State.QUEUED.value  # the status a 202 reports
 #: Requests without Idempotency-Key: one warning line a minute at most, with their count.
 NO_KEY_WARNING = Throttled("intake.no_idempotency_key", every=60.0)
@@ -95,15 +101,51 @@ def _send_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
     return out
 
 
-def _utf8(value: str | None, name: str) -> str | None:
+def _utf8(value: str | None, name: str, code: str = "invalid_utility_parameters") -> str | None:
     """A header Braze fills with profile data, as the UTF-8 it was sent in (ASGI hands over
-    bytes; ``_send_headers`` decoded them as latin-1)."""
+    bytes; ``_send_headers`` decoded them as latin-1); InputError 422 ``code`` if it is not."""
     if value is None:
         return None
     try:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
-        raise InputError(422, "invalid_utility_parameters", f"{name} is not UTF-8") from None
+        raise InputError(422, code, f"{name} is not UTF-8") from None
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """Whether a Content-Type names a JSON body: exactly ``application/json`` or
+    ``application/<something>+json``, in any case, with or without parameters."""
+    if content_type == "application/json":  # Braze's webhook template: the usual case
+        return True
+    return _JSON_MEDIA_TYPE.fullmatch(content_type.partition(";")[0].strip().lower()) is not None
+
+
+def request_id_of(headers: dict[bytes, str]) -> str | None:
+    """The caller's X-Request-Id (None without one; none is made up: the module docstring). It is
+    stored and logged with the delivery: longer than MAX_REQUEST_ID or anything but printable
+    ASCII is 422 ``invalid_request_id``."""
+    value = headers.get(b"x-request-id") or None
+    if value is None:
+        return None
+    if len(value) > MAX_REQUEST_ID:
+        raise InputError(
+            422, "invalid_request_id", f"X-Request-Id is longer than {MAX_REQUEST_ID} characters"
+        )
+    if not (value.isascii() and value.isprintable()):  # " " to "~"
+        raise InputError(422, "invalid_request_id", "X-Request-Id must be printable ASCII")
+    return value
+
+
+def external_id_of(headers: dict[bytes, str]) -> str:
+    """X-Braze-External-Id as the UTF-8 Braze sent ("" without one); over MAX_EXTERNAL_ID
+    characters or not UTF-8 is 422 ``invalid_external_id``."""
+    raw = headers.get(b"x-braze-external-id")
+    external_id = (_utf8(raw, "X-Braze-External-Id", "invalid_external_id") or "").strip()
+    if len(external_id) > MAX_EXTERNAL_ID:
+        raise InputError(
+            422, "invalid_external_id", f"X-Braze-External-Id is longer than {MAX_EXTERNAL_ID} characters"
+        )
+    return external_id
 
 
 def attribution(headers: dict[bytes, str]) -> tuple[str, ...]:
@@ -120,6 +162,8 @@ def attribution(headers: dict[bytes, str]) -> tuple[str, ...]:
             raise InputError(
                 422, "invalid_attribution", f"{name} is longer than {MAX_ATTRIBUTION} characters"
             )
+        if value in (".", ".."):  # a path's dot segment: the console could not name it in a URL
+            raise InputError(422, "invalid_attribution", f"{name} may not be '.' or '..'")
         if value and not all("!" <= c <= "~" for c in value):
             raise InputError(
                 422, "invalid_attribution", f"{name} must be printable ASCII without spaces (a Braze id)"
@@ -167,19 +211,15 @@ async def send(request: Request) -> Response:
     intake = state.of(request)
     settings = intake.settings
     headers = _send_headers(request.scope["headers"])
-    request_id = headers.get(b"x-request-id") or None  # none is made up (the docstring)
-    if "json" not in headers.get(b"content-type", "").lower():
+    if not is_json_media_type(headers.get(b"content-type", "")):
         raise InputError(415, "unsupported_media_type", "send the body as application/json")
+    request_id = request_id_of(headers)
     idem = headers.get(b"idempotency-key", "")
     if len(idem) > MAX_IDEMPOTENCY_KEY:
         raise InputError(
             422, "invalid_idempotency_key", f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY}"
         )
-    external_id = headers.get(b"x-braze-external-id", "").strip()
-    if len(external_id) > MAX_EXTERNAL_ID:
-        raise InputError(
-            422, "invalid_external_id", f"X-Braze-External-Id is longer than {MAX_EXTERNAL_ID} characters"
-        )
+    external_id = external_id_of(headers)
     braze_ids = attribution(headers)
     send_request = validate(
         await read_body(request),
