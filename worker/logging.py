@@ -25,7 +25,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from worker.config import DEFAULT_RECIPIENT_HASH_SALT, Settings
+from worker.config import DEFAULT_RECIPIENT_HASH_SALT, Settings, pages
 
 _TOKEN_PATTERNS = (
     re.compile(r"(access_token=)[^&\s\"']+", re.IGNORECASE),
@@ -139,6 +139,7 @@ def _drop_color_message(_logger: WrappedLogger, _name: str, event_dict: EventDic
 def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     """Configure structlog and stdlib logging for this process (idempotent)."""
     REDACTOR.add(settings_secrets(settings))
+    pages.on_reload(REDACTOR.add)  # tokens put in a PAGE_ACCESS_TOKENS file later, masked too
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
@@ -13,7 +15,7 @@ import pytest
 import structlog
 
 from worker import logging as wlog
-from worker.config import Settings
+from worker.config import PageTokens, Settings
 from worker.logging import configure_logging, get_logger, recipient_ref
 
 PAGE_TOKEN = "tok-page-100-abcdef"
@@ -296,3 +298,22 @@ def test_admin_tokens_and_redis_passwords_are_masked(capture: Callable[..., io.S
     for password in ("url-pass@word-1", "shard-pass-0", "shard-pass-1", "salt-0123456789abcdef"):
         assert_clean(stream, password)
     assert lines(stream)[0]["error"] == "AuthenticationError: *** *** ***"
+
+
+def test_a_token_put_in_the_tokens_file_after_start_up_is_masked(
+    capture: Callable[..., io.StringIO], tmp_path: Path
+) -> None:
+    """PAGE_ACCESS_TOKENS naming a file: a token rotated into it while the process runs is
+    masked as the ones read at start-up are (before, only its access_token= form was)."""
+    rotated = "EAArotatedPageToken0123456789abcdef"
+    path = tmp_path / "tokens.json"
+    path.write_text(orjson.dumps({"100": PAGE_TOKEN}).decode(), encoding="utf-8")
+    stream = capture()
+    tokens = PageTokens(make_settings(), source=str(path), check_every=0)
+    path.write_text(orjson.dumps({"100": rotated}).decode(), encoding="utf-8")
+    later = path.stat().st_mtime + 10
+    os.utime(path, (later, later))
+    assert tokens.get("100") == rotated
+    get_logger().warning("graph.refused", detail=f"token {rotated} rejected")
+    assert_clean(stream, rotated)
+    assert lines(stream)[0]["detail"] == "token *** rejected"

@@ -6,11 +6,23 @@ import hmac
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from worker.config import Settings
+
+
+#: Told of every token set a reload brings (worker.logging's redactor: a token put in the file
+#: after start-up is masked in logs too). Registered with :func:`on_reload`.
+_LISTENERS: list[Callable[[Iterable[str]], None]] = []
+
+
+def on_reload(listener: Callable[[Iterable[str]], None]) -> None:
+    """Call ``listener`` with the tokens every time a PAGE_ACCESS_TOKENS file is read again."""
+    if listener not in _LISTENERS:
+        _LISTENERS.append(listener)
 
 
 class PageTokens:
@@ -47,6 +59,8 @@ class PageTokens:
         except (OSError, json.JSONDecodeError):
             return  # keep the tokens we have; a half-written file is retried at the next check
         if isinstance(parsed, dict) and all(isinstance(v, str) for v in parsed.values()):
+            for listener in _LISTENERS:  # before any use of the new tokens
+                listener(parsed.values())
             self._tokens = {str(k): v for k, v in parsed.items()}
             self._mtime = mtime
 
