@@ -161,15 +161,20 @@ def test_a_full_reading_shuts_the_gate_that_requests_during_the_read_opened() ->
 WEBHOOK_SECRET = "app-secret-0123456789"
 
 
-def webhook_call(headers: dict[str, str], chunks: int = 16, chunk: int = 64 * 1024) -> tuple[int, int]:
-    """POST /messenger/webhook straight through the ASGI app with a body of ``chunks`` chunks;
+def webhook_call(
+    headers: dict[str, str], chunks: int = 16, chunk: int = 64 * 1024, stall_after: int | None = None
+) -> tuple[int, int]:
+    """POST /messenger/webhook straight through the ASGI app with a body of ``chunks`` chunks
+    (``stall_after``: the client sends that many, then nothing, as a slow-body attack does);
     returns (status, how many chunks the app pulled from the client)."""
-    app = create_app(settings(app_secret=WEBHOOK_SECRET))
+    app = create_app(settings(app_secret=WEBHOOK_SECRET, intake_body_seconds=0.3))
     pulled = 0
     status = 0
 
     async def receive() -> dict[str, Any]:
         nonlocal pulled
+        if stall_after is not None and pulled >= stall_after:
+            await asyncio.sleep(3600)
         if pulled >= chunks:
             return {"type": "http.disconnect"}
         pulled += 1
@@ -224,6 +229,12 @@ def test_the_webhook_reads_no_more_than_its_limit() -> None:
     got, pulled = webhook_call({"X-Hub-Signature-256": "sha256=" + "0" * 64}, chunks=64)
     assert got == 413
     assert pulled == 17  # 16 x 64 KiB = the limit, the 17th crosses it
+
+
+def test_a_body_that_stops_arriving_is_refused_at_the_body_deadline() -> None:
+    """An unauthenticated sender trickling a body (a well-formed signature is all it needs to be
+    read) gets 408 after INTAKE_BODY_SECONDS instead of holding the connection."""
+    assert webhook_call({"X-Hub-Signature-256": "sha256=" + "0" * 64}, chunks=4, stall_after=1) == (408, 1)
 
 
 def test_a_wrong_signature_is_refused_after_reading_the_body() -> None:

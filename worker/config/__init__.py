@@ -208,6 +208,10 @@ class Settings(BaseSettings):
     #: The longest the send route waits for Redis (memory check and commit); then it answers 503
     #: (unavailable: not stored, or unavailable_maybe_stored). Well under Braze's 90 s timeout.
     intake_deadline_seconds: float = Field(default=5.0, gt=0, le=60)
+    #: The longest a caller not yet authenticated (the webhook before its signature is checked,
+    #: the console's login form) takes to send its body; then 408 ``body_timeout``. A client
+    #: trickling a body cannot hold a connection slot for long.
+    intake_body_seconds: float = Field(default=10.0, gt=0, le=300)
     #: uvicorn's limit_concurrency: connections or requests in progress beyond which uvicorn
     #: itself answers 503 (plain text, no Retry-After); 0 = no limit.
     intake_limit_concurrency: int = Field(default=4_000, ge=0)

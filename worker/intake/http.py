@@ -14,6 +14,7 @@ The per-route request counter (:func:`counted`) records the status those handler
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,12 +78,23 @@ def redis_full(ratio: float, headroom: float) -> JSONResponse:
     )
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES, seconds: float | None = None) -> bytes:
     """The request body, refused with 413 ``body_too_large`` as soon as it exceeds ``limit``
-    (before reading it when Content-Length says so)."""
+    (before reading it when Content-Length says so); with ``seconds`` (a caller not yet
+    authenticated: INTAKE_BODY_SECONDS), 408 ``body_timeout`` when it takes longer to arrive."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise InputError(413, "body_too_large", f"body is larger than {limit} bytes")
+    if seconds is None:  # the authenticated routes: no timer on the hot path
+        return await _chunks(request, limit)
+    try:
+        async with asyncio.timeout(seconds):
+            return await _chunks(request, limit)
+    except TimeoutError:
+        raise InputError(408, "body_timeout", f"the body did not arrive within {seconds:g} s") from None
+
+
+async def _chunks(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

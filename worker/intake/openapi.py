@@ -314,6 +314,7 @@ def _webhook_paths() -> dict[str, Any]:
                         "does not match the body",
                         "bad_signature",
                     ),
+                    "408": _error("the body took longer than INTAKE_BODY_SECONDS to arrive", "body_timeout"),
                     "413": _error(f"the body is over {WEBHOOK_MAX_BYTES} bytes", "body_too_large"),
                     "503": _error(
                         "APP_SECRET is not set (not_configured), or Redis is unavailable "

@@ -37,8 +37,9 @@ FORM_LIMIT = 64 * 1024
 
 
 async def form(request: Request) -> list[tuple[str, str]]:
-    """The urlencoded form of a POST (bounded), as (name, value) pairs in order."""
-    raw = await read_body(request, FORM_LIMIT)
+    """The urlencoded form of a POST (bounded in size, and in time: the login form's caller is
+    not authenticated yet), as (name, value) pairs in order."""
+    raw = await read_body(request, FORM_LIMIT, seconds=state.of(request).settings.intake_body_seconds)
     return parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
 
 

@@ -19,7 +19,8 @@ read: no ``X-Hub-Signature-256`` is 401 ``missing_signature``; a header that is 
 ``sha256=<64 hex>`` (it could never match) is 403 ``bad_signature``; a declared Content-Length
 over :data:`WEBHOOK_MAX_BYTES` is 413 ``body_too_large``. Then at most that many bytes are read
 (a body without Content-Length, or lying about it, is cut off at the limit), the HMAC is checked
-over them, and only then is the JSON parsed.
+over them, and only then is the JSON parsed. The body must arrive within ``INTAKE_BODY_SECONDS``
+(408 ``body_timeout``): a sender trickling it cannot hold a connection for long.
 
 Without ``APP_SECRET`` a POST is ``503 not_configured``: the intake cannot tell Meta's requests
 from anyone's, and the fault is the server's configuration, not the request. A 5xx is a failed
@@ -79,7 +80,7 @@ async def webhook_events(request: Request) -> Response:
         raise InputError(401, "missing_signature", "X-Hub-Signature-256 is required")
     if not signature_well_formed(header):  # refused before the body is read
         raise InputError(403, "bad_signature", "X-Hub-Signature-256 is not sha256=<64 hex digits>")
-    raw = await read_body(request, limit=WEBHOOK_MAX_BYTES)
+    raw = await read_body(request, limit=WEBHOOK_MAX_BYTES, seconds=settings.intake_body_seconds)
     if not verify_signature(settings.app_secret.get_secret_value(), raw, header):
         raise InputError(403, "bad_signature", "X-Hub-Signature-256 does not match the body")
     try:
