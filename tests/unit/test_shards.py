@@ -79,11 +79,35 @@ def test_shard_index_selects_the_redis_and_the_pages() -> None:
         ({"redis_shards": URLS, "shard_index": 3}, "SHARD_INDEX must name one of"),
         ({"shard_index": 0}, "SHARD_INDEX must name one of"),
         ({"redis_shards": URLS, "shard_pages": '{"p": 5}'}, "SHARD_PAGES"),
+        # one Redis spelt two ways: one keyspace and one queue, no capacity added
+        (
+            {"redis_shards": "redis://127.0.0.1:16390/0,redis://localhost:16390"},
+            "shards 0 and 1 name the same Redis",
+        ),
+        ({"redis_shards": "redis://h:6379/2,rediss://:pw@H/2"}, "shards 0 and 1 name the same Redis"),
+        (
+            {"redis_shards": "redis://h/0,redis://x/0,redis://h:6379?db=0"},
+            "shards 0 and 2 name the same Redis",
+        ),
+        # one REDIS_SENTINEL_MASTER: a sentinel node in both asks for the same master
+        (
+            {
+                "redis_shards": "sentinel://s1:26379;sentinel://s2:26379/0,sentinel://s2:26379;sentinel://s3:26379/0"
+            },
+            "shards 0 and 1 name the same Redis",
+        ),
+        ({"redis_shards": URLS, "shard_pages": '{" 900": 1}'}, "has spaces"),
     ],
 )
 def test_bad_shard_settings_are_refused(extra: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(**extra)  # type: ignore[arg-type]  # pydantic parses the strings
+
+
+def test_distinct_redis_servers_and_databases_are_distinct_shards() -> None:
+    urls = "redis://h:6379/0,redis://h:6379/1,redis://h:6380/0,unix:///run/r.sock,sentinel://s1:26379/0,sentinel://s9:26379/0"
+    s = Settings(redis_shards=urls, _env_file=None)  # pydantic parses the string
+    assert len(s.redis_shards) == 6
 
 
 def test_a_campaign_over_two_shards_adds_up() -> None:

@@ -14,6 +14,7 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -84,6 +85,40 @@ def _redis_url(value: str, name: str) -> str:
     if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
         raise ValueError(f"{name} must be a redis://, rediss://, unix:// or sentinel:// URL")
     return value
+
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _host(host: str | None) -> str:
+    host = (host or "127.0.0.1").lower()
+    return "loopback" if host in _LOOPBACK else host
+
+
+def _db(path: str, query: str) -> int:
+    """A Redis URL's database: its path (/N) or ``?db=N``, else 0."""
+    for name, value in parse_qsl(query):
+        if name == "db" and value.isdigit():
+            return int(value)
+    tail = path.strip("/")
+    return int(tail) if tail.isdigit() else 0
+
+
+def redis_identity(url: str) -> frozenset[tuple[str, str, int, int]]:
+    """Which Redis a URL names, as far as the URL tells: (scheme family, host, port, db), one
+    per Sentinel node. Two URLs with a common element name the same Redis (for Sentinel: with
+    one REDIS_SENTINEL_MASTER, one sentinel node asked gives the same master). Spellings differ
+    (localhost and 127.0.0.1, a default port left out); DNS aliases are not resolved."""
+    out: set[tuple[str, str, int, int]] = set()
+    for part in url.split(";"):
+        split = urlsplit(part.strip())
+        if split.scheme == "unix":
+            out.add(("unix", split.path, 0, _db("", split.query)))
+        elif split.scheme == "sentinel":
+            out.add(("sentinel", _host(split.hostname), split.port or 26379, _db(split.path, split.query)))
+        else:  # redis:// and rediss:// reach the same server
+            out.add(("redis", _host(split.hostname), split.port or 6379, _db(split.path, split.query)))
+    return frozenset(out)
 
 
 def token_id(token: str) -> str:
@@ -461,6 +496,17 @@ class Settings(BaseSettings):
             _redis_url(url, "REDIS_SHARDS")
         if len(set(shards)) != len(shards) or len(shards) > MAX_SHARDS:
             raise ValueError(f"REDIS_SHARDS: at most {MAX_SHARDS} URLs, each named once")
+        seen: dict[tuple[str, str, int, int], int] = {}
+        for index, url in enumerate(shards):
+            for place in redis_identity(url):
+                if place in seen:  # two shards on one Redis: one keyspace, one queue, no capacity
+                    raise ValueError(
+                        f"REDIS_SHARDS: shards {seen[place]} and {index} name the same Redis "
+                        f"({place[0]} {place[1]}:{place[2]} db {place[3]})"
+                    )
+                seen[place] = index
+        if any(page != page.strip() or not page for page in self.shard_pages):
+            raise ValueError("SHARD_PAGES: a page id is empty or has spaces around it (it would never match)")
         if any(not 0 <= i < len(shards) for i in self.shard_pages.values()):
             raise ValueError("SHARD_PAGES: every index must name one of REDIS_SHARDS (from 0)")
         if self.shard_index is not None:
