@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from worker import campaigns, lookup
 from worker.config import Settings
-from worker.store import Keys, deadletters, outcomes, residents, shards
+from worker.store import Keys, deadletters, outcomes, pagemove, residents, shards
 
 T = TypeVar("T")
 
@@ -176,12 +176,47 @@ class Fleet:
         return False
 
     async def pause_page(self, page_id: str, seconds: float | None = None) -> float:
-        shard = self.for_page(page_id)
-        return await campaigns.pause_page(shard.redis, shard.settings, page_id, seconds)
+        """Pause the page on its shard, and on a shard it was moved from that still sends for
+        it (``shards move`` before ``--finish``: the old shard's messages must wait too)."""
+        home = self.for_page(page_id)
+        until = await campaigns.pause_page(home.redis, home.settings, page_id, seconds)
+        for shard in await self._moved_from(home, page_id):
+            await campaigns.pause_page(shard.redis, shard.settings, page_id, seconds)
+        return until
 
     async def resume_page(self, page_id: str) -> int:
-        shard = self.for_page(page_id)
-        return await campaigns.resume_page(shard.redis, shard.settings, page_id)
+        """Lift the page's pause on its shard, and on any other shard that holds a pause or
+        waits of it (a page paused before it was moved: the old shard's waits are released too).
+        A shard that does not answer is skipped: it holds none of this page's, or will say so."""
+        home = self.for_page(page_id)
+        released = await campaigns.resume_page(home.redis, home.settings, page_id)
+        for shard in await self._holding(home, page_id):
+            released += await campaigns.resume_page(shard.redis, shard.settings, page_id)
+        return released
+
+    async def _holding(self, home: Shard, page_id: str) -> list[Shard]:
+        """The other shards with a pause or waits of ``page_id`` (one EXISTS each, at once)."""
+        others = [s for s in self.shards if s is not home]
+        if not others:
+            return []
+        found = await asyncio.gather(
+            *(s.redis.exists(s.keys.pause(page_id), s.keys.page_waits(page_id)) for s in others),
+            return_exceptions=True,
+        )
+        return [s for s, n in zip(others, found, strict=True) if not isinstance(n, BaseException) and n]
+
+    async def _moved_from(self, home: Shard, page_id: str) -> list[Shard]:
+        """The shard ``page_id`` was moved from, while it still holds the page's sends (its
+        limiter's recent use, which ``--finish`` drops): [] for a page that never moved."""
+        if len(self.shards) == 1:
+            return []
+        marks = await pagemove.moved_marks(home.redis, home.keys)
+        if page_id not in marks:
+            return []
+        source = self.shards[marks[page_id][0]]
+        used = [f"{page_id}:{kind}" for kind in ("text", "media")]
+        scores = await source.redis.zmscore(source.keys.buckets, used)
+        return [source] if any(score is not None for score in scores) else []
 
     async def purge_queue(self) -> dict[str, int]:
         totals: dict[str, int] = {}

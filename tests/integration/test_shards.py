@@ -466,6 +466,13 @@ def test_adding_a_shard_keeps_the_pages_with_state_where_it_is(shards: Shards, t
         third.stop()
 
 
+def _pages_cli(env: dict[str, str], *args: str) -> Any:
+    out = subprocess.run(
+        [PY, "-m", "worker", "pages", *args], env=env, capture_output=True, timeout=60, check=True
+    )
+    return json.loads(out.stdout)
+
+
 def test_moving_a_page_takes_its_state_and_leaves_its_messages_to_the_old_shard(shards: Shards) -> None:
     """`shards move PAGE --to 1` on a page of shard 0 with a pause, a recipient's window and a
     Braze link (each with its expiry) and a message waiting for the pause: the state is copied
@@ -473,7 +480,8 @@ def test_moving_a_page_takes_its_state_and_leaves_its_messages_to_the_old_shard(
     still holds the waiting message, and once it is sent copies what changed, drops shard 0's
     copy and its recent sends, so `shards check` is clean. The pause moved with the page and was
     lifted on shard 1: a pause set again on shard 0 meanwhile does not come back, and the next
-    message lands on shard 1 and is sent."""
+    message lands on shard 1 and is sent. With the pin, `pages resume` and `pages pause` reach
+    the old shard too while it still sends for the page."""
     stack, run = shards.stack, uuid.uuid4().hex[:6]
     page = _page(0, 2)
     old_env = dict(stack.env)
@@ -506,15 +514,25 @@ def test_moving_a_page_takes_its_state_and_leaves_its_messages_to_the_old_shard(
         assert (refused["open"], refused["open_on"]) == (1, 0)  # the waiting message
         assert new.exists(keys.window(page, "9001"))
         assert old.exists(keys.window(page, "9001"))  # nothing changed
-        assert shards.cli("pages", "resume", page)  # with the old routing: shard 0's pause
-        shards.wait_final(waiting)
-        old.set(keys.suppressed(page, "9002"), "1", ex=900)  # written by shard 0 meanwhile
-        # the operator lifts the page's pause where it lives now; a pause left on the old shard
-        # (set again there with the old routing) must not come back with --finish
-        subprocess.run([PY, "-m", "worker", "pages", "resume", page], env=pinned, check=True, timeout=60)
+        # the operator resumes the page with the pin: the old shard's copy of the pause and the
+        # message waiting there are released too (before, only shard 1's copy was lifted)
+        assert _pages_cli(pinned, "resume", page)["released"] == 1
+        assert not old.exists(keys.pause(page))
         assert not new.exists(keys.pause(page))
+        shards.wait_final(waiting)
+        # a pause asked with the pin before --finish stops the old shard's sends as well
+        _pages_cli(pinned, "pause", page, "--seconds", "600")
+        assert old.exists(keys.pause(page))
+        assert new.exists(keys.pause(page))
+        _pages_cli(pinned, "resume", page)
+        assert not old.exists(keys.pause(page))
+        assert not new.exists(keys.pause(page))
+        old.set(keys.suppressed(page, "9002"), "1", ex=900)  # written by shard 0 meanwhile
+        # a pause left on the old shard (set there with the old routing) must not come back
+        # with --finish
         assert shards.cli("pages", "pause", page, "--seconds", "600")
         assert old.exists(keys.pause(page))
+        assert not new.exists(keys.pause(page))
 
         code, done = _shards_cli(pinned, "move", page, "--to", "1", "--finish")
         assert code == 0, done
