@@ -212,7 +212,11 @@ def _serve_health(consumer: Any, engine: Any) -> int | None:
     port = settings.metrics_port
     if not port:
         return None
-    server = HealthServer(worker_health(consumer, engine, settings), lambda: generate_latest(REGISTRY))
+    server = HealthServer(
+        worker_health(consumer, engine, settings),
+        lambda: generate_latest(REGISTRY),
+        host=settings.metrics_host,
+    )
     _HEALTH["server"] = server
     return server.start(port)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -77,8 +78,54 @@ def _deliver_pasted_curl(text: str) -> None:
     )
 
 
+def _descendants(pid: int) -> set[int]:
+    """``pid`` and every process under it (from /proc: Linux)."""
+    parents: dict[int, int] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents[int(stat_file.parent.name)] = int(fields[1])
+    found, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, p in parents.items() if p == parent and child not in found]
+        found.update(children)
+        frontier += children
+    return found
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """The TCP addresses that ``pid`` and its descendants listen on (/proc/net/tcp{,6})."""
+    inodes: set[str] = set()
+    for proc in _descendants(pid):
+        for fd in Path(f"/proc/{proc}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    out: set[tuple[str, int]] = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            raw, port = cols[1].split(":")
+            packed = bytes.fromhex(raw)
+            if family == socket.AF_INET:
+                packed = packed[::-1]
+            else:  # four little-endian 32-bit words
+                packed = b"".join(packed[i : i + 4][::-1] for i in range(0, 16, 4))
+            out.add((socket.inet_ntop(family, packed), int(port, 16)))
+    return out
+
+
 def test_up_sandbox_with_only_python(tmp_path: Path) -> None:
-    env = _bare_env()
+    metrics = {"METRICS_PORT": str(free_port()), "INTAKE_METRICS_PORT": str(free_port())}
+    env = {**_bare_env(), **metrics}  # the /metrics listeners on: where they listen is checked
     port = free_port()
     log = tmp_path / "up.log"
     up = _start_up(tmp_path, env, log, "--port", str(port))
@@ -104,6 +151,12 @@ def test_up_sandbox_with_only_python(tmp_path: Path) -> None:
         status = _cli(tmp_path, env, "status", "--json")
         assert status.returncode == 0, status.stderr
         assert '"queue_depth"' in status.stdout
+        # every listener of the stack (intake, its /metrics, the worker's, Redis, the sandbox)
+        # on this machine only
+        addresses = _listening(up.pid)
+        assert {int(metrics["INTAKE_METRICS_PORT"]), port} <= {p for _host, p in addresses}, addresses
+        assert len(addresses) >= 5, addresses  # and Redis's, the sandbox's, the worker's /metrics
+        assert {host for host, _port in addresses} <= {"127.0.0.1", "::1"}, addresses
     finally:
         _stop(up, log)
 

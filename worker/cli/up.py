@@ -161,6 +161,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not configured("LOG_FORMAT"):
         env["LOG_FORMAT"] = "console"  # a person reads this terminal; services in production log JSON
     env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), _ROOT_WARNING]))
+    if not configured("METRICS_HOST"):
+        env["METRICS_HOST"] = "127.0.0.1"  # as the intake: this machine only
     if not args.sandbox and not configured("PAGE_ACCESS_TOKENS"):
         print(
             "warning: PAGE_ACCESS_TOKENS is not set and --sandbox is off: every message will fail "

@@ -298,6 +298,9 @@ class Settings(BaseSettings):
     #: The intake serves /metrics on this port, a listener of its own that is not the public one
     #: (0 = off): its figures (queue depths, page ids, error rates) are not for the internet.
     intake_metrics_port: int = Field(default=9809, ge=0, le=65535)
+    #: The address the /metrics (and a worker's /healthz, /readyz) listeners bind: every
+    #: interface by default (scraped and probed from other pods); `up` binds 127.0.0.1.
+    metrics_host: str = "0.0.0.0"  # noqa: S104  # scraped from outside the pod
     #: Distinct page_id label values per process before the rest are reported as "other".
     metrics_max_pages: int = Field(default=100, ge=1)
 

@@ -97,7 +97,7 @@ def create_app(
             moved=MovedPages(settings, links),
         )
         app.state.intake = intake
-        metrics = MetricsServer(settings, intake.sync_clients())
+        metrics = MetricsServer(settings, intake.sync_clients(), host=settings.metrics_host)
         serving = metrics.start()
         tuned = tune_gc and gc_tuning.tune(settings)
         log.info(
