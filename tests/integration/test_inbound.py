@@ -102,6 +102,19 @@ def test_a_signed_ref_links_and_writes_braze(redis_server: RedisServer) -> None:
     assert write["attributes"]["messenger_id"] == "psid-1"
 
 
+def test_a_moved_pages_copy_for_its_old_shard_opens_the_window_but_links_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """The intake copies a moved page's events to the shard it came from, marked local, while
+    that shard still sends for it (worker/intake/routes/webhook.py): the window and receipts
+    there, but the Braze link is the page's own shard's to make, once."""
+    settings = make_settings(redis_server)
+    record(settings, {**event("psid-9", ref=signed("user-9")), "local": True})
+    assert linked(redis_server, settings, "psid-9") is None
+    assert braze_writes(redis_server, settings) == []
+    assert redis_server.client().exists(Keys.of(settings).window(PAGE, "psid-9"))
+
+
 @pytest.mark.parametrize(
     ("ref", "reason"),
     [

@@ -466,6 +466,37 @@ def test_adding_a_shard_keeps_the_pages_with_state_where_it_is(shards: Shards, t
         third.stop()
 
 
+def test_a_moved_pages_events_reach_the_messages_its_old_shard_still_holds(shards: Shards) -> None:
+    """Between `shards move` and `--finish` the old shard still sends what it holds, while the
+    page's webhook events go to its new shard. They are applied on the old shard too, marked
+    local (no Braze link): a read receipt marks the message the old shard sent read there.
+    Before, it was applied on the new shard alone, which never sent that message."""
+    stack, run = shards.stack, uuid.uuid4().hex[:6]
+    page = _page(0, 2)
+    psid = f"{run}-reader"
+    sent = stack.post_many([(path(page), body(psid))])
+    assert shards.index_of(sent[0]) == 0
+    shards.wait_final(sent)
+    code, copy = _shards_cli(dict(stack.env), "move", page, "--to", "1")
+    assert code == 0, copy
+    stack.procs[0].stop()  # the intake of before the pin; the new one has it
+    stack.env = {**stack.env, "SHARD_PAGES": json.dumps(copy["shard_pages"])}
+    stack.start_intake()
+    now_ms = int(time.time() * 1000)
+    read = {
+        "sender": {"id": psid},
+        "recipient": {"id": page},
+        "timestamp": now_ms,
+        "read": {"watermark": now_ms},
+    }
+    raw = json.dumps(
+        {"object": "page", "entry": [{"id": page, "time": now_ms, "messaging": [read]}]}
+    ).encode()
+    hook = httpx.post(f"{stack.intake_url}/messenger/webhook", content=raw, headers=signed(raw), timeout=15)
+    assert hook.status_code == 200, hook.text
+    assert wait_until(lambda: "read_at" in shards.record(sent[0]), 20), shards.record(sent[0])
+
+
 def _pages_cli(env: dict[str, str], *args: str) -> Any:
     out = subprocess.run(
         [PY, "-m", "worker", "pages", *args], env=env, capture_output=True, timeout=60, check=True

@@ -80,7 +80,7 @@ async def record_events(
     """Apply inbound events (see the module docstring). Returns counts for the task's result."""
     keys = Keys.of(settings)
     now = time.time()
-    statuses = [e for e in events if e.get("kind") == TEMPLATE_STATUS]
+    statuses = [e for e in events if e.get("kind") == TEMPLATE_STATUS and not e.get("local")]
     templates = await apply_status_events(client, keys, statuses) if statuses else 0
     fresh = await _unseen(client, keys, events)
     engaged: dict[tuple[str, str], float] = {}
@@ -93,7 +93,9 @@ async def record_events(
         if event.get("opens_window"):
             until = at + _window_length(event.get("window_seconds"))
             engaged[(page, psid)] = max(until, engaged.get((page, psid), 0.0))
-        external_id = _verified(settings, page, psid, event.get("ref"), now)
+        # a copy for the shard a page moved from (worker/intake/routes/webhook.py) links nothing:
+        # the page's own shard does
+        external_id = None if event.get("local") else _verified(settings, page, psid, event.get("ref"), now)
         if external_id is not None:
             links.append((page, psid, external_id))
     moved = await _touch_windows(client, settings, keys, engaged)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import redis.exceptions
 
@@ -43,7 +43,7 @@ class Link(Protocol):
     """What is read of one shard (worker.intake.state.ShardLink)."""
 
     @property
-    def redis(self) -> object: ...
+    def redis(self) -> Any: ...
 
     @property
     def keys(self) -> Keys: ...
@@ -57,6 +57,9 @@ class MovedPages:
         self._settings = settings
         self._links = tuple(links)
         self._marks: dict[int, dict[str, tuple[int, float]]] = {}
+        #: (shard, page) of the moved pages whose old shard still sends for them (its limiter's
+        #: recent use, which `--finish` drops): their webhook events are applied there too.
+        self._sending: set[tuple[int, str]] = set()
         self._read_at: float | None = None
         self._reading: asyncio.Task[None] | None = None
         #: Per old shard: the lookups waiting for its next script call, and the task making them.
@@ -81,6 +84,12 @@ class MovedPages:
             return None
         return mark[0]
 
+    async def sending_source(self, index: int, page: str) -> int | None:
+        """The shard ``page`` came from to shard ``index`` while that shard still sends for it
+        (between `shards move` and `--finish`), as last read."""
+        source = await self.source(index, page)
+        return source if source is not None and (index, page) in self._sending else None
+
     def _read(self) -> asyncio.Task[None]:
         """Every shard's marks, read at once (one read in flight at a time)."""
         if self._reading is None or self._reading.done():
@@ -89,7 +98,30 @@ class MovedPages:
 
     async def _read_all(self) -> None:
         await asyncio.gather(*(self._read_one(index, link) for index, link in enumerate(self._links)))
+        await self._read_sending()
         self._read_at = time.monotonic()
+
+    async def _read_sending(self) -> None:
+        """Which moved pages' old shards still send for them (one ZMSCORE a page there)."""
+        now, asked = time.time(), []
+        for index, marks in self._marks.items():
+            for page, (source, until) in marks.items():
+                if until > now and source != index and source < len(self._links):
+                    asked.append((index, page, source))
+        sending: set[tuple[int, str]] = set()
+        for index, page, source in asked:
+            link = self._links[source]
+            try:
+                async with asyncio.timeout(LOOKUP_SECONDS):
+                    used = await link.redis.zmscore(link.keys.buckets, [f"{page}:text", f"{page}:media"])
+            except (TimeoutError, redis.exceptions.RedisError) as exc:
+                READ_FAILED.note(shard=source, error=type(exc).__name__)
+                if (index, page) in self._sending:  # as read before
+                    sending.add((index, page))
+                continue
+            if any(score is not None for score in used):
+                sending.add((index, page))
+        self._sending = sending
 
     async def _read_one(self, index: int, link: Link) -> None:
         try:

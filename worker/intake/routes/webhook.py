@@ -44,6 +44,7 @@ from starlette.routing import Route
 from worker.config import Settings
 from worker.intake import state
 from worker.intake.http import JSONResponse, counted, error, read_body
+from worker.intake.notices import Throttled
 from worker.messenger.errors import InputError
 from worker.messenger.webhook import (
     event_to_dict,
@@ -53,9 +54,11 @@ from worker.messenger.webhook import (
     verify_signature,
 )
 from worker.store import envelope
-from worker.templates import parse_status_events
+from worker.templates import TEMPLATE_STATUS, parse_status_events
 
 WEBHOOK_MAX_BYTES = 1024 * 1024  # Messenger batches many events per POST
+#: A moved page's events not taken by its old shard (worker/intake/moved.py).
+COPY_FAILED = Throttled("intake.moved_events_not_copied", every=60.0)
 
 
 async def webhook_verify(request: Request) -> Response:
@@ -93,6 +96,8 @@ async def webhook_events(request: Request) -> Response:
     for event in events:  # each page's events go to its shard's workers
         by_shard.setdefault(intake.for_page(str(event.get("page_id", ""))).shard.index, []).append(event)
     seconds = settings.intake_deadline_seconds
+    if intake.moved.watched:
+        await _copies_for_old_shards(intake, by_shard, seconds)
     pushed = await asyncio.gather(
         *(
             _queue(intake.links[index].redis, settings.queue_name, part, seconds)
@@ -106,6 +111,31 @@ async def webhook_events(request: Request) -> Response:
             raise redis.exceptions.ConnectionError("a shard did not take its events") from failed
         raise failed
     return JSONResponse({"status": "EVENT_RECEIVED", "events": len(events)})
+
+
+async def _copies_for_old_shards(
+    intake: state.IntakeState, by_shard: dict[int, list[dict[str, Any]]], seconds: float
+) -> None:
+    """A page `shards move` brought whose old shard still sends for it (before `--finish`): its
+    users' events are applied there too, marked ``local`` (windows, parked messages, receipts
+    of the messages that shard sent; no Braze link, which the page's own shard makes). Best
+    effort: an old shard that does not take them does not fail the POST."""
+    copies: dict[int, list[dict[str, Any]]] = {}
+    for index, part in by_shard.items():
+        for event in part:
+            if event.get("kind") == TEMPLATE_STATUS:
+                continue
+            source = await intake.moved.sending_source(index, str(event.get("page_id", "")))
+            if source is not None:
+                copies.setdefault(source, []).append({**event, "local": True})
+    queue = intake.settings.queue_name
+    done = await asyncio.gather(
+        *(_queue(intake.links[source].redis, queue, part, seconds) for source, part in copies.items()),
+        return_exceptions=True,
+    )
+    for source, result in zip(copies, done, strict=True):
+        if isinstance(result, BaseException):
+            COPY_FAILED.note(shard=source, error=type(result).__name__, events=len(copies[source]))
 
 
 async def _queue(client: aioredis.Redis, queue: str, events: list[dict[str, Any]], seconds: float) -> None:
