@@ -14,12 +14,13 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.config.pages import PageTokens as PageTokens  # re-exported: its home before the split
+from worker.config.urls import redis_identity as redis_identity
+from worker.config.urls import redis_url as _redis_url
 
 #: Tags Meta removed: error 100 since 2026-04-27 (messenger-platform.md §0), and the pre-2020 set.
 DEPRECATED_TAGS: dict[str, str] = {
@@ -79,46 +80,6 @@ class DeprecatedTagPolicy(StrEnum):
 class WindowPolicy(StrEnum):
     FAIL = "fail"
     PARK = "park"
-
-
-def _redis_url(value: str, name: str) -> str:
-    if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
-        raise ValueError(f"{name} must be a redis://, rediss://, unix:// or sentinel:// URL")
-    return value
-
-
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def _host(host: str | None) -> str:
-    host = (host or "127.0.0.1").lower()
-    return "loopback" if host in _LOOPBACK else host
-
-
-def _db(path: str, query: str) -> int:
-    """A Redis URL's database: its path (/N) or ``?db=N``, else 0."""
-    for name, value in parse_qsl(query):
-        if name == "db" and value.isdigit():
-            return int(value)
-    tail = path.strip("/")
-    return int(tail) if tail.isdigit() else 0
-
-
-def redis_identity(url: str) -> frozenset[tuple[str, str, int, int]]:
-    """Which Redis a URL names, as far as the URL tells: (scheme family, host, port, db), one
-    per Sentinel node. Two URLs with a common element name the same Redis (for Sentinel: with
-    one REDIS_SENTINEL_MASTER, one sentinel node asked gives the same master). Spellings differ
-    (localhost and 127.0.0.1, a default port left out); DNS aliases are not resolved."""
-    out: set[tuple[str, str, int, int]] = set()
-    for part in url.split(";"):
-        split = urlsplit(part.strip())
-        if split.scheme == "unix":
-            out.add(("unix", split.path, 0, _db("", split.query)))
-        elif split.scheme == "sentinel":
-            out.add(("sentinel", _host(split.hostname), split.port or 26379, _db(split.path, split.query)))
-        else:  # redis:// and rediss:// reach the same server
-            out.add(("redis", _host(split.hostname), split.port or 6379, _db(split.path, split.query)))
-    return frozenset(out)
 
 
 def token_id(token: str) -> str:
