@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from tests.conftest import RedisServer
 from worker.config import PageTokens, Settings
 from worker.delivery.pauses import PauseKeeper, token_fingerprint
-from worker.store import Keys
+from worker.store import Keys, scripts
 from worker.store.pages import resume_page
 
 pytestmark = pytest.mark.integration
@@ -85,3 +85,33 @@ def test_the_pause_housekeeping_lifts_replaced_tokens_and_forgets_elapsed_pauses
     assert sync.zscore(keys.sched, "w1") == 0
     assert not sync.exists(keys.pause("101"))
     assert sync.zrange(keys.paused, 0, -1) == []  # the lifted pause and the elapsed one
+
+
+def test_a_wait_claimed_while_its_page_resumes_is_left_alone(redis_server: RedisServer) -> None:
+    """resume_page checks its waits, then makes them due: a worker may claim and end one in
+    between. The last step is one script that skips what left the schedule or has no record:
+    before, its HSET wrote a stub record without an expiry next to the delivery's outcome,
+    and its ZADD put the ended delivery back in the schedule."""
+    keys = Keys("rw" + uuid.uuid4().hex[:8], "q")
+
+    async def main() -> tuple[int, int, int, float | None]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            await client.hset(keys.delivery("waiting"), mapping={"status": "scheduled", "not_before": "9e9"})
+            await client.zadd(keys.sched, {"waiting": 9e9, "ended": 9e9})  # "ended": its record is gone
+            released = await scripts.run(
+                client,
+                "resume_waits",
+                keys=[keys.sched],
+                args=[keys.delivery_prefix, "waiting", "ended", "claimed"],
+            )
+            return (
+                int(released),
+                int(await client.exists(keys.delivery("ended"), keys.delivery("claimed"))),
+                int(await client.zscore(keys.sched, "waiting") or 0),
+                await client.zscore(keys.sched, "claimed"),
+            )
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == (1, 0, 0, None)
