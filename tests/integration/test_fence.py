@@ -214,6 +214,33 @@ def test_a_cancel_asked_while_held_ends_the_next_open_outcome_but_not_a_send(
     run(s, go)
 
 
+def test_a_cancel_after_a_stall_leaves_a_claim_whose_lease_ran_out_to_its_holder(
+    redis_server: RedisServer,
+) -> None:
+    """After a Redis stall a live holder's lease may have run out before its renewal landed,
+    its call under way. A cancel then only marks the delivery: the holder's send stays sent
+    (before, the cancel ended it CANCELLED and the send was refused as fenced: a message that
+    went out, recorded as cancelled and counted a duplicate). Left unheld, the next claim
+    ends it cancelled without a call."""
+    s = make_settings(redis_server)
+
+    async def go(client: aioredis.Redis) -> None:
+        from worker import campaigns
+
+        await accept(client, s, ["a", "b"])
+        a, _ = await claim(client, s, "w1.2", ["a", "b"], now=time.time() - 60)  # the leases ran out
+        assert [await campaigns.cancel_delivery(client, s, i) for i in ("a", "b")] == [False, False]
+        assert await write(client, s, sent(a)) == [1]
+        assert (await fields(client, s, "a"))["status"] == State.SENT
+        # b's holder died: the claim that takes it next ends it, without a call
+        assert await claim(client, s, "w2.1", ["b"]) == []
+        ended = await fields(client, s, "b")
+        assert ended["status"] == State.CANCELLED
+        assert orjson.loads(ended["error"])["reason"] == "operator"
+
+    run(s, go)
+
+
 def test_a_replayed_dead_letter_is_sent_even_if_a_cancel_was_asked_while_it_was_held(
     redis_server: RedisServer,
 ) -> None:

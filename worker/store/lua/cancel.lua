@@ -4,17 +4,19 @@
 --   'campaign': ARGV[18] the campaign id, ARGV[19] offset, ARGV[20] limit: looks at that slice of
 --               the campaign's open index (P:campopen:{id}, oldest first);
 --   'ids':      ARGV[18..] delivery ids.
--- A delivery in an open state that no live claim holds is cancelled (camp_cancel: it leaves
+-- A delivery in an open state that no claim holds is cancelled (camp_cancel: it leaves
 -- pending, open, sched, parks and its campaign's index; an outcome, RECORD_RETENTION). One a
--- worker holds (IN_FLIGHT, lease not ended) is left to that worker: in 'ids' mode it is marked
--- `cancel`, so record.lua and claim.lua cancel it at its next outcome unless it was sent; in
--- 'campaign' mode the stop itself (P:campstop) does that. An index member whose record is gone
+-- worker claimed (IN_FLIGHT) is left to that worker: in 'ids' mode it is marked `cancel`, so
+-- record.lua and claim.lua cancel it at its next outcome unless it was sent; in 'campaign' mode
+-- the stop itself (P:campstop) does that. Its lease is not looked at: after a Redis stall a live
+-- holder may not have renewed it yet while its call is under way (cancelling it here would
+-- record a sent message as cancelled); a holder that died leaves it to the sweeper, and the
+-- claim that takes it next ends it cancelled without a call. An index member whose record is gone
 -- or final leaves the index.
 -- Returns {cancelled, held, looked at}.
 --!include _campaign.lua
 camp_init(1)
 local reason, mode = ARGV[16], ARGV[17]
-local now = tonumber(CAMP.now)
 local ids
 local camp_index = nil
 if mode == 'campaign' then
@@ -26,9 +28,9 @@ else
 end
 local cancelled, held = 0, 0
 for _, id in ipairs(ids) do
-  local st = redis.call('HMGET', CAMP.d .. id, 'status', 'lease_until')
+  local st = redis.call('HMGET', CAMP.d .. id, 'status')
   if st[1] and OPEN[st[1]] then
-    if st[1] == S.IN_FLIGHT and tonumber(st[2] or '0') > now then
+    if st[1] == S.IN_FLIGHT then
       held = held + 1
       if mode == 'ids' then redis.call('HSET', CAMP.d .. id, 'cancel', '1') end
     else
