@@ -559,6 +559,7 @@ def test_moving_a_page_takes_its_state_and_leaves_its_messages_to_the_old_shard(
         assert not old.exists(keys.pause(page))
         assert not new.exists(keys.pause(page))
         old.set(keys.suppressed(page, "9002"), "1", ex=900)  # written by shard 0 meanwhile
+        old.set(keys.window(page, "9001"), "1900086400", ex=86_400)  # the user wrote again there
         # a pause left on the old shard (set there with the old routing) must not come back
         # with --finish
         assert shards.cli("pages", "pause", page, "--seconds", "600")
@@ -571,6 +572,8 @@ def test_moving_a_page_takes_its_state_and_leaves_its_messages_to_the_old_shard(
         assert done["copied"] >= 1  # the suppression shard 1 did not have
         assert done["dropped"] >= 4
         assert new.exists(keys.suppressed(page, "9002"))
+        assert new.get(keys.window(page, "9001")) == b"1900086400"  # the later window wins
+        assert new.ttl(keys.window(page, "9001")) > 3600
         assert not new.exists(keys.pause(page))  # the new shard's word on the pause stands
         assert new.zscore(keys.paused, page) is None
         assert not [k for k in old.scan_iter(match=f"{keys.prefix}:*:{page}*")]  # no key of the page

@@ -10,7 +10,8 @@ second step waits until the old shard has none of the page's open.
 The procedure (docs/scaling.md, Moving a page):
 
 1. :func:`copy_page` from the shard that holds the page to the new one. Keys the new shard has
-   already are kept (never overwritten); each copied key keeps its remaining expiry (``DUMP``,
+   already are kept (never overwritten), but for a recipient's window that the old shard has
+   later (windows only move later); each copied key keeps its remaining expiry (``DUMP``,
    ``PTTL``, ``RESTORE``).
 2. The operator pins the page to the new shard (SHARD_PAGES) and rolls the pin out: new
    requests and webhooks go there, with the state copied. The old shard's workers send what it
@@ -126,13 +127,19 @@ async def copy_page(
             restoring += 1
         if not restoring:
             continue
-        for result in await pipe.execute(raise_on_error=False):
+        busy: list[str] = []
+        restored = [
+            name for j, name in enumerate(chunk) if answers[2 * j] is not None and answers[2 * j + 1] != -2
+        ]
+        for name, result in zip(restored, await pipe.execute(raise_on_error=False), strict=True):
             if isinstance(result, ResponseError) and "BUSYKEY" in str(result):
-                kept += 1
+                busy.append(name)
             elif isinstance(result, Exception):
                 raise result
             else:
                 copied += 1
+        later = await _later_windows(source, target, keys, busy)
+        copied, kept = copied + later, kept + len(busy) - later
     indexes = [
         i for family, i in (("pause", keys.paused), ("tpl", keys.templates_synced)) if family in families
     ]
@@ -141,6 +148,40 @@ async def copy_page(
         if score is not None:
             await target.zadd(index, {page: score}, nx=True)
     return Copied(copied, kept)
+
+
+async def _later_windows(source: Any, target: Any, keys: Keys, names: list[str]) -> int:
+    """Of the keys both shards hold, the recipients' windows (``wu``: when a window closes, which
+    only ever moves later) that the source has later than the target: written to the target with
+    the source's expiry (the user wrote again where the page's events still went). The other
+    families keep the target's copy: nothing records which shard wrote last. Returns how many."""
+    windows = [n for n in names if (family_of_key(keys.prefix, n) or ("", ""))[0] == "wu"]
+    if not windows:
+        return 0
+    pipe = source.pipeline(transaction=False)
+    for name in windows:
+        pipe.get(name)
+        pipe.pttl(name)
+    theirs = await pipe.execute()
+    ours = await target.mget(windows)
+    pipe = target.pipeline(transaction=False)
+    later = 0
+    for j, name in enumerate(windows):
+        value, ttl, current = theirs[2 * j], theirs[2 * j + 1], ours[j]
+        if value is None or (current is not None and _number(current) >= _number(value)):
+            continue
+        pipe.set(name, value, px=int(ttl) if int(ttl) > 0 else None)
+        later += 1
+    if later:
+        await pipe.execute()
+    return later
+
+
+def _number(value: bytes | str) -> float:
+    try:
+        return float(text(value))
+    except ValueError:  # not a time: never the later one
+        return float("-inf")
 
 
 async def drop_page(client: Any, keys: Keys, page: str) -> int:
