@@ -287,7 +287,7 @@ def test_tag_with_non_tag_messaging_type(mtype: str) -> None:
     assert (err.status, err.code) == (422, "invalid_tag")
 
 
-@pytest.mark.parametrize("tag", ["NOT_A_TAG", "", "   ", 7], ids=repr)
+@pytest.mark.parametrize("tag", ["NOT_A_TAG", "", "   ", 7, "cu\u017ftomer_feedback"], ids=repr)
 def test_unknown_or_malformed_tag(tag: object) -> None:
     err = refused(body(messaging_type="MESSAGE_TAG", tag=tag))
     assert (err.status, err.code) == (422, "invalid_tag")
@@ -319,6 +319,12 @@ def test_fallback_header_keeps_order_and_dedupes() -> None:
     assert parse_tags(header) == ["CUSTOMER_FEEDBACK", "HUMAN_AGENT"]
     req = check(body(), headers=SendHeaders(fallback_tags=header))
     assert req.fallbacks == ["tag:CUSTOMER_FEEDBACK", "tag:HUMAN_AGENT"]
+
+
+def test_a_fallback_tag_look_alike_is_refused() -> None:
+    """U+017F (long s) upper-cases to 'S': not a tag Meta knows, whatever it becomes."""
+    err = refused(body(), headers=SendHeaders(fallback_tags="cu\u017ftomer_feedback"))
+    assert (err.status, err.code) == (422, "invalid_tag")
 
 
 def test_fallback_header_unknown_tag() -> None:

@@ -111,6 +111,8 @@ def usable_tags(
     kept: list[str] = []
     skipped: list[str] = []
     for part in tags:
+        if not part.isascii():  # "\u017f" (long s) upper-cases to "S": a look-alike is no tag
+            raise _fail("invalid_tag", f"{where}: unknown message tag {part.strip()}")
         tag = part.strip().upper()
         if not tag or tag in kept or tag in skipped:
             continue
@@ -144,8 +146,8 @@ def _normalise_tag(body: dict[str, Any], settings: Settings) -> str | None:
     policy. Returns a stripped tag, if any."""
     tag = body.get("tag")
     mtype = body.get("messaging_type")
-    if tag is not None and (not isinstance(tag, str) or not tag.strip()):
-        raise _fail("invalid_tag", "tag must be a non-empty string")
+    if tag is not None and (not isinstance(tag, str) or not tag.strip() or not tag.isascii()):
+        raise _fail("invalid_tag", "tag must be a non-empty ASCII string")
     if mtype is None:
         mtype = "MESSAGE_TAG" if tag else "UPDATE"  # old templates carry no messaging_type
         body["messaging_type"] = mtype
