@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 import uvicorn
 from structlog.testing import capture_logs
 
@@ -30,6 +31,7 @@ from worker.braze import (
     BrazeOutbox,
     DrainResult,
     InvalidItemError,
+    OutboxDrainer,
     outcome_event_item,
     psid_attribute_item,
     unreachable_item,
@@ -378,6 +380,72 @@ def test_inflight_items_are_not_sent_again_without_recover(
 
     asyncio.run(scenario())
     assert double.requests() == []
+
+
+def test_a_drainer_whose_lock_ran_out_stops_and_leaves_the_lock_to_its_new_holder(
+    redis_server: RedisServer, double: DoubleServer
+) -> None:
+    """A round of slow requests outlived the drainer's lock and another worker took it (and
+    recovered what was in flight, to send it). Before, the first drainer went on sending the
+    rest of its round without the lock, and its close() deleted the new holder's lock."""
+
+    async def scenario() -> None:
+        async with harness(redis_server, double.url, batch_size=2) as h:
+            keys = h.outbox.keys
+            drainer = OutboxDrainer(h.redis, keys, h.config, "worker-A")
+            await h.outbox.enqueue(h.redis, mixed_items(h.config, 3))  # 3 requests of 2 items
+            original = drainer._outbox.drain_once
+
+            async def first_then_taken(*args: Any) -> DrainResult:
+                result = await original(*args)
+                await h.redis.set(keys.braze_lock, "worker-B")  # A's lock ran out; B took it
+                return result
+
+            drainer._outbox.drain_once = first_then_taken  # type: ignore[method-assign,assignment]  # the slow request
+            assert await drainer.tick() == 2
+            assert not drainer.holding
+            assert await h.depth() == {"outbox": 4, "inflight": 0, "invalid": 0}  # left to B
+            await drainer.close()
+            assert await h.redis.get(keys.braze_lock) == b"worker-B"
+
+    asyncio.run(scenario())
+    assert len(successful(double)) == 1
+
+
+def test_a_round_that_failed_half_way_is_recovered_by_the_next(
+    redis_server: RedisServer, double: DoubleServer
+) -> None:
+    """Redis failed between a batch's move and its acknowledgement while the drainer kept its
+    lock. Before, the batch stayed in flight until the process restarted (only a drainer taking
+    the lock afresh recovered it); the next round now puts it back, and it is sent once."""
+
+    async def scenario() -> None:
+        async with harness(redis_server, double.url) as h:
+            drainer = OutboxDrainer(h.redis, h.outbox.keys, h.config, "worker-A")
+            await h.outbox.enqueue(h.redis, mixed_items(h.config, 2))
+            original, calls = drainer._outbox.drain_once, []
+
+            async def fails_once(*args: Any) -> DrainResult:
+                calls.append(1)
+                if len(calls) == 1:
+                    await h.outbox.move(h.redis, 50)
+                    raise redis.exceptions.ConnectionError("Redis went away before the ack")
+                return await original(*args)
+
+            drainer._outbox.drain_once = fails_once  # type: ignore[method-assign,assignment]  # the fault injected
+            stop = asyncio.Event()
+            running = asyncio.create_task(drainer.run(stop, 0.05, 0.05))
+            for _ in range(200):  # bounded: 10 s
+                if len(successful(double)) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            stop.set()
+            await running
+            assert await h.depth() == {"outbox": 0, "inflight": 0, "invalid": 0}
+            await drainer.close()
+
+    asyncio.run(scenario())
+    assert_exactly_once(double, ["u0", "u1"], ["d0", "d1"])
 
 
 # ------------------------------------------------------------------------------------------------

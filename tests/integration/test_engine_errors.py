@@ -14,15 +14,18 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import redis.exceptions
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from tests.conftest import RedisServer, wait_until
 from tests.integration.test_fence import accept, fields, make_settings, run
+from worker.config import PageTokens
 from worker.delivery.attempt import BatchContext, Released
 from worker.delivery.engine import Engine
 from worker.delivery.model import Delivery, Outcome
+from worker.delivery.scheduler import Scheduler
 from worker.graph import GraphClient
 from worker.states import State
 from worker.store import records
@@ -128,3 +131,37 @@ def test_a_claim_asked_again_counts_its_lease_from_the_first_try(
         engine.stop()
     assert len(tries) == 2
     assert left[0] <= s.delivery_lease_seconds - (tries[1] - tries[0]) + 0.1, (left, tries)
+
+
+def test_a_scheduler_round_that_raises_is_followed_by_the_next(redis_server: RedisServer) -> None:
+    """Any error of a round (before, anything but a Redis or OS error, e.g. a Braze answer
+    httpx could not decode, while the outbox drained inside the round) ended the scheduler
+    task for good: no more releases, sweeps or pause housekeeping in that process."""
+    s = make_settings(redis_server, scheduler_interval_seconds=0.05)
+
+    async def main() -> int:
+        client = aioredis.Redis.from_url(s.redis_url)
+        scheduler = Scheduler(client, s, PageTokens(s, source=""))
+        rounds: list[int] = []
+
+        async def tick() -> int:
+            rounds.append(1)
+            if len(rounds) == 1:
+                raise ValueError("a bad answer")
+            return 0
+
+        scheduler.tick = tick  # type: ignore[method-assign]  # the fault injected
+        stop = asyncio.Event()
+        running = asyncio.create_task(scheduler.run(stop))
+        for _ in range(100):  # bounded: 5 s
+            if len(rounds) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await running
+        await client.aclose()
+        return len(rounds)
+
+    with capture_logs() as lines:
+        assert asyncio.run(main()) >= 3
+    assert [line["error"] for line in lines if line["event"] == "scheduler.round_failed"] == ["ValueError"]

@@ -27,6 +27,8 @@ outcome twice. Nothing is lost in either case.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -262,9 +264,12 @@ def queue_items(pipe: Any, keys: Keys, items: Sequence[Mapping[str, Any]]) -> No
 
 
 class OutboxDrainer:
-    """One drainer at a time per key prefix: it holds ``P:braze:lock`` while it drains, renews it
-    each tick, and a drainer that takes the lock afresh first recovers what a dead holder left
-    in flight."""
+    """One drainer at a time per key prefix: it holds ``P:braze:lock`` while it drains and renews
+    it before every request (``braze_lock.lua``: only while it still holds it, so a drainer whose
+    lock ran out stops instead of sending what the next holder took back); a drainer that takes
+    the lock afresh, or whose last round failed half way, first recovers what was left in flight.
+    It runs in a loop of its own (:meth:`run`), not in the scheduler's round: a slow Braze does
+    not hold up releases and sweeps."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, config: BrazeConfig, owner: str) -> None:
         self._redis = redis
@@ -274,18 +279,40 @@ class OutboxDrainer:
         self._outbox = BrazeOutbox(keys)
         self._client: BrazeClient | None = None
         self.holding = False
+        self._recover = False
+
+    async def _held(self, action: str = "renew") -> bool:
+        done = await scripts.run(
+            self._redis, "braze_lock", keys=[self._keys.braze_lock], args=[self._owner, action, LOCK_MS]
+        )
+        return bool(done)
 
     async def _lock(self) -> bool:
-        lock = self._keys.braze_lock
-        if self.holding and await self._redis.get(lock) == self._owner.encode():
-            await self._redis.pexpire(lock, LOCK_MS)
+        if self.holding and await self._held():
+            if self._recover:  # the last round failed between a batch's move and its ack
+                await self._outbox.recover(self._redis)
+                self._recover = False
             return True
-        if await self._redis.set(lock, self._owner, nx=True, px=LOCK_MS):
+        if await self._redis.set(self._keys.braze_lock, self._owner, nx=True, px=LOCK_MS):
             self.holding = True
             await self._outbox.recover(self._redis)
+            self._recover = False
             return True
         self.holding = False
         return False
+
+    async def run(self, stop: asyncio.Event, interval: float, idle: float) -> None:
+        """Drain until ``stop``: a round every ``interval`` while there is something to send,
+        else every ``idle``. A failed round is logged and recovered by the next one."""
+        while not stop.is_set():
+            sent = 0
+            try:
+                sent = await self.tick()
+            except Exception as exc:  # noqa: BLE001  # the drain must outlive any one bad round
+                self._recover = True
+                log.warning("braze.drain_failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval if sent else idle)
 
     async def tick(self) -> int:
         """Send up to REQUESTS_PER_TICK batches if this process holds (or takes) the lock."""
@@ -294,7 +321,10 @@ class OutboxDrainer:
         if self._client is None:
             self._client = BrazeClient(self._config)
         sent = 0
-        for _ in range(REQUESTS_PER_TICK):
+        for i in range(REQUESTS_PER_TICK):
+            if i and not await self._held():  # ran out while the last request took long: stop
+                self.holding = False
+                break
             result = await self._outbox.drain_once(self._redis, self._client, self._config)
             sent += result.sent
             metrics.BRAZE_WRITES.labels("sent").inc(result.sent)
@@ -308,5 +338,5 @@ class OutboxDrainer:
         if self._client is not None:
             await self._client.aclose()
         if self.holding:
-            await self._redis.delete(self._keys.braze_lock)
+            await self._held("release")  # only if still its own: another may hold it now
             self.holding = False

@@ -186,9 +186,11 @@ class Engine:
         self._background.append(asyncio.create_task(self.leases.run(self._stop)))
         self._background.append(asyncio.create_task(self._watch_stops()))
         if with_scheduler:
-            if config is not None:
+            self.scheduler = Scheduler(client, s, self.tokens)
+            if config is not None:  # the Braze outbox drains in a loop of its own
                 self._drainer = OutboxDrainer(client, self.keys, config, self.worker_id)
-            self.scheduler = Scheduler(client, s, self.tokens, self._drainer)
+                drain = self._drainer.run(self._stop, s.scheduler_interval_seconds, s.scheduler_idle_wait)
+                self._background.append(asyncio.create_task(drain))
             self.recorder.on_due = self.scheduler.expect  # its waits wake an idle scheduler
             self._background.append(asyncio.create_task(self.scheduler.run(self._stop)))
             # the utility-template catalogues' periodic sync (TEMPLATE_SYNC_SECONDS; one worker a turn)

@@ -13,10 +13,13 @@ Every SCHEDULER_INTERVAL_SECONDS (0.1 s) while there is work, and up to SCHEDULE
   new token; purges dead letters past DEAD_LETTER_RETENTION (when set); gives the buckets of
   windows that are over their expiry (the seal pass, :mod:`worker.store.seals`);
 * every minute, with REDIS_SHARDS: counts the pages whose state stayed on this shard while the
-  shard list routes them elsewhere (``bmw_shard_stranded_pages``; docs/scaling.md);
-* drains the Braze outbox when this process holds its lock.
+  shard list routes them elsewhere (``bmw_shard_stranded_pages``; docs/scaling.md).
 
-**Idle rounds.** A round that released, swept and sent nothing to Braze, with nothing due in
+The Braze outbox drains in a loop of its own (:meth:`worker.braze.OutboxDrainer.run`), so a slow
+Braze does not hold these rounds up. A round that fails for any reason is logged and the next
+one runs: the scheduler never ends before the process.
+
+**Idle rounds.** A round that released and swept nothing, with nothing due in
 ``P:sched`` within SCHEDULER_IDLE_SECONDS, is followed by a wait of SCHEDULER_IDLE_SECONDS; while
 a wait falls due sooner, rounds keep the interval's cadence. Waits this process schedules (a
 retry, a deferred pacing slot, a page's pause: the recorder calls :meth:`Scheduler.expect`) wake
@@ -46,7 +49,6 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from worker import metrics
-from worker.braze import OutboxDrainer
 from worker.config import PageTokens, Settings
 from worker.delivery.pauses import PauseKeeper
 from worker.logging import get_logger
@@ -71,13 +73,11 @@ class Scheduler:
         client: aioredis.Redis,
         settings: Settings,
         tokens: PageTokens,
-        drainer: OutboxDrainer | None = None,
     ) -> None:
         self._client = client
         self._settings = settings
         self._keys = Keys.of(settings)
         self._pauses = PauseKeeper(client, self._keys, tokens)
-        self._drainer = drainer
         self._housekeeping_at = 0.0
         self._connected_since = time.monotonic()
         self._hold_off = 2 * settings.lease_renew_seconds
@@ -136,6 +136,9 @@ class Scheduler:
                 if failures == 1 or failures % 100 == 0:  # once, then every ~10 s of trouble
                     log.warning("scheduler.redis_error", error=type(exc).__name__, failures=failures)
                 self._connected_since = time.monotonic()
+            except Exception as exc:  # a bad round must not end the scheduler
+                failures += 1
+                log.exception("scheduler.round_failed", error=type(exc).__name__, failures=failures)
             else:
                 if time.monotonic() - started > self._stall:
                     self._connected_since = time.monotonic()  # a stall: leases may have run out
@@ -189,7 +192,7 @@ class Scheduler:
 
     async def _seal(self) -> None:
         """The housekeeping's share of the seal pass (bucket expiries, store/seals.py). Its
-        failure is logged and left to the next run: the tick goes on (the outbox drainer)."""
+        failure is logged and left to the next run: the tick goes on."""
         try:
             sealed = await seals.run(self._client, self._keys, self._settings)
         except redis.exceptions.ResponseError as exc:  # a script error: the next run tries again
@@ -250,8 +253,5 @@ class Scheduler:
         ):
             self._stranded_at = time.monotonic()
             await self._stranded()
-        sent = 0
-        if self._drainer is not None:
-            sent = await self._drainer.tick()
-        self._busy = bool(ids or sent or lifted)
+        self._busy = bool(ids or lifted)
         return len(ids)
