@@ -437,3 +437,30 @@ def test_the_sandbox_sends_receipts_for_what_it_accepted(
             s.stop()
     finally:
         proc.stop()
+
+
+def test_a_confirmed_dead_letter_action_acts_only_on_the_letters_it_named(stack: Stack) -> None:
+    """The console's confirmation of a replay or purge names the letters it will act on. One
+    that named none (the filter matched nothing when it was shown) must not act on letters
+    that died since: before, confirming it acted on whatever the filter matched then."""
+    run, page = uuid.uuid4().hex[:6], "403"
+    client, csrf = console(stack)
+    try:
+        form = {"csrf": csrf, "action": "purge", "page": page, "code": "2"}
+        asked = client.post("/console/dead-letters", data=form)
+        assert asked.status_code == 200, asked.text
+        assert "Purge 0 dead letters" in asked.text
+        dead = stack.post(
+            {"recipient": {"id": f"err-2-cn{run}"}, "messaging_type": "UPDATE", "message": {"text": "x"}},
+            path=f"/v25.0/{page}/messages",
+        ).json()["delivery_id"]
+        assert stack.wait_final([dead])[dead]["status"] == "dead"  # it died after the page was shown
+        done = client.post("/console/dead-letters", data={**form, "confirmed": "1"})
+        assert done.status_code == 303
+        assert done.headers["location"] == "/console/dead-letters?done=purged+0"
+        assert stack.record(dead)["status"] == "dead"  # not purged
+        # confirming with the letter named purges it, and says so in words
+        named = client.post("/console/dead-letters", data={**form, "id": dead, "confirmed": "1"})
+        assert named.headers["location"] == "/console/dead-letters?done=purged+1"
+    finally:
+        client.close()

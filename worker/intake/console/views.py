@@ -142,7 +142,7 @@ _FILTER_FIELDS = (("page", "page_id"), ("code", "code"), ("older_than", "older_t
 
 def _filter_fields(flt: deadletters.Filter) -> list[tuple[str, str]]:
     fields = [("page", flt.page_id or ""), ("code", "" if flt.error_code is None else str(flt.error_code))]
-    return [*fields, ("older_than", "" if flt.older_than is None else str(int(flt.older_than)))]
+    return [*fields, ("older_than", "" if flt.older_than is None else f"{flt.older_than:.15g}")]
 
 
 async def dead_letters(request: Request, s: sessions.Session) -> Response:
@@ -180,9 +180,13 @@ async def dead_action(request: Request, s: sessions.Session, fields: list[tuple[
     except InputError:
         return redirect("/console/dead-letters")
     chosen = [value for name, value in fields if name == "id"]
-    targets = await intake.fleet.select_dead(chosen or None, flt)
-    ids = [t["delivery_id"] for t in targets][:DEAD_SHOWN]
-    if params.get("confirmed") != "1":
+    if params.get("confirmed") == "1":  # exactly the letters the confirmation page named
+        ids = chosen[:DEAD_SHOWN]
+        if not ids:  # it named none: nothing was confirmed (the filter is not asked again)
+            return redirect(f"/console/dead-letters?done={_DONE[action]}+0")
+    else:
+        targets = await intake.fleet.select_dead(chosen or None, flt)
+        ids = [t["delivery_id"] for t in targets][:DEAD_SHOWN]
         what = "the selected" if chosen else "the newest matching"
         return page(
             "confirm",
@@ -199,7 +203,10 @@ async def dead_action(request: Request, s: sessions.Session, fields: list[tuple[
         done = len(await intake.fleet.replay(ids))
     else:
         done = await intake.fleet.purge_dead(ids)
-    return redirect(f"/console/dead-letters?done={action}ed+{done}")
+    return redirect(f"/console/dead-letters?done={_DONE[action]}+{done}")
+
+
+_DONE = {"replay": "replayed", "purge": "purged"}
 
 
 async def lookups(request: Request, s: sessions.Session) -> Response:
