@@ -130,3 +130,26 @@ def test_the_cli_takes_a_pause_within_the_bound() -> None:
     args = build_parser().parse_args(["pages", "pause", "1234567890", "--seconds", "31622400"])
     assert args.seconds == MAX_PAUSE_SECONDS
     assert build_parser().parse_args(["pages", "pause", "1234567890"]).seconds is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dead-letters", "list", "--older-than", "nan"],
+        ["dead-letters", "list", "--older-than", "inf"],
+        ["dead-letters", "purge", "--older-than", "-5"],
+        ["dead-letters", "list", "--limit", "0"],
+        ["campaigns", "stop", ""],
+        ["campaigns", "show", "c" * 129],
+    ],
+)
+def test_the_cli_refuses_what_redis_or_the_service_would_refuse_with_a_traceback(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line and exit 2 (argparse), not a ResponseError or ValueError traceback later."""
+    from worker.cli import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err

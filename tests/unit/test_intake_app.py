@@ -75,11 +75,22 @@ def test_unknown_routes_methods_and_actions(client: TestClient) -> None:
 
 
 def test_dead_letter_filters_must_be_finite_numbers(client: TestClient) -> None:
-    for params in ({"older_than": "nan"}, {"older_than": "inf"}, {"code": "x"}, {"limit": "1e400"}):
+    for params in (
+        {"older_than": "nan"},
+        {"older_than": "inf"},
+        {"code": "x"},
+        {"limit": "1e400"},
+        {"limit": "0"},  # was read as the default 1000
+        {"limit": "-1"},  # was a slice of the ids given, dropping them without a word
+    ):
         resp = client.get("/v1/dead-letters", params=params, headers=ADMIN_AUTH)
         assert error_of(resp) == (422, "invalid_filter"), params
     resp = client.post("/v1/dead-letters/purge", json={"older_than": "-inf"}, headers=ADMIN_AUTH)
     assert error_of(resp) == (422, "invalid_filter")
+    # a body's page_id false, or a code 1.5, was read as "every page" or code 1
+    for body in ({"page_id": False}, {"page_id": " "}, {"page_id": [1]}, {"code": 1.5}, {"code": True}):
+        resp = client.post("/v1/dead-letters/purge", json=body, headers=ADMIN_AUTH)
+        assert error_of(resp) == (422, "invalid_filter"), body
     assert error_of(client.post("/v1/dead-letters/purge", json=[1], headers=ADMIN_AUTH)) == (
         422,
         "invalid_body",

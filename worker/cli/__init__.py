@@ -12,6 +12,7 @@ connection failure is one line on stderr and exit code 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,27 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         if text and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
             text += " (default: %(default)s)"
         return text
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds, finite and not negative (argparse's float takes 'nan' and 'inf')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value
 
 
 def _parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -150,8 +172,8 @@ def _add_operations(sub: Any) -> None:
     p.add_argument("action", choices=["list", "replay", "purge"], help="what to do")
     p.add_argument("--page", default=None, help="only this page's")
     p.add_argument("--code", type=int, default=None, help="only those with this Graph error code")
-    p.add_argument("--older-than", type=float, default=None, help="only those dead for this many seconds")
-    p.add_argument("--limit", type=int, default=1000, help="at most this many")
+    p.add_argument("--older-than", type=_seconds, default=None, help="only those dead for this many seconds")
+    p.add_argument("--limit", type=_positive, default=1000, help="at most this many")
     p.add_argument(
         "--id", dest="ids", action="append", default=None, help="a dead letter's delivery id (repeatable)"
     )

@@ -50,6 +50,15 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0 if cancelled else 1
 
 
+def _campaign_id(text: str) -> str:
+    """What the intake takes as a campaign id: 1 to 128 characters."""
+    from worker.campaigns import MAX_CAMPAIGN_ID
+
+    if not 1 <= len(text) <= MAX_CAMPAIGN_ID:
+        raise argparse.ArgumentTypeError(f"a campaign id is 1 to {MAX_CAMPAIGN_ID} characters")
+    return text
+
+
 def _pause_seconds(text: str) -> float:
     """``pages pause --seconds``: the admin API's bound (above 0, at most 366 days), checked by
     the API's own reader."""
@@ -101,7 +110,9 @@ def add_parsers(sub: Any, parser: Callable[[Any, str, str], argparse.ArgumentPar
         ("resume", "accept the campaign's new messages again"),
     ):
         c = csub.add_parser(name, help=text)
-        c.add_argument("id", help="the campaign id (X-Braze-Campaign-Id, or the Canvas id)")
+        c.add_argument(
+            "id", type=_campaign_id, help="the campaign id (X-Braze-Campaign-Id, or the Canvas id)"
+        )
     p.set_defaults(func=cmd_campaigns)
 
     p = parser(sub, "deliveries", "one delivery")

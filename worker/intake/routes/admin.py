@@ -36,6 +36,10 @@ def _number(params: Mapping[str, Any], name: str, kind: type[int] | type[float])
     value = params.get(name)
     if value in (None, ""):
         return None
+    if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+        raise InputError(
+            422, "invalid_filter", f"{name} must be {'an integer' if kind is int else 'a number'}"
+        )
     try:
         number = kind(value)
     except (TypeError, ValueError, OverflowError):
@@ -47,12 +51,23 @@ def _number(params: Mapping[str, Any], name: str, kind: type[int] | type[float])
 
 
 def dead_filter(params: Mapping[str, Any]) -> deadletters.Filter:
+    """The dead-letter filter of a query or a body. A page id is a string (a number from JSON is
+    taken as its digits); anything else, or an empty one given, is refused rather than read as
+    "every page". ``limit`` is at least 1 (absent: DEFAULT_LIMIT), at most MAX_LIMIT (more is
+    taken as MAX_LIMIT)."""
     page = params.get("page_id")
+    if isinstance(page, int) and not isinstance(page, bool):
+        page = str(page)
+    if page is not None and (not isinstance(page, str) or (not page.strip() and page != "")):
+        raise InputError(422, "invalid_filter", "page_id must be a page id")
+    limit = _number(params, "limit", int)
+    if limit is not None and limit < 1:
+        raise InputError(422, "invalid_filter", "limit must be at least 1")
     return deadletters.Filter(
-        page_id=str(page) if page else None,
+        page_id=page or None,
         error_code=_number(params, "code", int),
         older_than=_number(params, "older_than", float),
-        limit=min(_number(params, "limit", int) or DEFAULT_LIMIT, MAX_LIMIT),
+        limit=DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT),
     )
 
 
