@@ -446,8 +446,11 @@ def _page_gauges(status: Status) -> Iterator[GaugeMetricFamily]:
         rate_g.add_metric(labels, row.rate_limit)
         eff_g.add_metric(labels, row.effective_rate)
         tokens_g.add_metric(labels, row.tokens)
-        if row.paused_until and row.kind == "text":
-            paused_g.add_metric([row.page_id, row.pause_reason or "unknown"], 1)
+    # every paused page (P:paused), not only those among the page rows: a paused page grants no
+    # slot, so its limiter's last use ages out of the METRICS_MAX_PAGES most recent while it is
+    # still paused, and the alerts on this gauge (BmwPageTokenInvalid, BmwPagePaused) resolved
+    for paused in status.paused_pages:
+        paused_g.add_metric([paused.page_id, paused.reason or "unknown"], 1)
     yield from (paused_g, rate_g, eff_g, tokens_g)
 
 

@@ -43,3 +43,36 @@ def test_parked_deliveries_are_not_an_old_backlog(redis_server: RedisServer) -> 
     only_parked = status.read(client, settings, now=now)
     assert only_parked.oldest_open_age_s >= 4_999, "all scanned are parked: the bound, not zero"
     client.delete(keys.open, keys.parked, keys.pending)
+
+
+def test_a_paused_page_stays_in_bmw_page_paused_whatever_the_page_rows(redis_server: RedisServer) -> None:
+    """bmw_page_paused feeds BmwPageTokenInvalid and BmwPagePaused. It came from the page rows,
+    the METRICS_MAX_PAGES most recently used limiter buckets; a paused page uses none, so once
+    other pages had used theirs (or a day passed) the gauge and its alerts went away while the
+    page was still paused."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from worker import status
+    from worker.config import Settings
+    from worker.store import Keys
+    from worker.store.pages import pause_page
+
+    settings = Settings(_env_file=None, key_prefix="t" + uuid.uuid4().hex[:8], metrics_max_pages=2)
+    keys = Keys.of(settings)
+    client = redis_server.client()
+    for i, page in enumerate(("801", "802", "803")):  # three other pages used their buckets since
+        client.zadd(keys.buckets, {f"{page}:text": time.time() - i})
+
+    async def pause() -> None:
+        async_client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            await pause_page(async_client, keys, "1234567890", 600)
+        finally:
+            await async_client.aclose()
+
+    asyncio.run(pause())
+    body = status.render_metrics([(settings, client)]).decode()
+    assert 'bmw_page_paused{page_id="1234567890",reason="operator"} 1.0' in body
+    assert "bmw_pages_paused 1.0" in body
