@@ -624,6 +624,45 @@ def test_dead_letters_by_id_however_old_and_purge_only_the_dead(redis_server: Re
     run(s, go)
 
 
+def test_listing_dead_letters_pages_by_death_time_not_by_offset(redis_server: RedisServer) -> None:
+    """Letters dying while a listing pages through the set shifted an offset-paged listing: some
+    were listed twice. By a cursor on the time of death, each is listed once, newest first, ties
+    of one death time (600 here, over page edges) included; what dies meanwhile is newer than
+    the cursor and left to the next listing."""
+    s = make_settings(redis_server)
+    keys = Keys.of(s)
+
+    async def go(client: aioredis.Redis) -> None:
+        now = time.time()
+        pipe = client.pipeline(transaction=False)
+        for i in range(1200):  # d0..d599 died in one instant; d600.. one a second after
+            pipe.hset(keys.delivery(f"d{i:04}"), mapping={"status": State.DEAD, "page_id": PAGE})
+            pipe.zadd(keys.dead, {f"d{i:04}": now - 2000 if i < 600 else now - 1200 + i})
+        await pipe.execute()
+        original, pages = client.zrevrangebyscore, []
+
+        async def paging(*args: Any, **kwargs: Any) -> Any:
+            got = await original(*args, **kwargs)
+            pages.append(len(got))
+            await client.hset(
+                keys.delivery(f"new{len(pages)}"), mapping={"status": State.DEAD, "page_id": PAGE}
+            )  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+            await client.zadd(keys.dead, {f"new{len(pages)}": time.time()})  # one died meanwhile
+            return got
+
+        client.zrevrangebyscore = paging  # type: ignore[method-assign]  # deaths between pages
+        listed = [
+            v["delivery_id"] for v in await deadletters.list_dead(client, s, deadletters.Filter(limit=5000))
+        ]
+        assert len(pages) >= 3  # it paged (500 a page)
+        # what died after the listing began is newer than its cursor: not in it; the rest once each
+        assert len(listed) == len(set(listed)) == 1200
+        assert listed[:600] == [f"d{i:04}" for i in range(1199, 599, -1)]
+        assert sorted(listed[600:]) == [f"d{i:04}" for i in range(600)]
+
+    run(s, go)
+
+
 def test_the_sweeper_leaves_a_queued_delivery_waiting_in_a_backlog(redis_server: RedisServer) -> None:
     """A QUEUED delivery past its deadline while messages wait in the queue is merely waiting in a
     backlog: no second message for it (the backlog is not amplified); once the queue is empty, a

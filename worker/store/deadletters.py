@@ -7,8 +7,10 @@ number per tick, and logs how many). Replay keeps the delivery_id, resets attemp
 clock, and acts only on a delivery that is still dead (``replay.lua``), so replaying twice sends
 nothing twice. Purge deletes only records that are still dead (``purge_dead.lua``).
 
-Listing reads the dead set page by page, newest first, and stops at ``limit`` matches; explicit
-ids are looked up directly, however old they are.
+Listing reads the dead set page by page, newest first, by a cursor on the time of death (not an
+offset: a page costs the same however deep, and letters dying meanwhile are neither listed twice
+nor make others skipped), and stops at ``limit`` matches; explicit ids are looked up directly,
+however old they are.
 """
 
 from __future__ import annotations
@@ -63,14 +65,19 @@ async def list_dead(client: aioredis.Redis, settings: Settings, flt: Filter) -> 
     now = time.time()
     newest = "+inf" if flt.older_than is None else repr(now - flt.older_than)
     out: list[dict[str, Any]] = []
-    offset = 0
+    skip = 0  # the entries at exactly ``newest`` already read (a death time several letters share)
     while len(out) < flt.limit:
+        # a cursor by death time, not an offset from the newest: letters dying meanwhile do not
+        # shift the pages (listed twice, or skipped), and Redis does not walk the offset again
         entries = await client.zrevrangebyscore(
-            keys.dead, newest, "-inf", start=offset, num=PAGE, withscores=True
+            keys.dead, newest, "-inf", start=skip, num=PAGE, withscores=True
         )
         if not entries:
             break
-        offset += len(entries)
+        last = float(entries[-1][1])
+        same = sum(1 for _, score in entries if float(score) == last)
+        skip = same + (skip if repr(last) == newest else 0)
+        newest = repr(last)
         pipe = client.pipeline(transaction=False)
         for member, _score in entries:
             pipe.hgetall(keys.delivery(text(member)))
