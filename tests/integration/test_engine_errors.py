@@ -28,7 +28,7 @@ from worker.delivery.model import Delivery, Outcome
 from worker.delivery.scheduler import Scheduler
 from worker.graph import GraphClient
 from worker.states import State
-from worker.store import records
+from worker.store import records, scripts
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +165,32 @@ def test_a_scheduler_round_that_raises_is_followed_by_the_next(redis_server: Red
     with capture_logs() as lines:
         assert asyncio.run(main()) >= 3
     assert [line["error"] for line in lines if line["event"] == "scheduler.round_failed"] == ["ValueError"]
+
+
+def test_a_pipeline_whose_script_was_flushed_applies_its_other_commands_once(
+    redis_server: RedisServer,
+) -> None:
+    """After a Redis restart (its scripts gone), the first pipeline with a script fails NOSCRIPT
+    for the script alone: the other commands ran. Before, the whole pipeline was sent again, so
+    an outcome batch pushed its Braze items twice (duplicate events in Braze) and counted its
+    counters twice. Now only the script is sent again."""
+    key = "ne" + uuid.uuid4().hex[:8]
+
+    async def main() -> tuple[list[Any], int, bytes | None]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            await client.script_flush()
+
+            def build(pipe: Any) -> None:
+                pipe.lpush(f"{key}:outbox", "item")
+                scripts.queue(pipe, "braze_lock", keys=[f"{key}:lock"], args=["me", "renew", 1000])
+                pipe.incr(f"{key}:count")
+
+            results = await scripts.execute(client, build)
+            return results, await client.llen(f"{key}:outbox"), await client.get(f"{key}:count")
+        finally:
+            await client.aclose()
+
+    results, pushed, counted = asyncio.run(main())
+    assert results == [1, 0, 1]  # the script's answer in its place
+    assert (pushed, counted) == (1, b"1")

@@ -380,7 +380,7 @@ class GroupCommitter:
     async def _accept(self, *, keys: list[str], args: list[Any], writes: list[list[Any]]) -> Any:
         """One commit (a seam: tests hold it in flight): the records' HSETs and the accept.lua
         call in one MULTI/EXEC, so no record is written without the script's decision about it;
-        on NOSCRIPT both again (the HSETs write the same values). accept.lua's answer."""
+        on NOSCRIPT the script again (scripts.execute). accept.lua's answer."""
 
         def build(pipe: Any) -> None:
             for write in writes:

@@ -119,21 +119,28 @@ def queue(pipe: Any, name: str, keys: Sequence[Any] = (), args: Sequence[Any] = 
 async def execute(
     client: aioredis.Redis, build: Callable[[Any], Awaitable[None] | None], *, transaction: bool = False
 ) -> list[Any]:
-    """Build a pipeline with ``build(pipe)`` and execute it. If a script in it is missing on the
-    server, load the scripts and build and execute it once more (so ``build`` must describe
-    writes that are safe to apply twice). Errors other than NOSCRIPT are raised as usual."""
-    for attempt in (1, 2):
-        pipe = client.pipeline(transaction=transaction)
-        built = build(pipe)
-        if built is not None:
-            await built
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = [r for r in results if isinstance(r, NoScriptError)]
-        if not missing or attempt == 2:
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-            return results
+    """Build a pipeline with ``build(pipe)`` and execute it. If a script in it was missing on the
+    server (NOSCRIPT: Redis restarted or its scripts were flushed), load the scripts and send
+    again only the commands that failed so, in their order, and answer as if they had not: the
+    pipeline's other commands were applied once and are not applied again (a list push, a
+    counter). Errors other than NOSCRIPT are raised as usual."""
+    pipe = client.pipeline(transaction=transaction)
+    built = build(pipe)
+    if built is not None:
+        await built
+    stack = list(pipe.command_stack)  # execute() empties it
+    results: list[Any] = await pipe.execute(raise_on_error=False)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
         for name in names():
             await client.script_load(script(name).source)
-    raise AssertionError("unreachable")  # pragma: no cover
+        again = client.pipeline(transaction=transaction)
+        for i in missing:
+            args, options = stack[i]
+            again.execute_command(*args, **options)
+        for i, result in zip(missing, await again.execute(raise_on_error=False), strict=True):
+            results[i] = result
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results
