@@ -214,9 +214,7 @@ class Fleet:
         if page_id not in marks:
             return []
         source = self.shards[marks[page_id][0]]
-        used = [f"{page_id}:{kind}" for kind in ("text", "media")]
-        scores = await source.redis.zmscore(source.keys.buckets, used)
-        return [source] if any(score is not None for score in scores) else []
+        return [source] if await pagemove.still_sends(source.redis, source.keys, page_id) else []
 
     async def purge_queue(self) -> dict[str, int]:
         totals: dict[str, int] = {}

@@ -113,13 +113,11 @@ class MovedPages:
             link = self._links[source]
             try:
                 async with asyncio.timeout(LOOKUP_SECONDS):
-                    used = await link.redis.zmscore(link.keys.buckets, [f"{page}:text", f"{page}:media"])
+                    sends = await pagemove.still_sends(link.redis, link.keys, page)
             except (TimeoutError, redis.exceptions.RedisError) as exc:
                 READ_FAILED.note(shard=source, error=type(exc).__name__)
-                if (index, page) in self._sending:  # as read before
-                    sending.add((index, page))
-                continue
-            if any(score is not None for score in used):
+                sends = (index, page) in self._sending  # as read before
+            if sends:
                 sending.add((index, page))
         self._sending = sending
 

@@ -118,19 +118,16 @@ async def copy_page(
             pipe.pttl(name)
         answers = await pipe.execute()
         pipe = target.pipeline(transaction=False)
-        restoring = 0
+        restored: list[str] = []
         for j, name in enumerate(chunk):
             dumped, ttl = answers[2 * j], answers[2 * j + 1]
             if dumped is None or ttl == -2:  # expired since the scan named it
                 continue
             pipe.restore(name, max(int(ttl), 0), dumped)  # 0: no expiry, as on the source
-            restoring += 1
-        if not restoring:
+            restored.append(name)
+        if not restored:
             continue
         busy: list[str] = []
-        restored = [
-            name for j, name in enumerate(chunk) if answers[2 * j] is not None and answers[2 * j + 1] != -2
-        ]
         for name, result in zip(restored, await pipe.execute(raise_on_error=False), strict=True):
             if isinstance(result, ResponseError) and "BUSYKEY" in str(result):
                 busy.append(name)
@@ -248,6 +245,14 @@ async def mark_moved(client: Any, keys: Keys, page: str, source: int, until: flo
     pipe.hset(keys.moved, page, f"{source}:{until:.0f}")
     pipe.expireat(keys.moved, int(max(u for _, u in marks.values())) + 1)
     await pipe.execute()
+
+
+async def still_sends(client: Any, keys: Keys, page: str) -> bool:
+    """Whether ``client``'s shard still sends for ``page``: its limiter was used for the page
+    (``P:rl:used``, kept a day), which ``--finish`` drops (:func:`drop_page`). Between the two
+    steps of a move, the old shard's pauses and webhook events matter for what it holds."""
+    used = await client.zmscore(keys.buckets, [f"{page}:text", f"{page}:media"])
+    return any(score is not None for score in used)
 
 
 def mark_until(idempotency_ttl: int, now: float | None = None) -> float:
