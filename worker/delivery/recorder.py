@@ -45,21 +45,28 @@ RETRY_CAP = 2.0
 #: side effects, so one bad command cannot hold every later outcome of the process.
 EFFECTS_TRIES = 3
 #: Refusals that are Redis's state, not the command's: they pass, and the write is retried whole.
+#: By class (redis-py's for their codes) and, for the codes it leaves as a plain ResponseError,
+#: by the code that starts the message.
 _PASSING = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.NoScriptError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ClusterDownError,
 )
+_PASSING_CODES = ("BUSY ", "MISCONF ", "NOREPLICAS ", "UNBLOCKED ")
 
 
 def refused(exc: BaseException) -> bool:
-    """Redis answered, and refused a command as wrong (``ERR``, ``WRONGTYPE``, a script's
-    error): sending it again gives the same answer. Not a connection error, nor a server state
-    (out of memory, read-only, loading, busy, MISCONF), which pass."""
+    """Redis answered, and refused a command as wrong: sending it again gives the same answer.
+    That is a ResponseError but for a server state (out of memory, read-only, busy, MISCONF,
+    a failover: those pass). redis-py strips the ``ERR`` code from the message (``ERR invalid
+    expire time ...`` reads ``invalid expire time ...``, a script's error likewise), and keeps
+    others (``WRONGTYPE ...``)."""
     if not isinstance(exc, redis.exceptions.ResponseError) or isinstance(exc, _PASSING):
         return False
-    message = str(exc).rsplit("caused error: ", 1)[-1]
-    return message.startswith(("ERR", "WRONGTYPE", "Error running script"))
+    return not str(exc).startswith(_PASSING_CODES)
 
 
 #: record.lua's answer for an open outcome written as CANCELLED (its campaign stopped meanwhile).
