@@ -1,0 +1,193 @@
+"""The on-call alerts fire when they should and stay quiet when they should not, and Alertmanager's
+inhibitions silence only what they explain.
+
+* ``promtool test rules`` on synthetic series, with the rules of deploy/prometheus/alerts.yml (their
+  annotations dropped: the labels are under test here, the summaries in test_alert_shards.py):
+  a page whose token is invalid, no worker up, a failure ratio over 5%, Braze writes held,
+  new dead letters, an old backlog; and the cases where each must not fire.
+* deploy/alertmanager/alertmanager.yml's inhibit rules, applied as Alertmanager applies them
+  (matchers on the source and the target, ``equal`` labels, an absent label equal to an absent
+  one): with REDIS_SHARDS, one shard's Redis outage must not silence another shard's backlog.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml  # type: ignore[import-untyped,unused-ignore]  # PyYAML ships no type information
+
+from tests.deploy.common import DEPLOY, load_yaml
+from tests.deploy.test_prometheus import ALERTS, promtool
+
+
+def _run(
+    tmp_path: Path, series: list[tuple[str, str]], checks: list[tuple[str, str, list[dict[str, str]]]]
+) -> None:
+    rules = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
+    test = {
+        "interval": "1m",
+        "input_series": [{"series": s, "values": v} for s, v in series],
+        "alert_rule_test": [
+            {"eval_time": t, "alertname": name, "exp_alerts": [{"exp_labels": labels} for labels in alerts]}
+            for t, name, alerts in checks
+        ],
+    }
+    spec = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": [test]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    done = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_page_with_an_invalid_token_pages_at_once_other_pauses_after_15_minutes(tmp_path: Path) -> None:
+    series = [
+        # two intake replicas report the same paused pages
+        ('bmw_page_paused{instance="a", page_id="111", reason="token_invalid"}', "1x30"),
+        ('bmw_page_paused{instance="b", page_id="111", reason="token_invalid"}', "1x30"),
+        ('bmw_page_paused{instance="a", page_id="222", reason="page_restricted"}', "1x30"),
+    ]
+    checks = [
+        ("3m", "BmwPageTokenInvalid", [{"page_id": "111", "severity": "critical"}]),
+        ("10m", "BmwPagePaused", []),  # for: 15m
+        ("20m", "BmwPagePaused", [{"page_id": "222", "reason": "page_restricted", "severity": "warning"}]),
+    ]
+    _run(tmp_path, series, checks)
+
+
+def test_no_worker_up_fires_and_an_up_worker_keeps_it_quiet(tmp_path: Path) -> None:
+    series = [
+        ('up{job="worker", instance="w1"}', "1x5 0x20"),  # the only worker stops answering at 5m
+        ('up{job="intake", instance="i1"}', "1x25"),
+    ]
+    checks = [
+        ("4m", "BmwNoWorker", []),
+        ("6m", "BmwNoWorker", []),  # for: 2m
+        ("10m", "BmwNoWorker", [{"severity": "critical"}]),
+        ("10m", "BmwNoIntake", []),
+    ]
+    _run(tmp_path, series, checks)
+
+
+def test_failure_ratio_fires_over_5_percent_of_enough_traffic(tmp_path: Path) -> None:
+    series = [
+        # 1 sent/s throughout; 0.5 failed/s from 10m on (a third of outcomes), dead letters none
+        ('bmw_deliveries_total{outcome="sent", page_id="111"}', "0+60x40"),
+        ('bmw_deliveries_total{outcome="failed", page_id="111"}', "0x10 0+30x30"),
+        ('bmw_deliveries_total{outcome="dead", page_id="111"}', "0x40"),
+    ]
+    checks = [
+        ("9m", "BmwFailureRatioHigh", []),
+        ("30m", "BmwFailureRatioHigh", [{"severity": "warning"}]),
+    ]
+    _run(tmp_path, series, checks)
+    # the same ratio on a trickle (0.03 outcomes/s) is noise, not an alert
+    trickle = [
+        ('bmw_deliveries_total{outcome="sent", page_id="111"}', "0+1x40"),
+        ('bmw_deliveries_total{outcome="failed", page_id="111"}', "0+1x40"),
+    ]
+    (tmp_path / "trickle").mkdir()
+    _run(tmp_path / "trickle", trickle, [("30m", "BmwFailureRatioHigh", [])])
+
+
+def test_braze_writes_held_fires_only_while_nothing_gets_through(tmp_path: Path) -> None:
+    series = [
+        ('bmw_braze_objects_total{instance="w1", result="held"}', "0+10x60"),
+        ('bmw_braze_objects_total{instance="w1", result="sent"}', "0+10x10 100x50"),  # sends stop at 10m
+    ]
+    checks = [
+        ("10m", "BmwBrazeWritesHeld", []),  # held, but sent too
+        ("20m", "BmwBrazeWritesHeld", []),  # pending: for 15m
+        ("45m", "BmwBrazeWritesHeld", [{"severity": "warning"}]),
+    ]
+    _run(tmp_path, series, checks)
+
+
+def test_new_dead_letters_fire_and_a_replay_does_not(tmp_path: Path) -> None:
+    series = [
+        ('bmw_dead_letters{instance="a"}', "0x10 5x10 0x40"),  # 5 dead at 10m, replayed at 20m
+        ('bmw_dead_letters{instance="b"}', "0x10 5x10 0x40"),
+    ]
+    checks = [
+        ("5m", "BmwDeadLettersGrowing", []),
+        ("12m", "BmwDeadLettersGrowing", [{"severity": "warning"}]),
+        ("50m", "BmwDeadLettersGrowing", []),
+    ]
+    _run(tmp_path, series, checks)
+
+
+def test_an_old_backlog_fires_per_shard(tmp_path: Path) -> None:
+    series = [
+        ('bmw_oldest_open_age_seconds{instance="a", shard="0"}', "0x60"),
+        ('bmw_oldest_open_age_seconds{instance="a", shard="1"}', "0+60x60"),  # ages a minute a minute
+    ]
+    checks = [
+        ("35m", "BmwBacklogOld", []),  # over 1800 s since 30m, for: 10m
+        ("45m", "BmwBacklogOld", [{"shard": "1", "severity": "warning"}]),
+        ("45m", "BmwBacklogVeryOld", []),
+    ]
+    _run(tmp_path, series, checks)
+
+
+# ---- Alertmanager's inhibitions ------------------------------------------------------------------
+
+_MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"(.*)"\s*$')
+
+
+def _matches(matchers: list[str], labels: dict[str, str]) -> bool:
+    for text in matchers:
+        found = _MATCHER.match(text)
+        assert found, f"matcher not understood here: {text}"
+        name, op, value = found.groups()
+        have = labels.get(name, "")
+        ok = {
+            "=": have == value,
+            "!=": have != value,
+            "=~": re.fullmatch(value, have) is not None,
+            "!~": re.fullmatch(value, have) is None,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def inhibited(target: dict[str, str], firing: list[dict[str, str]]) -> bool:
+    """Whether Alertmanager (alertmanager.yml's inhibit_rules) mutes ``target`` while ``firing`` fire."""
+    rules: list[dict[str, Any]] = load_yaml(DEPLOY / "alertmanager" / "alertmanager.yml")["inhibit_rules"]
+    for rule in rules:
+        if not _matches(rule["target_matchers"], target):
+            continue
+        for source in firing:
+            if source is target or not _matches(rule["source_matchers"], source):
+                continue
+            if all(source.get(name, "") == target.get(name, "") for name in rule.get("equal", [])):
+                return True
+    return False
+
+
+def test_one_shards_outage_silences_its_own_backlog_only() -> None:
+    down_1 = {"alertname": "BmwRedisDown", "shard": "1", "severity": "critical"}
+    backlog_0 = {"alertname": "BmwBacklogOld", "shard": "0", "severity": "warning"}
+    backlog_1 = {"alertname": "BmwBacklogOld", "shard": "1", "severity": "warning"}
+    queue_1 = {"alertname": "BmwQueueNotDraining", "shard": "1", "severity": "warning"}
+    assert inhibited(backlog_1, [down_1])
+    assert inhibited(queue_1, [down_1])
+    assert not inhibited(backlog_0, [down_1]), "shard 1's Redis does not explain shard 0's backlog"
+    no_worker_1 = {"alertname": "BmwShardWithoutWorker", "shard": "1", "severity": "critical"}
+    assert inhibited(queue_1, [no_worker_1])
+    assert not inhibited(backlog_0, [no_worker_1])
+
+
+def test_one_redis_and_no_worker_silence_the_backlog() -> None:
+    backlog = {"alertname": "BmwBacklogVeryOld", "severity": "critical"}
+    assert inhibited(backlog, [{"alertname": "BmwRedisDown", "severity": "critical"}])
+    assert inhibited(backlog, [{"alertname": "BmwNoWorker", "severity": "critical"}])
+    backlog_0 = {"alertname": "BmwBacklogOld", "shard": "0", "severity": "warning"}
+    assert inhibited(backlog_0, [{"alertname": "BmwNoWorker", "severity": "critical"}])
+    # and nothing mutes the alerts that are the cause
+    assert not inhibited({"alertname": "BmwRedisDown", "severity": "critical"}, [backlog, backlog_0])
+    assert not inhibited({"alertname": "BmwFailureRatioHigh", "severity": "warning"}, [backlog])
