@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Final, Literal
+
+from worker.store.campaign_ctx import event_time
 
 #: The custom event recorded for every final delivery outcome.
 OUTCOME_EVENT: Final = "messenger_delivery"
@@ -51,10 +52,6 @@ def unreachable_item(external_id: str, mode: Literal["flag", "clear"], psid_attr
     return {"type": "attribute", "external_id": external_id, "attributes": attributes}
 
 
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def outcome_event_item(
     external_id: str,
     status: str,
@@ -74,7 +71,7 @@ def outcome_event_item(
         "type": "event",
         "external_id": external_id,
         "name": OUTCOME_EVENT,
-        "time": _iso(time.time() if at is None else at),
+        "time": event_time(time.time() if at is None else at),
         "properties": properties,
     }
 
@@ -87,7 +84,7 @@ def receipt_event_item(
         "type": "event",
         "external_id": external_id,
         "name": name,
-        "time": _iso(at),
+        "time": event_time(at),
         "properties": {"delivery_id": delivery_id, **attribution},
     }
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from worker import metrics
-from worker.braze.items import outcome_event_item, unreachable_item
+from worker.braze.items import unreachable_item
 from worker.braze.outbox import queue_items
 from worker.config import Settings
 from worker.delivery.model import Delivery, Outcome
@@ -312,8 +312,10 @@ class LogObserver(Observer):
 
 
 class BrazeFeedbackObserver(Observer):
-    """Unreachable users (BRAZE_FEEDBACK) and, optionally, every final outcome
-    (BRAZE_OUTCOME_EVENTS) go to the Braze outbox in the same round trip as the outcomes."""
+    """Unreachable users (BRAZE_FEEDBACK) go to the Braze outbox in the same round trip as the
+    outcomes: an attribute, so a write sent again (its answer lost) sets it again, harmlessly.
+    Outcome events (BRAZE_OUTCOME_EVENTS) are not written here: record.lua writes each once
+    (worker/delivery/recorder.py's outcome_event)."""
 
     def __init__(self, settings: Settings, psid_attribute: str) -> None:
         self._settings = settings
@@ -330,12 +332,6 @@ class BrazeFeedbackObserver(Observer):
             if o.suppress and s.braze_feedback in ("flag", "clear"):
                 mode: Literal["flag", "clear"] = "flag" if s.braze_feedback == "flag" else "clear"
                 items.append(unreachable_item(d.external_id, mode, self._psid_attribute))
-            if s.braze_outcome_events and o.final:
-                items.append(
-                    outcome_event_item(
-                        d.external_id, o.status.value, d.id, o.reason, attribution=d.attribution
-                    )
-                )
         if items:
             queue_items(pipe, self._keys, items)
 

@@ -8,9 +8,10 @@ mids) and by the watermark. They expire with
 the delivery records (RECORD_RETENTION, at most twice that), so memory stays bounded; there is
 no key per message id. Each delivery is marked once;
 its campaign counts it (delivered, read) in the same call. Then ``bmw_receipts_total{kind}`` and
-the latency histograms, and with BRAZE_RECEIPT_EVENTS a ``messenger_delivered`` /
-``messenger_read`` custom event for the delivery's Braze user (with its campaign fields), so Braze
-can retarget readers.
+the latency histograms. With BRAZE_RECEIPT_EVENTS, ``receipts.lua`` also writes a
+``messenger_delivered`` / ``messenger_read`` custom event for the delivery's Braze user (at the
+receipt's time, with its campaign fields) to the outbox in the same call, so Braze can retarget
+readers: a webhook applied twice adds no event, and no mark is left without its event.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import orjson
 import redis.asyncio as aioredis
 
 from worker import metrics
-from worker.braze import BrazeOutbox
-from worker.braze.items import DELIVERED_EVENT, READ_EVENT, receipt_event_item
 from worker.config import Settings
 from worker.store import Keys, campaign_ctx, scripts
 
@@ -43,37 +42,32 @@ def _args(event: dict[str, Any], now: float) -> list[Any] | None:
         else ""
     )
     at = event.get("timestamp")
-    when = (
-        repr(min(float(at), now)) if isinstance(at, int | float) and not isinstance(at, bool) else repr(now)
-    )
+    when = min(float(at), now) if isinstance(at, int | float) and not isinstance(at, bool) else now
     raw_mids = event.get("mids")
     mids = [m for m in raw_mids if isinstance(m, str) and m] if isinstance(raw_mids, list) else []
-    return [event.get("kind"), page, psid, wm, when, len(mids), *mids]
+    return [event.get("kind"), page, psid, wm, repr(when), campaign_ctx.event_time(when), len(mids), *mids]
 
 
 async def apply_receipts(client: aioredis.Redis, settings: Settings, events: list[dict[str, Any]]) -> int:
-    """Mark what the receipts among ``events`` say; returns how many marks were new."""
+    """Mark what the receipts among ``events`` say; returns how many marks were new. Their Braze
+    events (BRAZE_RECEIPT_EVENTS) are written by receipts.lua with the marks."""
     keys = Keys.of(settings)
     now = time.time()
     receipts = [a for a in (_args(e, now) for e in events if e.get("kind") in RECEIPT_KINDS) if a]
+    outbox = keys.braze_outbox if settings.braze_receipt_events and settings.braze_rest_url else ""
     marks: list[Any] = []
     for start in range(0, len(receipts), CHUNK):
-        args = [*campaign_ctx.of_settings(keys, settings, now), keys.unread_bucket_prefix, keys.unread_prefix]
+        args = [
+            *campaign_ctx.of_settings(keys, settings, now),
+            keys.unread_bucket_prefix,
+            keys.unread_prefix,
+            outbox,
+        ]
         for item in receipts[start : start + CHUNK]:
             args += item
         parsed = orjson.loads(await scripts.run(client, "receipts", args=args))
         marks += parsed if isinstance(parsed, list) else []  # cjson encodes an empty list as {}
-    items: list[dict[str, Any]] = []
-    for delivery_id, kind, latency, external_id, attribution in marks:
+    for _delivery_id, kind, latency in marks:
         metrics.RECEIPTS.labels(kind).inc()
         (metrics.READ_LATENCY if kind == "read" else metrics.DELIVERED_LATENCY).observe(float(latency))
-        if settings.braze_receipt_events and external_id:
-            name = READ_EVENT if kind == "read" else DELIVERED_EVENT
-            items.append(
-                receipt_event_item(
-                    external_id, name, delivery_id, now, attribution if isinstance(attribution, dict) else {}
-                )
-            )
-    if items:
-        await BrazeOutbox(keys).enqueue(client, items)
     return len(marks)

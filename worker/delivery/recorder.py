@@ -4,7 +4,9 @@
 deferred ...). Outcomes decided within RECORD_FLUSH_MS of each other (or RECORD_FLUSH_MAX of them)
 share one round trip: one ``record.lua`` call for their records and the indexes, plus what goes
 with them in the same pipeline (suppressions, the closed-window memory, page pauses, the Braze
-outbox items of the observers). No outcome waits for another delivery's Graph call.
+outbox items of the observers). No outcome waits for another delivery's Graph call. A final
+outcome's Braze event (BRAZE_OUTCOME_EVENTS) goes through ``record.lua`` itself, which writes it
+with a fresh write only, so it is in the outbox once.
 
 ``record.lua`` writes a record only under its claim's token, and remembers the token once
 written, so a write may be sent again safely. That is what makes the retry below correct: a write
@@ -28,6 +30,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from worker import metrics
+from worker.braze.items import outcome_event_item
 from worker.config import PageTokens, Settings
 from worker.delivery import policy, routes
 from worker.delivery.model import Outcome
@@ -181,6 +184,17 @@ def outcome_value(o: Outcome, fields: dict[str, Any], now: float, braze_receipts
     return outcomes.pack(rec)
 
 
+def outcome_event(o: Outcome, outcome_events: bool) -> str:
+    """The ``messenger_delivery`` Braze event of a final outcome (BRAZE_OUTCOME_EVENTS), '' for
+    none. record.lua puts it in the outbox with a fresh write only: a write sent again after its
+    answer was lost, or refused by the fence (another claim decides), adds none."""
+    d = o.delivery
+    if not (outcome_events and o.final and d.external_id):
+        return ""
+    item = outcome_event_item(d.external_id, o.status.value, d.id, o.reason, attribution=d.attribution)
+    return orjson.dumps(item).decode()
+
+
 class Recorder:
     def __init__(
         self, client: aioredis.Redis, settings: Settings, tokens: PageTokens, observer: Observer
@@ -191,6 +205,7 @@ class Recorder:
         self._tokens = tokens
         self._observer = observer
         self._linger = settings.record_flush_ms / 1000
+        self._outcome_events = bool(settings.braze_outcome_events and settings.braze_rest_url)
         self._max = settings.record_flush_max
         self._buffer: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -316,6 +331,7 @@ class Recorder:
                 "1" if d.parked else "",
                 d.campaign,
                 f"{d.page_id}:{d.psid}" if d.parked or o.status is State.PARKED else "",
+                outcome_event(o, self._outcome_events),
             ]
             args += [
                 d.id,

@@ -1,10 +1,12 @@
 -- Campaign counters and cancellation, shared by accept, claim, record, cancel, replay, receipts
 -- (included with --!include; not a script itself). The including script calls camp_init(i)
--- with the index of the 15 context arguments in ARGV (worker/store/campaign_ctx.py):
+-- with the index of the 17 context arguments in ARGV (worker/store/campaign_ctx.py):
 -- campaign prefix (P:camp:), open-index prefix (P:campopen:), the campaigns index (P:camps),
 -- the stopped campaigns (P:campstop), CAMPAIGN_RETENTION, RECORD_RETENTION, delivery prefix
 -- (P:d:), park prefix (P:park:), pending, P:open (the open deliveries' ages derive from it:
--- _ages.lua), sched, parked (zsets), stats prefix (P:stats:), this minute, now. Counters are
+-- _ages.lua), sched, parked (zsets), stats prefix (P:stats:), this minute, now, the Braze
+-- outbox for outcome events ('' = BRAZE_OUTCOME_EVENTS is off) and now as an event's time
+-- (ISO 8601). Counters are
 -- gathered per call and written by camp_flush(): one HINCRBY per counter and campaign, whatever
 -- the number of deliveries; camp_flush() also writes the ages the call changed.
 --!include _outcome.lua
@@ -20,6 +22,20 @@ local function camp_init(i)
   CAMP.d, CAMP.park = ARGV[i + 6], ARGV[i + 7]
   CAMP.pending, CAMP.open_all, CAMP.sched, CAMP.parked = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   CAMP.stats, CAMP.minute, CAMP.now = ARGV[i + 12], ARGV[i + 13], ARGV[i + 14]
+  CAMP.events, CAMP.event_time = ARGV[i + 15], ARGV[i + 16]
+end
+
+-- The `messenger_delivery` Braze event of a delivery this script ends (worker/braze/items.py's
+-- outcome_event_item, the same shape), into the outbox in the same script as the outcome: once,
+-- whatever retries the call. Nothing when outcome events are off or it has no Braze user.
+local function camp_event(id, rec, status, reason)
+  if CAMP.events == '' or not rec.external_id or rec.external_id == '' then return end
+  local properties = {status = status, delivery_id = id, reason = reason}
+  for _, name in ipairs(ATTRIBUTION) do
+    if rec[name] and rec[name] ~= '' then properties[name] = rec[name] end
+  end
+  redis.call('LPUSH', CAMP.events, cjson.encode({type = 'event', external_id = rec.external_id,
+    name = 'messenger_delivery', time = CAMP.event_time, properties = properties}))
 end
 
 -- A delivery belongs to its campaign, or to its Canvas when it has no campaign id.
@@ -69,7 +85,8 @@ local function camp_flush()
 end
 
 -- Ends an open delivery CANCELLED (the caller checked that it may: an open state, not held by a
--- live claim): it leaves every index, it becomes an outcome (_outcome.lua), it is counted.
+-- live claim): it leaves every index, it becomes an outcome (_outcome.lua), it is counted, and
+-- its Braze user gets its event (camp_event).
 local function camp_cancel(id, reason)
   local key = CAMP.d .. id
   local rec = record_table(redis.call('HGETALL', key))
@@ -80,6 +97,7 @@ local function camp_cancel(id, reason)
   redis.call('ZREM', CAMP.pending, id)
   ages_leave(CAMP.open_all, id, rec.created_at, rec.parked_at)
   redis.call('ZREM', CAMP.sched, id)
+  camp_event(id, rec, S.CANCELLED, reason)
   -- no claim ended it: an earlier claim's token (`done`, kept by a retry) is not kept either
   rec.status, rec.updated_at, rec.external_id, rec.done = S.CANCELLED, CAMP.now, nil, nil
   rec.error = '{"reason":"' .. reason .. '","code":null,"subcode":null,"message":"' .. reason ..

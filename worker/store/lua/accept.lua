@@ -5,7 +5,7 @@
 -- (P:i:), ARGV[5] delivery key prefix (P:d:), ARGV[6] batch key prefix (P:batch:),
 -- ARGV[7] the Celery message of a new batch (`worker.deliver_batch(ARGV[8])`, serialised),
 -- ARGV[8] the new batch's id, ARGV[9] QUEUE_BATCH_MAX, ARGV[10] the gather pointer's TTL (s),
--- ARGV[11..25] the campaign context (_campaign.lua), then from ARGV[26] per item: id, its
+-- ARGV[11..27] the campaign context (_campaign.lua), then from ARGV[28] per item: id, its
 -- idempotency key's digest and the value to remember ('' for none: worker/store/idempotency.py's
 -- entry, of the key scoped by the intake to the caller and the page: IDEM_SUFFIX hex characters,
 -- the field as IDEM_FIELD / 2 raw bytes, then the id's raw bytes), the key as the previous version stored it (P:idem:...,
@@ -63,7 +63,7 @@ local hex_fields = clock < raw_since + window_lives(spans)
 local field_bytes = IDEM_FIELD / 2
 local self_expires = nil  -- this call's window: whether its writes set the expiry (once, at the first)
 camp_init(11)
-local i = 26
+local i = 28
 while i <= #ARGV do
   local id, idem, old, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local existing = false

@@ -1,9 +1,9 @@
 -- CANCEL: open deliveries end CANCELLED without a Graph call (an operator: `campaigns stop`,
--- `deliveries cancel`). ARGV[1..15] the campaign context (_campaign.lua), ARGV[16] the reason
--- (campaign_stopped, operator, purged), ARGV[17] the mode:
---   'campaign': ARGV[18] the campaign id, ARGV[19] offset, ARGV[20] limit: looks at that slice of
+-- `deliveries cancel`). ARGV[1..17] the campaign context (_campaign.lua), ARGV[18] the reason
+-- (campaign_stopped, operator, purged), ARGV[19] the mode:
+--   'campaign': ARGV[20] the campaign id, ARGV[21] offset, ARGV[22] limit: looks at that slice of
 --               the campaign's open index (P:campopen:{id}, oldest first);
---   'ids':      ARGV[18..] delivery ids.
+--   'ids':      ARGV[20..] delivery ids.
 -- A delivery in an open state that no claim holds is cancelled (camp_cancel: it leaves
 -- pending, open, sched, parks and its campaign's index; an outcome, RECORD_RETENTION). One a
 -- worker claimed (IN_FLIGHT) is left to that worker: in 'ids' mode it is marked `cancel`, so
@@ -16,15 +16,15 @@
 -- Returns {cancelled, held, looked at}.
 --!include _campaign.lua
 camp_init(1)
-local reason, mode = ARGV[16], ARGV[17]
+local reason, mode = ARGV[18], ARGV[19]
 local ids
 local camp_index = nil
 if mode == 'campaign' then
-  camp_index = CAMP.open .. ARGV[18]
-  local offset = tonumber(ARGV[19])
-  ids = redis.call('ZRANGE', camp_index, offset, offset + tonumber(ARGV[20]) - 1)
+  camp_index = CAMP.open .. ARGV[20]
+  local offset = tonumber(ARGV[21])
+  ids = redis.call('ZRANGE', camp_index, offset, offset + tonumber(ARGV[22]) - 1)
 else
-  ids = {unpack(ARGV, 18)}
+  ids = {unpack(ARGV, 20)}
 end
 local cancelled, held = 0, 0
 for _, id in ipairs(ids) do

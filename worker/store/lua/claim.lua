@@ -2,8 +2,8 @@
 -- KEYS[1] pending zset; for a `worker.deliver_batch` message also KEYS[2] its batch list,
 -- KEYS[3] the queue's gather pointer and KEYS[4] where this claim keeps the list it took.
 -- ARGV[1] now, ARGV[2] lease seconds, ARGV[3] delivery key prefix (P:d:), ARGV[4] the claim's
--- fence token, ARGV[5] how long a taken list is kept (s), ARGV[6..20] the campaign context
--- (_campaign.lua), ARGV[21..] the ids (`worker.deliver`; a repeated id counts once) or the batch
+-- fence token, ARGV[5] how long a taken list is kept (s), ARGV[6..22] the campaign context
+-- (_campaign.lua), ARGV[23..] the ids (`worker.deliver`; a repeated id counts once) or the batch
 -- id (`worker.deliver_batch`).
 -- A batch list is taken whole (renamed to KEYS[4]; the gather pointer is cleared, so later
 -- commits start a new batch); a second copy of the message finds nothing to take.
@@ -33,13 +33,13 @@ if #KEYS == 4 then
     redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
   end
   ids = redis.call('LRANGE', KEYS[4], 0, -1)
-  if redis.call('GET', KEYS[3]) == ARGV[21] then redis.call('DEL', KEYS[3]) end
+  if redis.call('GET', KEYS[3]) == ARGV[23] then redis.call('DEL', KEYS[3]) end
 else
   -- named ids, each once: the scheduler may release an id and sweep it in one round, and the
   -- same-token rule below would hand a repeat out a second time (two sends)
   ids = {}
   local named = {}
-  for i = 21, #ARGV do
+  for i = 23, #ARGV do
     if not named[ARGV[i]] then
       named[ARGV[i]] = true
       ids[#ids + 1] = ARGV[i]
@@ -75,9 +75,9 @@ if #KEYS == 4 then
   -- the heartbeat, renew.lua), removed when the worker is done with every delivery it holds
   -- (the sweeper looks at the ids of one that stays past it: sweep.lua); the taken list lives
   -- as long as it does. A claim that holds nothing leaves the list to expire.
-  redis.call('ZREM', KEYS[1], 'b:' .. ARGV[21])
+  redis.call('ZREM', KEYS[1], 'b:' .. ARGV[23])
   if #out > 1 then
-    redis.call('ZADD', KEYS[1], lease + 1, 't:' .. ARGV[21] .. ':' .. token)
+    redis.call('ZADD', KEYS[1], lease + 1, 't:' .. ARGV[23] .. ':' .. token)
     redis.call('PERSIST', KEYS[4])
   end
 else

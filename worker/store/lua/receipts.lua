@@ -1,8 +1,9 @@
 -- RECEIPTS: Messenger's delivery and read webhooks mark sent deliveries delivered_at / read_at.
--- ARGV[1..15] the campaign context (_campaign.lua), ARGV[16] unread bucket prefix (P:u:),
--- ARGV[17] the previous version's unread set prefix (P:unread:), then per event: kind
--- ('delivery' or 'read'), page id, PSID, watermark (epoch s, '' = none), its time (epoch s), n,
--- and n message ids (mids).
+-- ARGV[1..17] the campaign context (_campaign.lua), ARGV[18] unread bucket prefix (P:u:),
+-- ARGV[19] the previous version's unread set prefix (P:unread:), ARGV[20] the Braze outbox for
+-- receipt events ('' = BRAZE_RECEIPT_EVENTS is off), then per event: kind ('delivery' or
+-- 'read'), page id, PSID, watermark (epoch s, '' = none), its time (epoch s), that time as a
+-- Braze event's (ISO 8601), n, and n message ids (mids).
 -- The recipient's unread deliveries are its field in the unread buckets (_unread.lua: after a
 -- change of RECORD_RETENTION, those of the windows numbered by the one before too), and the
 -- members of its unread set from before buckets, while one remains.
@@ -17,8 +18,13 @@
 -- outcomes is its compacted hash.
 -- Only SENT records are marked, each once (a replayed webhook changes nothing); each mark is
 -- counted in the delivery's campaign (delivered, read).
+-- Each new mark of a delivery with a Braze user becomes its `messenger_delivered` or
+-- `messenger_read` event (worker/braze/items.py's receipt_event_item, the same shape: the
+-- receipt's time, the delivery id, its campaign fields) in the outbox, in this script: a
+-- webhook's events applied again (Meta's retry, the inbound task's) add none, and none is lost
+-- between the mark and its event.
 -- Returns a JSON list of the new marks: [delivery id, 'delivered' or 'read', seconds since it was
--- sent, external_id or '', {attribution}].
+-- sent].
 --!include _campaign.lua
 --!include _unread.lua
 camp_init(1)
@@ -42,6 +48,7 @@ end
 -- Marks one found record (its place, {bucket key, field}, or nil for a hash; its fields) and
 -- saves it. `forget` drops the Braze user kept for the receipt events (a read receipt: the last
 -- one).
+local event_time = ''  -- the current event's, as a Braze event's time
 local function mark(id, place, rec, field, at, forget)
   if not rec or rec.status ~= S.SENT then return end
   local fresh = not rec[field]
@@ -63,7 +70,12 @@ local function mark(id, place, rec, field, at, forget)
   local camp = camp_of(rec.campaign_id, rec.canvas_id)
   local name = field == 'read_at' and 'read' or 'delivered'
   if camp then camp_count(camp, name) end
-  table.insert(out, {id, name, math.max(0, tonumber(at) - tonumber(rec.sent_at or at)), user or '', attribution})
+  if ARGV[20] ~= '' and user and user ~= '' then
+    attribution.delivery_id = id
+    redis.call('LPUSH', ARGV[20], cjson.encode({type = 'event', external_id = user,
+      name = 'messenger_' .. name, time = event_time, properties = attribution}))
+  end
+  table.insert(out, {id, name, math.max(0, tonumber(at) - tonumber(rec.sent_at or at))})
 end
 
 -- An unread entry sent at or before `mark_to`, with its record (bucket key, fields): an entry
@@ -77,21 +89,22 @@ end
 
 local MID_SCAN = 200
 local now, retention = tonumber(CAMP.now), CAMP.record_retention
-local spans = unread_spans(ARGV[16], now, retention)
-local i = 18
+local spans = unread_spans(ARGV[18], now, retention)
+local i = 21
 while i <= #ARGV do
-  local kind, page, psid, wm, at, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
+  local kind, page, psid, wm, at, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 6])
+  event_time = ARGV[i + 5]
   local when = wm ~= '' and wm or at
   local mark_to = wm ~= '' and tonumber(wm) or nil
   -- the unread deliveries, oldest first: the buckets', then the set's from before buckets
-  local list = unread_list(ARGV[16], page, psid, now, spans)
-  local before = ARGV[17] .. page .. ':' .. psid
+  local list = unread_list(ARGV[18], page, psid, now, spans)
+  local before = ARGV[19] .. page .. ':' .. psid
   local old = redis.call('ZRANGE', before, 0, -1, 'WITHSCORES')
   for j = 1, #old, 2 do list[#list + 1] = {id = old[j], sent = tonumber(old[j + 1])} end
   if kind == 'delivery' then
     if n > 0 then
       local wanted = {}
-      for j = 1, n do wanted[ARGV[i + 5 + j]] = true end
+      for j = 1, n do wanted[ARGV[i + 6 + j]] = true end
       local scanned = 0
       for j = #list, 1, -1 do
         if scanned >= MID_SCAN then break end
@@ -121,7 +134,7 @@ while i <= #ARGV do
     if next(gone) then unread_drop(list, gone) end
     if #old > 0 then redis.call('ZREMRANGEBYSCORE', before, '-inf', wm) end
   end
-  i = i + 6 + n
+  i = i + 7 + n
 end
 camp_flush()
 return cjson.encode(out)

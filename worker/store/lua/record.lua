@@ -4,7 +4,7 @@
 -- ARGV[1] now, ARGV[2] delivery key prefix (P:d:), ARGV[3] park key prefix (P:park:),
 -- ARGV[4] stats key prefix (P:stats:), ARGV[5] final record retention (s), ARGV[6] this minute,
 -- ARGV[7] history key prefix (P:hist:), ARGV[8] a history's TTL (s), ARGV[9] its entries kept,
--- ARGV[10] unread bucket prefix (P:u:), ARGV[11..25] the campaign context (_campaign.lua), then
+-- ARGV[10] unread bucket prefix (P:u:), ARGV[11..27] the campaign context (_campaign.lua), then
 -- per delivery:
 -- id, fence token, status, its outcome's value when it ends here as an outcome ('' = none:
 -- packed by the worker from the record it claimed, outcome_value in worker/delivery/recorder.py)
@@ -15,7 +15,8 @@
 -- array: due ('' = none), pending deadline ('' = none), a history entry ('' = none), a failure
 -- class ('' = none: "{status}:{reason}" counted in P:stats:{minute}:reasons), reason
 -- ('' = none), '1' when it was parked when claimed, its campaign ('' = none), "{page}:{psid}"
--- when it is or was parked ('' otherwise)), n, and n field/value pairs (none with an outcome's
+-- when it is or was parked ('' otherwise), its `messenger_delivery` Braze event ('' = none:
+-- written to the outbox, CAMP.events, with a fresh write only)), n, and n field/value pairs (none with an outcome's
 -- value: it holds them). created_at, parked, the campaign and the park are what the worker
 -- read of the record after its claim: none of them changes while the claim is held, and only
 -- the claim's holder gets past the fence, so the script reads only the fence and `cancel`.
@@ -54,16 +55,17 @@ local counts = {}
 local out = {}
 local ended = {}  -- final deliveries: leave pending and sched in one ZREM each (_bulk.lua)
 local reasons = ARGV[4] .. ARGV[6] .. ':reasons'
-local i = 26
+local i = 28
 while i <= #ARGV do
   local id, token, status, value, field = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local named, created, rest, n = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   n = n == '0' and 0 or tonumber(n)  -- no strtod for the common case
   local first, last = i + 9, i + 8 + 2 * n  -- the field/value pairs
   local due, deadline, entry, class, reason, parked, camp, park = '', '', '', '', '', false, nil, ''
+  local event = ''
   if rest ~= '' then
     local r = cmsgpack.unpack(rest)
-    due, deadline, entry, class, reason, park = r[1], r[2], r[3], r[4], r[5], r[8]
+    due, deadline, entry, class, reason, park, event = r[1], r[2], r[3], r[4], r[5], r[8], r[9]
     parked = r[6] == '1'
     if r[7] ~= '' then camp = r[7] end
   end
@@ -105,6 +107,7 @@ while i <= #ARGV do
         redis.call('PERSIST', key)
       end
       counts[status] = (counts[status] or 0) + 1
+      if event ~= '' and CAMP.events ~= '' then redis.call('LPUSH', CAMP.events, event) end
       if camp then
         redis.call('ZREM', CAMP.open .. camp, id)
         camp_count(camp, status)

@@ -1,7 +1,7 @@
 -- REPLAY: dead letters back to the queue (DEAD -> QUEUED). KEYS[1] dead, KEYS[2] pending,
 -- KEYS[3] P:open (a replayed delivery is counted in the open deliveries' ages of its new
 -- acceptance second: _ages.lua). ARGV[1] now, ARGV[2] sweep_after, ARGV[3] delivery key prefix (P:d:),
--- ARGV[4..18] the campaign context (_campaign.lua), ARGV[19..] ids. A replayed delivery of a
+-- ARGV[4..20] the campaign context (_campaign.lua), ARGV[21..] ids. A replayed delivery of a
 -- campaign rejoins its open index and moves from its campaign's `dead` to `replayed` (so the
 -- counters still add up); a stopped campaign's delivery is cancelled when it is claimed. Attempts,
 -- failures and routes tried start afresh, a cancel asked while it was held is dropped (a
@@ -13,7 +13,7 @@
 local now = tonumber(ARGV[1])
 camp_init(4)
 local out = {}
-for i = 19, #ARGV do
+for i = 21, #ARGV do
   local id = ARGV[i]
   local key = ARGV[3] .. id
   if redis.call('HGET', key, 'status') == S.DEAD then
