@@ -5,7 +5,11 @@ They stay in ``P:dead`` with their whole record (body included) until replayed o
 with ``DEAD_LETTER_RETENTION`` > 0, until they are that old (the scheduler purges them, a bounded
 number per tick, and logs how many). Replay keeps the delivery_id, resets attempts and the TTL
 clock, and acts only on a delivery that is still dead (``replay.lua``), so replaying twice sends
-nothing twice. Purge deletes only records that are still dead (``purge_dead.lua``).
+nothing twice. A replayed delivery moves from its campaign's ``dead`` to ``replayed``; a dead
+letter outlives its campaign's counters (CAMPAIGN_RETENTION), so when its death is not counted in
+them any more (they expired, or were made anew since), the replay counts it ``accepted`` instead:
+the campaign comes back with what is known, and no counter goes negative. Purge deletes only
+records that are still dead (``purge_dead.lua``).
 
 Listing reads the dead set page by page, newest first, by a cursor on the time of death (not an
 offset: a page costs the same however deep, and letters dying meanwhile are neither listed twice
