@@ -11,7 +11,7 @@ Counters (``P:camp:{id}``, a hash) change in the same Lua call that changes a st
 round trip of their own: ``accepted`` (accept.lua), ``sent``, ``failed`` and ``failed:{reason}``,
 ``expired``, ``dead`` (record.lua), ``cancelled`` (claim.lua, record.lua, cancel.lua,
 accept.lua), ``delivered`` and ``read`` (receipts.lua), ``replayed`` (replay.lua: a dead letter
-replayed leaves ``dead``) and ``sent_after_stop``. So ``accepted = sent + failed + expired + dead
+replayed leaves ``dead``, or is counted ``accepted`` when the counters no longer hold its death) and ``sent_after_stop``. So ``accepted = sent + failed + expired + dead
 + cancelled + open`` (``open``: the campaign's open index). The hash, the open index
 (``P:campopen:{id}``) and the stop expire ``CAMPAIGN_RETENTION`` after the campaign's last
 activity; ``P:camps`` (campaigns by last activity, for :func:`list_campaigns`) is pruned to the
