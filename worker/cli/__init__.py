@@ -5,14 +5,17 @@ The command line of braze-messenger-worker. Commands: ``intake``, ``worker``, ``
 ``dead-letters``, ``seal``, ``unpack-records``, ``link-ref`` (:mod:`worker.cli.ops`), ``templates`` (:mod:`worker.cli.templates`), ``lookup`` (:mod:`worker.cli.lookup`),
 ``campaigns``, ``deliveries``, ``pages``, ``queue`` (:mod:`worker.cli.campaigns`), ``shards``
 (:mod:`worker.cli.shards`). The operator's commands run from the
-directory of a running ``up`` take its Redis, intake and dev tokens from its state file; a
-connection failure is one line on stderr and exit code 1, never a traceback.
+directory of a running ``up`` take its Redis, intake and dev tokens from its state file (from
+anywhere: ``--data-dir DIR``, before or after the command, names the ``up``'s directory; REDIS_URL,
+when set, still wins); a connection failure is one line on stderr and exit code 1, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,8 +68,15 @@ _OPERATOR_COMMANDS = {
     "queue",
     "lookup",
     "shards",
+    "seal",
+    "unpack-records",
 }
 _DATA_DIR = ".data"
+_DATA_DIR_HELP = (
+    "the data directory of a running `messenger-worker up` (its --data-dir): the operator commands "
+    "use its Redis (and intake, dev tokens), and fail when no up runs there; REDIS_URL, when set, "
+    f"wins (default: {_DATA_DIR}, when an up runs there)"
+)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -138,7 +148,12 @@ def _add_services(sub: Any) -> None:
     p.add_argument("--sandbox", action="store_true", help="also run the Messenger sandbox and send to it")
     p.add_argument("--port", type=int, default=None, help="intake port (default: last run's, else 8080)")
     p.add_argument("--concurrency", type=int, default=32, help="the worker's --concurrency")
-    p.add_argument("--data-dir", default=_DATA_DIR, help="embedded Redis data, lock and state file")
+    p.add_argument(
+        "--data-dir",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help=f"embedded Redis data, lock and state file (default: {_DATA_DIR})",
+    )
     p.set_defaults(func=cmd_up)
 
     p = _parser(sub, "sandbox", "the Messenger Send API sandbox (a local double of Graph)")
@@ -161,7 +176,6 @@ def _add_operations(sub: Any) -> None:
     p.add_argument("--text", required=True, help="message text")
     p.add_argument("--intake", default=None, help="intake URL (default: a running up's, else :8080)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a final status")
-    p.add_argument("--data-dir", default=_DATA_DIR, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_send)
 
     p = _parser(sub, "status", "queue depth, in flight, scheduled retries, dead letters, paused pages")
@@ -233,10 +247,26 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--data-dir", dest="global_data_dir", metavar="DIR", default=None, help=_DATA_DIR_HELP
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_services(sub)
     _add_operations(sub)
+    for name in _OPERATOR_COMMANDS:
+        _add_data_dir(sub.choices[name])
     return parser
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir`` on an operator command and on each of its subcommands (``campaigns list
+    --data-dir D`` as well as ``campaigns --data-dir D list``); set only when given, so the
+    global one is not overwritten by a default."""
+    for action in parser._actions:  # argparse keeps a parser's subcommands only there
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _add_data_dir(child)
+    parser.add_argument("--data-dir", default=argparse.SUPPRESS, metavar="DIR", help=_DATA_DIR_HELP)
 
 
 def _redacted(url: str) -> str:
@@ -255,8 +285,6 @@ def _redacted(url: str) -> str:
 
 def _connection_error(exc: BaseException) -> str | None:
     """One line for an unreachable Redis or intake; None for any other error."""
-    import os
-
     import httpx
     import redis.exceptions
 
@@ -274,12 +302,36 @@ def _connection_error(exc: BaseException) -> str | None:
     return None
 
 
+def _use_stack(command: str, data_dir: Path, named: bool) -> str | None:
+    """Take the settings of the ``up`` running in ``data_dir`` (those not configured otherwise);
+    when ``data_dir`` was named, an error line if its Redis is not there to take (unless REDIS_URL
+    or REDIS_SHARDS is configured: it wins, with a note)."""
+    own = configured("REDIS_URL") or configured("REDIS_SHARDS")
+    current = state.running_state(data_dir)
+    state.apply_to_environment(current, configured)
+    if not named:
+        return None
+    why = state.not_reachable(data_dir, current)
+    if not own:
+        return why
+    if why is not None or current["env"]["REDIS_URL"] != os.environ.get("REDIS_URL"):
+        print(
+            f"messenger-worker {command}: note: REDIS_URL or REDIS_SHARDS is set (environment or "
+            f"./.env): it is used, not the Redis of the up in {data_dir}",
+            file=sys.stderr,
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    named = getattr(args, "data_dir", None) or args.global_data_dir
+    args.data_dir = named or _DATA_DIR
     if args.command in _OPERATOR_COMMANDS:
-        state.apply_to_environment(
-            state.running_state(Path(getattr(args, "data_dir", _DATA_DIR))), configured
-        )
+        why = _use_stack(args.command, Path(args.data_dir), named is not None)
+        if why is not None:
+            print(f"messenger-worker {args.command}: {why}", file=sys.stderr)
+            return 1
     try:
         result: int = args.func(args)
     except Exception as exc:

@@ -5,9 +5,11 @@
   the lock when the process dies, however it dies, so a stale file never blocks a restart.
 * ``up.json`` (mode 0600): the running stack's connection settings — REDIS_URL, the intake's URL,
   the dev INTAKE_TOKENS/ADMIN_TOKENS and RECIPIENT_HASH_SALT it generated, the sandbox's URL and
-  page tokens, and the ports. ``status``, ``send``, ``dead-letters`` and ``pages`` run from another
-  shell in the same directory read it, so they find the stack without exporting anything; a
-  variable set in the environment or ./.env still wins. The next ``up`` reuses its ports and its
+  page tokens, and the ports. ``status``, ``send``, ``dead-letters``, ``pages`` and the other
+  operator commands run from another shell in the same directory read it (or from anywhere, the
+  one of ``--data-dir DIR``), so they find the stack without exporting anything; a variable set in
+  the environment or ./.env still wins. Only a state with the lock holder's pid is used: while an
+  ``up`` starts, the file is still the run before's. The next ``up`` reuses its ports and its
   generated tokens, so a restart keeps the pasted curl working. It holds dev tokens: README
   "Security".
 """
@@ -95,9 +97,42 @@ def is_running(data_dir: Path) -> bool:
     return False
 
 
+def holder(data_dir: Path) -> str:
+    """The pid the lock's holder wrote in it ('' if none)."""
+    try:
+        return (data_dir / LOCK_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
 def running_state(data_dir: Path) -> dict[str, Any]:
-    """The state of the ``up`` running in ``data_dir``, or {} when none runs there."""
-    return read_state(data_dir) if is_running(data_dir) else {}
+    """The state of the ``up`` running in ``data_dir``, or {} when none runs there, or when it has
+    not written its own yet (a state of the run before, whose ports may be another's now)."""
+    if not is_running(data_dir):
+        return {}
+    current = read_state(data_dir)
+    return current if str(current.get("pid", "")) == holder(data_dir) else {}
+
+
+def not_reachable(data_dir: Path, current: dict[str, Any]) -> str | None:
+    """Why the operator's commands cannot use the Redis of the ``up`` in ``data_dir`` (its
+    :func:`running_state` is ``current``); None when they can."""
+    where = f"with the data directory {data_dir.resolve()}"
+    if not is_running(data_dir):
+        return (
+            f"no `messenger-worker up` is running {where} (start one: messenger-worker up "
+            "--data-dir DIR), or set REDIS_URL"
+        )
+    if not current:
+        return (
+            f"the `messenger-worker up` (pid {holder(data_dir) or '?'}) {where} is still starting: try again"
+        )
+    if not current.get("env", {}).get("REDIS_URL"):
+        return (
+            f"the `messenger-worker up` {where} runs no embedded Redis (it was given REDIS_URL): "
+            "set the same REDIS_URL"
+        )
+    return None
 
 
 def apply_to_environment(state: dict[str, Any], configured: Any) -> list[str]:
