@@ -26,6 +26,7 @@ from worker.graph import (
     TagRejectedError,
     TokenInvalidError,
     TransientError,
+    UnconfirmedSendError,
     WindowClosedError,
     from_response,
     from_transport,
@@ -64,7 +65,7 @@ ROWS: list[tuple[str, int, int | None, str, type[GraphError]]] = [
     ("2018321", 2018321, None, "user in automated Q&A flow", T),
     ("100/2018008", 100, 2018008, "(#100) Failed to fetch the file from the url", T),
     ("100/2018294", 100, 2018294, "(#100) Video upload timed out", T),
-    ("1/1357046", 1, 1357046, "Received invalid JSON reply.", AmbiguousError),
+    ("1/1357046", 1, 1357046, "Received invalid JSON reply.", UnconfirmedSendError),
     ("4", 4, None, "(#4) Application request limit reached", RateLimitedError),
     ("4/2018022", 4, 2018022, "Too many send requests to phone numbers", RateLimitedError),
     ("17", 17, None, "(#17) User request limit reached", RateLimitedError),
@@ -173,16 +174,17 @@ def test_rate_limited_carries_buc_wait() -> None:
     assert other.retry_after is None
 
 
-def test_http_502_html_body_is_transient() -> None:
+def test_http_502_html_body_is_ambiguous() -> None:
+    # a gateway answered: Graph behind it may have sent the message (§3.3 notes, §1.4)
     response = httpx.Response(502, text="<html><body>Bad Gateway</body></html>")
     error = from_response(response)
-    assert type(error) is TransientError
+    assert type(error) is AmbiguousError
     assert error.info.code is None
     assert error.info.http_status == 502
 
 
-def test_http_500_json_without_error_is_transient() -> None:
-    assert type(from_response(httpx.Response(500, json={"ok": False}))) is TransientError
+def test_http_500_json_without_error_is_ambiguous() -> None:
+    assert type(from_response(httpx.Response(500, json={"ok": False}))) is AmbiguousError
 
 
 def test_http_500_with_graph_code_2_is_transient() -> None:
@@ -396,9 +398,11 @@ def test_pseudo_page_is_sent_to_me() -> None:
     assert seen[0].url.path == "/v25.0/me/messages"
 
 
-def test_success_without_json_body() -> None:
-    result = run_send(lambda _request: httpx.Response(200, text="OK"))
-    assert (result.message_id, result.recipient_id, result.http_status) == (None, None, 200)
+def test_success_without_json_body_is_not_a_send() -> None:
+    # Graph's success answer names the message (§1.4): a bare "OK" is not it
+    error = run_send_error(lambda _request: httpx.Response(200, text="OK"))
+    assert type(error) is AmbiguousError
+    assert error.info.http_status == 200
 
 
 def test_send_error_is_classified_with_info() -> None:

@@ -9,6 +9,8 @@ class                   action
 TransientError          retry after capped, jittered exponential backoff; burns an attempt;
                         ``dead`` when MAX_ATTEMPTS is used up or the wait would pass MESSAGE_TTL
 AmbiguousError          the same, and the attempt is logged/counted as a possible duplicate
+UnconfirmedSendError    ``dead`` at once (replayable), as a possible duplicate: Graph's answer says
+                        the message most likely went out (1/1357046), so it is never retried
 RateLimitedError        wait (server estimate, else backoff) without burning an attempt; page paused
 WindowClosedError       next untried fallback route (tag:<TAG>, utility:<name>), sent at once;
                         none left -> window policy
@@ -44,6 +46,7 @@ from worker.graph import (
     TemplateRejectedError,
     TokenInvalidError,
     TransientError,
+    UnconfirmedSendError,
     WindowClosedError,
 )
 
@@ -116,6 +119,8 @@ def decide(
     """``failures`` counts attempts burnt so far including this one; ``age`` is seconds since
     accept; ``tried`` the fallback routes tried, this round's included."""
     remaining_ttl = settings.message_ttl - age
+    if isinstance(error, UnconfirmedSendError):  # §3.3: "DO NOT blind-retry"; an operator decides
+        return Decision(Action.DEAD, "unconfirmed", possible_duplicate=True)
     if isinstance(error, TransientError):
         dup = isinstance(error, AmbiguousError)
         if failures >= settings.max_attempts:

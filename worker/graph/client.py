@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
-from worker.graph.errors import from_response, from_transport, parse_buc_usage
+from worker.graph.errors import from_response, from_success, from_transport, parse_buc_usage
 from worker.graph.transport import SendTransport
 
 
@@ -145,7 +145,10 @@ class GraphClient:
         try:
             payload: Any = orjson.loads(content)
         except orjson.JSONDecodeError:
-            payload = {}
+            payload = None
+        hidden = from_success(response, content, payload, tag=tag, message="message" in body)
+        if hidden is not None:
+            raise hidden
         message_id = payload.get("message_id") if isinstance(payload, dict) else None
         recipient_id = payload.get("recipient_id") if isinstance(payload, dict) else None
         return SendResult(

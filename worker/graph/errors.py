@@ -1,16 +1,23 @@
 """The Graph error hierarchy, with one mapping point: :func:`classify` (and :func:`from_response`).
 
 Graph reports throttling, temporary failures and permanent refusals alike with HTTP 400, so we
-classify on ``error.code`` / ``error_subcode`` (messenger-platform.md §3.3), never on the status::
+classify on ``error.code`` / ``error_subcode`` (messenger-platform.md §3.2, §3.3, §4.4), never on
+the status, unless the answer carries no Graph error (a gateway's or a proxy's answer)::
 
     GraphError                      any failed Send API call (carries code, subcode, fbtrace_id)
     ├── TransientError              retry with capped, jittered backoff (burns an attempt)
-    │   │                           1200, 2, 1/99, 2018321, 100/2018008, 100/2018294,
-    │   │                           transport errors before the request was sent, 5xx without JSON
+    │   │                           1200, 2, 1 (any subcode not named here), 2018321,
+    │   │                           100/2018008, 100/2018294, HTTP 408 without a Graph error,
+    │   │                           transport errors before the request was sent
     │   └── AmbiguousError          the request may have been delivered: read timeout after sending,
-    │                               connection lost mid-answer, 1/1357046. Retried (at-least-once),
-    │                               counted as a possible duplicate
-    ├── RateLimitedError            4, 17, 32, 613 (not 613/2018338), 80001, 80006 and 4/2018022:
+    │       │                       connection lost mid-answer, HTTP 5xx without a Graph error (a
+    │       │                       gateway's 502/504), a 2xx without Graph's success body.
+    │       │                       Retried (at-least-once), counted as a possible duplicate
+    │       └── UnconfirmedSendError  1/1357046 ("Received invalid JSON reply": the message was
+    │                               most likely sent, §3.3 "DO NOT blind-retry"): not retried, a
+    │                               dead letter at once (replayable), counted as a possible duplicate
+    ├── RateLimitedError            4, 17, 32, 341, 613 (not 613/2018338), 80001, 80006, 4/2018022
+    │                               and HTTP 429 without a Graph error:
     │                               wait (Business-Use-Case header's estimate, else backoff), retry
     │                               without burning an attempt; the page pauses
     ├── WindowClosedError           10/2018278, 10/2534022, 10/2018065: the 24-hour window is closed
@@ -27,9 +34,10 @@ classify on ``error.code`` / ``error_subcode`` (messenger-platform.md §3.3), ne
     │   └── TemplatePausedError     132015: paused by Meta (it unpauses after hours): the next
     │                               route, else the message waits (TEMPLATE_PAUSE_RETRY_SECONDS)
     ├── PagePausedError             the page cannot send at all; its messages wait
-    │   ├── TokenInvalidError       190 with any subcode
+    │   ├── TokenInvalidError       190 and 102 (OAuth session, §3.2) with any subcode
     │   └── PageRestrictedError     368, 10/1893063 (long pause)
-    └── PermanentError              everything else (bad request, permissions, attachments, 4/2018354 …)
+    └── PermanentError              everything else (bad request, permissions, attachments, 4/2018354 …);
+                                    ``is_transient: true`` makes an unknown code transient, never a row
 
 Transport problems become ``TransientError`` when the request surely did not reach Graph (connect
 errors, pool timeouts) and ``AmbiguousError`` when it may have (write/read timeouts, a connection
@@ -72,6 +80,12 @@ class TransientError(GraphError):
 
 class AmbiguousError(TransientError):
     reason = "ambiguous"
+
+
+class UnconfirmedSendError(AmbiguousError):
+    """Graph's error says the message most likely went out (1/1357046, messenger-platform.md
+    §3.3: "DO NOT blind-retry"): a retry would send it again, and the next answer is likely the
+    same. Its ``reason`` stays ``ambiguous`` (logged and counted as a possible duplicate)."""
 
 
 class RateLimitedError(GraphError):
@@ -131,7 +145,7 @@ _BY_CODE: dict[tuple[int, int | None], type[GraphError]] = {
     (2018321, None): TransientError,
     (100, 2018008): TransientError,
     (100, 2018294): TransientError,
-    (1, 1357046): AmbiguousError,
+    (1, 1357046): UnconfirmedSendError,
     (2, 2018344): PermanentError,
     (4, None): RateLimitedError,
     (4, 2018022): RateLimitedError,
@@ -141,6 +155,11 @@ _BY_CODE: dict[tuple[int, int | None], type[GraphError]] = {
     (613, None): RateLimitedError,
     (613, 2018338): TagAbuseError,
     (613, 1893016): PermanentError,
+    (9, 2018352): PermanentError,
+    (2022, None): PermanentError,
+    (2018300, None): PermanentError,
+    (10303, None): PermanentError,
+    (9000001, None): PermanentError,
     (80001, None): RateLimitedError,
     (80006, None): RateLimitedError,
     (10, 2018278): WindowClosedError,
@@ -153,6 +172,8 @@ _BY_CODE: dict[tuple[int, int | None], type[GraphError]] = {
     (200, 1545041): RecipientUnreachableError,
     (100, 2018001): RecipientUnreachableError,
     (190, None): TokenInvalidError,
+    (102, None): TokenInvalidError,  # §3.2: OAuth session: token expired/revoked/invalid
+    (341, None): RateLimitedError,  # §3.2: application limit reached: wait and retry
     (368, None): PageRestrictedError,
     (132000, None): TemplateRejectedError,
     (132001, None): TemplateRejectedError,
@@ -163,15 +184,23 @@ _BY_CODE: dict[tuple[int, int | None], type[GraphError]] = {
     (132016, None): TemplateRejectedError,
     (100, 2018416): TemplateRejectedError,
 }
-# Codes whose every subcode maps like the bare code (190: 458-467, 492 ...; throttling subcodes).
-_ANY_SUBCODE = frozenset({190, 4, 17, 32, 80001, 80006, 368, 551, 132000, 132001, 132012, 132015, 132016})
+# Codes whose every subcode maps like the bare code (190, 102: 458-467, 492 ...; throttling
+# subcodes; 1 and 2, Graph's "temporary issue, wait and retry" (§3.2), but for their rows above).
+_ANY_SUBCODE = frozenset(
+    {1, 2, 1200, 102, 190, 4, 17, 32, 341, 80001, 80006, 368, 551, 132000, 132001, 132012, 132015, 132016}
+)
+# Answers without a Graph error body, by HTTP status (a proxy or Graph's front end answered).
+_BY_STATUS: dict[int, type[GraphError]] = {408: TransientError, 429: RateLimitedError}
 _TAG_MARKERS = ("invalid tag", "messaging type should be message_tag", "tag is required", "message tag")
 
 
 def _code_class(info: ErrorInfo) -> type[GraphError]:
     code, subcode = info.code, info.subcode
     if code is None:
-        return TransientError if (info.http_status or 0) >= 500 else PermanentError
+        status = info.http_status or 0
+        if status >= 500 or 200 <= status < 300:  # Graph (or its front end) may have sent it
+            return AmbiguousError
+        return _BY_STATUS.get(status, PermanentError)
     found = _BY_CODE.get((code, subcode))
     if found is not None:
         return found
@@ -191,7 +220,14 @@ def classify(info: ErrorInfo, *, tag: str | None = None) -> type[GraphError]:
         ):
             return TagRejectedError
     cls = _code_class(info)
-    if cls is PermanentError and info.is_transient and info.code not in (100, 10, 200, 190):
+    # Graph's is_transient rescues a code the table does not know; a row of §3.3 that says
+    # fail or drop (2/2018344, 4/2018354, 613/1893016 ...) wins over it.
+    if (
+        cls is PermanentError
+        and info.is_transient
+        and info.code not in (100, 10, 200, 190, 102)
+        and (info.code, info.subcode) not in _BY_CODE
+    ):
         return TransientError
     return cls
 
@@ -279,6 +315,31 @@ def from_response(
     cls = classify(info, tag=tag)
     retry_after = parse_buc_wait(response.headers) if issubclass(cls, RateLimitedError) else None
     return cls(info, retry_after=retry_after)
+
+
+def from_success(
+    response: httpx.Response, content: bytes, payload: object, *, tag: str | None, message: bool
+) -> GraphError | None:
+    """The error hidden in a 2xx answer, or None when it is Graph's success answer.
+
+    Graph's success body names the message sent (``message_id``, messenger-platform.md §1.4; a
+    sender action's names only the recipient). A 2xx carrying Graph's error object is that
+    error; a 2xx to a ``message`` send without a ``message_id`` (an HTML page, ``{}``, a proxy's
+    "OK") did not come from Graph's send path: whether it went out is unknown, so it is
+    :class:`AmbiguousError` (retried, counted as a possible duplicate), never recorded as sent.
+    """
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return from_response(response, tag=tag, content=content)
+    message_id = payload.get("message_id") if isinstance(payload, dict) else None
+    if not message or (isinstance(message_id, str) and message_id):
+        return None
+    info = ErrorInfo(
+        code=None,
+        subcode=None,
+        message=f"HTTP {response.status_code} without a message_id: not Graph's success answer",
+        http_status=response.status_code,
+    )
+    return AmbiguousError(info)
 
 
 def _maybe_sent(exc: httpx.TransportError) -> bool:
