@@ -26,6 +26,7 @@ from worker.braze import (
     psid_attribute_item,
     unreachable_item,
 )
+from worker.braze.client import SERVER_WAIT_CAP_SECONDS
 
 API_KEY = "braze-rest-key-0123456789abcdef"
 URL = "https://rest.iad-01.braze.test"
@@ -201,6 +202,24 @@ def test_429_without_a_usable_wait(headers: dict[str, str]) -> None:
     exc = error_from_response(httpx.Response(429, headers=headers), now=1_800_000_000.0)
     assert isinstance(exc, BrazeRetryable)
     assert exc.retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (429, {"Retry-After": "99999999"}),
+        (503, {"Retry-After": "1e12"}),
+        (429, {"Retry-After": email.utils.formatdate(1_800_000_000.0 + 10 * 365 * 86400, usegmt=True)}),
+        (429, {"X-RateLimit-Reset": str(1_800_000_000 + 10 * 365 * 86400)}),
+        (429, {"X-RateLimit-Reset": "999999999"}),  # read as a delta: 31 years
+    ],
+)
+def test_a_servers_wait_is_believed_for_an_hour_at_most(status: int, headers: dict[str, str]) -> None:
+    """A Retry-After or reset years ahead (a proxy's, a misparsed date) held every Braze write for
+    as long, across restarts: the outbox's retry_at only moves forward."""
+    exc = error_from_response(httpx.Response(status, headers=headers), now=1_800_000_000.0)
+    assert isinstance(exc, BrazeRetryable)
+    assert exc.retry_after == SERVER_WAIT_CAP_SECONDS == 3600.0
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408])

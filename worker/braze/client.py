@@ -10,7 +10,8 @@ Errors (one mapping point, :func:`error_from_response`)::
     BrazeError
     ├── BrazeRetryable      429, 408, 5xx, transport errors: the batch goes back to the outbox and
     │                       nothing is sent before ``retry_after`` (Retry-After; for a 429 without it
-    │                       X-RateLimit-Reset minus now; else capped exponential backoff, equal jitter)
+    │                       X-RateLimit-Reset minus now; at most SERVER_WAIT_CAP_SECONDS; else
+    │                       capped exponential backoff, equal jitter)
     └── BrazeFatal          any other 4xx: Braze will never accept this request; the batch is dropped
         └── BrazeAuthError  401/403: the REST key is wrong or lacks ``users.track``. Nothing can be
                             written with it: the outbox is held (retried like a 5xx, in order, up to
@@ -116,6 +117,12 @@ class BrazeAuthError(BrazeFatal):
     """401/403: the REST API key is invalid or lacks the ``users.track`` permission."""
 
 
+#: The longest wait an answer's Retry-After or X-RateLimit-Reset is believed for: Braze's longest
+#: rate-limit window is an hour. A larger value (a proxy's, a misparsed date) would otherwise hold
+#: every Braze write for as long, across restarts (the outbox's retry_at only moves forward).
+SERVER_WAIT_CAP_SECONDS = 3600.0
+
+
 def _retry_after(headers: httpx.Headers, *, now: float) -> float | None:
     """``Retry-After`` as seconds (delta or HTTP date), None when absent or unparsable."""
     raw = headers.get("retry-after")
@@ -129,7 +136,7 @@ def _retry_after(headers: httpx.Headers, *, now: float) -> float | None:
         except (TypeError, ValueError):
             return None
         seconds = parsed.timestamp() - now
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+    return min(SERVER_WAIT_CAP_SECONDS, max(0.0, seconds)) if math.isfinite(seconds) else None
 
 
 def _reset_wait(headers: httpx.Headers, *, now: float) -> float | None:
@@ -142,7 +149,7 @@ def _reset_wait(headers: httpx.Headers, *, now: float) -> float | None:
     except ValueError:
         return None
     wait = reset if reset < 1e9 else reset - now
-    return wait if math.isfinite(wait) and wait > 0 else None
+    return min(SERVER_WAIT_CAP_SECONDS, wait) if math.isfinite(wait) and wait > 0 else None
 
 
 def error_from_response(response: httpx.Response, *, now: float | None = None) -> BrazeError:
