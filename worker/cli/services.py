@@ -20,6 +20,8 @@ def cmd_intake(args: argparse.Namespace) -> int:
 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bmw-metrics-")
     settings = service_settings()
+    from worker.intake.protocol import GuardedHttpToolsProtocol
+
     if not settings.intake_tokens and not settings.intake_insecure_no_auth:
         print("INTAKE_TOKENS is empty: set it, or start with --insecure-no-auth", file=sys.stderr)
         return 2
@@ -37,6 +39,8 @@ def cmd_intake(args: argparse.Namespace) -> int:
         timeout_keep_alive=settings.intake_keepalive_seconds,
         # beyond it uvicorn answers 503 itself, plain text without Retry-After (README)
         limit_concurrency=settings.intake_limit_concurrency or None,
+        # uvicorn's httptools protocol with a deadline and a size cap on each request's headers
+        http=GuardedHttpToolsProtocol,
     )
     return 0
 

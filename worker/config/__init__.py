@@ -208,6 +208,10 @@ class Settings(BaseSettings):
     #: the console's login form) takes to send its body; then 408 ``body_timeout``. A client
     #: trickling a body cannot hold a connection slot for long.
     intake_body_seconds: float = Field(default=10.0, gt=0, le=300)
+    #: A request head's deadline from its first byte (then 408) and size (then 431): every
+    #: route, before the app (worker/intake/protocol.py).
+    intake_header_seconds: float = Field(default=10.0, gt=0, le=300)
+    intake_max_header_bytes: int = Field(default=65_536, ge=8_192, le=1_048_576)
     #: uvicorn's limit_concurrency: connections or requests in progress beyond which uvicorn
     #: itself answers 503 (plain text, no Retry-After); 0 = no limit.
     intake_limit_concurrency: int = Field(default=4_000, ge=0)

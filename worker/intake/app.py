@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute
 from worker import gc_tuning
 from worker.config import PageTokens, Settings
 from worker.fleet import Fleet
-from worker.intake import console
+from worker.intake import console, protocol
 from worker.intake.committer import GroupCommitter
 from worker.intake.guard import MemoryGate
 from worker.intake.http import exception_handlers
@@ -144,4 +144,5 @@ def app_factory() -> Starlette:
         check_service(settings)
     except ValueError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
+    protocol.configure(settings.intake_header_seconds, settings.intake_max_header_bytes)
     return create_app(settings, tune_gc=True)
