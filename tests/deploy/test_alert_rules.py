@@ -3,8 +3,10 @@ inhibitions silence only what they explain.
 
 * ``promtool test rules`` on synthetic series, with the rules of deploy/prometheus/alerts.yml (their
   annotations dropped: the labels are under test here, the summaries in test_alert_shards.py):
-  a page whose token is invalid, no worker up, a failure ratio over 5%, Braze writes held,
-  new dead letters, an old backlog; and the cases where each must not fire.
+  a page whose token is invalid, no worker up, a failure ratio over 5% (expired deliveries
+  counted: never delivered), Braze writes held, new dead letters, an old backlog, the send
+  route's 503s (critical) apart from the Messenger webhook's (a warning: APP_SECRET unset is a
+  configuration mistake, not an outage for Braze); and the cases where each must not fire.
 * deploy/alertmanager/alertmanager.yml's inhibit rules, applied as Alertmanager applies them
   (matchers on the source and the target, ``equal`` labels, an absent label equal to an absent
   one): with REDIS_SHARDS, one shard's Redis outage must not silence another shard's backlog.
@@ -19,7 +21,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped,unused-ignore]  # PyYAML ships no type information
 
 from tests.deploy.common import DEPLOY, load_yaml
-from tests.deploy.test_prometheus import ALERTS, promtool
+from tests.deploy.test_prometheus import ALERTS, alert_rules, dashboard_queries, promtool
 
 
 def _run(
@@ -92,6 +94,57 @@ def test_failure_ratio_fires_over_5_percent_of_enough_traffic(tmp_path: Path) ->
     ]
     (tmp_path / "trickle").mkdir()
     _run(tmp_path / "trickle", trickle, [("30m", "BmwFailureRatioHigh", [])])
+
+
+def test_expired_deliveries_count_as_failures(tmp_path: Path) -> None:
+    """A delivery that expired (MESSAGE_TTL passed before a send) was accepted and never
+    delivered: for the on-call engineer it is a failure like failed and dead. A third of the
+    outcomes expiring fires the alert; before, expired was left out and it stayed silent."""
+    series = [
+        ('bmw_deliveries_total{outcome="sent", page_id="111", reason="none"}', "0+60x40"),
+        ('bmw_deliveries_total{outcome="expired", page_id="111", reason="ttl"}', "0x10 0+30x30"),
+        ('bmw_deliveries_total{outcome="cancelled", page_id="111", reason="none"}', "0x40"),
+    ]
+    checks = [
+        ("9m", "BmwFailureRatioHigh", []),
+        ("30m", "BmwFailureRatioHigh", [{"severity": "warning"}]),
+    ]
+    _run(tmp_path, series, checks)
+
+
+def _squeeze(expr: str) -> str:
+    return " ".join(expr.split())
+
+
+def test_the_failure_ratio_panel_is_the_alerts_expression() -> None:
+    """The dashboard's 'Failure ratio (5m)' shows what BmwFailureRatioHigh compares with 5%."""
+    (rule,) = [r for r in alert_rules() if r["alert"] == "BmwFailureRatioHigh"]
+    ratio, _, rest = _squeeze(rule["expr"]).partition(" > 0.05")
+    assert rest, rule["expr"]
+    (panel,) = [expr for title, expr in dashboard_queries() if title == "Failure ratio (5m)"]
+    assert _squeeze(panel) == ratio
+    assert 'outcome=~"failed|expired|dead"' in ratio
+    (by_class,) = [expr for title, expr in dashboard_queries() if title == "Failures by class per page"]
+    assert 'outcome=~"failed|expired|dead"' in by_class
+
+
+def test_only_the_send_routes_503s_page_the_webhooks_warn(tmp_path: Path) -> None:
+    """APP_SECRET unset: every Messenger webhook POST is 503 not_configured from the start, while
+    Braze's sends are stored (202). That is a configuration mistake, not an outage: a warning
+    (BmwWebhookUnavailable), not BmwIntakeUnavailable, which fired on it before. At 20m Redis
+    goes: the send route answers 503, and that pages."""
+    series = [
+        ('bmw_intake_requests_total{instance="i1", route="webhook", status="503"}', "0+30x40"),
+        ('bmw_intake_requests_total{instance="i1", route="send", status="202"}', "0+600x20 12000x20"),
+        ('bmw_intake_requests_total{instance="i1", route="send", status="503"}', "0x20 0+300x20"),
+    ]
+    checks = [
+        ("15m", "BmwIntakeUnavailable", []),
+        ("10m", "BmwWebhookUnavailable", []),  # for: 15m
+        ("20m", "BmwWebhookUnavailable", [{"severity": "warning"}]),
+        ("30m", "BmwIntakeUnavailable", [{"severity": "critical"}]),
+    ]
+    _run(tmp_path, series, checks)
 
 
 def test_braze_writes_held_fires_only_while_nothing_gets_through(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ rule that took max() across all of them would hide one shard behind another: sha
 down while shard 0's is up read as up, one shard full while the other has room read as fine.
 Here two intake replicas report two shards: shard 1's Redis is down for a while, shard 0's is
 at 95% of its maxmemory, shard 1 (once back) has no maxmemory and a queue that does not drain.
-Each alert must fire for its shard, and only for it. The same rules on one Redis (no label)
-still fire as before.
+Each alert must fire for its shard, and only for it, and its summary must say which shard. The
+same rules on one Redis (no label) still fire as before.
 """
 
 from __future__ import annotations
@@ -120,3 +120,36 @@ def test_a_shard_without_a_worker_alerts_while_the_others_have_theirs(tmp_path: 
     ]
     one_redis = _case(_series("bmw_redis_up", None, "1x20"), ("15m", "BmwShardWithoutWorker", []))
     _run(tmp_path, [_case(series, *checks), one_redis])
+
+
+OLD_1 = "Oldest open delivery (shard 1) is 2h 15m 0s old"
+VERY_OLD_1 = "Oldest open delivery (shard 1) is 2h 15m 0s old; messages near MESSAGE_TTL will expire"
+VERY_OLD = "Oldest open delivery is 2h 15m 0s old; messages near MESSAGE_TTL will expire"
+
+
+def test_the_backlog_alerts_name_their_shard(tmp_path: Path) -> None:
+    """Shard 1's oldest delivery ages a minute a minute while shard 0's is fresh: the warning and
+    the critical backlog alert both say which shard (the critical one said none before)."""
+    series = [
+        *_series("bmw_oldest_open_age_seconds", "0", "0x140"),
+        *_series("bmw_oldest_open_age_seconds", "1", "0+60x140"),
+    ]
+    checks = [
+        ("135m", "BmwBacklogOld", [_alert("1", OLD_1, severity="warning")]),
+        ("135m", "BmwBacklogVeryOld", [_alert("1", VERY_OLD_1, severity="critical")]),
+    ]
+    one_redis = _case(
+        _series("bmw_oldest_open_age_seconds", None, "0+60x140"),
+        ("135m", "BmwBacklogVeryOld", [_alert(None, VERY_OLD, severity="critical")]),
+    )
+    _run(tmp_path, [_case(series, *checks), one_redis])
+
+
+def test_every_rule_kept_per_shard_names_the_shard() -> None:
+    """A rule that keeps the shard label (`by (shard)`) says which shard in its summary, so a
+    page names the shard to look at (with one Redis: the `if` leaves it out)."""
+    rules = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    per_shard = [r for g in rules["groups"] for r in g["rules"] if "by (shard)" in r["expr"]]
+    assert len(per_shard) >= 10
+    silent = [r["alert"] for r in per_shard if "$labels.shard" not in r["annotations"]["summary"]]
+    assert not silent, f"name the shard in the summary: {silent}"

@@ -1,4 +1,6 @@
-"""Kubernetes: each pod gets only the secrets its process reads (deploy/k8s/secret.example.yaml).
+"""Each pod or container gets only the secrets its process reads: the Kubernetes Secrets
+(deploy/k8s/secret.example.yaml) and the compose services (docker-compose.yml and its shards
+override), both checked against one table.
 
 The intake's bearer tokens (who may send as the pages, who may administer) and the webhook's verify
 token are the intake's alone; the key that signs m.me refs (a PSID linked to any Braze user) is
@@ -14,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.common import K8S_SHARDS, ROOT
+from tests.deploy.common import COMPOSE_FILE, K8S_SHARDS, ROOT, load_yaml, parse_cli
+from tests.deploy.test_compose import command, environment, uses_project_image
+from tests.deploy.test_compose_shards import merged as merged_shards
 from tests.deploy.test_k8s import APP_SECRETS, container, one, render, render_with_tool, secrets_example
 from tests.deploy.test_k8s_shards import render_directly as render_shards
 from tests.deploy.test_settings_coverage import SECRET_AS_FILE, deployed_settings
@@ -79,6 +83,35 @@ def test_each_pod_gets_the_secrets_it_reads_and_no_other(kit: str) -> None:
             if "secretRef" in source:
                 assert source["secretRef"]["name"] in APP_SECRETS
     one(objects, "Deployment", "intake")
+
+
+@pytest.mark.parametrize("kit", ["docker-compose.yml", "deploy/compose.shards.yml"])
+def test_each_compose_service_gets_the_secrets_it_reads_and_no_other(kit: str) -> None:
+    """A compose service running the project's image gets, of the secret settings, those its
+    process (its command: intake, worker, sandbox) reads, and the page tokens when it is the intake
+    or a worker. With the shards override, shard 1's worker-1 (extends: worker) is checked too."""
+    services: dict[str, dict[str, Any]] = (
+        load_yaml(COMPOSE_FILE)["services"] if kit == "docker-compose.yml" else merged_shards()["services"]
+    )
+    checked: dict[str, list[str]] = {}
+    for name, svc in services.items():
+        if not uses_project_image(svc):
+            continue
+        process = parse_cli(command(svc)).command
+        checked.setdefault(process, []).append(name)
+        passed = set(environment(svc))
+        wanted = {setting for setting, readers in READERS.items() if process in readers}
+        got = passed & set(READERS)
+        assert got == wanted, (
+            f"{kit} {name} ({process}): lacks {sorted(wanted - got)}, gets what it never reads: {sorted(got - wanted)}"
+        )
+        has_page_tokens = passed >= SECRET_AS_FILE
+        assert has_page_tokens is (process in BOTH), (
+            f"{kit} {name}: the page tokens are the intake's and the workers'"
+        )
+    assert set(checked) >= {"intake", "worker"}, checked
+    if kit != "docker-compose.yml":
+        assert sorted(checked["worker"]) == ["worker", "worker-1"]
 
 
 def _mentions(roots: tuple[str, ...], attribute: str) -> list[str]:

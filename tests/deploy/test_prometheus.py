@@ -151,7 +151,7 @@ def test_dashboard_shape() -> None:
         health.append(" ".join(t["expr"] for t in panel["targets"]))
     for metric in (
         'outcome="sent"',
-        'outcome=~"failed|dead"',
+        'outcome=~"failed|expired|dead"',
         "bmw_oldest_open_age_seconds",
         "bmw_queue_depth",
         "bmw_pages_paused",

@@ -1,7 +1,7 @@
 """Every setting reaches the containers: the list comes from the Settings model, not from a copy.
 
 A field added to ``worker/config/__init__.py`` Settings fails these tests until it is in deploy/env.example,
-the compose file's shared environment, the Kubernetes ConfigMap or Secret template, and the
+the compose file's intake or worker environment, the Kubernetes ConfigMap or Secret template, and the
 README's configuration table; a name there that is no longer a field fails them too.
 """
 
@@ -56,7 +56,10 @@ def env_example_names() -> set[str]:
 
 
 def compose_app_environment() -> dict[str, Any]:
-    env: dict[str, Any] = load_yaml(COMPOSE_FILE)["x-app-environment"]
+    """What the compose file passes to the intake or the workers: the shared x-app-environment and
+    each one's own secrets (split by who reads them: tests/deploy/test_least_privilege.py)."""
+    services = load_yaml(COMPOSE_FILE)["services"]
+    env: dict[str, Any] = {**services["intake"]["environment"], **services["worker"]["environment"]}
     return env
 
 
@@ -92,7 +95,7 @@ def test_the_list_is_derived_from_the_model() -> None:
     ("where", "names"),
     [
         ("deploy/env.example", env_example_names),
-        ("docker-compose.yml x-app-environment", lambda: set(compose_app_environment())),
+        ("docker-compose.yml intake + worker environment", lambda: set(compose_app_environment())),
         ("deploy/k8s ConfigMap + Secret template", lambda: set(k8s_config()[0]) | set(k8s_config()[1])),
         ("README configuration table", readme_configuration_names),
     ],
