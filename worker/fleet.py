@@ -11,7 +11,9 @@ console and the CLI give the same answer:
   holds: it holds in each); a stop is written to every shard (a page of any shard may receive
   the campaign's next request), and is reported stopped when any shard has it stopped;
 * dead letters: listed newest first across shards (each shard's list is newest first; a merge);
-  replayed and purged on the shard each id names;
+  purged on the shard that holds each id, replayed on its page's shard: a letter of a page moved
+  since it died (``shards move``) is moved there first (:func:`deadletters.move`), where the
+  page's pause, suppressions and limiter are;
 * the queue purge: every shard's queue.
 
 **A shard that does not answer.** The listings across shards (campaigns, one campaign's counters,
@@ -39,7 +41,7 @@ from redis.exceptions import RedisError
 
 from worker import campaigns, lookup
 from worker.config import Settings
-from worker.store import Keys, deadletters, outcomes, pagemove, residents, shards
+from worker.store import Keys, deadletters, outcomes, pagemove, records, residents, shards
 
 T = TypeVar("T")
 
@@ -93,8 +95,13 @@ class Fleet:
 
     def for_delivery(self, delivery_id: str) -> list[Shard]:
         """The shards that may hold the delivery, in the order to ask (:func:`shards.holders`:
-        its id's shard, then shard 0 for an id issued before shards)."""
-        return [self.shards[i] for i in shards.holders(self.settings, delivery_id)]
+        its id's shard, then shard 0 for an id issued before shards), then the others: a dead
+        letter of a moved page is replayed on the page's new shard (:meth:`replay`), and lives
+        there since. Only an id the first ones do not have costs a read of the others."""
+        first = shards.holders(self.settings, delivery_id)
+        if not first:
+            return []
+        return [self.shards[i] for i in first] + [s for s in self.shards if s.index not in first]
 
     async def record(self, delivery_id: str) -> dict[str, str]:
         """The delivery's record, open or final ({} when no shard has it)."""
@@ -127,23 +134,29 @@ class Fleet:
         return got, tuple(down)
 
     async def _by_shard(self, ids: Iterable[str]) -> dict[int, list[str]]:
-        """Dead letters (hashes) grouped by the shard that has them: each id's own shard, else
-        shard 0 for an id issued before shards; ids no shard has are left out."""
+        """Dead letters (hashes) grouped by the shard that has them, asked in
+        :meth:`for_delivery`'s order (each id's own shard, shard 0 for an id issued before
+        shards, then the others: a letter moved with its page); ids no shard has are left out.
+        The first shard that has it wins: while a move cut short leaves a letter on two shards,
+        the one it was moved from (:meth:`replay` finishes the move)."""
         out: dict[int, list[str]] = {}
-        asked: dict[int, list[str]] = {}
-        for delivery_id in ids:
-            held = shards.holders(self.settings, delivery_id)
-            if len(held) == 1:
-                out.setdefault(held[0], []).append(delivery_id)
-            elif held:
-                asked.setdefault(held[0], []).append(delivery_id)
-        for index, chunk in asked.items():
-            shard = self.shards[index]
-            pipe = shard.redis.pipeline(transaction=False)
-            for delivery_id in chunk:
-                pipe.exists(shard.keys.delivery(delivery_id))
-            for delivery_id, there in zip(chunk, await pipe.execute(), strict=True):
-                out.setdefault(index if there else 0, []).append(delivery_id)
+        asking = {d: [s.index for s in self.for_delivery(d)] for d in dict.fromkeys(ids)}
+        if len(self.shards) == 1:
+            return {0: list(asking)} if asking else {}
+        while asking:
+            ask: dict[int, list[str]] = {}
+            for delivery_id, order in asking.items():
+                ask.setdefault(order[0], []).append(delivery_id)
+            for index, chunk in ask.items():
+                shard = self.shards[index]
+                pipe = shard.redis.pipeline(transaction=False)
+                for delivery_id in chunk:
+                    pipe.exists(shard.keys.delivery(delivery_id))
+                for delivery_id, there in zip(chunk, await pipe.execute(), strict=True):
+                    if there:
+                        out.setdefault(index, []).append(delivery_id)
+            found = {d for chunk in out.values() for d in chunk}
+            asking = {d: order[1:] for d, order in asking.items() if order[1:] and d not in found}
         return out
 
     # --- campaigns ------------------------------------------------------------------------------
@@ -247,11 +260,38 @@ class Fleet:
         return Across(sum(counts), down)
 
     async def replay(self, ids: list[str]) -> list[str]:
+        """Replays each dead letter on its page's shard: one on the shard where it died, if that
+        still holds the page; else it is moved to the page's shard first (:func:`deadletters.move`:
+        copied there, then let go here) and replayed there, where the page's pause, suppressions,
+        limiter, links and windows are. Returns the ids replayed."""
         done: list[str] = []
         for index, chunk in (await self._by_shard(ids)).items():
             shard = self.shards[index]
-            done += await deadletters.replay(shard.redis, shard.settings, chunk)
+            homes = await self._homes(shard, chunk)
+            here = [d for d in chunk if homes.get(d, index) == index]
+            if here:
+                done += await deadletters.replay(shard.redis, shard.settings, here)
+            for to in sorted(set(homes.values()) - {index}):
+                target = self.shards[to]
+                moving = [d for d in chunk if homes.get(d) == to]
+                arrived = await deadletters.move(shard.redis, target.redis, target.settings, moving)
+                done += await deadletters.replay(target.redis, target.settings, arrived)
         return done
+
+    async def _homes(self, shard: Shard, ids: list[str]) -> dict[str, int]:
+        """The shard of each one's page now (SHARD_PAGES, hashing), by its record on ``shard``;
+        ids without a record there are left out."""
+        if len(self.shards) == 1:
+            return {}
+        pipe = shard.redis.pipeline(transaction=False)
+        for delivery_id in ids:
+            pipe.hmget(shard.keys.delivery(delivery_id), ["page_id", records.PACKED_FIELD])
+        out: dict[str, int] = {}
+        for delivery_id, (page_id, packed) in zip(ids, await pipe.execute(), strict=True):
+            page = records.page_of(page_id, packed)
+            if page:
+                out[delivery_id] = shards.of_page(self.settings, page)
+        return out
 
     async def purge_dead(self, ids: list[str]) -> int:
         purged = 0
