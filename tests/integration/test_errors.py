@@ -183,6 +183,15 @@ def test_transient_exhausts_attempts_to_dead_letter_and_replay(stack: Stack) -> 
     view = final(stack, dead_id)
     assert view["status"] == "dead"
     assert view["attempts"] == 3  # attempts were reset by the replay, then used up again
+    # a body says what it selects: a misspelt filter was read as none and purged every letter
+    purge = f"{stack.intake_url}/v1/dead-letters/purge"
+    for body in ({"page_idd": "9"}, {}, {"page_id": ""}):
+        refused = httpx.post(purge, headers=headers, json=body, timeout=10)
+        assert refused.status_code == 422, body
+    dry = httpx.post(purge, headers=headers, json={"all": True, "dry_run": True}, timeout=10).json()
+    kept = httpx.get(f"{stack.intake_url}/v1/dead-letters", headers=headers, timeout=10).json()
+    assert dry["would_purge"] == len(dry["delivery_ids"]) == kept["count"] >= 3  # none purged
+    assert dead_id in dry["delivery_ids"]
     assert len(calls(stack, "err-2-d2")) == 6
 
 

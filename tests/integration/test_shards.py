@@ -220,7 +220,7 @@ def test_a_shard_restarts_and_nothing_is_lost(shards: Shards) -> None:
         assert isinstance(listed.json()[items], list)
     # an action chosen by a filter would skip the silent shard's letters unseen: refused
     refused_action = httpx.post(
-        f"{stack.intake_url}/v1/dead-letters/replay", json={}, headers=ADMIN_HEADERS, timeout=10
+        f"{stack.intake_url}/v1/dead-letters/replay", json={"all": True}, headers=ADMIN_HEADERS, timeout=10
     )
     assert refused_action.status_code == 503, refused_action.text
     status = shards.cli("status", "--json")  # the CLI: shard 0's figures, shard 1 named down

@@ -74,6 +74,27 @@ def test_unknown_routes_methods_and_actions(client: TestClient) -> None:
     assert error_of(client.get(f"/v1/deliveries/{too_long}", headers=AUTH)) == (404, "not_found")
 
 
+def test_a_replay_or_purge_body_must_say_what_it_selects(client: TestClient) -> None:
+    """A misspelt key (``page_idd``), an empty page id or an empty body was read as no filter:
+    every dead letter replayed or purged."""
+    for body in ({}, {"page_idd": "9"}, {"limit": 5}, {"all": False}, {"dry_run": True}):
+        assert error_of(client.post("/v1/dead-letters/purge", json=body, headers=ADMIN_AUTH)) == (
+            422,
+            "invalid_body",
+        ), body
+    for body in ({"all": "yes"}, {"dry_run": 1}, {"all": True, "extra": 1}):
+        resp = client.post("/v1/dead-letters/replay", json=body, headers=ADMIN_AUTH)
+        assert error_of(resp) == (422, "invalid_body"), body
+    assert error_of(client.post("/v1/dead-letters/purge", content=b"", headers=ADMIN_AUTH)) == (
+        422,
+        "invalid_body",
+    )
+    resp = client.post("/v1/dead-letters/purge", json={"page_id": ""}, headers=ADMIN_AUTH)
+    assert error_of(resp) == (422, "invalid_filter")
+    resp = client.get("/v1/dead-letters", params={"page_id": ""}, headers=ADMIN_AUTH)
+    assert error_of(resp) == (422, "invalid_filter")
+
+
 def test_dead_letter_filters_must_be_finite_numbers(client: TestClient) -> None:
     for params in (
         {"older_than": "nan"},

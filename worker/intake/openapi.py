@@ -244,8 +244,10 @@ def _dead_letter_paths() -> dict[str, Any]:
                 "summary": "Replay or purge dead letters: the given ids, or every match of the filter",
                 "description": (
                     "Replay re-queues a delivery that is still dead under its delivery_id; purge "
-                    "deletes it. Without delivery_ids (an empty body included) every dead letter "
-                    "matching the filter is acted on, up to limit."
+                    "deletes it. Without delivery_ids every dead letter matching the filter is "
+                    'acted on, up to limit; with no filter either, "all": true must say so (an '
+                    "empty body, or an unknown key, is refused). dry_run: true answers what "
+                    "would be acted on and does nothing."
                 ),
                 "security": auth,
                 "parameters": [_param("action", "path", {"type": "string", "enum": list(ACTIONS)})],
@@ -254,7 +256,7 @@ def _dead_letter_paths() -> dict[str, Any]:
                     "content": {"application/json": {"schema": _ref("DeadLetterSelection")}},
                 },
                 "responses": {
-                    "200": _json("done", {"oneOf": [_ref("Replayed"), _ref("Purged")]}),
+                    "200": _json("done", {"oneOf": [_ref("Replayed"), _ref("Purged"), _ref("DryRun")]}),
                     "400": _error("the body is not JSON", "invalid_json"),
                     "401": _unauthorized(),
                     "404": _error("no such action", "not_found"),
@@ -515,9 +517,14 @@ def _admin_schemas() -> dict[str, Any]:
         },
         "DeadLetterSelection": {
             "type": "object",
-            "description": "delivery_ids, or none for every dead letter matching the filter",
+            "description": (
+                'delivery_ids, or a filter (every match), or "all": true (every dead letter); no other key'
+            ),
+            "additionalProperties": False,
             "properties": {
                 "delivery_ids": {"type": "array", "items": {"type": "string"}},
+                "all": {"type": "boolean", "description": "every dead letter, up to limit"},
+                "dry_run": {"type": "boolean", "description": "answer what would be done; do nothing"},
                 "page_id": {"type": "string"},
                 "code": {"type": "integer"},
                 "older_than": {"type": "number"},
@@ -533,6 +540,16 @@ def _admin_schemas() -> dict[str, Any]:
             },
         },
         "Purged": {"type": "object", "required": ["purged"], "properties": {"purged": {"type": "integer"}}},
+        "DryRun": {
+            "type": "object",
+            "required": ["dry_run", "delivery_ids"],
+            "properties": {
+                "dry_run": {"type": "boolean"},
+                "would_replay": {"type": "integer"},
+                "would_purge": {"type": "integer"},
+                "delivery_ids": {"type": "array", "items": {"type": "string"}},
+            },
+        },
     }
 
 

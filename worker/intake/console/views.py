@@ -132,7 +132,7 @@ def _page_row(settings: Any, page_id: str, *, configured: bool) -> dict[str, Any
 def _dead_filter(params: Any) -> deadletters.Filter:
     """The console form's filter, read by the admin API's own parser (InputError 422
     ``invalid_filter`` for a value that is not a finite number), at most DEAD_SHOWN + 1 rows."""
-    fields = {name: (params.get(form) or "").strip() for form, name in _FILTER_FIELDS}
+    fields = {name: value for form, name in _FILTER_FIELDS if (value := (params.get(form) or "").strip())}
     return dataclasses.replace(admin.dead_filter(fields), limit=DEAD_SHOWN + 1)
 
 

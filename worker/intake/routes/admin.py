@@ -4,9 +4,12 @@ and ``/purge`` act on them (:mod:`worker.store.deadletters` does the work).
 The filter is the same in the query (list) and in the JSON body (replay, purge): ``page_id``,
 ``code`` (the Graph error code), ``older_than`` (seconds since death) and ``limit`` (default 1000,
 at most 10,000). A body with ``delivery_ids`` acts on those ids (those still dead and matching the
-filter); without it, on every match, so an empty body replays or purges every dead letter up to
-``limit``. A filter value that is not a finite number is 422 ``invalid_filter``; a body that is
-not a JSON object, or whose ``delivery_ids`` is not a list of strings, is 422 ``invalid_body``.
+filter); without it, on every match of its filter. A body must say what it selects: ids, a filter
+(``page_id``, ``code``, ``older_than``) or ``"all": true`` for every dead letter up to ``limit``;
+an empty body, or one naming a key this route does not know (a misspelt ``page_idd`` read as no
+filter at all purged every letter), is 422 ``invalid_body``, and nothing is done. ``"dry_run":
+true`` answers what would be acted on and does nothing. A filter value that is not a finite
+number, or an empty ``page_id``, is 422 ``invalid_filter``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def dead_filter(params: Mapping[str, Any]) -> deadletters.Filter:
     page = params.get("page_id")
     if isinstance(page, int) and not isinstance(page, bool):
         page = str(page)
-    if page is not None and (not isinstance(page, str) or (not page.strip() and page != "")):
+    if page is not None and (not isinstance(page, str) or not page.strip()):
         raise InputError(422, "invalid_filter", "page_id must be a page id")
     limit = _number(params, "limit", int)
     if limit is not None and limit < 1:
@@ -71,18 +74,37 @@ def dead_filter(params: Mapping[str, Any]) -> deadletters.Filter:
     )
 
 
-def parse_selection(raw: bytes) -> tuple[list[str] | None, deadletters.Filter]:
-    """A replay or purge body: (delivery_ids or None for "every match", the filter)."""
+#: The keys a replay or purge body may have.
+SELECTION_KEYS = ("delivery_ids", "page_id", "code", "older_than", "limit", "all", "dry_run")
+_FILTERS = ("page_id", "code", "older_than")
+
+
+def parse_selection(raw: bytes) -> tuple[list[str] | None, deadletters.Filter, bool]:
+    """A replay or purge body: (delivery_ids or None for "every match", the filter, dry run)."""
     try:
         params: Any = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
         raise InputError(400, "invalid_json", "body is not valid JSON") from None
     if not isinstance(params, dict):
         raise InputError(422, "invalid_body", "body must be a JSON object")
+    unknown = sorted(str(k) for k in params if k not in SELECTION_KEYS)
+    if unknown:
+        raise InputError(
+            422, "invalid_body", f"unknown keys {unknown}: a body takes {', '.join(SELECTION_KEYS)}"
+        )
+    for flag in ("all", "dry_run"):
+        if not isinstance(params.get(flag, False), bool):
+            raise InputError(422, "invalid_body", f"{flag} must be true or false")
     ids = params.get("delivery_ids")
     if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
         raise InputError(422, "invalid_body", "delivery_ids must be a list of strings")
-    return ids, dead_filter(params)
+    if ids is None and not params.get("all") and all(params.get(f) is None for f in _FILTERS):
+        raise InputError(
+            422,
+            "invalid_body",
+            'say what to act on: delivery_ids, a filter (page_id, code, older_than) or "all": true',
+        )
+    return ids, dead_filter(params), bool(params.get("dry_run"))
 
 
 async def dead_list(request: Request) -> Response:
@@ -100,9 +122,11 @@ async def dead_action(request: Request) -> Response:
     action = request.path_params["action"]
     if action not in ACTIONS:
         raise InputError(404, "not_found", "no such route")
-    ids, flt = parse_selection(await read_body(request))
+    ids, flt, dry_run = parse_selection(await read_body(request))
     listed = await intake.fleet.select_dead(ids, flt)
     chosen = [item["delivery_id"] for item in listed]
+    if dry_run:
+        return JSONResponse({"dry_run": True, f"would_{action}": len(chosen), "delivery_ids": chosen})
     if action == "replay":
         done = await intake.fleet.replay(chosen)
         return JSONResponse({"replayed": done, "count": len(done)})
