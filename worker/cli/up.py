@@ -128,6 +128,14 @@ def _start_sandbox(stack: Stack, env: dict[str, str], ports: dict[str, int], int
         env["PAGE_ACCESS_TOKENS"] = json.dumps({SANDBOX_PAGE: f"sandbox-token-{SANDBOX_PAGE}"})
 
 
+def _operators_hint(data_dir: Path) -> str:
+    """How another shell reaches this stack: from this directory by itself with the default data
+    directory, else (and from anywhere) with ``--data-dir``."""
+    if data_dir.resolve() == Path(".data").resolve():
+        return "from another shell in this directory: messenger-worker status | send | dead-letters list\n"
+    return f"from another shell: messenger-worker --data-dir {data_dir.resolve()} status | send | dead-letters list\n"
+
+
 def _banner(iport: int, page: str, token: str, admin: str, state_path: Path) -> str:
     return (
         "\nbraze-messenger-worker is up. Send a message through the intake:\n\n"
@@ -137,7 +145,7 @@ def _banner(iport: int, page: str, token: str, admin: str, state_path: Path) -> 
         f"then: curl -sS -H 'Authorization: Bearer {token}' http://127.0.0.1:{iport}/v1/deliveries/<delivery_id>\n"
         f"admin (dead letters): curl -sS -H 'Authorization: Bearer {admin}' http://127.0.0.1:{iport}/v1/dead-letters\n"
         f"operator console: http://127.0.0.1:{iport}/console/ (sign in with the admin token {admin})\n"
-        "from another shell in this directory: messenger-worker status | send | dead-letters list\n"
+        f"{_operators_hint(state_path.parent)}"
         f"  (they read {state_path}, mode 0600: it holds these dev tokens)\n"
         "Ctrl-C stops everything.\n"
     )
