@@ -234,12 +234,16 @@ def resolve_page(
         if page is None:
             raise _fail(
                 "unknown_page_token",
-                "the access_token in the URL is not the token of a configured page: add the page and "
-                "its token to PAGE_ACCESS_TOKENS, or send to /{version}/{page_id}/messages",
+                "the access_token (in the URL, or the body) is not the token of a configured page: "
+                "add the page and its token to PAGE_ACCESS_TOKENS, or send to /{version}/{page_id}/messages",
                 403,
             )
         if explicit and explicit != page:
-            raise _fail("page_token_mismatch", f"the access_token in the URL is not page {explicit}'s", 403)
+            raise _fail(
+                "page_token_mismatch",
+                f"the access_token (in the URL, or the body) is not page {explicit}'s",
+                403,
+            )
         return page
     if explicit:
         if tokens.get(explicit) is None:
