@@ -517,9 +517,7 @@ def _admin_schemas() -> dict[str, Any]:
         },
         "DeadLetterSelection": {
             "type": "object",
-            "description": (
-                'delivery_ids, or a filter (every match), or "all": true (every dead letter); no other key'
-            ),
+            "description": 'delivery_ids, a filter (every match) or "all": true; no other key',
             "additionalProperties": False,
             "properties": {
                 "delivery_ids": {"type": "array", "items": {"type": "string"}},
