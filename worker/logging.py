@@ -19,13 +19,12 @@ import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from worker.config import DEFAULT_RECIPIENT_HASH_SALT, Settings, pages
+from worker.config import DEFAULT_RECIPIENT_HASH_SALT, Settings, pages, urls
 
 _TOKEN_PATTERNS = (
     re.compile(r"(access_token=)[^&\s\"']+", re.IGNORECASE),
@@ -91,16 +90,26 @@ REDACTOR = Redactor()
 
 def redis_passwords(settings: Settings) -> list[str]:
     """The passwords in REDIS_URL and REDIS_SHARDS (each URL, each Sentinel node of one)."""
-    found: list[str] = []
-    for url in (settings.redis_url, *settings.redis_shards):
-        for part in url.split(";"):
-            try:
-                password = urlsplit(part.strip()).password
-            except ValueError:  # not a URL we can read: nothing to take from it
-                continue
-            if password:
-                found.append(unquote(password))
-    return found
+    return [secret for url in (settings.redis_url, *settings.redis_shards) for secret in urls.passwords(url)]
+
+
+def page_token_secrets(tokens: Iterable[str], app_secret: str | None) -> list[str]:
+    """Page tokens and the ``appsecret_proof`` each is sent with (HMAC-SHA256 of the token
+    under APP_SECRET): Graph, or a proxy, may echo either back in an error."""
+    out: list[str] = []
+    for token in tokens:
+        out.append(token)
+        if app_secret:
+            out.append(hmac.new(app_secret.encode(), token.encode(), hashlib.sha256).hexdigest())
+    return out
+
+
+#: APP_SECRET as configure_logging was given it: the proofs of page tokens a reload brings.
+_APP_SECRET: list[str] = []
+
+
+def _reloaded_page_tokens(tokens: Iterable[str]) -> None:
+    REDACTOR.add(page_token_secrets(tokens, _APP_SECRET[0] if _APP_SECRET else None))
 
 
 def settings_secrets(settings: Settings) -> list[str]:
@@ -110,7 +119,10 @@ def settings_secrets(settings: Settings) -> list[str]:
     salt = settings.recipient_hash_salt.get_secret_value()
     if salt != DEFAULT_RECIPIENT_HASH_SALT:  # the default is the project's name, and no secret
         secrets.append(salt)
-    secrets += [t.get_secret_value() for t in settings.page_access_tokens.values()]
+    app_secret = settings.app_secret.get_secret_value() if settings.app_secret is not None else None
+    secrets += page_token_secrets(
+        (t.get_secret_value() for t in settings.page_access_tokens.values()), app_secret
+    )
     for optional in (settings.app_secret, settings.braze_api_key, settings.messenger_verify_token):
         if optional is not None:
             secrets.append(optional.get_secret_value())
@@ -139,7 +151,8 @@ def _drop_color_message(_logger: WrappedLogger, _name: str, event_dict: EventDic
 def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     """Configure structlog and stdlib logging for this process (idempotent)."""
     REDACTOR.add(settings_secrets(settings))
-    pages.on_reload(REDACTOR.add)  # tokens put in a PAGE_ACCESS_TOKENS file later, masked too
+    _APP_SECRET[:] = [settings.app_secret.get_secret_value()] if settings.app_secret is not None else []
+    pages.on_reload(_reloaded_page_tokens)  # tokens put in a PAGE_ACCESS_TOKENS file later, masked too
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

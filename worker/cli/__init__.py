@@ -19,7 +19,6 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from worker import __version__
 from worker.cli import state
@@ -270,17 +269,10 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _redacted(url: str) -> str:
-    """A Redis URL without its password, for an error line."""
-    parts = []
-    for part in url.split(";"):
-        split = urlsplit(part)
-        if split.password:
-            host = split.hostname or ""
-            netloc = f"{split.username or ''}:***@{host}" + (f":{split.port}" if split.port else "")
-            parts.append(split._replace(netloc=netloc).geturl())
-        else:
-            parts.append(part)
-    return ";".join(parts)
+    """A Redis URL without its passwords, for an error line."""
+    from worker.config import urls
+
+    return urls.redacted(url)
 
 
 def _connection_error(exc: BaseException) -> str | None:

@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.config.pages import PageTokens as PageTokens  # re-exported: its home before the split
+from worker.config.pages import parse_page_tokens
 from worker.config.urls import redis_identity as redis_identity
 from worker.config.urls import redis_url as _redis_url
 
@@ -388,25 +389,7 @@ class Settings(BaseSettings):
     @field_validator("page_access_tokens", mode="before")
     @classmethod
     def _tokens(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if not text:
-                return {}
-            if not text.startswith("{"):
-                path = Path(text).expanduser()
-                if not path.is_file():
-                    raise ValueError("PAGE_ACCESS_TOKENS is neither a JSON object nor a readable file")
-                text = path.read_text(encoding="utf-8")
-            try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError:
-                raise ValueError("PAGE_ACCESS_TOKENS is not valid JSON") from None
-            if not isinstance(parsed, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
-            ):
-                raise ValueError("PAGE_ACCESS_TOKENS must map page ids to token strings")
-            return parsed
-        return value
+        return parse_page_tokens(value)
 
     @field_validator("page_rate_overrides", "shard_pages", mode="before")
     @classmethod

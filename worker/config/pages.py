@@ -14,6 +14,40 @@ if TYPE_CHECKING:
     from worker.config import Settings
 
 
+def _read(text: str) -> str:
+    """The file PAGE_ACCESS_TOKENS names, read. Never an OSError: its message would quote the
+    value, and a value that is no path is most likely a token (a JSON object quoted twice, or
+    one raw token: a long one is "File name too long")."""
+    try:
+        path = Path(text).expanduser()
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    raise ValueError("PAGE_ACCESS_TOKENS is neither a JSON object nor a readable file")
+
+
+def parse_page_tokens(value: object) -> object:
+    """PAGE_ACCESS_TOKENS as Settings takes it: a JSON object, or the path of a file holding
+    one, to {page id: token}. The ValueError never quotes the value."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return {}
+    if not text.startswith("{"):
+        text = _read(text)
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError("PAGE_ACCESS_TOKENS is not valid JSON") from None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise ValueError("PAGE_ACCESS_TOKENS must map page ids to token strings")
+    return parsed
+
+
 #: Told of every token set a reload brings (worker.logging's redactor: a token put in the file
 #: after start-up is masked in logs too). Registered with :func:`on_reload`.
 _LISTENERS: list[Callable[[Iterable[str]], None]] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,13 @@ class GraphClient:
             return None
         return hmac.new(self.app_secret.encode(), token.encode(), hashlib.sha256).hexdigest()
 
+    def _secrets(self, token: str) -> Iterator[str]:
+        """The call's page token and its proof, computed only if an error message is read."""
+        yield token
+        proof = self._proof(token)
+        if proof is not None:
+            yield proof
+
     def _target(self, path: str, token: str) -> tuple[httpx.URL, list[tuple[bytes, bytes]]]:
         target = self._urls.get((path, token))
         if target is None:
@@ -140,13 +148,14 @@ class GraphClient:
         except httpx.TransportError as exc:
             raise from_transport(exc) from None
         latency_ms = (time.perf_counter() - started) * 1000
+        secrets = self._secrets(token)  # masked in Graph's message, which may echo them (lazy)
         if response.status_code // 100 != 2:
-            raise from_response(response, tag=tag, content=content)
+            raise from_response(response, tag=tag, content=content, secrets=secrets)
         try:
             payload: Any = orjson.loads(content)
         except orjson.JSONDecodeError:
             payload = None
-        hidden = from_success(response, content, payload, tag=tag, message="message" in body)
+        hidden = from_success(response, content, payload, tag=tag, message="message" in body, secrets=secrets)
         if hidden is not None:
             raise hidden
         message_id = payload.get("message_id") if isinstance(payload, dict) else None

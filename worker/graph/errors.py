@@ -46,11 +46,14 @@ dropped before the answer). ``classify`` is the only place that looks at codes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
+
+from worker.logging import REDACTOR
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,19 @@ def parse_buc_usage(headers: httpx.Headers) -> int | None:
     return top
 
 
-def _error_info(response: httpx.Response, content: bytes) -> ErrorInfo:
+def scrubbed(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` (Graph's words) without a secret: the call's own token and proof (``secrets``),
+    then every secret the process knows and any ``access_token=``/``appsecret_proof=`` value.
+    Graph echoes what it was sent ("Malformed access token EAAB..."), and its message is stored in
+    the delivery's record, shown by the API, the CLI and the console, and logged."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return REDACTOR.scrub(text)
+
+
+def _error_info(response: httpx.Response, content: bytes, secrets: Iterable[str] = ()) -> ErrorInfo:
+    secrets = tuple(secrets)  # it may be lazy (GraphClient's), and it is read twice
     try:
         payload: Any = orjson.loads(content)
     except orjson.JSONDecodeError:
@@ -299,26 +314,38 @@ def _error_info(response: httpx.Response, content: bytes) -> ErrorInfo:
     return ErrorInfo(
         code=code if isinstance(code, int) else None,
         subcode=subcode if isinstance(subcode, int) else None,
-        message=str(err.get("message", ""))[:500],
-        fbtrace_id=trace if isinstance(trace, str) else None,
+        # scrubbed before it is cut: a cut could leave a secret's head that no longer matches
+        message=scrubbed(str(err.get("message", "")), secrets)[:500],
+        fbtrace_id=scrubbed(trace, secrets)[:64] if isinstance(trace, str) else None,
         http_status=response.status_code,
         is_transient=transient if isinstance(transient, bool) else None,
     )
 
 
 def from_response(
-    response: httpx.Response, *, tag: str | None = None, content: bytes | None = None
+    response: httpx.Response,
+    *,
+    tag: str | None = None,
+    content: bytes | None = None,
+    secrets: Iterable[str] = (),
 ) -> GraphError:
     """Build the typed error for a non-2xx Send API answer (``content``: its body, if the
-    response was not read through httpx)."""
-    info = _error_info(response, response.content if content is None else content)
+    response was not read through httpx; ``secrets``: what the call carried, its page token and
+    proof, masked in Graph's message like every configured secret)."""
+    info = _error_info(response, response.content if content is None else content, secrets)
     cls = classify(info, tag=tag)
     retry_after = parse_buc_wait(response.headers) if issubclass(cls, RateLimitedError) else None
     return cls(info, retry_after=retry_after)
 
 
 def from_success(
-    response: httpx.Response, content: bytes, payload: object, *, tag: str | None, message: bool
+    response: httpx.Response,
+    content: bytes,
+    payload: object,
+    *,
+    tag: str | None,
+    message: bool,
+    secrets: Iterable[str] = (),
 ) -> GraphError | None:
     """The error hidden in a 2xx answer, or None when it is Graph's success answer.
 
@@ -329,7 +356,7 @@ def from_success(
     :class:`AmbiguousError` (retried, counted as a possible duplicate), never recorded as sent.
     """
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        return from_response(response, tag=tag, content=content)
+        return from_response(response, tag=tag, content=content, secrets=secrets)
     message_id = payload.get("message_id") if isinstance(payload, dict) else None
     if not message or (isinstance(message_id, str) and message_id):
         return None
