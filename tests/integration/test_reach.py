@@ -202,7 +202,7 @@ def test_the_intake_refuses_a_template_the_catalogue_knows_it_cannot_send(stack:
     before = stack.redis().llen(stack.queue)
     for header, params, code in (
         ("no_such_template", '["a"]', "unknown_utility_template"),
-        ("pending_template", '["a"]', "utility_template_not_approved"),
+        ("pending_template", '["a", "b"]', "utility_template_parameters"),  # pending passes; not this
         ("order_update", '["only one"]', "utility_template_parameters"),
     ):
         resp = stack.post(body, headers={"X-Utility-Template": header, "X-Utility-Parameters": params})

@@ -165,8 +165,10 @@ def test_the_intake_check(redis_server: RedisServer, sandbox: Sandbox, page: str
     sync(settings, page)
     assert refused(unknown) == "unknown_utility_template"
     assert refused(UtilityTemplate("order_update", "pt_BR", ("a", "b"))) == "unknown_utility_template"
-    assert refused(UtilityTemplate("pending_template", "en_US", ("a",))) == "utility_template_not_approved"
-    assert refused(UtilityTemplate("paused_template", "en_US", ("a",))) == "utility_template_not_approved"
+    # pending approval or paused by Meta: accepted (the worker waits or moves on), not a lost 422
+    assert refused(UtilityTemplate("pending_template", "en_US", ("a",))) is None
+    assert refused(UtilityTemplate("paused_template", "en_US", ("a",))) is None
+    assert refused(UtilityTemplate("paused_template", "en_US", ("a", "b"))) == "utility_template_parameters"
     assert refused(UtilityTemplate("order_update", "en_US", ("a",))) == "utility_template_parameters"
     named = UtilityTemplate("appointment_reminder", "en_US", named=(("name", "A"),))
     assert refused(named) == "utility_template_parameters"

@@ -129,7 +129,7 @@ def test_a_known_catalogue_refuses_a_template_it_does_not_hold() -> None:
     assert "pt_BR" in message
 
 
-@pytest.mark.parametrize("status", ["PENDING", "PAUSED", "DISABLED", "REJECTED"])
+@pytest.mark.parametrize("status", ["DISABLED", "REJECTED", "PENDING_DELETION", "DELETED", "ARCHIVED"])
 def test_a_template_that_is_not_approved_is_refused_with_its_status(status: str) -> None:
     info = TemplateInfo("order_update", "en_US", status, 2, reason="because")
     code, message = refusal(info, UtilityTemplate("order_update", "en_US", ("a", "b")), True) or ("", "")

@@ -47,6 +47,9 @@ MAX_PARAMETERS: Final = 100
 MAX_PARAMETER_CHARS: Final = 1024
 #: The longest an X-Utility-Parameters header may be (Braze fills it from profile data).
 MAX_PARAMETERS_HEADER: Final = 8 * 1024
+#: A Liquid tag left as written (``{{${first_name}}}``, ``{% if ... %}``): Braze did not render
+#: it (a typo, a header pasted where nothing renders it); a user must never receive it.
+_LIQUID: Final = re.compile(r"\{\{.*?\}\}+|\{%.*?%\}", re.DOTALL)
 
 #: (positional values, named (name, value) pairs): at most one of them is not empty.
 Parameters = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
@@ -110,6 +113,20 @@ def _parameters(value: object, where: str) -> Parameters:
     raise _fail("invalid_utility_parameters", f"{where} must be a JSON array or object")
 
 
+def check_rendered(t: UtilityTemplate, where: str) -> None:
+    """InputError 422 ``invalid_utility_parameters`` when a parameter holds a Liquid tag as
+    written (``{{${first_name}}}``, ``{% if %}``): Braze did not render it, and the user would
+    receive it. The intake's rule, not Graph's (which sends any text): not in :func:`template_of`."""
+    values = [(f"parameter {i + 1}", v) for i, v in enumerate(t.positional)] + list(t.named)
+    for at, value in values:
+        liquid = _LIQUID.search(value)
+        if liquid is not None:
+            raise _fail(
+                "invalid_utility_parameters",
+                f"{where}: {at} holds a Liquid tag Braze did not render: {liquid.group()[:64]!r}",
+            )
+
+
 def check_name(name: str, language: str, where: str) -> None:
     if not _NAME.fullmatch(name):
         raise _fail(
@@ -118,6 +135,28 @@ def check_name(name: str, language: str, where: str) -> None:
         )
     if not _LANGUAGE.fullmatch(language):
         raise _fail("invalid_utility_template", f"{where}: {language[:32]!r} is not a language code (en_US)")
+
+
+def _header_language(options: str) -> str | None:
+    """``lang=`` (or ``language=``) of X-Utility-Template's options, None without one; 422 for
+    an option it does not know, one without a value, or a language given twice."""
+    language: str | None = None
+    for option in options.split(";"):
+        key, _, value = (part.strip() for part in option.partition("="))
+        if not key and not value:
+            continue  # "name;" or "name; ; lang=..."
+        if key.lower() not in ("lang", "language"):
+            raise _fail(
+                "invalid_utility_template", f"X-Utility-Template: unknown option {option.strip()[:32]!r}"
+            )
+        if not value:
+            raise _fail(
+                "invalid_utility_template", f"X-Utility-Template: {key}= needs a language code (en_US)"
+            )
+        if language is not None:
+            raise _fail("invalid_utility_template", "X-Utility-Template: the language is given twice")
+        language = value
+    return language
 
 
 def from_headers(
@@ -131,7 +170,8 @@ def from_headers(
 
     ``X-Utility-Template: order_update; lang=en_US`` (``lang`` defaults to the template's entry
     in ``defaults`` (UTILITY_TEMPLATES), else ``default_language``); ``X-Utility-Parameters``
-    a JSON array or object; without it, the entry's ``parameters`` in ``defaults``."""
+    a JSON array or object; without it, the entry's ``parameters`` in ``defaults``. A value still
+    holding a Liquid tag is refused (:func:`check_rendered`)."""
     if template is None or not template.strip():
         if parameters:
             raise _fail("invalid_utility_template", "X-Utility-Parameters needs X-Utility-Template")
@@ -139,15 +179,7 @@ def from_headers(
     name, _, rest = template.partition(";")
     name = name.strip()
     default = (defaults or {}).get(name, {})
-    language = str(default.get("language") or default_language)
-    for option in rest.split(";"):
-        key, _, value = option.partition("=")
-        if key.strip().lower() in ("lang", "language") and value.strip():
-            language = value.strip()
-        elif key.strip():
-            raise _fail(
-                "invalid_utility_template", f"X-Utility-Template: unknown option {key.strip()[:32]!r}"
-            )
+    language = _header_language(rest) or str(default.get("language") or default_language)
     check_name(name, language, "X-Utility-Template")
     if parameters is not None and parameters.strip():
         if len(parameters) > MAX_PARAMETERS_HEADER:
@@ -161,10 +193,14 @@ def from_headers(
                 "invalid_utility_parameters",
                 "X-Utility-Parameters is not JSON: build it with Liquid's json_escape (README)",
             ) from None
-        params = _parameters(raw, "X-Utility-Parameters")
+        where = "X-Utility-Parameters"
+        params = _parameters(raw, where)
     else:
-        params = _parameters(default.get("parameters", []), f"UTILITY_TEMPLATES[{name}].parameters")
-    return UtilityTemplate(name, language, *params)
+        where = f"UTILITY_TEMPLATES[{name}].parameters"
+        params = _parameters(default.get("parameters", []), where)
+    t = UtilityTemplate(name, language, *params)
+    check_rendered(t, where)
+    return t
 
 
 def from_json(value: Mapping[str, Any]) -> UtilityTemplate:

@@ -38,6 +38,7 @@ from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from worker.messenger.utility import UtilityTemplate
 from worker.store import Keys, text
@@ -60,8 +61,14 @@ _STATES: Final[Mapping[str, str]] = {
 }
 #: Every status the catalogue stores (the webhook's other events are not statuses).
 STATUSES: Final = frozenset(_STATES)
+#: The states (:func:`template_state`) the intake refuses: they do not pass by waiting. Pending
+#: and paused ones pass (the worker waits or moves on); so does a status we do not know (the
+#: worker sends it and Graph decides).
+REFUSED_STATES: Final = frozenset({"disabled", "rejected"})
 _PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 _MAX_FIELD: Final = 1024
+#: Tries of a sync's write while status events write the page's hash (the last does not watch).
+_REPLACE_RETRIES: Final = 5
 
 
 def field_name(name: str, language: str) -> str:
@@ -137,6 +144,11 @@ class TemplateInfo:
         return replace(self, status=status, reason=reason, updated_at=at)
 
 
+def _list(value: object) -> list[Any]:
+    """``value`` if it is a list, else nothing (Graph's answer is read, never trusted)."""
+    return value if isinstance(value, list) else []
+
+
 def _short(value: object) -> str | None:
     return value[:_MAX_FIELD] if isinstance(value, str) and value else None
 
@@ -145,7 +157,8 @@ def _body_parameters(component: Mapping[str, Any]) -> tuple[int | None, tuple[st
     """(count, names) of a BODY component: its placeholders, else its example values."""
     names: list[str] = []
     highest = 0
-    for token in _PLACEHOLDER.findall(str(component.get("text") or "")):
+    body_text = component.get("text")
+    for token in _PLACEHOLDER.findall(body_text if isinstance(body_text, str) else ""):
         if token.isdigit():
             highest = max(highest, int(token))
         elif token not in names:
@@ -158,12 +171,15 @@ def _body_parameters(component: Mapping[str, Any]) -> tuple[int | None, tuple[st
     if isinstance(example, dict):
         named = example.get("body_text_named_params")
         if isinstance(named, list) and named:
-            found = tuple(str(p.get("param_name")) for p in named if isinstance(p, dict))
-            return len(found), found
+            found = tuple(
+                p["param_name"] for p in named if isinstance(p, dict) and isinstance(p.get("param_name"), str)
+            )
+            if found:
+                return len(found), found
         rows = example.get("body_text")
         if isinstance(rows, list) and rows and isinstance(rows[0], list):
             return len(rows[0]), ()
-    return (0, ()) if "text" in component else (None, ())
+    return (0, ()) if isinstance(body_text, str) else (None, ())
 
 
 def from_graph(item: Mapping[str, Any], at: float | None = None) -> TemplateInfo | None:
@@ -177,7 +193,7 @@ def from_graph(item: Mapping[str, Any], at: float | None = None) -> TemplateInfo
     count: int | None = None
     names: tuple[str, ...] = ()
     buttons: list[str] = []
-    for component in item.get("components") or ():
+    for component in _list(item.get("components")):
         if not isinstance(component, dict):
             continue
         kind = str(component.get("type", "")).upper()
@@ -185,7 +201,7 @@ def from_graph(item: Mapping[str, Any], at: float | None = None) -> TemplateInfo
             count, names = _body_parameters(component)
         elif kind == "BUTTONS":
             buttons += [
-                str(b.get("type", "")).upper() for b in component.get("buttons") or () if isinstance(b, dict)
+                str(b.get("type", "")).upper() for b in _list(component.get("buttons")) if isinstance(b, dict)
             ]
     reason = _short(item.get("rejected_reason"))
     return TemplateInfo(
@@ -237,22 +253,63 @@ async def synced_pages(client: aioredis.Redis, keys: Keys) -> dict[str, float]:
     return {text(page): float(at) for page, at in rows}
 
 
+def _merged(templates: list[TemplateInfo], current: Mapping[bytes, bytes], at: float) -> list[TemplateInfo]:
+    """``templates`` (Graph's listing, read from ``at`` on), with what a status event learned
+    after ``at`` (its entry's ``updated_at``): the event is the newer word on that template's
+    status (the listing may have been read before the change); a template the listing lacks
+    but an event since announced (created meanwhile) is kept."""
+    newer = {
+        f: info
+        for f, info in ((f, TemplateInfo.from_json(v)) for f, v in current.items())
+        if info.updated_at > at
+    }
+    out: list[TemplateInfo] = []
+    for t in templates:
+        event = newer.pop(t.hash_field.encode(), None)
+        out.append(t if event is None else t.with_status(event.status, event.reason, event.updated_at))
+    return out + list(newer.values())
+
+
 async def replace_page(
     client: aioredis.Redis, keys: Keys, page_id: str, templates: list[TemplateInfo], at: float
 ) -> None:
-    """Replace the page's catalogue with ``templates`` and mark it synced at ``at``, atomically
-    (MULTI/EXEC: a reader sees the old catalogue or the new one, never a mix)."""
-    pipe = client.pipeline(transaction=True)
+    """Replace the page's catalogue with ``templates`` (Graph's listing, read from ``at`` on) and
+    mark it synced at ``at``, atomically (MULTI/EXEC: a reader sees the old catalogue or the new
+    one, never a mix). A status event applied since ``at`` is not undone (:func:`_merged`): the
+    page's hash is WATCHed, and read again if an event writes it meanwhile."""
+    key = keys.templates(page_id)
+    async with client.pipeline(transaction=True) as pipe:
+        for _ in range(_REPLACE_RETRIES):
+            try:
+                await pipe.watch(key)
+                current = await pipe.hgetall(key)  # type: ignore[misc]  # watching: executes at once
+                _queue_replace(pipe, keys, page_id, _merged(templates, current, at), at)
+                await pipe.execute()
+            except redis.exceptions.WatchError:
+                continue  # an event wrote the page meanwhile: read it again
+            return
+    # events kept writing the page: write what the last read allows, unwatched
+    current = await client.hgetall(key)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    last = client.pipeline(transaction=True)
+    _queue_replace(last, keys, page_id, _merged(templates, current, at), at)
+    await last.execute()
+
+
+def _queue_replace(pipe: Any, keys: Keys, page_id: str, templates: list[TemplateInfo], at: float) -> None:
+    """The MULTI/EXEC of :func:`replace_page`, queued on ``pipe``."""
+    if pipe.watching:
+        pipe.multi()
     pipe.delete(keys.templates(page_id))
     if templates:
         pipe.hset(keys.templates(page_id), mapping={t.hash_field: t.to_json() for t in templates})
     pipe.zadd(keys.templates_synced, {page_id: at})
-    await pipe.execute()
 
 
 # --- the intake's refusal -------------------------------------------------------------------------
-def _label(t: UtilityTemplate) -> str:
-    return f"utility template {t.name!r} ({t.language})"
+def _label(t: UtilityTemplate, page_id: str | None) -> str:
+    """The template, and the page whose catalogue speaks (a campaign may send as several)."""
+    of_page = f" of page {page_id}" if page_id is not None else ""
+    return f"utility template {t.name!r} ({t.language}){of_page}"
 
 
 def _parameters_refusal(info: TemplateInfo, t: UtilityTemplate) -> str | None:
@@ -273,25 +330,31 @@ def _parameters_refusal(info: TemplateInfo, t: UtilityTemplate) -> str | None:
     return None
 
 
-def refusal(info: TemplateInfo | None, t: UtilityTemplate, known: bool) -> tuple[str, str] | None:
+def refusal(
+    info: TemplateInfo | None, t: UtilityTemplate, known: bool, page_id: str | None = None
+) -> tuple[str, str] | None:
     """(code, message) of the intake's 422 for sending ``t``, or None when it may be sent.
 
     An unknown catalogue (``known`` False) refuses nothing; a known one refuses a template it
-    does not hold, one that is not APPROVED, and parameters that do not match its body."""
+    does not hold, one that can never be sent as it stands (:data:`REFUSED_STATES`: disabled,
+    rejected), and parameters that do not match its body. A template pending approval or paused
+    by Meta is *not* refused: both pass (approval takes seconds; a pause lifts after hours), and
+    the worker waits for them or takes the next route (docs/reach.md). A 422 would lose the
+    message for good (Braze does not retry a 4xx), for users inside the window too."""
     if info is None:
         if not known:
             return None
         return (
             "unknown_utility_template",
-            f"{_label(t)} is not in the page's template catalogue (messenger-worker templates list)",
+            f"{_label(t, page_id)} is not in the page's template catalogue (messenger-worker templates list)",
         )
-    if info.status != APPROVED:
+    if template_state(info) in REFUSED_STATES:
         why = f": {info.reason}" if info.reason else ""
         return (
             "utility_template_not_approved",
-            f"{_label(t)} is {info.status}, not APPROVED{why}",
+            f"{_label(t, page_id)} is {info.status}, not APPROVED{why}",
         )
     mismatch = _parameters_refusal(info, t)
     if mismatch is not None:
-        return "utility_template_parameters", f"{_label(t)} {mismatch}"
+        return "utility_template_parameters", f"{_label(t, page_id)} {mismatch}"
     return None

@@ -98,6 +98,6 @@ async def check_request(
     ``unknown_utility_template``, ``utility_template_not_approved``, ``utility_template_parameters``.
     Allows everything while the page's catalogue is unknown (never synced)."""
     known, info = await cache.get(client, keys, page_id, t.name, t.language)
-    refused = refusal(info, t, known)
+    refused = refusal(info, t, known, page_id)
     if refused is not None:
         raise InputError(422, *refused)

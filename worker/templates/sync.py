@@ -2,7 +2,8 @@
 
 :func:`sync_page` reads ``GET {GRAPH_API_URL}/{version}/{page-id}/message_templates`` (the Page
 token; ``appsecret_proof`` with APP_SECRET, as every Graph call of the service), following the
-``paging.cursors.after`` cursor (at most :data:`MAX_PAGES` pages of :data:`PAGE_LIMIT`), and
+``paging.cursors.after`` cursor (at most :data:`MAX_PAGES` pages of :data:`PAGE_LIMIT`; a cursor
+seen before fails the sync at once), and
 replaces the page's catalogue in one MULTI/EXEC (:func:`worker.templates.catalogue.replace_page`).
 Any failure (a Graph error, a transport error, an answer that is not Graph's shape, too many
 pages) leaves the old catalogue as it was: logged ``templates.sync_failed`` (Graph's code and
@@ -75,6 +76,7 @@ async def fetch_page(http: httpx.AsyncClient, settings: Settings, page_id: str, 
     url = f"{settings.graph_base}/{page_id}/message_templates"
     params = _params(settings, token)
     items: list[Any] = []
+    seen: set[str] = set()
     for _ in range(MAX_PAGES):
         try:
             response = await http.get(url, params=params, timeout=HTTP_TIMEOUT)
@@ -99,8 +101,11 @@ async def fetch_page(http: httpx.AsyncClient, settings: Settings, page_id: str, 
             return items
         if not isinstance(after, str) or not after:
             raise SyncError("paging.next without a cursor")
+        if after in seen:  # Graph pointing back: the listing would not end, nor be complete
+            raise SyncError("paging.cursors.after repeats an earlier cursor")
+        seen.add(after)
         params = {**params, "after": after}
-    raise SyncError(f"more than {MAX_PAGES * PAGE_LIMIT} templates")
+    raise SyncError(f"more than {MAX_PAGES} pages of templates ({len(items)} read)")
 
 
 async def sync_page(
