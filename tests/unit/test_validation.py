@@ -269,6 +269,21 @@ def test_a_utility_messaging_type_in_any_case_gets_the_utility_checks(mtype: str
     assert req.utility == UtilityTemplate("order_update", "en_US")
 
 
+def test_a_direct_utility_body_with_liquid_left_as_written_is_refused() -> None:
+    """As X-Utility-Parameters: a parameter Braze did not render would reach the user as written."""
+    parameters = [{"type": "text", "text": "{{${first_name}}}"}, {"type": "text", "text": "A-1"}]
+    template = {
+        "name": "order_update",
+        "language": {"code": "en_US"},
+        "components": [{"type": "body", "parameters": parameters}],
+    }
+    err = refused(body(messaging_type="UTILITY", message={"template": template}))
+    assert (err.status, err.code) == (422, "invalid_utility_parameters")
+    assert "message.template" in err.message
+    parameters[0]["text"] = "Ada"
+    assert check(body(messaging_type="UTILITY", message={"template": template})).utility is not None
+
+
 @pytest.mark.parametrize("mtype", ["ut\u0131l\u0131ty", "UT\u0131L\u0131TY", "re\u017fponse"])
 def test_a_non_ascii_look_alike_messaging_type_is_refused(mtype: str) -> None:
     assert mtype.upper() in {"UTILITY", "RESPONSE"}  # the trap: dotless i and long s upper-case to ASCII

@@ -335,6 +335,8 @@ def validate(
     content.check_notification_type(body)
     _normalise_type(body)
     direct = utility.template_of(body)
+    if direct is not None:  # the same rule as X-Utility-Parameters': no Liquid left as written
+        utility.check_rendered(direct, "message.template")
     if has_action:
         content.check_action(body, to_psid)
     elif "payload" in body:
