@@ -24,6 +24,7 @@ from worker.messenger.refs import sign_ref
 from worker.messenger.webhook import AD_WINDOW_SECONDS, WINDOW_SECONDS, event_to_dict, parse_events
 from worker.store import Keys
 from worker.store.windows import window_closed
+from worker.templates import TEMPLATE_STATUS
 
 pytestmark = pytest.mark.integration
 
@@ -316,3 +317,16 @@ def test_only_a_forward_move_releases_parked_deliveries(redis_server: RedisServe
     client.hset(keys.delivery("d-parked"), mapping={"status": "parked"})
     assert record(settings, event("psid-1", at=now - 100))["released"] == 0  # late: not a re-engagement
     assert record(settings, event("psid-1", at=now - 1))["released"] == 1
+
+
+def test_template_status_events_of_pages_not_served_are_ignored(redis_server: RedisServer) -> None:
+    """Meta sends message_template_status_update for every page subscribed to the app: another
+    page's event made a catalogue hash that nothing reads and nothing expires."""
+    settings = make_settings(redis_server, page_access_tokens={PAGE: "page-token-100-abcdef"})
+    keys = Keys.of(settings)
+    status = {"kind": TEMPLATE_STATUS, "event": "APPROVED", "name": "order_update", "language": "en_US"}
+    counts = record(settings, {**status, "page_id": PAGE}, {**status, "page_id": "999"})
+    assert counts["templates"] == 1
+    client = redis_server.client()
+    assert client.exists(keys.templates(PAGE)) == 1
+    assert client.exists(keys.templates("999")) == 0

@@ -74,13 +74,27 @@ EXTERNAL_ID_TTL = 400 * 86_400
 MID_MEMORY_SECONDS = 86_400
 
 
+def _served_statuses(settings: Settings, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The template status events of the pages this deployment sends as. Meta sends them for every
+    page subscribed to the app; another page's would make a catalogue that nothing reads and
+    nothing expires (a page configured since the process started gets its catalogue from the
+    next sync)."""
+    served = settings.page_access_tokens
+    statuses = [e for e in events if e.get("kind") == TEMPLATE_STATUS and not e.get("local")]
+    kept = [e for e in statuses if str(e.get("page_id", "")) in served]
+    if len(kept) < len(statuses):
+        metrics.TEMPLATE_EVENTS.labels("ignored").inc(len(statuses) - len(kept))
+        log.info("templates.events_of_other_pages", count=len(statuses) - len(kept))
+    return kept
+
+
 async def record_events(
     client: aioredis.Redis, settings: Settings, events: list[dict[str, Any]]
 ) -> dict[str, int]:
     """Apply inbound events (see the module docstring). Returns counts for the task's result."""
     keys = Keys.of(settings)
     now = time.time()
-    statuses = [e for e in events if e.get("kind") == TEMPLATE_STATUS and not e.get("local")]
+    statuses = _served_statuses(settings, events)
     templates = await apply_status_events(client, keys, statuses) if statuses else 0
     fresh = await _unseen(client, keys, events)
     engaged: dict[tuple[str, str], float] = {}
