@@ -302,6 +302,13 @@ def _use_stack(command: str, data_dir: Path, named: bool) -> str | None:
     current = state.running_state(data_dir)
     state.apply_to_environment(current, configured)
     if not named:
+        if not own and not current and command not in ("shards", "send"):
+            # not silently another stack's: an up elsewhere may hold the default port
+            print(
+                f"messenger-worker {command}: note: no up runs in ./{_DATA_DIR} and REDIS_URL is not "
+                "set: using redis://127.0.0.1:6379/0 (--data-dir DIR names an up's)",
+                file=sys.stderr,
+            )
         return None
     why = state.not_reachable(data_dir, current)
     if not own:
@@ -326,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     try:
         result: int = args.func(args)
+    except BrokenPipeError:  # the reader went away (`status | head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at the exit's flush
+        return 1
     except Exception as exc:
         line = _connection_error(exc)
         if line is None:
