@@ -7,8 +7,9 @@ route could check its token. So, before the app sees anything:
 
 * a request's headers must arrive within INTAKE_HEADER_SECONDS of its first byte, else
   ``408 header_timeout`` and the connection closes;
-* the request line and headers together are at most INTAKE_MAX_HEADER_BYTES, else
-  ``431 headers_too_large`` and the connection closes;
+* the request line and headers together are at most INTAKE_MAX_HEADER_BYTES (counted by the
+  chunks read while a head is incomplete: an upper bound, exact but for a pipelined request's
+  neighbours), else ``431 headers_too_large`` and the connection closes;
 * a connection that never sends a byte is closed after the keep-alive timeout
   (INTAKE_KEEPALIVE_SECONDS), as uvicorn closes one idle between requests.
 
@@ -41,15 +42,14 @@ def _answer(status: int, reason: str, code: str, message: str) -> bytes:
     ).encode("ascii") + body
 
 
-class _HeadersTooLarge(Exception):
-    """Raised from a parser callback: httptools stops, uvicorn calls send_400_response."""
-
-
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's protocol with a deadline and a size cap on each request's head."""
+    """uvicorn's protocol with a deadline and a size cap on each request's head. The size is
+    counted per chunk read, not per header (no Python call per header on the hot path): the bytes
+    of every chunk that ends with the head still incomplete, an upper bound of the head's size."""
 
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
+    _in_head = False
     _too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own signature
@@ -64,21 +64,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._in_head:
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > _LIMITS["max_header_bytes"] and not self.transport.is_closing():
+            self._too_large = True
+            self._in_head = False
+            self._disarm()
+            self.send_400_response("")
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._in_head = True
         self._disarm()
         self._head_timer = self.loop.call_later(_LIMITS["header_seconds"], self._head_timeout)
 
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._disarm()
         super().on_headers_complete()
 
@@ -97,12 +102,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.close()
 
-    def _count(self, n: int) -> None:
-        self._head_bytes += n
-        if self._head_bytes > _LIMITS["max_header_bytes"]:
-            self._too_large = True
-            raise _HeadersTooLarge
-
     def _disarm(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -110,6 +109,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timeout(self) -> None:
         self._head_timer = None
+        self._in_head = False
         if self.transport.is_closing():
             return
         seconds = _LIMITS["header_seconds"]
