@@ -411,6 +411,7 @@ class RedisStateCollector(Collector):
         )
         gauges = {attr: GaugeMetricFamily(name, doc, labels=names) for name, doc, attr in _GAUGES}
         paused_n = GaugeMetricFamily("bmw_pages_paused", "Pages currently paused", labels=names)
+        synced: dict[str, float] = {}
         read_ok: list[Status] = []
         for index, (settings, client) in enumerate(self._shards):
             labels = [str(index)] if labelled else []
@@ -424,12 +425,39 @@ class RedisStateCollector(Collector):
             for _name, _doc, attr in _GAUGES:
                 gauges[attr].add_metric(labels, float(getattr(status, attr)))
             paused_n.add_metric(labels, len(status.paused_pages))
+            _read_synced(synced, client, settings)
         yield up
         if not read_ok:
             return
         yield from gauges.values()
         yield paused_n
+        yield _synced_gauge(synced)
         yield from _page_gauges(merge(read_ok))
+
+
+def _read_synced(synced: dict[str, float], client: Any, settings: Settings) -> None:
+    """Each synced page's catalogue time on this shard (``P:tpl:synced``: one entry per page with
+    templates, bounded by the pages configured), the latest per page over shards (a page being
+    moved has two). Best effort: the scrape goes on without it."""
+    try:
+        rows = client.zrange(Keys.of(settings).templates_synced, 0, -1, withscores=True)
+    except redis.exceptions.RedisError:
+        return
+    for page, at in rows:
+        synced[text(page)] = max(float(at), synced.get(text(page), 0.0))
+
+
+def _synced_gauge(synced: dict[str, float]) -> GaugeMetricFamily:
+    """So that a sync failing for hours is seen: the page keeps its last catalogue, and the
+    intake refuses by it (alert BmwTemplateCatalogueStale)."""
+    family = GaugeMetricFamily(
+        "bmw_template_catalogue_synced_timestamp_seconds",
+        "When a page's utility-template catalogue was last read from Graph (epoch s)",
+        labels=["page_id"],
+    )
+    for page, at in sorted(synced.items()):
+        family.add_metric([page], at)
+    return family
 
 
 def _page_gauges(status: Status) -> Iterator[GaugeMetricFamily]:

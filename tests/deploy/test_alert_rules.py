@@ -160,6 +160,24 @@ def test_braze_writes_held_fires_only_while_nothing_gets_through(tmp_path: Path)
     _run(tmp_path, series, checks)
 
 
+def test_a_template_catalogue_not_synced_for_three_hours_fires_per_page(tmp_path: Path) -> None:
+    series = [
+        # page 111's last sync was at 0; page 222 syncs every hour; two intake replicas report both
+        ('bmw_template_catalogue_synced_timestamp_seconds{instance="a", page_id="111"}', "0x300"),
+        ('bmw_template_catalogue_synced_timestamp_seconds{instance="b", page_id="111"}', "0x300"),
+        (
+            'bmw_template_catalogue_synced_timestamp_seconds{instance="a", page_id="222"}',
+            "0x59 3600x59 7200x59 10800x59 14400x59",
+        ),
+    ]
+    checks = [
+        ("150m", "BmwTemplateCatalogueStale", []),
+        ("190m", "BmwTemplateCatalogueStale", []),  # stale since 180m: pending, for 15m
+        ("200m", "BmwTemplateCatalogueStale", [{"page_id": "111", "severity": "warning"}]),
+    ]
+    _run(tmp_path, series, checks)
+
+
 def test_new_dead_letters_fire_and_a_replay_does_not(tmp_path: Path) -> None:
     series = [
         ('bmw_dead_letters{instance="a"}', "0x10 5x10 0x40"),  # 5 dead at 10m, replayed at 20m

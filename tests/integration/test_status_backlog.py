@@ -76,3 +76,22 @@ def test_a_paused_page_stays_in_bmw_page_paused_whatever_the_page_rows(redis_ser
     body = status.render_metrics([(settings, client)]).decode()
     assert 'bmw_page_paused{page_id="1234567890",reason="operator"} 1.0' in body
     assert "bmw_pages_paused 1.0" in body
+
+
+def test_each_pages_template_sync_time_is_a_gauge_the_latest_over_shards(redis_server: RedisServer) -> None:
+    """BmwTemplateCatalogueStale's input: a page whose sync keeps failing keeps its last
+    catalogue, and the intake refuses by it; before, only `templates list` showed when it was read."""
+    from worker import status
+    from worker.config import Settings
+    from worker.store import Keys
+
+    one, two = (Settings(_env_file=None, key_prefix="t" + uuid.uuid4().hex[:8]) for _ in range(2))
+    client = redis_server.client()
+    client.zadd(Keys.of(one).templates_synced, {"111": 1_000.0, "222": 2_000.0})
+    client.zadd(Keys.of(two).templates_synced, {"111": 1_500.0})  # a page being moved: two entries
+    body = status.render_metrics([(one, client), (two, client)]).decode()
+    samples = [line for line in body.splitlines() if line.startswith("bmw_template_catalogue_synced")]
+    assert samples == [
+        'bmw_template_catalogue_synced_timestamp_seconds{page_id="111"} 1500.0',
+        'bmw_template_catalogue_synced_timestamp_seconds{page_id="222"} 2000.0',
+    ]
