@@ -80,7 +80,13 @@ def _held(shards: Shards, index: int, delivery_id: str) -> dict[str, str]:
 
 def test_a_moved_pages_dead_letter_is_replayed_on_its_new_shard(shards: Shards) -> None:
     stack, run = shards.stack, uuid.uuid4().hex[:6]
-    page, dead, campaign, _pinned = _dead_on_0_then_moved(shards, run)
+    page, dead, campaign, pinned = _dead_on_0_then_moved(shards, run)
+    # the letter left on shard 0 strands nothing: `shards check` says a replay moves it (it said
+    # "deliveries on shard 0 ... shard 0's workers send them")
+    code, check = _shards_cli(pinned, "check")
+    assert code == 0, check
+    assert [(m["page"], m["state"]) for m in check["draining"]] == [(page, ["dead letters"])], check
+    assert not check["misrouted"], check
     assert shards.cli("pages", "pause", page, "--seconds", "600")  # on shard 1, the page's now
     replayed = shards.cli("dead-letters", "replay", "--id", dead)
     assert replayed == {"replayed": [dead]}

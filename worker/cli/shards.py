@@ -121,6 +121,16 @@ async def _marks(fleet: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _draining(state: tuple[str, ...], home: int, to: int) -> str:
+    """What a page's records left on shard ``home`` become: none of it strands the page."""
+    said = []
+    if "deliveries" in state:
+        said.append(f"deliveries on shard {home}: shard {home}'s workers send them")
+    if "dead letters" in state:
+        said.append(f"dead letters on shard {home}: a replay moves them to shard {to}")
+    return "; ".join(said)
+
+
 def _check(
     args: argparse.Namespace, found: Any, scanned: list[dict[str, Any]], now: int, moved: list[dict[str, Any]]
 ) -> int:
@@ -145,9 +155,7 @@ def _check(
         )
     _more(moved)
     for m in found.draining[:LISTED]:
-        print(
-            f"page {m.page}: deliveries on shard {m.home}, held by shard {m.to}: shard {m.home}'s workers send them"
-        )
+        print(f"page {m.page}, held by shard {m.to}: {_draining(m.state, m.home, m.to)}")
     _more(found.draining)
     if not found.stranded:
         print("Every page's state is on the shard that holds it.")

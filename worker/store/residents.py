@@ -52,6 +52,9 @@ _SHARED_TPL: Final = frozenset({"synced", "lock"})
 _ONE_KEY: Final = frozenset({"pause", "pwait", "tpl"})
 #: A delivery record: ``{prefix}:d:{id}``.
 DELIVERIES: Final = "deliveries"
+#: A dead letter's record: it stays on the shard it died on, and a replay moves it to its page's
+#: shard (worker/store/deadletters.py), so it strands nothing.
+DEAD_LETTERS: Final = "dead letters"
 #: A page in ``{prefix}:rl:used``: it sent within the last day.
 SENT: Final = "recent sends"
 
@@ -127,8 +130,8 @@ async def scan(client: Any, keys: Keys, *, batch: int = 1000) -> Residents:
 async def _record_pages(client: Any, names: list[str], out: Residents) -> None:
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.hmget(name, ["page_id", records.PACKED_FIELD])
-    for page_id, packed in await pipe.execute():
+        pipe.hmget(name, ["page_id", records.PACKED_FIELD, "status"])
+    for page_id, packed, status in await pipe.execute():
         page = records.page_of(page_id, packed)
         if page:  # None: gone since the scan named it
-            out.note(page, DELIVERIES)
+            out.note(page, DEAD_LETTERS if status is not None and text(status) == State.DEAD else DELIVERIES)

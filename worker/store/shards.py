@@ -139,8 +139,9 @@ def _moves(residents: Sequence[Mapping[str, Iterable[str]]], to: Callable[[int, 
     ]
 
 
-#: State that stays served where it is: a delivery is sent by its own shard's workers.
-DRAINING = frozenset({"deliveries"})
+#: State that stays served where it is: a delivery is sent by its own shard's workers, a dead
+#: letter is moved to its page's shard by its replay (worker/store/deadletters.py).
+DRAINING = frozenset({"deliveries", "dead letters"})
 
 
 @dataclass(frozen=True, slots=True)
