@@ -50,3 +50,13 @@ def test_every_url_form_keeps_its_connection_class(url: str, base: type) -> None
     cls = redisconn.async_client(_settings(url)).connection_pool.connection_class
     assert issubclass(cls, base)
     assert cls is not base
+
+
+def test_a_sentinel_urls_password_is_percent_decoded_as_a_redis_urls_is() -> None:
+    """A password with a reserved character is percent-encoded in the URL (`p@ss/w` as
+    `p%40ss%2Fw`); redis-py decodes a redis:// URL's, and the Sentinel's was passed on encoded:
+    authentication failed."""
+    nodes, db, password = redisconn._sentinel_parts(
+        "sentinel://:p%40ss%2Fw@10.0.0.1:26379;sentinel://10.0.0.2:26380/2"
+    )
+    assert (nodes, db, password) == ([("10.0.0.1", 26379), ("10.0.0.2", 26380)], 2, "p@ss/w")

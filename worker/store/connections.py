@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import hiredis
 import redis
@@ -59,8 +59,8 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
     for part in url.split(";"):
         split = urlsplit(part.strip())
         nodes.append((split.hostname or "127.0.0.1", split.port or 26379))
-        if split.password:
-            password = split.password
+        if split.password:  # percent-encoded in the URL, as redis:// URLs' (redis-py unquotes those)
+            password = unquote(split.password)
         if split.path.strip("/").isdigit():
             db = int(split.path.strip("/"))
     return nodes, db, password
