@@ -398,9 +398,22 @@ def test_a_pause_longer_than_366_days_is_refused_by_the_api_and_the_cli(stack: S
     longest = admin(stack, "POST", "/v1/pages/780/pause", json={"seconds": 31_622_400})
     assert longest.status_code == 200, longest.text
     assert abs(longest.json()["paused_until"] - (time.time() + 31_622_400)) < 60
+    assert longest.json()["configured"] is False  # 780 is no page of PAGE_ACCESS_TOKENS: a typo?
     assert 0 < redis.ttl(stack.keys.pause("780")) <= 31_622_400 + 120
     assert admin(stack, "POST", "/v1/pages/780/resume").status_code == 200
     assert not redis.exists(stack.keys.pause("780"))
+    # the CLI says so (not refused: a page may be paused before it is configured)
+    for page, noted in (("782", True), ("100", False)):
+        done = subprocess.run(
+            [PY, "-m", "worker", "pages", "resume", page],
+            env=stack.env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert (b"is not in PAGE_ACCESS_TOKENS" in done.stderr) is noted, done.stderr
+    assert admin(stack, "POST", "/v1/pages/100/resume").json()["configured"] is True
 
 
 def test_the_sandbox_sends_receipts_for_what_it_accepted(

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from worker.cli.common import warn_partial, with_fleet
+from worker.cli.common import settings, warn_partial, with_fleet
 from worker.states import State
 
 _CANCELLED = State.CANCELLED.value
@@ -73,7 +73,19 @@ def _pause_seconds(text: str) -> float:
     return seconds
 
 
+def _unknown_page_note(page: str) -> None:
+    """A page this shell's PAGE_ACCESS_TOKENS does not name is likely a typo: said, not refused
+    (a page may be paused before it is configured; a shell without the tokens says nothing)."""
+    loaded = settings()
+    if loaded.page_access_tokens and page not in loaded.page_access_tokens:
+        print(
+            f"messenger-worker pages: note: page {page} is not in PAGE_ACCESS_TOKENS: nothing sends as it",
+            file=sys.stderr,
+        )
+
+
 def cmd_pages(args: argparse.Namespace) -> int:
+    _unknown_page_note(args.page)
     if args.pages_command == "pause":
         until = with_fleet(lambda f: f.pause_page(args.page, args.seconds))
         _print({"page_id": args.page, "paused_until": until})

@@ -209,6 +209,6 @@ def campaign_schemas() -> dict[str, Any]:
         "DeliveryCancelled": _obj(
             delivery_id=string, cancelled=boolean, status={"type": "string", "enum": [s.value for s in State]}
         ),
-        "PagePaused": _obj(page_id=string, paused_until=number),
-        "PageResumed": _obj(page_id=string, resumed=boolean, released=integer),
+        "PagePaused": _obj(page_id=string, paused_until=number, configured=boolean),
+        "PageResumed": _obj(page_id=string, resumed=boolean, released=integer, configured=boolean),
     }

@@ -120,14 +120,17 @@ async def page_pause(request: Request) -> Response:
             "or empty (until resumed)",
         )
     until = await intake.fleet.pause_page(page_id, seconds)
-    return JSONResponse({"page_id": page_id, "paused_until": until})
+    # configured: false names a likely typo (no page of PAGE_ACCESS_TOKENS; nothing sends as it)
+    configured = intake.pages.get(page_id) is not None
+    return JSONResponse({"page_id": page_id, "paused_until": until, "configured": configured})
 
 
 async def page_resume(request: Request) -> Response:
     intake = state.of(request)
     page_id = _id(request, "page_id")
     released = await intake.fleet.resume_page(page_id)
-    return JSONResponse({"page_id": page_id, "resumed": True, "released": released})
+    configured = intake.pages.get(page_id) is not None
+    return JSONResponse({"page_id": page_id, "resumed": True, "released": released, "configured": configured})
 
 
 def _campaign_route(suffix: str, handler: Handler, method: str) -> Route:
