@@ -133,6 +133,7 @@ def test_a_stopped_campaign_sends_nothing_more_the_other_is_untouched_and_receip
     assert resp.status_code == 200, resp.text
     assert resp.json()["stopped"] is True
     assert resp.json()["cancelled"] > 0
+    assert resp.json()["known"] is True
     time.sleep(STOP_WINDOW_SECONDS)
     after_window = len(sandbox_sends(stack, f"a{run}-"))
 
@@ -375,6 +376,28 @@ def test_a_campaign_named_like_another_route_keeps_its_buttons_on_itself(stack: 
         client.close()
         admin(stack, "POST", f"/v1/pages/{paused_page}/resume")
         admin(stack, "POST", f"/v1/campaigns/{quote(evil, safe='')}/resume")
+
+
+def test_stopping_a_campaign_never_seen_is_done_but_noted(stack: Stack) -> None:
+    """A typo ('campaigns stop nope') was stopped silently; it still is (a campaign may be stopped
+    before its first send), with "known": false and a note on the CLI's stderr."""
+    run = uuid.uuid4().hex[:6]
+    resp = admin(stack, "POST", f"/v1/campaigns/never-{run}/stop")
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["stopped"], resp.json()["known"]) == (True, False)
+    done = subprocess.run(
+        [PY, "-m", "worker", "campaigns", "stop", f"nope-{run}"],
+        env=stack.env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"no delivery of campaign" in done.stderr
+    assert orjson.loads(done.stdout)["known"] is False
+    assert post(stack, f"n{run}-0", f"nope-{run}").json()["status"] == State.CANCELLED.value
+    for cid in (f"never-{run}", f"nope-{run}"):
+        assert admin(stack, "POST", f"/v1/campaigns/{cid}/resume").status_code == 200
 
 
 def test_a_pause_longer_than_366_days_is_refused_by_the_api_and_the_cli(stack: Stack) -> None:

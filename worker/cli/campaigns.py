@@ -36,8 +36,19 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
         return 0
     if action == "stop":
         by = f"cli:{getpass.getuser()}"
-        cancelled = with_fleet(lambda f: f.stop_campaign(args.id, by=by))
-        _print({"campaign_id": args.id, "stopped": True, _CANCELLED: cancelled})
+
+        async def stop(fleet: Any) -> tuple[bool, int]:
+            known = (await fleet.campaign(args.id)).value is not None
+            return known, await fleet.stop_campaign(args.id, by=by)
+
+        known, cancelled = with_fleet(stop)
+        if not known:  # still stopped: a campaign may be before its first send
+            print(
+                f"messenger-worker campaigns: note: no delivery of campaign {args.id} is known "
+                "(a typo?); its new requests are answered cancelled until `campaigns resume`",
+                file=sys.stderr,
+            )
+        _print({"campaign_id": args.id, "stopped": True, _CANCELLED: cancelled, "known": known})
         return 0
     resumed = with_fleet(lambda f: f.resume_campaign(args.id))
     _print({"campaign_id": args.id, "resumed": resumed})

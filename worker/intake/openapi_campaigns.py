@@ -204,7 +204,7 @@ def campaign_schemas() -> dict[str, Any]:
     return {
         "Campaign": campaign,
         "CampaignList": campaign_list,
-        "CampaignStopped": _obj(campaign_id=string, stopped=boolean, cancelled=integer),
+        "CampaignStopped": _obj(campaign_id=string, stopped=boolean, cancelled=integer, known=boolean),
         "CampaignResumed": _obj(campaign_id=string, resumed=boolean),
         "DeliveryCancelled": _obj(
             delivery_id=string, cancelled=boolean, status={"type": "string", "enum": [s.value for s in State]}

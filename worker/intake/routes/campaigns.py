@@ -71,8 +71,11 @@ async def campaign_stop(request: Request) -> Response:
     intake = state.of(request)
     cid = _id(request, "campaign_id")
     by = f"api:{caller_of(request).id[:12]}"
+    # known: false names a likely typo (no delivery of it within CAMPAIGN_RETENTION); still
+    # stopped, as a campaign may be before its first send
+    known = (await intake.fleet.campaign(cid)).value is not None
     cancelled = await intake.fleet.stop_campaign(cid, by=by)
-    return JSONResponse({"campaign_id": cid, "stopped": True, _CANCELLED: cancelled})
+    return JSONResponse({"campaign_id": cid, "stopped": True, _CANCELLED: cancelled, "known": known})
 
 
 async def campaign_resume(request: Request) -> Response:
