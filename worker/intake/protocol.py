@@ -50,7 +50,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
     _in_head = False
-    _too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own signature
         super().connection_made(transport)
@@ -69,11 +68,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._in_head:
             return
         self._head_bytes += len(data)
-        if self._head_bytes > _LIMITS["max_header_bytes"] and not self.transport.is_closing():
-            self._too_large = True
-            self._in_head = False
-            self._disarm()
-            self.send_400_response("")
+        if self._head_bytes > _LIMITS["max_header_bytes"]:
+            limit = int(_LIMITS["max_header_bytes"])
+            self._refuse(
+                431,
+                "Request Header Fields Too Large",
+                "headers_too_large",
+                f"the request's headers exceed {limit} bytes",
+            )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -87,21 +89,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
 
-    def send_400_response(self, msg: str) -> None:
-        if not self._too_large:
-            super().send_400_response(msg)
-            return
-        limit = int(_LIMITS["max_header_bytes"])
-        self.transport.write(
-            _answer(
-                431,
-                "Request Header Fields Too Large",
-                "headers_too_large",
-                f"the request's headers exceed {limit} bytes",
-            )
-        )
-        self.transport.close()
-
     def _disarm(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -109,16 +96,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timeout(self) -> None:
         self._head_timer = None
-        self._in_head = False
-        if self.transport.is_closing():
-            return
         seconds = _LIMITS["header_seconds"]
-        self.transport.write(
-            _answer(
-                408,
-                "Request Timeout",
-                "header_timeout",
-                f"the request's headers did not arrive within {seconds:g} s",
-            )
+        self._refuse(
+            408,
+            "Request Timeout",
+            "header_timeout",
+            f"the request's headers did not arrive within {seconds:g} s",
         )
-        self.transport.close()
+
+    def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+        """Answer a head refused (JSON, as the app's errors) and close the connection."""
+        self._in_head = False
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(_answer(status, reason, code, message))
+            self.transport.close()
