@@ -31,7 +31,7 @@ RECEIPT_KINDS = ("delivery", "read")
 CHUNK = 200
 
 
-def _args(event: dict[str, Any], now: float) -> list[Any] | None:
+def _args(event: dict[str, Any], now: float, braze: bool) -> list[Any] | None:
     page, psid = str(event.get("page_id") or ""), str(event.get("psid") or "")
     if not page or not psid:
         return None
@@ -45,7 +45,8 @@ def _args(event: dict[str, Any], now: float) -> list[Any] | None:
     when = min(float(at), now) if isinstance(at, int | float) and not isinstance(at, bool) else now
     raw_mids = event.get("mids")
     mids = [m for m in raw_mids if isinstance(m, str) and m] if isinstance(raw_mids, list) else []
-    return [event.get("kind"), page, psid, wm, repr(when), campaign_ctx.event_time(when), len(mids), *mids]
+    event_time = campaign_ctx.event_time(when) if braze else ""  # only an event needs it
+    return [event.get("kind"), page, psid, wm, repr(when), event_time, len(mids), *mids]
 
 
 async def apply_receipts(client: aioredis.Redis, settings: Settings, events: list[dict[str, Any]]) -> int:
@@ -53,8 +54,9 @@ async def apply_receipts(client: aioredis.Redis, settings: Settings, events: lis
     events (BRAZE_RECEIPT_EVENTS) are written by receipts.lua with the marks."""
     keys = Keys.of(settings)
     now = time.time()
-    receipts = [a for a in (_args(e, now) for e in events if e.get("kind") in RECEIPT_KINDS) if a]
-    outbox = keys.braze_outbox if settings.braze_receipt_events and settings.braze_rest_url else ""
+    braze = campaign_ctx.braze_events(settings, settings.braze_receipt_events)
+    outbox = keys.braze_outbox if braze else ""
+    receipts = [a for a in (_args(e, now, braze) for e in events if e.get("kind") in RECEIPT_KINDS) if a]
     marks: list[Any] = []
     for start in range(0, len(receipts), CHUNK):
         args = [

@@ -205,7 +205,7 @@ class Recorder:
         self._tokens = tokens
         self._observer = observer
         self._linger = settings.record_flush_ms / 1000
-        self._outcome_events = bool(settings.braze_outcome_events and settings.braze_rest_url)
+        self._outcome_events = campaign_ctx.braze_events(settings, settings.braze_outcome_events)
         self._max = settings.record_flush_max
         self._buffer: list[tuple[Outcome, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None

@@ -45,6 +45,13 @@ def context_args(
     ]
 
 
+def braze_events(settings: Any, kind: bool) -> bool:
+    """Whether Braze events of a ``kind`` (its setting: BRAZE_OUTCOME_EVENTS or
+    BRAZE_RECEIPT_EVENTS) go to the outbox: with BRAZE_REST_URL (not the key: the intake, which
+    cancels too, never holds it). The one rule the scripts' callers share."""
+    return bool(kind and settings.braze_rest_url)
+
+
 def of_settings(keys: Keys, settings: Any, now: float) -> list[Any]:
     """:func:`context_args` from a ``Settings``: outcome events with BRAZE_OUTCOME_EVENTS and
     BRAZE_REST_URL (not the key: the intake, which cancels too, never holds it)."""
@@ -53,5 +60,5 @@ def of_settings(keys: Keys, settings: Any, now: float) -> list[Any]:
         settings.campaign_retention,
         settings.record_retention,
         now,
-        outcome_events=bool(settings.braze_outcome_events and settings.braze_rest_url),
+        outcome_events=braze_events(settings, settings.braze_outcome_events),
     )
