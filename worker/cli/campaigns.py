@@ -84,10 +84,9 @@ def _pause_seconds(text: str) -> float:
     return seconds
 
 
-def _unknown_page_note(page: str) -> None:
+def _unknown_page_note(page: str, loaded: Any) -> None:
     """A page this shell's PAGE_ACCESS_TOKENS does not name is likely a typo: said, not refused
     (a page may be paused before it is configured; a shell without the tokens says nothing)."""
-    loaded = settings()
     if loaded.page_access_tokens and page not in loaded.page_access_tokens:
         print(
             f"messenger-worker pages: note: page {page} is not in PAGE_ACCESS_TOKENS: nothing sends as it",
@@ -96,12 +95,13 @@ def _unknown_page_note(page: str) -> None:
 
 
 def cmd_pages(args: argparse.Namespace) -> int:
-    _unknown_page_note(args.page)
+    loaded = settings()  # read once: the note and the fleet
+    _unknown_page_note(args.page, loaded)
     if args.pages_command == "pause":
-        until = with_fleet(lambda f: f.pause_page(args.page, args.seconds))
+        until = with_fleet(lambda f: f.pause_page(args.page, args.seconds), loaded)
         _print({"page_id": args.page, "paused_until": until})
         return 0
-    released = with_fleet(lambda f: f.resume_page(args.page))
+    released = with_fleet(lambda f: f.resume_page(args.page), loaded)
     _print({"page_id": args.page, "resumed": True, "released": released})
     return 0
 
