@@ -86,6 +86,10 @@ def backoff(settings: Settings, failures: int, rng: random.Random | None = None)
 PAGE_WAITS = frozenset(
     {"page_paused", "token_invalid", "page_restricted", "rate_limited", "template_pending", "template_paused"}
 )
+#: The wait of a message whose utility template Meta paused (no other route left): indexed per
+#: page and template by the recorder, released once the catalogue holds the template approved
+#: again (worker/templates/waits.py), else due after TEMPLATE_PAUSE_RETRY_SECONDS.
+TEMPLATE_PAUSED = TemplatePausedError.reason
 #: A utility template the catalogue holds as pending approval: the message waits this long, again
 #: and again (no attempt burnt), until it is approved or MESSAGE_TTL makes it a dead letter.
 TEMPLATE_PENDING_WAIT = 60.0

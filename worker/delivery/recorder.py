@@ -39,6 +39,7 @@ from worker.delivery.pauses import queue_lift, queue_pause
 from worker.logging import get_logger
 from worker.states import FINAL, KEEPS_BODY, State
 from worker.store import Keys, campaign_ctx, outcomes, records, scripts, unread
+from worker.templates.catalogue import field_name
 
 log = get_logger("worker.delivery")
 #: Backoff of a failed write: doubles from BASE to CAP (seconds), with jitter.
@@ -74,7 +75,8 @@ def refused(exc: BaseException) -> bool:
 
 #: record.lua's answer for an open outcome written as CANCELLED (its campaign stopped meanwhile).
 CANCELLED_INSTEAD = 3
-#: A page's index of waiting deliveries outlives the longest wait in it by this much.
+#: A page's index of waiting deliveries (and a paused template's) outlives the longest wait in
+#: it by this much.
 PAGE_WAIT_MARGIN = 3600
 #: A delivery's history keeps its last entries only.
 HISTORY_ENTRIES = 20
@@ -193,6 +195,13 @@ def outcome_event(o: Outcome, outcome_events: bool) -> str:
         return ""
     item = outcome_event_item(d.external_id, o.status.value, d.id, o.reason, attribution=d.attribution)
     return orjson.dumps(item).decode()
+
+
+def _index_wait(pipe: Any, key: str, o: Outcome) -> None:
+    """Index a waiting delivery -> its due time in ``key``, which outlives its longest wait by
+    PAGE_WAIT_MARGIN (a release empties it; an index nothing released expires)."""
+    pipe.zadd(key, {o.delivery.id: time.time() + o.delay})
+    pipe.expire(key, int(o.delay) + PAGE_WAIT_MARGIN)
 
 
 class Recorder:
@@ -362,9 +371,12 @@ class Recorder:
         s, keys, d = self._settings, self._keys, o.delivery
         if o.status is State.SCHEDULED and o.reason in policy.PAGE_WAITS:
             # waiting for its page: indexed, so that resuming the page releases it without a scan
-            key = keys.page_waits(d.page_id)
-            pipe.zadd(key, {d.id: time.time() + o.delay})
-            pipe.expire(key, int(o.delay) + PAGE_WAIT_MARGIN)
+            _index_wait(pipe, keys.page_waits(d.page_id), o)
+            if o.reason == policy.TEMPLATE_PAUSED and d.utility is not None:
+                # and for its template: the catalogue approving it again releases it
+                # (worker/templates/waits.py), not TEMPLATE_PAUSE_RETRY_SECONDS later
+                name = field_name(d.utility.name, d.utility.language)
+                _index_wait(pipe, keys.template_waits(d.page_id, name), o)
         if d.window_closed_seen:  # the next messages to this PSID skip the doomed call, a while
             pipe.set(keys.window_closed(d.page_id, d.psid), repr(time.time()), ex=s.window_recheck_seconds)
         if o.suppress:

@@ -73,6 +73,11 @@
     P:tpl:lock              string  the periodic catalogue sync's turn (TEMPLATE_SYNC_SECONDS TTL)
     P:pwait:{page}          zset    deliveries waiting for their page (paused, throttled, token,
                                     restricted) -> due: a resume releases them without a scan
+    P:twait:{page}:{name}|{language}
+                            zset    deliveries waiting on a utility template Meta paused (as
+                                    the catalogue names it) -> due: the catalogue reading it
+                                    APPROVED again (a status event, a sync) releases them
+                                    (worker/templates/waits.py)
     P:pause:{page}          hash    page pause: until, reason, code, token fingerprint, probe
     P:paused                zset    paused pages -> until
     P:moved                 hash    pages `shards move` brought here -> "{shard}:{until}": until
@@ -303,6 +308,14 @@ class Keys:
     def page_waits(self, page_id: str) -> str:
         """The deliveries waiting for their page (worker/delivery/recorder.py; store/pages.py)."""
         return f"{self.prefix}:pwait:{page_id}"
+
+    def template_waits(self, page_id: str, template: str) -> str:
+        """The deliveries waiting on one of the page's utility templates that Meta paused;
+        ``template`` as the catalogue names it, ``"{name}|{language}"``
+        (worker/templates/catalogue.py ``field_name``). Written by worker/delivery/recorder.py,
+        released by worker/templates/waits.py. Named by the page like its other keys: in the
+        page's shard."""
+        return f"{self.prefix}:twait:{page_id}:{template}"
 
     def pause(self, page_id: str) -> str:
         return f"{self.prefix}:pause:{page_id}"

@@ -4,7 +4,9 @@
 :func:`refusal` and :func:`template_state`), ``check`` (:func:`check_request` with its in-process
 :class:`TemplateCache`, for the intake), ``events`` (``message_template_status_update`` webhook
 events: parsing and applying them), ``sync`` (reading Graph's ``message_templates`` into the
-catalogue, and the periodic :class:`~worker.templates.sync.TemplateRefresher`).
+catalogue, and the periodic :class:`~worker.templates.sync.TemplateRefresher`), ``waits``
+(releasing the messages that waited on a template Meta paused, once it is approved again: an
+event's or a sync's doing).
 
 ``sync`` imports the Graph layer and is not re-exported here: the intake imports this package
 and must not load the Graph client (import-linter's "intake stays thin" contract).

@@ -272,27 +272,31 @@ def _merged(templates: list[TemplateInfo], current: Mapping[bytes, bytes], at: f
 
 async def replace_page(
     client: aioredis.Redis, keys: Keys, page_id: str, templates: list[TemplateInfo], at: float
-) -> None:
+) -> list[TemplateInfo]:
     """Replace the page's catalogue with ``templates`` (Graph's listing, read from ``at`` on) and
     mark it synced at ``at``, atomically (MULTI/EXEC: a reader sees the old catalogue or the new
     one, never a mix). A status event applied since ``at`` is not undone (:func:`_merged`): the
-    page's hash is WATCHed, and read again if an event writes it meanwhile."""
+    page's hash is WATCHed, and read again if an event writes it meanwhile. Returns the
+    templates written (the listing with those events' statuses)."""
     key = keys.templates(page_id)
     async with client.pipeline(transaction=True) as pipe:
         for _ in range(_REPLACE_RETRIES):
             try:
                 await pipe.watch(key)
                 current = await pipe.hgetall(key)  # type: ignore[misc]  # watching: executes at once
-                _queue_replace(pipe, keys, page_id, _merged(templates, current, at), at)
+                merged = _merged(templates, current, at)
+                _queue_replace(pipe, keys, page_id, merged, at)
                 await pipe.execute()
             except redis.exceptions.WatchError:
                 continue  # an event wrote the page meanwhile: read it again
-            return
+            return merged
     # events kept writing the page: write what the last read allows, unwatched
     current = await client.hgetall(key)  # type: ignore[misc]  # redis-py: Awaitable[T] | T
+    merged = _merged(templates, current, at)
     last = client.pipeline(transaction=True)
-    _queue_replace(last, keys, page_id, _merged(templates, current, at), at)
+    _queue_replace(last, keys, page_id, merged, at)
     await last.execute()
+    return merged
 
 
 def _queue_replace(pipe: Any, keys: Keys, page_id: str, templates: list[TemplateInfo], at: float) -> None:

@@ -20,7 +20,10 @@ catalogue learned since (a sync, a later event; by a second or more: events carr
 is ignored.
 
 ``REINSTATED`` is stored as APPROVED; events that are not statuses (``FLAGGED``, ``LOCKED``,
-``UNARCHIVED``, quality and category changes) are logged and left to the next sync.
+``UNARCHIVED``, quality and category changes) are logged and left to the next sync. An event
+that sets APPROVED (``APPROVED``, ``REINSTATED``) also releases the messages waiting on that
+template since Meta paused it (:mod:`worker.templates.waits`), whatever status the catalogue
+held before; a second one finds none.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import redis.exceptions
 from worker import metrics
 from worker.logging import get_logger
 from worker.store import Keys
-from worker.templates.catalogue import STATUSES, TemplateInfo, field_name
+from worker.templates.catalogue import APPROVED, STATUSES, TemplateInfo, field_name
+from worker.templates.waits import release_template
 
 log = get_logger("worker.templates")
 
@@ -45,7 +49,7 @@ log = get_logger("worker.templates")
 TEMPLATE_STATUS: Final = "template_status"
 FIELD: Final = "message_template_status_update"
 #: Events whose meaning is a status of its own.
-_EVENT_STATUS: Final[Mapping[str, str]] = {"REINSTATED": "APPROVED"}
+_EVENT_STATUS: Final[Mapping[str, str]] = {"REINSTATED": APPROVED}
 _MAX: Final = 512
 _WATCH_RETRIES: Final = 10
 #: An event's time is whole seconds: one stamped in the second a sync read Graph is not older.
@@ -189,4 +193,6 @@ async def apply_status_events(client: aioredis.Redis, keys: Keys, events: list[d
         if await _apply(client, keys, e, status, now):
             applied += 1
             metrics.TEMPLATE_EVENTS.labels(status.lower()).inc()
+            if status == APPROVED:  # approved again: its waiting messages go now (waits.py)
+                await release_template(client, keys, e.page_id, e.name, e.language)
     return applied

@@ -4,7 +4,9 @@
 token; ``appsecret_proof`` with APP_SECRET, as every Graph call of the service), following the
 ``paging.cursors.after`` cursor (at most :data:`MAX_PAGES` pages of :data:`PAGE_LIMIT`; a cursor
 seen before fails the sync at once), and
-replaces the page's catalogue in one MULTI/EXEC (:func:`worker.templates.catalogue.replace_page`).
+replaces the page's catalogue in one MULTI/EXEC (:func:`worker.templates.catalogue.replace_page`),
+then releases the messages waiting on a template Meta paused that it now holds APPROVED
+(:mod:`worker.templates.waits`; ``released`` on the ``templates.synced`` line).
 Any failure (a Graph error, a transport error, an answer that is not Graph's shape, too many
 pages) leaves the old catalogue as it was: logged ``templates.sync_failed`` (Graph's code and
 message, never the token or the URL) and counted in ``bmw_template_syncs_total{result="error"}``.
@@ -41,6 +43,7 @@ from worker.graph.errors import from_response
 from worker.logging import get_logger
 from worker.store import Keys, shards
 from worker.templates.catalogue import APPROVED, TemplateInfo, from_graph, replace_page
+from worker.templates.waits import release_approved
 
 log = get_logger("worker.templates")
 
@@ -127,17 +130,27 @@ async def sync_page(
         info = from_graph(item, started) if isinstance(item, dict) else None
         if info is not None:
             templates[info.hash_field] = info
-    # shielded: a stop that cancels the sync does not cut a MULTI/EXEC in half
-    await asyncio.shield(replace_page(client, Keys.of(settings), page_id, list(templates.values()), started))
+    # shielded: a stop that cancels the sync cuts neither the MULTI/EXEC nor the release in half
+    released = await asyncio.shield(_store(client, Keys.of(settings), page_id, templates, started))
     metrics.TEMPLATE_SYNCS.labels("ok").inc()
     log.info(
         "templates.synced",
         page_id=page_id,
         templates=len(templates),
         approved=sum(1 for t in templates.values() if t.status == APPROVED),
+        released=released,
         ms=round((time.time() - started) * 1000),
     )
     return len(templates)
+
+
+async def _store(
+    client: aioredis.Redis, keys: Keys, page_id: str, templates: dict[str, TemplateInfo], at: float
+) -> int:
+    """Replace the page's catalogue, then release the messages waiting on a template it now holds
+    APPROVED (worker/templates/waits.py). Returns how many were released."""
+    written = await replace_page(client, keys, page_id, list(templates.values()), at)
+    return await release_approved(client, keys, page_id, written)
 
 
 async def sync_all(
