@@ -38,6 +38,7 @@ def pages(home: int, after: int, count: int = 3) -> list[str]:
         (KEYS.external("100", "555"), ("100", "links")),
         (KEYS.park("100", "555"), ("100", "parked")),
         (KEYS.page_waits("100"), ("100", "waiting")),
+        (KEYS.template_waits("100", "order_update|en_US"), ("100", "waiting")),
         (KEYS.pause("100"), ("100", "pause")),
         (KEYS.inbound_mid("100", "m_abc:1"), ("100", "webhooks")),
         (KEYS.bucket("100", "text"), ("100", "limiter")),

@@ -40,6 +40,7 @@ FAMILIES: Final[dict[str, str]] = {
     "ext": "links",  # Braze external ids from signed m.me refs
     "park": State.PARKED.value,  # messages parked for a recipient outside the window
     "pwait": "waiting",  # deliveries waiting for their page
+    "twait": "waiting",  # deliveries waiting on one of its utility templates Meta paused
     "pause": "pause",
     "mid": "webhooks",  # inbound message ids already recorded
     "unread": "receipts",  # before the unread buckets: one zset per recipient
