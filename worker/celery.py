@@ -39,7 +39,7 @@ import orjson
 from celery import Celery
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 
-from worker.config import Settings, load_settings
+from worker.config import Settings, load_settings, urls
 from worker.store.connections import celery_transport_options
 
 #: Redis redelivers an unacknowledged message after this; our longest task is a batch bounded by
@@ -52,13 +52,23 @@ def get_settings() -> Settings:
     settings = load_settings()
     if settings.redis_shards and settings.shard_index is None:  # which broker? Never a guess
         raise SystemExit("REDIS_SHARDS is set: give each worker its shard (SHARD_INDEX, or worker --shard N)")
+    try:  # a URL the broker cannot take: one line, not a traceback from inside Celery
+        urls.broker_url(settings.redis_url, _url_setting(settings))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     return settings
+
+
+def _url_setting(settings: Settings) -> str:
+    """The setting REDIS_URL came from, for an error line."""
+    return "REDIS_URL" if settings.shard_index is None else f"REDIS_SHARDS[{settings.shard_index}]"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The app's configuration for ``settings``."""
     return {
-        "broker_url": settings.redis_url,
+        # kombu reads a URL's query differently from redis-py (a ?password= broke the start)
+        "broker_url": urls.broker_url(settings.redis_url, _url_setting(settings)),
         "broker_transport_options": {
             "visibility_timeout": VISIBILITY_TIMEOUT,
             **celery_transport_options(settings),

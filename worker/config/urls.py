@@ -1,10 +1,10 @@
 """Redis URLs in the settings: which schemes are taken, which Redis a URL names (so that
-REDIS_SHARDS cannot list one Redis twice under two spellings), and the passwords they carry
-(masked in logs and error lines)."""
+REDIS_SHARDS cannot list one Redis twice under two spellings), the passwords they carry
+(masked in logs and error lines), and the form Celery's broker (kombu) reads."""
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, parse_qsl, quote, unquote, unquote_plus, urlsplit
 
 _MASK = "***"
 
@@ -54,7 +54,10 @@ def passwords(url: str) -> list[str]:
         if split.password:
             found += [split.password, unquote(split.password)]
         found += [value for key, value in parse_qsl(split.query) if key.lower() == "password" and value]
-    return [secret for secret in found if secret]
+        read = _query_value(split.query, "password")  # as redis-py decodes it (twice)
+        found += [read] if read else []
+    # and as broker_url writes them into an authority (Celery's broker URL)
+    return [form for secret in found if secret for form in (secret, quote(secret, safe=""))]
 
 
 def redacted(url: str) -> str:
@@ -77,6 +80,120 @@ def redacted(url: str) -> str:
             text = text.partition("?")[0] + "?" + "&".join(masked)  # (a fragment is dropped)
         out.append(text)
     return ";".join(out)
+
+
+def _query_value(query: str, key: str) -> str | None:
+    """``key``'s value in ``query`` as redis-py's ``parse_url`` reads it: the first non-blank
+    one, percent-decoded by ``parse_qs`` and then once more; None without one."""
+    values = parse_qs(query).get(key)
+    return unquote(values[0]) if values else None
+
+
+#: The query keys redis-py reads that broker_url moves out of the query (kombu takes each query
+#: key as a keyword argument of its Connection, which has none of these).
+_MOVED = ("password", "username", "db")
+
+
+def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
+    """A ``sentinel://`` URL as the service reads it, one reading for its own clients
+    (worker/store/connections.py) and Celery's broker (:func:`broker_url`): the nodes, the
+    database (the last node's path that names one; 0 without) and the password (the last node's
+    that carries one: its authority's, percent-decoded, else its ``?password=``)."""
+    nodes: list[tuple[str, int]] = []
+    db = 0
+    password: str | None = None
+    for part in parts(url):
+        split = urlsplit(part)
+        nodes.append((split.hostname or "127.0.0.1", split.port or 26379))
+        found = unquote(split.password) if split.password else _query_value(split.query, "password")
+        if found:
+            password = found
+        if split.path.strip("/").isdigit():
+            db = int(split.path.strip("/"))
+    return nodes, db, password
+
+
+def _sentinel_broker(url: str) -> str:
+    """Every node of a Sentinel URL with the password and database the service reads
+    (:func:`sentinel_parts`): kombu takes them from the node it is on (the first, then whichever
+    it fails over to), so nodes that differ would have the worker read another database than the
+    intake writes, or connect without the password."""
+    _, db, password = sentinel_parts(url)
+    userinfo = f":{quote(password, safe='')}@" if password else ""
+    out = []
+    for part in parts(url):
+        split = urlsplit(part)
+        kept = [p for p in split.query.split("&") if p and unquote_plus(p.partition("=")[0]) not in _MOVED]
+        netloc = userinfo + split.netloc.rpartition("@")[2]
+        out.append(split._replace(netloc=netloc, path=f"/{db}", query="&".join(kept)).geturl())
+    return ";".join(out)
+
+
+def broker_url(url: str, name: str = "REDIS_URL") -> str:
+    """``url`` as Celery's broker (kombu) reads it, meaning what redis-py makes of it.
+
+    kombu passes every query key to its ``Connection`` as a keyword argument: ``?password=``
+    collides with the URL's own (``TypeError: dict() got multiple values``), ``?username=`` and
+    ``?db=`` are refused (``unexpected keyword argument``). redis-py reads all three (a query
+    value decoded twice, the first one when repeated); an authority username or password wins
+    over the query's, a ``?db=`` over the path's. So, in each part of the URL (each Sentinel
+    node of a ``sentinel://a;sentinel://b`` one):
+
+    * the username and password redis-py reads go into the authority, percent-encoded (a ``;``
+      there would split the URL into kombu's failover list, a ``/`` would end the authority);
+    * redis:// and rediss://: a ``?db=`` becomes the path (left in the query when it is no
+      integer: redis-py refuses it too);
+    * unix:// (kombu has no such transport): ``redis+socket://[user:password@]/path``, the
+      database as ``?virtual_host=N`` (how kombu's socket transport selects one); other query
+      keys would reach redis-py as strings, so they are refused (ValueError naming ``name``);
+    * Sentinel: every node gets the password and database the service's own clients use
+      (:func:`sentinel_parts`: the last node's that names one; a ``?db=`` is not read);
+    * every other query key is kept as written (``ssl_*``: kombu reads them).
+
+    The result carries the password: it is for kombu only (Celery prints the broker URL with
+    the password masked; :func:`passwords` lists the encoded form for the log redactor).
+    """
+    if url.startswith("sentinel://"):
+        return _sentinel_broker(url)
+    return ";".join(_broker_part(part, name) for part in parts(url))
+
+
+def _broker_part(part: str, name: str) -> str:
+    split = _split(part)
+    if split is None:
+        raise ValueError(f"{name} is not a URL that can be read")  # (redis_url refuses it first)
+    username = unquote(split.username) if split.username else _query_value(split.query, "username")
+    password = unquote(split.password) if split.password else _query_value(split.query, "password")
+    db = _query_value(split.query, "db")
+    moves_db = split.scheme != "sentinel" and (db is None or _is_int(db))  # a bad one: refused as it was
+    moved = _MOVED if moves_db else _MOVED[:2]
+    db = db if moves_db else None
+    kept = [p for p in split.query.split("&") if p and unquote_plus(p.partition("=")[0]) not in moved]
+    userinfo = ""
+    if username or password:
+        userinfo = quote(username or "", safe="") + (f":{quote(password, safe='')}" if password else "") + "@"
+    if split.scheme == "unix":
+        if kept:
+            keys = {unquote_plus(p.partition("=")[0]) for p in kept}
+            shown = sorted(key for key in keys if key.isidentifier())  # a mistyped "password:x" is not
+            raise ValueError(
+                f"{name}: Celery's broker cannot take the query keys {shown}"
+                + (f" (and {len(keys) - len(shown)} more)" if len(shown) < len(keys) else "")
+                + " of a unix:// URL (only an integer db, password and username)"
+            )
+        vhost = f"?virtual_host={int(db)}" if db is not None else ""
+        return f"redis+socket://{userinfo}{split.path}{vhost}"
+    netloc = userinfo + split.netloc.rpartition("@")[2]
+    path = f"/{int(db)}" if db is not None else split.path
+    return split._replace(netloc=netloc, path=path, query="&".join(kept)).geturl()
+
+
+def _is_int(value: str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
 
 
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
