@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.typing import EncodableT
 
-from worker.config import Settings
+from worker.config import Settings, urls
 from worker.store import connections as redisconn
 
 ARGS: list[tuple[EncodableT, ...]] = [
@@ -56,7 +56,7 @@ def test_a_sentinel_urls_password_is_percent_decoded_as_a_redis_urls_is() -> Non
     """A password with a reserved character is percent-encoded in the URL (`p@ss/w` as
     `p%40ss%2Fw`); redis-py decodes a redis:// URL's, and the Sentinel's was passed on encoded:
     authentication failed."""
-    nodes, db, password = redisconn._sentinel_parts(
+    nodes, db, password = urls.sentinel_parts(
         "sentinel://:p%40ss%2Fw@10.0.0.1:26379;sentinel://10.0.0.2:26380/2"
     )
     assert (nodes, db, password) == ([("10.0.0.1", 26379), ("10.0.0.2", 26380)], 2, "p@ss/w")

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import hiredis
 import redis
@@ -23,6 +22,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
 from worker.config import Settings
+from worker.config.urls import sentinel_parts  # the broker reads the URL alike (urls.broker_url)
 
 #: What the service asks of its Redis beyond the defaults (README "Redis memory"). A delivery
 #: record is a hash whose largest value is the body (and, once sent, Graph's message id: over 64
@@ -50,20 +50,6 @@ def config_advice(client: Any) -> dict[str, str]:
         if current is not None and int(current) < int(wanted):
             advice[name] = str(current)
     return advice
-
-
-def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
-    nodes: list[tuple[str, int]] = []
-    db = 0
-    password: str | None = None
-    for part in url.split(";"):
-        split = urlsplit(part.strip())
-        nodes.append((split.hostname or "127.0.0.1", split.port or 26379))
-        if split.password:  # percent-encoded in the URL, as redis:// URLs' (redis-py unquotes those)
-            password = unquote(split.password)
-        if split.path.strip("/").isdigit():
-            db = int(split.path.strip("/"))
-    return nodes, db, password
 
 
 def is_sentinel(settings: Settings) -> bool:
@@ -94,7 +80,7 @@ def _hiredis_packing(pool: aioredis.ConnectionPool) -> None:
 def async_client(settings: Settings, *, max_connections: int = 64, timeout: float = 5.0) -> aioredis.Redis:
     """An asyncio client with a blocking pool (waits for a free connection instead of failing)."""
     if is_sentinel(settings):
-        nodes, db, password = _sentinel_parts(settings.redis_url)
+        nodes, db, password = sentinel_parts(settings.redis_url)
         sentinel = AsyncSentinel(nodes, socket_timeout=timeout, password=password)  # type: ignore[no-untyped-call]  # untyped in redis-py
         client: aioredis.Redis = sentinel.master_for(
             settings.redis_sentinel_master, db=db, password=password, socket_timeout=timeout
@@ -115,7 +101,7 @@ def async_client(settings: Settings, *, max_connections: int = 64, timeout: floa
 def sync_client(settings: Settings, *, timeout: float = 5.0) -> Any:
     """A synchronous client (CLI, metrics collector). Typed Any: redis-py's sync typing is a union."""
     if is_sentinel(settings):
-        nodes, db, password = _sentinel_parts(settings.redis_url)
+        nodes, db, password = sentinel_parts(settings.redis_url)
         sentinel = Sentinel(nodes, socket_timeout=timeout, password=password)  # type: ignore[no-untyped-call]  # untyped in redis-py
         return sentinel.master_for(  # type: ignore[no-untyped-call]
             settings.redis_sentinel_master, db=db, password=password, socket_timeout=timeout
