@@ -162,11 +162,13 @@ def _body(k: int) -> bytes:
 
 
 async def _claimed(client: Any, prefix: str, token: str, raw: list[Any]) -> list[Any]:
-    """claim.lua's answer as the engine reads it: {n, id, ...} and the records read after it, or
-    (a --tree before 2026-12-07) {n, id, record, ...}."""
+    """claim.lua's answer as the engine reads it: {n, cancels, id, ...} and the records read after
+    it, or (a --tree before 2026-12-08) {n, id, ...}, or (before 2026-12-07) {n, id, record, ...}."""
     from worker.delivery.model import Delivery
     from worker.store import records, text
 
+    if len(raw) > 1 and isinstance(raw[1], list):  # {n, cancels, id, ...}: the cancels aside
+        raw = [raw[0], *raw[2:]]
     if len(raw) > 2 and isinstance(raw[2], list):
         return [
             Delivery.from_record(text(raw[i]), token, records.decode(raw[i + 1]))

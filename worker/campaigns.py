@@ -60,6 +60,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from worker import metrics
 from worker.config import Settings
 from worker.states import State
 from worker.store import Keys, campaign_ctx, records, scripts, text
@@ -158,6 +159,9 @@ async def _cancel(
     keys = Keys.of(settings)
     ctx = campaign_ctx.of_settings(keys, settings, time.time())
     res = await scripts.run(client, "cancel", args=[*ctx, reason, *args])
+    # counted where they end: the intake's /metrics for the admin API and the console; a CLI
+    # process exits unscraped (its cancels are in the campaign counters and the status API)
+    metrics.count_cancels(metrics.page_labels(settings), metrics.cancel_counts(res[3]))
     return int(res[0]), int(res[1]), int(res[2])
 
 

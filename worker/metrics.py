@@ -12,7 +12,9 @@ Where they come from:
   model), served by the intake. With several intake replicas each reports the same value:
   dashboards use ``max``.
 
-This module only declares; it reads nothing.
+This module declares, and labels (:class:`PageLabels`, :func:`code_label`); it reads nothing.
+The cancels the Lua scripts make alone (claim.lua, cancel.lua) are counted by their callers with
+:func:`count_cancels`.
 
 Label cardinality is bounded: ``page_id`` is a configured page id, or ``other`` beyond
 ``METRICS_MAX_PAGES`` distinct pages per process;
@@ -22,9 +24,13 @@ Label cardinality is bounded: ``page_id`` is a configured page id, or ``other`` 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from worker.config import Settings
+from worker.states import State
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ACCEPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -45,7 +51,11 @@ INTAKE_ENQUEUE = Histogram(
 )
 DELIVERIES = Counter(
     "bmw_deliveries_total",
-    "Deliveries that reached a final outcome",
+    "Deliveries that reached a final outcome, counted by the process that ended them: a worker "
+    "(what it records, and what its claims cancel: reason operator or campaign_stopped), the "
+    "intake (what a campaign stop or a delivery cancel through the admin API or the console "
+    "cancels). Cancels made by a CLI command (campaigns stop, deliveries cancel, queue purge) are "
+    "in the campaign counters and the status API, not here",
     ["outcome", "page_id", "reason", "error_code", "error_subcode"],
 )
 ATTEMPTS = Counter("bmw_attempts_total", "Send API calls by result class", ["result"])
@@ -168,6 +178,38 @@ class PageLabels:
             return "other"
         self._seen.add(page_id)
         return page_id
+
+
+#: One PageLabels per process and set of pages (:func:`page_labels`).
+_PAGE_LABELS: dict[tuple[frozenset[str], int], PageLabels] = {}
+
+
+def page_labels(settings: Settings) -> PageLabels:
+    """This process's :class:`PageLabels` for ``settings``' pages: every counter that labels
+    pages shares one, so the bound of METRICS_MAX_PAGES holds for the process (a worker's
+    observer, the cancels an intake's stop makes)."""
+    key = (frozenset(settings.page_access_tokens), settings.metrics_max_pages)
+    labels = _PAGE_LABELS.get(key)
+    if labels is None:
+        labels = _PAGE_LABELS[key] = PageLabels(settings)
+    return labels
+
+
+def cancel_counts(flat: Sequence[Any]) -> list[tuple[str, str, int]]:
+    """What a Lua script cancelled itself, as claim.lua and cancel.lua answer it ({page_id,
+    reason, count, ...}): (page_id, reason, count) each."""
+
+    def text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return [(text(flat[i]), text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat) - 2, 3)]
+
+
+def count_cancels(labels: PageLabels, cancels: Iterable[tuple[str, str, int]]) -> None:
+    """Count cancels a script made without the recorder (no Graph call, so no error code) in
+    :data:`DELIVERIES`: outcome ``cancelled``, their page labelled by ``labels``."""
+    for page_id, reason, count in cancels:
+        DELIVERIES.labels(State.CANCELLED.value, labels(page_id), reason, "none", "none").inc(count)
 
 
 def code_label(value: int | None) -> str:

@@ -115,7 +115,8 @@ async def claim(
         keys=[keys.pending],
         args=[repr(at), s.delivery_lease_seconds, keys.delivery_prefix, token, 90, *ctx(keys, s, at), *ids],
     )
-    ids = [i.decode() for i in raw[1:]]  # what it claimed; the worker reads their records then
+    # what it claimed (after {looked at, cancels}); the worker reads their records then
+    ids = [i.decode() for i in raw[2:]]
     recs = await records.read_claimed(client, keys.delivery_prefix, ids)
     return [Delivery.from_record(i, token, rec) for i, rec in zip(ids, recs, strict=True)]
 

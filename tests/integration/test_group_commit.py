@@ -132,7 +132,7 @@ def test_commits_gather_in_the_newest_queued_batch_until_it_is_taken_or_full(
 
     # a worker takes the newest batch: the next commit cannot join it
     (newest,) = celery_args(sync.lrange(keys.queue, 0, 0)[0], broker.BATCH_TASK)
-    looked_at, *flat = scripts.run_sync(
+    looked_at, _cancels, *flat = scripts.run_sync(
         sync,
         "claim",
         keys=[keys.pending, keys.batch(newest), keys.gather, keys.batch_taken(newest, "t1")],
@@ -189,7 +189,7 @@ def test_a_claim_by_ids_still_works_and_reports_what_it_looked_at(redis_server: 
     sync.hset(keys.delivery("a"), mapping={"status": State.QUEUED, "page_id": PAGE})
     sync.hset(keys.delivery("b"), mapping={"status": State.SENT, "page_id": PAGE})
     now = repr(time.time())
-    looked_at, *flat = scripts.run_sync(
+    looked_at, _cancels, *flat = scripts.run_sync(
         sync,
         "claim",
         keys=[keys.pending],
@@ -203,7 +203,7 @@ def test_a_claim_by_ids_still_works_and_reports_what_it_looked_at(redis_server: 
         keys=[keys.pending],
         args=[now, 60, keys.delivery_prefix, "t2", 90, *_ctx(settings), "a"],
     )
-    assert other == [1]  # held under t1 now: another claim gets nothing
+    assert other == [1, []]  # held under t1 now: another claim gets nothing (and cancels none)
     retried = scripts.run_sync(
         sync,
         "claim",
@@ -211,7 +211,7 @@ def test_a_claim_by_ids_still_works_and_reports_what_it_looked_at(redis_server: 
         args=[now, 60, keys.delivery_prefix, "t1", 90, *_ctx(settings), "a"],
     )
     assert retried[0] == 1
-    assert retried[1].decode() == "a"
+    assert retried[2].decode() == "a"
 
 
 def _deep(levels: int) -> dict[str, Any]:

@@ -74,7 +74,7 @@ async def _claim(client: aioredis.Redis, s: Settings, ids: list[str], token: str
             *ids,
         ],
     )
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in raw[1:]]
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in raw[2:]]  # after {looked at, cancels}
 
 
 def test_an_accepted_record_holds_the_request_in_one_field_and_reads_as_fields(

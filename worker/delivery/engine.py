@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from worker import metrics
 from worker.braze import OutboxDrainer, braze_config
 from worker.config import PageTokens, Settings
 from worker.delivery.attempt import BatchContext, Released, Sender
@@ -312,6 +313,9 @@ class Engine:
         # the lease is counted from the first try: a retry with the token may take back
         # deliveries whose lease the first (its answer lost) set, and claim.lua keeps it
         first = time.time()
+        # what the claim ended CANCELLED itself (a stopped campaign's, an operator's), from each
+        # answer received: a retry does not cancel them again (an answer lost loses their count)
+        cancels: list[tuple[str, str, int]] = []
         while True:
             now = time.time()
             context = campaign_ctx.of_settings(self.keys, s, now)
@@ -319,7 +323,8 @@ class Engine:
                 raw = await scripts.run(
                     self.redis, "claim", keys=keys, args=[repr(now), *args, *context, *named]
                 )
-                taken = [text(i) for i in raw[1:]]
+                cancels += metrics.cancel_counts(raw[1])
+                taken = [text(i) for i in raw[2:]]
                 # a failed read asks the claim again: with this token it gives back the same ids
                 recs = await records.read_claimed(self.redis, self.keys.delivery_prefix, taken)
                 break
@@ -329,6 +334,8 @@ class Engine:
                     raise ClaimUnavailable(type(exc).__name__) from None
                 log.warning("engine.claim_retry", error=type(exc).__name__, failures=failures)
                 await asyncio.sleep(min(2.0, 0.1 * 2**failures))
+        if cancels:
+            self.observer.cancelled_at_claim(cancels)
         claimed = [Delivery.from_record(i, token, rec) for i, rec in zip(taken, recs, strict=True) if rec]
         if len(claimed) < len(taken):  # cannot happen: only the holder ends a claimed delivery
             log.warning("engine.claimed_record_missing", count=len(taken) - len(claimed))

@@ -152,13 +152,16 @@ class Outcome:
     def __post_init__(self) -> None:
         self.status = apply(State.IN_FLIGHT, self.event)
 
-    def cancel_instead(self) -> None:
-        """record.lua wrote it CANCELLED: its campaign was stopped (or it was cancelled) while it
-        was held, and this outcome was not final."""
+    def cancel_instead(self, reason: str) -> None:
+        """record.lua wrote it CANCELLED: its campaign was stopped (``campaign_stopped``) or an
+        operator cancelled it (``operator``) while it was held, and this outcome was not final.
+        The error the open outcome carried (a retry's) is not the cancel's: counted and logged
+        without it."""
         self.event = Event.CANCEL
         self.status = apply(State.IN_FLIGHT, Event.CANCEL)
-        self.reason = "campaign_stopped"
+        self.reason = reason
         self.delay = 0.0
+        self.error = None
 
     @property
     def paced(self) -> bool:

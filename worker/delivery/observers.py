@@ -1,15 +1,17 @@
 """Observers of the delivery engine: metrics, log lines and Braze feedback.
 
 The engine does not count, log or tell Braze anything itself. It calls the hooks of an
-:class:`Observer` (dramatiq's middleware shape: every hook does nothing by default) at four
-points, and :class:`Observers` fans each call out:
+:class:`Observer` (dramatiq's middleware shape: every hook does nothing by default) at these
+points (and when a claim is lost or an answer lost), and :class:`Observers` fans each call out:
 
 * :meth:`Observer.claimed`: deliveries were claimed (a reclaim is a possible duplicate);
 * :meth:`Observer.attempted`: a Send API call returned (success or error);
 * :meth:`Observer.writes`: extra Redis writes that go into the same round trip as a batch of
   outcomes (the Braze outbox), so they land exactly when the outcomes do;
 * :meth:`Observer.recorded`: outcomes were written (``Outcome.written`` says whether the fence
-  let each through).
+  let each through);
+* :meth:`Observer.cancelled_at_claim`: a claim ended deliveries CANCELLED itself (claim.lua: a
+  stopped campaign's, an operator's), which no outcome of the engine's will record.
 
 Observers must not raise: a failing hook is logged and the engine carries on.
 """
@@ -64,6 +66,10 @@ class Observer:
         """Claims the heartbeat found taken by another worker (this process stops on them)."""
         return None
 
+    def cancelled_at_claim(self, cancels: Sequence[tuple[str, str, int]]) -> None:
+        """A claim ended deliveries CANCELLED without a Graph call: (page_id, reason, count)."""
+        return None
+
 
 class Observers(Observer):
     """Calls every observer in turn; a hook that raises is logged, not propagated."""
@@ -103,6 +109,9 @@ class Observers(Observer):
     def lost(self, deliveries: Sequence[Delivery]) -> None:
         self._each("lost", deliveries)
 
+    def cancelled_at_claim(self, cancels: Sequence[tuple[str, str, int]]) -> None:
+        self._each("cancelled_at_claim", cancels)
+
 
 def fenced_send(o: Outcome) -> bool:
     """Graph accepted it, but the fence refused the write: another worker holds it now."""
@@ -111,7 +120,7 @@ def fenced_send(o: Outcome) -> bool:
 
 class MetricsObserver(Observer):
     def __init__(self, settings: Settings) -> None:
-        self._page = metrics.PageLabels(settings)
+        self._page = metrics.page_labels(settings)
         #: labelled children, looked up once each: labels() costs more than the increment, and
         #: these run once per call and once per outcome
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -181,6 +190,9 @@ class MetricsObserver(Observer):
 
     def lost(self, deliveries: Sequence[Delivery]) -> None:
         metrics.CLAIMS_LOST.inc(len(deliveries))
+
+    def cancelled_at_claim(self, cancels: Sequence[tuple[str, str, int]]) -> None:
+        metrics.count_cancels(self._page, cancels)
 
 
 class LogObserver(Observer):

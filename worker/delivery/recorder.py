@@ -73,8 +73,9 @@ def refused(exc: BaseException) -> bool:
     return not str(exc).startswith(_PASSING_CODES)
 
 
-#: record.lua's answer for an open outcome written as CANCELLED (its campaign stopped meanwhile).
-CANCELLED_INSTEAD = 3
+#: record.lua's answers for an open outcome written as CANCELLED instead, and why: its campaign
+#: was stopped, or an operator cancelled it, while it was held.
+CANCELLED_INSTEAD = {3: "campaign_stopped", 4: "operator"}
 #: A page's index of waiting deliveries (and a paused template's) outlives the longest wait in
 #: it by this much.
 PAGE_WAIT_MARGIN = 3600
@@ -282,9 +283,9 @@ class Recorder:
             o.paused_until = float(results[at])
         for o, written in zip(decided, results[0], strict=True):
             o.written = int(written)
-            if o.written == CANCELLED_INSTEAD:  # its campaign was stopped meanwhile
+            if o.written in CANCELLED_INSTEAD:  # stopped or cancelled meanwhile
+                o.cancel_instead(CANCELLED_INSTEAD[o.written])
                 o.written = 1
-                o.cancel_instead()
         metrics.OUTCOME_WRITES.labels("written").inc()
         metrics.OUTCOME_WRITE_SIZE.observe(len(decided))
         if failures:

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from worker import metrics
 from worker.states import State
 from worker.store import campaign_ctx, envelope, scripts
 from worker.store.keys import Keys, text
@@ -52,6 +53,8 @@ async def _cancel(client: aioredis.Redis, keys: Keys, settings: Any, ids: list[s
         ctx = campaign_ctx.of_settings(keys, settings, time.time())
         res = await scripts.run(client, "cancel", args=[*ctx, "purged", "ids", *ids[start : start + CHUNK]])
         cancelled += int(res[0])
+        # in this process's bmw_deliveries_total (reason purged): a CLI's, never scraped
+        metrics.count_cancels(metrics.page_labels(settings), metrics.cancel_counts(res[3]))
     return cancelled
 
 

@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from worker import metrics
 from worker.config import Settings
 from worker.intake import state
 from worker.intake.auth import Role, authed, caller_of
@@ -267,6 +268,7 @@ async def send(request: Request) -> Response:
     if status == DUPLICATE:
         return _duplicate(delivery_id, request_id)
     if status == CANCELLED:  # its campaign is stopped: 2xx, so Braze does not retry it
+        metrics.count_cancels(metrics.page_labels(settings), [(send_request.page_id, "campaign_stopped", 1)])
         return _cancelled(delivery_id, send_request.page_id, request_id, braze_ids)
     if send_request.stripped_tag:
         log.info(

@@ -36,12 +36,13 @@
 --              receipt's mids there: no key per message id). Sent while its campaign
 --              is stopped (a call that started before the worker saw the stop): sent_after_stop
 --   open, while its campaign is stopped or an operator cancelled it (`cancel`): CANCELLED
---              instead (_campaign.lua's camp_cancel), answered 3
+--              instead (_campaign.lua's camp_cancel), answered 3 (its campaign stopped) or 4
+--              (an operator's cancel)
 --   PARKED     joins the recipient's park and `parked` (score: accepted at), and leaves its
 --              second's count of open deliveries
 --   otherwise  waits in sched until `due` when one is given
 --   open       pending deadline = the given one
--- Returns per delivery: 1 written, 3 written as CANCELLED, 2 already written under this token
+-- Returns per delivery: 1 written, 3 or 4 written as CANCELLED, 2 already written under this token
 -- (its hash's `done`, or its outcome's digest of it),
 -- 0 refused (the claim is another worker's now: this one's lease ended).
 --!include _campaign.lua
@@ -119,7 +120,7 @@ while i <= #ARGV do
       local cancel = redis.call('HGET', key, 'cancel') == '1'  -- asked while it was held
       if cancel or (camp and camp_stopped(camp)) then
         camp_cancel(id, cancel and 'operator' or 'campaign_stopped')
-        table.insert(out, 3)
+        table.insert(out, cancel and 4 or 3)
       else
         if status == S.PARKED then
           ages_leave(KEYS[2], id, created, parked)
