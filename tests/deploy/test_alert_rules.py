@@ -112,6 +112,25 @@ def test_expired_deliveries_count_as_failures(tmp_path: Path) -> None:
     _run(tmp_path, series, checks)
 
 
+def test_cancels_do_not_hide_failures(tmp_path: Path) -> None:
+    """A stop of a large campaign cancels its queued deliveries by the thousand (counted since
+    the scripts' cancels are): over all outcomes, 9% failing would read 1.6% for as long as the
+    cancels last. Cancels are left out of the ratio."""
+    series = [
+        ('bmw_deliveries_total{outcome="sent", page_id="111", reason="none"}', "0+60x40"),
+        ('bmw_deliveries_total{outcome="failed", page_id="111", reason="x"}', "0x10 0+6x30"),
+        (
+            'bmw_deliveries_total{outcome="cancelled", page_id="111", reason="campaign_stopped"}',
+            "0x10 0+300x30",
+        ),
+    ]
+    checks = [
+        ("9m", "BmwFailureRatioHigh", []),
+        ("30m", "BmwFailureRatioHigh", [{"severity": "warning"}]),
+    ]
+    _run(tmp_path, series, checks)
+
+
 def _squeeze(expr: str) -> str:
     return " ".join(expr.split())
 
