@@ -158,6 +158,10 @@ def test_deliveries_a_claim_cancels_are_counted_once_by_the_worker_that_claimed(
     assert '"campaign_stopped"' in records[stopped]["error"]
     assert cancels(second) == {("operator", PAGE): 1, ("campaign_stopped", "200"): 1}
     assert cancels(stack.intake_metrics_url) == {}
+    lines = [e for e in stack.logs() if e.get("event") == "deliveries.cancelled_at_claim"]
+    assert sorted((e["page_id"], e["reason"], e["count"]) for e in lines) == sorted(
+        [("200", "campaign_stopped", 1), (PAGE, "operator", 1)]
+    )
     # the first worker's call at most: the second made none
     assert len([c for c in stack.sandbox.calls(page_id="200") if c["psid"] == f"slow20000-s{run}"]) <= 1
     view = admin(stack, "GET", f"/v1/campaigns/{camp}").json()

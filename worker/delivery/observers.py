@@ -244,6 +244,12 @@ class LogObserver(Observer):
             possible_duplicate=error.reason == "ambiguous",
         )
 
+    def cancelled_at_claim(self, cancels: Sequence[tuple[str, str, int]]) -> None:
+        """The claim's cancels have no line of their own per delivery (claim.lua answers counts):
+        one per page and reason."""
+        for page_id, reason, count in cancels:
+            log.info("deliveries.cancelled_at_claim", page_id=page_id, reason=reason, count=count)
+
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
         now = time.time()
         for o in outcomes:
