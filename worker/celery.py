@@ -54,6 +54,7 @@ def get_settings() -> Settings:
         raise SystemExit("REDIS_SHARDS is set: give each worker its shard (SHARD_INDEX, or worker --shard N)")
     try:  # a URL the broker cannot take: one line, not a traceback from inside Celery
         urls.broker_url(settings.redis_url, _url_setting(settings))
+        urls.broker_transport_options(settings.redis_url, _url_setting(settings))
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     return settings

@@ -158,8 +158,8 @@ def test_a_unix_url_becomes_kombus_socket_url() -> None:
 
 
 def test_a_unix_url_with_keys_kombu_cannot_pass_is_refused_without_its_password() -> None:
-    with pytest.raises(ValueError, match=r"REDIS_URL: .*\['socket_timeout'\] of a unix:// URL") as caught:
-        urls.broker_url("unix:///run/r.sock?socket_timeout=3&password=unix-secret-1")
+    with pytest.raises(ValueError, match=r"REDIS_URL: .*\['foo'\] of a unix:// URL") as caught:
+        urls.broker_url("unix:///run/r.sock?foo=3&socket_timeout=3&password=unix-secret-1")
     assert "unix-secret-1" not in str(caught.value)
     with pytest.raises(ValueError, match=r"keys \[\] \(and 1 more\) of a unix") as caught:
         urls.broker_url("unix:///run/r.sock?password:unix-secret-2")  # a mistyped one: not quoted
@@ -184,3 +184,37 @@ def test_celery_shows_the_broker_without_its_password(url: str) -> None:
         assert form not in repr(conn)
     redactor = Redactor(urls.passwords(url))
     assert quote(RESERVED, safe="") not in redactor.scrub(app.conf.broker_url)
+
+
+@pytest.mark.parametrize(
+    ("url", "broker"),
+    [
+        ("redis://h:1/0?socket_timeout=2.5&health_check_interval=10", "redis://h:1/0"),
+        (
+            "rediss://h:1/0?ssl_cert_reqs=none&retry_on_timeout=no&max_connections=40",
+            "rediss://h:1/0?ssl_cert_reqs=none",
+        ),
+        (
+            "unix:///r.sock?socket_keepalive=true&socket_connect_timeout=1&db=3",
+            "redis+socket:///r.sock?virtual_host=3",
+        ),
+    ],
+)
+def test_redis_pys_connection_settings_reach_celery_as_transport_options(url: str, broker: str) -> None:
+    """kombu took ``?socket_timeout=5`` for a keyword argument of its Connection: ``TypeError:
+    unexpected keyword argument`` at the worker's start. Its Redis transport reads them as
+    transport options, parsed as redis-py parses them."""
+    assert urls.broker_url(url) == broker
+    options = urls.broker_transport_options(url)
+    assert options
+    assert options == {
+        key: value for key, value in redis.connection.parse_url(url).items() if key in urls._TRANSPORT
+    }
+    app = make_app(Settings(redis_url=url, intake_insecure_no_auth=True))
+    assert app.conf.broker_transport_options.items() >= options.items()
+    Connection(app.conf.broker_url, transport_options=app.conf.broker_transport_options)  # no TypeError
+
+
+def test_a_connection_setting_redis_py_would_refuse_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="REDIS_URL: the value of socket_timeout is not a float"):
+        urls.broker_transport_options("redis://h:1/0?socket_timeout=soon&password=pw")

@@ -4,6 +4,8 @@ REDIS_SHARDS cannot list one Redis twice under two spellings), the passwords the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import SplitResult, parse_qs, parse_qsl, quote, unquote, unquote_plus, urlsplit
 
 _MASK = "***"
@@ -94,6 +96,43 @@ def _query_value(query: str, key: str) -> str | None:
 _MOVED = ("password", "username", "db")
 
 
+def _flag(value: str) -> bool:
+    """A flag in a URL's query as redis-py reads it (``to_bool``)."""
+    return value.upper() not in ("0", "F", "FALSE", "N", "NO")
+
+
+#: redis-py's connection settings in a URL's query that kombu's Redis transport takes as
+#: transport options instead (its Channel's ``from_transport_options``; in the URL, kombu takes
+#: them for keyword arguments of its Connection and stops), each parsed as redis-py parses it.
+_TRANSPORT: dict[str, Callable[[str], Any]] = {
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "socket_keepalive": _flag,
+    "health_check_interval": int,
+    "max_connections": int,
+    "retry_on_timeout": _flag,
+}
+
+
+def broker_transport_options(url: str, name: str = "REDIS_URL") -> dict[str, Any]:
+    """The redis-py connection settings in ``url``'s query (``?socket_timeout=5``), as Celery's
+    transport options: :func:`broker_url` takes them out of the URL. A value redis-py would refuse
+    is refused (ValueError naming ``name`` and the key). None for a Sentinel URL (the service's
+    Sentinel clients do not read the query)."""
+    split = None if url.startswith("sentinel://") else _split(url)
+    if split is None:
+        return {}
+    out: dict[str, Any] = {}
+    for key, parse in _TRANSPORT.items():
+        value = _query_value(split.query, key)
+        if value:
+            try:
+                out[key] = parse(value)
+            except ValueError:
+                raise ValueError(f"{name}: the value of {key} is not a {parse.__name__}") from None
+    return out
+
+
 def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
     """A ``sentinel://`` URL as the service reads it, one reading for its own clients
     (worker/store/connections.py) and Celery's broker (:func:`broker_url`): the nodes, the
@@ -148,6 +187,8 @@ def broker_url(url: str, name: str = "REDIS_URL") -> str:
       keys would reach redis-py as strings, so they are refused (ValueError naming ``name``);
     * Sentinel: every node gets the password and database the service's own clients use
       (:func:`sentinel_parts`: the last node's that names one; a ``?db=`` is not read);
+    * redis-py's connection settings (``socket_timeout``, ``health_check_interval``, …) leave
+      the query: Celery gets them as transport options (:func:`broker_transport_options`);
     * every other query key is kept as written (``ssl_*``: kombu reads them).
 
     The result carries the password: it is for kombu only (Celery prints the broker URL with
@@ -166,7 +207,7 @@ def _broker_part(part: str, name: str) -> str:
     password = unquote(split.password) if split.password else _query_value(split.query, "password")
     db = _query_value(split.query, "db")
     moves_db = split.scheme != "sentinel" and (db is None or _is_int(db))  # a bad one: refused as it was
-    moved = _MOVED if moves_db else _MOVED[:2]
+    moved = (*(_MOVED if moves_db else _MOVED[:2]), *_TRANSPORT)  # those: transport options
     db = db if moves_db else None
     kept = [p for p in split.query.split("&") if p and unquote_plus(p.partition("=")[0]) not in moved]
     userinfo = ""
@@ -179,7 +220,8 @@ def _broker_part(part: str, name: str) -> str:
             raise ValueError(
                 f"{name}: Celery's broker cannot take the query keys {shown}"
                 + (f" (and {len(keys) - len(shown)} more)" if len(shown) < len(keys) else "")
-                + " of a unix:// URL (only an integer db, password and username)"
+                + " of a unix:// URL (only an integer db, password, username and redis-py's"
+                + f" connection settings: {', '.join(_TRANSPORT)})"
             )
         vhost = f"?virtual_host={int(db)}" if db is not None else ""
         return f"redis+socket://{userinfo}{split.path}{vhost}"

@@ -21,8 +21,7 @@ import redis.exceptions
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
-from worker.config import Settings
-from worker.config.urls import sentinel_parts  # the broker reads the URL alike (urls.broker_url)
+from worker.config import Settings, urls
 
 #: What the service asks of its Redis beyond the defaults (README "Redis memory"). A delivery
 #: record is a hash whose largest value is the body (and, once sent, Graph's message id: over 64
@@ -80,7 +79,7 @@ def _hiredis_packing(pool: aioredis.ConnectionPool) -> None:
 def async_client(settings: Settings, *, max_connections: int = 64, timeout: float = 5.0) -> aioredis.Redis:
     """An asyncio client with a blocking pool (waits for a free connection instead of failing)."""
     if is_sentinel(settings):
-        nodes, db, password = sentinel_parts(settings.redis_url)
+        nodes, db, password = urls.sentinel_parts(settings.redis_url)  # the broker's reading too
         sentinel = AsyncSentinel(nodes, socket_timeout=timeout, password=password)  # type: ignore[no-untyped-call]  # untyped in redis-py
         client: aioredis.Redis = sentinel.master_for(
             settings.redis_sentinel_master, db=db, password=password, socket_timeout=timeout
@@ -101,7 +100,7 @@ def async_client(settings: Settings, *, max_connections: int = 64, timeout: floa
 def sync_client(settings: Settings, *, timeout: float = 5.0) -> Any:
     """A synchronous client (CLI, metrics collector). Typed Any: redis-py's sync typing is a union."""
     if is_sentinel(settings):
-        nodes, db, password = sentinel_parts(settings.redis_url)
+        nodes, db, password = urls.sentinel_parts(settings.redis_url)  # the broker's reading too
         sentinel = Sentinel(nodes, socket_timeout=timeout, password=password)  # type: ignore[no-untyped-call]  # untyped in redis-py
         return sentinel.master_for(  # type: ignore[no-untyped-call]
             settings.redis_sentinel_master, db=db, password=password, socket_timeout=timeout
@@ -112,7 +111,8 @@ def sync_client(settings: Settings, *, timeout: float = 5.0) -> Any:
 
 
 def celery_transport_options(settings: Settings) -> dict[str, Any]:
-    options: dict[str, Any] = {}
+    # the URL's ?socket_timeout= and the like, which kombu cannot take in the URL (urls.broker_url)
+    options: dict[str, Any] = urls.broker_transport_options(settings.redis_url)
     if is_sentinel(settings):
         options["master_name"] = settings.redis_sentinel_master
     return options
