@@ -102,7 +102,8 @@ PACE_LATE_SLOTS = Counter(
 SWEPT = Counter("bmw_swept_total", "Stalled deliveries re-enqueued by the sweeper")
 BRAZE_WRITES = Counter(
     "bmw_braze_objects_total",
-    "Objects for Braze /users/track by result: sent, dropped (4xx), held (retry later: 429/5xx/401/403)",
+    "Objects for Braze /users/track by result: sent, dropped (4xx), held (retry later: "
+    "429/5xx/401/403/404/405), rejected (refused one by one in a 2xx answer)",
     ["result"],
 )
 LINK_REFUSALS = Counter(

@@ -235,7 +235,7 @@ def test_503_with_retry_after() -> None:
     assert exc.retry_after == 2.0
 
 
-@pytest.mark.parametrize("status", [400, 404, 413, 422])
+@pytest.mark.parametrize("status", [400, 409, 413, 422])  # 404/405: BrazeEndpointError (held)
 def test_other_4xx_are_fatal(status: int) -> None:
     exc = failing(answer(status, body=b'{"message":"Bad request","errors":["x"]}'))
     assert type(exc) is BrazeFatal

@@ -13,16 +13,22 @@ Errors (one mapping point, :func:`error_from_response`)::
     │                       X-RateLimit-Reset minus now; at most SERVER_WAIT_CAP_SECONDS; else
     │                       capped exponential backoff, equal jitter)
     └── BrazeFatal          any other 4xx: Braze will never accept this request; the batch is dropped
-        └── BrazeAuthError  401/403: the REST key is wrong or lacks ``users.track``. Nothing can be
-                            written with it: the outbox is held (retried like a 5xx, in order, up to
-                            the backoff cap) and every refusal is logged at error level, so a fixed
-                            key delivers what was held
+        └── BrazeSetupError     every request would be refused the same way until an operator fixes
+            │                   the configuration: the outbox is held (retried like a 5xx, in order,
+            │                   up to the backoff cap) and every refusal is logged at error level, so
+            │                   the fixed configuration delivers what was held
+            ├── BrazeAuthError      401/403: the REST key is wrong or lacks ``users.track``
+            └── BrazeEndpointError  404/405: BRAZE_REST_URL does not lead to ``/users/track`` (e.g.
+                                    it was given with a path); Braze answers neither for a request
 
 A 2xx answer with an ``errors`` array (objects Braze refused one by one) is a success; the errors
-come back in :class:`TrackResult` and the outbox logs them (types and indexes only).
+come back in :class:`TrackResult`; the outbox logs them (types and indexes only) and counts them
+``bmw_braze_objects_total{result="rejected"}`` (never retried: Braze would refuse them again).
 
 No ``str()``/``repr()`` here ever shows the REST API key: :class:`BrazeConfig` hides it from its repr,
-exception messages are built from status codes and exception type names only.
+exception messages are built from status codes and exception type names only. The key is used
+without the whitespace around it (:func:`braze_config`: a Secret made from a file keeps its
+newline) and refused at start when it could not be sent as a header.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -44,6 +51,7 @@ from worker.config import Settings
 #: Braze's own ceiling on objects per request (legacy contracts); ``batch_size`` may not exceed it.
 MAX_OBJECTS_PER_REQUEST: Final = 75
 PACER_WINDOW_SECONDS: Final = 3.0
+_HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,8 @@ class BrazeConfig:
             raise ValueError("BrazeConfig.rest_url must be an http(s) URL")
         if not self.api_key:
             raise ValueError("BrazeConfig.api_key is required")
+        if not _HEADER_SAFE.fullmatch(self.api_key):  # httpx would refuse every request's header
+            raise ValueError("BrazeConfig.api_key may hold only visible ASCII characters (no spaces)")
         if not self.psid_attribute:
             raise ValueError("BrazeConfig.psid_attribute is required")
         if not 1 <= self.batch_size <= MAX_OBJECTS_PER_REQUEST:
@@ -113,8 +123,17 @@ class BrazeFatal(BrazeError):
     """Braze refused the request for good (4xx other than 408/429)."""
 
 
-class BrazeAuthError(BrazeFatal):
+class BrazeSetupError(BrazeFatal):
+    """Braze refuses every request alike until the configuration is fixed: hold, never drop."""
+
+
+class BrazeAuthError(BrazeSetupError):
     """401/403: the REST API key is invalid or lacks the ``users.track`` permission."""
+
+
+class BrazeEndpointError(BrazeSetupError):
+    """404/405: BRAZE_REST_URL does not lead to ``/users/track`` (Braze never answers a request
+    there with either)."""
 
 
 #: The longest wait an answer's Retry-After or X-RateLimit-Reset is believed for: Braze's longest
@@ -165,7 +184,9 @@ def error_from_response(response: httpx.Response, *, now: float | None = None) -
         wait = _retry_after(response.headers, now=now)
         return BrazeRetryable(f"Braze unavailable (HTTP {status})", status=status, retry_after=wait)
     if status in (401, 403):
-        return BrazeAuthError(f"Braze refused the API key (HTTP {status})", status=status)
+        return BrazeAuthError(f"Braze refused the REST API key (HTTP {status})", status=status)
+    if status in (404, 405):
+        return BrazeEndpointError(f"no /users/track at BRAZE_REST_URL (HTTP {status})", status=status)
     return BrazeFatal(f"Braze refused the request (HTTP {status})", status=status)
 
 
@@ -328,7 +349,7 @@ def braze_config(settings: Settings) -> BrazeConfig | None:
         return None
     return BrazeConfig(
         rest_url=settings.braze_rest_url.rstrip("/"),
-        api_key=settings.braze_api_key.get_secret_value(),
+        api_key=settings.braze_api_key.get_secret_value().strip(),
         psid_attribute=settings.braze_psid_attribute,
         batch_size=settings.braze_batch_size,
     )

@@ -40,11 +40,11 @@ import redis.asyncio as aioredis
 
 from worker import metrics
 from worker.braze.client import (
-    BrazeAuthError,
     BrazeClient,
     BrazeConfig,
     BrazeFatal,
     BrazeRetryable,
+    BrazeSetupError,
 )
 from worker.braze.items import build_request, check_item
 from worker.logging import get_logger
@@ -67,12 +67,14 @@ _ENQUEUE_CHUNK: Final = 1000  # Lua's unpack() has a stack limit of a few thousa
 
 @dataclass(frozen=True)
 class DrainResult:
-    """Items (not request objects) handled by one :meth:`BrazeOutbox.drain_once`."""
+    """Items (not request objects) handled by one :meth:`BrazeOutbox.drain_once`; ``rejected``:
+    the request objects Braze refused one by one in its 2xx answer (``errors``), lost for good."""
 
     sent: int
     retried: int
     dropped: int
     invalid: int = 0
+    rejected: int = 0
 
 
 def _text(value: bytes | str) -> str:
@@ -159,11 +161,11 @@ class BrazeOutbox:
             result = await client.track(attributes, events)
         except BrazeRetryable as exc:
             return await self._retry(redis, config, batch, exc, invalid)
-        except BrazeAuthError as exc:
-            # a wrong or under-privileged key refuses every write: hold the outbox (in order,
-            # backoff up to the cap) until the key is fixed, rather than lose what it holds
-            held = BrazeRetryable(f"Braze refused the REST API key (HTTP {exc.status})", status=exc.status)
-            return await self._retry(redis, config, batch, held, invalid, auth=True)
+        except BrazeSetupError as exc:
+            # a wrong key or URL refuses every write: hold the outbox (in order, backoff up to
+            # the cap) until the configuration is fixed, rather than lose what it holds
+            held = BrazeRetryable(str(exc), status=exc.status)
+            return await self._retry(redis, config, batch, held, invalid, setup=True)
         except BrazeFatal as exc:
             await self._ack(redis, batch)
             log.warning(
@@ -187,8 +189,8 @@ class BrazeOutbox:
             rate_limit_remaining=result.rate_limit_remaining,
         )
         if result.errors:
-            log.warning("braze.object_errors", errors=_error_summary(result.errors))
-        return DrainResult(len(batch), 0, 0, invalid)
+            log.warning("braze.object_errors", count=len(result.errors), errors=_error_summary(result.errors))
+        return DrainResult(len(batch), 0, 0, invalid, rejected=len(result.errors))
 
     async def _ack(self, redis: aioredis.Redis, batch: list[str]) -> None:
         await scripts.run(
@@ -203,7 +205,7 @@ class BrazeOutbox:
         exc: BrazeRetryable,
         invalid: int,
         *,
-        auth: bool = False,
+        setup: bool = False,
     ) -> DrainResult:
         server_wait = "" if exc.retry_after is None else repr(float(exc.retry_after))
         now = time.time()
@@ -228,7 +230,7 @@ class BrazeOutbox:
         )
         wait = float(_text(wait_text))
         exhausted = int(failures) >= config.max_attempts
-        (log.error if exhausted or auth else log.warning)(
+        (log.error if exhausted or setup else log.warning)(
             "braze.retry_scheduled",
             count=len(batch),
             http_status=exc.status,
@@ -330,6 +332,7 @@ class OutboxDrainer:
             metrics.BRAZE_WRITES.labels("sent").inc(result.sent)
             metrics.BRAZE_WRITES.labels("dropped").inc(result.dropped)
             metrics.BRAZE_WRITES.labels("held").inc(result.retried)
+            metrics.BRAZE_WRITES.labels("rejected").inc(result.rejected)
             if result.sent + result.retried + result.dropped + result.invalid == 0 or result.retried:
                 break
         return sent
