@@ -8,7 +8,7 @@ request and injects faults on demand. It does not store users.
     * ``Authorization: Bearer <BrazeDoubleConfig.api_key>``, else 401
       ``{"message": "Invalid API key: ..."}`` (the key itself is never echoed or recorded).
     * Queued faults (``/__braze/faults``) come next: the request fails with the fault's status;
-      a 429 carries ``Retry-After`` when the fault has ``retry_after``, and ``X-RateLimit-*`` always.
+      it carries ``Retry-After`` when the fault has ``retry_after`` (a 429 also ``X-RateLimit-*``).
     * With ``enforce_rate_limit`` more than ``rate_limit`` requests in the current window give 429
       with ``X-RateLimit-Reset`` only (no ``Retry-After``), as Braze does.
     * Body: a JSON object whose ``attributes``, ``events`` and ``purchases`` (each optional) are
@@ -185,7 +185,7 @@ class _Api:
         fault = state.next_fault()
         if fault is not None:
             state.record(fault.status, True, body)
-            if fault.status == 429 and fault.retry_after is not None:
+            if fault.retry_after is not None:  # a 429's, or a 5xx's (a proxy's, a load balancer's)
                 headers["Retry-After"] = _seconds_text(fault.retry_after)
             return _json({"message": f"Injected fault (HTTP {fault.status})"}, fault.status, headers)
         if config.enforce_rate_limit and remaining < 0:

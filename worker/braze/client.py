@@ -51,6 +51,10 @@ from worker.config import Settings
 #: Braze's own ceiling on objects per request (legacy contracts); ``batch_size`` may not exceed it.
 MAX_OBJECTS_PER_REQUEST: Final = 75
 PACER_WINDOW_SECONDS: Final = 3.0
+#: The longest one /users/track request may take, all phases together: with the pacer's wait it
+#: stays well inside the drainer's lock (worker/braze/outbox.py LOCK_MS, renewed before each
+#: request), so no other drainer takes the batch back while it is in flight.
+REQUEST_DEADLINE_SECONDS: Final = 15.0
 _HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
 
 
@@ -305,10 +309,16 @@ class BrazeClient:
         await self.pacer.acquire()
         started = time.perf_counter()
         try:
-            response = await self.client.post("/users/track", content=orjson.dumps(body))
+            # one deadline for the whole request (httpx's timeouts are per phase: connect, write
+            # and read could add up past the drainer's lock, which another drainer would then
+            # take and send this batch again)
+            async with asyncio.timeout(REQUEST_DEADLINE_SECONDS):
+                response = await self.client.post("/users/track", content=orjson.dumps(body))
         except httpx.TransportError as exc:
             # from None: the message names the exception type only, never the request's headers.
             raise BrazeRetryable(f"Braze unreachable: {type(exc).__name__}") from None
+        except TimeoutError:
+            raise BrazeRetryable(f"Braze did not answer within {REQUEST_DEADLINE_SECONDS:g} s") from None
         latency_ms = (time.perf_counter() - started) * 1000
         if response.status_code // 100 != 2:
             raise error_from_response(response)

@@ -225,6 +225,7 @@ class BrazeOutbox:
                 repr(config.retry_cap_seconds),
                 repr(self._rng.random()),
                 _MAX_EXPONENT,
+                "" if exc.status == 429 else "1",  # a 429's wait is Braze's window; else a floor
                 *batch,
             ],
         )
@@ -305,25 +306,30 @@ class OutboxDrainer:
 
     async def run(self, stop: asyncio.Event, interval: float, idle: float) -> None:
         """Drain until ``stop``: a round every ``interval`` while there is something to send,
-        else every ``idle``. A failed round is logged and recovered by the next one."""
+        else every ``idle``. A failed round is logged and recovered by the next one. A round
+        stops between two requests once ``stop`` is set: a request cut by the shutdown's deadline
+        would be sent again (its events twice) by the next drainer."""
         while not stop.is_set():
             sent = 0
             try:
-                sent = await self.tick()
+                sent = await self.tick(stop)
             except Exception as exc:  # noqa: BLE001  # the drain must outlive any one bad round
                 self._recover = True
                 log.warning("braze.drain_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval if sent else idle)
 
-    async def tick(self) -> int:
-        """Send up to REQUESTS_PER_TICK batches if this process holds (or takes) the lock."""
+    async def tick(self, stop: asyncio.Event | None = None) -> int:
+        """Send up to REQUESTS_PER_TICK batches if this process holds (or takes) the lock (and,
+        with ``stop``, until it is set)."""
         if not await self._lock():
             return 0
         if self._client is None:
             self._client = BrazeClient(self._config)
         sent = 0
         for i in range(REQUESTS_PER_TICK):
+            if stop is not None and stop.is_set():
+                break
             if i and not await self._held():  # ran out while the last request took long: stop
                 self.holding = False
                 break
