@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -51,12 +52,12 @@ class _Slow:
 def _double(seconds: float = 0.0) -> DoubleServer:
     server = DoubleServer(BrazeDoubleConfig(api_key=API_KEY))
     if seconds:
-        server.app = _Slow(server.app, seconds)
+        server.app = _Slow(server.app, seconds)  # type: ignore[assignment]  # any ASGI app: uvicorn serves it alike
     server.start()
     return server
 
 
-def _waits(logs: list[dict[str, Any]]) -> list[float]:
+def _waits(logs: Sequence[Mapping[str, Any]]) -> list[float]:
     return [e["wait_seconds"] for e in logs if e["event"] == "braze.retry_scheduled"]
 
 
