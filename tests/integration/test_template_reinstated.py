@@ -205,3 +205,36 @@ def test_a_sync_that_reads_the_template_approved_releases_its_messages(
     assert utility_sends(stack, released_psid) == 1
     assert waiting_on_template(stack, other_template_id)
     assert waiting_on_template(stack, other_page_id)
+
+
+def test_an_approved_event_releases_the_messages_waiting_on_a_pending_template(
+    make_stack: Any, sandbox: Sandbox, pages: tuple[str, str]
+) -> None:
+    """A template the catalogue holds pending approval: its message waits a minute, again and
+    again (policy.TEMPLATE_PENDING_WAIT). Meta's APPROVED event releases it at once, within
+    far less than that minute (it waited out the minute before)."""
+    page, _ = pages
+    pending = "pending_" + uuid.uuid4().hex[:6]
+    set_template(sandbox, page, pending, "PENDING")
+    stack = start(make_stack, pages)
+    delivery_id, psid = send(stack, page, pending)
+
+    def waiting_pending() -> bool:
+        record = stack.record(delivery_id)
+        error = record.get("error")
+        return (
+            record.get("status") == "scheduled"
+            and error is not None
+            and orjson.loads(error)["reason"] == "template_pending"
+        )
+
+    assert wait_until(waiting_pending, 20), stack.record(delivery_id)
+    set_template(sandbox, page, pending, "APPROVED")
+    status_event(stack, page, "APPROVED", pending)
+    started = time.monotonic()
+    record = stack.wait_final([delivery_id], timeout=45)[delivery_id]
+    assert time.monotonic() - started < 20  # released: not at the end of its minute
+    assert (record["status"], record["delivered_via"]) == ("sent", f"utility:{pending}")
+    assert utility_sends(stack, psid) == 1
+    (line,) = log_lines(stack, "templates.waits_released", page, pending)
+    assert line["released"] == 1

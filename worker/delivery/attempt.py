@@ -281,7 +281,7 @@ class Sender:
         name = d.utility.name
         if state == "pending":
             d.active_route = route
-            return Outcome(d, Event.WAIT, reason="template_pending", delay=policy.TEMPLATE_PENDING_WAIT)
+            return Outcome(d, Event.WAIT, reason=policy.TEMPLATE_PENDING, delay=policy.TEMPLATE_PENDING_WAIT)
         info = ErrorInfo(code=None, subcode=None, message=f"utility template {name} is {state} (catalogue)")
         if state == "paused":
             return TemplatePausedError(info)

@@ -91,8 +91,13 @@ PAGE_WAITS = frozenset(
 #: again (worker/templates/waits.py), else due after TEMPLATE_PAUSE_RETRY_SECONDS.
 TEMPLATE_PAUSED = TemplatePausedError.reason
 #: A utility template the catalogue holds as pending approval: the message waits this long, again
-#: and again (no attempt burnt), until it is approved or MESSAGE_TTL makes it a dead letter.
+#: and again (no attempt burnt), until it is approved (released then, as a paused one's) or
+#: MESSAGE_TTL makes it a dead letter.
 TEMPLATE_PENDING_WAIT = 60.0
+TEMPLATE_PENDING = "template_pending"
+#: The waits on a utility template: indexed per page and template by the recorder, released when
+#: the catalogue holds the template approved (worker/templates/waits.py).
+TEMPLATE_WAITS = frozenset({TEMPLATE_PAUSED, TEMPLATE_PENDING})
 
 
 def past_ttl(failures: int, last_reason: str) -> Decision:

@@ -373,9 +373,9 @@ class Recorder:
         if o.status is State.SCHEDULED and o.reason in policy.PAGE_WAITS:
             # waiting for its page: indexed, so that resuming the page releases it without a scan
             _index_wait(pipe, keys.page_waits(d.page_id), o)
-            if o.reason == policy.TEMPLATE_PAUSED and d.utility is not None:
-                # and for its template: the catalogue approving it again releases it
-                # (worker/templates/waits.py), not TEMPLATE_PAUSE_RETRY_SECONDS later
+            if o.reason in policy.TEMPLATE_WAITS and d.utility is not None:
+                # and for its template (paused, or pending approval): the catalogue approving
+                # it releases it (worker/templates/waits.py), not at the end of its wait
                 name = field_name(d.utility.name, d.utility.language)
                 _index_wait(pipe, keys.template_waits(d.page_id, name), o)
         if d.window_closed_seen:  # the next messages to this PSID skip the doomed call, a while

@@ -1,7 +1,9 @@
-"""Messages waiting on a utility template Meta paused, released once it is approved again.
+"""Messages waiting on a utility template Meta paused, or one pending approval, released once it
+is approved.
 
 A message whose template is paused (Graph's 132015, or the catalogue saying so before the call),
-with no other route left, waits TEMPLATE_PAUSE_RETRY_SECONDS (worker/delivery/policy.py). The
+with no other route left, waits TEMPLATE_PAUSE_RETRY_SECONDS (worker/delivery/policy.py); one
+whose template the catalogue holds pending waits a minute, again and again. The
 recorder indexes it per page and template, ``Keys.template_waits(page, "{name}|{language}")``
 (the catalogue's name of the template, :func:`~worker.templates.catalogue.field_name`), as it
 indexes the waits of a paused page. When the catalogue holds that template APPROVED again, the
