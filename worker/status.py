@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from worker.braze.gauges import BrazeOutboxCollector
 from worker.config import Settings
 from worker.ratelimit import burst_for, page_rate
 from worker.states import State
@@ -497,6 +498,7 @@ def render_metrics(shards: list[tuple[Settings, Any]] | None) -> bytes:
     if shards:
         state = CollectorRegistry()
         state.register(RedisStateCollector(shards))
+        state.register(BrazeOutboxCollector(shards))
         body += generate_latest(state)
     return body
 

@@ -18,10 +18,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, Stack
 from tests.doubles.braze import BrazeDoubleConfig
 from tests.integration.test_braze_outbox import (
     API_KEY,
@@ -169,3 +171,25 @@ def test_a_round_stops_between_requests_once_told_to(redis_server: RedisServer) 
     assert sent == 1  # one batch of 10
     assert len(requests) == 1
     assert (depth["outbox"], depth["inflight"]) == (20, 0)
+
+
+def test_the_intake_reports_the_outbox_at_scrape_time(make_stack: Any) -> None:
+    """What waits for Braze, what a drainer holds, what is set aside, and until when the drainer
+    waits: read from Redis when /metrics is scraped (no worker runs here: nothing drains)."""
+    stack: Stack = make_stack()
+    stack.start_intake()
+    keys, client = stack.keys, stack.redis()
+    client.lpush(keys.braze_outbox, *[f'{{"n": {i}}}' for i in range(3)])
+    client.lpush(keys.braze_inflight, '{"n": 9}')
+    client.set(keys.braze_retry_at, "1900000000.5")
+    found: dict[tuple[str, ...], float] = {}
+    for family in text_string_to_metric_families(httpx.get(stack.intake_metrics_url, timeout=10).text):
+        for sample in family.samples:
+            if sample.name.startswith("bmw_braze_outbox"):
+                found[(sample.name, *sample.labels.values())] = sample.value
+    assert found == {
+        ("bmw_braze_outbox_items", "waiting"): 3.0,
+        ("bmw_braze_outbox_items", "taken"): 1.0,
+        ("bmw_braze_outbox_items", "set_aside"): 0.0,
+        ("bmw_braze_outbox_retry_at_timestamp_seconds",): 1900000000.5,
+    }
