@@ -27,7 +27,8 @@
 -- change, the windows of the TTL before are read too for as long as their buckets live (two of
 -- its TTLs, _windows.lua), so a retry across the change is still a repeat.
 -- A delivery of a campaign that is stopped (P:campstop) is not queued: it is written as a
--- CANCELLED outcome (_outcome.lua) and its item's answer is '-'. Every other item with a
+-- CANCELLED outcome (_outcome.lua), with its `messenger_delivery` Braze event when outcome events
+-- are on (_campaign.lua's camp_event), and its item's answer is '-'. Every other item with a
 -- campaign joins the campaign's open index; both are counted (accepted, cancelled).
 -- Each accepted item becomes a QUEUED record, counted in its second's open deliveries (_ages.lua:
 -- one HINCRBY per call). Its deadline is its batch's: pending holds `b:{batch id}` (deadline
@@ -99,6 +100,7 @@ while i <= #ARGV do
     local rec = {status = S.CANCELLED, created_at = now, updated_at = now, attempts = '0',
       error = '{"reason":"campaign_stopped","code":null,"subcode":null,"message":"campaign_stopped","fbtrace_id":null}'}
     for k, v in pairs(record_table(redis.call('HGETALL', ARGV[5] .. id))) do rec[k] = rec[k] or v end
+    camp_event(id, rec, S.CANCELLED, 'campaign_stopped')  -- its messenger_delivery, as every cancel's
     outcome_write(ARGV[5], id, rec, tonumber(now), CAMP.record_retention, false)  -- the hash goes
     camp_count(camp, 'accepted')
     camp_count(camp, S.CANCELLED)
