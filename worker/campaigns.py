@@ -70,6 +70,7 @@ from worker.store import purge as _purge
 __all__ = [
     "COUNTERS",
     "MAX_CAMPAIGN_ID",
+    "MAX_LIST",
     "campaign",
     "cancel_delivery",
     "list_campaigns",
@@ -91,6 +92,8 @@ COUNTERS = (
 EXTRA_COUNTERS = ("replayed", "sent_after_stop")
 #: The longest campaign id (the intake refuses longer X-Braze-* values).
 MAX_CAMPAIGN_ID = 128
+#: The most campaigns one listing reads (the admin API's bound too): one MULTI of three reads each.
+MAX_LIST = 1000
 #: Open deliveries looked at per cancel.lua call while stopping a campaign.
 STOP_CHUNK = 500
 _FAILED = "failed:"
@@ -108,7 +111,8 @@ def _view(campaign_id: str, rec: dict[str, str], open_count: int, stopped_at: fl
         view[name] = int(rec.get(name, "0") or 0)
     view["stopped"] = stopped_at is not None
     if stopped_at is not None:
-        view["stopped_at"] = stopped_at
+        # the stop's own time; P:campstop's score moves on with the campaign's activity (_campaign.lua)
+        view["stopped_at"] = records.number(rec, "stopped_at") or stopped_at
         view["stopped_by"] = rec.get("stopped_by", "")
     view["first_at"] = records.number(rec, "first_at") or None
     view["last_at"] = records.number(rec, "last_at") or None
@@ -120,7 +124,9 @@ async def campaign(client: aioredis.Redis, keys: Keys, campaign_id: str) -> dict
     (never seen, or its retention passed)."""
     if not campaign_id or len(campaign_id) > MAX_CAMPAIGN_ID:
         return None
-    pipe = client.pipeline(transaction=False)
+    # MULTI: the counters, the open index and the stop of one moment (a script between them
+    # would show more open than accepted, or fewer)
+    pipe = client.pipeline(transaction=True)
     pipe.hgetall(keys.campaign(campaign_id))
     pipe.zcard(keys.campaign_open(campaign_id))
     pipe.zscore(keys.campaigns_stopped, campaign_id)
@@ -133,11 +139,13 @@ async def campaign(client: aioredis.Redis, keys: Keys, campaign_id: str) -> dict
 
 
 async def list_campaigns(client: aioredis.Redis, keys: Keys, *, limit: int = 100) -> list[dict[str, Any]]:
-    """The ``limit`` most recently active campaigns (within CAMPAIGN_RETENTION), newest first."""
-    ids = [text(i) for i in await client.zrevrange(keys.campaigns, 0, max(0, limit - 1))]
+    """The ``limit`` most recently active campaigns (within CAMPAIGN_RETENTION), newest first
+    (1 to :data:`MAX_LIST`)."""
+    limit = max(1, min(limit, MAX_LIST))
+    ids = [text(i) for i in await client.zrevrange(keys.campaigns, 0, limit - 1)]
     if not ids:
         return []
-    pipe = client.pipeline(transaction=False)
+    pipe = client.pipeline(transaction=True)  # one moment's, as campaign()'s
     for cid in ids:
         pipe.hgetall(keys.campaign(cid))
         pipe.zcard(keys.campaign_open(cid))
@@ -176,6 +184,7 @@ async def stop(client: aioredis.Redis, settings: Settings, campaign_id: str, *, 
     pipe = client.pipeline(transaction=True)
     pipe.zadd(keys.campaigns_stopped, {campaign_id: now}, nx=True)
     pipe.hsetnx(keys.campaign(campaign_id), "first_at", repr(now))
+    pipe.hsetnx(keys.campaign(campaign_id), "stopped_at", repr(now))  # a second stop keeps the first's
     pipe.hset(keys.campaign(campaign_id), mapping={"stopped_by": by, "last_at": repr(now)})
     pipe.expire(keys.campaign(campaign_id), settings.campaign_retention)
     pipe.zadd(keys.campaigns, {campaign_id: now})
@@ -204,7 +213,7 @@ async def resume(client: aioredis.Redis, settings: Settings, campaign_id: str) -
     keys = Keys.of(settings)
     pipe = client.pipeline(transaction=True)
     pipe.zrem(keys.campaigns_stopped, campaign_id)
-    pipe.hdel(keys.campaign(campaign_id), "stopped_by")
+    pipe.hdel(keys.campaign(campaign_id), "stopped_by", "stopped_at")
     removed, _ = await pipe.execute()
     return bool(removed)
 

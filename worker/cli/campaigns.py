@@ -70,6 +70,19 @@ def _campaign_id(text: str) -> str:
     return text
 
 
+def _list_limit(text: str) -> int:
+    """``campaigns list --limit``: 1 to the admin API's bound (one listing is one MULTI)."""
+    from worker.campaigns import MAX_LIST
+
+    try:
+        limit = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= limit <= MAX_LIST:
+        raise argparse.ArgumentTypeError(f"a listing is 1 to {MAX_LIST} campaigns")
+    return limit
+
+
 def _pause_seconds(text: str) -> float:
     """``pages pause --seconds``: the admin API's bound (above 0, at most 366 days), checked by
     the API's own reader."""
@@ -126,7 +139,7 @@ def add_parsers(sub: Any, parser: Callable[[Any, str, str], argparse.ArgumentPar
     )
     csub = p.add_subparsers(dest="campaigns_command", required=True)
     c = csub.add_parser("list", help="campaigns by last activity, with their counters")
-    c.add_argument("--limit", type=int, default=100, help="at most this many")
+    c.add_argument("--limit", type=_list_limit, default=100, help="at most this many (1 to 1000)")
     for name, text in (
         ("show", "one campaign's counters"),
         ("stop", "cancel every open message of the campaign; new ones are answered cancelled"),

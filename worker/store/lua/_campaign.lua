@@ -79,7 +79,14 @@ local function camp_flush()
   if any then
     local horizon = tonumber(CAMP.now) - CAMP.retention
     redis.call('ZREMRANGEBYSCORE', CAMP.index, '-inf', horizon)
-    redis.call('ZREMRANGEBYSCORE', CAMP.stopped, '-inf', horizon)
+    -- a stop is kept CAMPAIGN_RETENTION after its campaign's last activity, as its counters
+    -- are: one older than the horizon goes only if its campaign has had none since (it left the
+    -- index above), else it moves on to that activity (the stop's own time is in the hash)
+    local old = redis.call('ZRANGEBYSCORE', CAMP.stopped, '-inf', horizon, 'LIMIT', 0, 100)
+    for _, camp in ipairs(old) do
+      local last = redis.call('ZSCORE', CAMP.index, camp)
+      if last then redis.call('ZADD', CAMP.stopped, last, camp) else redis.call('ZREM', CAMP.stopped, camp) end
+    end
   end
   ages_flush()
 end
