@@ -99,8 +99,11 @@
                                     cancels; members leave as they end; CAMPAIGN_RETENTION)
     P:camps                 zset    campaigns -> last activity (``campaigns list``; pruned by
                                     CAMPAIGN_RETENTION)
-    P:campstop              zset    stopped campaigns -> stopped at (claim.lua, accept.lua and the
-                                    workers read it; resume removes; pruned by CAMPAIGN_RETENTION)
+    P:campstop              zset    stopped campaigns -> the stop's time, moved on to the
+                                    campaign's last activity once older than CAMPAIGN_RETENTION
+                                    (the stop's own time is `stopped_at` in P:camp:{id}; claim.lua,
+                                    accept.lua and the workers read it; resume removes; gone with
+                                    the campaign's last activity, CAMPAIGN_RETENTION after it)
     P:u:{window}:{suffix}   hash    per recipient, 8 raw bytes of a digest of "{page}:{psid}"
                                     (before: its hex, and before that the text) -> its sent
                                     deliveries not yet read: 20 bytes each, the id's raw bytes and
