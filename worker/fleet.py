@@ -166,15 +166,31 @@ class Fleet:
         return Across(merge_campaign(views) if views else None, down)
 
     async def list_campaigns(self, *, limit: int = 100) -> Across[list[dict[str, Any]]]:
-        """The ``limit`` most recently active campaigns across shards, newest first."""
-        lists, down = await self._answering(lambda s: campaigns.list_campaigns(s.redis, s.keys, limit=limit))
+        """The ``limit`` most recently active campaigns across shards, newest first. Each shard
+        answers its own most recent ``limit``, which picks the merged ones exactly (a campaign's
+        latest activity is in its shard's list); a shard that left one of them out (active there
+        only before its own ``limit``) is asked for it by id, so its counters are whole."""
+
+        async def listed(shard: Shard) -> tuple[Shard, list[dict[str, Any]]]:
+            return shard, await campaigns.list_campaigns(shard.redis, shard.keys, limit=limit)
+
+        lists, down = await self._answering(listed)
         grouped: dict[str, list[dict[str, Any]]] = {}
-        for views in lists:
+        for _, views in lists:
             for view in views:
                 grouped.setdefault(view["campaign_id"], []).append(view)
-        merged = [merge_campaign(views) for views in grouped.values()]
-        merged.sort(key=lambda v: -(v.get("last_at") or 0.0))
-        return Across(merged[:limit], down)
+        latest = {cid: max(v.get("last_at") or 0.0 for v in views) for cid, views in grouped.items()}
+        top = sorted(grouped, key=lambda cid: -latest[cid])[:limit]
+        for shard, views in lists:
+            have = {view["campaign_id"] for view in views}
+            missing = [cid for cid in top if cid not in have]
+            found = await asyncio.gather(
+                *(campaigns.campaign(shard.redis, shard.keys, cid) for cid in missing)
+            )
+            for cid, extra in zip(missing, found, strict=True):
+                if extra is not None:
+                    grouped[cid].append(extra)
+        return Across([merge_campaign(grouped[cid]) for cid in top], down)
 
     async def stop_campaign(self, campaign_id: str, *, by: str) -> int:
         return sum(await self._each(lambda s: campaigns.stop(s.redis, s.settings, campaign_id, by=by)))

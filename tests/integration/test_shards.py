@@ -591,3 +591,30 @@ def test_moving_a_page_takes_its_state_and_leaves_its_messages_to_the_old_shard(
     finally:
         old.close()
         new.close()
+
+
+def test_a_campaign_listed_across_shards_has_every_shards_counters(shards: Shards) -> None:
+    """Each shard answers its own most recent ``limit`` campaigns. A campaign active on shard 1
+    before two others there, then on shard 0, is in the merged top two, and its shard-1 delivery
+    was left out: listed with ``accepted`` 1 where ``GET /v1/campaigns/{id}`` said 2."""
+    stack, run = shards.stack, uuid.uuid4().hex[:6]
+
+    def post(page: str, campaign: str, n: int) -> None:
+        resp = stack.post(
+            body(f"{run}-{campaign}-{n}"), path=path(page), headers={"X-Braze-Campaign-Id": campaign}
+        )
+        assert resp.status_code == 202, resp.text
+        time.sleep(0.01)  # activity times in this order
+
+    older, newer, newest = f"x-{run}", f"y-{run}", f"z-{run}"
+    post(PAGE_B, older, 0)
+    post(PAGE_B, newer, 1)
+    post(PAGE_B, newest, 2)
+    post(PAGE_A, older, 3)  # shard 0: the latest activity of all
+    listed = httpx.get(
+        f"{stack.intake_url}/v1/campaigns", params={"limit": 2}, headers=ADMIN_HEADERS, timeout=10
+    )
+    views = {v["campaign_id"]: v for v in listed.json()["campaigns"]}
+    assert list(views) == [older, newest]
+    whole = httpx.get(f"{stack.intake_url}/v1/campaigns/{older}", headers=ADMIN_HEADERS, timeout=10).json()
+    assert whole["accepted"] == views[older]["accepted"] == 2
