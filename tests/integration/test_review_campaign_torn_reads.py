@@ -25,7 +25,7 @@ from worker import campaigns
 from worker.store import Keys
 
 CAMPAIGNS = 300
-SECONDS = 15.0
+SECONDS = 6.0
 WRITERS = 2
 #: A writer process: the intake's group commit, 50 requests a commit over the campaigns, until
 #: the deadline; prints how many it accepted.

@@ -16,12 +16,14 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from tests.conftest import INTAKE_TOKEN, RedisServer, Sandbox, Stack, base_env
+from tests.reliability.harness import scale
 from worker.config import Settings
 from worker.intake.openapi import openapi_document
 from worker.messenger.validation import BODY_FIELDS, MAX_TEXT, InputError, SendHeaders, validate
 
 pytestmark = pytest.mark.reliability
-EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "60"))
+#: Cases per operation: 30 in CI (the run's 20 minutes), 200 under RELIABILITY_LONG=1.
+EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", str(int(scale(30, 200)))))
 
 
 @pytest.fixture(scope="module")
