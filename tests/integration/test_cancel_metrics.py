@@ -195,7 +195,8 @@ def test_a_campaign_stopped_mid_flight_counts_each_cancel_once_across_the_proces
     """Stopped while its deliveries are queued, held and sent: whichever process cancelled each
     (the intake's stop, a claim, the recorder), the counts add up to the deliveries recorded
     cancelled, which is the campaign's counter. The worker holds at most 10 at a time, so the
-    stop finds some held (the recorder cancels them) and some queued (the intake does)."""
+    stop usually finds some held (the recorder or a claim cancels them) and some queued (the
+    intake does)."""
     stack: Stack = make_stack(PAGE_RATE_LIMIT="20", ENGINE_MAX_CLAIMED="10")
     stack.start_intake()
     worker = start_worker(stack)
@@ -214,6 +215,7 @@ def test_a_campaign_stopped_mid_flight_counts_each_cancel_once_across_the_proces
     assert {records[i]["status"] for i in ids} <= {CANCELLED, State.SENT.value}
     time.sleep(0.5)  # the last outcomes are counted once written
     by_intake, by_worker = cancels(stack.intake_metrics_url), cancels(worker)
-    assert by_intake[("campaign_stopped", PAGE)] > 0
+    # which process cancelled how many depends on what the worker held at the stop; together,
+    # each once
     assert by_intake + by_worker == {("campaign_stopped", PAGE): len(cancelled)}
     assert admin(stack, "GET", f"/v1/campaigns/{camp}").json()["cancelled"] == len(cancelled)
