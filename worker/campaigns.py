@@ -169,7 +169,7 @@ async def _cancel(
     res = await scripts.run(client, "cancel", args=[*ctx, reason, *args])
     # counted where they end: the intake's /metrics for the admin API and the console; a CLI
     # process exits unscraped (its cancels are in the campaign counters and the status API)
-    metrics.count_cancels(metrics.page_labels(settings), metrics.cancel_counts(res[3]))
+    metrics.count_cancels(settings, scripts.cancels(res[3]))
     return int(res[0]), int(res[1]), int(res[2])
 
 

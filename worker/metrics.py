@@ -13,8 +13,8 @@ Where they come from:
   dashboards use ``max``.
 
 This module declares, and labels (:class:`PageLabels`, :func:`code_label`); it reads nothing.
-The cancels the Lua scripts make alone (claim.lua, cancel.lua) are counted by their callers with
-:func:`count_cancels`.
+The cancels the Lua scripts make alone (claim.lua, cancel.lua: worker/store/scripts.py's
+``cancels`` reads their answers) are counted by their callers with :func:`count_cancels`.
 
 Label cardinality is bounded: ``page_id`` is a configured page id, or ``other`` beyond
 ``METRICS_MAX_PAGES`` distinct pages per process;
@@ -24,8 +24,7 @@ Label cardinality is bounded: ``page_id`` is a configured page id, or ``other`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -196,19 +195,11 @@ def page_labels(settings: Settings) -> PageLabels:
     return labels
 
 
-def cancel_counts(flat: Sequence[Any]) -> list[tuple[str, str, int]]:
-    """What a Lua script cancelled itself, as claim.lua and cancel.lua answer it ({page_id,
-    reason, count, ...}): (page_id, reason, count) each."""
-
-    def text(value: Any) -> str:
-        return value.decode() if isinstance(value, bytes) else str(value)
-
-    return [(text(flat[i]), text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat) - 2, 3)]
-
-
-def count_cancels(labels: PageLabels, cancels: Iterable[tuple[str, str, int]]) -> None:
-    """Count cancels a script made without the recorder (no Graph call, so no error code) in
-    :data:`DELIVERIES`: outcome ``cancelled``, their page labelled by ``labels``."""
+def count_cancels(settings: Settings, cancels: Iterable[tuple[str, str, int]]) -> None:
+    """Count cancels made without the recorder ((page_id, reason, count) each: no Graph call, so
+    no error code) in :data:`DELIVERIES`: outcome ``cancelled``, their page labelled by this
+    process's :func:`page_labels`."""
+    labels = page_labels(settings)
     for page_id, reason, count in cancels:
         DELIVERIES.labels(State.CANCELLED.value, labels(page_id), reason, "none", "none").inc(count)
 

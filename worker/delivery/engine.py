@@ -40,7 +40,6 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from worker import metrics
 from worker.braze import OutboxDrainer, braze_config
 from worker.config import PageTokens, Settings
 from worker.delivery.attempt import BatchContext, Released, Sender
@@ -323,7 +322,7 @@ class Engine:
                 raw = await scripts.run(
                     self.redis, "claim", keys=keys, args=[repr(now), *args, *context, *named]
                 )
-                cancels += metrics.cancel_counts(raw[1])
+                cancels += scripts.cancels(raw[1])
                 taken = [text(i) for i in raw[2:]]
                 # a failed read asks the claim again: with this token it gives back the same ids
                 recs = await records.read_claimed(self.redis, self.keys.delivery_prefix, taken)

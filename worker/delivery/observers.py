@@ -120,6 +120,7 @@ def fenced_send(o: Outcome) -> bool:
 
 class MetricsObserver(Observer):
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._page = metrics.page_labels(settings)
         #: labelled children, looked up once each: labels() costs more than the increment, and
         #: these run once per call and once per outcome
@@ -192,7 +193,7 @@ class MetricsObserver(Observer):
         metrics.CLAIMS_LOST.inc(len(deliveries))
 
     def cancelled_at_claim(self, cancels: Sequence[tuple[str, str, int]]) -> None:
-        metrics.count_cancels(self._page, cancels)
+        metrics.count_cancels(self._settings, cancels)
 
 
 class LogObserver(Observer):

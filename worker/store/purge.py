@@ -54,7 +54,7 @@ async def _cancel(client: aioredis.Redis, keys: Keys, settings: Any, ids: list[s
         res = await scripts.run(client, "cancel", args=[*ctx, "purged", "ids", *ids[start : start + CHUNK]])
         cancelled += int(res[0])
         # in this process's bmw_deliveries_total (reason purged): a CLI's, never scraped
-        metrics.count_cancels(metrics.page_labels(settings), metrics.cancel_counts(res[3]))
+        metrics.count_cancels(settings, scripts.cancels(res[3]))
     return cancelled
 
 

@@ -32,6 +32,7 @@ from redis.exceptions import NoScriptError
 
 from worker import states
 from worker.store import idempotency, outcomes, records, seals, unread
+from worker.store.keys import text
 
 LUA_DIR: Final = Path(__file__).with_name("lua")
 _INCLUDE = re.compile(r"^--!include (\S+)$", re.M)
@@ -144,3 +145,9 @@ async def execute(
         if isinstance(r, Exception):
             raise r
     return results
+
+
+def cancels(flat: Sequence[Any]) -> list[tuple[str, str, int]]:
+    """What a script's camp_cancel ended, as claim.lua and cancel.lua answer it (_campaign.lua's
+    camp_cancels: {page_id, reason, count, ...}): (page_id, reason, count) each."""
+    return [(text(flat[i]), text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat) - 2, 3)]

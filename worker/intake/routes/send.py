@@ -268,7 +268,7 @@ async def send(request: Request) -> Response:
     if status == DUPLICATE:
         return _duplicate(delivery_id, request_id)
     if status == CANCELLED:  # its campaign is stopped: 2xx, so Braze does not retry it
-        metrics.count_cancels(metrics.page_labels(settings), [(send_request.page_id, "campaign_stopped", 1)])
+        metrics.count_cancels(settings, [(send_request.page_id, "campaign_stopped", 1)])
         return _cancelled(delivery_id, send_request.page_id, request_id, braze_ids)
     if send_request.stripped_tag:
         log.info(

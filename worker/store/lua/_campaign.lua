@@ -15,6 +15,7 @@
 local CAMP = {}
 local camp_counts = {}
 local camp_stop_cache = {}
+local camp_cancelled = {}  -- reason -> page_id -> deliveries this call cancelled (camp_cancels)
 
 local function camp_init(i)
   CAMP.prefix, CAMP.open, CAMP.index, CAMP.stopped = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -97,6 +98,9 @@ end
 local function camp_cancel(id, reason)
   local key = CAMP.d .. id
   local rec = record_table(redis.call('HGETALL', key))
+  local by_page = camp_cancelled[reason] or {}
+  camp_cancelled[reason] = by_page
+  by_page[rec.page_id or ''] = (by_page[rec.page_id or ''] or 0) + 1
   if rec.parked_at then
     redis.call('ZREM', CAMP.parked, id)
     redis.call('ZREM', CAMP.park .. rec.page_id .. ':' .. rec.psid, id)
@@ -118,4 +122,16 @@ local function camp_cancel(id, reason)
   local stats = CAMP.stats .. CAMP.minute .. ':' .. S.CANCELLED
   redis.call('INCRBY', stats, 1)
   redis.call('EXPIRE', stats, 3600)
+end
+
+-- What this call's camp_cancel ended, flat: {page_id, reason, count, ...} (claim.lua and
+-- cancel.lua answer it; worker/store/scripts.py's cancels reads it for bmw_deliveries_total).
+local function camp_cancels()
+  local flat = {}
+  for reason, by_page in pairs(camp_cancelled) do
+    for page, n in pairs(by_page) do
+      flat[#flat + 1], flat[#flat + 2], flat[#flat + 3] = page, reason, n
+    end
+  end
+  return flat
 end

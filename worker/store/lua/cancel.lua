@@ -14,8 +14,8 @@
 -- claim that takes it next ends it cancelled without a call. An index member whose record is gone
 -- or final leaves the index.
 -- Returns {cancelled, held, looked at, {page_id, reason, count, ...}}: the last, what it
--- cancelled per page (claim.lua's shape), for the caller's bmw_deliveries_total
--- (worker/metrics.py's cancel_counts).
+-- cancelled per page (_campaign.lua's camp_cancels, as claim.lua answers it), for the caller's
+-- bmw_deliveries_total.
 --!include _campaign.lua
 camp_init(1)
 local reason, mode = ARGV[18], ARGV[19]
@@ -29,9 +29,8 @@ else
   ids = {unpack(ARGV, 20)}
 end
 local cancelled, held = 0, 0
-local pages = {}  -- page_id -> cancelled
 for _, id in ipairs(ids) do
-  local st = redis.call('HMGET', CAMP.d .. id, 'status', 'page_id', PACKED_FIELD)
+  local st = redis.call('HMGET', CAMP.d .. id, 'status')
   if st[1] and OPEN[st[1]] then
     if st[1] == S.IN_FLIGHT then
       held = held + 1
@@ -39,17 +38,10 @@ for _, id in ipairs(ids) do
     else
       camp_cancel(id, reason)
       cancelled = cancelled + 1
-      local page = st[2] or (st[3] and record_expand({[PACKED_FIELD] = st[3]}).page_id) or ''
-      pages[page] = (pages[page] or 0) + 1
     end
   elseif camp_index then
     redis.call('ZREM', camp_index, id)
   end
 end
 camp_flush()
-local flat = {}
-for page, n in pairs(pages) do
-  local at = #flat
-  flat[at + 1], flat[at + 2], flat[at + 3] = page, reason, n
-end
-return {cancelled, held, #ids, flat}
+return {cancelled, held, #ids, camp_cancels()}

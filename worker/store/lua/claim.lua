@@ -19,8 +19,8 @@
 -- reads the records it claimed itself (worker/store/records.py's read_claimed), so a record does
 -- not travel through Lua strings and back (about a third of this script's instructions).
 -- `cancels`: what this call ended CANCELLED, {page_id, reason, count, ...} per page and reason
--- (operator, campaign_stopped), empty when none: the worker counts them in bmw_deliveries_total
--- (worker/metrics.py's cancel_counts), as it counts the outcomes it writes itself.
+-- (operator, campaign_stopped; _campaign.lua's camp_cancels), empty when none: the worker counts
+-- them in bmw_deliveries_total, as it counts the outcomes it writes itself.
 --!include _campaign.lua
 local now = tonumber(ARGV[1])
 local lease = now + tonumber(ARGV[2])
@@ -49,8 +49,7 @@ else
     end
   end
 end
-local cancels = {}  -- reason -> page_id -> count (flattened into out[2] at the end)
-local out = {#ids, {}}
+local out = {#ids, {}}  -- out[2]: the cancels, at the end
 local leased = {}  -- pending ZADD members, sent once (_bulk.lua)
 -- what decides; a delivery's campaign matters here only while some campaign is stopped (one
 -- EXISTS per call)
@@ -66,14 +65,7 @@ for _, id in ipairs(ids) do
     table.insert(out, id)
   elseif status and CLAIMABLE[status] and tonumber(h[3] or '0') <= now
       and (cancel == '1' or (camp and camp_stopped(camp))) then
-    local reason = cancel == '1' and 'operator' or 'campaign_stopped'
-    -- its page before camp_cancel makes it an outcome (the field, or the intake's packed value)
-    local p = redis.call('HMGET', key, 'page_id', PACKED_FIELD)
-    local page = p[1] or (p[2] and record_expand({[PACKED_FIELD] = p[2]}).page_id) or ''
-    camp_cancel(id, reason)
-    local by_page = cancels[reason] or {}
-    cancels[reason] = by_page
-    by_page[page] = (by_page[page] or 0) + 1
+    camp_cancel(id, cancel == '1' and 'operator' or 'campaign_stopped')
   elseif status and CLAIMABLE[status] and tonumber(h[4] or '0') <= now and tonumber(h[3] or '0') <= now then
     table.insert(out, id)
     redis.call('HSET', key, 'status', S.IN_FLIGHT, 'previous', status, 'claim', token, 'lease_until', lease_at)
@@ -95,11 +87,5 @@ else
   bulk('ZADD', KEYS[1], leased)
 end
 camp_flush()
-local flat = out[2]
-for reason, by_page in pairs(cancels) do
-  for page, n in pairs(by_page) do
-    local at = #flat
-    flat[at + 1], flat[at + 2], flat[at + 3] = page, reason, n
-  end
-end
+out[2] = camp_cancels()
 return out
