@@ -96,6 +96,11 @@ def _query_value(query: str, key: str) -> str | None:
 _MOVED = ("password", "username", "db")
 
 
+def _kept(query: str, moved: tuple[str, ...]) -> list[str]:
+    """``query``'s ``key=value`` parts but those of the keys ``moved`` out of it."""
+    return [p for p in query.split("&") if p and unquote_plus(p.partition("=")[0]) not in moved]
+
+
 def _flag(value: str) -> bool:
     """A flag in a URL's query as redis-py reads it (``to_bool``)."""
     return value.upper() not in ("0", "F", "FALSE", "N", "NO")
@@ -162,7 +167,7 @@ def _sentinel_broker(url: str) -> str:
     out = []
     for part in parts(url):
         split = urlsplit(part)
-        kept = [p for p in split.query.split("&") if p and unquote_plus(p.partition("=")[0]) not in _MOVED]
+        kept = _kept(split.query, _MOVED)
         netloc = userinfo + split.netloc.rpartition("@")[2]
         out.append(split._replace(netloc=netloc, path=f"/{db}", query="&".join(kept)).geturl())
     return ";".join(out)
@@ -209,7 +214,7 @@ def _broker_part(part: str, name: str) -> str:
     moves_db = split.scheme != "sentinel" and (db is None or _is_int(db))  # a bad one: refused as it was
     moved = (*(_MOVED if moves_db else _MOVED[:2]), *_TRANSPORT)  # those: transport options
     db = db if moves_db else None
-    kept = [p for p in split.query.split("&") if p and unquote_plus(p.partition("=")[0]) not in moved]
+    kept = _kept(split.query, moved)
     userinfo = ""
     if username or password:
         userinfo = quote(username or "", safe="") + (f":{quote(password, safe='')}" if password else "") + "@"
