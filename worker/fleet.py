@@ -181,15 +181,17 @@ class Fleet:
                 grouped.setdefault(view["campaign_id"], []).append(view)
         latest = {cid: max(v.get("last_at") or 0.0 for v in views) for cid, views in grouped.items()}
         top = sorted(grouped, key=lambda cid: -latest[cid])[:limit]
-        for shard, views in lists:
-            have = {view["campaign_id"] for view in views}
-            missing = [cid for cid in top if cid not in have]
-            found = await asyncio.gather(
-                *(campaigns.campaign(shard.redis, shard.keys, cid) for cid in missing)
-            )
-            for cid, extra in zip(missing, found, strict=True):
-                if extra is not None:
-                    grouped[cid].append(extra)
+        asks = [
+            (shard, cid)
+            for shard, views in lists
+            for cid in sorted(set(top) - {view["campaign_id"] for view in views})
+        ]
+        found = await asyncio.gather(
+            *(campaigns.campaign(shard.redis, shard.keys, cid) for shard, cid in asks)
+        )
+        for (_, cid), extra in zip(asks, found, strict=True):
+            if extra is not None:
+                grouped[cid].append(extra)
         return Across([merge_campaign(grouped[cid]) for cid in top], down)
 
     async def stop_campaign(self, campaign_id: str, *, by: str) -> int:
